@@ -1,0 +1,238 @@
+//! The contract every device implements. Ops take explicit element counts and layouts and
+//! write into caller-provided outputs, so the runtime decides all allocation and a GPU
+//! backend can enqueue each op without a round trip to the host.
+
+use crate::{BinaryLayout, Result, StridedLayout};
+
+/// Elementwise functions with a closed-form derivative.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UnaryOp {
+    Neg,
+    Exp,
+    Log,
+    Sqr,
+    Sqrt,
+    Relu,
+    /// GELU, tanh approximation (GPT-2; PyTorch's `approximate="tanh"`).
+    Gelu,
+    Tanh,
+    Sigmoid,
+}
+
+/// Elementwise functions of two operands, with broadcasting described by a [`BinaryLayout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+/// `C = alpha * op(A) * op(B) + beta * C` for `batch` independent products, all row-major.
+///
+/// `op(A)` is `m x k`: A is stored `m x k`, or `k x m` when `trans_a`. Likewise `op(B)` is
+/// `k x n`, stored `k x n` or `n x k`. C is `m x n`, contiguous. Consecutive products in a
+/// batch start `stride_a`/`stride_b`/`m*n` elements apart; a stride of 0 reuses one
+/// operand for the whole batch. With `beta == 0`, C is written without being read.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GemmSpec {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub alpha: f32,
+    pub beta: f32,
+    pub batch: usize,
+    pub stride_a: usize,
+    pub stride_b: usize,
+}
+
+impl GemmSpec {
+    /// A single, plain `C = op(A) op(B)`.
+    pub fn new(m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool) -> Self {
+        Self {
+            m,
+            n,
+            k,
+            trans_a,
+            trans_b,
+            alpha: 1.0,
+            beta: 0.0,
+            batch: 1,
+            stride_a: m * k,
+            stride_b: k * n,
+        }
+    }
+
+    /// Elements of A, B and C the spec reads or writes.
+    pub fn buffer_lens(&self) -> (usize, usize, usize) {
+        let span = |stride: usize, one: usize| {
+            if self.batch == 0 {
+                0
+            } else {
+                (self.batch - 1) * stride + one
+            }
+        };
+        (
+            span(self.stride_a, self.m * self.k),
+            span(self.stride_b, self.k * self.n),
+            self.batch * self.m * self.n,
+        )
+    }
+}
+
+/// Hyper-parameters of one SGD step (PyTorch semantics: weight decay is added to the
+/// gradient, momentum buffer `v = momentum * v + g`, Nesterov optional).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SgdParams {
+    pub lr: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    pub nesterov: bool,
+}
+
+/// Hyper-parameters of one AdamW step (decoupled weight decay, Loshchilov & Hutter).
+/// `step` counts from 1 and drives the bias corrections.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWParams {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    pub step: u64,
+}
+
+/// Device memory and the primitive ops that training needs.
+///
+/// Every op validates buffer lengths against its arguments and returns an error rather
+/// than reading or writing out of bounds. Outputs are fully overwritten unless the op says
+/// otherwise (GEMM with `beta != 0`, the optimizer steps, which update in place).
+pub trait Backend: Clone + Send + Sync + 'static {
+    type Buffer: Send + Sync + 'static;
+
+    /// A human-readable description, e.g. `cpu (avx512, 2 threads)`.
+    fn name(&self) -> String;
+
+    fn zeros(&self, len: usize) -> Result<Self::Buffer>;
+    fn upload(&self, data: &[f32]) -> Result<Self::Buffer>;
+    fn download(&self, buf: &Self::Buffer) -> Result<Vec<f32>>;
+    fn len(&self, buf: &Self::Buffer) -> usize;
+    fn fill(&self, buf: &mut Self::Buffer, value: f32) -> Result<()>;
+
+    fn gemm(
+        &self,
+        spec: &GemmSpec,
+        a: &Self::Buffer,
+        b: &Self::Buffer,
+        c: &mut Self::Buffer,
+    ) -> Result<()>;
+
+    /// `y = f(x)`.
+    fn unary(&self, op: UnaryOp, x: &Self::Buffer, y: &mut Self::Buffer) -> Result<()>;
+
+    /// `dx = dy * f'(x)`; `y = f(x)` is passed in so ops whose derivative is cheapest in
+    /// terms of the output (exp, tanh, sigmoid, sqrt) use it.
+    fn unary_backward(
+        &self,
+        op: UnaryOp,
+        x: &Self::Buffer,
+        y: &Self::Buffer,
+        dy: &Self::Buffer,
+        dx: &mut Self::Buffer,
+    ) -> Result<()>;
+
+    /// `y = x * mul + add`.
+    fn affine(&self, x: &Self::Buffer, y: &mut Self::Buffer, mul: f32, add: f32) -> Result<()>;
+
+    /// `out = lhs op rhs` over `layout.shape`, reading operands through their strides.
+    fn binary(
+        &self,
+        op: BinaryOp,
+        layout: &BinaryLayout,
+        lhs: &Self::Buffer,
+        rhs: &Self::Buffer,
+        out: &mut Self::Buffer,
+    ) -> Result<()>;
+
+    /// Gathers a strided view (transpose, broadcast) into a contiguous buffer.
+    fn copy_strided(
+        &self,
+        src: &Self::Buffer,
+        layout: &StridedLayout,
+        dst: &mut Self::Buffer,
+    ) -> Result<()>;
+
+    /// Sums the middle axis of `x` viewed as `[outer, axis, inner]` into `[outer, inner]`.
+    fn sum_axis(
+        &self,
+        x: &Self::Buffer,
+        out: &mut Self::Buffer,
+        outer: usize,
+        axis: usize,
+        inner: usize,
+    ) -> Result<()>;
+
+    /// Row-wise log-softmax of `[rows, cols]`.
+    fn log_softmax(
+        &self,
+        x: &Self::Buffer,
+        y: &mut Self::Buffer,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()>;
+
+    /// `dx = dy - exp(y) * rowsum(dy)`, where `y` is the log-softmax output.
+    fn log_softmax_backward(
+        &self,
+        y: &Self::Buffer,
+        dy: &Self::Buffer,
+        dx: &mut Self::Buffer,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()>;
+
+    /// Mean cross-entropy of `[rows, cols]` logits against class `labels` (one per row,
+    /// each `< cols`). Writes the loss into `loss` (one element) and the row softmax into
+    /// `probs`, which the backward pass reuses.
+    fn softmax_cross_entropy(
+        &self,
+        logits: &Self::Buffer,
+        labels: &[u32],
+        probs: &mut Self::Buffer,
+        loss: &mut Self::Buffer,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()>;
+
+    /// `dlogits = (probs - onehot(labels)) * dloss / rows`; `dloss` holds one element.
+    fn softmax_cross_entropy_backward(
+        &self,
+        probs: &Self::Buffer,
+        labels: &[u32],
+        dloss: &Self::Buffer,
+        dlogits: &mut Self::Buffer,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()>;
+
+    /// Fused SGD update of `param` in place; `momentum` is required iff `p.momentum != 0`.
+    fn sgd_step(
+        &self,
+        p: &SgdParams,
+        param: &mut Self::Buffer,
+        grad: &Self::Buffer,
+        momentum: Option<&mut Self::Buffer>,
+    ) -> Result<()>;
+
+    /// Fused AdamW update of `param` and its moment estimates `m`, `v`, in place.
+    fn adamw_step(
+        &self,
+        p: &AdamWParams,
+        param: &mut Self::Buffer,
+        grad: &Self::Buffer,
+        m: &mut Self::Buffer,
+        v: &mut Self::Buffer,
+    ) -> Result<()>;
+}

@@ -1,0 +1,74 @@
+//! AVX2+FMA micro-kernel: the classic 6 x 16 tile, 12 ymm accumulators, two 8-wide loads
+//! of packed B and six broadcasts of packed A per step of k.
+
+use super::MicroKernel;
+use std::arch::x86_64::*;
+
+pub(super) struct Avx2Fma;
+
+const MR: usize = 6;
+const NR: usize = 16;
+
+impl MicroKernel for Avx2Fma {
+    const MR: usize = MR;
+    const NR: usize = NR;
+    const KC: usize = 512;
+    const NC: usize = 256;
+
+    unsafe fn kernel(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        alpha: f32,
+        beta: f32,
+    ) {
+        // SAFETY: `Avx2Fma` is only chosen through a `Simd` that proved AVX2 and FMA.
+        unsafe { kernel_6x16(kc, a, b, c, ldc, alpha, beta) }
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kernel_6x16(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    alpha: f32,
+    beta: f32,
+) {
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+        let (mut a, mut b) = (a, b);
+        for _ in 0..kc {
+            let b0 = _mm256_loadu_ps(b);
+            let b1 = _mm256_loadu_ps(b.add(8));
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai = _mm256_broadcast_ss(&*a.add(i));
+                row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
+                row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
+            }
+            a = a.add(MR);
+            b = b.add(NR);
+        }
+        let alpha = _mm256_set1_ps(alpha);
+        if beta == 0.0 {
+            for (i, row) in acc.iter().enumerate() {
+                let out = c.add(i * ldc);
+                _mm256_storeu_ps(out, _mm256_mul_ps(alpha, row[0]));
+                _mm256_storeu_ps(out.add(8), _mm256_mul_ps(alpha, row[1]));
+            }
+        } else {
+            let beta = _mm256_set1_ps(beta);
+            for (i, row) in acc.iter().enumerate() {
+                let out = c.add(i * ldc);
+                let c0 = _mm256_mul_ps(beta, _mm256_loadu_ps(out));
+                let c1 = _mm256_mul_ps(beta, _mm256_loadu_ps(out.add(8)));
+                _mm256_storeu_ps(out, _mm256_fmadd_ps(alpha, row[0], c0));
+                _mm256_storeu_ps(out.add(8), _mm256_fmadd_ps(alpha, row[1], c1));
+            }
+        }
+    }
+}

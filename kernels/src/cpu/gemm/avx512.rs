@@ -1,0 +1,77 @@
+//! AVX-512F micro-kernel: a 12 x 32 tile of C lives in 24 zmm accumulators; each step of
+//! k loads one 32-wide row of packed B (two zmm) and broadcasts 12 values of packed A,
+//! which the compiler folds into the FMAs as embedded broadcasts.
+
+use super::MicroKernel;
+use std::arch::x86_64::*;
+
+pub(super) struct Avx512;
+
+const MR: usize = 12;
+const NR: usize = 32;
+
+impl MicroKernel for Avx512 {
+    const MR: usize = MR;
+    const NR: usize = NR;
+    // A 12 x 256 panel of A (12 KiB) stays in L1 while 32-wide panels of a 256 x 512 block
+    // of B (512 KiB) stream from L2.
+    const KC: usize = 256;
+    const NC: usize = 512;
+
+    unsafe fn kernel(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        alpha: f32,
+        beta: f32,
+    ) {
+        // SAFETY: `Avx512` is only chosen through a `Simd` that proved AVX-512F support.
+        unsafe { kernel_12x32(kc, a, b, c, ldc, alpha, beta) }
+    }
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel_12x32(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    alpha: f32,
+    beta: f32,
+) {
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        let (mut a, mut b) = (a, b);
+        for _ in 0..kc {
+            let b0 = _mm512_loadu_ps(b);
+            let b1 = _mm512_loadu_ps(b.add(16));
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai = _mm512_set1_ps(*a.add(i));
+                row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
+                row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
+            }
+            a = a.add(MR);
+            b = b.add(NR);
+        }
+        let alpha = _mm512_set1_ps(alpha);
+        if beta == 0.0 {
+            for (i, row) in acc.iter().enumerate() {
+                let out = c.add(i * ldc);
+                _mm512_storeu_ps(out, _mm512_mul_ps(alpha, row[0]));
+                _mm512_storeu_ps(out.add(16), _mm512_mul_ps(alpha, row[1]));
+            }
+        } else {
+            let beta = _mm512_set1_ps(beta);
+            for (i, row) in acc.iter().enumerate() {
+                let out = c.add(i * ldc);
+                let c0 = _mm512_mul_ps(beta, _mm512_loadu_ps(out));
+                let c1 = _mm512_mul_ps(beta, _mm512_loadu_ps(out.add(16)));
+                _mm512_storeu_ps(out, _mm512_fmadd_ps(alpha, row[0], c0));
+                _mm512_storeu_ps(out.add(16), _mm512_fmadd_ps(alpha, row[1], c1));
+            }
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! Single-precision GEMM, BLIS style: operands are packed into panels sized for the
+//! caches, and a register-blocked FMA micro-kernel, one per instruction set, computes each
+//! MR x NR tile of C.
+//!
+//! Loop nest, outermost first: `pc` steps through k in KC-deep slices, packing all of A
+//! (m x KC) and B (KC x n) once per slice; then each task owns an NC-wide block of
+//! columns and an MC-tall block of rows and walks its tiles row-panel by row-panel, so one
+//! MR x KC panel of A sits in L1 while the KC x NC block of B streams from L2. Tasks
+//! write disjoint tiles, so for large shapes they run on rayon's pool; every element of C
+//! is summed in the same order whatever the thread count, so results are bit-identical.
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+#[cfg(target_arch = "aarch64")]
+mod neon;
+mod pack;
+mod portable;
+
+use super::{Isa, Simd};
+use crate::{KernelError, Result};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// A matrix operand: element `(i, j)` is `data[i * rs + j * cs]`. Transposes are strides.
+#[derive(Debug, Clone, Copy)]
+pub struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A row-major `rows x cols` matrix, or its transpose when `transposed` (then `data`
+    /// holds the `cols x rows` original).
+    pub fn row_major(data: &'a [f32], rows: usize, cols: usize, transposed: bool) -> Self {
+        if transposed {
+            Self {
+                data,
+                rs: 1,
+                cs: rows,
+            }
+        } else {
+            Self {
+                data,
+                rs: cols,
+                cs: 1,
+            }
+        }
+    }
+
+    fn fits(&self, rows: usize, cols: usize) -> bool {
+        rows == 0 || cols == 0 || (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// One instruction set's register-blocked kernel and the cache blocking that suits it.
+pub(crate) trait MicroKernel {
+    const MR: usize;
+    const NR: usize;
+    const KC: usize;
+    const NC: usize;
+
+    /// `C = alpha * A_panel * B_panel + beta * C` for one MR x NR tile (row stride `ldc`),
+    /// with A packed as `kc` groups of MR and B as `kc` groups of NR. `beta == 0` must
+    /// not read C.
+    ///
+    /// # Safety
+    /// The panels hold `kc * MR` and `kc * NR` values; `c` addresses an MR x NR tile with
+    /// row stride `ldc`; the CPU supports the kernel's instruction set.
+    unsafe fn kernel(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        alpha: f32,
+        beta: f32,
+    );
+}
+
+/// The largest MR * NR of any kernel, for the edge-tile scratch.
+const MAX_TILE: usize = 12 * 32;
+
+/// Below this many multiply-adds the fork/join of rayon costs more than it saves.
+const PARALLEL_MIN_MACS: usize = 1 << 21;
+
+/// `C = alpha * A * B + beta * C`, with A `m x k`, B `k x n` (any strides) and C row-major
+/// `m x n` with row stride `ldc`. Runs on rayon's current pool for large shapes.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm(
+    simd: Simd,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: MatRef,
+    b: MatRef,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+) -> Result<()> {
+    let bad = |reason: String| {
+        Err(KernelError::InvalidArgument {
+            op: "sgemm",
+            reason,
+        })
+    };
+    if !a.fits(m, k) {
+        return bad(format!(
+            "A ({m} x {k}, strides {}, {}) runs past its {} elements",
+            a.rs,
+            a.cs,
+            a.data.len()
+        ));
+    }
+    if !b.fits(k, n) {
+        return bad(format!(
+            "B ({k} x {n}, strides {}, {}) runs past its {} elements",
+            b.rs,
+            b.cs,
+            b.data.len()
+        ));
+    }
+    if n > ldc && m > 1 || (m > 0 && n > 0 && (m - 1) * ldc + n > c.len()) {
+        return bad(format!(
+            "C ({m} x {n}, row stride {ldc}) does not fit its {} elements",
+            c.len()
+        ));
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 || alpha == 0.0 {
+        for row in c.chunks_mut(ldc).take(m) {
+            for v in &mut row[..n] {
+                *v = if beta == 0.0 { 0.0 } else { beta * *v };
+            }
+        }
+        return Ok(());
+    }
+    let parallel = m * n * k >= PARALLEL_MIN_MACS && rayon::current_num_threads() > 1;
+    let shape = Shape {
+        m,
+        n,
+        k,
+        alpha,
+        beta,
+        ldc,
+        parallel,
+    };
+    match simd.isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => run::<avx512::Avx512>(&shape, &a, &b, c),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => run::<avx2::Avx2Fma>(&shape, &a, &b, c),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => run::<neon::Neon>(&shape, &a, &b, c),
+        _ => run::<portable::Portable>(&shape, &a, &b, c),
+    }
+    Ok(())
+}
+
+struct Shape {
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    beta: f32,
+    ldc: usize,
+    parallel: bool,
+}
+
+thread_local! {
+    // Packing buffers reused across calls: a training step's GEMMs then allocate nothing.
+    static PACK: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+fn run<K: MicroKernel>(s: &Shape, a: &MatRef, b: &MatRef, c: &mut [f32]) {
+    PACK.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut bufs) => {
+            let (ap, bp) = &mut *bufs;
+            run_with::<K>(s, a, b, c, ap, bp);
+        }
+        // Re-entered on this thread (a rayon steal while a GEMM waits): use fresh buffers.
+        Err(_) => run_with::<K>(s, a, b, c, &mut Vec::new(), &mut Vec::new()),
+    });
+}
+
+fn run_with<K: MicroKernel>(
+    s: &Shape,
+    a: &MatRef,
+    b: &MatRef,
+    c: &mut [f32],
+    apack: &mut Vec<f32>,
+    bpack: &mut Vec<f32>,
+) {
+    let (mr, nr) = (K::MR, K::NR);
+    let m_panels = s.m.div_ceil(mr);
+    let n_panels = s.n.div_ceil(nr);
+    let kc_max = K::KC.min(s.k);
+    apack.resize(m_panels * mr * kc_max, 0.0);
+    bpack.resize(n_panels * nr * kc_max, 0.0);
+
+    // Row blocks per task: enough tasks to keep every thread busy, but whole panels.
+    let threads = if s.parallel {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    let n_blocks = s.n.div_ceil(K::NC);
+    let want_m_blocks = (2 * threads).div_ceil(n_blocks).max(1);
+    let mc_panels = m_panels.div_ceil(want_m_blocks).max(1);
+    let m_blocks = m_panels.div_ceil(mc_panels);
+
+    let c_ptr = SyncPtr(c.as_mut_ptr());
+    for pc in (0..s.k).step_by(K::KC) {
+        let kc = K::KC.min(s.k - pc);
+        let ap = &mut apack[..m_panels * mr * kc];
+        let bp = &mut bpack[..n_panels * nr * kc];
+        let pack_a = |(ip, dst): (usize, &mut [f32])| {
+            let i0 = ip * mr;
+            pack::pack_a(dst, a, i0, mr.min(s.m - i0), pc, kc, mr)
+        };
+        let pack_b = |(jp, dst): (usize, &mut [f32])| {
+            let j0 = jp * nr;
+            pack::pack_b(dst, b, pc, kc, j0, nr.min(s.n - j0), nr)
+        };
+        if s.parallel {
+            ap.par_chunks_mut(mr * kc).enumerate().for_each(pack_a);
+            bp.par_chunks_mut(nr * kc).enumerate().for_each(pack_b);
+        } else {
+            ap.chunks_mut(mr * kc).enumerate().for_each(pack_a);
+            bp.chunks_mut(nr * kc).enumerate().for_each(pack_b);
+        }
+
+        let beta = if pc == 0 { s.beta } else { 1.0 };
+        let (ap, bp) = (&*ap, &*bp);
+        let task = |t: usize| {
+            let (jb, ib) = (t / m_blocks, t % m_blocks);
+            let jp_range = jb * K::NC / nr..((jb + 1) * K::NC / nr).min(n_panels);
+            let ip_range = ib * mc_panels..((ib + 1) * mc_panels).min(m_panels);
+            for ip in ip_range {
+                let a_panel = &ap[ip * mr * kc..][..mr * kc];
+                for jp in jp_range.clone() {
+                    let b_panel = &bp[jp * nr * kc..][..nr * kc];
+                    // SAFETY: tasks cover disjoint tiles of C, which `sgemm` bounds-checked.
+                    unsafe { tile::<K>(s, kc, a_panel, b_panel, c_ptr, ip * mr, jp * nr, beta) };
+                }
+            }
+        };
+        let tasks = n_blocks * m_blocks;
+        if s.parallel {
+            (0..tasks).into_par_iter().for_each(task);
+        } else {
+            (0..tasks).for_each(task);
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: the GEMM tasks that share it write disjoint tiles.
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+
+/// One MR x NR tile at (i0, j0); edge tiles go through a scratch tile so the kernel never
+/// writes outside C.
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<K: MicroKernel>(
+    s: &Shape,
+    kc: usize,
+    a_panel: &[f32],
+    b_panel: &[f32],
+    c: SyncPtr,
+    i0: usize,
+    j0: usize,
+    beta: f32,
+) {
+    let (rows, cols) = (K::MR.min(s.m - i0), K::NR.min(s.n - j0));
+    unsafe {
+        let c_tile = c.0.add(i0 * s.ldc + j0);
+        if rows == K::MR && cols == K::NR {
+            K::kernel(
+                kc,
+                a_panel.as_ptr(),
+                b_panel.as_ptr(),
+                c_tile,
+                s.ldc,
+                s.alpha,
+                beta,
+            );
+            return;
+        }
+        let mut scratch = [0f32; MAX_TILE];
+        K::kernel(
+            kc,
+            a_panel.as_ptr(),
+            b_panel.as_ptr(),
+            scratch.as_mut_ptr(),
+            K::NR,
+            s.alpha,
+            0.0,
+        );
+        for i in 0..rows {
+            let out = std::slice::from_raw_parts_mut(c_tile.add(i * s.ldc), cols);
+            for (o, &v) in out.iter_mut().zip(&scratch[i * K::NR..][..cols]) {
+                *o = if beta == 0.0 { v } else { v + beta * *o };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

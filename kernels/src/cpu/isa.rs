@@ -1,0 +1,143 @@
+//! Which SIMD instruction set the CPU kernels use, decided at run time.
+
+use std::fmt;
+
+/// An instruction set the CPU kernels have a code path for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Isa {
+    /// Plain Rust, vectorised by the compiler for the build target's baseline.
+    Portable,
+    /// x86-64 AVX2 with FMA3 (Haswell, Zen 1 and later).
+    Avx2Fma,
+    /// x86-64 AVX-512F (Skylake-X, Ice Lake, Zen 4 and later).
+    Avx512,
+    /// aarch64 Advanced SIMD (every 64-bit Arm core).
+    Neon,
+}
+
+impl Isa {
+    pub const ALL: [Isa; 4] = [Isa::Portable, Isa::Avx2Fma, Isa::Avx512, Isa::Neon];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2Fma => "avx2",
+            Isa::Avx512 => "avx512",
+            Isa::Neon => "neon",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Isa> {
+        Isa::ALL
+            .into_iter()
+            .find(|isa| isa.name().eq_ignore_ascii_case(name.trim()))
+    }
+
+    /// Whether this CPU can run the instruction set.
+    pub fn is_supported(self) -> bool {
+        match self {
+            Isa::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Isa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Proof that the CPU supports an [`Isa`]: the only way to select a SIMD code path, so no
+/// kernel can be asked to run instructions the CPU lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Simd(Isa);
+
+impl Simd {
+    /// The best instruction set this CPU supports. The environment variable
+    /// `RINGTRAIN_ISA` (portable, avx2, avx512, neon) selects a lower one, for comparisons
+    /// and to work around a broken path; a name the CPU cannot run is ignored.
+    pub fn detect() -> Simd {
+        if let Some(isa) = std::env::var("RINGTRAIN_ISA")
+            .ok()
+            .and_then(|name| Isa::from_name(&name))
+            .and_then(Simd::new)
+        {
+            return isa;
+        }
+        Simd::best()
+    }
+
+    /// The best instruction set this CPU supports, ignoring the environment.
+    pub fn best() -> Simd {
+        [Isa::Avx512, Isa::Avx2Fma, Isa::Neon]
+            .into_iter()
+            .find_map(Simd::new)
+            .unwrap_or(Simd(Isa::Portable))
+    }
+
+    /// `isa`, if this CPU supports it.
+    pub fn new(isa: Isa) -> Option<Simd> {
+        isa.is_supported().then_some(Simd(isa))
+    }
+
+    pub fn portable() -> Simd {
+        Simd(Isa::Portable)
+    }
+
+    /// Every instruction set this CPU supports, the portable one first.
+    pub fn available() -> Vec<Simd> {
+        Isa::ALL.into_iter().filter_map(Simd::new).collect()
+    }
+
+    pub fn isa(self) -> Isa {
+        self.0
+    }
+}
+
+/// Defines `fn name(simd: Simd, args..)` whose body is compiled once per instruction set
+/// and picked at run time. Bodies are plain loops over slices: with the target features
+/// enabled the compiler vectorises them at full width (16 lanes on AVX-512).
+macro_rules! simd_fn {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name(simd: $crate::cpu::Simd, $($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn generic($($arg: $ty),*) $(-> $ret)? $body
+
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn avx512($($arg: $ty),*) $(-> $ret)? { generic($($arg),*) }
+
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { generic($($arg),*) }
+
+            match simd.isa() {
+                // SAFETY: a `Simd` holding this Isa exists only if the CPU supports it.
+                #[cfg(target_arch = "x86_64")]
+                $crate::cpu::Isa::Avx512 => unsafe { avx512($($arg),*) },
+                #[cfg(target_arch = "x86_64")]
+                $crate::cpu::Isa::Avx2Fma => unsafe { avx2($($arg),*) },
+                // NEON is part of the aarch64 baseline, so `generic` already uses it there.
+                _ => generic($($arg),*),
+            }
+        }
+    };
+}
+pub(crate) use simd_fn;

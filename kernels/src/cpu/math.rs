@@ -1,0 +1,125 @@
+//! Transcendentals written as straight-line arithmetic, so loops that call them vectorise
+//! (a libm call in a loop does not). Accuracy is a few ulp, well inside what training
+//! needs; NaN propagates and infinities saturate as IEEE says.
+
+const LOG2_E: f32 = std::f32::consts::LOG2_E;
+// ln 2 split into a part exact in f32 and the rest (Cody-Waite), so x - n*ln2 is exact.
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+// Adding then subtracting 1.5 * 2^23 rounds to the nearest integer without a call.
+const ROUND_MAGIC: f32 = 12_582_912.0;
+const EXP_HI: f32 = 88.376_26;
+const EXP_LO: f32 = -87.336_55;
+
+/// e^x.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    // Comparisons, not min/max, so NaN passes through untouched.
+    let xc = if x > EXP_HI {
+        EXP_HI
+    } else if x < EXP_LO {
+        EXP_LO
+    } else {
+        x
+    };
+    let t = xc * LOG2_E + ROUND_MAGIC;
+    let n = t - ROUND_MAGIC;
+    let n_bits = t.to_bits().wrapping_sub(ROUND_MAGIC.to_bits()) as i32;
+    let r = xc - n * LN2_HI - n * LN2_LO;
+    // Minimax polynomial for e^r on [-ln2/2, ln2/2] (Cephes expf).
+    let mut p = 1.987_569_1e-4_f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    let er = p * r * r + r + 1.0;
+    let scale = f32::from_bits(((n_bits + 127) << 23) as u32);
+    let y = er * scale;
+    if x > 88.722_83 {
+        f32::INFINITY
+    } else if x < EXP_LO {
+        0.0
+    } else {
+        y
+    }
+}
+
+/// tanh(x) = 1 - 2 / (e^{2x} + 1): exact limits at +-inf, absolute error ~1e-7.
+#[inline(always)]
+pub fn tanh(x: f32) -> f32 {
+    1.0 - 2.0 / (exp(2.0 * x) + 1.0)
+}
+
+/// The logistic function 1 / (1 + e^-x).
+#[inline(always)]
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x))
+}
+
+pub const GELU_C: f32 = 0.797_884_6; // sqrt(2 / pi)
+pub const GELU_A: f32 = 0.044_715;
+
+/// GELU, tanh approximation: x/2 (1 + tanh(c (x + a x^3))).
+#[inline(always)]
+pub fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + tanh(GELU_C * (x + GELU_A * x * x * x)))
+}
+
+/// d gelu / dx for the tanh approximation.
+#[inline(always)]
+pub fn gelu_grad(x: f32) -> f32 {
+    let x2 = x * x;
+    let t = tanh(GELU_C * (x + GELU_A * x * x2));
+    0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_C * (1.0 + 3.0 * GELU_A * x2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_matches_std_to_a_few_ulp() {
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let (got, want) = (exp(x), x.exp());
+            assert!(
+                ((got - want) / want).abs() < 4e-7,
+                "exp({x}) = {got}, want {want}"
+            );
+            x += 0.0137;
+        }
+    }
+
+    #[test]
+    fn exp_edges() {
+        assert_eq!(exp(0.0), 1.0);
+        assert_eq!(exp(f32::INFINITY), f32::INFINITY);
+        assert_eq!(exp(100.0), f32::INFINITY);
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp(-1000.0), 0.0);
+        assert!(exp(f32::NAN).is_nan());
+        assert!(tanh(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn tanh_sigmoid_gelu_match_reference() {
+        for i in -400..=400 {
+            let x = i as f32 * 0.025;
+            assert!((tanh(x) - x.tanh()).abs() < 2e-7, "tanh({x})");
+            let s = 1.0 / (1.0 + (-(x as f64)).exp());
+            assert!((sigmoid(x) as f64 - s).abs() < 2e-7, "sigmoid({x})");
+            let xd = x as f64;
+            let g = 0.5
+                * xd
+                * (1.0
+                    + ((2.0 / std::f64::consts::PI).sqrt() * (xd + 0.044715 * xd.powi(3))).tanh());
+            assert!((gelu(x) as f64 - g).abs() < 1e-6, "gelu({x})");
+            let h = 1e-3;
+            let fd = (gelu(x + h) as f64 - gelu(x - h) as f64) / (2.0 * h as f64);
+            assert!((gelu_grad(x) as f64 - fd).abs() < 2e-3, "gelu'({x})");
+        }
+        assert_eq!(tanh(50.0), 1.0);
+        assert_eq!(tanh(-50.0), -1.0);
+    }
+}

@@ -1,0 +1,96 @@
+//! Sums. Floating-point addition is not associative, so the compiler will not vectorise a
+//! running sum by itself: the kernels keep 16 explicit partial sums instead. The order of
+//! additions is fixed by the code, so results are the same on every instruction set and
+//! thread count.
+
+use super::elementwise::{parallel, PAR_CHUNK};
+use super::isa::simd_fn;
+use super::Simd;
+use rayon::prelude::*;
+
+const LANES: usize = 16;
+
+simd_fn! {
+    /// Sum of a contiguous slice.
+    pub(crate) fn sum(x: &[f32]) -> f32 {
+        let mut acc = [0f32; LANES];
+        let chunks = x.chunks_exact(LANES);
+        let tail = chunks.remainder();
+        for c in chunks {
+            for (a, &v) in acc.iter_mut().zip(c) {
+                *a += v;
+            }
+        }
+        // Pairwise fold of the lanes, then the tail, in a fixed order.
+        let mut width = LANES / 2;
+        while width > 0 {
+            for i in 0..width {
+                acc[i] += acc[i + width];
+            }
+            width /= 2;
+        }
+        tail.iter().fold(acc[0], |s, &v| s + v)
+    }
+}
+
+simd_fn! {
+    /// `out[i] += x[i]`.
+    pub(crate) fn add_assign(out: &mut [f32], x: &[f32]) {
+        out.iter_mut().zip(x).for_each(|(o, &v)| *o += v);
+    }
+}
+
+/// `out[o, i] = sum_a x[o, a, i]` for `x` viewed as `[outer, axis, inner]`.
+pub(crate) fn sum_axis(
+    simd: Simd,
+    x: &[f32],
+    out: &mut [f32],
+    outer: usize,
+    axis: usize,
+    inner: usize,
+) {
+    debug_assert_eq!(out.len(), outer * inner);
+    if out.is_empty() {
+        return;
+    }
+    if inner == 1 {
+        let row_sum = |(o, r): (usize, &mut f32)| *r = sum(simd, &x[o * axis..(o + 1) * axis]);
+        if parallel(x.len()) {
+            out.par_iter_mut()
+                .enumerate()
+                .with_min_len(PAR_CHUNK / axis.max(1) + 1)
+                .for_each(row_sum);
+        } else {
+            out.iter_mut().enumerate().for_each(row_sum);
+        }
+        return;
+    }
+    // Accumulate whole rows of `inner`, axis index ascending; split across `inner`.
+    let columns = |(start, dst): (usize, &mut [f32])| {
+        let (o, i0) = (start / inner, start % inner);
+        dst.fill(0.0);
+        for a in 0..axis {
+            let at = (o * axis + a) * inner + i0;
+            add_assign(simd, dst, &x[at..at + dst.len()]);
+        }
+    };
+    let piece = if parallel(x.len()) {
+        (PAR_CHUNK / axis.max(1)).clamp(64, inner)
+    } else {
+        inner
+    };
+    let pieces: Vec<(usize, &mut [f32])> = out
+        .chunks_mut(inner)
+        .enumerate()
+        .flat_map(|(o, row)| {
+            row.chunks_mut(piece)
+                .enumerate()
+                .map(move |(p, c)| (o * inner + p * piece, c))
+        })
+        .collect();
+    if parallel(x.len()) {
+        pieces.into_par_iter().for_each(columns);
+    } else {
+        pieces.into_iter().for_each(columns);
+    }
+}

@@ -1,0 +1,101 @@
+//! Shapes and strides as kernels see them: plain element counts, no tensor semantics.
+
+/// Row-major strides of a contiguous array of `shape`.
+pub fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
+    let mut strides = vec![0; shape.len()];
+    let mut acc = 1;
+    for (s, &d) in strides.iter_mut().zip(shape).rev() {
+        *s = acc;
+        acc *= d;
+    }
+    strides
+}
+
+/// A view of a buffer: element `idx` lives at `offset + sum(idx[d] * strides[d])`.
+/// A stride of 0 repeats (broadcasts) a dimension.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StridedLayout {
+    pub shape: Vec<usize>,
+    pub strides: Vec<usize>,
+    pub offset: usize,
+}
+
+impl StridedLayout {
+    pub fn contiguous(shape: &[usize]) -> Self {
+        Self {
+            shape: shape.to_vec(),
+            strides: contiguous_strides(shape),
+            offset: 0,
+        }
+    }
+
+    pub fn elem_count(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// One past the largest buffer index this view touches (0 for an empty view).
+    pub fn span(&self) -> usize {
+        if self.shape.contains(&0) {
+            return 0;
+        }
+        self.offset
+            + self
+                .shape
+                .iter()
+                .zip(&self.strides)
+                .map(|(&d, &s)| (d - 1) * s)
+                .sum::<usize>()
+            + 1
+    }
+}
+
+/// Operands of an elementwise binary op over an output of `shape` (contiguous). The input
+/// strides are 0 along broadcast dimensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BinaryLayout {
+    pub shape: Vec<usize>,
+    pub lhs_strides: Vec<usize>,
+    pub rhs_strides: Vec<usize>,
+}
+
+impl BinaryLayout {
+    /// Both operands have the output's shape.
+    pub fn same_shape(shape: &[usize]) -> Self {
+        let s = contiguous_strides(shape);
+        Self {
+            shape: shape.to_vec(),
+            lhs_strides: s.clone(),
+            rhs_strides: s,
+        }
+    }
+
+    pub fn elem_count(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strides_and_span() {
+        assert_eq!(contiguous_strides(&[2, 3, 4]), vec![12, 4, 1]);
+        assert_eq!(contiguous_strides(&[]), Vec::<usize>::new());
+        let l = StridedLayout::contiguous(&[2, 3]);
+        assert_eq!(l.span(), 6);
+        let t = StridedLayout {
+            shape: vec![3, 2],
+            strides: vec![1, 3],
+            offset: 0,
+        };
+        assert_eq!(t.span(), 6);
+        let b = StridedLayout {
+            shape: vec![4, 3],
+            strides: vec![0, 1],
+            offset: 0,
+        };
+        assert_eq!(b.span(), 3);
+        assert_eq!(StridedLayout::contiguous(&[0, 3]).span(), 0);
+    }
+}

@@ -1,0 +1,15 @@
+//! ringtrain-kernels: how things are computed.
+//!
+//! The [`Backend`] trait is the contract between the runtime (tensors, autograd,
+//! optimizers) and a device: it owns device memory and runs primitive ops on it. It knows
+//! nothing about tensors, graphs or communication. [`cpu::CpuBackend`] implements it with
+//! explicit FMA/SIMD kernels chosen at run time by CPU feature detection.
+
+mod backend;
+pub mod cpu;
+mod error;
+mod layout;
+
+pub use backend::{AdamWParams, Backend, BinaryOp, GemmSpec, SgdParams, UnaryOp};
+pub use error::{KernelError, Result};
+pub use layout::{contiguous_strides, BinaryLayout, StridedLayout};

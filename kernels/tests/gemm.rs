@@ -1,0 +1,290 @@
+//! GEMM against a naive f64 reference, for every instruction set this CPU supports.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use ringtrain_kernels::cpu::gemm::{sgemm, MatRef};
+use ringtrain_kernels::cpu::{Isa, Simd};
+
+fn random(len: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+/// C = alpha * op(A) op(B) + beta * C in f64.
+#[allow(clippy::too_many_arguments)]
+fn reference(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &MatRef,
+    b: &MatRef,
+    beta: f32,
+    c: &[f32],
+) -> Vec<f64> {
+    let mut out = vec![0f64; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let dot: f64 = (0..k)
+                .map(|p| a.data[i * a.rs + p * a.cs] as f64 * b.data[p * b.rs + j * b.cs] as f64)
+                .sum();
+            let prior = if beta == 0.0 {
+                0.0
+            } else {
+                beta as f64 * c[i * n + j] as f64
+            };
+            out[i * n + j] = alpha as f64 * dot + prior;
+        }
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check(
+    simd: Simd,
+    m: usize,
+    n: usize,
+    k: usize,
+    ta: bool,
+    tb: bool,
+    alpha: f32,
+    beta: f32,
+    rng: &mut ChaCha8Rng,
+) {
+    let a_data = random(m * k, rng);
+    let b_data = random(k * n, rng);
+    let a = MatRef::row_major(&a_data, m, k, ta);
+    let b = MatRef::row_major(&b_data, k, n, tb);
+    let c0 = random(m * n, rng);
+    let want = reference(m, n, k, alpha, &a, &b, beta, &c0);
+    let mut c = c0.clone();
+    sgemm(simd, m, n, k, alpha, a, b, beta, &mut c, n).unwrap();
+    // f32 accumulation error grows like sqrt(k); entries are O(sqrt(k)).
+    let tol = 1e-5 * (k as f64 + 1.0) + 1e-5;
+    for (idx, (&got, &want)) in c.iter().zip(&want).enumerate() {
+        assert!(
+            (got as f64 - want).abs() <= tol,
+            "{:?} m={m} n={n} k={k} ta={ta} tb={tb} alpha={alpha} beta={beta}: C[{}, {}] = {got}, want {want}",
+            simd.isa(),
+            idx / n,
+            idx % n
+        );
+    }
+}
+
+const SHAPES: &[(usize, usize, usize)] = &[
+    (1, 1, 1),
+    (1, 1, 7),
+    (2, 3, 4),
+    (7, 13, 5),
+    (13, 17, 19),
+    (31, 37, 41),
+    (12, 32, 1),
+    (24, 64, 256),
+    (25, 65, 257),
+    (97, 3, 300),
+    (3, 97, 300),
+    (500, 2, 3),
+    (2, 500, 3),
+    (1, 600, 40),
+    (600, 1, 40),
+    (130, 530, 70),
+    (64, 10, 600),
+];
+
+#[test]
+fn every_isa_matches_reference_on_awkward_shapes() {
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    for simd in Simd::available() {
+        for &(m, n, k) in SHAPES {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                check(simd, m, n, k, ta, tb, 1.0, 0.0, &mut rng);
+            }
+        }
+    }
+}
+
+#[test]
+fn alpha_and_beta_scale_and_accumulate() {
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    for simd in Simd::available() {
+        for &(m, n, k) in &[(5, 7, 3), (24, 64, 300), (33, 70, 513)] {
+            check(simd, m, n, k, false, false, 0.5, 1.0, &mut rng);
+            check(simd, m, n, k, true, true, -2.0, 0.25, &mut rng);
+        }
+    }
+}
+
+#[test]
+fn empty_dims_and_k_zero() {
+    let simd = Simd::detect();
+    let mut c = vec![3.0f32; 6];
+    // k = 0: C = beta * C.
+    sgemm(
+        simd,
+        2,
+        3,
+        0,
+        1.0,
+        MatRef::row_major(&[], 2, 0, false),
+        MatRef::row_major(&[], 0, 3, false),
+        0.5,
+        &mut c,
+        3,
+    )
+    .unwrap();
+    assert_eq!(c, vec![1.5; 6]);
+    sgemm(
+        simd,
+        2,
+        3,
+        0,
+        1.0,
+        MatRef::row_major(&[], 2, 0, false),
+        MatRef::row_major(&[], 0, 3, false),
+        0.0,
+        &mut c,
+        3,
+    )
+    .unwrap();
+    assert_eq!(c, vec![0.0; 6]);
+    // m = 0 or n = 0: nothing to do, nothing touched.
+    let mut empty: Vec<f32> = vec![];
+    sgemm(
+        simd,
+        0,
+        3,
+        4,
+        1.0,
+        MatRef::row_major(&[], 0, 4, false),
+        MatRef::row_major(&[0.0; 12], 4, 3, false),
+        0.0,
+        &mut empty,
+        3,
+    )
+    .unwrap();
+    sgemm(
+        simd,
+        3,
+        0,
+        4,
+        1.0,
+        MatRef::row_major(&[0.0; 12], 3, 4, false),
+        MatRef::row_major(&[], 4, 0, false),
+        0.0,
+        &mut empty,
+        0,
+    )
+    .unwrap();
+}
+
+#[test]
+fn beta_zero_ignores_nan_in_c() {
+    let simd = Simd::detect();
+    let a = [1.0f32; 4 * 5];
+    let b = [1.0f32; 5 * 6];
+    let mut c = vec![f32::NAN; 4 * 6];
+    sgemm(
+        simd,
+        4,
+        6,
+        5,
+        1.0,
+        MatRef::row_major(&a, 4, 5, false),
+        MatRef::row_major(&b, 5, 6, false),
+        0.0,
+        &mut c,
+        6,
+    )
+    .unwrap();
+    assert!(c.iter().all(|&v| v == 5.0));
+}
+
+#[test]
+fn short_buffers_are_errors_not_panics() {
+    let simd = Simd::detect();
+    let a = [0.0f32; 5];
+    let b = [0.0f32; 6];
+    let mut c = vec![0.0f32; 4];
+    let err = sgemm(
+        simd,
+        2,
+        2,
+        3,
+        1.0,
+        MatRef::row_major(&a, 2, 3, false),
+        MatRef::row_major(&b, 3, 2, false),
+        0.0,
+        &mut c,
+        2,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("A (2 x 3"), "{err}");
+    let a = [0.0f32; 6];
+    let mut c = vec![0.0f32; 3];
+    let err = sgemm(
+        simd,
+        2,
+        2,
+        3,
+        1.0,
+        MatRef::row_major(&a, 2, 3, false),
+        MatRef::row_major(&b, 3, 2, false),
+        0.0,
+        &mut c,
+        2,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("C (2 x 2"), "{err}");
+}
+
+#[test]
+fn simd_paths_agree_with_portable_and_threads_do_not_change_bits() {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let (m, n, k) = (200, 300, 520);
+    let a = random(m * k, &mut rng);
+    let b = random(k * n, &mut rng);
+    let run = |simd: Simd| {
+        let mut c = vec![0.0f32; m * n];
+        sgemm(
+            simd,
+            m,
+            n,
+            k,
+            1.0,
+            MatRef::row_major(&a, m, k, false),
+            MatRef::row_major(&b, k, n, true),
+            0.0,
+            &mut c,
+            n,
+        )
+        .unwrap();
+        c
+    };
+    let portable = run(Simd::portable());
+    for simd in Simd::available() {
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap()
+            .install(|| run(simd));
+        let three = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap()
+            .install(|| run(simd));
+        assert_eq!(
+            one,
+            three,
+            "{:?}: thread count changed the bits",
+            simd.isa()
+        );
+        for (x, y) in one.iter().zip(&portable) {
+            assert!(
+                (x - y).abs() < 1e-3,
+                "{:?} vs portable: {x} vs {y}",
+                simd.isa()
+            );
+        }
+    }
+    assert!(Simd::available().iter().any(|s| s.isa() == Isa::Portable));
+}
