@@ -1,0 +1,260 @@
+//! Reverse-mode automatic differentiation. Each tensor that depends on a [`crate::Var`]
+//! records the op that made it; `backward` walks that graph from the loss in reverse
+//! topological order and applies each op's gradient rule.
+
+use crate::device::{buf, on_device, wrap};
+use crate::{no_grad, Error, Result, Tensor, TensorId, Var};
+use ringtrain_kernels::{Backend, BinaryOp, UnaryOp};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// How a tensor was computed from its inputs.
+pub(crate) enum Op {
+    Unary(UnaryOp, Tensor),
+    Affine {
+        x: Tensor,
+        mul: f32,
+    },
+    Binary(BinaryOp, Tensor, Tensor),
+    Matmul {
+        a: Tensor,
+        b: Tensor,
+        trans_a: bool,
+        trans_b: bool,
+    },
+    /// A sum over some dimensions, kept as size 1.
+    Sum(Tensor),
+    BroadcastAs(Tensor),
+    Reshape(Tensor),
+    Transpose(Tensor, usize, usize),
+    LogSoftmax(Tensor),
+    CrossEntropy {
+        logits: Tensor,
+        labels: Arc<[u32]>,
+        probs: Tensor,
+    },
+}
+
+impl Op {
+    fn inputs(&self) -> Vec<&Tensor> {
+        match self {
+            Op::Unary(_, x)
+            | Op::Affine { x, .. }
+            | Op::Sum(x)
+            | Op::BroadcastAs(x)
+            | Op::Reshape(x)
+            | Op::Transpose(x, ..)
+            | Op::LogSoftmax(x)
+            | Op::CrossEntropy { logits: x, .. } => vec![x],
+            Op::Binary(_, a, b) | Op::Matmul { a, b, .. } => vec![a, b],
+        }
+    }
+}
+
+/// Gradients of a loss with respect to the trainable variables it depends on.
+#[derive(Default)]
+pub struct GradStore {
+    grads: HashMap<TensorId, Tensor>,
+}
+
+impl GradStore {
+    pub fn get(&self, var: &Var) -> Option<&Tensor> {
+        self.grads.get(&var.as_tensor().id())
+    }
+
+    pub fn get_id(&self, id: TensorId) -> Option<&Tensor> {
+        self.grads.get(&id)
+    }
+
+    pub fn insert(&mut self, var: &Var, grad: Tensor) {
+        self.grads.insert(var.as_tensor().id(), grad);
+    }
+
+    pub fn len(&self) -> usize {
+        self.grads.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.grads.is_empty()
+    }
+
+    fn accumulate(&mut self, id: TensorId, grad: Tensor) -> Result<()> {
+        let sum = match self.grads.remove(&id) {
+            Some(prev) => prev.add(&grad)?,
+            None => grad,
+        };
+        self.grads.insert(id, sum);
+        Ok(())
+    }
+}
+
+/// The tensors that lead to `root` through recorded ops, inputs before outputs.
+fn topological_order(root: &Tensor) -> Vec<Tensor> {
+    let mut order = Vec::new();
+    let mut seen = HashSet::new();
+    // Iterative DFS: deep networks would overflow the stack recursively.
+    let mut stack = vec![(root.clone(), false)];
+    while let Some((node, expanded)) = stack.pop() {
+        if expanded {
+            order.push(node);
+            continue;
+        }
+        if !seen.insert(node.id()) {
+            continue;
+        }
+        stack.push((node.clone(), true));
+        if let Some(op) = &node.0.op {
+            for input in op.inputs() {
+                if input.tracks_grad() && !seen.contains(&input.id()) {
+                    stack.push((input.clone(), false));
+                }
+            }
+        }
+    }
+    order
+}
+
+impl Tensor {
+    /// Gradients of this scalar with respect to every [`Var`] it depends on.
+    pub fn backward(&self) -> Result<GradStore> {
+        if self.elem_count() != 1 {
+            return Err(Error::NotScalar(self.shape().clone()));
+        }
+        no_grad(|| {
+            let mut store = GradStore::default();
+            if !self.tracks_grad() {
+                return Ok(store);
+            }
+            store.accumulate(
+                self.id(),
+                Tensor::ones(self.shape().clone(), self.device())?,
+            )?;
+            for node in topological_order(self).iter().rev() {
+                let Some(op) = &node.0.op else { continue };
+                // Intermediate gradients are dropped once used; only variables keep theirs.
+                let Some(grad) = store.grads.remove(&node.id()) else {
+                    continue;
+                };
+                for (input, g) in op.inputs().into_iter().zip(input_grads(op, node, &grad)?) {
+                    if let Some(g) = g {
+                        if input.tracks_grad() {
+                            store.accumulate(input.id(), g)?;
+                        }
+                    }
+                }
+            }
+            Ok(store)
+        })
+    }
+}
+
+/// The gradient of each input of `op`, given the gradient `g` of its output `out`
+/// (`None` where an input needs none).
+fn input_grads(op: &Op, out: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+    let wants = |t: &Tensor| t.tracks_grad();
+    Ok(match op {
+        Op::Unary(kind, x) => vec![Some(unary_backward(*kind, x, out, g)?)],
+        Op::Affine { mul, .. } => vec![Some(g.scale(*mul)?)],
+        Op::Binary(kind, a, b) => {
+            let (ga, gb) = match kind {
+                BinaryOp::Add => (g.clone(), g.clone()),
+                BinaryOp::Sub => (g.clone(), g.neg()?),
+                BinaryOp::Mul => (g.mul(b)?, g.mul(a)?),
+                // d(a/b)/db = -a/b^2 = -out/b
+                BinaryOp::Div => (g.div(b)?, g.mul(out)?.div(b)?.neg()?),
+            };
+            vec![
+                wants(a).then(|| ga.sum_to(a.shape())).transpose()?,
+                wants(b).then(|| gb.sum_to(b.shape())).transpose()?,
+            ]
+        }
+        Op::Matmul {
+            a,
+            b,
+            trans_a,
+            trans_b,
+        } => {
+            // With C = op(A) op(B): dop(A) = G op(B)^T and dop(B) = op(A)^T G, then undo
+            // each op by choosing which operand the product reads transposed.
+            let ga = || match (trans_a, trans_b) {
+                (false, false) => g.matmul_t(b, false, true),
+                (false, true) => g.matmul_t(b, false, false),
+                (true, false) => b.matmul_t(g, false, true),
+                (true, true) => b.matmul_t(g, true, true),
+            };
+            let gb = || match (trans_a, trans_b) {
+                (false, false) => a.matmul_t(g, true, false),
+                (false, true) => g.matmul_t(a, true, false),
+                (true, false) => a.matmul_t(g, false, false),
+                (true, true) => g.matmul_t(a, true, true),
+            };
+            vec![
+                wants(a).then(ga).transpose()?,
+                wants(b).then(gb).transpose()?,
+            ]
+        }
+        Op::Sum(x) => vec![Some(g.broadcast_as(x.shape().clone())?)],
+        Op::BroadcastAs(x) => vec![Some(g.sum_to(x.shape())?)],
+        Op::Reshape(x) => vec![Some(g.reshape(x.shape().clone())?)],
+        Op::Transpose(_, d0, d1) => vec![Some(g.transpose(*d0, *d1)?)],
+        Op::LogSoftmax(_) => vec![Some(log_softmax_backward(out, g)?)],
+        Op::CrossEntropy { labels, probs, .. } => {
+            vec![Some(cross_entropy_backward(probs, labels, g)?)]
+        }
+    })
+}
+
+fn unary_backward(op: UnaryOp, x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Tensor> {
+    let storage = {
+        let (xs, ys, gs) = (x.read(), y.read(), g.read());
+        on_device!(x.device(), b => {
+            let mut dx = b.zeros(x.elem_count())?;
+            b.unary_backward(op, buf(b, &xs)?, buf(b, &ys)?, buf(b, &gs)?, &mut dx)?;
+            wrap(b, dx)
+        })
+    };
+    Ok(Tensor::from_storage(
+        storage,
+        x.shape().clone(),
+        x.device().clone(),
+        None,
+    ))
+}
+
+fn log_softmax_backward(y: &Tensor, g: &Tensor) -> Result<Tensor> {
+    let cols = *y.dims().last().unwrap_or(&1);
+    let rows = y.elem_count() / cols.max(1);
+    let storage = {
+        let (ys, gs) = (y.read(), g.read());
+        on_device!(y.device(), b => {
+            let mut dx = b.zeros(y.elem_count())?;
+            b.log_softmax_backward(buf(b, &ys)?, buf(b, &gs)?, &mut dx, rows, cols)?;
+            wrap(b, dx)
+        })
+    };
+    Ok(Tensor::from_storage(
+        storage,
+        y.shape().clone(),
+        y.device().clone(),
+        None,
+    ))
+}
+
+fn cross_entropy_backward(probs: &Tensor, labels: &[u32], g: &Tensor) -> Result<Tensor> {
+    let cols = *probs.dims().last().unwrap_or(&1);
+    let rows = probs.elem_count() / cols.max(1);
+    let storage = {
+        let (ps, gs) = (probs.read(), g.read());
+        on_device!(probs.device(), b => {
+            let mut dx = b.zeros(probs.elem_count())?;
+            b.softmax_cross_entropy_backward(buf(b, &ps)?, labels, buf(b, &gs)?, &mut dx, rows, cols)?;
+            wrap(b, dx)
+        })
+    };
+    Ok(Tensor::from_storage(
+        storage,
+        probs.shape().clone(),
+        probs.device().clone(),
+        None,
+    ))
+}

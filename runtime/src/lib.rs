@@ -1,0 +1,20 @@
+//! ringtrain-runtime: what runs where. Devices, tensors with reverse-mode autograd, and
+//! optimizers, on top of the kernels of `ringtrain-kernels`.
+
+mod backprop;
+mod device;
+mod error;
+mod ops;
+pub mod optim;
+mod shape;
+mod tensor;
+mod var;
+
+pub use backprop::GradStore;
+pub use device::Device;
+pub use error::{Error, Result};
+pub use shape::Shape;
+pub use tensor::{no_grad, rng_from_seed, Rng, Tensor, TensorId};
+pub use var::Var;
+
+pub use ringtrain_kernels::cpu::{Isa, Simd};

@@ -1,0 +1,493 @@
+//! Forward ops. Each checks its operands, runs one backend kernel into a fresh buffer, and
+//! records itself for backward when an operand tracks gradients.
+
+use crate::backprop::Op;
+use crate::device::{buf, on_device, wrap, Storage};
+use crate::{Error, Result, Shape, Tensor};
+use ringtrain_kernels::{Backend, BinaryLayout, BinaryOp, GemmSpec, StridedLayout, UnaryOp};
+use std::sync::Arc;
+
+fn same_device(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.device().same_kind(b.device()) {
+        Ok(())
+    } else {
+        Err(Error::DeviceMismatch {
+            op,
+            lhs: a.device().name(),
+            rhs: b.device().name(),
+        })
+    }
+}
+
+/// `Some(op)` when gradients must flow through the result.
+fn record(inputs: &[&Tensor], op: impl FnOnce() -> Op) -> Option<Op> {
+    inputs.iter().any(|t| t.tracks_grad()).then(op)
+}
+
+impl Tensor {
+    fn derived(&self, storage: Storage, shape: Shape, op: Option<Op>) -> Tensor {
+        Tensor::from_storage(storage, shape, self.device().clone(), op)
+    }
+
+    // ---- elementwise -------------------------------------------------------------------
+
+    pub(crate) fn unary(&self, op: UnaryOp) -> Result<Tensor> {
+        let storage = {
+            let x = self.read();
+            on_device!(self.device(), b => {
+                let mut y = b.zeros(self.elem_count())?;
+                b.unary(op, buf(b, &x)?, &mut y)?;
+                wrap(b, y)
+            })
+        };
+        let rec = record(&[self], || Op::Unary(op, self.clone()));
+        Ok(self.derived(storage, self.shape().clone(), rec))
+    }
+
+    pub fn neg(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Neg)
+    }
+    pub fn exp(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Exp)
+    }
+    /// Natural logarithm.
+    pub fn log(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Log)
+    }
+    pub fn sqr(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Sqr)
+    }
+    pub fn sqrt(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Sqrt)
+    }
+    pub fn relu(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Relu)
+    }
+    /// GELU, tanh approximation.
+    pub fn gelu(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Gelu)
+    }
+    pub fn tanh(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Tanh)
+    }
+    pub fn sigmoid(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Sigmoid)
+    }
+
+    /// `self * mul + add`, elementwise.
+    pub fn affine(&self, mul: f32, add: f32) -> Result<Tensor> {
+        let storage = {
+            let x = self.read();
+            on_device!(self.device(), b => {
+                let mut y = b.zeros(self.elem_count())?;
+                b.affine(buf(b, &x)?, &mut y, mul, add)?;
+                wrap(b, y)
+            })
+        };
+        let rec = record(&[self], || Op::Affine {
+            x: self.clone(),
+            mul,
+        });
+        Ok(self.derived(storage, self.shape().clone(), rec))
+    }
+
+    pub fn scale(&self, factor: f32) -> Result<Tensor> {
+        self.affine(factor, 0.0)
+    }
+
+    pub fn add_scalar(&self, value: f32) -> Result<Tensor> {
+        self.affine(1.0, value)
+    }
+
+    pub(crate) fn binary(&self, op: BinaryOp, rhs: &Tensor, name: &'static str) -> Result<Tensor> {
+        same_device(name, self, rhs)?;
+        let shape = self.shape().broadcast(rhs.shape(), name)?;
+        let layout = BinaryLayout {
+            lhs_strides: self.shape().broadcast_strides(&shape),
+            rhs_strides: rhs.shape().broadcast_strides(&shape),
+            shape: shape.dims().to_vec(),
+        };
+        let storage = {
+            let (l, r) = (self.read(), rhs.read());
+            on_device!(self.device(), b => {
+                let mut out = b.zeros(shape.elem_count())?;
+                b.binary(op, &layout, buf(b, &l)?, buf(b, &r)?, &mut out)?;
+                wrap(b, out)
+            })
+        };
+        let rec = record(&[self, rhs], || Op::Binary(op, self.clone(), rhs.clone()));
+        Ok(self.derived(storage, shape, rec))
+    }
+
+    /// Elementwise sum, broadcasting NumPy-style (a bias `[n]` adds to every row of `[m, n]`).
+    pub fn add(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(BinaryOp::Add, rhs, "add")
+    }
+    pub fn sub(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(BinaryOp::Sub, rhs, "sub")
+    }
+    pub fn mul(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(BinaryOp::Mul, rhs, "mul")
+    }
+    pub fn div(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(BinaryOp::Div, rhs, "div")
+    }
+
+    // ---- matrix products ---------------------------------------------------------------
+
+    /// Matrix product. `[m, k] x [k, n]`; `[.., m, k] x [k, n]` (one matrix applied to a
+    /// batch of rows); `[b, m, k] x [b, k, n]` (a batch of products).
+    pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+        match (self.rank(), rhs.rank()) {
+            (2, 2) | (3, 3) => self.matmul_t(rhs, false, false),
+            (r, 2) if r > 2 => {
+                let dims = self.dims();
+                let k = dims[r - 1];
+                let rows = self.elem_count() / k.max(1);
+                let flat = self.reshape((rows, k))?.matmul_t(rhs, false, false)?;
+                let mut out = dims[..r - 1].to_vec();
+                out.push(rhs.dims()[1]);
+                flat.reshape(out)
+            }
+            _ => Err(Error::ShapeMismatch {
+                op: "matmul",
+                lhs: self.shape().clone(),
+                rhs: rhs.shape().clone(),
+                hint: " (expected [m, k] x [k, n], [.., m, k] x [k, n] or [b, m, k] x [b, k, n])",
+            }),
+        }
+    }
+
+    /// `op(self) x op(rhs)` where `op` transposes the last two dimensions when asked,
+    /// without copying: the GEMM reads the operand transposed. Rank 2, or rank 3 with equal
+    /// batch sizes.
+    pub fn matmul_t(&self, rhs: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
+        same_device("matmul", self, rhs)?;
+        let mismatch = |hint| Error::ShapeMismatch {
+            op: "matmul",
+            lhs: self.shape().clone(),
+            rhs: rhs.shape().clone(),
+            hint,
+        };
+        let (ad, bd) = (self.dims(), rhs.dims());
+        if ad.len() != bd.len() || !(2..=3).contains(&ad.len()) {
+            return Err(mismatch(" (matmul_t takes two 2-d or two 3-d tensors)"));
+        }
+        let batch = if ad.len() == 3 { ad[0] } else { 1 };
+        if ad.len() == 3 && bd[0] != batch {
+            return Err(mismatch(" (batch sizes differ)"));
+        }
+        let r = ad.len();
+        let (m, k) = if trans_a {
+            (ad[r - 1], ad[r - 2])
+        } else {
+            (ad[r - 2], ad[r - 1])
+        };
+        let (kb, n) = if trans_b {
+            (bd[r - 1], bd[r - 2])
+        } else {
+            (bd[r - 2], bd[r - 1])
+        };
+        if k != kb {
+            return Err(mismatch(" (inner dimensions differ)"));
+        }
+        let spec = GemmSpec {
+            batch,
+            stride_a: m * k,
+            stride_b: k * n,
+            ..GemmSpec::new(m, n, k, trans_a, trans_b)
+        };
+        let shape = if r == 3 {
+            Shape::from((batch, m, n))
+        } else {
+            Shape::from((m, n))
+        };
+        let storage = {
+            let (a, bb) = (self.read(), rhs.read());
+            on_device!(self.device(), be => {
+                let mut c = be.zeros(shape.elem_count())?;
+                be.gemm(&spec, buf(be, &a)?, buf(be, &bb)?, &mut c)?;
+                wrap(be, c)
+            })
+        };
+        let rec = record(&[self, rhs], || Op::Matmul {
+            a: self.clone(),
+            b: rhs.clone(),
+            trans_a,
+            trans_b,
+        });
+        Ok(self.derived(storage, shape, rec))
+    }
+
+    // ---- reductions --------------------------------------------------------------------
+
+    /// Sums over `dims`, keeping each as a dimension of size 1.
+    pub fn sum_keepdims(&self, dims: &[usize]) -> Result<Tensor> {
+        let mut out_dims = self.dims().to_vec();
+        for &d in dims {
+            self.shape().dim(d, "sum")?;
+        }
+        let mut sorted = dims.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let storage = {
+            let x = self.read();
+            on_device!(self.device(), b => {
+                let mut current: Option<_> = None;
+                for &d in &sorted {
+                    let (outer, axis, inner) = Shape::from(out_dims.clone()).split_at(d);
+                    let mut next = b.zeros(outer * inner)?;
+                    let src = match &current {
+                        Some(c) => c,
+                        None => buf(b, &x)?,
+                    };
+                    b.sum_axis(src, &mut next, outer, axis, inner)?;
+                    out_dims[d] = 1;
+                    current = Some(next);
+                }
+                match current {
+                    Some(c) => wrap(b, c),
+                    None => wrap(b, b.upload(&b.download(buf(b, &x)?)?)?),
+                }
+            })
+        };
+        let rec = record(&[self], || Op::Sum(self.clone()));
+        Ok(self.derived(storage, Shape::from(out_dims), rec))
+    }
+
+    /// Sums over `dim`, removing it.
+    pub fn sum(&self, dim: usize) -> Result<Tensor> {
+        let kept = self.sum_keepdims(&[dim])?;
+        let mut dims = self.dims().to_vec();
+        dims.remove(dim);
+        kept.reshape(dims)
+    }
+
+    /// Sum of every element, as a scalar tensor.
+    pub fn sum_all(&self) -> Result<Tensor> {
+        let all: Vec<usize> = (0..self.rank()).collect();
+        self.sum_keepdims(&all)?.reshape(Shape::scalar())
+    }
+
+    /// Mean over `dim`, removing it.
+    pub fn mean(&self, dim: usize) -> Result<Tensor> {
+        let n = self.shape().dim(dim, "mean")?;
+        self.sum(dim)?.scale(1.0 / n as f32)
+    }
+
+    /// Mean of every element, as a scalar tensor.
+    pub fn mean_all(&self) -> Result<Tensor> {
+        if self.elem_count() == 0 {
+            return Err(Error::InvalidShape {
+                op: "mean_all",
+                reason: "the mean of an empty tensor is undefined".into(),
+            });
+        }
+        self.sum_all()?.scale(1.0 / self.elem_count() as f32)
+    }
+
+    // ---- shape -------------------------------------------------------------------------
+
+    /// The same elements under another shape with the same element count (no copy).
+    pub fn reshape(&self, shape: impl Into<Shape>) -> Result<Tensor> {
+        let shape = shape.into();
+        if shape.elem_count() != self.elem_count() {
+            return Err(Error::InvalidShape {
+                op: "reshape",
+                reason: format!(
+                    "cannot view shape {} ({} elements) as {shape}",
+                    self.shape(),
+                    self.elem_count()
+                ),
+            });
+        }
+        let rec = record(&[self], || Op::Reshape(self.clone()));
+        Ok(self.share_storage(shape, rec))
+    }
+
+    /// Flattens every dimension from `dim` on into one: `[b, c, h, w].flatten_from(1)` is
+    /// `[b, c*h*w]`.
+    pub fn flatten_from(&self, dim: usize) -> Result<Tensor> {
+        if dim >= self.rank() {
+            return Err(Error::DimOutOfRange {
+                op: "flatten_from",
+                dim,
+                rank: self.rank(),
+            });
+        }
+        let mut dims = self.dims()[..dim].to_vec();
+        dims.push(self.dims()[dim..].iter().product());
+        self.reshape(dims)
+    }
+
+    /// Swaps two dimensions (copies into the new layout).
+    pub fn transpose(&self, d0: usize, d1: usize) -> Result<Tensor> {
+        self.shape().dim(d0, "transpose")?;
+        self.shape().dim(d1, "transpose")?;
+        let mut dims = self.dims().to_vec();
+        let mut strides = ringtrain_kernels::contiguous_strides(&dims);
+        dims.swap(d0, d1);
+        strides.swap(d0, d1);
+        let layout = StridedLayout {
+            shape: dims.clone(),
+            strides,
+            offset: 0,
+        };
+        let rec = record(&[self], || Op::Transpose(self.clone(), d0, d1));
+        Ok(self.derived(self.gather(&layout)?, Shape::from(dims), rec))
+    }
+
+    /// Transpose of a matrix.
+    pub fn t(&self) -> Result<Tensor> {
+        self.shape().dims2("t")?;
+        self.transpose(0, 1)
+    }
+
+    /// Repeats the tensor along dimensions of size 1 (and new leading ones) to `shape`.
+    pub fn broadcast_as(&self, shape: impl Into<Shape>) -> Result<Tensor> {
+        let shape = shape.into();
+        if &self.shape().broadcast(&shape, "broadcast_as")? != &shape {
+            return Err(Error::ShapeMismatch {
+                op: "broadcast_as",
+                lhs: self.shape().clone(),
+                rhs: shape,
+                hint: " (the target must be the broadcast shape)",
+            });
+        }
+        let layout = StridedLayout {
+            strides: self.shape().broadcast_strides(&shape),
+            shape: shape.dims().to_vec(),
+            offset: 0,
+        };
+        let rec = record(&[self], || Op::BroadcastAs(self.clone()));
+        Ok(self.derived(self.gather(&layout)?, shape, rec))
+    }
+
+    fn gather(&self, layout: &StridedLayout) -> Result<Storage> {
+        let x = self.read();
+        Ok(on_device!(self.device(), b => {
+            let mut out = b.zeros(layout.elem_count())?;
+            b.copy_strided(buf(b, &x)?, layout, &mut out)?;
+            wrap(b, out)
+        }))
+    }
+
+    /// Sums `self` down to `shape`, undoing a broadcast (the gradient of one).
+    pub(crate) fn sum_to(&self, shape: &Shape) -> Result<Tensor> {
+        if self.shape() == shape {
+            return Ok(self.clone());
+        }
+        let lead = self.rank() - shape.rank();
+        let dims: Vec<usize> = (0..self.rank())
+            .filter(|&d| d < lead || (shape.dims()[d - lead] == 1 && self.dims()[d] != 1))
+            .collect();
+        self.sum_keepdims(&dims)?.reshape(shape.clone())
+    }
+
+    // ---- softmax and losses ------------------------------------------------------------
+
+    fn rows_cols(&self, op: &'static str) -> Result<(usize, usize)> {
+        match self.dims().last() {
+            Some(&cols) if cols > 0 => Ok((self.elem_count() / cols, cols)),
+            _ => Err(Error::InvalidShape {
+                op,
+                reason: format!(
+                    "needs a last dimension of at least 1, got shape {}",
+                    self.shape()
+                ),
+            }),
+        }
+    }
+
+    /// Log-softmax over the last dimension.
+    pub fn log_softmax(&self) -> Result<Tensor> {
+        let (rows, cols) = self.rows_cols("log_softmax")?;
+        let storage = {
+            let x = self.read();
+            on_device!(self.device(), b => {
+                let mut y = b.zeros(rows * cols)?;
+                b.log_softmax(buf(b, &x)?, &mut y, rows, cols)?;
+                wrap(b, y)
+            })
+        };
+        let rec = record(&[self], || Op::LogSoftmax(self.clone()));
+        Ok(self.derived(storage, self.shape().clone(), rec))
+    }
+
+    /// Softmax over the last dimension.
+    pub fn softmax(&self) -> Result<Tensor> {
+        self.log_softmax()?.exp()
+    }
+
+    /// Mean cross-entropy of logits `[.., classes]` against one class label per row, fused
+    /// with the softmax (numerically stable, one pass). Returns a scalar.
+    pub fn cross_entropy(&self, labels: &[u32]) -> Result<Tensor> {
+        let (rows, cols) = self.rows_cols("cross_entropy")?;
+        if labels.len() != rows {
+            return Err(Error::InvalidShape {
+                op: "cross_entropy",
+                reason: format!(
+                    "{} labels for {rows} rows of logits (shape {})",
+                    labels.len(),
+                    self.shape()
+                ),
+            });
+        }
+        if let Some(i) = labels.iter().position(|&l| l as usize >= cols) {
+            return Err(Error::InvalidArgument(format!(
+                "cross_entropy: label {} at row {i} is out of range for {cols} classes",
+                labels[i]
+            )));
+        }
+        let (probs, loss) = {
+            let x = self.read();
+            on_device!(self.device(), b => {
+                let mut probs = b.zeros(rows * cols)?;
+                let mut loss = b.zeros(1)?;
+                b.softmax_cross_entropy(buf(b, &x)?, labels, &mut probs, &mut loss, rows, cols)?;
+                (wrap(b, probs), wrap(b, loss))
+            })
+        };
+        let probs = Tensor::from_storage(probs, self.shape().clone(), self.device().clone(), None);
+        let rec = record(&[self], || Op::CrossEntropy {
+            logits: self.clone(),
+            labels: Arc::from(labels),
+            probs,
+        });
+        Ok(self.derived(loss, Shape::scalar(), rec))
+    }
+
+    /// Mean squared error against a target of the same shape.
+    pub fn mse(&self, target: &Tensor) -> Result<Tensor> {
+        if self.shape() != target.shape() {
+            return Err(Error::ShapeMismatch {
+                op: "mse",
+                lhs: self.shape().clone(),
+                rhs: target.shape().clone(),
+                hint: " (prediction and target must have the same shape)",
+            });
+        }
+        self.sub(target)?.sqr()?.mean_all()
+    }
+
+    /// Index of the largest value in each row of the last dimension (first on ties).
+    pub fn argmax(&self) -> Result<Vec<u32>> {
+        let (_, cols) = self.rows_cols("argmax")?;
+        Ok(self
+            .to_vec()?
+            .chunks(cols)
+            .map(|row| {
+                row.iter()
+                    .enumerate()
+                    .fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| {
+                        if v > best.1 {
+                            (i, v)
+                        } else {
+                            best
+                        }
+                    })
+                    .0 as u32
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,105 @@
+use super::{check_finite, check_grad, Optimizer};
+use crate::device::{buf, buf_mut, on_device, wrap, Storage};
+use crate::{Error, GradStore, Result, Var};
+use ringtrain_kernels::{AdamWParams, Backend};
+
+/// AdamW hyper-parameters (PyTorch defaults).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWConfig {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        Self {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        }
+    }
+}
+
+/// Adam with decoupled weight decay, fused into one kernel per parameter.
+pub struct AdamW {
+    vars: Vec<Var>,
+    /// First and second moment estimates, created on a variable's first update.
+    moments: Vec<Option<(Storage, Storage)>>,
+    step: u64,
+    config: AdamWConfig,
+}
+
+impl AdamW {
+    pub fn new(vars: Vec<Var>, config: AdamWConfig) -> Result<AdamW> {
+        check_finite("learning rate", config.lr)?;
+        check_finite("weight decay", config.weight_decay)?;
+        check_finite("eps", config.eps)?;
+        for (name, beta) in [("beta1", config.beta1), ("beta2", config.beta2)] {
+            if !(0.0..1.0).contains(&beta) {
+                return Err(Error::InvalidArgument(format!(
+                    "{name} must be in [0, 1), got {beta}"
+                )));
+            }
+        }
+        let moments = vars.iter().map(|_| None).collect();
+        Ok(AdamW {
+            vars,
+            moments,
+            step: 0,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &AdamWConfig {
+        &self.config
+    }
+
+    /// Updates taken so far.
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+}
+
+impl Optimizer for AdamW {
+    fn step(&mut self, grads: &GradStore) -> Result<()> {
+        self.step += 1;
+        let c = self.config;
+        let hp = AdamWParams {
+            lr: c.lr,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            weight_decay: c.weight_decay,
+            step: self.step,
+        };
+        for (var, state) in self.vars.iter().zip(self.moments.iter_mut()) {
+            let Some(grad) = grads.get(var) else { continue };
+            check_grad(var, grad)?;
+            let g = grad.read();
+            let mut p = var.write();
+            on_device!(var.device(), b => {
+                if state.is_none() {
+                    let n = var.elem_count();
+                    *state = Some((wrap(b, b.zeros(n)?), wrap(b, b.zeros(n)?)));
+                }
+                if let Some((m, v)) = state.as_mut() {
+                    b.adamw_step(&hp, buf_mut(b, &mut p)?, buf(b, &g)?, buf_mut(b, m)?, buf_mut(b, v)?)?;
+                }
+            });
+        }
+        Ok(())
+    }
+
+    fn learning_rate(&self) -> f32 {
+        self.config.lr
+    }
+
+    fn set_learning_rate(&mut self, lr: f32) {
+        self.config.lr = lr;
+    }
+}

@@ -1,0 +1,262 @@
+//! The user-facing tensor: an immutable, contiguous, row-major f32 array on a device,
+//! which remembers the op that made it when it depends on a trainable [`crate::Var`].
+
+use crate::backprop::Op;
+use crate::device::{buf, on_device, wrap, Storage};
+use crate::{Device, Error, Result, Shape};
+use rand::Rng as _;
+use rand_distr::{Distribution, Normal};
+use ringtrain_kernels::Backend;
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// The random number generator every initializer takes: ChaCha8, so a seed gives the same
+/// numbers on every platform and release.
+pub type Rng = rand_chacha::ChaCha8Rng;
+
+/// A seeded [`Rng`].
+pub fn rng_from_seed(seed: u64) -> Rng {
+    rand::SeedableRng::seed_from_u64(seed)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TensorId(u64);
+
+impl TensorId {
+    fn next() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        TensorId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// A cheap-to-clone handle to an n-dimensional f32 array.
+#[derive(Clone)]
+pub struct Tensor(pub(crate) Arc<Inner>);
+
+pub(crate) struct Inner {
+    pub(crate) id: TensorId,
+    pub(crate) storage: Arc<RwLock<Storage>>,
+    pub(crate) shape: Shape,
+    pub(crate) device: Device,
+    /// How this tensor was computed, kept only when gradients must flow through it.
+    pub(crate) op: Option<Op>,
+    /// A trainable leaf: gradients are collected for it.
+    pub(crate) is_var: bool,
+}
+
+thread_local! {
+    static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Runs `f` without recording ops for backward (evaluation, and the backward pass itself).
+pub fn no_grad<T>(f: impl FnOnce() -> T) -> T {
+    let prev = GRAD_ENABLED.with(|g| g.replace(false));
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            GRAD_ENABLED.with(|g| g.set(self.0));
+        }
+    }
+    let _restore = Restore(prev);
+    f()
+}
+
+pub(crate) fn grad_enabled() -> bool {
+    GRAD_ENABLED.with(|g| g.get())
+}
+
+impl Tensor {
+    pub(crate) fn from_storage(
+        storage: Storage,
+        shape: Shape,
+        device: Device,
+        op: Option<Op>,
+    ) -> Tensor {
+        Tensor(Arc::new(Inner {
+            id: TensorId::next(),
+            storage: Arc::new(RwLock::new(storage)),
+            shape,
+            device,
+            op: op.filter(|_| grad_enabled()),
+            is_var: false,
+        }))
+    }
+
+    pub(crate) fn new_var(storage: Storage, shape: Shape, device: Device) -> Tensor {
+        Tensor(Arc::new(Inner {
+            id: TensorId::next(),
+            storage: Arc::new(RwLock::new(storage)),
+            shape,
+            device,
+            op: None,
+            is_var: true,
+        }))
+    }
+
+    /// A tensor holding `data` (row-major) with the given shape.
+    pub fn from_vec(data: Vec<f32>, shape: impl Into<Shape>, device: &Device) -> Result<Tensor> {
+        let shape = shape.into();
+        if data.len() != shape.elem_count() {
+            return Err(Error::InvalidShape {
+                op: "from_vec",
+                reason: format!("{} values cannot fill shape {shape}", data.len()),
+            });
+        }
+        let storage = on_device!(device, b => wrap(b, b.upload(&data)?));
+        Ok(Tensor::from_storage(storage, shape, device.clone(), None))
+    }
+
+    pub fn from_slice(data: &[f32], shape: impl Into<Shape>, device: &Device) -> Result<Tensor> {
+        Tensor::from_vec(data.to_vec(), shape, device)
+    }
+
+    /// A one-element tensor of shape `[]`.
+    pub fn scalar(value: f32, device: &Device) -> Result<Tensor> {
+        Tensor::from_vec(vec![value], Shape::scalar(), device)
+    }
+
+    pub fn full(value: f32, shape: impl Into<Shape>, device: &Device) -> Result<Tensor> {
+        let shape = shape.into();
+        let storage = on_device!(device, b => {
+            let mut buf = b.zeros(shape.elem_count())?;
+            b.fill(&mut buf, value)?;
+            wrap(b, buf)
+        });
+        Ok(Tensor::from_storage(storage, shape, device.clone(), None))
+    }
+
+    pub fn zeros(shape: impl Into<Shape>, device: &Device) -> Result<Tensor> {
+        Tensor::full(0.0, shape, device)
+    }
+
+    pub fn ones(shape: impl Into<Shape>, device: &Device) -> Result<Tensor> {
+        Tensor::full(1.0, shape, device)
+    }
+
+    /// Samples from N(mean, std^2).
+    pub fn randn(
+        mean: f32,
+        std: f32,
+        shape: impl Into<Shape>,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let shape = shape.into();
+        let normal = Normal::new(mean, std)
+            .map_err(|e| Error::InvalidArgument(format!("randn(mean {mean}, std {std}): {e}")))?;
+        let data = (0..shape.elem_count())
+            .map(|_| normal.sample(rng))
+            .collect();
+        Tensor::from_vec(data, shape, device)
+    }
+
+    /// Samples uniformly from `[lo, hi)`.
+    pub fn rand_uniform(
+        lo: f32,
+        hi: f32,
+        shape: impl Into<Shape>,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Result<Tensor> {
+        if !(lo < hi) {
+            return Err(Error::InvalidArgument(format!(
+                "rand_uniform needs lo < hi, got [{lo}, {hi})"
+            )));
+        }
+        let shape = shape.into();
+        let data = (0..shape.elem_count())
+            .map(|_| rng.random_range(lo..hi))
+            .collect();
+        Tensor::from_vec(data, shape, device)
+    }
+
+    pub fn id(&self) -> TensorId {
+        self.0.id
+    }
+
+    pub fn shape(&self) -> &Shape {
+        &self.0.shape
+    }
+
+    pub fn dims(&self) -> &[usize] {
+        self.0.shape.dims()
+    }
+
+    pub fn rank(&self) -> usize {
+        self.0.shape.rank()
+    }
+
+    pub fn elem_count(&self) -> usize {
+        self.0.shape.elem_count()
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.0.device
+    }
+
+    /// Whether gradients flow through this tensor to some [`crate::Var`].
+    pub fn tracks_grad(&self) -> bool {
+        self.0.is_var || self.0.op.is_some()
+    }
+
+    pub fn is_var(&self) -> bool {
+        self.0.is_var
+    }
+
+    /// The same values, cut off from the graph: no gradient flows back through it.
+    pub fn detach(&self) -> Tensor {
+        Tensor(Arc::new(Inner {
+            id: TensorId::next(),
+            storage: self.0.storage.clone(),
+            shape: self.0.shape.clone(),
+            device: self.0.device.clone(),
+            op: None,
+            is_var: false,
+        }))
+    }
+
+    /// Copies the values to host memory (a sync point on asynchronous devices).
+    pub fn to_vec(&self) -> Result<Vec<f32>> {
+        let storage = self.read();
+        on_device!(&self.0.device, b => Ok(b.download(buf(b, &storage)?)?))
+    }
+
+    /// The single value of a one-element tensor.
+    pub fn to_scalar(&self) -> Result<f32> {
+        if self.elem_count() != 1 {
+            return Err(Error::InvalidShape {
+                op: "to_scalar",
+                reason: format!("expected one element, got shape {}", self.shape()),
+            });
+        }
+        Ok(self.to_vec()?[0])
+    }
+
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, Storage> {
+        // A writer only panics mid-update on a bug in a kernel; the data is still sound f32s.
+        self.0.storage.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, Storage> {
+        self.0.storage.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A tensor sharing this one's memory under another shape (same element count).
+    pub(crate) fn share_storage(&self, shape: Shape, op: Option<Op>) -> Tensor {
+        Tensor(Arc::new(Inner {
+            id: TensorId::next(),
+            storage: self.0.storage.clone(),
+            shape,
+            device: self.0.device.clone(),
+            op: op.filter(|_| grad_enabled()),
+            is_var: false,
+        }))
+    }
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor{}[{:?}]", self.shape(), self.device())
+    }
+}
