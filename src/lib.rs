@@ -1,2 +1,41 @@
-//! ringtrain: train neural networks on CPUs and GPUs with one model code path.
+//! ringtrain: train neural networks on CPUs (explicit FMA/SIMD kernels) and GPUs, with one
+//! model code path.
+//!
+//! The crates underneath, re-exported here:
+//! - [`kernels`]: the `Backend` trait and the CPU backend (how things are computed);
+//! - the runtime: [`Device`], [`Tensor`] with reverse-mode autograd, [`Var`], [`optim`];
+//! - the models: [`nn`] layers, the [`zoo`], [`data`] sets and [`eval`].
+//!
+//! ```
+//! use ringtrain::prelude::*;
+//!
+//! # fn main() -> ringtrain::Result<()> {
+//! let device = Device::cpu();
+//! let x = Tensor::from_vec(vec![1.0, 2.0, 3.0, 4.0], (2, 2), &device)?;
+//! let w = Var::from_vec(vec![0.5, -1.0, 0.25, 2.0], (2, 2), &device)?;
+//! let loss = x.matmul(&w)?.sqr()?.mean_all()?;
+//! let grads = loss.backward()?;
+//! assert_eq!(grads.get(&w).unwrap().dims(), &[2, 2]);
+//! # Ok(())
+//! # }
+//! ```
+
 pub use ringtrain_kernels as kernels;
+pub use ringtrain_models::{data, eval, nn, zoo};
+pub use ringtrain_runtime::optim;
+pub use ringtrain_runtime::{
+    no_grad, rng_from_seed, Device, Error, GradStore, Isa, Result, Rng, Shape, Simd, Tensor,
+    TensorId, Var,
+};
+
+/// The names most model code needs.
+pub mod prelude {
+    pub use crate::nn::{Gelu, Linear, Module, Relu, Sequential, Sigmoid, Tanh};
+    pub use crate::optim::{AdamW, AdamWConfig, Optimizer, Sgd, SgdConfig};
+    pub use crate::{no_grad, rng_from_seed, Device, Rng, Shape, Tensor, Var};
+}
+
+// Compiles and runs the README's code blocks as doctests, so the README cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

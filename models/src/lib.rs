@@ -1,3 +1,6 @@
-//! ringtrain-models: what is trained. Layers, the model zoo and datasets.
+//! ringtrain-models: what is trained. Layers, the model zoo, datasets and evaluation.
 
 pub mod data;
+pub mod eval;
+pub mod nn;
+pub mod zoo;

@@ -1,0 +1,99 @@
+use super::Module;
+use ringtrain_runtime::{Device, Error, Result, Rng, Tensor, Var};
+
+/// `y = x W^T + b`, with `W` stored `[out, in]` as PyTorch stores it, so weights move
+/// between the two unchanged. Accepts `[.., in]` inputs.
+pub struct Linear {
+    weight: Var,
+    bias: Option<Var>,
+}
+
+impl Linear {
+    /// PyTorch's default initialisation: weight and bias uniform in `+-1/sqrt(in)`.
+    pub fn new(
+        in_features: usize,
+        out_features: usize,
+        device: &Device,
+        rng: &mut Rng,
+    ) -> Result<Linear> {
+        if in_features == 0 || out_features == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "Linear needs at least one input and one output feature, got {in_features} -> {out_features}"
+            )));
+        }
+        let bound = 1.0 / (in_features as f32).sqrt();
+        let w = Tensor::rand_uniform(-bound, bound, (out_features, in_features), rng, device)?;
+        let b = Tensor::rand_uniform(-bound, bound, out_features, rng, device)?;
+        Ok(Linear {
+            weight: Var::from_tensor(&w)?,
+            bias: Some(Var::from_tensor(&b)?),
+        })
+    }
+
+    /// A layer from existing parameters: weight `[out, in]`, optional bias `[out]`.
+    pub fn from_parts(weight: Var, bias: Option<Var>) -> Result<Linear> {
+        let (out, _) = weight.shape().dims2("Linear weight")?;
+        if let Some(b) = &bias {
+            if b.dims() != [out] {
+                return Err(Error::InvalidShape {
+                    op: "Linear",
+                    reason: format!("bias of shape {} does not match {out} outputs", b.shape()),
+                });
+            }
+        }
+        Ok(Linear { weight, bias })
+    }
+
+    pub fn weight(&self) -> &Var {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> Option<&Var> {
+        self.bias.as_ref()
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.weight.dims()[1]
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.weight.dims()[0]
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let in_features = self.in_features();
+        if x.dims().last() != Some(&in_features) {
+            return Err(Error::InvalidShape {
+                op: "Linear",
+                reason: format!(
+                    "expected inputs [.., {in_features}], got shape {}",
+                    x.shape()
+                ),
+            });
+        }
+        let rows = x.elem_count() / in_features;
+        let y = x
+            .reshape((rows, in_features))?
+            .matmul_t(&self.weight, false, true)?;
+        let y = match &self.bias {
+            Some(b) => y.add(b)?,
+            None => y,
+        };
+        if x.rank() == 2 {
+            return Ok(y);
+        }
+        let mut dims = x.dims().to_vec();
+        *dims.last_mut().unwrap_or(&mut 0) = self.out_features();
+        y.reshape(dims)
+    }
+
+    fn named_parameters(&self) -> Vec<(String, Var)> {
+        let mut params = vec![("weight".to_string(), self.weight.clone())];
+        if let Some(b) = &self.bias {
+            params.push(("bias".to_string(), b.clone()));
+        }
+        params
+    }
+}

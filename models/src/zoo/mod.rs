@@ -1,0 +1,5 @@
+//! Ready-made models.
+
+mod mlp;
+
+pub use mlp::{mlp, Activation};
