@@ -75,7 +75,8 @@ pub(crate) fn sum_axis(
         }
     };
     let piece = if parallel(x.len()) {
-        (PAR_CHUNK / axis.max(1)).clamp(64, inner)
+        // Not `clamp(64, inner)`: that panics when inner < 64 (e.g. a [8192, 10] bias grad).
+        (PAR_CHUNK / axis.max(1)).max(64).min(inner)
     } else {
         inner
     };

@@ -12,8 +12,9 @@ const NR: usize = 16;
 impl MicroKernel for Avx2Fma {
     const MR: usize = MR;
     const NR: usize = NR;
-    const KC: usize = 512;
-    const NC: usize = 256;
+    const KC: usize = 384;
+    const MC: usize = 168;
+    const NC: usize = 384;
 
     unsafe fn kernel(
         kc: usize,
@@ -41,6 +42,12 @@ unsafe fn kernel_6x16(
 ) {
     unsafe {
         let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+        // C is touched only after the loop: start fetching its rows now, so the misses
+        // overlap the FMAs instead of stalling the stores.
+        for i in 0..MR {
+            _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + 15) as *const i8);
+        }
         let (mut a, mut b) = (a, b);
         for _ in 0..kc {
             let b0 = _mm256_loadu_ps(b);

@@ -15,8 +15,9 @@ impl MicroKernel for Avx512 {
     const NR: usize = NR;
     // A 12 x 256 panel of A (12 KiB) stays in L1 while 32-wide panels of a 256 x 512 block
     // of B (512 KiB) stream from L2.
-    const KC: usize = 256;
-    const NC: usize = 512;
+    const KC: usize = 384;
+    const MC: usize = 144;
+    const NC: usize = 384;
 
     unsafe fn kernel(
         kc: usize,
@@ -44,6 +45,12 @@ unsafe fn kernel_12x32(
 ) {
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        // C is touched only after the loop: start fetching its rows now, so the misses
+        // overlap the FMAs instead of stalling the stores.
+        for i in 0..MR {
+            _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + 31) as *const i8);
+        }
         let (mut a, mut b) = (a, b);
         for _ in 0..kc {
             let b0 = _mm512_loadu_ps(b);

@@ -60,6 +60,7 @@ pub(crate) trait MicroKernel {
     const MR: usize;
     const NR: usize;
     const KC: usize;
+    const MC: usize;
     const NC: usize;
 
     /// `C = alpha * A_panel * B_panel + beta * C` for one MR x NR tile (row stride `ldc`),
@@ -199,40 +200,40 @@ fn run_with<K: MicroKernel>(
     let (mr, nr) = (K::MR, K::NR);
     let m_panels = s.m.div_ceil(mr);
     let n_panels = s.n.div_ceil(nr);
-    let kc_max = K::KC.min(s.k);
+    // Equal slices of k: 784 becomes 2 x 392 rather than 384 + 384 + 16.
+    let kc_max = s.k.div_ceil(s.k.div_ceil(K::KC));
     apack.resize(m_panels * mr * kc_max, 0.0);
     bpack.resize(n_panels * nr * kc_max, 0.0);
 
     // Row blocks per task: enough tasks to keep every thread busy, but whole panels.
-    let threads = if s.parallel {
-        rayon::current_num_threads()
-    } else {
-        1
-    };
+    let threads = if s.parallel { rayon::current_num_threads() } else { 1 };
     let n_blocks = s.n.div_ceil(K::NC);
     let want_m_blocks = (2 * threads).div_ceil(n_blocks).max(1);
-    let mc_panels = m_panels.div_ceil(want_m_blocks).max(1);
+    let mc_panels = m_panels.div_ceil(want_m_blocks).clamp(1, K::MC / mr);
     let m_blocks = m_panels.div_ceil(mc_panels);
 
     let c_ptr = SyncPtr(c.as_mut_ptr());
-    for pc in (0..s.k).step_by(K::KC) {
-        let kc = K::KC.min(s.k - pc);
+    for pc in (0..s.k).step_by(kc_max) {
+        let kc = kc_max.min(s.k - pc);
         let ap = &mut apack[..m_panels * mr * kc];
         let bp = &mut bpack[..n_panels * nr * kc];
-        let pack_a = |(ip, dst): (usize, &mut [f32])| {
-            let i0 = ip * mr;
-            pack::pack_a(dst, a, i0, mr.min(s.m - i0), pc, kc, mr)
-        };
-        let pack_b = |(jp, dst): (usize, &mut [f32])| {
-            let j0 = jp * nr;
-            pack::pack_b(dst, b, pc, kc, j0, nr.min(s.n - j0), nr)
+        // Both operands are packed in one parallel pass: one fork/join, not two.
+        let a_jobs = ap.chunks_mut(mr * kc).enumerate().map(|(ip, dst)| (true, ip, dst));
+        let b_jobs = bp.chunks_mut(nr * kc).enumerate().map(|(jp, dst)| (false, jp, dst));
+        let pack = |(is_a, idx, dst): (bool, usize, &mut [f32])| {
+            if is_a {
+                let i0 = idx * mr;
+                pack::pack_a(dst, a, i0, mr.min(s.m - i0), pc, kc, mr)
+            } else {
+                let j0 = idx * nr;
+                pack::pack_b(dst, b, pc, kc, j0, nr.min(s.n - j0), nr)
+            }
         };
         if s.parallel {
-            ap.par_chunks_mut(mr * kc).enumerate().for_each(pack_a);
-            bp.par_chunks_mut(nr * kc).enumerate().for_each(pack_b);
+            let jobs: Vec<_> = a_jobs.chain(b_jobs).collect();
+            jobs.into_par_iter().for_each(pack);
         } else {
-            ap.chunks_mut(mr * kc).enumerate().for_each(pack_a);
-            bp.chunks_mut(nr * kc).enumerate().for_each(pack_b);
+            a_jobs.chain(b_jobs).for_each(pack);
         }
 
         let beta = if pc == 0 { s.beta } else { 1.0 };

@@ -14,6 +14,7 @@ impl MicroKernel for Neon {
     const MR: usize = MR;
     const NR: usize = NR;
     const KC: usize = 256;
+    const MC: usize = 128;
     const NC: usize = 512;
 
     unsafe fn kernel(

@@ -1,0 +1,88 @@
+//! The mnist example as a user runs it: flags, errors, metrics file. `cargo test` builds
+//! examples next to the test binaries, so the binary is found relative to this one.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn example_binary() -> PathBuf {
+    let mut dir = std::env::current_exe().expect("test binary path");
+    dir.pop(); // the test binary
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join("examples").join(format!("mnist{}", std::env::consts::EXE_SUFFIX))
+}
+
+fn run(args: &[&str]) -> Output {
+    let bin = example_binary();
+    assert!(bin.exists(), "{} not built (cargo test builds examples)", bin.display());
+    Command::new(bin)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run the mnist example")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn trains_one_epoch_and_writes_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = dir.path().join("metrics.jsonl");
+    let out = run(&[
+        "--epochs",
+        "2",
+        "--hidden",
+        "64",
+        "--batch-size",
+        "100",
+        "--metrics-out",
+        metrics.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("done: 2 epochs"), "{stdout}");
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    for (i, m) in lines.iter().enumerate() {
+        assert_eq!(m["epoch"], i as u64 + 1);
+        for key in ["train_loss", "test_loss", "test_accuracy", "samples_per_sec", "seconds"] {
+            assert!(m[key].as_f64().is_some_and(|v| v.is_finite() && v >= 0.0), "{key} in {m}");
+        }
+    }
+    // Two epochs of a small MLP already classify most digits.
+    assert!(lines[1]["test_accuracy"].as_f64().unwrap() > 0.85, "{}", lines[1]);
+    assert!(!dir.path().join("metrics.jsonl.tmp").exists());
+}
+
+#[test]
+fn batch_size_zero_is_rejected() {
+    let out = run(&["--batch-size", "0"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--batch-size"), "{}", stderr(&out));
+}
+
+#[test]
+fn missing_data_dir_names_the_path() {
+    let out = run(&["--data-dir", "/nonexistent/mnist", "--epochs", "1"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.starts_with("error: ") && err.contains("/nonexistent/mnist"), "{err}");
+}
+
+#[test]
+fn unavailable_backend_is_a_clear_error() {
+    let out = run(&["--backend", "gpu", "--epochs", "1"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("GPU backend"), "{}", stderr(&out));
+}
+
+#[test]
+fn bad_hidden_sizes_are_errors() {
+    let out = run(&["--hidden", "64,0", "--epochs", "1"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("Linear"), "{}", stderr(&out));
+}
