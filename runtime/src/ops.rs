@@ -143,7 +143,8 @@ impl Tensor {
             (r, 2) if r > 2 => {
                 let dims = self.dims();
                 let k = dims[r - 1];
-                let rows = self.elem_count() / k.max(1);
+                // Not elem_count / k: with k == 0 that loses the rows (and fails to reshape).
+                let rows = dims[..r - 1].iter().product::<usize>();
                 let flat = self.reshape((rows, k))?.matmul_t(rhs, false, false)?;
                 let mut out = dims[..r - 1].to_vec();
                 out.push(rhs.dims()[1]);

@@ -1,6 +1,6 @@
 //! Trainable parameters.
 
-use crate::device::{buf, buf_mut, on_device, wrap};
+use crate::device::{buf_mut, on_device, wrap};
 use crate::{Device, Error, Result, Shape, Tensor};
 use ringtrain_kernels::Backend;
 
@@ -47,10 +47,11 @@ impl Var {
                 hint: "",
             });
         }
-        let src = values.read();
+        // Read `values` before taking the write lock: it may share this Var's storage (a
+        // `detach()`ed snapshot, a reshape), and holding both locks would deadlock.
+        let data = values.to_vec()?;
         let mut dst = self.0.write();
         on_device!(self.0.device(), b => {
-            let data = b.download(buf(b, &src)?)?;
             *buf_mut(b, &mut dst)? = b.upload(&data)?;
         });
         Ok(())
