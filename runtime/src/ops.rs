@@ -347,7 +347,7 @@ impl Tensor {
     /// Repeats the tensor along dimensions of size 1 (and new leading ones) to `shape`.
     pub fn broadcast_as(&self, shape: impl Into<Shape>) -> Result<Tensor> {
         let shape = shape.into();
-        if &self.shape().broadcast(&shape, "broadcast_as")? != &shape {
+        if self.shape().broadcast(&shape, "broadcast_as")? != shape {
             return Err(Error::ShapeMismatch {
                 op: "broadcast_as",
                 lhs: self.shape().clone(),

@@ -143,6 +143,11 @@ impl Tensor {
         device: &Device,
     ) -> Result<Tensor> {
         let shape = shape.into();
+        if !(std.is_finite() && std >= 0.0 && mean.is_finite()) {
+            return Err(Error::InvalidArgument(format!(
+                "randn needs a finite mean and std >= 0, got mean {mean}, std {std}"
+            )));
+        }
         let normal = Normal::new(mean, std)
             .map_err(|e| Error::InvalidArgument(format!("randn(mean {mean}, std {std}): {e}")))?;
         let data = (0..shape.elem_count())
@@ -159,7 +164,7 @@ impl Tensor {
         rng: &mut Rng,
         device: &Device,
     ) -> Result<Tensor> {
-        if !(lo < hi) {
+        if lo.partial_cmp(&hi) != Some(std::cmp::Ordering::Less) {
             return Err(Error::InvalidArgument(format!(
                 "rand_uniform needs lo < hi, got [{lo}, {hi})"
             )));
@@ -240,6 +245,10 @@ impl Tensor {
 
     pub(crate) fn write(&self) -> RwLockWriteGuard<'_, Storage> {
         self.0.storage.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn shares_storage(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.0.storage, &other.0.storage)
     }
 
     /// A tensor sharing this one's memory under another shape (same element count).

@@ -715,10 +715,34 @@ fn optimizers_skip_vars_without_gradients_and_follow_lr_changes() {
     assert_eq!(a.to_vec().unwrap(), vec![0.5, 2.5]);
     assert_eq!(b.to_vec().unwrap(), vec![3.0, 4.0], "b had no gradient");
 
-    sgd.set_learning_rate(0.25);
+    sgd.set_learning_rate(0.25).unwrap();
     assert_eq!(sgd.learning_rate(), 0.25);
+    for bad in [-1.0, f32::NAN, f32::INFINITY] {
+        let err = sgd.set_learning_rate(bad).unwrap_err().to_string();
+        assert!(err.contains("learning rate"), "{err}");
+    }
+    assert_eq!(
+        sgd.learning_rate(),
+        0.25,
+        "a rejected learning rate must not stick"
+    );
     sgd.step(&grads).unwrap();
     assert_eq!(a.to_vec().unwrap(), vec![0.25, 2.75]);
+
+    // A gradient that aliases the variable's memory is applied, not deadlocked on.
+    let mut aliased = GradStore::default();
+    aliased.insert(&b, b.detach());
+    let mut plain = Sgd::new(
+        vec![b.clone()],
+        SgdConfig {
+            lr: 0.5,
+            ..SgdConfig::default()
+        },
+    )
+    .unwrap();
+    plain.step(&aliased).unwrap();
+    assert_eq!(b.to_vec().unwrap(), vec![1.5, 2.0]);
+    b.set(&t(&[3.0, 4.0], &[2])).unwrap();
 
     let mut adamw = AdamW::new(vec![a.clone(), b.clone()], AdamWConfig::default()).unwrap();
     adamw.step(&grads).unwrap();

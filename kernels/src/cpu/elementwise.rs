@@ -24,7 +24,8 @@ simd_fn! {
             UnaryOp::Log => y.iter_mut().zip(x).for_each(|(y, &x)| *y = x.ln()),
             UnaryOp::Sqr => y.iter_mut().zip(x).for_each(|(y, &x)| *y = x * x),
             UnaryOp::Sqrt => y.iter_mut().zip(x).for_each(|(y, &x)| *y = x.sqrt()),
-            UnaryOp::Relu => y.iter_mut().zip(x).for_each(|(y, &x)| *y = if x > 0.0 { x } else { 0.0 }),
+            // `x < 0` rather than `x > 0`, so NaN stays NaN.
+            UnaryOp::Relu => y.iter_mut().zip(x).for_each(|(y, &x)| *y = if x < 0.0 { 0.0 } else { x }),
             UnaryOp::Gelu => y.iter_mut().zip(x).for_each(|(y, &x)| *y = math::gelu(x)),
             UnaryOp::Tanh => y.iter_mut().zip(x).for_each(|(y, &x)| *y = math::tanh(x)),
             UnaryOp::Sigmoid => y.iter_mut().zip(x).for_each(|(y, &x)| *y = math::sigmoid(x)),

@@ -31,8 +31,9 @@ simd_fn! {
 }
 
 simd_fn! {
-    fn add_scalar(x: &[f32], c: f32, out: &mut [f32]) {
-        out.iter_mut().zip(x).for_each(|(o, &v)| *o = v + c);
+    /// `out = (x - shift) - c`.
+    fn shifted_minus(x: &[f32], shift: f32, c: f32, out: &mut [f32]) {
+        out.iter_mut().zip(x).for_each(|(o, &v)| *o = (v - shift) - c);
     }
 }
 
@@ -66,8 +67,10 @@ pub(crate) fn log_softmax(simd: Simd, x: &[f32], y: &mut [f32], cols: usize) {
     rows(x, y, cols, |_, x, y| {
         let max = row_max(simd, x);
         exp_shifted(simd, x, max, y);
-        let lse = max + sum(simd, y).ln();
-        add_scalar(simd, x, -lse, y);
+        // (x - max) - ln(sum), not x - (max + ln(sum)): exact to the rounding of the
+        // shifted logit even when the logits are large.
+        let ln_sum = sum(simd, y).ln();
+        shifted_minus(simd, x, max, ln_sum, y);
     });
 }
 

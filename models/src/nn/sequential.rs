@@ -14,7 +14,7 @@ impl Sequential {
     }
 
     /// Appends a layer (builder style).
-    pub fn add(mut self, layer: impl Module + Send + Sync + 'static) -> Self {
+    pub fn with(mut self, layer: impl Module + Send + Sync + 'static) -> Self {
         self.layers.push(Box::new(layer));
         self
     }

@@ -7,17 +7,21 @@ mod sgd;
 pub use adamw::{AdamW, AdamWConfig};
 pub use sgd::{Sgd, SgdConfig};
 
-use crate::{Error, GradStore, Result, Var};
+use crate::{Error, GradStore, Result, Tensor, Var};
 
 /// Updates a set of variables from their gradients.
 pub trait Optimizer {
     /// One update from `grads`; variables without a gradient are left as they are.
     fn step(&mut self, grads: &GradStore) -> Result<()>;
     fn learning_rate(&self) -> f32;
-    fn set_learning_rate(&mut self, lr: f32);
+    /// Changes the learning rate (a schedule); it must be finite and non-negative.
+    fn set_learning_rate(&mut self, lr: f32) -> Result<()>;
 }
 
-fn check_grad(var: &Var, grad: &crate::Tensor) -> Result<()> {
+/// The gradient to apply to `var`, checked against its shape. A gradient that shares the
+/// variable's memory (one a user inserted by hand) is copied first: the update reads it
+/// while writing the variable.
+fn grad_for(var: &Var, grad: &Tensor) -> Result<Tensor> {
     if grad.shape() != var.shape() {
         return Err(Error::ShapeMismatch {
             op: "optimizer step",
@@ -26,7 +30,11 @@ fn check_grad(var: &Var, grad: &crate::Tensor) -> Result<()> {
             hint: " (gradient and parameter)",
         });
     }
-    Ok(())
+    if grad.shares_storage(var) {
+        Tensor::from_vec(grad.to_vec()?, grad.shape().clone(), grad.device())
+    } else {
+        Ok(grad.clone())
+    }
 }
 
 fn check_finite(name: &str, value: f32) -> Result<()> {

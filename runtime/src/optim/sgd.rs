@@ -1,4 +1,4 @@
-use super::{check_finite, check_grad, Optimizer};
+use super::{check_finite, grad_for, Optimizer};
 use crate::device::{buf, buf_mut, on_device, Storage};
 use crate::{Error, GradStore, Result, Var};
 use ringtrain_kernels::{Backend, SgdParams};
@@ -64,7 +64,7 @@ impl Optimizer for Sgd {
         };
         for (var, state) in self.vars.iter().zip(self.momentum.iter_mut()) {
             let Some(grad) = grads.get(var) else { continue };
-            check_grad(var, grad)?;
+            let grad = grad_for(var, grad)?;
             let g = grad.read();
             let mut p = var.write();
             on_device!(var.device(), b => {
@@ -85,7 +85,9 @@ impl Optimizer for Sgd {
         self.config.lr
     }
 
-    fn set_learning_rate(&mut self, lr: f32) {
+    fn set_learning_rate(&mut self, lr: f32) -> Result<()> {
+        check_finite("learning rate", lr)?;
         self.config.lr = lr;
+        Ok(())
     }
 }

@@ -12,9 +12,11 @@ const NR: usize = 16;
 impl MicroKernel for Avx2Fma {
     const MR: usize = MR;
     const NR: usize = NR;
-    const KC: usize = 384;
+    // A 6 x 256 panel of A (6 KiB) stays in L1 while 16-wide panels of a 256 x 256 block of
+    // B (256 KiB: half the L2 of the smallest AVX2 cores, Zen 2/3) stream from L2.
+    const KC: usize = 256;
     const MC: usize = 168;
-    const NC: usize = 384;
+    const NC: usize = 256;
 
     unsafe fn kernel(
         kc: usize,
@@ -50,6 +52,9 @@ unsafe fn kernel_6x16(
         }
         let (mut a, mut b) = (a, b);
         for _ in 0..kc {
+            // Packed B streams from L2 (one cache line per step of k): fetch a few steps
+            // ahead so the loads below hit L1.
+            _mm_prefetch::<_MM_HINT_T0>(b.add(8 * NR) as *const i8);
             let b0 = _mm256_loadu_ps(b);
             let b1 = _mm256_loadu_ps(b.add(8));
             for (i, row) in acc.iter_mut().enumerate() {

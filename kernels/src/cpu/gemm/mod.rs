@@ -206,7 +206,11 @@ fn run_with<K: MicroKernel>(
     bpack.resize(n_panels * nr * kc_max, 0.0);
 
     // Row blocks per task: enough tasks to keep every thread busy, but whole panels.
-    let threads = if s.parallel { rayon::current_num_threads() } else { 1 };
+    let threads = if s.parallel {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
     let n_blocks = s.n.div_ceil(K::NC);
     let want_m_blocks = (2 * threads).div_ceil(n_blocks).max(1);
     let mc_panels = m_panels.div_ceil(want_m_blocks).clamp(1, K::MC / mr);
@@ -218,8 +222,14 @@ fn run_with<K: MicroKernel>(
         let ap = &mut apack[..m_panels * mr * kc];
         let bp = &mut bpack[..n_panels * nr * kc];
         // Both operands are packed in one parallel pass: one fork/join, not two.
-        let a_jobs = ap.chunks_mut(mr * kc).enumerate().map(|(ip, dst)| (true, ip, dst));
-        let b_jobs = bp.chunks_mut(nr * kc).enumerate().map(|(jp, dst)| (false, jp, dst));
+        let a_jobs = ap
+            .chunks_mut(mr * kc)
+            .enumerate()
+            .map(|(ip, dst)| (true, ip, dst));
+        let b_jobs = bp
+            .chunks_mut(nr * kc)
+            .enumerate()
+            .map(|(jp, dst)| (false, jp, dst));
         let pack = |(is_a, idx, dst): (bool, usize, &mut [f32])| {
             if is_a {
                 let i0 = idx * mr;
