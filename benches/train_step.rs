@@ -16,15 +16,25 @@ fn step(c: &mut Criterion) {
         thread_counts.push(max_threads);
     }
     for threads in thread_counts {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
         let mut rng = rng_from_seed(0);
         let model = mlp(784, &[512, 256], 10, Activation::Relu, &device, &mut rng).unwrap();
-        let config = SgdConfig { lr: 0.01, momentum: 0.9, ..SgdConfig::default() };
+        let config = SgdConfig {
+            lr: 0.01,
+            momentum: 0.9,
+            ..SgdConfig::default()
+        };
         let mut opt = Sgd::new(model.parameters(), config).unwrap();
         let x = Tensor::randn(0.0, 1.0, (BATCH, 784), &mut rng, &device).unwrap();
         let labels: Vec<u32> = (0..BATCH as u32).map(|i| i % 10).collect();
 
-        let mut group = c.benchmark_group(format!("mlp_train_step/{}", device.name().split(',').next().unwrap_or("cpu")));
+        let mut group = c.benchmark_group(format!(
+            "mlp_train_step/{}",
+            device.name().split(',').next().unwrap_or("cpu")
+        ));
         group.throughput(Throughput::Elements(BATCH as u64));
         group.bench_function(format!("{threads}t"), |b| {
             pool.install(|| {

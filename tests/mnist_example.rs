@@ -10,12 +10,17 @@ fn example_binary() -> PathBuf {
     if dir.ends_with("deps") {
         dir.pop();
     }
-    dir.join("examples").join(format!("mnist{}", std::env::consts::EXE_SUFFIX))
+    dir.join("examples")
+        .join(format!("mnist{}", std::env::consts::EXE_SUFFIX))
 }
 
 fn run(args: &[&str]) -> Output {
     let bin = example_binary();
-    assert!(bin.exists(), "{} not built (cargo test builds examples)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} not built (cargo test builds examples)",
+        bin.display()
+    );
     Command::new(bin)
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -45,16 +50,32 @@ fn trains_one_epoch_and_writes_metrics() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("done: 2 epochs"), "{stdout}");
     let text = std::fs::read_to_string(&metrics).unwrap();
-    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 2);
     for (i, m) in lines.iter().enumerate() {
         assert_eq!(m["epoch"], i as u64 + 1);
-        for key in ["train_loss", "test_loss", "test_accuracy", "samples_per_sec", "seconds"] {
-            assert!(m[key].as_f64().is_some_and(|v| v.is_finite() && v >= 0.0), "{key} in {m}");
+        for key in [
+            "train_loss",
+            "test_loss",
+            "test_accuracy",
+            "samples_per_sec",
+            "seconds",
+        ] {
+            assert!(
+                m[key].as_f64().is_some_and(|v| v.is_finite() && v >= 0.0),
+                "{key} in {m}"
+            );
         }
     }
     // Two epochs of a small MLP already classify most digits.
-    assert!(lines[1]["test_accuracy"].as_f64().unwrap() > 0.85, "{}", lines[1]);
+    assert!(
+        lines[1]["test_accuracy"].as_f64().unwrap() > 0.85,
+        "{}",
+        lines[1]
+    );
     assert!(!dir.path().join("metrics.jsonl.tmp").exists());
 }
 
@@ -70,7 +91,10 @@ fn missing_data_dir_names_the_path() {
     let out = run(&["--data-dir", "/nonexistent/mnist", "--epochs", "1"]);
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.starts_with("error: ") && err.contains("/nonexistent/mnist"), "{err}");
+    assert!(
+        err.starts_with("error: ") && err.contains("/nonexistent/mnist"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -19,18 +19,30 @@ fn train(data: &Mnist, use_adamw: bool, epochs: u64, seed: u64) -> (f32, Vec<Vec
     let mut opt: Box<dyn Optimizer> = if use_adamw {
         Box::new(AdamW::new(model.parameters(), AdamWConfig::default()).unwrap())
     } else {
-        let cfg = SgdConfig { lr: 0.05, momentum: 0.9, ..SgdConfig::default() };
+        let cfg = SgdConfig {
+            lr: 0.05,
+            momentum: 0.9,
+            ..SgdConfig::default()
+        };
         Box::new(Sgd::new(model.parameters(), cfg).unwrap())
     };
     for epoch in 0..epochs {
         for batch in Batches::new(&data.train, 128, Some(seed ^ epoch)).unwrap() {
             let x = Tensor::from_vec(batch.images, (batch.len, 784), &device).unwrap();
-            let loss = model.forward(&x).unwrap().cross_entropy(&batch.labels).unwrap();
+            let loss = model
+                .forward(&x)
+                .unwrap()
+                .cross_entropy(&batch.labels)
+                .unwrap();
             opt.step(&loss.backward().unwrap()).unwrap();
         }
     }
     let acc = evaluate(&model, &data.test, 500, &device).unwrap().accuracy;
-    let params = model.parameters().iter().map(|p| p.to_vec().unwrap()).collect();
+    let params = model
+        .parameters()
+        .iter()
+        .map(|p| p.to_vec().unwrap())
+        .collect();
     (acc, params)
 }
 
