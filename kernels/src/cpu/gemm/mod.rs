@@ -150,6 +150,8 @@ pub fn sgemm(
         beta,
         ldc,
         parallel,
+        // Every x86 core with AVX2 or AVX-512 has AVX, which the transposing pack uses.
+        avx_pack: matches!(simd.isa(), Isa::Avx2Fma | Isa::Avx512),
     };
     match simd.isa() {
         #[cfg(target_arch = "x86_64")]
@@ -171,6 +173,7 @@ struct Shape {
     beta: f32,
     ldc: usize,
     parallel: bool,
+    avx_pack: bool,
 }
 
 thread_local! {
@@ -236,7 +239,7 @@ fn run_with<K: MicroKernel>(
                 pack::pack_a(dst, a, i0, mr.min(s.m - i0), pc, kc, mr)
             } else {
                 let j0 = idx * nr;
-                pack::pack_b(dst, b, pc, kc, j0, nr.min(s.n - j0), nr)
+                pack::pack_b(dst, b, pc, kc, j0, nr.min(s.n - j0), nr, s.avx_pack)
             }
         };
         if s.parallel {
