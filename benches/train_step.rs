@@ -33,7 +33,7 @@ fn step(c: &mut Criterion) {
 
         let mut group = c.benchmark_group(format!(
             "mlp_train_step/{}",
-            device.name().split(',').next().unwrap_or("cpu")
+            ringtrain::Simd::detect().isa()
         ));
         group.throughput(Throughput::Elements(BATCH as u64));
         group.bench_function(format!("{threads}t"), |b| {

@@ -236,7 +236,7 @@ fn run_with<K: MicroKernel>(
         let pack = |(is_a, idx, dst): (bool, usize, &mut [f32])| {
             if is_a {
                 let i0 = idx * mr;
-                pack::pack_a(dst, a, i0, mr.min(s.m - i0), pc, kc, mr)
+                pack::pack_a(dst, a, i0, mr.min(s.m - i0), pc, kc, mr, s.avx_pack)
             } else {
                 let j0 = idx * nr;
                 pack::pack_b(dst, b, pc, kc, j0, nr.min(s.n - j0), nr, s.avx_pack)

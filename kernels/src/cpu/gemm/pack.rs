@@ -2,11 +2,17 @@
 //! inner loop streams contiguous memory whatever the operand's strides (transposes
 //! included). Panels past the matrix edge are zero-padded: the micro-kernel always
 //! computes a full tile and never branches.
+//!
+//! A panel is `kc` groups of `w` values (`w` = MR for A, NR for B). Depending on the
+//! operand's layout, filling it is either a copy (the `w` values of one step of k are
+//! contiguous in the source) or a transpose (each of the `w` rows or columns is contiguous
+//! along k). Row-major A and a transposed B (a Linear weight `[out, in]`) are the
+//! transposing case; it runs through 8x8 register transposes on AVX machines.
 
 use super::MatRef;
 
-/// Packs rows `i0..i0+rows` x columns `p0..p0+kc` of `a` as `kc` groups of `mr` values
-/// (column `p` of the panel is `dst[p*mr..(p+1)*mr]`).
+/// Packs rows `i0..i0+rows` x columns `p0..p0+kc` of `a` into `dst` (`kc` groups of `mr`).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn pack_a(
     dst: &mut [f32],
     a: &MatRef,
@@ -15,35 +21,17 @@ pub(super) fn pack_a(
     p0: usize,
     kc: usize,
     mr: usize,
+    avx: bool,
 ) {
     debug_assert!(rows <= mr && dst.len() == kc * mr);
     if a.cs == 1 {
-        // Rows are contiguous: read along them, scatter into the panel.
-        for i in 0..rows {
-            let row = &a.data[(i0 + i) * a.rs + p0..][..kc];
-            for (p, &v) in row.iter().enumerate() {
-                dst[p * mr + i] = v;
-            }
-        }
-        if rows < mr {
-            for col in dst.chunks_exact_mut(mr) {
-                col[rows..].fill(0.0);
-            }
-        }
+        pack_transposing(dst, a.data, a.rs, i0, rows, p0, kc, mr, avx);
     } else {
-        for (p, col) in dst.chunks_exact_mut(mr).enumerate() {
-            let base = (p0 + p) * a.cs + i0 * a.rs;
-            for (i, v) in col[..rows].iter_mut().enumerate() {
-                *v = a.data[base + i * a.rs];
-            }
-            col[rows..].fill(0.0);
-        }
+        pack_gather(dst, a.data, a.cs, a.rs, p0, kc, i0, rows, mr);
     }
 }
 
-/// Packs rows `p0..p0+kc` x columns `j0..j0+cols` of `b` as `kc` groups of `nr` values
-/// (row `p` of the panel is `dst[p*nr..(p+1)*nr]`). `avx` allows the AVX transposing
-/// path; the caller vouches that the CPU has AVX.
+/// Packs rows `p0..p0+kc` x columns `j0..j0+cols` of `b` into `dst` (`kc` groups of `nr`).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn pack_b(
     dst: &mut [f32],
@@ -56,67 +44,126 @@ pub(super) fn pack_b(
     avx: bool,
 ) {
     debug_assert!(cols <= nr && dst.len() == kc * nr);
-    if b.cs == 1 {
-        for (p, row) in dst.chunks_exact_mut(nr).enumerate() {
-            row[..cols].copy_from_slice(&b.data[(p0 + p) * b.rs + j0..][..cols]);
-            row[cols..].fill(0.0);
-        }
+    if b.rs == 1 && b.cs != 1 {
+        pack_transposing(dst, b.data, b.cs, j0, cols, p0, kc, nr, avx);
     } else {
-        // Columns are contiguous (a transposed operand, e.g. a Linear weight [out, in]).
-        #[cfg(target_arch = "x86_64")]
-        if avx && b.rs == 1 && nr % 8 == 0 {
-            // SAFETY: the caller vouches for AVX; bounds are checked inside.
-            unsafe { transpose_pack_avx(dst, b, p0, kc, j0, cols, nr) };
-            return;
-        }
-        let _ = avx;
-        for j in 0..cols {
-            let base = j0 * b.cs + j * b.cs + p0 * b.rs;
-            for p in 0..kc {
-                dst[p * nr + j] = b.data[base + p * b.rs];
+        pack_gather(dst, b.data, b.rs, b.cs, p0, kc, j0, cols, nr);
+    }
+}
+
+/// `dst[p*w + r] = data[(p0+p)*step_stride + (r0+r)*lane_stride]`: one group per step of
+/// k; a copy when `lane_stride == 1`, any strides otherwise.
+#[allow(clippy::too_many_arguments)]
+fn pack_gather(
+    dst: &mut [f32],
+    data: &[f32],
+    step_stride: usize,
+    lane_stride: usize,
+    p0: usize,
+    kc: usize,
+    r0: usize,
+    lanes: usize,
+    w: usize,
+) {
+    for (p, group) in dst.chunks_exact_mut(w).take(kc).enumerate() {
+        let base = (p0 + p) * step_stride + r0 * lane_stride;
+        if lane_stride == 1 {
+            group[..lanes].copy_from_slice(&data[base..base + lanes]);
+        } else {
+            for (r, v) in group[..lanes].iter_mut().enumerate() {
+                *v = data[base + r * lane_stride];
             }
         }
-        if cols < nr {
-            for row in dst.chunks_exact_mut(nr) {
-                row[cols..].fill(0.0);
-            }
+        group[lanes..].fill(0.0);
+    }
+}
+
+/// `dst[p*w + r] = data[(r0+r)*stride + p0 + p]`: each of the `rows` source rows is
+/// contiguous along k and lands strided in the panel. `avx` allows the AVX path; the
+/// caller vouches that the CPU has AVX.
+#[allow(clippy::too_many_arguments)]
+fn pack_transposing(
+    dst: &mut [f32],
+    data: &[f32],
+    stride: usize,
+    r0: usize,
+    rows: usize,
+    p0: usize,
+    kc: usize,
+    w: usize,
+    avx: bool,
+) {
+    if rows < w {
+        dst.fill(0.0);
+    }
+    if rows == 0 || kc == 0 {
+        return;
+    }
+    // Every read below is at most this index; checking it once lets the AVX path skip
+    // per-element checks.
+    assert!((r0 + rows - 1) * stride + p0 + kc <= data.len() && dst.len() >= kc * w);
+    #[cfg(target_arch = "x86_64")]
+    if avx {
+        // SAFETY: bounds asserted above; the caller vouches for AVX.
+        unsafe { transpose_avx(dst, data, stride, r0, rows, p0, kc, w) };
+        return;
+    }
+    let _ = avx;
+    for r in 0..rows {
+        let src = &data[(r0 + r) * stride + p0..][..kc];
+        for (p, &v) in src.iter().enumerate() {
+            dst[p * w + r] = v;
         }
     }
 }
 
-/// `dst[p*nr + j] = b[(p0+p), (j0+j)]` for a B whose columns are contiguous (`rs == 1`),
-/// eight columns by eight rows at a time through an in-register 8x8 transpose: eight
-/// contiguous loads and eight contiguous stores per 64 values instead of 64 scattered
-/// stores. Edges (a partial group of columns or rows) take the scalar path.
+/// The AVX body of [`pack_transposing`]: blocks of 8 source rows x 8 steps of k go
+/// through an in-register 8x8 transpose, so 64 values cost 8 contiguous loads and 8
+/// contiguous stores instead of 64 scattered stores.
+///
+/// # Safety
+/// The CPU supports AVX; every index up to `(r0+rows-1)*stride + p0 + kc` is in `data`;
+/// `dst` holds `kc * w` values, already zeroed past `rows` when `rows < w`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
-unsafe fn transpose_pack_avx(dst: &mut [f32], b: &MatRef, p0: usize, kc: usize, j0: usize, cols: usize, nr: usize) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn transpose_avx(
+    dst: &mut [f32],
+    data: &[f32],
+    stride: usize,
+    r0: usize,
+    rows: usize,
+    p0: usize,
+    kc: usize,
+    w: usize,
+) {
     use std::arch::x86_64::*;
-    debug_assert_eq!(b.rs, 1);
-    let full_cols = cols / 8 * 8;
-    let full_rows = kc / 8 * 8;
-    // The farthest element any 8x8 block touches, checked once so the blocks need not be.
-    if full_cols > 0 && full_rows > 0 {
-        let last = (j0 + full_cols - 1) * b.cs + p0 + full_rows - 1;
-        assert!(last < b.data.len() && dst.len() >= kc * nr && full_cols <= nr);
-    }
-    let src = b.data.as_ptr();
+    let src = data.as_ptr();
     let out = dst.as_mut_ptr();
-    for j in (0..full_cols).step_by(8) {
-        for p in (0..full_rows).step_by(8) {
-            // SAFETY: bounds asserted above; AVX vouched for by the caller.
+    let full_k = kc / 8 * 8;
+    for rb in (0..rows).step_by(8) {
+        let block_rows = (rows - rb).min(8);
+        let width = (w - rb).min(8);
+        for p in (0..full_k).step_by(8) {
+            // SAFETY: see the function's contract; rows past `block_rows` read as zero.
             unsafe {
-                let row = |q: usize| _mm256_loadu_ps(src.add((j0 + j + q) * b.cs + p0 + p));
-                let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
-                let (r4, r5, r6, r7) = (row(4), row(5), row(6), row(7));
-                let t0 = _mm256_unpacklo_ps(r0, r1);
-                let t1 = _mm256_unpackhi_ps(r0, r1);
-                let t2 = _mm256_unpacklo_ps(r2, r3);
-                let t3 = _mm256_unpackhi_ps(r2, r3);
-                let t4 = _mm256_unpacklo_ps(r4, r5);
-                let t5 = _mm256_unpackhi_ps(r4, r5);
-                let t6 = _mm256_unpacklo_ps(r6, r7);
-                let t7 = _mm256_unpackhi_ps(r6, r7);
+                let row = |q: usize| {
+                    if q < block_rows {
+                        _mm256_loadu_ps(src.add((r0 + rb + q) * stride + p0 + p))
+                    } else {
+                        _mm256_setzero_ps()
+                    }
+                };
+                let (r0v, r1v, r2v, r3v) = (row(0), row(1), row(2), row(3));
+                let (r4v, r5v, r6v, r7v) = (row(4), row(5), row(6), row(7));
+                let t0 = _mm256_unpacklo_ps(r0v, r1v);
+                let t1 = _mm256_unpackhi_ps(r0v, r1v);
+                let t2 = _mm256_unpacklo_ps(r2v, r3v);
+                let t3 = _mm256_unpackhi_ps(r2v, r3v);
+                let t4 = _mm256_unpacklo_ps(r4v, r5v);
+                let t5 = _mm256_unpackhi_ps(r4v, r5v);
+                let t6 = _mm256_unpacklo_ps(r6v, r7v);
+                let t7 = _mm256_unpackhi_ps(r6v, r7v);
                 let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
                 let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
                 let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
@@ -125,31 +172,33 @@ unsafe fn transpose_pack_avx(dst: &mut [f32], b: &MatRef, p0: usize, kc: usize, 
                 let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
                 let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
                 let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-                let store = |t: usize, v: __m256| _mm256_storeu_ps(out.add((p + t) * nr + j), v);
-                store(0, _mm256_permute2f128_ps::<0x20>(s0, s4));
-                store(1, _mm256_permute2f128_ps::<0x20>(s1, s5));
-                store(2, _mm256_permute2f128_ps::<0x20>(s2, s6));
-                store(3, _mm256_permute2f128_ps::<0x20>(s3, s7));
-                store(4, _mm256_permute2f128_ps::<0x31>(s0, s4));
-                store(5, _mm256_permute2f128_ps::<0x31>(s1, s5));
-                store(6, _mm256_permute2f128_ps::<0x31>(s2, s6));
-                store(7, _mm256_permute2f128_ps::<0x31>(s3, s7));
+                let cols = [
+                    _mm256_permute2f128_ps::<0x20>(s0, s4),
+                    _mm256_permute2f128_ps::<0x20>(s1, s5),
+                    _mm256_permute2f128_ps::<0x20>(s2, s6),
+                    _mm256_permute2f128_ps::<0x20>(s3, s7),
+                    _mm256_permute2f128_ps::<0x31>(s0, s4),
+                    _mm256_permute2f128_ps::<0x31>(s1, s5),
+                    _mm256_permute2f128_ps::<0x31>(s2, s6),
+                    _mm256_permute2f128_ps::<0x31>(s3, s7),
+                ];
+                for (t, v) in cols.into_iter().enumerate() {
+                    let at = out.add((p + t) * w + rb);
+                    if width == 8 {
+                        _mm256_storeu_ps(at, v);
+                    } else {
+                        // A panel narrower than 8 (MR = 6) or its last 4 (MR = 12).
+                        let mut tmp = [0f32; 8];
+                        _mm256_storeu_ps(tmp.as_mut_ptr(), v);
+                        std::ptr::copy_nonoverlapping(tmp.as_ptr(), at, width);
+                    }
+                }
             }
         }
-        for p in full_rows..kc {
-            for q in 0..8 {
-                dst[p * nr + j + q] = b.data[(j0 + j + q) * b.cs + p0 + p];
+        for q in 0..block_rows {
+            for p in full_k..kc {
+                dst[p * w + rb + q] = data[(r0 + rb + q) * stride + p0 + p];
             }
-        }
-    }
-    for j in full_cols..cols {
-        for p in 0..kc {
-            dst[p * nr + j] = b.data[(j0 + j) * b.cs + p0 + p];
-        }
-    }
-    if cols < nr {
-        for row in dst.chunks_exact_mut(nr) {
-            row[cols..].fill(0.0);
         }
     }
 }
