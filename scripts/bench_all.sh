@@ -1,12 +1,25 @@
 #!/usr/bin/env bash
-# Measures ringtrain and its peers back to back on this machine and regenerates
+# Measures ringtrain and its peers in interleaved rounds on this machine and regenerates
 # docs/bench/ (ours.json, peers.json, gemm.svg, mlp.svg); prints the table for
-# docs/BENCHMARKS.md. Needs the Python packages in scripts/requirements-peers.txt.
-# The machine should be otherwise idle (no builds running).
+# docs/BENCHMARKS.md. Needs the Python packages in scripts/requirements-peers.txt, and an
+# otherwise idle machine (no builds running).
+#
+#   scripts/bench_all.sh [ROUNDS]      (default 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+rounds=${1:-3}
+work=target/bench-rounds
+rm -rf "$work"
+mkdir -p "$work"
 cargo build --release --benches
-env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python3 scripts/peers.py --out docs/bench/peers.json
-RINGTRAIN_BENCH_QUICK=1 cargo bench --bench gemm
-cargo bench --bench train_step
-python3 scripts/bench_report.py --criterion target/criterion --peers docs/bench/peers.json --out docs/bench
+crit=() peers=()
+for r in $(seq 1 "$rounds"); do
+  echo "== round $r of $rounds"
+  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python3 scripts/peers.py --out "$work/peers-$r.json"
+  rm -rf target/criterion
+  RINGTRAIN_BENCH_QUICK=1 cargo bench --bench gemm -- --noplot
+  cargo bench --bench train_step -- --noplot
+  cp -r target/criterion "$work/criterion-$r"
+  crit+=("$work/criterion-$r") peers+=("$work/peers-$r.json")
+done
+python3 scripts/bench_report.py --criterion "${crit[@]}" --peers "${peers[@]}" --out docs/bench
