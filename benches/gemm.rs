@@ -67,8 +67,9 @@ fn square(c: &mut Criterion) {
     }
 }
 
-/// The GEMMs of one MLP training step (784-512-256-10, batch 128): forward X W, and the
-/// two backward products with a transposed operand.
+/// The GEMMs of the first layer of the MLP training step (784-512-256-10, batch 128), as
+/// `Linear` runs them with its `[out, in]` weight: forward X W^T, backward dX = G W and
+/// dW = G^T X.
 fn mlp_shapes(c: &mut Criterion) {
     if std::env::var_os("RINGTRAIN_BENCH_QUICK").is_some() {
         return;
@@ -77,9 +78,9 @@ fn mlp_shapes(c: &mut Criterion) {
     for simd in Simd::available() {
         let mut group = c.benchmark_group(format!("sgemm_mlp/{}/1t", simd.isa()));
         for &(name, m, n, k, ta, tb) in &[
-            ("fwd_128x512x784", 128, 512, 784, false, false),
-            ("dx_128x784x512_bT", 128, 784, 512, false, true),
-            ("dw_784x512x128_aT", 784, 512, 128, true, false),
+            ("fwd_128x512x784_bT", 128, 512, 784, false, true),
+            ("dx_128x784x512", 128, 784, 512, false, false),
+            ("dw_512x784x128_aT", 512, 784, 128, true, false),
         ] {
             group.throughput(Throughput::Elements(2 * (m * n * k) as u64));
             let mut bufs = operands(m, n, k);

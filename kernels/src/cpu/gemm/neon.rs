@@ -50,9 +50,9 @@ unsafe fn kernel_8x8(
             let a_lo = vld1q_f32(a);
             let a_hi = vld1q_f32(a.add(4));
             macro_rules! row {
-                ($i:expr, $src:expr, $lane:expr) => {
-                    acc[$i][0] = vfmaq_laneq_f32::<$lane>(acc[$i][0], b0, $src);
-                    acc[$i][1] = vfmaq_laneq_f32::<$lane>(acc[$i][1], b1, $src);
+                ($i:expr, $src:expr, $lane:literal) => {
+                    acc[$i][0] = vfmaq_laneq_f32::<{ $lane }>(acc[$i][0], b0, $src);
+                    acc[$i][1] = vfmaq_laneq_f32::<{ $lane }>(acc[$i][1], b1, $src);
                 };
             }
             row!(0, a_lo, 0);
