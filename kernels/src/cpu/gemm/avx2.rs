@@ -18,6 +18,8 @@ impl MicroKernel for Avx2Fma {
     const MC: usize = 168;
     const NC: usize = 256;
 
+    // The CPU support is proved by the `Simd` this kernel was chosen through.
+    #[target_feature(enable = "avx2,fma")]
     unsafe fn kernel(
         kc: usize,
         a: *const f32,
@@ -27,59 +29,45 @@ impl MicroKernel for Avx2Fma {
         alpha: f32,
         beta: f32,
     ) {
-        // SAFETY: `Avx2Fma` is only chosen through a `Simd` that proved AVX2 and FMA.
-        unsafe { kernel_6x16(kc, a, b, c, ldc, alpha, beta) }
-    }
-}
-
-#[target_feature(enable = "avx2,fma")]
-unsafe fn kernel_6x16(
-    kc: usize,
-    a: *const f32,
-    b: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    alpha: f32,
-    beta: f32,
-) {
-    unsafe {
-        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-        // C is touched only after the loop: start fetching its rows now, so the misses
-        // overlap the FMAs instead of stalling the stores.
-        for i in 0..MR {
-            _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + 15) as *const i8);
-        }
-        let (mut a, mut b) = (a, b);
-        for _ in 0..kc {
-            // Packed B streams from L2 (one cache line per step of k): fetch a few steps
-            // ahead so the loads below hit L1.
-            _mm_prefetch::<_MM_HINT_T0>(b.add(8 * NR) as *const i8);
-            let b0 = _mm256_loadu_ps(b);
-            let b1 = _mm256_loadu_ps(b.add(8));
-            for (i, row) in acc.iter_mut().enumerate() {
-                let ai = _mm256_broadcast_ss(&*a.add(i));
-                row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
-                row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+            // C is touched only after the loop: start fetching its rows now, so the misses
+            // overlap the FMAs instead of stalling the stores.
+            for i in 0..MR {
+                _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + 15) as *const i8);
             }
-            a = a.add(MR);
-            b = b.add(NR);
-        }
-        let alpha = _mm256_set1_ps(alpha);
-        if beta == 0.0 {
-            for (i, row) in acc.iter().enumerate() {
-                let out = c.add(i * ldc);
-                _mm256_storeu_ps(out, _mm256_mul_ps(alpha, row[0]));
-                _mm256_storeu_ps(out.add(8), _mm256_mul_ps(alpha, row[1]));
+            let (mut a, mut b) = (a, b);
+            for _ in 0..kc {
+                // Packed B streams from L2 (one cache line per step of k): fetch a few steps
+                // ahead so the loads below hit L1.
+                _mm_prefetch::<_MM_HINT_T0>(b.add(8 * NR) as *const i8);
+                let b0 = _mm256_loadu_ps(b);
+                let b1 = _mm256_loadu_ps(b.add(8));
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let ai = _mm256_broadcast_ss(&*a.add(i));
+                    row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
+                    row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
+                }
+                a = a.add(MR);
+                b = b.add(NR);
             }
-        } else {
-            let beta = _mm256_set1_ps(beta);
-            for (i, row) in acc.iter().enumerate() {
-                let out = c.add(i * ldc);
-                let c0 = _mm256_mul_ps(beta, _mm256_loadu_ps(out));
-                let c1 = _mm256_mul_ps(beta, _mm256_loadu_ps(out.add(8)));
-                _mm256_storeu_ps(out, _mm256_fmadd_ps(alpha, row[0], c0));
-                _mm256_storeu_ps(out.add(8), _mm256_fmadd_ps(alpha, row[1], c1));
+            let alpha = _mm256_set1_ps(alpha);
+            if beta == 0.0 {
+                for (i, row) in acc.iter().enumerate() {
+                    let out = c.add(i * ldc);
+                    _mm256_storeu_ps(out, _mm256_mul_ps(alpha, row[0]));
+                    _mm256_storeu_ps(out.add(8), _mm256_mul_ps(alpha, row[1]));
+                }
+            } else {
+                let beta = _mm256_set1_ps(beta);
+                for (i, row) in acc.iter().enumerate() {
+                    let out = c.add(i * ldc);
+                    let c0 = _mm256_mul_ps(beta, _mm256_loadu_ps(out));
+                    let c1 = _mm256_mul_ps(beta, _mm256_loadu_ps(out.add(8)));
+                    _mm256_storeu_ps(out, _mm256_fmadd_ps(alpha, row[0], c0));
+                    _mm256_storeu_ps(out.add(8), _mm256_fmadd_ps(alpha, row[1], c1));
+                }
             }
         }
     }

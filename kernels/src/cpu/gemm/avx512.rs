@@ -19,6 +19,8 @@ impl MicroKernel for Avx512 {
     const MC: usize = 144;
     const NC: usize = 384;
 
+    // The CPU support is proved by the `Simd` this kernel was chosen through.
+    #[target_feature(enable = "avx512f")]
     unsafe fn kernel(
         kc: usize,
         a: *const f32,
@@ -28,60 +30,46 @@ impl MicroKernel for Avx512 {
         alpha: f32,
         beta: f32,
     ) {
-        // SAFETY: `Avx512` is only chosen through a `Simd` that proved AVX-512F support.
-        unsafe { kernel_12x32(kc, a, b, c, ldc, alpha, beta) }
-    }
-}
-
-#[target_feature(enable = "avx512f")]
-unsafe fn kernel_12x32(
-    kc: usize,
-    a: *const f32,
-    b: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    alpha: f32,
-    beta: f32,
-) {
-    unsafe {
-        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-        // C is touched only after the loop: start fetching its rows now, so the misses
-        // overlap the FMAs instead of stalling the stores.
-        for i in 0..MR {
-            _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + 31) as *const i8);
-        }
-        let (mut a, mut b) = (a, b);
-        for _ in 0..kc {
-            // Packed B streams from L2 (two cache lines per step of k): fetch a few steps
-            // ahead so the loads below hit L1.
-            _mm_prefetch::<_MM_HINT_T0>(b.add(8 * NR) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(b.add(8 * NR + 16) as *const i8);
-            let b0 = _mm512_loadu_ps(b);
-            let b1 = _mm512_loadu_ps(b.add(16));
-            for (i, row) in acc.iter_mut().enumerate() {
-                let ai = _mm512_set1_ps(*a.add(i));
-                row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
-                row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+            // C is touched only after the loop: start fetching its rows now, so the misses
+            // overlap the FMAs instead of stalling the stores.
+            for i in 0..MR {
+                _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + 31) as *const i8);
             }
-            a = a.add(MR);
-            b = b.add(NR);
-        }
-        let alpha = _mm512_set1_ps(alpha);
-        if beta == 0.0 {
-            for (i, row) in acc.iter().enumerate() {
-                let out = c.add(i * ldc);
-                _mm512_storeu_ps(out, _mm512_mul_ps(alpha, row[0]));
-                _mm512_storeu_ps(out.add(16), _mm512_mul_ps(alpha, row[1]));
+            let (mut a, mut b) = (a, b);
+            for _ in 0..kc {
+                // Packed B streams from L2 (two cache lines per step of k): fetch a few steps
+                // ahead so the loads below hit L1.
+                _mm_prefetch::<_MM_HINT_T0>(b.add(8 * NR) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(b.add(8 * NR + 16) as *const i8);
+                let b0 = _mm512_loadu_ps(b);
+                let b1 = _mm512_loadu_ps(b.add(16));
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let ai = _mm512_set1_ps(*a.add(i));
+                    row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
+                    row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
+                }
+                a = a.add(MR);
+                b = b.add(NR);
             }
-        } else {
-            let beta = _mm512_set1_ps(beta);
-            for (i, row) in acc.iter().enumerate() {
-                let out = c.add(i * ldc);
-                let c0 = _mm512_mul_ps(beta, _mm512_loadu_ps(out));
-                let c1 = _mm512_mul_ps(beta, _mm512_loadu_ps(out.add(16)));
-                _mm512_storeu_ps(out, _mm512_fmadd_ps(alpha, row[0], c0));
-                _mm512_storeu_ps(out.add(16), _mm512_fmadd_ps(alpha, row[1], c1));
+            let alpha = _mm512_set1_ps(alpha);
+            if beta == 0.0 {
+                for (i, row) in acc.iter().enumerate() {
+                    let out = c.add(i * ldc);
+                    _mm512_storeu_ps(out, _mm512_mul_ps(alpha, row[0]));
+                    _mm512_storeu_ps(out.add(16), _mm512_mul_ps(alpha, row[1]));
+                }
+            } else {
+                let beta = _mm512_set1_ps(beta);
+                for (i, row) in acc.iter().enumerate() {
+                    let out = c.add(i * ldc);
+                    let c0 = _mm512_mul_ps(beta, _mm512_loadu_ps(out));
+                    let c1 = _mm512_mul_ps(beta, _mm512_loadu_ps(out.add(16)));
+                    _mm512_storeu_ps(out, _mm512_fmadd_ps(alpha, row[0], c0));
+                    _mm512_storeu_ps(out.add(16), _mm512_fmadd_ps(alpha, row[1], c1));
+                }
             }
         }
     }

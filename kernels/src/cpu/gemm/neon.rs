@@ -17,6 +17,8 @@ impl MicroKernel for Neon {
     const MC: usize = 128;
     const NC: usize = 512;
 
+    // The CPU support is proved by the `Simd` this kernel was chosen through.
+    #[target_feature(enable = "neon")]
     unsafe fn kernel(
         kc: usize,
         a: *const f32,
@@ -26,55 +28,41 @@ impl MicroKernel for Neon {
         alpha: f32,
         beta: f32,
     ) {
-        // SAFETY: `Neon` is only chosen through a `Simd` that proved NEON support.
-        unsafe { kernel_8x8(kc, a, b, c, ldc, alpha, beta) }
-    }
-}
-
-#[target_feature(enable = "neon")]
-unsafe fn kernel_8x8(
-    kc: usize,
-    a: *const f32,
-    b: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    alpha: f32,
-    beta: f32,
-) {
-    unsafe {
-        let mut acc = [[vdupq_n_f32(0.0); 2]; MR];
-        let (mut a, mut b) = (a, b);
-        for _ in 0..kc {
-            let b0 = vld1q_f32(b);
-            let b1 = vld1q_f32(b.add(4));
-            let a_lo = vld1q_f32(a);
-            let a_hi = vld1q_f32(a.add(4));
-            macro_rules! row {
-                ($i:expr, $src:expr, $lane:literal) => {
-                    acc[$i][0] = vfmaq_laneq_f32::<{ $lane }>(acc[$i][0], b0, $src);
-                    acc[$i][1] = vfmaq_laneq_f32::<{ $lane }>(acc[$i][1], b1, $src);
-                };
+        unsafe {
+            let mut acc = [[vdupq_n_f32(0.0); 2]; MR];
+            let (mut a, mut b) = (a, b);
+            for _ in 0..kc {
+                let b0 = vld1q_f32(b);
+                let b1 = vld1q_f32(b.add(4));
+                let a_lo = vld1q_f32(a);
+                let a_hi = vld1q_f32(a.add(4));
+                macro_rules! row {
+                    ($i:expr, $src:expr, $lane:literal) => {
+                        acc[$i][0] = vfmaq_laneq_f32::<{ $lane }>(acc[$i][0], b0, $src);
+                        acc[$i][1] = vfmaq_laneq_f32::<{ $lane }>(acc[$i][1], b1, $src);
+                    };
+                }
+                row!(0, a_lo, 0);
+                row!(1, a_lo, 1);
+                row!(2, a_lo, 2);
+                row!(3, a_lo, 3);
+                row!(4, a_hi, 0);
+                row!(5, a_hi, 1);
+                row!(6, a_hi, 2);
+                row!(7, a_hi, 3);
+                a = a.add(MR);
+                b = b.add(NR);
             }
-            row!(0, a_lo, 0);
-            row!(1, a_lo, 1);
-            row!(2, a_lo, 2);
-            row!(3, a_lo, 3);
-            row!(4, a_hi, 0);
-            row!(5, a_hi, 1);
-            row!(6, a_hi, 2);
-            row!(7, a_hi, 3);
-            a = a.add(MR);
-            b = b.add(NR);
-        }
-        for (i, row) in acc.iter().enumerate() {
-            let out = c.add(i * ldc);
-            let (mut r0, mut r1) = (vmulq_n_f32(row[0], alpha), vmulq_n_f32(row[1], alpha));
-            if beta != 0.0 {
-                r0 = vfmaq_n_f32(r0, vld1q_f32(out), beta);
-                r1 = vfmaq_n_f32(r1, vld1q_f32(out.add(4)), beta);
+            for (i, row) in acc.iter().enumerate() {
+                let out = c.add(i * ldc);
+                let (mut r0, mut r1) = (vmulq_n_f32(row[0], alpha), vmulq_n_f32(row[1], alpha));
+                if beta != 0.0 {
+                    r0 = vfmaq_n_f32(r0, vld1q_f32(out), beta);
+                    r1 = vfmaq_n_f32(r1, vld1q_f32(out.add(4)), beta);
+                }
+                vst1q_f32(out, r0);
+                vst1q_f32(out.add(4), r1);
             }
-            vst1q_f32(out, r0);
-            vst1q_f32(out.add(4), r1);
         }
     }
 }
