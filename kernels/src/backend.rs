@@ -65,19 +65,20 @@ impl GemmSpec {
         }
     }
 
-    /// Elements of A, B and C the spec reads or writes.
+    /// Elements of A, B and C the spec reads or writes (`usize::MAX` where that
+    /// overflows, which no buffer matches).
     pub fn buffer_lens(&self) -> (usize, usize, usize) {
-        let span = |stride: usize, one: usize| {
+        let span = |stride: usize, one: Option<usize>| {
             if self.batch == 0 {
-                0
-            } else {
-                (self.batch - 1) * stride + one
+                return 0;
             }
+            one.and_then(|one| (self.batch - 1).checked_mul(stride)?.checked_add(one))
+                .unwrap_or(usize::MAX)
         };
         (
-            span(self.stride_a, self.m * self.k),
-            span(self.stride_b, self.k * self.n),
-            self.batch * self.m * self.n,
+            span(self.stride_a, self.m.checked_mul(self.k)),
+            span(self.stride_b, self.k.checked_mul(self.n)),
+            crate::saturating_product(&[self.batch, self.m, self.n]),
         )
     }
 }

@@ -1,5 +1,13 @@
 //! Shapes and strides as kernels see them: plain element counts, no tensor semantics.
 
+/// Product of `dims`, or `usize::MAX` when it overflows: no buffer is that long, so a
+/// length check against it fails instead of wrapping around to a small number.
+pub fn saturating_product(dims: &[usize]) -> usize {
+    dims.iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .unwrap_or(usize::MAX)
+}
+
 /// Row-major strides of a contiguous array of `shape`.
 pub fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
     let mut strides = vec![0; shape.len()];
@@ -30,22 +38,23 @@ impl StridedLayout {
     }
 
     pub fn elem_count(&self) -> usize {
-        self.shape.iter().product()
+        saturating_product(&self.shape)
     }
 
-    /// One past the largest buffer index this view touches (0 for an empty view).
+    /// One past the largest buffer index this view touches (0 for an empty view;
+    /// `usize::MAX` if it overflows).
     pub fn span(&self) -> usize {
         if self.shape.contains(&0) {
             return 0;
         }
-        self.offset
-            + self
-                .shape
-                .iter()
-                .zip(&self.strides)
-                .map(|(&d, &s)| (d - 1) * s)
-                .sum::<usize>()
-            + 1
+        self.shape
+            .iter()
+            .zip(&self.strides)
+            .try_fold(self.offset, |acc, (&d, &s)| {
+                acc.checked_add((d - 1).checked_mul(s)?)
+            })
+            .and_then(|last| last.checked_add(1))
+            .unwrap_or(usize::MAX)
     }
 }
 
@@ -70,7 +79,7 @@ impl BinaryLayout {
     }
 
     pub fn elem_count(&self) -> usize {
-        self.shape.iter().product()
+        saturating_product(&self.shape)
     }
 }
 
@@ -97,5 +106,8 @@ mod tests {
         };
         assert_eq!(b.span(), 3);
         assert_eq!(StridedLayout::contiguous(&[0, 3]).span(), 0);
+        let huge = StridedLayout::contiguous(&[3, usize::MAX / 2]);
+        assert_eq!(huge.elem_count(), usize::MAX);
+        assert_eq!(huge.span(), usize::MAX);
     }
 }

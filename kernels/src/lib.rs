@@ -12,4 +12,4 @@ mod layout;
 
 pub use backend::{AdamWParams, Backend, BinaryOp, GemmSpec, SgdParams, UnaryOp};
 pub use error::{KernelError, Result};
-pub use layout::{contiguous_strides, BinaryLayout, StridedLayout};
+pub use layout::{contiguous_strides, saturating_product, BinaryLayout, StridedLayout};

@@ -288,3 +288,70 @@ fn simd_paths_agree_with_portable_and_threads_do_not_change_bits() {
     }
     assert!(Simd::available().iter().any(|s| s.isa() == Isa::Portable));
 }
+
+#[test]
+fn row_stride_of_c_larger_than_n_leaves_the_gap_alone() {
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let (m, n, k, ldc) = (13, 20, 9, 27);
+    let a = random(m * k, &mut rng);
+    let b = random(k * n, &mut rng);
+    let (ar, br) = (
+        MatRef::row_major(&a, m, k, false),
+        MatRef::row_major(&b, k, n, false),
+    );
+    let want = reference(m, n, k, 1.0, &ar, &br, 0.0, &vec![0.0; m * n]);
+    for simd in Simd::available() {
+        let mut c = vec![7.0f32; (m - 1) * ldc + n];
+        sgemm(simd, m, n, k, 1.0, ar, br, 0.0, &mut c, ldc).unwrap();
+        for i in 0..m {
+            for j in 0..n {
+                assert!((c[i * ldc + j] as f64 - want[i * n + j]).abs() < 1e-4);
+            }
+            if i + 1 < m {
+                assert!(
+                    c[i * ldc + n..(i + 1) * ldc].iter().all(|&v| v == 7.0),
+                    "gap of row {i} written"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_row_stride_and_overflowing_strides_are_errors() {
+    let simd = Simd::detect();
+    let a = [1.0f32; 6];
+    let b = [1.0f32; 6];
+    let mut c = vec![0.0f32; 8];
+    // ldc < n, including the k = 0 fast path and m = 1.
+    for (m, k) in [(1, 3), (2, 3), (1, 0)] {
+        let ar = MatRef::row_major(&a[..m * k], m, k, false);
+        let br = MatRef::row_major(&b[..k * 2], k, 2, false);
+        assert!(
+            sgemm(simd, m, 2, k, 1.0, ar, br, 0.0, &mut c, 1).is_err(),
+            "m={m} k={k}"
+        );
+        assert!(
+            sgemm(simd, m, 2, k, 1.0, ar, br, 0.0, &mut c, 0).is_err(),
+            "m={m} k={k}"
+        );
+    }
+    let huge = MatRef {
+        data: &a,
+        rs: usize::MAX / 2,
+        cs: 1,
+    };
+    let err = sgemm(
+        simd,
+        3,
+        2,
+        2,
+        1.0,
+        huge,
+        MatRef::row_major(&b[..4], 2, 2, false),
+        0.0,
+        &mut c,
+        2,
+    );
+    assert!(err.is_err());
+}

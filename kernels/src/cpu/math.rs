@@ -8,7 +8,8 @@ const LN2_HI: f32 = 0.693_359_4;
 const LN2_LO: f32 = -2.121_944_4e-4;
 // Adding then subtracting 1.5 * 2^23 rounds to the nearest integer without a call.
 const ROUND_MAGIC: f32 = 12_582_912.0;
-const EXP_HI: f32 = 88.376_26;
+// ln(f32::MAX) and ln(f32::MIN_POSITIVE): beyond them e^x is infinite or subnormal.
+const EXP_HI: f32 = 88.722_83;
 const EXP_LO: f32 = -87.336_55;
 
 /// e^x.
@@ -35,9 +36,11 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let er = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((n_bits + 127) << 23) as u32);
-    let y = er * scale;
-    if x > 88.722_83 {
+    // 2^n as two factors: n reaches 128 near EXP_HI, one past the largest f32 exponent.
+    let n_half = n_bits >> 1;
+    let pow2 = |e: i32| f32::from_bits(((e + 127) << 23) as u32);
+    let y = er * pow2(n_half) * pow2(n_bits - n_half);
+    if x > EXP_HI {
         f32::INFINITY
     } else if x < EXP_LO {
         0.0
@@ -82,7 +85,7 @@ mod tests {
     #[test]
     fn exp_matches_std_to_a_few_ulp() {
         let mut x = -87.0f32;
-        while x < 88.0 {
+        while x < 88.72 {
             let (got, want) = (exp(x), x.exp());
             assert!(
                 ((got - want) / want).abs() < 4e-7,
@@ -97,6 +100,13 @@ mod tests {
         assert_eq!(exp(0.0), 1.0);
         assert_eq!(exp(f32::INFINITY), f32::INFINITY);
         assert_eq!(exp(100.0), f32::INFINITY);
+        assert_eq!(exp(88.73), f32::INFINITY);
+        let top = exp(88.7);
+        let want = (88.7f32 as f64).exp();
+        assert!(
+            ((top as f64 - want) / want).abs() < 1e-6,
+            "exp(88.7) = {top}, want {want}"
+        );
         assert_eq!(exp(f32::NEG_INFINITY), 0.0);
         assert_eq!(exp(-1000.0), 0.0);
         assert!(exp(f32::NAN).is_nan());

@@ -80,7 +80,12 @@ impl Backend for CpuBackend {
     }
 
     fn zeros(&self, len: usize) -> Result<Vec<f32>> {
-        Ok(vec![0.0; len])
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(len).map_err(|_| {
+            KernelError::Device(format!("cannot allocate {len} floats of host memory"))
+        })?;
+        buf.resize(len, 0.0);
+        Ok(buf)
     }
 
     fn upload(&self, data: &[f32]) -> Result<Vec<f32>> {

@@ -41,9 +41,9 @@ impl MicroKernel for Avx512 {
             let (mut a, mut b) = (a, b);
             for _ in 0..kc {
                 // Packed B streams from L2 (two cache lines per step of k): fetch a few steps
-                // ahead so the loads below hit L1.
-                _mm_prefetch::<_MM_HINT_T0>(b.add(8 * NR) as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(b.add(8 * NR + 16) as *const i8);
+                // ahead so the loads below hit L1 (wrapping: past the panel's end it is only a hint).
+                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(8 * NR) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(8 * NR + 16) as *const i8);
                 let b0 = _mm512_loadu_ps(b);
                 let b1 = _mm512_loadu_ps(b.add(16));
                 for (i, row) in acc.iter_mut().enumerate() {

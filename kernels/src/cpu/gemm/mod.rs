@@ -51,7 +51,13 @@ impl<'a> MatRef<'a> {
     }
 
     fn fits(&self, rows: usize, cols: usize) -> bool {
-        rows == 0 || cols == 0 || (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
+        if rows == 0 || cols == 0 {
+            return true;
+        }
+        let last = (rows - 1)
+            .checked_mul(self.rs)
+            .and_then(|r| r.checked_add((cols - 1).checked_mul(self.cs)?));
+        last.is_some_and(|last| last < self.data.len())
     }
 }
 
@@ -124,7 +130,10 @@ pub fn sgemm(
             b.data.len()
         ));
     }
-    if n > ldc && m > 1 || (m > 0 && n > 0 && (m - 1) * ldc + n > c.len()) {
+    let c_span = (m.max(1) - 1)
+        .checked_mul(ldc)
+        .and_then(|s| s.checked_add(n));
+    if m > 0 && n > 0 && (ldc < n || c_span.is_none_or(|span| span > c.len())) {
         return bad(format!(
             "C ({m} x {n}, row stride {ldc}) does not fit its {} elements",
             c.len()

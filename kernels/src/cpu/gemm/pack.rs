@@ -101,7 +101,10 @@ fn pack_transposing(
     }
     // Every read below is at most this index; checking it once lets the AVX path skip
     // per-element checks.
-    assert!((r0 + rows - 1) * stride + p0 + kc <= data.len() && dst.len() >= kc * w);
+    let last = (r0 + rows - 1)
+        .checked_mul(stride)
+        .and_then(|s| s.checked_add(p0 + kc));
+    assert!(last.is_some_and(|l| l <= data.len()) && dst.len() >= kc * w);
     #[cfg(target_arch = "x86_64")]
     if avx {
         // SAFETY: bounds asserted above; the caller vouches for AVX.
