@@ -156,16 +156,29 @@ fn input_grads(op: &Op, out: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>>
         Op::Unary(kind, x) => vec![Some(unary_backward(*kind, x, out, g)?)],
         Op::Affine { mul, .. } => vec![Some(g.scale(*mul)?)],
         Op::Binary(kind, a, b) => {
-            let (ga, gb) = match kind {
-                BinaryOp::Add => (g.clone(), g.clone()),
-                BinaryOp::Sub => (g.clone(), g.neg()?),
-                BinaryOp::Mul => (g.mul(b)?, g.mul(a)?),
-                // d(a/b)/db = -a/b^2 = -out/b
-                BinaryOp::Div => (g.div(b)?, g.mul(out)?.div(b)?.neg()?),
+            // Each side is computed only if that operand wants a gradient: dividing by a
+            // constant must not cost the three ops of d(a/b)/db.
+            let ga = || -> Result<Tensor> {
+                let g = match kind {
+                    BinaryOp::Add | BinaryOp::Sub => g.clone(),
+                    BinaryOp::Mul => g.mul(b)?,
+                    BinaryOp::Div => g.div(b)?,
+                };
+                g.sum_to(a.shape())
+            };
+            let gb = || -> Result<Tensor> {
+                let g = match kind {
+                    BinaryOp::Add => g.clone(),
+                    BinaryOp::Sub => g.neg()?,
+                    BinaryOp::Mul => g.mul(a)?,
+                    // d(a/b)/db = -a/b^2 = -out/b
+                    BinaryOp::Div => g.mul(out)?.div(b)?.neg()?,
+                };
+                g.sum_to(b.shape())
             };
             vec![
-                wants(a).then(|| ga.sum_to(a.shape())).transpose()?,
-                wants(b).then(|| gb.sum_to(b.shape())).transpose()?,
+                wants(a).then(ga).transpose()?,
+                wants(b).then(gb).transpose()?,
             ]
         }
         Op::Matmul {

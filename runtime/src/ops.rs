@@ -25,6 +25,21 @@ fn record(inputs: &[&Tensor], op: impl FnOnce() -> Op) -> Option<Op> {
 }
 
 impl Tensor {
+    /// Runs `f` on the storage of both operands, locking it once when they share it
+    /// (`x.mul(&x)`): a second read lock from the same thread may block behind a writer.
+    fn with_pair<T>(
+        &self,
+        other: &Tensor,
+        f: impl FnOnce(&Storage, &Storage) -> Result<T>,
+    ) -> Result<T> {
+        let mine = self.read();
+        if self.shares_storage(other) {
+            f(&mine, &mine)
+        } else {
+            f(&mine, &other.read())
+        }
+    }
+
     fn derived(&self, storage: Storage, shape: Shape, op: Option<Op>) -> Tensor {
         Tensor::from_storage(storage, shape, self.device().clone(), op)
     }
@@ -107,14 +122,13 @@ impl Tensor {
             rhs_strides: rhs.shape().broadcast_strides(&shape),
             shape: shape.dims().to_vec(),
         };
-        let storage = {
-            let (l, r) = (self.read(), rhs.read());
-            on_device!(self.device(), b => {
+        let storage = self.with_pair(rhs, |l, r| {
+            Ok(on_device!(self.device(), b => {
                 let mut out = b.zeros(shape.elem_count())?;
-                b.binary(op, &layout, buf(b, &l)?, buf(b, &r)?, &mut out)?;
+                b.binary(op, &layout, buf(b, l)?, buf(b, r)?, &mut out)?;
                 wrap(b, out)
-            })
-        };
+            }))
+        })?;
         let rec = record(&[self, rhs], || Op::Binary(op, self.clone(), rhs.clone()));
         Ok(self.derived(storage, shape, rec))
     }
@@ -203,14 +217,13 @@ impl Tensor {
         } else {
             Shape::from((m, n))
         };
-        let storage = {
-            let (a, bb) = (self.read(), rhs.read());
-            on_device!(self.device(), be => {
+        let storage = self.with_pair(rhs, |a, bb| {
+            Ok(on_device!(self.device(), be => {
                 let mut c = be.zeros(shape.elem_count())?;
-                be.gemm(&spec, buf(be, &a)?, buf(be, &bb)?, &mut c)?;
+                be.gemm(&spec, buf(be, a)?, buf(be, bb)?, &mut c)?;
                 wrap(be, c)
-            })
-        };
+            }))
+        })?;
         let rec = record(&[self, rhs], || Op::Matmul {
             a: self.clone(),
             b: rhs.clone(),
@@ -273,6 +286,12 @@ impl Tensor {
     /// Mean over `dim`, removing it.
     pub fn mean(&self, dim: usize) -> Result<Tensor> {
         let n = self.shape().dim(dim, "mean")?;
+        if n == 0 {
+            return Err(Error::InvalidShape {
+                op: "mean",
+                reason: format!("dimension {dim} of shape {} is empty", self.shape()),
+            });
+        }
         self.sum(dim)?.scale(1.0 / n as f32)
     }
 
@@ -389,11 +408,13 @@ impl Tensor {
 
     fn rows_cols(&self, op: &'static str) -> Result<(usize, usize)> {
         match self.dims().last() {
-            Some(&cols) if cols > 0 => Ok((self.elem_count() / cols, cols)),
+            Some(&cols) if cols > 0 && self.elem_count() > 0 => {
+                Ok((self.elem_count() / cols, cols))
+            }
             _ => Err(Error::InvalidShape {
                 op,
                 reason: format!(
-                    "needs a last dimension of at least 1, got shape {}",
+                    "needs at least one row and one column, got shape {}",
                     self.shape()
                 ),
             }),

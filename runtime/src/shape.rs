@@ -24,8 +24,10 @@ impl Shape {
         self.0.len()
     }
 
+    /// Number of elements; `usize::MAX` for a shape too large to exist, so every length
+    /// check against it fails rather than wrapping around.
     pub fn elem_count(&self) -> usize {
-        self.0.iter().product()
+        ringtrain_kernels::saturating_product(&self.0)
     }
 
     /// Size of dimension `dim`, or an error naming `op`.

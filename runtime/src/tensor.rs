@@ -164,9 +164,9 @@ impl Tensor {
         rng: &mut Rng,
         device: &Device,
     ) -> Result<Tensor> {
-        if lo.partial_cmp(&hi) != Some(std::cmp::Ordering::Less) {
+        if !(lo.is_finite() && hi.is_finite() && (hi - lo).is_finite() && lo < hi) {
             return Err(Error::InvalidArgument(format!(
-                "rand_uniform needs lo < hi, got [{lo}, {hi})"
+                "rand_uniform needs finite lo < hi with a finite width, got [{lo}, {hi})"
             )));
         }
         let shape = shape.into();

@@ -420,6 +420,13 @@ fn optimizers_reject_bad_hyper_parameters() {
         ..AdamWConfig::default()
     };
     assert_err("NaN weight decay", AdamW::new(v(), wd), &["weight decay"]);
+    for eps in [0.0, -1e-8, f32::NAN] {
+        let cfg = AdamWConfig {
+            eps,
+            ..AdamWConfig::default()
+        };
+        assert_err("bad eps", AdamW::new(v(), cfg), &["eps"]);
+    }
 }
 
 #[test]
@@ -456,12 +463,27 @@ fn to_scalar_of_a_non_scalar() {
 #[test]
 fn invalid_random_initialisers() {
     let mut rng = rng_from_seed(0);
-    // (A negative std is accepted: rand_distr 0.5 treats it as a mirrored distribution.)
     assert_err(
         "randn",
         Tensor::randn(0.0, f32::NAN, 3, &mut rng, &dev()),
         &["randn", "std NaN"],
     );
+    assert_err(
+        "randn negative std",
+        Tensor::randn(0.0, -1.0, 3, &mut rng, &dev()),
+        &["randn", "std -1"],
+    );
+    for (lo, hi) in [
+        (f32::NEG_INFINITY, 0.0),
+        (f32::MIN, f32::MAX),
+        (0.0, f32::NAN),
+    ] {
+        assert_err(
+            "rand_uniform non-finite",
+            Tensor::rand_uniform(lo, hi, 3, &mut rng, &dev()),
+            &["rand_uniform", "finite"],
+        );
+    }
     assert_err(
         "rand_uniform",
         Tensor::rand_uniform(1.0, 1.0, 3, &mut rng, &dev()),
@@ -471,6 +493,120 @@ fn invalid_random_initialisers() {
         "empty mean",
         zeros(&[0, 3]).mean_all(),
         &["mean_all", "empty"],
+    );
+}
+
+#[test]
+fn shapes_too_large_to_exist_are_errors_not_wraparounds() {
+    // 3 * (2^64 / 3 + 1) wraps to 1 in usize arithmetic.
+    let wraps_to_one = [3, usize::MAX / 3 + 1];
+    assert_err(
+        "from_vec",
+        Tensor::from_vec(vec![1.0], wraps_to_one, &dev()),
+        &["from_vec"],
+    );
+    assert_err(
+        "zeros",
+        Tensor::zeros([1usize << 62, 8], &dev()),
+        &["allocate"],
+    );
+    assert_err(
+        "reshape",
+        t(&[1.0], &[1]).reshape(wraps_to_one),
+        &["reshape"],
+    );
+}
+
+#[test]
+fn empty_reductions_and_losses_are_errors() {
+    assert_err(
+        "mean over empty dim",
+        zeros(&[0, 3]).mean(0),
+        &["mean", "empty"],
+    );
+    assert_err(
+        "cross_entropy of no rows",
+        zeros(&[0, 3]).cross_entropy(&[]),
+        &["cross_entropy", "[0, 3]"],
+    );
+    assert_err(
+        "log_softmax of no rows",
+        zeros(&[0, 3]).log_softmax(),
+        &["log_softmax"],
+    );
+}
+
+#[test]
+fn an_operand_used_twice_is_read_once() {
+    // x * x and x^T x lock x's storage once; the results are the usual ones.
+    let x = Var::from_vec(vec![1.0, 2.0, 3.0, 4.0], (2, 2), &dev()).unwrap();
+    assert_eq!(
+        x.mul(&x).unwrap().to_vec().unwrap(),
+        vec![1.0, 4.0, 9.0, 16.0]
+    );
+    assert_eq!(
+        x.matmul_t(&x, true, false).unwrap().to_vec().unwrap(),
+        vec![10.0, 14.0, 14.0, 20.0]
+    );
+    let g = x.mul(&x).unwrap().sum_all().unwrap().backward().unwrap();
+    assert_eq!(
+        g.get(&x).unwrap().to_vec().unwrap(),
+        vec![2.0, 4.0, 6.0, 8.0]
+    );
+}
+
+#[test]
+fn a_bad_gradient_leaves_every_parameter_untouched() {
+    let a = Var::from_vec(vec![1.0, 2.0], 2, &dev()).unwrap();
+    let b = Var::from_vec(vec![3.0, 4.0], 2, &dev()).unwrap();
+    let mut grads = GradStore::default();
+    grads.insert(&a, t(&[1.0, 1.0], &[2]));
+    grads.insert(&b, t(&[1.0, 1.0, 1.0], &[3]));
+    let cfg = SgdConfig {
+        lr: 0.5,
+        momentum: 0.9,
+        ..SgdConfig::default()
+    };
+    let mut sgd = Sgd::new(vec![a.clone(), b.clone()], cfg).unwrap();
+    assert_err("sgd", sgd.step(&grads).map(|_| ()), &["gradient"]);
+    let mut adamw = AdamW::new(vec![a.clone(), b.clone()], AdamWConfig::default()).unwrap();
+    assert_err("adamw", adamw.step(&grads).map(|_| ()), &["gradient"]);
+    assert_eq!(adamw.steps(), 0, "a rejected step must not count");
+    assert_eq!(a.to_vec().unwrap(), vec![1.0, 2.0]);
+    assert_eq!(b.to_vec().unwrap(), vec![3.0, 4.0]);
+}
+
+#[test]
+fn adamw_bias_correction_counts_each_parameters_own_updates() {
+    // `late` gets its first gradient on the third step: its update must be that of a
+    // first step (bias corrections 1 - beta^1), exactly as a fresh optimizer would make it.
+    let cfg = AdamWConfig {
+        weight_decay: 0.0,
+        ..AdamWConfig::default()
+    };
+    let early = Var::from_vec(vec![1.0, 1.0], 2, &dev()).unwrap();
+    let late = Var::from_vec(vec![1.0, 1.0], 2, &dev()).unwrap();
+    let mut opt = AdamW::new(vec![early.clone(), late.clone()], cfg).unwrap();
+    let mut only_early = GradStore::default();
+    only_early.insert(&early, t(&[0.5, -0.5], &[2]));
+    opt.step(&only_early).unwrap();
+    opt.step(&only_early).unwrap();
+    let mut both = GradStore::default();
+    both.insert(&early, t(&[0.5, -0.5], &[2]));
+    both.insert(&late, t(&[0.5, -0.5], &[2]));
+    opt.step(&both).unwrap();
+
+    let fresh = Var::from_vec(vec![1.0, 1.0], 2, &dev()).unwrap();
+    let mut fresh_opt = AdamW::new(vec![fresh.clone()], cfg).unwrap();
+    let mut g = GradStore::default();
+    g.insert(&fresh, t(&[0.5, -0.5], &[2]));
+    fresh_opt.step(&g).unwrap();
+    assert_eq!(late.to_vec().unwrap(), fresh.to_vec().unwrap());
+    // A first Adam step moves each weight by lr in the direction of -sign(g).
+    let moved: Vec<f32> = late.to_vec().unwrap().iter().map(|v| v - 1.0).collect();
+    assert!(
+        (moved[0] + 1e-3).abs() < 1e-6 && (moved[1] - 1e-3).abs() < 1e-6,
+        "{moved:?}"
     );
 }
 

@@ -311,6 +311,9 @@ impl Backend for CpuBackend {
         for (name, len) in [("grad", grad.len()), ("m", m.len()), ("v", v.len())] {
             check_len("adamw_step", name, param.len(), len)?;
         }
+        if p.step == 0 {
+            return Err(invalid("adamw_step", "step counts from 1"));
+        }
         optim::adamw(self.simd, p, param, grad, m, v);
         Ok(())
     }

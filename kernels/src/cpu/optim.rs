@@ -73,9 +73,9 @@ pub(crate) fn adamw(
     m: &mut [f32],
     v: &mut [f32],
 ) {
-    let t = hp.step.max(1) as i32;
-    let bc1 = 1.0 - (hp.beta1 as f64).powi(t);
-    let bc2 = 1.0 - (hp.beta2 as f64).powi(t);
+    let t = hp.step as f64;
+    let bc1 = 1.0 - (hp.beta1 as f64).powf(t);
+    let bc2 = 1.0 - (hp.beta2 as f64).powf(t);
     let step_size = (hp.lr as f64 / bc1) as f32;
     let inv_sqrt_bc2 = (1.0 / bc2.sqrt()) as f32;
     let decay = 1.0 - hp.lr * hp.weight_decay;

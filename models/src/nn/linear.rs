@@ -32,7 +32,13 @@ impl Linear {
 
     /// A layer from existing parameters: weight `[out, in]`, optional bias `[out]`.
     pub fn from_parts(weight: Var, bias: Option<Var>) -> Result<Linear> {
-        let (out, _) = weight.shape().dims2("Linear weight")?;
+        let (out, inputs) = weight.shape().dims2("Linear weight")?;
+        if out == 0 || inputs == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "Linear needs at least one input and one output feature, got weight {}",
+                weight.shape()
+            )));
+        }
         if let Some(b) = &bias {
             if b.dims() != [out] {
                 return Err(Error::InvalidShape {

@@ -1,4 +1,4 @@
-use super::{check_finite, grad_for, Optimizer};
+use super::{check_finite, gradients, Optimizer};
 use crate::device::{buf, buf_mut, on_device, wrap, Storage};
 use crate::{Error, GradStore, Result, Var};
 use ringtrain_kernels::{AdamWParams, Backend};
@@ -28,8 +28,10 @@ impl Default for AdamWConfig {
 /// Adam with decoupled weight decay, fused into one kernel per parameter.
 pub struct AdamW {
     vars: Vec<Var>,
-    /// First and second moment estimates, created on a variable's first update.
-    moments: Vec<Option<(Storage, Storage)>>,
+    /// First and second moment estimates and the number of updates they have seen,
+    /// created on a variable's first update. The count is per variable (as in PyTorch), so
+    /// one whose first gradient comes late still gets the bias correction of a first step.
+    moments: Vec<Option<(Storage, Storage, u64)>>,
     step: u64,
     config: AdamWConfig,
 }
@@ -38,7 +40,12 @@ impl AdamW {
     pub fn new(vars: Vec<Var>, config: AdamWConfig) -> Result<AdamW> {
         check_finite("learning rate", config.lr)?;
         check_finite("weight decay", config.weight_decay)?;
-        check_finite("eps", config.eps)?;
+        if !(config.eps.is_finite() && config.eps > 0.0) {
+            return Err(Error::InvalidArgument(format!(
+                "eps must be a finite number > 0 (it keeps m / sqrt(v) finite), got {}",
+                config.eps
+            )));
+        }
         for (name, beta) in [("beta1", config.beta1), ("beta2", config.beta2)] {
             if !(0.0..1.0).contains(&beta) {
                 return Err(Error::InvalidArgument(format!(
@@ -59,7 +66,7 @@ impl AdamW {
         &self.config
     }
 
-    /// Updates taken so far.
+    /// Calls to `step` so far.
     pub fn steps(&self) -> u64 {
         self.step
     }
@@ -67,27 +74,28 @@ impl AdamW {
 
 impl Optimizer for AdamW {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
+        let updates = gradients(&self.vars, grads)?;
         self.step += 1;
         let c = self.config;
-        let hp = AdamWParams {
-            lr: c.lr,
-            beta1: c.beta1,
-            beta2: c.beta2,
-            eps: c.eps,
-            weight_decay: c.weight_decay,
-            step: self.step,
-        };
-        for (var, state) in self.vars.iter().zip(self.moments.iter_mut()) {
-            let Some(grad) = grads.get(var) else { continue };
-            let grad = grad_for(var, grad)?;
+        for (i, grad) in updates {
+            let (var, state) = (&self.vars[i], &mut self.moments[i]);
             let g = grad.read();
             let mut p = var.write();
             on_device!(var.device(), b => {
                 if state.is_none() {
                     let n = var.elem_count();
-                    *state = Some((wrap(b, b.zeros(n)?), wrap(b, b.zeros(n)?)));
+                    *state = Some((wrap(b, b.zeros(n)?), wrap(b, b.zeros(n)?), 0));
                 }
-                if let Some((m, v)) = state.as_mut() {
+                if let Some((m, v, t)) = state.as_mut() {
+                    *t += 1;
+                    let hp = AdamWParams {
+                        lr: c.lr,
+                        beta1: c.beta1,
+                        beta2: c.beta2,
+                        eps: c.eps,
+                        weight_decay: c.weight_decay,
+                        step: *t,
+                    };
                     b.adamw_step(&hp, buf_mut(b, &mut p)?, buf(b, &g)?, buf_mut(b, m)?, buf_mut(b, v)?)?;
                 }
             });

@@ -37,6 +37,15 @@ fn grad_for(var: &Var, grad: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// Every variable that has a gradient, with that gradient, all checked before any update:
+/// a bad gradient must not leave the model half-updated.
+fn gradients(vars: &[Var], grads: &GradStore) -> Result<Vec<(usize, Tensor)>> {
+    vars.iter()
+        .enumerate()
+        .filter_map(|(i, var)| grads.get(var).map(|g| grad_for(var, g).map(|g| (i, g))))
+        .collect()
+}
+
 fn check_finite(name: &str, value: f32) -> Result<()> {
     if value.is_finite() && value >= 0.0 {
         Ok(())

@@ -1,4 +1,4 @@
-use super::{check_finite, grad_for, Optimizer};
+use super::{check_finite, gradients, Optimizer};
 use crate::device::{buf, buf_mut, on_device, Storage};
 use crate::{Error, GradStore, Result, Var};
 use ringtrain_kernels::{Backend, SgdParams};
@@ -62,9 +62,8 @@ impl Optimizer for Sgd {
             weight_decay: self.config.weight_decay,
             nesterov: self.config.nesterov,
         };
-        for (var, state) in self.vars.iter().zip(self.momentum.iter_mut()) {
-            let Some(grad) = grads.get(var) else { continue };
-            let grad = grad_for(var, grad)?;
+        for (i, grad) in gradients(&self.vars, grads)? {
+            let (var, state) = (&self.vars[i], &mut self.momentum[i]);
             let g = grad.read();
             let mut p = var.write();
             on_device!(var.device(), b => {
