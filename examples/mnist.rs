@@ -46,9 +46,9 @@ struct Args {
     lr: Option<f32>,
     #[arg(long, value_enum, default_value = "sgd")]
     optimizer: OptimizerKind,
-    /// SGD momentum.
-    #[arg(long, default_value_t = 0.9)]
-    momentum: f32,
+    /// SGD momentum [default: 0.9]; only for --optimizer sgd.
+    #[arg(long)]
+    momentum: Option<f32>,
     /// Weight decay (L2 for sgd, decoupled for adamw).
     #[arg(long, default_value_t = 0.0)]
     weight_decay: f32,
@@ -122,12 +122,17 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
         &device,
         &mut rng,
     )?;
+    if args.momentum.is_some() && args.optimizer != OptimizerKind::Sgd {
+        return Err(
+            "--momentum applies to --optimizer sgd only (AdamW keeps its beta1 = 0.9)".into(),
+        );
+    }
     let mut optimizer: Box<dyn Optimizer> = match args.optimizer {
         OptimizerKind::Sgd => Box::new(Sgd::new(
             model.parameters(),
             SgdConfig {
                 lr: args.lr.unwrap_or(0.05),
-                momentum: args.momentum,
+                momentum: args.momentum.unwrap_or(0.9),
                 weight_decay: args.weight_decay,
                 nesterov: false,
             },
@@ -230,13 +235,14 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
 }
 
 /// Rewrites the whole JSON-lines file through a temporary file and a rename, so a reader
-/// (or a crash) never sees half a file.
+/// (or a crash) never sees half a file. The temporary name carries the process id, so two
+/// runs pointed at the same file do not write into each other's.
 fn write_metrics(path: &Path, history: &[EpochMetrics]) -> Result<(), Box<dyn Error>> {
     let mut tmp_name = path
         .file_name()
         .ok_or("--metrics-out needs a file name")?
         .to_os_string();
-    tmp_name.push(".tmp");
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
     let tmp = path.with_file_name(tmp_name);
     {
         let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);

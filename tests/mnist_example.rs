@@ -1,5 +1,6 @@
-//! The mnist example as a user runs it: flags, errors, metrics file. `cargo test` builds
-//! examples next to the test binaries, so the binary is found relative to this one.
+//! The mnist example as a user runs it: flags, errors, metrics file. A plain `cargo test`
+//! builds examples next to the test binaries, so the binary is found relative to this one
+//! (`cargo test --test mnist_example` alone does not build it: add `--examples`).
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -33,7 +34,7 @@ fn stderr(out: &Output) -> String {
 }
 
 #[test]
-fn trains_one_epoch_and_writes_metrics() {
+fn trains_two_epochs_and_writes_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let metrics = dir.path().join("metrics.jsonl");
     let out = run(&[
@@ -76,7 +77,18 @@ fn trains_one_epoch_and_writes_metrics() {
         "{}",
         lines[1]
     );
-    assert!(!dir.path().join("metrics.jsonl.tmp").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers, ["metrics.jsonl"], "temporary files left behind");
+}
+
+#[test]
+fn momentum_with_adamw_is_rejected() {
+    let out = run(&["--optimizer", "adamw", "--momentum", "0.5", "--epochs", "1"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--momentum"), "{}", stderr(&out));
 }
 
 #[test]

@@ -67,16 +67,27 @@ pub struct Simd(Isa);
 impl Simd {
     /// The best instruction set this CPU supports. The environment variable
     /// `RINGTRAIN_ISA` (portable, avx2, avx512, neon) selects a lower one, for comparisons
-    /// and to work around a broken path; a name the CPU cannot run is ignored.
+    /// and to work around a broken path; a name the CPU cannot run is ignored with a
+    /// warning on stderr.
     pub fn detect() -> Simd {
-        if let Some(isa) = std::env::var("RINGTRAIN_ISA")
-            .ok()
-            .and_then(|name| Isa::from_name(&name))
-            .and_then(Simd::new)
-        {
-            return isa;
+        let Ok(name) = std::env::var("RINGTRAIN_ISA") else {
+            return Simd::best();
+        };
+        match Isa::from_name(&name).map(|isa| (isa, Simd::new(isa))) {
+            Some((_, Some(simd))) => simd,
+            found => {
+                // A typo in a tuning variable should not pass silently, nor stop the program.
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    let why = match found {
+                        Some((isa, _)) => format!("this CPU cannot run {isa}"),
+                        None => "expected portable, avx2, avx512 or neon".to_string(),
+                    };
+                    eprintln!("ringtrain: ignoring RINGTRAIN_ISA={name}: {why}");
+                });
+                Simd::best()
+            }
         }
-        Simd::best()
     }
 
     /// The best instruction set this CPU supports, ignoring the environment.

@@ -13,7 +13,8 @@ impl MicroKernel for Avx2Fma {
     const MR: usize = MR;
     const NR: usize = NR;
     // A 6 x 256 panel of A (6 KiB) stays in L1 while 16-wide panels of a 256 x 256 block of
-    // B (256 KiB: half the L2 of the smallest AVX2 cores, Zen 2/3) stream from L2.
+    // B (256 KiB: half the L2 of Zen 2/3, all of a Haswell-to-Comet-Lake client core's)
+    // stream from L2.
     const KC: usize = 256;
     const MC: usize = 168;
     const NC: usize = 256;

@@ -14,7 +14,8 @@ impl MicroKernel for Avx512 {
     const MR: usize = MR;
     const NR: usize = NR;
     // A 12 x 256 panel of A (12 KiB) stays in L1 while 32-wide panels of a 256 x 384 block
-    // of B (384 KiB, inside the 1 MiB L2 of AVX-512 cores) stream from L2.
+    // of B (384 KiB: inside the 1 MiB L2 of Skylake-SP and Zen 4, most of Ice Lake
+    // client's 512 KiB) stream from L2.
     const KC: usize = 256;
     const MC: usize = 144;
     const NC: usize = 384;
