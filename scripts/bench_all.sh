@@ -11,7 +11,7 @@ rounds=${1:-3}
 work=target/bench-rounds
 rm -rf "$work"
 mkdir -p "$work"
-cargo build --release --benches
+cargo build --release --benches --example sgemm
 crit=() peers=()
 for r in $(seq 1 "$rounds"); do
   echo "== round $r of $rounds"
@@ -20,6 +20,8 @@ for r in $(seq 1 "$rounds"); do
   RINGTRAIN_BENCH_QUICK=1 cargo bench --bench gemm -- --noplot
   cargo bench --bench train_step -- --noplot
   cp -r target/criterion "$work/criterion-$r"
+  # The same GEMM timed with peers.py's protocol, for a number-for-number comparison.
+  target/release/examples/sgemm --json-out "$work/sgemm-$r.json"
   crit+=("$work/criterion-$r") peers+=("$work/peers-$r.json")
 done
 python3 scripts/bench_report.py --criterion "${crit[@]}" --peers "${peers[@]}" --out docs/bench

@@ -1,0 +1,103 @@
+//! Single-precision GEMM throughput of the CPU backend, timed exactly as
+//! scripts/peers.py times numpy/OpenBLAS (2 warm-up calls, then single calls until 0.5 s
+//! and 3 calls have passed; best and median), so the two can be compared number for
+//! number. scripts/bench_all.sh runs both in interleaved rounds.
+//!
+//!     cargo run --release --example sgemm -- --threads 1 --json-out sgemm.json
+
+use clap::Parser;
+use ringtrain::kernels::cpu::gemm::{sgemm, MatRef};
+use ringtrain::kernels::cpu::Simd;
+use serde::Serialize;
+use std::error::Error;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Parser, Debug)]
+#[command(about = "Time ringtrain's CPU SGEMM on square matrices")]
+struct Args {
+    /// Matrix sizes n (C = A B with n x n operands).
+    #[arg(long, value_delimiter = ',', default_value = "256,512,1024,1536,2048")]
+    sizes: Vec<usize>,
+    /// Worker threads.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    threads: u32,
+    /// Seconds of timed calls per size (at least 3 calls).
+    #[arg(long, default_value_t = 0.5)]
+    min_time: f64,
+    /// Write the results as JSON (the schema scripts/bench_report.py reads).
+    #[arg(long)]
+    json_out: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct Row {
+    n: usize,
+    gflops: f64,
+    gflops_median: f64,
+    best_ms: f64,
+    median_ms: f64,
+    reps: usize,
+}
+
+#[derive(Serialize)]
+struct Report {
+    isa: String,
+    threads: u32,
+    gemm: Vec<Row>,
+}
+
+fn main() {
+    if let Err(e) = run(&Args::parse()) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: &Args) -> Result<(), Box<dyn Error>> {
+    // The global pool, so single-threaded calls run right here on the main thread, as
+    // numpy's do, with no hand-off to a pool thread.
+    rayon::ThreadPoolBuilder::new().num_threads(args.threads as usize).build_global()?;
+    let simd = Simd::detect();
+    let mut rows = Vec::new();
+    for &n in &args.sizes {
+        let a: Vec<f32> = (0..n * n).map(|i| ((i * 7 + 1) % 13) as f32 * 0.01 - 0.06).collect();
+        let b: Vec<f32> = (0..n * n).map(|i| ((i * 5 + 2) % 11) as f32 * 0.01 - 0.05).collect();
+        let mut c = vec![0f32; n * n];
+        let mut call = || {
+            let (ar, br) = (MatRef::row_major(&a, n, n, false), MatRef::row_major(&b, n, n, false));
+            sgemm(simd, n, n, n, 1.0, ar, br, 0.0, &mut c, n)
+        };
+        for _ in 0..2 {
+            call()?;
+        }
+        let (mut times, mut total) = (Vec::new(), 0.0);
+        while times.len() < 5000 && (times.len() < 3 || total < args.min_time) {
+            let start = Instant::now();
+            call()?;
+            let dt = start.elapsed().as_secs_f64();
+            times.push(dt);
+            total += dt;
+        }
+        times.sort_by(f64::total_cmp);
+        let (best, median) = (times[0], times[times.len() / 2]);
+        let flops = 2.0 * (n as f64).powi(3);
+        let row = Row {
+            n,
+            gflops: flops / best / 1e9,
+            gflops_median: flops / median / 1e9,
+            best_ms: best * 1e3,
+            median_ms: median * 1e3,
+            reps: times.len(),
+        };
+        println!("  ringtrain n={n:5}  {:7.1} GFLOP/s (median {:.1})", row.gflops, row.gflops_median);
+        rows.push(row);
+    }
+    let report = Report { isa: simd.isa().to_string(), threads: args.threads, gemm: rows };
+    if let Some(path) = &args.json_out {
+        let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&report)?)?;
+        std::fs::rename(&tmp, path)?;
+    }
+    Ok(())
+}
