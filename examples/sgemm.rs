@@ -57,15 +57,24 @@ fn main() {
 fn run(args: &Args) -> Result<(), Box<dyn Error>> {
     // The global pool, so single-threaded calls run right here on the main thread, as
     // numpy's do, with no hand-off to a pool thread.
-    rayon::ThreadPoolBuilder::new().num_threads(args.threads as usize).build_global()?;
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(args.threads as usize)
+        .build_global()?;
     let simd = Simd::detect();
     let mut rows = Vec::new();
     for &n in &args.sizes {
-        let a: Vec<f32> = (0..n * n).map(|i| ((i * 7 + 1) % 13) as f32 * 0.01 - 0.06).collect();
-        let b: Vec<f32> = (0..n * n).map(|i| ((i * 5 + 2) % 11) as f32 * 0.01 - 0.05).collect();
+        let a: Vec<f32> = (0..n * n)
+            .map(|i| ((i * 7 + 1) % 13) as f32 * 0.01 - 0.06)
+            .collect();
+        let b: Vec<f32> = (0..n * n)
+            .map(|i| ((i * 5 + 2) % 11) as f32 * 0.01 - 0.05)
+            .collect();
         let mut c = vec![0f32; n * n];
         let mut call = || {
-            let (ar, br) = (MatRef::row_major(&a, n, n, false), MatRef::row_major(&b, n, n, false));
+            let (ar, br) = (
+                MatRef::row_major(&a, n, n, false),
+                MatRef::row_major(&b, n, n, false),
+            );
             sgemm(simd, n, n, n, 1.0, ar, br, 0.0, &mut c, n)
         };
         for _ in 0..2 {
@@ -90,10 +99,17 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
             median_ms: median * 1e3,
             reps: times.len(),
         };
-        println!("  ringtrain n={n:5}  {:7.1} GFLOP/s (median {:.1})", row.gflops, row.gflops_median);
+        println!(
+            "  ringtrain n={n:5}  {:7.1} GFLOP/s (median {:.1})",
+            row.gflops, row.gflops_median
+        );
         rows.push(row);
     }
-    let report = Report { isa: simd.isa().to_string(), threads: args.threads, gemm: rows };
+    let report = Report {
+        isa: simd.isa().to_string(),
+        threads: args.threads,
+        gemm: rows,
+    };
     if let Some(path) = &args.json_out {
         let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
         std::fs::write(&tmp, serde_json::to_vec_pretty(&report)?)?;
