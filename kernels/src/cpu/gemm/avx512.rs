@@ -40,20 +40,33 @@ impl MicroKernel for Avx512 {
                 _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + 31) as *const i8);
             }
             let (mut a, mut b) = (a, b);
-            for _ in 0..kc {
-                // Packed B streams from L2 (two cache lines per step of k): fetch a few steps
-                // ahead so the loads below hit L1 (wrapping: past the panel's end it is only a hint).
-                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(8 * NR) as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(8 * NR + 16) as *const i8);
-                let b0 = _mm512_loadu_ps(b);
-                let b1 = _mm512_loadu_ps(b.add(16));
-                for (i, row) in acc.iter_mut().enumerate() {
-                    let ai = _mm512_set1_ps(*a.add(i));
-                    row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
-                    row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
-                }
-                a = a.add(MR);
-                b = b.add(NR);
+            // One step of k: a 32-wide row of packed B (two zmm), twelve broadcasts of
+            // packed A. Packed B streams from L2 (two cache lines per step): prefetch a few
+            // steps ahead (wrapping: past the panel's end it is only a hint).
+            macro_rules! step {
+                () => {
+                    _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(8 * NR) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(8 * NR + 16) as *const i8);
+                    let b0 = _mm512_loadu_ps(b);
+                    let b1 = _mm512_loadu_ps(b.add(16));
+                    for (i, row) in acc.iter_mut().enumerate() {
+                        let ai = _mm512_set1_ps(*a.add(i));
+                        row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
+                        row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
+                    }
+                    a = a.add(MR);
+                    b = b.add(NR);
+                };
+            }
+            // Unrolled by four, as the AVX2 kernel (where it measured 7-12% faster).
+            for _ in 0..kc / 4 {
+                step!();
+                step!();
+                step!();
+                step!();
+            }
+            for _ in 0..kc % 4 {
+                step!();
             }
             let alpha = _mm512_set1_ps(alpha);
             if beta == 0.0 {
