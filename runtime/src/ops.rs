@@ -244,24 +244,40 @@ impl Tensor {
         let mut sorted = dims.to_vec();
         sorted.sort_unstable();
         sorted.dedup();
+        if sorted.is_empty() {
+            // Nothing to reduce: the same values, sharing memory.
+            let rec = record(&[self], || Op::Reshape(self.clone()));
+            return Ok(self.share_storage(self.shape().clone(), rec));
+        }
+        // Runs of adjacent dimensions reduce in one pass: [b, c, h, w] summed over
+        // (1, 2, 3) is one [b, c*h*w] -> [b] reduction, not three.
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for &d in &sorted {
+            match runs.last_mut() {
+                Some((_, end)) if *end == d => *end = d + 1,
+                _ => runs.push((d, d + 1)),
+            }
+        }
         let storage = {
             let x = self.read();
             on_device!(self.device(), b => {
                 let mut current: Option<_> = None;
-                for &d in &sorted {
-                    let (outer, axis, inner) = Shape::from(out_dims.clone()).split_at(d);
+                for &(start, end) in &runs {
+                    let outer = ringtrain_kernels::saturating_product(&out_dims[..start]);
+                    let axis = ringtrain_kernels::saturating_product(&out_dims[start..end]);
+                    let inner = ringtrain_kernels::saturating_product(&out_dims[end..]);
                     let mut next = b.zeros(outer * inner)?;
                     let src = match &current {
                         Some(c) => c,
                         None => buf(b, &x)?,
                     };
                     b.sum_axis(src, &mut next, outer, axis, inner)?;
-                    out_dims[d] = 1;
+                    out_dims[start..end].fill(1);
                     current = Some(next);
                 }
                 match current {
                     Some(c) => wrap(b, c),
-                    None => wrap(b, b.upload(&b.download(buf(b, &x)?)?)?),
+                    None => unreachable!("runs is not empty"),
                 }
             })
         };
