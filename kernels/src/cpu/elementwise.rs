@@ -135,22 +135,24 @@ fn collapse(shape: &[usize], strides: &[&[usize]]) -> (Vec<usize>, Vec<Vec<usize
         if shape[d] == 1 {
             continue;
         }
-        let mergeable = !out_shape.is_empty()
-            && strides
-                .iter()
-                .zip(&out_strides)
-                .all(|(s, o)| *o.last().unwrap_or(&0) == s[d] * shape[d]);
-        if mergeable {
-            *out_shape.last_mut().unwrap_or(&mut 0) *= shape[d];
-            for (s, o) in strides.iter().zip(out_strides.iter_mut()) {
-                if let Some(last) = o.last_mut() {
-                    *last = s[d];
+        let mergeable = strides
+            .iter()
+            .zip(&out_strides)
+            .all(|(s, o)| o.last() == Some(&(s[d] * shape[d])));
+        match out_shape.last_mut() {
+            Some(last) if mergeable => {
+                *last *= shape[d];
+                for (s, o) in strides.iter().zip(out_strides.iter_mut()) {
+                    if let Some(last) = o.last_mut() {
+                        *last = s[d];
+                    }
                 }
             }
-        } else {
-            out_shape.push(shape[d]);
-            for (s, o) in strides.iter().zip(out_strides.iter_mut()) {
-                o.push(s[d]);
+            _ => {
+                out_shape.push(shape[d]);
+                for (s, o) in strides.iter().zip(out_strides.iter_mut()) {
+                    o.push(s[d]);
+                }
             }
         }
     }
@@ -159,6 +161,19 @@ fn collapse(shape: &[usize], strides: &[&[usize]]) -> (Vec<usize>, Vec<Vec<usize
         out_strides.iter_mut().for_each(|o| o.push(0));
     }
     (out_shape, out_strides)
+}
+
+/// Runs `run((index, row))` over the `inner`-long rows of `out`, on rayon's pool when the
+/// whole is large; short rows are grouped so each task still has about PAR_CHUNK elements.
+fn for_each_row(out: &mut [f32], inner: usize, run: impl Fn((usize, &mut [f32])) + Send + Sync) {
+    if parallel(out.len()) {
+        out.par_chunks_mut(inner)
+            .enumerate()
+            .with_min_len((PAR_CHUNK / inner).max(1))
+            .for_each(run);
+    } else {
+        out.chunks_mut(inner).enumerate().for_each(run);
+    }
 }
 
 /// Offset of the start of outer row `row` (all dims but the last) for one operand.
@@ -191,15 +206,7 @@ pub(crate) fn binary(
         let (lo, ro) = (row_offset(row, &shape, ls), row_offset(row, &shape, rs));
         binary_run(simd, op, &lhs[lo..], l_step, &rhs[ro..], r_step, out);
     };
-    // Short rows are grouped so each task still has PAR_CHUNK elements of work.
-    if parallel(out.len()) && inner >= 64 {
-        out.par_chunks_mut(inner)
-            .enumerate()
-            .with_min_len(PAR_CHUNK / inner)
-            .for_each(run);
-    } else {
-        out.chunks_mut(inner).enumerate().for_each(run);
-    }
+    for_each_row(out, inner, run);
 }
 
 pub(crate) fn copy_strided(src: &[f32], layout: &StridedLayout, dst: &mut [f32]) {
@@ -221,14 +228,7 @@ pub(crate) fn copy_strided(src: &[f32], layout: &StridedLayout, dst: &mut [f32])
                 .for_each(|(j, o)| *o = src[base + j * step]),
         }
     };
-    if parallel(dst.len()) && inner >= 64 {
-        dst.par_chunks_mut(inner)
-            .enumerate()
-            .with_min_len(PAR_CHUNK / inner)
-            .for_each(run);
-    } else {
-        dst.chunks_mut(inner).enumerate().for_each(run);
-    }
+    for_each_row(dst, inner, run);
 }
 
 /// Runs `f` over matching chunks of `x` and `y`, in parallel when large.

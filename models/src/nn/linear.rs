@@ -91,7 +91,9 @@ impl Module for Linear {
             return Ok(y);
         }
         let mut dims = x.dims().to_vec();
-        *dims.last_mut().unwrap_or(&mut 0) = self.out_features();
+        if let Some(last) = dims.last_mut() {
+            *last = self.out_features();
+        }
         y.reshape(dims)
     }
 
