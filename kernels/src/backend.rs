@@ -2,7 +2,7 @@
 //! write into caller-provided outputs, so the runtime decides all allocation and a GPU
 //! backend can enqueue each op without a round trip to the host.
 
-use crate::{BinaryLayout, Result, StridedLayout};
+use crate::{validate, BinaryLayout, Result, StridedLayout};
 
 /// Elementwise functions with a closed-form derivative.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -105,6 +105,20 @@ pub struct AdamWParams {
     pub step: u64,
 }
 
+impl AdamWParams {
+    /// The update's per-step constants with both bias corrections folded in, computed in
+    /// f64 once per step: `(decay, step_size, inv_sqrt_bc2)`, for
+    /// `p = p * decay - step_size * m / (sqrt(v) * inv_sqrt_bc2 + eps)`.
+    pub fn folded(&self) -> (f32, f32, f32) {
+        let t = self.step as f64;
+        let bc1 = 1.0 - (self.beta1 as f64).powf(t);
+        let bc2 = 1.0 - (self.beta2 as f64).powf(t);
+        let step_size = (self.lr as f64 / bc1) as f32;
+        let inv_sqrt_bc2 = (1.0 / bc2.sqrt()) as f32;
+        (1.0 - self.lr * self.weight_decay, step_size, inv_sqrt_bc2)
+    }
+}
+
 /// Device memory and the primitive ops that training needs.
 ///
 /// Every op validates buffer lengths against its arguments and returns an error rather
@@ -117,6 +131,13 @@ pub trait Backend: Clone + Send + Sync + 'static {
     fn name(&self) -> String;
 
     fn zeros(&self, len: usize) -> Result<Self::Buffer>;
+
+    /// A buffer for an op to overwrite: its contents are unspecified (a GPU backend hands
+    /// out a recycled buffer without clearing it).
+    fn alloc(&self, len: usize) -> Result<Self::Buffer> {
+        self.zeros(len)
+    }
+
     fn upload(&self, data: &[f32]) -> Result<Self::Buffer>;
     fn download(&self, buf: &Self::Buffer) -> Result<Vec<f32>>;
     fn len(&self, buf: &Self::Buffer) -> usize;
@@ -129,6 +150,37 @@ pub trait Backend: Clone + Send + Sync + 'static {
         b: &Self::Buffer,
         c: &mut Self::Buffer,
     ) -> Result<()>;
+
+    /// `C = act(alpha * op(A) op(B) + beta * C + bias)`, `bias` holding `n` elements added
+    /// to every row: a linear layer's forward pass. Backends that can fuse the epilogue
+    /// into the GEMM (the GPU) override this; the default composes three ops.
+    fn gemm_bias_act(
+        &self,
+        spec: &GemmSpec,
+        a: &Self::Buffer,
+        b: &Self::Buffer,
+        bias: &Self::Buffer,
+        act: Option<UnaryOp>,
+        c: &mut Self::Buffer,
+    ) -> Result<()> {
+        validate::bias(spec, self.len(bias))?;
+        self.gemm(spec, a, b, c)?;
+        let rows = spec.batch * spec.m;
+        let layout = BinaryLayout {
+            shape: vec![rows, spec.n],
+            lhs_strides: vec![spec.n, 1],
+            rhs_strides: vec![0, 1],
+        };
+        let mut biased = self.alloc(rows * spec.n)?;
+        self.binary(BinaryOp::Add, &layout, c, bias, &mut biased)?;
+        match act {
+            Some(op) => self.unary(op, &biased, c),
+            None => {
+                *c = biased;
+                Ok(())
+            }
+        }
+    }
 
     /// `y = f(x)`.
     fn unary(&self, op: UnaryOp, x: &Self::Buffer, y: &mut Self::Buffer) -> Result<()>;

@@ -83,6 +83,43 @@ impl BinaryLayout {
     }
 }
 
+/// Merges adjacent dimensions that every operand walks contiguously, so most broadcasts
+/// become one or two dimensions (a bias add is `[rows, cols] op [0-stride, cols]`).
+pub(crate) fn collapse(shape: &[usize], strides: &[&[usize]]) -> (Vec<usize>, Vec<Vec<usize>>) {
+    let mut out_shape: Vec<usize> = Vec::new();
+    let mut out_strides: Vec<Vec<usize>> = vec![Vec::new(); strides.len()];
+    for d in 0..shape.len() {
+        if shape[d] == 1 {
+            continue;
+        }
+        let mergeable = strides
+            .iter()
+            .zip(&out_strides)
+            .all(|(s, o)| o.last() == Some(&(s[d] * shape[d])));
+        match out_shape.last_mut() {
+            Some(last) if mergeable => {
+                *last *= shape[d];
+                for (s, o) in strides.iter().zip(out_strides.iter_mut()) {
+                    if let Some(last) = o.last_mut() {
+                        *last = s[d];
+                    }
+                }
+            }
+            _ => {
+                out_shape.push(shape[d]);
+                for (s, o) in strides.iter().zip(out_strides.iter_mut()) {
+                    o.push(s[d]);
+                }
+            }
+        }
+    }
+    if out_shape.is_empty() {
+        out_shape.push(1);
+        out_strides.iter_mut().for_each(|o| o.push(0));
+    }
+    (out_shape, out_strides)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,12 +3,15 @@
 //! The [`Backend`] trait is the contract between the runtime (tensors, autograd,
 //! optimizers) and a device: it owns device memory and runs primitive ops on it. It knows
 //! nothing about tensors, graphs or communication. [`cpu::CpuBackend`] implements it with
-//! explicit FMA/SIMD kernels chosen at run time by CPU feature detection.
+//! explicit FMA/SIMD kernels chosen at run time by CPU feature detection;
+//! [`gpu::GpuBackend`] with WGSL compute kernels run through wgpu.
 
 mod backend;
 pub mod cpu;
 mod error;
+pub mod gpu;
 mod layout;
+mod validate;
 
 pub use backend::{AdamWParams, Backend, BinaryOp, GemmSpec, SgdParams, UnaryOp};
 pub use error::{KernelError, Result};

@@ -12,6 +12,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use ringtrain_kernels::cpu::{CpuBackend, Simd};
+use ringtrain_kernels::gpu::GpuBackend;
 use ringtrain_kernels::{
     contiguous_strides, AdamWParams, Backend, BinaryLayout, BinaryOp, GemmSpec, SgdParams,
     StridedLayout, UnaryOp,
@@ -841,6 +842,9 @@ fn gemm<B: Backend>(b: &B) {
         // Above the CPU's 2^21 multiply-add threshold for splitting across threads.
         (150, 130, 120, 1, 0),
         (70, 80, 200, 2, 2),
+        // Several 64 x 64 GPU tiles, every operand readable as vec4s (and a ragged edge).
+        (96, 64, 36, 3, 0),
+        (65, 130, 64, 1, 0),
     ];
     let mut r = rng(2024);
     for (m, n, k, batch, share) in shapes {
@@ -873,6 +877,62 @@ fn gemm<B: Backend>(b: &B) {
             }
         }
     }
+}
+
+/// The fused linear-layer epilogue: `act(alpha * A B + beta * C + bias)`.
+fn gemm_bias_act<B: Backend>(b: &B) {
+    let name = b.name();
+    let mut r = rng(77);
+    let acts = [
+        None,
+        Some(UnaryOp::Relu),
+        Some(UnaryOp::Gelu),
+        Some(UnaryOp::Tanh),
+    ];
+    for (m, n, k, batch) in [(1, 1, 1, 1), (7, 9, 5, 1), (33, 70, 20, 2), (64, 64, 16, 1)] {
+        for (trans_a, trans_b) in [(false, false), (false, true), (true, false)] {
+            for act in acts {
+                let spec = GemmSpec {
+                    batch,
+                    stride_a: m * k,
+                    stride_b: k * n,
+                    ..GemmSpec::new(m, n, k, trans_a, trans_b)
+                };
+                let (la, lb, lc) = spec.buffer_lens();
+                let a = uniform(la, -1.0, 1.0, &mut r);
+                let bm = uniform(lb, -1.0, 1.0, &mut r);
+                let bias = uniform(n, -1.0, 1.0, &mut r);
+                let mut c = poisoned(b, lc);
+                let (ab, bb, biasb) = (up(b, &a), up(b, &bm), up(b, &bias));
+                b.gemm_bias_act(&spec, &ab, &bb, &biasb, act, &mut c)
+                    .unwrap();
+                let want: Vec<f64> = gemm_ref(&spec, &a, &bm, &vec![0.0; lc])
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| {
+                        let z = v + bias[i % n] as f64;
+                        act.map_or(z, |op| unary_ref(op, z))
+                    })
+                    .collect();
+                let ctx = format!("{name}: gemm_bias_act {act:?} {spec:?}");
+                assert_close(&ctx, &down(b, &c), &want, 1e-5 * (k as f64 + 2.0), 1e-5);
+            }
+        }
+    }
+    let (a, bm) = (up(b, &[1.0; 6]), up(b, &[1.0; 6]));
+    let mut c = b.zeros(4).unwrap();
+    assert_err(
+        &format!("{name}: gemm_bias_act bias"),
+        b.gemm_bias_act(
+            &GemmSpec::new(2, 2, 3, false, false),
+            &a,
+            &bm,
+            &up(b, &[0.0; 3]),
+            None,
+            &mut c,
+        ),
+        &["gemm_bias_act", "bias", "2", "3"],
+    );
 }
 
 /// Every op rejects buffers whose lengths do not match its arguments, and bad arguments.
@@ -1086,7 +1146,7 @@ macro_rules! conformance_suite {
 
             conformance_suite!(@tests $backends; memory, unary, unary_backward, affine,
                 binary, copy_strided, sum_axis, log_softmax, softmax_cross_entropy,
-                sgd_step, adamw_step, gemm, errors);
+                sgd_step, adamw_step, gemm, gemm_bias_act, errors);
         }
     };
     (@tests $backends:expr; $($check:ident),*) => {
@@ -1114,6 +1174,20 @@ conformance_suite!(
         .map(CpuBackend::with_simd)
         .collect::<Vec<_>>()
 );
+conformance_suite!(gpu, gpu_backends());
+
+/// The GPU every GPU test runs on: the best adapter there is, which on a machine without a
+/// GPU is Mesa's software Vulkan (lavapipe). These tests are never skipped silently: with
+/// no adapter at all they fail, unless `RINGTRAIN_SKIP_GPU_TESTS=1` says to skip them.
+fn gpu_backends() -> Vec<GpuBackend> {
+    if std::env::var_os("RINGTRAIN_SKIP_GPU_TESTS").is_some_and(|v| v == "1") {
+        return Vec::new();
+    }
+    match GpuBackend::new() {
+        Ok(b) => vec![b],
+        Err(e) => panic!("{e}\n(set RINGTRAIN_SKIP_GPU_TESTS=1 to run the CPU tests alone)"),
+    }
+}
 
 // ---- CPU-specific promises ------------------------------------------------------------------
 

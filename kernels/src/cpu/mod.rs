@@ -11,7 +11,7 @@ mod softmax;
 
 pub use isa::{Isa, Simd};
 
-use crate::error::check_len;
+use crate::validate;
 use crate::{
     AdamWParams, Backend, BinaryLayout, BinaryOp, GemmSpec, KernelError, Result, SgdParams,
     StridedLayout, UnaryOp,
@@ -44,27 +44,6 @@ impl CpuBackend {
 
     pub fn simd(&self) -> Simd {
         self.simd
-    }
-}
-
-fn invalid(op: &'static str, reason: impl Into<String>) -> KernelError {
-    KernelError::InvalidArgument {
-        op,
-        reason: reason.into(),
-    }
-}
-
-fn check_labels(op: &'static str, labels: &[u32], rows: usize, cols: usize) -> Result<()> {
-    check_len(op, "labels", rows, labels.len())?;
-    match labels.iter().position(|&l| l as usize >= cols) {
-        Some(i) => Err(invalid(
-            op,
-            format!(
-                "label {} at row {i} is not below the {cols} classes",
-                labels[i]
-            ),
-        )),
-        None => Ok(()),
     }
 }
 
@@ -106,18 +85,7 @@ impl Backend for CpuBackend {
     }
 
     fn gemm(&self, spec: &GemmSpec, a: &Vec<f32>, b: &Vec<f32>, c: &mut Vec<f32>) -> Result<()> {
-        let (la, lb, lc) = spec.buffer_lens();
-        if a.len() < la || b.len() < lb {
-            return Err(invalid(
-                "gemm",
-                format!(
-                    "operands hold {} and {} elements, the spec reads {la} and {lb}",
-                    a.len(),
-                    b.len()
-                ),
-            ));
-        }
-        check_len("gemm", "c", lc, c.len())?;
+        validate::gemm(spec, a.len(), b.len(), c.len())?;
         let (m, n, k) = (spec.m, spec.n, spec.k);
         for i in 0..spec.batch {
             let a = MatRef::row_major(&a[i * spec.stride_a..], m, k, spec.trans_a);
@@ -129,7 +97,7 @@ impl Backend for CpuBackend {
     }
 
     fn unary(&self, op: UnaryOp, x: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
-        check_len("unary", "y", x.len(), y.len())?;
+        validate::unary(x.len(), y.len())?;
         elementwise::unary(self.simd, op, x, y);
         Ok(())
     }
@@ -142,15 +110,13 @@ impl Backend for CpuBackend {
         dy: &Vec<f32>,
         dx: &mut Vec<f32>,
     ) -> Result<()> {
-        check_len("unary_backward", "y", x.len(), y.len())?;
-        check_len("unary_backward", "dy", x.len(), dy.len())?;
-        check_len("unary_backward", "dx", x.len(), dx.len())?;
+        validate::unary_backward(x.len(), y.len(), dy.len(), dx.len())?;
         elementwise::unary_backward(self.simd, op, x, y, dy, dx);
         Ok(())
     }
 
     fn affine(&self, x: &Vec<f32>, y: &mut Vec<f32>, mul: f32, add: f32) -> Result<()> {
-        check_len("affine", "y", x.len(), y.len())?;
+        validate::affine(x.len(), y.len())?;
         elementwise::affine(self.simd, x, y, mul, add);
         Ok(())
     }
@@ -163,25 +129,7 @@ impl Backend for CpuBackend {
         rhs: &Vec<f32>,
         out: &mut Vec<f32>,
     ) -> Result<()> {
-        let rank = layout.shape.len();
-        if layout.lhs_strides.len() != rank || layout.rhs_strides.len() != rank {
-            return Err(invalid("binary", "strides and shape differ in rank"));
-        }
-        check_len("binary", "out", layout.elem_count(), out.len())?;
-        let span = |strides: &[usize]| {
-            StridedLayout {
-                shape: layout.shape.clone(),
-                strides: strides.to_vec(),
-                offset: 0,
-            }
-            .span()
-        };
-        if span(&layout.lhs_strides) > lhs.len() || span(&layout.rhs_strides) > rhs.len() {
-            return Err(invalid(
-                "binary",
-                "an operand's strides run past its buffer",
-            ));
-        }
+        validate::binary(layout, lhs.len(), rhs.len(), out.len())?;
         elementwise::binary(self.simd, op, layout, lhs, rhs, out);
         Ok(())
     }
@@ -192,16 +140,7 @@ impl Backend for CpuBackend {
         layout: &StridedLayout,
         dst: &mut Vec<f32>,
     ) -> Result<()> {
-        if layout.strides.len() != layout.shape.len() {
-            return Err(invalid("copy_strided", "strides and shape differ in rank"));
-        }
-        check_len("copy_strided", "dst", layout.elem_count(), dst.len())?;
-        if layout.span() > src.len() {
-            return Err(invalid(
-                "copy_strided",
-                "the view runs past the source buffer",
-            ));
-        }
+        validate::copy_strided(layout, src.len(), dst.len())?;
         elementwise::copy_strided(src, layout, dst);
         Ok(())
     }
@@ -214,15 +153,13 @@ impl Backend for CpuBackend {
         axis: usize,
         inner: usize,
     ) -> Result<()> {
-        check_len("sum_axis", "x", outer * axis * inner, x.len())?;
-        check_len("sum_axis", "out", outer * inner, out.len())?;
+        validate::sum_axis(x.len(), out.len(), outer, axis, inner)?;
         reduce::sum_axis(self.simd, x, out, outer, axis, inner);
         Ok(())
     }
 
     fn log_softmax(&self, x: &Vec<f32>, y: &mut Vec<f32>, rows: usize, cols: usize) -> Result<()> {
-        check_len("log_softmax", "x", rows * cols, x.len())?;
-        check_len("log_softmax", "y", rows * cols, y.len())?;
+        validate::rows("log_softmax", &[("x", x.len()), ("y", y.len())], rows, cols)?;
         softmax::log_softmax(self.simd, x, y, cols);
         Ok(())
     }
@@ -235,9 +172,8 @@ impl Backend for CpuBackend {
         rows: usize,
         cols: usize,
     ) -> Result<()> {
-        for (name, len) in [("y", y.len()), ("dy", dy.len()), ("dx", dx.len())] {
-            check_len("log_softmax_backward", name, rows * cols, len)?;
-        }
+        let bufs = [("y", y.len()), ("dy", dy.len()), ("dx", dx.len())];
+        validate::rows("log_softmax_backward", &bufs, rows, cols)?;
         softmax::log_softmax_backward(self.simd, y, dy, dx, cols);
         Ok(())
     }
@@ -252,10 +188,14 @@ impl Backend for CpuBackend {
         cols: usize,
     ) -> Result<()> {
         const OP: &str = "softmax_cross_entropy";
-        check_len(OP, "logits", rows * cols, logits.len())?;
-        check_len(OP, "probs", rows * cols, probs.len())?;
-        check_len(OP, "loss", 1, loss.len())?;
-        check_labels(OP, labels, rows, cols)?;
+        validate::rows(
+            OP,
+            &[("logits", logits.len()), ("probs", probs.len())],
+            rows,
+            cols,
+        )?;
+        validate::scalar(OP, "loss", loss.len())?;
+        validate::labels(OP, labels, rows, cols)?;
         loss[0] = softmax::softmax_cross_entropy(self.simd, logits, labels, probs, cols);
         Ok(())
     }
@@ -270,10 +210,14 @@ impl Backend for CpuBackend {
         cols: usize,
     ) -> Result<()> {
         const OP: &str = "softmax_cross_entropy_backward";
-        check_len(OP, "probs", rows * cols, probs.len())?;
-        check_len(OP, "dlogits", rows * cols, dlogits.len())?;
-        check_len(OP, "dloss", 1, dloss.len())?;
-        check_labels(OP, labels, rows, cols)?;
+        validate::rows(
+            OP,
+            &[("probs", probs.len()), ("dlogits", dlogits.len())],
+            rows,
+            cols,
+        )?;
+        validate::scalar(OP, "dloss", dloss.len())?;
+        validate::labels(OP, labels, rows, cols)?;
         softmax::softmax_cross_entropy_backward(self.simd, probs, labels, dloss[0], dlogits, cols);
         Ok(())
     }
@@ -285,14 +229,12 @@ impl Backend for CpuBackend {
         grad: &Vec<f32>,
         momentum: Option<&mut Vec<f32>>,
     ) -> Result<()> {
-        check_len("sgd_step", "grad", param.len(), grad.len())?;
-        match (&momentum, p.momentum != 0.0) {
-            (Some(buf), true) => check_len("sgd_step", "momentum", param.len(), buf.len())?,
-            (None, true) => {
-                return Err(invalid("sgd_step", "momentum > 0 needs a momentum buffer"))
-            }
-            _ => {}
-        }
+        validate::sgd(
+            p,
+            param.len(),
+            grad.len(),
+            momentum.as_ref().map(|m| m.len()),
+        )?;
         let momentum = momentum
             .filter(|_| p.momentum != 0.0)
             .map(|b| b.as_mut_slice());
@@ -308,12 +250,7 @@ impl Backend for CpuBackend {
         m: &mut Vec<f32>,
         v: &mut Vec<f32>,
     ) -> Result<()> {
-        for (name, len) in [("grad", grad.len()), ("m", m.len()), ("v", v.len())] {
-            check_len("adamw_step", name, param.len(), len)?;
-        }
-        if p.step == 0 {
-            return Err(invalid("adamw_step", "step counts from 1"));
-        }
+        validate::adamw(p, param.len(), grad.len(), m.len(), v.len())?;
         optim::adamw(self.simd, p, param, grad, m, v);
         Ok(())
     }

@@ -73,12 +73,7 @@ pub(crate) fn adamw(
     m: &mut [f32],
     v: &mut [f32],
 ) {
-    let t = hp.step as f64;
-    let bc1 = 1.0 - (hp.beta1 as f64).powf(t);
-    let bc2 = 1.0 - (hp.beta2 as f64).powf(t);
-    let step_size = (hp.lr as f64 / bc1) as f32;
-    let inv_sqrt_bc2 = (1.0 / bc2.sqrt()) as f32;
-    let decay = 1.0 - hp.lr * hp.weight_decay;
+    let (decay, step_size, inv_sqrt_bc2) = hp.folded();
     let run = |p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]| {
         adamw_chunk(
             simd,

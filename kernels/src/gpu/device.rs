@@ -1,0 +1,283 @@
+//! One opened GPU: its wgpu device and queue, the pools its buffers come from, and the
+//! stream that ops are recorded into.
+//!
+//! Ops do not submit work one by one. Each records a dispatch (pipeline, bind group,
+//! workgroup counts) and writes its parameters into a per-submission uniform arena; the
+//! whole batch is encoded and submitted at a sync point: a download, an upload (whose
+//! `write_buffer` must not overtake recorded ops), or a full arena.
+
+use super::pool::Pool;
+use super::shaders::{Kernel, Pipelines, Shader};
+use crate::{KernelError, Result};
+use bytemuck::Pod;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Bytes of the uniform arena: parameters of up to this many / 256 dispatches per
+/// submission (fewer where the device's uniform alignment is coarser).
+const ARENA_BYTES: u64 = 256 * 1024;
+
+/// How long a download waits for the GPU before reporting it as hung.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// What every part of the backend needs: the device, its queue and limits.
+pub(super) struct Shared {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub limits: wgpu::Limits,
+}
+
+enum Command {
+    Dispatch {
+        pipeline: wgpu::ComputePipeline,
+        bind_group: wgpu::BindGroup,
+        groups: [u32; 3],
+    },
+    Copy {
+        src: wgpu::Buffer,
+        dst: wgpu::Buffer,
+        bytes: u64,
+    },
+}
+
+struct Stream {
+    commands: Vec<Command>,
+    /// Parameters of the recorded dispatches, uploaded to `arena` at submission.
+    params: Vec<u8>,
+    arena: wgpu::Buffer,
+}
+
+pub(super) struct Context {
+    pub shared: Shared,
+    pub storage: Arc<Pool>,
+    staging: Pool,
+    pipelines: Pipelines,
+    stream: Mutex<Stream>,
+    /// The first error wgpu reported outside an error scope (a lost device, say), kept
+    /// until the next sync point returns it.
+    error: Arc<Mutex<Option<String>>>,
+    /// Parameter slots are this many bytes apart (the device's uniform offset alignment).
+    slot: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Context {
+    pub fn new(shared: Shared) -> Self {
+        let error = Arc::new(Mutex::new(None::<String>));
+        let slot_err = error.clone();
+        shared.device.on_uncaptured_error(Arc::new(move |e| {
+            lock(&slot_err).get_or_insert_with(|| e.to_string());
+        }));
+        let lost_err = error.clone();
+        shared.device.set_device_lost_callback(move |reason, msg| {
+            lock(&lost_err).get_or_insert_with(|| format!("GPU device lost ({reason:?}): {msg}"));
+        });
+        let arena = shared.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("ringtrain params"),
+            size: ARENA_BYTES,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let slot = u64::from(shared.limits.min_uniform_buffer_offset_alignment).max(16);
+        Self {
+            storage: Arc::new(Pool::new(
+                wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+            )),
+            staging: Pool::new(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST),
+            pipelines: Pipelines::default(),
+            stream: Mutex::new(Stream {
+                commands: Vec::new(),
+                params: Vec::new(),
+                arena,
+            }),
+            error,
+            slot,
+            shared,
+        }
+    }
+
+    pub fn kernel(&self, shader: Shader) -> Result<Kernel> {
+        self.pipelines.get(&self.shared, shader)
+    }
+
+    /// Buffers ever created for tensors (a training step that recycles everything
+    /// leaves this unchanged).
+    pub fn buffers_created(&self) -> usize {
+        self.storage.created()
+    }
+
+    /// A recycled storage buffer of at least `bytes`.
+    pub fn take(&self, bytes: u64) -> Result<wgpu::Buffer> {
+        self.storage.take(&self.shared, bytes)
+    }
+
+    /// Records one dispatch of `kernel` over `groups`, its uniform `params` at binding 0
+    /// and `buffers` at bindings 1, 2, ...
+    pub fn dispatch<P: Pod>(
+        &self,
+        kernel: &Kernel,
+        params: &P,
+        buffers: &[&wgpu::Buffer],
+        groups: [u32; 3],
+    ) -> Result<()> {
+        let bytes = bytemuck::bytes_of(params);
+        let size = (bytes.len() as u64).div_ceil(16) * 16;
+        let mut stream = lock(&self.stream);
+        let mut offset = (stream.params.len() as u64).div_ceil(self.slot) * self.slot;
+        if offset + size > ARENA_BYTES {
+            self.submit(&mut stream)?;
+            offset = 0;
+        }
+        stream.params.resize(offset as usize, 0);
+        stream.params.extend_from_slice(bytes);
+        stream.params.resize((offset + size) as usize, 0);
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &stream.arena,
+                offset,
+                size: wgpu::BufferSize::new(size),
+            }),
+        }];
+        entries.extend(
+            buffers
+                .iter()
+                .zip(1..)
+                .map(|(b, binding)| wgpu::BindGroupEntry {
+                    binding,
+                    resource: b.as_entire_binding(),
+                }),
+        );
+        let bind_group = self
+            .shared
+            .device
+            .create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &kernel.layout,
+                entries: &entries,
+            });
+        stream.commands.push(Command::Dispatch {
+            pipeline: kernel.pipeline.clone(),
+            bind_group,
+            groups,
+        });
+        Ok(())
+    }
+
+    /// Submits everything recorded so far (does not wait for it).
+    pub fn flush(&self) -> Result<()> {
+        let mut stream = lock(&self.stream);
+        self.submit(&mut stream)
+    }
+
+    fn submit(&self, stream: &mut Stream) -> Result<()> {
+        if stream.commands.is_empty() {
+            return self.take_error();
+        }
+        let Shared { device, queue, .. } = &self.shared;
+        if !stream.params.is_empty() {
+            queue.write_buffer(&stream.arena, 0, &stream.params);
+        }
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("ringtrain"),
+        });
+        let commands = std::mem::take(&mut stream.commands);
+        let mut i = 0;
+        while i < commands.len() {
+            if let Command::Copy { src, dst, bytes } = &commands[i] {
+                encoder.copy_buffer_to_buffer(src, 0, dst, 0, *bytes);
+                i += 1;
+                continue;
+            }
+            // A run of dispatches shares one compute pass.
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: None,
+                timestamp_writes: None,
+            });
+            while let Some(Command::Dispatch {
+                pipeline,
+                bind_group,
+                groups: [x, y, z],
+            }) = commands.get(i)
+            {
+                pass.set_pipeline(pipeline);
+                pass.set_bind_group(0, bind_group, &[]);
+                pass.dispatch_workgroups(*x, *y, *z);
+                i += 1;
+            }
+        }
+        stream.params.clear();
+        queue.submit([encoder.finish()]);
+        self.take_error()
+    }
+
+    fn take_error(&self) -> Result<()> {
+        match lock(&self.error).take() {
+            Some(msg) => Err(KernelError::Device(msg)),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes `data` into `dst` once every op recorded so far has run.
+    pub fn write(&self, dst: &wgpu::Buffer, data: &[u8]) -> Result<()> {
+        let mut stream = lock(&self.stream);
+        // `write_buffer` lands before the next submission's commands; `dst` may be a
+        // recycled buffer that recorded ops still read, so those go first.
+        self.submit(&mut stream)?;
+        if !data.is_empty() {
+            self.shared.queue.write_buffer(dst, 0, data);
+        }
+        Ok(())
+    }
+
+    /// Submits everything recorded and blocks until the GPU has run it.
+    pub fn wait(&self) -> Result<()> {
+        self.flush()?;
+        self.shared
+            .device
+            .poll(wgpu::PollType::Wait {
+                submission_index: None,
+                timeout: Some(SYNC_TIMEOUT),
+            })
+            .map_err(|e| KernelError::Device(format!("waiting for the GPU: {e}")))?;
+        self.take_error()
+    }
+
+    /// Runs everything recorded, then copies the first `bytes` of `src` back to the host.
+    pub fn read(&self, src: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        if bytes == 0 {
+            return self.flush().map(|_| Vec::new());
+        }
+        let staging = self.staging.take(&self.shared, bytes)?;
+        {
+            let mut stream = lock(&self.stream);
+            stream.commands.push(Command::Copy {
+                src: src.clone(),
+                dst: staging.clone(),
+                bytes,
+            });
+            self.submit(&mut stream)?;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, 0..bytes, move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait()?;
+        let mapped = rx
+            .try_recv()
+            .map_err(|_| KernelError::Device("the GPU never finished the readback".into()))?;
+        mapped.map_err(|e| KernelError::Device(format!("reading GPU memory back: {e}")))?;
+        let data = staging
+            .get_mapped_range(0..bytes)
+            .map_err(|e| KernelError::Device(format!("reading GPU memory back: {e}")))?
+            .to_vec();
+        staging.unmap();
+        self.staging.give_back(staging);
+        Ok(data)
+    }
+}

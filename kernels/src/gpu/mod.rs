@@ -1,0 +1,620 @@
+//! The GPU backend: WGSL compute kernels (shaders/*.wgsl) run through wgpu on Vulkan,
+//! Metal or DX12.
+//!
+//! Ops are recorded, not run: each validates its arguments, takes its kernel from the
+//! pipeline cache and records one dispatch (a few for batched GEMMs past the grid limit).
+//! Work reaches the GPU at sync points, and the host waits only where a value is read
+//! back. Buffers come from a per-device pool, so a training step that has run once
+//! allocates no device memory again.
+
+mod adapter;
+mod device;
+mod params;
+mod pool;
+mod shaders;
+
+pub use adapter::AdapterSummary;
+pub use pool::GpuBuffer;
+
+use crate::{
+    validate, AdamWParams, Backend, BinaryLayout, BinaryOp, GemmSpec, KernelError, Result,
+    SgdParams, StridedLayout, UnaryOp,
+};
+use device::Context;
+use params::{u32_of, ACT_NONE, MAX_RANK, OP_AFFINE};
+use shaders::{GemmVariant, Shader};
+use std::sync::Arc;
+
+/// Elementwise kernels run 256 invocations per workgroup.
+const WG: usize = 256;
+/// GEMM tiles are 64 x 64 (shaders/gemm.wgsl).
+const TILE: usize = 64;
+/// Below this many outputs, a sum over a long axis gives each output a workgroup.
+const FEW_OUTPUTS: usize = 2048;
+
+/// One GPU device. Clones share it; two backends opened separately are two devices, even
+/// on one adapter, and their buffers do not mix.
+#[derive(Clone)]
+pub struct GpuBackend {
+    ctx: Arc<Context>,
+    adapter: Arc<AdapterSummary>,
+}
+
+impl PartialEq for GpuBackend {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.ctx, &other.ctx)
+    }
+}
+
+impl std::fmt::Debug for GpuBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+impl GpuBackend {
+    /// The best adapter there is (a discrete GPU over an integrated one, a hardware GPU
+    /// over a software one), honouring `WGPU_BACKEND` and `WGPU_ADAPTER_NAME`.
+    pub fn new() -> Result<Self> {
+        Self::with_adapter(0)
+    }
+
+    /// The `index`-th adapter of [`GpuBackend::adapters`]. Each call opens a new device,
+    /// so several backends can run side by side on one adapter.
+    pub fn with_adapter(index: usize) -> Result<Self> {
+        let mut found = adapter::adapters()?;
+        if found.is_empty() {
+            return Err(adapter::no_adapter());
+        }
+        if index >= found.len() {
+            return Err(KernelError::Device(format!(
+                "there is no GPU adapter {index}: {} found",
+                found.len()
+            )));
+        }
+        let (ctx, summary) = adapter::open(found.swap_remove(index))?;
+        Ok(Self {
+            ctx: Arc::new(ctx),
+            adapter: Arc::new(summary),
+        })
+    }
+
+    /// The best hardware GPU, or `None` where there is only a software implementation
+    /// (or nothing).
+    pub fn hardware() -> Result<Option<Self>> {
+        match adapter::summaries()?.iter().position(|a| a.is_hardware) {
+            Some(i) => Self::with_adapter(i).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Every adapter that can run the kernels, best first.
+    pub fn adapters() -> Result<Vec<AdapterSummary>> {
+        adapter::summaries()
+    }
+
+    pub fn adapter(&self) -> &AdapterSummary {
+        &self.adapter
+    }
+
+    /// Submits every recorded op and waits for the GPU to finish them (a benchmark's
+    /// sync point). Reports any error the device raised meanwhile.
+    pub fn synchronize(&self) -> Result<()> {
+        self.ctx.wait()
+    }
+
+    /// Device buffers created so far; stays put once a workload's sizes have all been
+    /// seen, since dropped buffers are recycled.
+    pub fn buffers_created(&self) -> usize {
+        self.ctx.buffers_created()
+    }
+
+    fn buffer(&self, len: usize) -> Result<GpuBuffer> {
+        let bytes = (len as u64).checked_mul(4).ok_or_else(|| {
+            KernelError::Device(format!("a buffer of {len} floats is beyond any device"))
+        })?;
+        Ok(GpuBuffer {
+            raw: self.ctx.take(bytes)?,
+            len,
+            pool: self.ctx.storage.clone(),
+        })
+    }
+
+    fn upload_labels(&self, labels: &[u32]) -> Result<GpuBuffer> {
+        let buf = self.buffer(labels.len())?;
+        self.ctx.write(&buf.raw, bytemuck::cast_slice(labels))?;
+        Ok(buf)
+    }
+
+    /// Workgroups for `count` invocations (or workgroups, with `per_group` 1), spread over
+    /// a 2-D grid when one dimension cannot hold them.
+    fn grid(&self, count: usize, per_group: usize) -> Result<[u32; 3]> {
+        let groups = count.div_ceil(per_group);
+        let max = self.ctx.shared.limits.max_compute_workgroups_per_dimension as usize;
+        let x = groups.min(max);
+        let y = groups.div_ceil(x.max(1));
+        if y > max {
+            return Err(KernelError::Device(format!(
+                "{count} elements need more workgroups than this device can launch"
+            )));
+        }
+        Ok([x as u32, y as u32, 1])
+    }
+
+    fn dispatch<P: bytemuck::Pod>(
+        &self,
+        shader: Shader,
+        params: &P,
+        buffers: &[&wgpu::Buffer],
+        groups: [u32; 3],
+    ) -> Result<()> {
+        let kernel = self.ctx.kernel(shader)?;
+        self.ctx.dispatch(&kernel, params, buffers, groups)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_impl(
+        &self,
+        spec: &GemmSpec,
+        a: &GpuBuffer,
+        b: &GpuBuffer,
+        bias: Option<&GpuBuffer>,
+        act: Option<UnaryOp>,
+        c: &mut GpuBuffer,
+    ) -> Result<()> {
+        const OP: &str = "gemm";
+        if spec.batch == 0 || spec.m == 0 || spec.n == 0 {
+            return Ok(());
+        }
+        // Quads along an operand's contiguous dimension are aligned vec4s when that
+        // dimension (and the batch stride) is a multiple of four.
+        let quads = |contiguous: usize, stride: usize| {
+            contiguous % 4 == 0 && (spec.batch == 1 || stride % 4 == 0)
+        };
+        let variant = GemmVariant {
+            trans_a: spec.trans_a,
+            trans_b: spec.trans_b,
+            vec4_a: quads(if spec.trans_a { spec.m } else { spec.k }, spec.stride_a),
+            vec4_b: quads(if spec.trans_b { spec.k } else { spec.n }, spec.stride_b),
+        };
+        let max = self.ctx.shared.limits.max_compute_workgroups_per_dimension as usize;
+        let (gx, gy) = (spec.n.div_ceil(TILE), spec.m.div_ceil(TILE));
+        if gx > max || gy > max {
+            return Err(validate::invalid(
+                OP,
+                format!(
+                    "a {} x {} product needs {gy} x {gx} tiles of {TILE}, more than the \
+                     {max} per grid dimension this device launches",
+                    spec.m, spec.n
+                ),
+            ));
+        }
+        let mut p = params::Gemm {
+            m: u32_of(OP, "m", spec.m)?,
+            n: u32_of(OP, "n", spec.n)?,
+            k: u32_of(OP, "k", spec.k)?,
+            batch_base: 0,
+            stride_a: u32_of(OP, "stride_a", spec.stride_a)?,
+            stride_b: u32_of(OP, "stride_b", spec.stride_b)?,
+            alpha: spec.alpha,
+            beta: spec.beta,
+            act: act.map_or(ACT_NONE, params::unary_code),
+            has_bias: u32::from(bias.is_some()),
+            _pad: [0; 2],
+        };
+        u32_of(OP, "batch * m * n", spec.batch * spec.m * spec.n)?;
+        // Without a bias the shader still binds one; any buffer will do but `c`, which
+        // is bound writable.
+        let bias = bias.unwrap_or(a);
+        // The grid holds at most `max` batch items; larger batches take several launches.
+        let mut base = 0;
+        while base < spec.batch {
+            let count = (spec.batch - base).min(max);
+            p.batch_base = base as u32;
+            self.dispatch(
+                Shader::Gemm(variant),
+                &p,
+                &[&a.raw, &b.raw, &c.raw, &bias.raw],
+                [gx as u32, gy as u32, count as u32],
+            )?;
+            base += count;
+        }
+        Ok(())
+    }
+
+    /// Sums `x` viewed as `[outer, axis, inner]` over `axis`, times `scale`.
+    fn sum_scaled(
+        &self,
+        x: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+        (outer, axis, inner): (usize, usize, usize),
+        scale: f32,
+    ) -> Result<()> {
+        const OP: &str = "sum_axis";
+        let outputs = outer * inner;
+        if outputs == 0 {
+            return Ok(());
+        }
+        let p = params::SumAxis {
+            outer: u32_of(OP, "outer", outer)?,
+            axis: u32_of(OP, "axis", axis)?,
+            inner: u32_of(OP, "inner", inner)?,
+            scale,
+        };
+        if outputs < FEW_OUTPUTS && axis > 64 {
+            let groups = self.grid(outputs, 1)?;
+            self.dispatch(Shader::SumByWorkgroup, &p, &[x, out], groups)
+        } else {
+            let groups = self.grid(outputs, WG)?;
+            self.dispatch(Shader::SumByThread, &p, &[x, out], groups)
+        }
+    }
+
+    fn rows_params(op: &'static str, rows: usize, cols: usize) -> Result<params::Rows> {
+        u32_of(op, "rows * cols", rows.saturating_mul(cols))?;
+        Ok(params::Rows {
+            rows: u32_of(op, "rows", rows)?,
+            cols: u32_of(op, "cols", cols)?,
+            _pad: [0; 2],
+        })
+    }
+}
+
+impl Backend for GpuBackend {
+    type Buffer = GpuBuffer;
+
+    fn name(&self) -> String {
+        format!("gpu ({})", self.adapter)
+    }
+
+    fn zeros(&self, len: usize) -> Result<GpuBuffer> {
+        let mut buf = self.buffer(len)?;
+        self.fill(&mut buf, 0.0)?;
+        Ok(buf)
+    }
+
+    fn alloc(&self, len: usize) -> Result<GpuBuffer> {
+        self.buffer(len)
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<GpuBuffer> {
+        let buf = self.buffer(data.len())?;
+        self.ctx.write(&buf.raw, bytemuck::cast_slice(data))?;
+        Ok(buf)
+    }
+
+    fn download(&self, buf: &GpuBuffer) -> Result<Vec<f32>> {
+        let bytes = self.ctx.read(&buf.raw, buf.len as u64 * 4)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    fn len(&self, buf: &GpuBuffer) -> usize {
+        buf.len
+    }
+
+    fn fill(&self, buf: &mut GpuBuffer, value: f32) -> Result<()> {
+        if buf.len == 0 {
+            return Ok(());
+        }
+        let p = params::Fill {
+            len: u32_of("fill", "len", buf.len)?,
+            value,
+            _pad: [0; 2],
+        };
+        self.dispatch(Shader::Fill, &p, &[&buf.raw], self.grid(buf.len, WG)?)
+    }
+
+    fn gemm(&self, spec: &GemmSpec, a: &GpuBuffer, b: &GpuBuffer, c: &mut GpuBuffer) -> Result<()> {
+        validate::gemm(spec, a.len, b.len, c.len)?;
+        self.gemm_impl(spec, a, b, None, None, c)
+    }
+
+    fn gemm_bias_act(
+        &self,
+        spec: &GemmSpec,
+        a: &GpuBuffer,
+        b: &GpuBuffer,
+        bias: &GpuBuffer,
+        act: Option<UnaryOp>,
+        c: &mut GpuBuffer,
+    ) -> Result<()> {
+        validate::gemm(spec, a.len, b.len, c.len)?;
+        validate::bias(spec, bias.len)?;
+        self.gemm_impl(spec, a, b, Some(bias), act, c)
+    }
+
+    fn unary(&self, op: UnaryOp, x: &GpuBuffer, y: &mut GpuBuffer) -> Result<()> {
+        validate::unary(x.len, y.len)?;
+        if x.len == 0 {
+            return Ok(());
+        }
+        let p = params::Unary {
+            len: u32_of("unary", "len", x.len)?,
+            op: params::unary_code(op),
+            mul: 1.0,
+            add: 0.0,
+        };
+        self.dispatch(Shader::Unary, &p, &[&x.raw, &y.raw], self.grid(x.len, WG)?)
+    }
+
+    fn unary_backward(
+        &self,
+        op: UnaryOp,
+        x: &GpuBuffer,
+        y: &GpuBuffer,
+        dy: &GpuBuffer,
+        dx: &mut GpuBuffer,
+    ) -> Result<()> {
+        validate::unary_backward(x.len, y.len, dy.len, dx.len)?;
+        if x.len == 0 {
+            return Ok(());
+        }
+        let p = params::UnaryBackward {
+            len: u32_of("unary_backward", "len", x.len)?,
+            op: params::unary_code(op),
+            _pad: [0; 2],
+        };
+        let bufs = [&x.raw, &y.raw, &dy.raw, &dx.raw];
+        self.dispatch(Shader::UnaryBackward, &p, &bufs, self.grid(x.len, WG)?)
+    }
+
+    fn affine(&self, x: &GpuBuffer, y: &mut GpuBuffer, mul: f32, add: f32) -> Result<()> {
+        validate::affine(x.len, y.len)?;
+        if x.len == 0 {
+            return Ok(());
+        }
+        let p = params::Unary {
+            len: u32_of("affine", "len", x.len)?,
+            op: OP_AFFINE,
+            mul,
+            add,
+        };
+        self.dispatch(Shader::Unary, &p, &[&x.raw, &y.raw], self.grid(x.len, WG)?)
+    }
+
+    fn binary(
+        &self,
+        op: BinaryOp,
+        layout: &BinaryLayout,
+        lhs: &GpuBuffer,
+        rhs: &GpuBuffer,
+        out: &mut GpuBuffer,
+    ) -> Result<()> {
+        const OP: &str = "binary";
+        validate::binary(layout, lhs.len, rhs.len, out.len)?;
+        if out.len == 0 {
+            return Ok(());
+        }
+        let (shape, strides) =
+            crate::layout::collapse(&layout.shape, &[&layout.lhs_strides, &layout.rhs_strides]);
+        check_rank(OP, shape.len())?;
+        let p = params::Binary {
+            len: u32_of(OP, "len", out.len)?,
+            rank: shape.len() as u32,
+            op: match op {
+                BinaryOp::Add => 0,
+                BinaryOp::Sub => 1,
+                BinaryOp::Mul => 2,
+                BinaryOp::Div => 3,
+            },
+            _pad: 0,
+            shape: params::dims(OP, "shape", &shape)?,
+            lhs_strides: params::dims(OP, "stride", &strides[0])?,
+            rhs_strides: params::dims(OP, "stride", &strides[1])?,
+        };
+        let bufs = [&lhs.raw, &rhs.raw, &out.raw];
+        self.dispatch(Shader::Binary, &p, &bufs, self.grid(out.len, WG)?)
+    }
+
+    fn copy_strided(
+        &self,
+        src: &GpuBuffer,
+        layout: &StridedLayout,
+        dst: &mut GpuBuffer,
+    ) -> Result<()> {
+        const OP: &str = "copy_strided";
+        validate::copy_strided(layout, src.len, dst.len)?;
+        if dst.len == 0 {
+            return Ok(());
+        }
+        let (shape, strides) = crate::layout::collapse(&layout.shape, &[&layout.strides]);
+        check_rank(OP, shape.len())?;
+        let p = params::CopyStrided {
+            len: u32_of(OP, "len", dst.len)?,
+            rank: shape.len() as u32,
+            offset: u32_of(OP, "offset", layout.offset)?,
+            _pad: 0,
+            shape: params::dims(OP, "shape", &shape)?,
+            strides: params::dims(OP, "stride", &strides[0])?,
+        };
+        let bufs = [&src.raw, &dst.raw];
+        self.dispatch(Shader::CopyStrided, &p, &bufs, self.grid(dst.len, WG)?)
+    }
+
+    fn sum_axis(
+        &self,
+        x: &GpuBuffer,
+        out: &mut GpuBuffer,
+        outer: usize,
+        axis: usize,
+        inner: usize,
+    ) -> Result<()> {
+        validate::sum_axis(x.len, out.len, outer, axis, inner)?;
+        self.sum_scaled(&x.raw, &out.raw, (outer, axis, inner), 1.0)
+    }
+
+    fn log_softmax(
+        &self,
+        x: &GpuBuffer,
+        y: &mut GpuBuffer,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        const OP: &str = "log_softmax";
+        validate::rows(OP, &[("x", x.len), ("y", y.len)], rows, cols)?;
+        if rows * cols == 0 {
+            return Ok(());
+        }
+        let p = Self::rows_params(OP, rows, cols)?;
+        self.dispatch(
+            Shader::LogSoftmax,
+            &p,
+            &[&x.raw, &y.raw],
+            self.grid(rows, 1)?,
+        )
+    }
+
+    fn log_softmax_backward(
+        &self,
+        y: &GpuBuffer,
+        dy: &GpuBuffer,
+        dx: &mut GpuBuffer,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        const OP: &str = "log_softmax_backward";
+        validate::rows(
+            OP,
+            &[("y", y.len), ("dy", dy.len), ("dx", dx.len)],
+            rows,
+            cols,
+        )?;
+        if rows * cols == 0 {
+            return Ok(());
+        }
+        let p = Self::rows_params(OP, rows, cols)?;
+        let bufs = [&y.raw, &dy.raw, &dx.raw];
+        self.dispatch(Shader::LogSoftmaxBackward, &p, &bufs, self.grid(rows, 1)?)
+    }
+
+    fn softmax_cross_entropy(
+        &self,
+        logits: &GpuBuffer,
+        labels: &[u32],
+        probs: &mut GpuBuffer,
+        loss: &mut GpuBuffer,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        const OP: &str = "softmax_cross_entropy";
+        validate::rows(
+            OP,
+            &[("logits", logits.len), ("probs", probs.len)],
+            rows,
+            cols,
+        )?;
+        validate::scalar(OP, "loss", loss.len)?;
+        validate::labels(OP, labels, rows, cols)?;
+        if rows * cols == 0 {
+            return self.fill(loss, 0.0);
+        }
+        let p = Self::rows_params(OP, rows, cols)?;
+        let labels = self.upload_labels(labels)?;
+        let row_loss = self.buffer(rows)?;
+        let bufs = [&logits.raw, &labels.raw, &probs.raw, &row_loss.raw];
+        self.dispatch(Shader::CrossEntropy, &p, &bufs, self.grid(rows, 1)?)?;
+        self.sum_scaled(&row_loss.raw, &loss.raw, (1, rows, 1), 1.0 / rows as f32)
+    }
+
+    fn softmax_cross_entropy_backward(
+        &self,
+        probs: &GpuBuffer,
+        labels: &[u32],
+        dloss: &GpuBuffer,
+        dlogits: &mut GpuBuffer,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        const OP: &str = "softmax_cross_entropy_backward";
+        validate::rows(
+            OP,
+            &[("probs", probs.len), ("dlogits", dlogits.len)],
+            rows,
+            cols,
+        )?;
+        validate::scalar(OP, "dloss", dloss.len)?;
+        validate::labels(OP, labels, rows, cols)?;
+        if rows * cols == 0 {
+            return Ok(());
+        }
+        let p = Self::rows_params(OP, rows, cols)?;
+        let labels = self.upload_labels(labels)?;
+        let bufs = [&probs.raw, &labels.raw, &dloss.raw, &dlogits.raw];
+        let groups = self.grid(rows * cols, WG)?;
+        self.dispatch(Shader::CrossEntropyBackward, &p, &bufs, groups)
+    }
+
+    fn sgd_step(
+        &self,
+        p: &SgdParams,
+        param: &mut GpuBuffer,
+        grad: &GpuBuffer,
+        momentum: Option<&mut GpuBuffer>,
+    ) -> Result<()> {
+        validate::sgd(p, param.len, grad.len, momentum.as_ref().map(|m| m.len))?;
+        if param.len == 0 {
+            return Ok(());
+        }
+        let uses_momentum = p.momentum != 0.0;
+        let params = params::Sgd {
+            len: u32_of("sgd_step", "len", param.len)?,
+            lr: p.lr,
+            momentum: p.momentum,
+            weight_decay: p.weight_decay,
+            nesterov: u32::from(p.nesterov),
+            _pad: [0; 3],
+        };
+        // Without momentum the kernel never touches its buffer, but a binding needs
+        // one: a scratch buffer of one element, distinct from the bound parameter.
+        let scratch;
+        let buf = match momentum {
+            Some(m) if uses_momentum => &m.raw,
+            _ => {
+                scratch = self.buffer(1)?;
+                &scratch.raw
+            }
+        };
+        let groups = self.grid(param.len, WG)?;
+        self.dispatch(Shader::Sgd, &params, &[&param.raw, &grad.raw, buf], groups)
+    }
+
+    fn adamw_step(
+        &self,
+        p: &AdamWParams,
+        param: &mut GpuBuffer,
+        grad: &GpuBuffer,
+        m: &mut GpuBuffer,
+        v: &mut GpuBuffer,
+    ) -> Result<()> {
+        validate::adamw(p, param.len, grad.len, m.len, v.len)?;
+        if param.len == 0 {
+            return Ok(());
+        }
+        let (decay, step_size, inv_sqrt_bc2) = p.folded();
+        let params = params::AdamW {
+            len: u32_of("adamw_step", "len", param.len)?,
+            decay,
+            step_size,
+            beta1: p.beta1,
+            beta2: p.beta2,
+            inv_sqrt_bc2,
+            eps: p.eps,
+            _pad: 0,
+        };
+        let bufs = [&param.raw, &grad.raw, &m.raw, &v.raw];
+        self.dispatch(Shader::AdamW, &params, &bufs, self.grid(param.len, WG)?)
+    }
+}
+
+fn check_rank(op: &'static str, rank: usize) -> Result<()> {
+    if rank > MAX_RANK {
+        return Err(validate::invalid(
+            op,
+            format!(
+                "the view has {rank} dimensions that cannot be merged; the GPU kernels take \
+                 at most {MAX_RANK}"
+            ),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! Uniform blocks of the kernels, laid out exactly as the `Params` structs of
+//! shaders/*.wgsl (16-byte multiples; `array<vec4<u32>, 2>` is `[u32; 8]`).
+
+use crate::{KernelError, Result, UnaryOp};
+use bytemuck::{Pod, Zeroable};
+
+/// Dimensions the strided kernels (binary, copy_strided) take after merging.
+pub(super) const MAX_RANK: usize = 8;
+
+/// `unary.wgsl`'s op code for `y = x * mul + add`.
+pub(super) const OP_AFFINE: u32 = 100;
+
+/// The GEMM epilogue's "no activation" (common.wgsl treats unknown codes as identity).
+pub(super) const ACT_NONE: u32 = u32::MAX;
+
+/// The op codes of common.wgsl.
+pub(super) fn unary_code(op: UnaryOp) -> u32 {
+    match op {
+        UnaryOp::Neg => 0,
+        UnaryOp::Exp => 1,
+        UnaryOp::Log => 2,
+        UnaryOp::Sqr => 3,
+        UnaryOp::Sqrt => 4,
+        UnaryOp::Relu => 5,
+        UnaryOp::Gelu => 6,
+        UnaryOp::Tanh => 7,
+        UnaryOp::Sigmoid => 8,
+    }
+}
+
+/// Sizes and indices are u32 on the GPU; a buffer is far smaller than 2^32 elements on
+/// any device (the storage binding limit), but a spec's arithmetic is checked anyway.
+pub(super) fn u32_of(op: &'static str, what: &str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| KernelError::InvalidArgument {
+        op,
+        reason: format!("{what} = {v} does not fit the GPU's 32-bit indices"),
+    })
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(super) struct Unary {
+    pub len: u32,
+    pub op: u32,
+    pub mul: f32,
+    pub add: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(super) struct UnaryBackward {
+    pub len: u32,
+    pub op: u32,
+    pub _pad: [u32; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(super) struct Fill {
+    pub len: u32,
+    pub value: f32,
+    pub _pad: [u32; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(super) struct Binary {
+    pub len: u32,
+    pub rank: u32,
+    pub op: u32,
+    pub _pad: u32,
+    pub shape: [u32; MAX_RANK],
+    pub lhs_strides: [u32; MAX_RANK],
+    pub rhs_strides: [u32; MAX_RANK],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(super) struct CopyStrided {
+    pub len: u32,
+    pub rank: u32,
+    pub offset: u32,
+    pub _pad: u32,
+    pub shape: [u32; MAX_RANK],
+    pub strides: [u32; MAX_RANK],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(super) struct SumAxis {
+    pub outer: u32,
+    pub axis: u32,
+    pub inner: u32,
+    pub scale: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(super) struct Rows {
+    pub rows: u32,
+    pub cols: u32,
+    pub _pad: [u32; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(super) struct Sgd {
+    pub len: u32,
+    pub lr: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    pub nesterov: u32,
+    pub _pad: [u32; 3],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(super) struct AdamW {
+    pub len: u32,
+    pub decay: f32,
+    pub step_size: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub inv_sqrt_bc2: f32,
+    pub eps: f32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(super) struct Gemm {
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub batch_base: u32,
+    pub stride_a: u32,
+    pub stride_b: u32,
+    pub alpha: f32,
+    pub beta: f32,
+    pub act: u32,
+    pub has_bias: u32,
+    pub _pad: [u32; 2],
+}
+
+/// Copies `dims` into a kernel's fixed-size array (the caller checked the rank).
+pub(super) fn dims(op: &'static str, what: &str, v: &[usize]) -> Result<[u32; MAX_RANK]> {
+    let mut out = [0u32; MAX_RANK];
+    for (o, &d) in out.iter_mut().zip(v) {
+        *o = u32_of(op, what, d)?;
+    }
+    Ok(out)
+}

@@ -1,0 +1,149 @@
+//! Argument checks shared by every backend, so each op rejects the same bad input with the
+//! same message whatever device runs it. Each function takes buffer lengths, not buffers.
+
+use crate::error::check_len;
+use crate::{AdamWParams, BinaryLayout, GemmSpec, KernelError, Result, SgdParams, StridedLayout};
+
+pub(crate) fn invalid(op: &'static str, reason: impl Into<String>) -> KernelError {
+    KernelError::InvalidArgument {
+        op,
+        reason: reason.into(),
+    }
+}
+
+pub(crate) fn gemm(spec: &GemmSpec, a: usize, b: usize, c: usize) -> Result<()> {
+    let (la, lb, lc) = spec.buffer_lens();
+    if a < la || b < lb {
+        return Err(invalid(
+            "gemm",
+            format!("operands hold {a} and {b} elements, the spec reads {la} and {lb}"),
+        ));
+    }
+    check_len("gemm", "c", lc, c)
+}
+
+pub(crate) fn bias(spec: &GemmSpec, bias: usize) -> Result<()> {
+    check_len("gemm_bias_act", "bias", spec.n, bias)
+}
+
+pub(crate) fn unary(x: usize, y: usize) -> Result<()> {
+    check_len("unary", "y", x, y)
+}
+
+pub(crate) fn unary_backward(x: usize, y: usize, dy: usize, dx: usize) -> Result<()> {
+    check_len("unary_backward", "y", x, y)?;
+    check_len("unary_backward", "dy", x, dy)?;
+    check_len("unary_backward", "dx", x, dx)
+}
+
+pub(crate) fn affine(x: usize, y: usize) -> Result<()> {
+    check_len("affine", "y", x, y)
+}
+
+pub(crate) fn binary(layout: &BinaryLayout, lhs: usize, rhs: usize, out: usize) -> Result<()> {
+    let rank = layout.shape.len();
+    if layout.lhs_strides.len() != rank || layout.rhs_strides.len() != rank {
+        return Err(invalid("binary", "strides and shape differ in rank"));
+    }
+    check_len("binary", "out", layout.elem_count(), out)?;
+    let span = |strides: &[usize]| {
+        StridedLayout {
+            shape: layout.shape.clone(),
+            strides: strides.to_vec(),
+            offset: 0,
+        }
+        .span()
+    };
+    if span(&layout.lhs_strides) > lhs || span(&layout.rhs_strides) > rhs {
+        return Err(invalid(
+            "binary",
+            "an operand's strides run past its buffer",
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn copy_strided(layout: &StridedLayout, src: usize, dst: usize) -> Result<()> {
+    if layout.strides.len() != layout.shape.len() {
+        return Err(invalid("copy_strided", "strides and shape differ in rank"));
+    }
+    check_len("copy_strided", "dst", layout.elem_count(), dst)?;
+    if layout.span() > src {
+        return Err(invalid(
+            "copy_strided",
+            "the view runs past the source buffer",
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn sum_axis(
+    x: usize,
+    out: usize,
+    outer: usize,
+    axis: usize,
+    inner: usize,
+) -> Result<()> {
+    check_len(
+        "sum_axis",
+        "x",
+        crate::saturating_product(&[outer, axis, inner]),
+        x,
+    )?;
+    check_len(
+        "sum_axis",
+        "out",
+        crate::saturating_product(&[outer, inner]),
+        out,
+    )
+}
+
+/// Every buffer of a row-wise op over `[rows, cols]`.
+pub(crate) fn rows(
+    op: &'static str,
+    bufs: &[(&'static str, usize)],
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    let len = crate::saturating_product(&[rows, cols]);
+    bufs.iter()
+        .try_for_each(|&(name, got)| check_len(op, name, len, got))
+}
+
+pub(crate) fn labels(op: &'static str, labels: &[u32], rows: usize, cols: usize) -> Result<()> {
+    check_len(op, "labels", rows, labels.len())?;
+    match labels.iter().position(|&l| l as usize >= cols) {
+        Some(i) => Err(invalid(
+            op,
+            format!(
+                "label {} at row {i} is not below the {cols} classes",
+                labels[i]
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Lengths of one scalar buffer (`loss`, `dloss`).
+pub(crate) fn scalar(op: &'static str, name: &'static str, got: usize) -> Result<()> {
+    check_len(op, name, 1, got)
+}
+
+pub(crate) fn sgd(p: &SgdParams, param: usize, grad: usize, momentum: Option<usize>) -> Result<()> {
+    check_len("sgd_step", "grad", param, grad)?;
+    match (momentum, p.momentum != 0.0) {
+        (Some(len), true) => check_len("sgd_step", "momentum", param, len),
+        (None, true) => Err(invalid("sgd_step", "momentum > 0 needs a momentum buffer")),
+        _ => Ok(()),
+    }
+}
+
+pub(crate) fn adamw(p: &AdamWParams, param: usize, grad: usize, m: usize, v: usize) -> Result<()> {
+    for (name, len) in [("grad", grad), ("m", m), ("v", v)] {
+        check_len("adamw_step", name, param, len)?;
+    }
+    if p.step == 0 {
+        return Err(invalid("adamw_step", "step counts from 1"));
+    }
+    Ok(())
+}
