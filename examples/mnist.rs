@@ -108,6 +108,9 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
         Backend::Cpu => Device::from_name("cpu")?,
         Backend::Gpu => Device::from_name("gpu")?,
     };
+    if args.backend == Backend::Auto && matches!(device, Device::Cpu(_)) {
+        println!("auto: no hardware GPU found, training on the CPU (--backend gpu forces a GPU)");
+    }
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     let mnist = Mnist::load(&data_dir)?;
     let (train, test) = (&mnist.train, &mnist.test);

@@ -221,7 +221,7 @@ fn unary_backward(op: UnaryOp, x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Ten
     let storage = {
         let (xs, ys, gs) = (x.read(), y.read(), g.read());
         on_device!(x.device(), b => {
-            let mut dx = b.zeros(x.elem_count())?;
+            let mut dx = b.alloc(x.elem_count())?;
             b.unary_backward(op, buf(b, &xs)?, buf(b, &ys)?, buf(b, &gs)?, &mut dx)?;
             wrap(b, dx)
         })
@@ -240,7 +240,7 @@ fn log_softmax_backward(y: &Tensor, g: &Tensor) -> Result<Tensor> {
     let storage = {
         let (ys, gs) = (y.read(), g.read());
         on_device!(y.device(), b => {
-            let mut dx = b.zeros(y.elem_count())?;
+            let mut dx = b.alloc(y.elem_count())?;
             b.log_softmax_backward(buf(b, &ys)?, buf(b, &gs)?, &mut dx, rows, cols)?;
             wrap(b, dx)
         })
@@ -259,7 +259,7 @@ fn cross_entropy_backward(probs: &Tensor, labels: &[u32], g: &Tensor) -> Result<
     let storage = {
         let (ps, gs) = (probs.read(), g.read());
         on_device!(probs.device(), b => {
-            let mut dx = b.zeros(probs.elem_count())?;
+            let mut dx = b.alloc(probs.elem_count())?;
             b.softmax_cross_entropy_backward(buf(b, &ps)?, labels, buf(b, &gs)?, &mut dx, rows, cols)?;
             wrap(b, dx)
         })

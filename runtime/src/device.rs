@@ -4,6 +4,7 @@
 
 use crate::{Error, Result};
 use ringtrain_kernels::cpu::{CpuBackend, Simd};
+use ringtrain_kernels::gpu::{GpuBackend, GpuBuffer};
 use ringtrain_kernels::Backend;
 use std::fmt;
 
@@ -11,6 +12,8 @@ use std::fmt;
 #[derive(Clone, PartialEq)]
 pub enum Device {
     Cpu(CpuBackend),
+    /// One GPU device; clones share it, and tensors of two GPU devices do not mix.
+    Gpu(GpuBackend),
 }
 
 impl Device {
@@ -24,9 +27,21 @@ impl Device {
         Device::Cpu(CpuBackend::with_simd(simd))
     }
 
-    /// The fastest device on this machine. Until the GPU backend lands that is the CPU.
+    /// The best GPU adapter there is, hardware or software (honours `WGPU_BACKEND` and
+    /// `WGPU_ADAPTER_NAME`).
+    pub fn gpu() -> Result<Device> {
+        GpuBackend::new()
+            .map(Device::Gpu)
+            .map_err(|e| Error::DeviceUnavailable(e.to_string()))
+    }
+
+    /// A hardware GPU when there is one, the CPU otherwise (a software GPU such as
+    /// lavapipe is slower than the CPU backend, so it is never picked here).
     pub fn auto() -> Device {
-        Device::cpu()
+        match GpuBackend::hardware() {
+            Ok(Some(gpu)) => Device::Gpu(gpu),
+            _ => Device::cpu(),
+        }
     }
 
     /// `auto`, `cpu`, or `gpu`, as a command line would name them.
@@ -34,12 +49,19 @@ impl Device {
         match name.trim().to_ascii_lowercase().as_str() {
             "auto" => Ok(Device::auto()),
             "cpu" => Ok(Device::cpu()),
-            "gpu" => Err(Error::DeviceUnavailable(
-                "the GPU backend is not built yet; use --backend cpu or auto".into(),
-            )),
+            "gpu" => Device::gpu(),
             other => Err(Error::DeviceUnavailable(format!(
                 "unknown backend `{other}`: expected auto, cpu or gpu"
             ))),
+        }
+    }
+
+    /// Blocks until every op recorded on the device has run (a no-op on the CPU, whose
+    /// ops run when called); reports an error the device raised meanwhile.
+    pub fn synchronize(&self) -> Result<()> {
+        match self {
+            Device::Cpu(_) => Ok(()),
+            Device::Gpu(g) => Ok(g.synchronize()?),
         }
     }
 
@@ -47,12 +69,18 @@ impl Device {
     pub fn name(&self) -> String {
         match self {
             Device::Cpu(b) => b.name(),
+            Device::Gpu(b) => b.name(),
         }
     }
 
-    /// Whether tensors of both devices can meet in one op.
+    /// Whether tensors of both devices can meet in one op: both in host memory, or on
+    /// the same GPU device.
     pub fn same_kind(&self, other: &Device) -> bool {
-        matches!((self, other), (Device::Cpu(_), Device::Cpu(_)))
+        match (self, other) {
+            (Device::Cpu(_), Device::Cpu(_)) => true,
+            (Device::Gpu(a), Device::Gpu(b)) => a == b,
+            _ => false,
+        }
     }
 }
 
@@ -65,6 +93,13 @@ impl fmt::Debug for Device {
 /// A tensor's memory, on the device that owns it.
 pub(crate) enum Storage {
     Cpu(Vec<f32>),
+    Gpu(GpuBuffer),
+}
+
+fn wrong_storage(want: &str) -> Error {
+    Error::InvalidArgument(format!(
+        "a tensor's memory is not where its device says ({want} expected)"
+    ))
 }
 
 /// A backend as the runtime drives it: the kernels plus a way in and out of [`Storage`].
@@ -78,17 +113,39 @@ impl DeviceBackend for CpuBackend {
     fn buffer(s: &Storage) -> Result<&Vec<f32>> {
         match s {
             Storage::Cpu(b) => Ok(b),
+            _ => Err(wrong_storage("host memory")),
         }
     }
 
     fn buffer_mut(s: &mut Storage) -> Result<&mut Vec<f32>> {
         match s {
             Storage::Cpu(b) => Ok(b),
+            _ => Err(wrong_storage("host memory")),
         }
     }
 
     fn wrap(buf: Vec<f32>) -> Storage {
         Storage::Cpu(buf)
+    }
+}
+
+impl DeviceBackend for GpuBackend {
+    fn buffer(s: &Storage) -> Result<&GpuBuffer> {
+        match s {
+            Storage::Gpu(b) => Ok(b),
+            _ => Err(wrong_storage("GPU memory")),
+        }
+    }
+
+    fn buffer_mut(s: &mut Storage) -> Result<&mut GpuBuffer> {
+        match s {
+            Storage::Gpu(b) => Ok(b),
+            _ => Err(wrong_storage("GPU memory")),
+        }
+    }
+
+    fn wrap(buf: GpuBuffer) -> Storage {
+        Storage::Gpu(buf)
     }
 }
 
@@ -98,6 +155,7 @@ macro_rules! on_device {
     ($device:expr, $b:ident => $body:expr) => {
         match $device {
             $crate::device::Device::Cpu($b) => $body,
+            $crate::device::Device::Gpu($b) => $body,
         }
     };
 }

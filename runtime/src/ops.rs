@@ -50,7 +50,7 @@ impl Tensor {
         let storage = {
             let x = self.read();
             on_device!(self.device(), b => {
-                let mut y = b.zeros(self.elem_count())?;
+                let mut y = b.alloc(self.elem_count())?;
                 b.unary(op, buf(b, &x)?, &mut y)?;
                 wrap(b, y)
             })
@@ -94,7 +94,7 @@ impl Tensor {
         let storage = {
             let x = self.read();
             on_device!(self.device(), b => {
-                let mut y = b.zeros(self.elem_count())?;
+                let mut y = b.alloc(self.elem_count())?;
                 b.affine(buf(b, &x)?, &mut y, mul, add)?;
                 wrap(b, y)
             })
@@ -124,7 +124,7 @@ impl Tensor {
         };
         let storage = self.with_pair(rhs, |l, r| {
             Ok(on_device!(self.device(), b => {
-                let mut out = b.zeros(shape.elem_count())?;
+                let mut out = b.alloc(shape.elem_count())?;
                 b.binary(op, &layout, buf(b, l)?, buf(b, r)?, &mut out)?;
                 wrap(b, out)
             }))
@@ -219,7 +219,7 @@ impl Tensor {
         };
         let storage = self.with_pair(rhs, |a, bb| {
             Ok(on_device!(self.device(), be => {
-                let mut c = be.zeros(shape.elem_count())?;
+                let mut c = be.alloc(shape.elem_count())?;
                 be.gemm(&spec, buf(be, a)?, buf(be, bb)?, &mut c)?;
                 wrap(be, c)
             }))
@@ -266,7 +266,7 @@ impl Tensor {
                     let outer = ringtrain_kernels::saturating_product(&out_dims[..start]);
                     let axis = ringtrain_kernels::saturating_product(&out_dims[start..end]);
                     let inner = ringtrain_kernels::saturating_product(&out_dims[end..]);
-                    let mut next = b.zeros(outer * inner)?;
+                    let mut next = b.alloc(outer * inner)?;
                     let src = match &current {
                         Some(c) => c,
                         None => buf(b, &x)?,
@@ -402,7 +402,7 @@ impl Tensor {
     fn gather(&self, layout: &StridedLayout) -> Result<Storage> {
         let x = self.read();
         Ok(on_device!(self.device(), b => {
-            let mut out = b.zeros(layout.elem_count())?;
+            let mut out = b.alloc(layout.elem_count())?;
             b.copy_strided(buf(b, &x)?, layout, &mut out)?;
             wrap(b, out)
         }))
@@ -443,7 +443,7 @@ impl Tensor {
         let storage = {
             let x = self.read();
             on_device!(self.device(), b => {
-                let mut y = b.zeros(rows * cols)?;
+                let mut y = b.alloc(rows * cols)?;
                 b.log_softmax(buf(b, &x)?, &mut y, rows, cols)?;
                 wrap(b, y)
             })
@@ -480,8 +480,8 @@ impl Tensor {
         let (probs, loss) = {
             let x = self.read();
             on_device!(self.device(), b => {
-                let mut probs = b.zeros(rows * cols)?;
-                let mut loss = b.zeros(1)?;
+                let mut probs = b.alloc(rows * cols)?;
+                let mut loss = b.alloc(1)?;
                 b.softmax_cross_entropy(buf(b, &x)?, labels, &mut probs, &mut loss, rows, cols)?;
                 (wrap(b, probs), wrap(b, loss))
             })

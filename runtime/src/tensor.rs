@@ -119,7 +119,7 @@ impl Tensor {
     pub fn full(value: f32, shape: impl Into<Shape>, device: &Device) -> Result<Tensor> {
         let shape = shape.into();
         let storage = on_device!(device, b => {
-            let mut buf = b.zeros(shape.elem_count())?;
+            let mut buf = b.alloc(shape.elem_count())?;
             b.fill(&mut buf, value)?;
             wrap(b, buf)
         });
@@ -225,6 +225,15 @@ impl Tensor {
     pub fn to_vec(&self) -> Result<Vec<f32>> {
         let storage = self.read();
         on_device!(&self.0.device, b => Ok(b.download(buf(b, &storage)?)?))
+    }
+
+    /// The same values on `device` (a detached copy through host memory, or `self` when
+    /// it already lives there).
+    pub fn to_device(&self, device: &Device) -> Result<Tensor> {
+        if self.device().same_kind(device) {
+            return Ok(self.clone());
+        }
+        Tensor::from_vec(self.to_vec()?, self.shape().clone(), device)
     }
 
     /// The single value of a one-element tensor.

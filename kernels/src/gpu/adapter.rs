@@ -12,8 +12,7 @@ pub struct AdapterSummary {
     pub name: String,
     /// wgpu backend: Vulkan, Metal, Dx12, Gl.
     pub backend: String,
-    /// DiscreteGpu, IntegratedGpu, VirtualGpu, Cpu (a software rasteriser such as
-    /// Mesa's lavapipe) or Other.
+    /// discrete GPU, integrated GPU, virtual GPU, or software (such as Mesa's lavapipe).
     pub device_type: String,
     pub driver: String,
     /// A real GPU rather than a software implementation.
@@ -25,7 +24,14 @@ impl AdapterSummary {
         Self {
             name: info.name.clone(),
             backend: format!("{:?}", info.backend),
-            device_type: format!("{:?}", info.device_type),
+            device_type: match info.device_type {
+                wgpu::DeviceType::DiscreteGpu => "discrete GPU",
+                wgpu::DeviceType::IntegratedGpu => "integrated GPU",
+                wgpu::DeviceType::VirtualGpu => "virtual GPU",
+                wgpu::DeviceType::Cpu => "software, on the CPU",
+                wgpu::DeviceType::Other => "unknown type",
+            }
+            .to_string(),
             driver: format!("{} {}", info.driver, info.driver_info)
                 .trim()
                 .to_string(),
@@ -36,11 +42,11 @@ impl AdapterSummary {
 
 impl fmt::Display for AdapterSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({}, {}", self.name, self.backend, self.device_type)?;
+        write!(f, "{} [{}, {}", self.name, self.backend, self.device_type)?;
         if !self.driver.is_empty() {
             write!(f, ", {}", self.driver)?;
         }
-        f.write_str(")")
+        f.write_str("]")
     }
 }
 

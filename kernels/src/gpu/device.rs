@@ -267,10 +267,21 @@ impl Context {
         staging.map_async(wgpu::MapMode::Read, 0..bytes, move |r| {
             let _ = tx.send(r);
         });
-        self.wait()?;
-        let mapped = rx
-            .try_recv()
-            .map_err(|_| KernelError::Device("the GPU never finished the readback".into()))?;
+        // Whichever thread polls runs the callback: when another thread's poll collected
+        // ours, it may land just after our own wait returns, so poll until it arrives.
+        let start = std::time::Instant::now();
+        let mapped = loop {
+            self.wait()?;
+            match rx.try_recv() {
+                Ok(r) => break r,
+                Err(_) if start.elapsed() < SYNC_TIMEOUT => std::thread::yield_now(),
+                Err(_) => {
+                    return Err(KernelError::Device(
+                        "the GPU never finished the readback".into(),
+                    ))
+                }
+            }
+        };
         mapped.map_err(|e| KernelError::Device(format!("reading GPU memory back: {e}")))?;
         let data = staging
             .get_mapped_range(0..bytes)

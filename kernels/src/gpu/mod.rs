@@ -264,7 +264,7 @@ impl Backend for GpuBackend {
     type Buffer = GpuBuffer;
 
     fn name(&self) -> String {
-        format!("gpu ({})", self.adapter)
+        format!("gpu: {}", self.adapter)
     }
 
     fn zeros(&self, len: usize) -> Result<GpuBuffer> {

@@ -1,16 +1,19 @@
-//! Every differentiable op's gradient, checked against central finite differences.
-//!
-//! Method: each op's output `y = f(x..)` is reduced to the scalar `L = sum(y * w)` with
-//! fixed random weights `w` (magnitudes in [0.5, 1.5], random signs), so every output
-//! element and every direction matters. The analytic gradient comes from
-//! `L.backward()`; the numeric one perturbs each input element by +-H and evaluates
-//! `L` in f64 from the op's f32 output, so the only noise is the op's own f32 rounding.
-//!
-//! The tolerances are tight enough to reject a gradient that is off by a few percent
-//! (see the `harness_*` tests, which prove the checker fails on wrong gradients).
+// Included by grad_check_cpu.rs and grad_check_gpu.rs, each of which defines `dev()`: the
+// one gradient suite, written once, run on every backend.
+//
+// Every differentiable op's gradient, checked against central finite differences.
+//
+// Method: each op's output `y = f(x..)` is reduced to the scalar `L = sum(y * w)` with
+// fixed random weights `w` (magnitudes in [0.5, 1.5], random signs), so every output
+// element and every direction matters. The analytic gradient comes from
+// `L.backward()`; the numeric one perturbs each input element by +-H and evaluates
+// `L` in f64 from the op's f32 output, so the only noise is the op's own f32 rounding.
+//
+// The tolerances are tight enough to reject a gradient that is off by a few percent
+// (see the `harness_*` tests, which prove the checker fails on wrong gradients).
 
 use rand::Rng as _;
-use ringtrain_runtime::{no_grad, rng_from_seed, Device, Result, Shape, Tensor, Var};
+use ringtrain_runtime::{no_grad, rng_from_seed, Result, Shape, Tensor, Var};
 
 /// Finite-difference step. Central differences err by ~H^2/6 * f''' (~2e-5 f''' here),
 /// while f32 rounding of the loss contributes ~1e-7 * |L| / H.
@@ -20,10 +23,6 @@ const ATOL: f64 = 3e-4;
 const RTOL: f64 = 2e-3;
 
 // ---- the harness --------------------------------------------------------------------------
-
-fn dev() -> Device {
-    Device::cpu()
-}
 
 fn uniform(seed: u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
     let mut rng = rng_from_seed(seed);
