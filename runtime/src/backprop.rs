@@ -22,6 +22,12 @@ pub(crate) enum Op {
         trans_a: bool,
         trans_b: bool,
     },
+    /// `x W^T + bias`, bias fused into the GEMM.
+    Linear {
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor,
+    },
     /// A sum over some dimensions, kept as size 1.
     Sum(Tensor),
     BroadcastAs(Tensor),
@@ -47,6 +53,7 @@ impl Op {
             | Op::LogSoftmax(x)
             | Op::CrossEntropy { logits: x, .. } => vec![x],
             Op::Binary(_, a, b) | Op::Matmul { a, b, .. } => vec![a, b],
+            Op::Linear { x, weight, bias } => vec![x, weight, bias],
         }
     }
 }
@@ -206,6 +213,15 @@ fn input_grads(op: &Op, out: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>>
                 wants(b).then(gb).transpose()?,
             ]
         }
+        Op::Linear { x, weight, bias } => vec![
+            wants(x)
+                .then(|| g.matmul_t(weight, false, false))
+                .transpose()?,
+            wants(weight)
+                .then(|| g.matmul_t(x, true, false))
+                .transpose()?,
+            wants(bias).then(|| g.sum_to(bias.shape())).transpose()?,
+        ],
         Op::Sum(x) => vec![Some(g.broadcast_as(x.shape().clone())?)],
         Op::BroadcastAs(x) => vec![Some(g.sum_to(x.shape())?)],
         Op::Reshape(x) => vec![Some(g.reshape(x.shape().clone())?)],

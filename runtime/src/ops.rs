@@ -173,6 +173,55 @@ impl Tensor {
         }
     }
 
+    /// A linear layer: `self W^T + bias` for `self` of shape `[rows, in]`, `weight` of
+    /// shape `[out, in]` (PyTorch's layout) and an optional `bias` of shape `[out]`. Runs as
+    /// one GEMM whose epilogue adds the bias on backends that fuse it (the GPU).
+    pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let Some(bias) = bias else {
+            return self.matmul_t(weight, false, true);
+        };
+        same_device("linear", self, weight)?;
+        same_device("linear", self, bias)?;
+        let (xd, wd) = (self.dims(), weight.dims());
+        if xd.len() != 2 || wd.len() != 2 || xd[1] != wd[1] {
+            return Err(Error::ShapeMismatch {
+                op: "linear",
+                lhs: self.shape().clone(),
+                rhs: weight.shape().clone(),
+                hint: " (inputs [rows, in] and weight [out, in])",
+            });
+        }
+        if bias.dims() != [wd[0]] {
+            return Err(Error::ShapeMismatch {
+                op: "linear",
+                lhs: weight.shape().clone(),
+                rhs: bias.shape().clone(),
+                hint: " (weight [out, in] and bias [out])",
+            });
+        }
+        if bias.shares_storage(self) || bias.shares_storage(weight) {
+            // Locking one storage twice could wait behind a writer; such a model is
+            // rare enough to take the unfused path.
+            return self.matmul_t(weight, false, true)?.add(bias);
+        }
+        let (m, k, n) = (xd[0], xd[1], wd[0]);
+        let spec = GemmSpec::new(m, n, k, false, true);
+        let storage = self.with_pair(weight, |x, w| {
+            let b = bias.read();
+            Ok(on_device!(self.device(), be => {
+                let mut y = be.alloc(m * n)?;
+                be.gemm_bias_act(&spec, buf(be, x)?, buf(be, w)?, buf(be, &b)?, None, &mut y)?;
+                wrap(be, y)
+            }))
+        })?;
+        let rec = record(&[self, weight, bias], || Op::Linear {
+            x: self.clone(),
+            weight: weight.clone(),
+            bias: bias.clone(),
+        });
+        Ok(self.derived(storage, Shape::from((m, n)), rec))
+    }
+
     /// `op(self) x op(rhs)` where `op` transposes the last two dimensions when asked,
     /// without copying: the GEMM reads the operand transposed. Rank 2, or rank 3 with equal
     /// batch sizes.

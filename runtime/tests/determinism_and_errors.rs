@@ -357,7 +357,15 @@ fn backward_of_a_non_scalar() {
 
 #[test]
 fn unknown_or_unavailable_devices() {
-    assert_err("gpu", Device::from_name("gpu"), &["GPU", "not built"]);
+    // Where a Vulkan/Metal/DX12 driver exists this opens it; elsewhere the error must say
+    // that no adapter was found (the no-adapter path is driven end to end, with a bogus
+    // WGPU_ADAPTER_NAME, by the mnist example's tests).
+    if let Err(e) = Device::from_name("gpu") {
+        assert!(
+            e.to_string().contains("adapter"),
+            "gpu: unclear error `{e}`"
+        );
+    }
     assert_err("tpu", Device::from_name("tpu"), &["unknown backend", "tpu"]);
     assert!(Device::from_name(" CPU ").is_ok());
     assert!(Device::from_name("auto").is_ok());

@@ -82,11 +82,7 @@ impl Module for Linear {
         let rows = x.elem_count() / in_features;
         let y = x
             .reshape((rows, in_features))?
-            .matmul_t(&self.weight, false, true)?;
-        let y = match &self.bias {
-            Some(b) => y.add(b)?,
-            None => y,
-        };
+            .linear(&self.weight, self.bias.as_ref().map(Var::as_tensor))?;
         if x.rank() == 2 {
             return Ok(y);
         }

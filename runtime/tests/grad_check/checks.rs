@@ -334,6 +334,18 @@ fn grad_matmul_2d() {
 }
 
 #[test]
+fn grad_linear_with_and_without_bias() {
+    // x [rows, in], weight [out, in], bias [out]: the fused GEMM + bias op.
+    check_grads(
+        &[input(60, &[5, 7]), input(61, &[3, 7]), input(62, &[3])],
+        |t| t[0].linear(&t[1], Some(&t[2])),
+    );
+    check_grads(&[input(63, &[4, 6]), input(64, &[2, 6])], |t| {
+        t[0].linear(&t[1], None)
+    });
+}
+
+#[test]
 fn grad_matmul_batched_3d() {
     check_grads(&[input(32, &[2, 4, 5]), input(33, &[2, 5, 3])], |t| {
         t[0].matmul(&t[1])
