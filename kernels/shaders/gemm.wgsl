@@ -1,9 +1,12 @@
 // C = act(alpha * op(A) op(B) + beta * C + bias), row-major, batched over workgroup_id.z.
 //
-// Each 16 x 16 workgroup computes a 64 x 64 tile of C. A and B are staged through
-// workgroup memory 16 deep in k; every invocation owns a 4 x 4 block of the tile, held in
-// four vec4 accumulators (one per row) and updated with fma: per k step it reads one vec4
-// of A (its four rows) and one of B (its four columns) and does 16 multiply-adds.
+// Each 8 x 8 workgroup computes a 64 x 64 tile of C. A and B are staged through workgroup
+// memory 16 deep in k; every invocation owns an 8 x 8 block of the tile, held in sixteen
+// named vec4 accumulators (two per row) and updated with fma: per k step it reads two
+// vec4s of A (rows 4y..4y+3 and 32+4y..32+4y+3) and two of B (columns 4x.. and 32+4x..)
+// and does 64 multiply-adds, four per float read from workgroup memory. Splitting each
+// invocation's rows and columns in two halves 32 apart keeps neighbouring invocations on
+// neighbouring vec4s of workgroup memory.
 //
 // The loaders (`load_a`, `load_b`, prepended by the host) fetch four consecutive elements
 // of the stored matrix along its contiguous dimension, as one vec4 load when that
@@ -43,7 +46,7 @@ const BK: u32 = 16u;
 var<workgroup> As: array<vec4<f32>, 256>;
 var<workgroup> Bs: array<vec4<f32>, 256>;
 
-fn store_row(batch: u32, row: u32, col: u32, v: vec4<f32>) {
+fn store_quad(batch: u32, row: u32, col: u32, v: vec4<f32>) {
     if row >= p.m {
         return;
     }
@@ -63,7 +66,7 @@ fn store_row(batch: u32, row: u32, col: u32, v: vec4<f32>) {
     }
 }
 
-@compute @workgroup_size(16, 16)
+@compute @workgroup_size(8, 8)
 fn main(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
@@ -75,56 +78,76 @@ fn main(
     let m0 = wg.y * BM;
     let n0 = wg.x * BN;
 
-    var acc0 = vec4<f32>();
-    var acc1 = vec4<f32>();
-    var acc2 = vec4<f32>();
-    var acc3 = vec4<f32>();
-
-    // Each of the 256 invocations stages one quad of A and one of B per k tile.
-    let row_of_quad = t / 4u;   // a 64-row tile edge, 4 quads per 16-deep row
-    let k_quad = t % 4u;
-    let depth = t / 16u;        // a 16-deep tile, 16 quads per 64-wide row
-    let wide_quad = t % 16u;
+    // acc<r><h>: row r of the block (0-3 from the first row quad, 4-7 from the second),
+    // columns of quad h (0: 4x.., 1: 32+4x..).
+    var acc00 = vec4<f32>(); var acc01 = vec4<f32>();
+    var acc10 = vec4<f32>(); var acc11 = vec4<f32>();
+    var acc20 = vec4<f32>(); var acc21 = vec4<f32>();
+    var acc30 = vec4<f32>(); var acc31 = vec4<f32>();
+    var acc40 = vec4<f32>(); var acc41 = vec4<f32>();
+    var acc50 = vec4<f32>(); var acc51 = vec4<f32>();
+    var acc60 = vec4<f32>(); var acc61 = vec4<f32>();
+    var acc70 = vec4<f32>(); var acc71 = vec4<f32>();
 
     let tiles = (p.k + BK - 1u) / BK;
     for (var kt = 0u; kt < tiles; kt++) {
         let k0 = kt * BK;
-        if TRANS_A {
-            // Stored k x m: a quad runs along m, straight into As.
-            As[depth * 16u + wide_quad] = load_a(a_off, k0 + depth, m0 + 4u * wide_quad, p.k, p.m);
-        } else {
-            // Stored m x k: a quad runs along k and is transposed into As.
-            let v = load_a(a_off, m0 + row_of_quad, k0 + 4u * k_quad, p.m, p.k);
-            for (var j = 0u; j < 4u; j++) {
-                As[(4u * k_quad + j) * 16u + row_of_quad / 4u][row_of_quad % 4u] = v[j];
+        // Each of the 64 invocations stages four of the 256 quads of each slab.
+        for (var s = 0u; s < 4u; s++) {
+            let q = t + 64u * s;
+            let row_of_quad = q / 4u;   // a 64-row tile edge, 4 quads per 16-deep row
+            let k_quad = q % 4u;
+            let depth = q / 16u;        // a 16-deep tile, 16 quads per 64-wide row
+            let wide_quad = q % 16u;
+            if TRANS_A {
+                // Stored k x m: a quad runs along m, straight into As.
+                As[depth * 16u + wide_quad] = load_a(a_off, k0 + depth, m0 + 4u * wide_quad, p.k, p.m);
+            } else {
+                // Stored m x k: a quad runs along k and is transposed into As.
+                let v = load_a(a_off, m0 + row_of_quad, k0 + 4u * k_quad, p.m, p.k);
+                for (var j = 0u; j < 4u; j++) {
+                    As[(4u * k_quad + j) * 16u + row_of_quad / 4u][row_of_quad % 4u] = v[j];
+                }
             }
-        }
-        if TRANS_B {
-            // Stored n x k: a quad runs along k and is transposed into Bs.
-            let v = load_b(b_off, n0 + row_of_quad, k0 + 4u * k_quad, p.n, p.k);
-            for (var j = 0u; j < 4u; j++) {
-                Bs[(4u * k_quad + j) * 16u + row_of_quad / 4u][row_of_quad % 4u] = v[j];
+            if TRANS_B {
+                // Stored n x k: a quad runs along k and is transposed into Bs.
+                let v = load_b(b_off, n0 + row_of_quad, k0 + 4u * k_quad, p.n, p.k);
+                for (var j = 0u; j < 4u; j++) {
+                    Bs[(4u * k_quad + j) * 16u + row_of_quad / 4u][row_of_quad % 4u] = v[j];
+                }
+            } else {
+                // Stored k x n: a quad runs along n, straight into Bs.
+                Bs[depth * 16u + wide_quad] = load_b(b_off, k0 + depth, n0 + 4u * wide_quad, p.k, p.n);
             }
-        } else {
-            // Stored k x n: a quad runs along n, straight into Bs.
-            Bs[depth * 16u + wide_quad] = load_b(b_off, k0 + depth, n0 + 4u * wide_quad, p.k, p.n);
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            let a = As[kk * 16u + lid.y];
-            let b = Bs[kk * 16u + lid.x];
-            acc0 = fma(vec4<f32>(a.x), b, acc0);
-            acc1 = fma(vec4<f32>(a.y), b, acc1);
-            acc2 = fma(vec4<f32>(a.z), b, acc2);
-            acc3 = fma(vec4<f32>(a.w), b, acc3);
+            let a0 = As[kk * 16u + lid.y];
+            let a1 = As[kk * 16u + lid.y + 8u];
+            let b0 = Bs[kk * 16u + lid.x];
+            let b1 = Bs[kk * 16u + lid.x + 8u];
+            acc00 = fma(vec4<f32>(a0.x), b0, acc00); acc01 = fma(vec4<f32>(a0.x), b1, acc01);
+            acc10 = fma(vec4<f32>(a0.y), b0, acc10); acc11 = fma(vec4<f32>(a0.y), b1, acc11);
+            acc20 = fma(vec4<f32>(a0.z), b0, acc20); acc21 = fma(vec4<f32>(a0.z), b1, acc21);
+            acc30 = fma(vec4<f32>(a0.w), b0, acc30); acc31 = fma(vec4<f32>(a0.w), b1, acc31);
+            acc40 = fma(vec4<f32>(a1.x), b0, acc40); acc41 = fma(vec4<f32>(a1.x), b1, acc41);
+            acc50 = fma(vec4<f32>(a1.y), b0, acc50); acc51 = fma(vec4<f32>(a1.y), b1, acc51);
+            acc60 = fma(vec4<f32>(a1.z), b0, acc60); acc61 = fma(vec4<f32>(a1.z), b1, acc61);
+            acc70 = fma(vec4<f32>(a1.w), b0, acc70); acc71 = fma(vec4<f32>(a1.w), b1, acc71);
         }
         workgroupBarrier();
     }
 
-    let row = m0 + 4u * lid.y;
-    let col = n0 + 4u * lid.x;
-    store_row(batch, row, col, acc0);
-    store_row(batch, row + 1u, col, acc1);
-    store_row(batch, row + 2u, col, acc2);
-    store_row(batch, row + 3u, col, acc3);
+    let r0 = m0 + 4u * lid.y;
+    let r1 = r0 + 32u;
+    let c0 = n0 + 4u * lid.x;
+    let c1 = c0 + 32u;
+    store_quad(batch, r0, c0, acc00); store_quad(batch, r0, c1, acc01);
+    store_quad(batch, r0 + 1u, c0, acc10); store_quad(batch, r0 + 1u, c1, acc11);
+    store_quad(batch, r0 + 2u, c0, acc20); store_quad(batch, r0 + 2u, c1, acc21);
+    store_quad(batch, r0 + 3u, c0, acc30); store_quad(batch, r0 + 3u, c1, acc31);
+    store_quad(batch, r1, c0, acc40); store_quad(batch, r1, c1, acc41);
+    store_quad(batch, r1 + 1u, c0, acc50); store_quad(batch, r1 + 1u, c1, acc51);
+    store_quad(batch, r1 + 2u, c0, acc60); store_quad(batch, r1 + 2u, c1, acc61);
+    store_quad(batch, r1 + 3u, c0, acc70); store_quad(batch, r1 + 3u, c1, acc71);
 }
