@@ -17,6 +17,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+/// Training steps between two readbacks of the loss (and divergence checks).
+const READ_LOSS_EVERY: usize = 20;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Backend {
     Auto,
@@ -179,21 +182,38 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
         )?);
         bar.set_prefix(epoch.to_string());
         let (mut loss_sum, mut seen) = (0f64, 0usize);
-        for batch in batches {
+        // Reading a value back makes the host wait for the device, so the losses of
+        // READ_LOSS_EVERY steps are summed where they were computed and read at once: a GPU
+        // runs one step while the next is recorded.
+        let (mut unread, mut unread_len) = (None::<Tensor>, 0usize);
+        let steps = batches.len();
+        for (step, batch) in batches.enumerate() {
             let x = Tensor::from_vec(batch.images, (batch.len, train.features()), &device)?;
             let loss = model.forward(&x)?.cross_entropy(&batch.labels)?;
             let grads = loss.backward()?;
             optimizer.step(&grads)?;
-            let loss = loss.to_scalar()?;
-            if !loss.is_finite() {
+            let weighted = loss.detach().scale(batch.len as f32)?;
+            unread = Some(match unread {
+                Some(sum) => sum.add(&weighted)?,
+                None => weighted,
+            });
+            unread_len += batch.len;
+            bar.inc(1);
+            if (step + 1) % READ_LOSS_EVERY != 0 && step + 1 != steps {
+                continue;
+            }
+            let Some(sum) = unread.take() else { continue };
+            let sum = sum.to_scalar()?;
+            if !sum.is_finite() {
                 return Err(format!(
-                    "training diverged at epoch {epoch}: loss is {loss}; try a lower --lr"
+                    "training diverged in epoch {epoch} (by batch {}): loss is {sum}; try a \
+                     lower --lr",
+                    step + 1
                 )
                 .into());
             }
-            loss_sum += loss as f64 * batch.len as f64;
-            seen += batch.len;
-            bar.inc(1);
+            loss_sum += f64::from(sum);
+            seen += std::mem::take(&mut unread_len);
             bar.set_message(format!("loss {:.4}", loss_sum / seen as f64));
         }
         bar.finish_and_clear();

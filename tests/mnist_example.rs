@@ -98,6 +98,19 @@ fn batch_size_zero_is_rejected() {
     assert!(stderr(&out).contains("--batch-size"), "{}", stderr(&out));
 }
 
+/// The loss is read back in groups of steps, not every step; a run that blows up must
+/// still stop with an error in the epoch it happened, not print NaN accuracies.
+#[test]
+fn divergence_stops_the_run() {
+    let out = run(&["--backend", "cpu", "--lr", "1e30", "--epochs", "3"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("diverged in epoch 1") && err.contains("--lr"),
+        "{err}"
+    );
+}
+
 #[test]
 fn missing_data_dir_names_the_path() {
     let out = run(&["--data-dir", "/nonexistent/mnist", "--epochs", "1"]);
