@@ -34,7 +34,7 @@ struct Args {
     /// The adapter's FP32 peak in TFLOP/s, to report each result as a fraction of it.
     #[arg(long)]
     peak_tflops: Option<f64>,
-    /// Write the results as JSON (the schema scripts/bench_report.py reads).
+    /// Write the results as JSON (the schema scripts/gpu_gemm_report.py reads).
     #[arg(long)]
     json_out: Option<PathBuf>,
 }
