@@ -169,7 +169,7 @@ impl GpuBackend {
         // Quads along an operand's contiguous dimension are aligned vec4s when that
         // dimension (and the batch stride) is a multiple of four.
         let quads = |contiguous: usize, stride: usize| {
-            contiguous % 4 == 0 && (spec.batch == 1 || stride % 4 == 0)
+            contiguous.is_multiple_of(4) && (spec.batch == 1 || stride.is_multiple_of(4))
         };
         let variant = GemmVariant {
             trans_a: spec.trans_a,

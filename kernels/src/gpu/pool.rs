@@ -44,7 +44,7 @@ impl Pool {
             return Ok(buf);
         }
         let limits = &shared.limits;
-        let binding = limits.max_storage_buffer_binding_size as u64;
+        let binding = limits.max_storage_buffer_binding_size;
         if size > limits.max_buffer_size || size > binding {
             return Err(KernelError::Device(format!(
                 "a buffer of {size} bytes exceeds this device's limit of {} bytes per \
