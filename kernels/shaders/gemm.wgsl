@@ -1,4 +1,5 @@
-// C = act(alpha * op(A) op(B) + beta * C + bias), row-major, batched over workgroup_id.z.
+// C = act(alpha * op(A) op(B) + beta * C + bias), row-major, batched over workgroup_id.z;
+// a launch covers the tiles from row p.row_base and column p.col_base on.
 //
 // Each 8 x 8 workgroup computes a 64 x 64 tile of C. A and B are staged through workgroup
 // memory 16 deep in k; every invocation owns an 8 x 8 block of the tile, held in sixteen
@@ -24,8 +25,8 @@ struct Params {
     beta: f32,
     act: u32,
     has_bias: u32,
-    _pad0: u32,
-    _pad1: u32,
+    row_base: u32,
+    col_base: u32,
 }
 
 // A is stored k x m instead of m x k; B is stored n x k instead of k x n.
@@ -75,8 +76,8 @@ fn main(
     let batch = p.batch_base + wg.z;
     let a_off = batch * p.stride_a;
     let b_off = batch * p.stride_b;
-    let m0 = wg.y * BM;
-    let n0 = wg.x * BN;
+    let m0 = p.row_base + wg.y * BM;
+    let n0 = p.col_base + wg.x * BN;
 
     // acc<r><h>: row r of the block (0-3 from the first row quad, 4-7 from the second),
     // columns of quad h (0: 4x.., 1: 32+4x..).

@@ -2,7 +2,7 @@
 //! Metal or DX12.
 //!
 //! Ops are recorded, not run: each validates its arguments, takes its kernel from the
-//! pipeline cache and records one dispatch (a few for batched GEMMs past the grid limit).
+//! pipeline cache and records one dispatch (a few for GEMMs past the grid limits).
 //! Work reaches the GPU at sync points, and the host waits only where a value is read
 //! back. Buffers come from a per-device pool, so a training step that has run once
 //! allocates no device memory again.
@@ -103,6 +103,12 @@ impl GpuBackend {
         self.ctx.wait()
     }
 
+    /// The limits the device was opened with (the adapter's own, not WebGPU's defaults):
+    /// ops check sizes against them and split or refuse what does not fit.
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.ctx.shared.limits
+    }
+
     /// Device buffers created so far; stays put once a workload's sizes have all been
     /// seen, since dropped buffers are recycled.
     pub fn buffers_created(&self) -> usize {
@@ -179,16 +185,6 @@ impl GpuBackend {
         };
         let max = self.ctx.shared.limits.max_compute_workgroups_per_dimension as usize;
         let (gx, gy) = (spec.n.div_ceil(TILE), spec.m.div_ceil(TILE));
-        if gx > max || gy > max {
-            return Err(validate::invalid(
-                OP,
-                format!(
-                    "a {} x {} product needs {gy} x {gx} tiles of {TILE}, more than the \
-                     {max} per grid dimension this device launches",
-                    spec.m, spec.n
-                ),
-            ));
-        }
         let mut p = params::Gemm {
             m: u32_of(OP, "m", spec.m)?,
             n: u32_of(OP, "n", spec.n)?,
@@ -200,24 +196,32 @@ impl GpuBackend {
             beta: spec.beta,
             act: act.map_or(ACT_NONE, params::unary_code),
             has_bias: u32::from(bias.is_some()),
-            _pad: [0; 2],
+            row_base: 0,
+            col_base: 0,
         };
         u32_of(OP, "batch * m * n", spec.batch * spec.m * spec.n)?;
         // Without a bias the shader still binds one; any buffer will do but `c`, which
         // is bound writable.
         let bias = bias.unwrap_or(a);
-        // The grid holds at most `max` batch items; larger batches take several launches.
-        let mut base = 0;
-        while base < spec.batch {
-            let count = (spec.batch - base).min(max);
-            p.batch_base = base as u32;
-            self.dispatch(
-                Shader::Gemm(variant),
-                &p,
-                &[&a.raw, &b.raw, &c.raw, &bias.raw],
-                [gx as u32, gy as u32, count as u32],
-            )?;
-            base += count;
+        // A launch holds at most `max` batch items, row tiles and column tiles; larger
+        // products take several launches.
+        for batch_base in (0..spec.batch).step_by(max) {
+            let items = (spec.batch - batch_base).min(max);
+            for row_tile in (0..gy).step_by(max) {
+                let rows = (gy - row_tile).min(max);
+                for col_tile in (0..gx).step_by(max) {
+                    let cols = (gx - col_tile).min(max);
+                    p.batch_base = batch_base as u32;
+                    p.row_base = (row_tile * TILE) as u32;
+                    p.col_base = (col_tile * TILE) as u32;
+                    self.dispatch(
+                        Shader::Gemm(variant),
+                        &p,
+                        &[&a.raw, &b.raw, &c.raw, &bias.raw],
+                        [cols as u32, rows as u32, items as u32],
+                    )?;
+                }
+            }
         }
         Ok(())
     }

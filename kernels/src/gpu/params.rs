@@ -139,7 +139,10 @@ pub(super) struct Gemm {
     pub beta: f32,
     pub act: u32,
     pub has_bias: u32,
-    pub _pad: [u32; 2],
+    /// First row and column of C this launch computes (products taller or wider than
+    /// one grid dimension of tiles take several launches).
+    pub row_base: u32,
+    pub col_base: u32,
 }
 
 /// Copies `dims` into a kernel's fixed-size array (the caller checked the rank).
