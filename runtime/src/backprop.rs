@@ -124,6 +124,17 @@ fn topological_order(root: &Tensor) -> Vec<Tensor> {
 impl Tensor {
     /// Gradients of this scalar with respect to every [`Var`] it depends on.
     pub fn backward(&self) -> Result<GradStore> {
+        self.backward_with(|_, _| Ok(()))
+    }
+
+    /// [`Tensor::backward`], calling `on_ready(var, grad)` for each variable as soon as its
+    /// gradient is complete, while the rest of the graph is still to be walked: a
+    /// data-parallel trainer starts reducing the gradients of the last layers while those
+    /// of the first are still being computed. An error from `on_ready` stops the walk.
+    pub fn backward_with(
+        &self,
+        mut on_ready: impl FnMut(&Tensor, &Tensor) -> Result<()>,
+    ) -> Result<GradStore> {
         if self.elem_count() != 1 {
             return Err(Error::NotScalar(self.shape().clone()));
         }
@@ -136,16 +147,43 @@ impl Tensor {
                 self.id(),
                 Tensor::ones(self.shape().clone(), self.device())?,
             )?;
-            for node in topological_order(self).iter().rev() {
+            let order = topological_order(self);
+            // A tensor's gradient is complete once every op that consumed it has passed
+            // its share back.
+            let mut consumers: HashMap<TensorId, usize> = HashMap::new();
+            for node in &order {
+                if let Some(op) = &node.0.op {
+                    for input in op.inputs() {
+                        if input.tracks_grad() {
+                            *consumers.entry(input.id()).or_default() += 1;
+                        }
+                    }
+                }
+            }
+            if self.0.is_var {
+                on_ready(self, &store.grads[&self.id()])?;
+            }
+            for node in order.iter().rev() {
                 let Some(op) = &node.0.op else { continue };
                 // Intermediate gradients are dropped once used; only variables keep theirs.
-                let Some(grad) = store.grads.remove(&node.id()) else {
-                    continue;
+                let input_grads = match store.grads.remove(&node.id()) {
+                    Some(grad) => input_grads(op, node, &grad)?,
+                    None => Vec::new(),
                 };
-                for (input, g) in op.inputs().into_iter().zip(input_grads(op, node, &grad)?) {
+                let mut input_grads = input_grads.into_iter();
+                for input in op.inputs() {
+                    let g = input_grads.next().flatten();
+                    if !input.tracks_grad() {
+                        continue;
+                    }
                     if let Some(g) = g {
-                        if input.tracks_grad() {
-                            store.accumulate(input.id(), g)?;
+                        store.accumulate(input.id(), g)?;
+                    }
+                    let left = consumers.get_mut(&input.id()).expect("counted above");
+                    *left -= 1;
+                    if *left == 0 && input.0.is_var {
+                        if let Some(g) = store.grads.get(&input.id()) {
+                            on_ready(input, g)?;
                         }
                     }
                 }

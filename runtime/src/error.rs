@@ -1,3 +1,4 @@
+use crate::comm::CommError;
 use crate::Shape;
 use ringtrain_kernels::KernelError;
 use thiserror::Error;
@@ -34,6 +35,8 @@ pub enum Error {
     InvalidArgument(String),
     #[error(transparent)]
     Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Comm(#[from] CommError),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -2,6 +2,7 @@
 //! optimizers, on top of the kernels of `ringtrain-kernels`.
 
 mod backprop;
+pub mod comm;
 mod device;
 mod error;
 mod ops;

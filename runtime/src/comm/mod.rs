@@ -1,0 +1,52 @@
+//! Collective communication between the replicas of a data-parallel run: the
+//! [`Communicator`] trait, and [`ring`], its in-process implementation, whose peers are
+//! threads of one process exchanging chunks over channels.
+//!
+//! A communicator works on host memory (`[f32]`): wgpu cannot copy between devices, so a
+//! GPU's gradients come through the host on their way round the ring.
+
+mod ring;
+
+pub use ring::{ring, ring_with, RingComm, RingConfig};
+
+use std::time::Duration;
+use thiserror::Error;
+
+/// Why a collective did not complete. Every variant names the peer at fault where one is
+/// known, so that a failure on one replica reads the same from all of them.
+#[derive(Debug, Clone, Error, PartialEq)]
+pub enum CommError {
+    #[error("peer {rank} failed: {reason}")]
+    PeerFailed { rank: usize, reason: String },
+    #[error("peer {rank} left the group in the middle of a collective")]
+    PeerLeft { rank: usize },
+    #[error(
+        "peer {rank} sent nothing for {:.0} s; it may be hung (the timeout is set by RingConfig::timeout)",
+        .waited.as_secs_f64()
+    )]
+    Timeout { rank: usize, waited: Duration },
+    #[error("peers disagree on the collective: {0}")]
+    Mismatch(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+}
+
+/// The collectives data-parallel training needs, over one group of `size` peers, each
+/// with its `rank` in `0..size`. Every peer must call the same collectives in the same
+/// order with buffers of the same length; a peer that fails calls [`Communicator::abort`]
+/// (or drops its communicator), and the others' collectives then return an error that
+/// names it instead of waiting forever.
+pub trait Communicator: Send {
+    fn rank(&self) -> usize;
+    fn size(&self) -> usize;
+    /// Replaces `data` on every peer by the element-wise sum over all peers. Every peer
+    /// receives the same bits.
+    fn all_reduce(&mut self, data: &mut [f32]) -> Result<(), CommError>;
+    /// Copies `root`'s `data` into every other peer's.
+    fn broadcast(&mut self, data: &mut [f32], root: usize) -> Result<(), CommError>;
+    /// Returns once every peer has called it.
+    fn barrier(&mut self) -> Result<(), CommError>;
+    /// Tells the group this peer has failed, for `reason`; collectives in progress or to
+    /// come, on every peer, return [`CommError::PeerFailed`] with this rank.
+    fn abort(&mut self, reason: &str);
+}

@@ -1,0 +1,223 @@
+//! The in-process ring: collectives give the right answer, the same bits on every peer,
+//! for every group size and length (lengths below the group size included); and a peer
+//! that fails, leaves, hangs or disagrees makes every other peer return an error naming
+//! it, within a bounded time.
+
+use ringtrain_runtime::comm::{ring_with, CommError, Communicator, RingComm, RingConfig};
+use std::time::{Duration, Instant};
+
+/// Tiny chunks, so that even short buffers are cut into several pipelined messages.
+fn small_chunks() -> RingConfig {
+    RingConfig {
+        chunk_bytes: 12,
+        queue_depth: 2,
+        timeout: Duration::from_secs(30),
+    }
+}
+
+/// Runs `f(peer)` on one thread per peer and returns what each returned, by rank.
+fn on_every_peer<T: Send>(peers: Vec<RingComm>, f: impl Fn(RingComm) -> T + Sync) -> Vec<T> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = peers
+            .into_iter()
+            .map(|p| {
+                let f = &f;
+                s.spawn(move || f(p))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// Peer `rank`'s input: values whose sums are inexact in f32, so that a peer summing in
+/// another order would show.
+fn input(rank: usize, len: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| ((i * 7919 + rank * 104729) % 1000) as f32 * 1.37e-3 - 0.6 + rank as f32 * 0.1)
+        .collect()
+}
+
+#[test]
+fn all_reduce_sums_with_identical_bits_on_every_peer() {
+    for n in 1..=5usize {
+        for len in [0, 1, 2, n.saturating_sub(1), n, 7, 100, 3 * 3 * n + 2] {
+            let peers = ring_with(n, small_chunks()).unwrap();
+            let out = on_every_peer(peers, |mut p| {
+                let mut x = input(p.rank(), len);
+                p.all_reduce(&mut x).map(|_| x)
+            });
+            let out: Vec<Vec<f32>> = out.into_iter().map(Result::unwrap).collect();
+            for i in 0..len {
+                let want: f64 = (0..n).map(|r| input(r, len)[i] as f64).sum();
+                let got = out[0][i];
+                assert!(
+                    (got as f64 - want).abs() <= 1e-5 * want.abs().max(1.0),
+                    "n {n} len {len} element {i}: {got} vs {want}"
+                );
+            }
+            for (r, o) in out.iter().enumerate() {
+                let same = o
+                    .iter()
+                    .zip(&out[0])
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "n {n} len {len}: peer {r} differs from peer 0");
+            }
+        }
+    }
+}
+
+#[test]
+fn repeated_collectives_on_one_ring() {
+    let peers = ring_with(3, small_chunks()).unwrap();
+    let out = on_every_peer(peers, |mut p| {
+        let mut results = Vec::new();
+        for round in 0..20 {
+            let mut x = vec![(p.rank() + round) as f32; 10 + round];
+            p.all_reduce(&mut x).unwrap();
+            results.push(x[0]);
+            p.barrier().unwrap();
+        }
+        results
+    });
+    for r in &out {
+        let want: Vec<f32> = (0..20).map(|round| (3 * round + 3) as f32).collect();
+        assert_eq!(r, &want);
+    }
+}
+
+#[test]
+fn broadcast_copies_the_roots_buffer_from_any_root() {
+    for n in 1..=4 {
+        for root in 0..n {
+            for len in [0, 1, 5, 40] {
+                let peers = ring_with(n, small_chunks()).unwrap();
+                let out = on_every_peer(peers, |mut p| {
+                    let mut x = input(p.rank(), len);
+                    p.broadcast(&mut x, root).map(|_| x)
+                });
+                for (r, o) in out.into_iter().enumerate() {
+                    assert_eq!(o.unwrap(), input(root, len), "n {n} root {root} peer {r}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_arguments_are_errors() {
+    assert!(matches!(
+        ring_with(0, RingConfig::default()),
+        Err(CommError::InvalidArgument(_))
+    ));
+    let bad = RingConfig {
+        chunk_bytes: 0,
+        ..RingConfig::default()
+    };
+    assert!(ring_with(2, bad).is_err());
+    let mut peers = ring_with(2, RingConfig::default()).unwrap();
+    let err = peers[0].broadcast(&mut [1.0], 2).unwrap_err();
+    assert!(err.to_string().contains("peer 2"), "{err}");
+}
+
+/// Every peer but `culprit` must fail naming `culprit`, quickly.
+fn assert_all_blame(out: &[Result<(), CommError>], culprit: usize, started: Instant) {
+    for (r, res) in out.iter().enumerate() {
+        if r == culprit {
+            continue;
+        }
+        match res {
+            Err(CommError::PeerFailed { rank, .. }) => {
+                assert_eq!(*rank, culprit, "peer {r} blames the wrong peer: {res:?}")
+            }
+            other => panic!("peer {r}: expected PeerFailed({culprit}), got {other:?}"),
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "failure took {:?} to spread",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn an_aborting_peer_is_named_by_all_others() {
+    for n in 2..=4 {
+        let culprit = n - 1;
+        let started = Instant::now();
+        let peers = ring_with(n, small_chunks()).unwrap();
+        let out = on_every_peer(peers, |mut p| {
+            let mut x = vec![1.0; 1000];
+            p.all_reduce(&mut x)?;
+            if p.rank() == culprit {
+                p.abort("out of memory on its device");
+                return Ok(());
+            }
+            p.all_reduce(&mut x)
+        });
+        assert_all_blame(&out, culprit, started);
+        let Err(CommError::PeerFailed { reason, .. }) = &out[0] else {
+            unreachable!()
+        };
+        assert!(reason.contains("out of memory"), "{reason}");
+    }
+}
+
+#[test]
+fn a_peer_that_leaves_is_named_by_all_others() {
+    for n in 2..=4 {
+        let started = Instant::now();
+        let peers = ring_with(n, small_chunks()).unwrap();
+        // Peer 1 drops its communicator (as a panicking thread would) without a word.
+        let out = on_every_peer(peers, |mut p| {
+            if p.rank() == 1 {
+                drop(p);
+                return Ok(());
+            }
+            let mut x = vec![1.0; 1000];
+            p.all_reduce(&mut x)
+        });
+        assert_all_blame(&out, 1, started);
+    }
+}
+
+#[test]
+fn a_hung_peer_times_out_with_its_name() {
+    let config = RingConfig {
+        timeout: Duration::from_millis(300),
+        ..small_chunks()
+    };
+    let started = Instant::now();
+    let peers = ring_with(3, config).unwrap();
+    let out = on_every_peer(peers, |mut p| {
+        if p.rank() == 2 {
+            // Alive, holding its communicator, but never joining the collective.
+            std::thread::sleep(Duration::from_secs(2));
+            return Ok(());
+        }
+        let mut x = vec![1.0; 100];
+        p.all_reduce(&mut x)
+    });
+    assert_all_blame(&out, 2, started);
+    let err = out[0].as_ref().unwrap_err().to_string();
+    assert!(
+        err.contains("peer 2") && err.contains("sent nothing"),
+        "{err}"
+    );
+}
+
+#[test]
+fn peers_disagreeing_on_the_length_get_an_error_not_a_hang() {
+    let peers = ring_with(3, small_chunks()).unwrap();
+    let started = Instant::now();
+    let out = on_every_peer(peers, |mut p| {
+        let mut x = vec![1.0; if p.rank() == 1 { 31 } else { 30 }];
+        p.all_reduce(&mut x)
+    });
+    assert!(out.iter().all(Result::is_err), "{out:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let msg = out[0].as_ref().unwrap_err().to_string();
+    assert!(
+        msg.contains("disagree") || msg.contains("collective"),
+        "{msg}"
+    );
+}
