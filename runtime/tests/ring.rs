@@ -47,9 +47,8 @@ fn all_reduce_sums_with_identical_bits_on_every_peer() {
                 p.all_reduce(&mut x).map(|_| x)
             });
             let out: Vec<Vec<f32>> = out.into_iter().map(Result::unwrap).collect();
-            for i in 0..len {
+            for (i, &got) in out[0].iter().enumerate() {
                 let want: f64 = (0..n).map(|r| input(r, len)[i] as f64).sum();
-                let got = out[0][i];
                 assert!(
                     (got as f64 - want).abs() <= 1e-5 * want.abs().max(1.0),
                     "n {n} len {len} element {i}: {got} vs {want}"
