@@ -3,4 +3,5 @@
 pub mod data;
 pub mod eval;
 pub mod nn;
+pub mod parallel;
 pub mod zoo;

@@ -1,0 +1,99 @@
+//! Where each parameter's gradient sits in the flat buffers that are all-reduced.
+
+use ringtrain_runtime::Shape;
+
+/// A parameter's place: bucket, offset within it, element count, shape.
+#[derive(Debug, Clone)]
+pub(super) struct Slot {
+    pub bucket: usize,
+    pub offset: usize,
+    pub len: usize,
+    pub shape: Shape,
+}
+
+/// Parameters grouped into buckets, in reverse order of the model's parameter list:
+/// backward produces the last layers' gradients first, so the first bucket fills first.
+/// The first bucket is small so that its reduction starts early; the others are large so
+/// that each all-reduce moves enough data to run at full bandwidth.
+#[derive(Debug, Clone)]
+pub(super) struct Layout {
+    /// By parameter index (the model's order).
+    pub slots: Vec<Slot>,
+    /// Elements per bucket.
+    pub bucket_lens: Vec<usize>,
+    /// Parameters per bucket.
+    pub bucket_params: Vec<usize>,
+}
+
+impl Layout {
+    pub fn new(shapes: &[Shape], first_bucket_bytes: usize, bucket_bytes: usize) -> Self {
+        let mut slots = vec![None; shapes.len()];
+        let (mut bucket_lens, mut bucket_params) = (Vec::new(), Vec::new());
+        let cap = |b: usize| {
+            (if b == 0 {
+                first_bucket_bytes
+            } else {
+                bucket_bytes
+            }) / 4
+        };
+        for (i, shape) in shapes.iter().enumerate().rev() {
+            let len = shape.elem_count();
+            // A parameter joins the open bucket unless that would take it past its cap
+            // (a parameter larger than a cap gets a bucket of its own).
+            let open = bucket_lens.len().checked_sub(1);
+            let bucket = match open {
+                Some(b) if bucket_lens[b] == 0 || bucket_lens[b] + len <= cap(b) => b,
+                _ => {
+                    bucket_lens.push(0);
+                    bucket_params.push(0);
+                    bucket_lens.len() - 1
+                }
+            };
+            slots[i] = Some(Slot {
+                bucket,
+                offset: bucket_lens[bucket],
+                len,
+                shape: shape.clone(),
+            });
+            bucket_lens[bucket] += len;
+            bucket_params[bucket] += 1;
+        }
+        Self {
+            slots: slots
+                .into_iter()
+                .map(|s| s.expect("every slot set"))
+                .collect(),
+            bucket_lens,
+            bucket_params,
+        }
+    }
+
+    pub fn buckets(&self) -> usize {
+        self.bucket_lens.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reverse_order_small_first_bucket_and_oversized_parameters() {
+        let shapes: Vec<Shape> = [10usize, 3, 100, 5, 5]
+            .iter()
+            .map(|&n| Shape::from(n))
+            .collect();
+        // caps: first 8 elements, then 40.
+        let l = Layout::new(&shapes, 32, 160);
+        // Reverse order: 5, 5 -> bucket 0 (10 > 8, so the second opens bucket 1)...
+        assert_eq!(l.slots[4].bucket, 0);
+        assert_eq!(l.slots[3].bucket, 1);
+        // 100 is larger than any cap: a bucket of its own.
+        assert_eq!(l.slots[2].bucket, 2);
+        assert_eq!(l.slots[1].bucket, 3);
+        assert_eq!(l.slots[0].bucket, 3);
+        assert_eq!(l.bucket_lens, vec![5, 5, 100, 13]);
+        assert_eq!(l.bucket_params, vec![1, 1, 1, 2]);
+        assert_eq!((l.slots[1].offset, l.slots[0].offset), (0, 3));
+    }
+}

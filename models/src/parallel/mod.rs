@@ -1,0 +1,550 @@
+//! Synchronous data parallelism: one replica of a model per device, each global batch
+//! split into one shard per replica, gradients averaged by all-reduce every step.
+//!
+//! Each step runs one worker thread per replica. A worker computes its shard's loss and
+//! walks backward; as each bucket of gradients completes, it hands the bucket to the
+//! replica's communication thread, which all-reduces buckets in a fixed order (the same
+//! on every replica) while backward goes on producing the next. When all buckets are
+//! back, every replica applies the same averaged gradients with its own optimizer, so all
+//! replicas keep bitwise-identical parameters.
+
+mod buckets;
+
+use crate::nn::Module;
+use buckets::Layout;
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use ringtrain_runtime::comm::{ring_with, CommError, Communicator, RingConfig};
+use ringtrain_runtime::optim::Optimizer;
+use ringtrain_runtime::{Device, Error, GradStore, Result, Tensor, TensorId, Var};
+use std::collections::HashMap;
+use std::ops::Range;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// How gradients are grouped and moved.
+#[derive(Debug, Clone)]
+pub struct DataParallelConfig {
+    /// Gradient bytes per all-reduce (PyTorch DDP's default, 25 MiB): large enough to
+    /// run at full bandwidth, small enough to overlap with backward.
+    pub bucket_bytes: usize,
+    /// The first bucket, holding the last layers' gradients (ready first), is smaller so
+    /// that communication starts early.
+    pub first_bucket_bytes: usize,
+    /// The in-process ring's chunking and failure timeout.
+    pub ring: RingConfig,
+}
+
+impl Default for DataParallelConfig {
+    fn default() -> Self {
+        Self {
+            bucket_bytes: 25 << 20,
+            first_bucket_bytes: 1 << 20,
+            ring: RingConfig::default(),
+        }
+    }
+}
+
+/// One model per device, trained as one: see the module documentation.
+///
+/// ```
+/// use ringtrain::parallel::{DataParallel, DataParallelConfig};
+/// use ringtrain::prelude::*;
+/// use ringtrain::zoo::{mlp, Activation};
+///
+/// # fn main() -> ringtrain::Result<()> {
+/// let devices = vec![Device::cpu(), Device::cpu()];
+/// let mut dp = DataParallel::new(devices, |device| {
+///     let model = mlp(4, &[8], 3, Activation::Relu, device, &mut rng_from_seed(1))?;
+///     let opt = Sgd::new(model.parameters(), SgdConfig::default())?;
+///     Ok((model, opt))
+/// }, DataParallelConfig::default())?;
+/// let (x, labels) = (vec![0.5f32; 6 * 4], vec![0u32, 1, 2, 0, 1, 2]);
+/// // The closure computes one shard's loss on one replica: rows `rows` of the batch.
+/// let loss = dp.step(6, |model, device, rows| {
+///     let xs = Tensor::from_slice(&x[rows.start * 4..rows.end * 4], (rows.len(), 4), device)?;
+///     model.forward(&xs)?.cross_entropy(&labels[rows])
+/// })?;
+/// assert!(loss.is_finite());
+/// # Ok(())
+/// # }
+/// ```
+pub struct DataParallel<M, O> {
+    replicas: Vec<Replica<M, O>>,
+    layout: Layout,
+    /// Set by a failed step: the group cannot be trusted to agree any more.
+    failed: Option<String>,
+}
+
+struct Replica<M, O> {
+    device: Device,
+    model: M,
+    optimizer: O,
+    params: Vec<Var>,
+    /// Parameter index by tensor id, to place gradients as backward reports them.
+    index: HashMap<TensorId, usize>,
+    comm: Box<dyn Communicator>,
+    /// Host buffers of the buckets, kept from step to step.
+    buckets: Vec<Vec<f32>>,
+}
+
+/// From a replica's worker to its communication thread.
+enum ToComm {
+    Bucket(usize, Vec<f32>),
+    /// The replica's share of the batch loss: the last thing reduced.
+    Loss(f32),
+    Failed(String),
+}
+
+/// From the communication thread back to the worker.
+enum FromComm {
+    Bucket(usize, Vec<f32>),
+    Loss(f32),
+}
+
+impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
+    /// One replica per device, connected by an in-process ring. `build` makes a model
+    /// and its optimizer on a device; it is called once per device, and replica 0's
+    /// parameters are then broadcast to all others, so they start identical whatever
+    /// `build` did.
+    pub fn new(
+        devices: Vec<Device>,
+        build: impl FnMut(&Device) -> Result<(M, O)>,
+        config: DataParallelConfig,
+    ) -> Result<Self> {
+        let comms = ring_with(devices.len(), config.ring.clone())?
+            .into_iter()
+            .map(|c| Box::new(c) as Box<dyn Communicator>)
+            .collect();
+        Self::with_communicators(devices, comms, build, config)
+    }
+
+    /// Like [`DataParallel::new`], with communicators of the caller's: `comms[i]` serves
+    /// `devices[i]`, and their ranks must be `0..n` in that order.
+    pub fn with_communicators(
+        devices: Vec<Device>,
+        comms: Vec<Box<dyn Communicator>>,
+        mut build: impl FnMut(&Device) -> Result<(M, O)>,
+        config: DataParallelConfig,
+    ) -> Result<Self> {
+        if devices.is_empty() {
+            return Err(Error::InvalidArgument(
+                "data parallelism needs at least one device".into(),
+            ));
+        }
+        if comms.len() != devices.len()
+            || comms
+                .iter()
+                .enumerate()
+                .any(|(i, c)| c.rank() != i || c.size() != devices.len())
+        {
+            return Err(Error::InvalidArgument(format!(
+                "{} devices need communicators of ranks 0..{} in a group of that size",
+                devices.len(),
+                devices.len()
+            )));
+        }
+        let mut replicas = Vec::with_capacity(devices.len());
+        let mut names = None;
+        for (device, comm) in devices.into_iter().zip(comms) {
+            let (model, optimizer) = build(&device)?;
+            let named = model.named_parameters();
+            let these: Vec<(String, Vec<usize>)> = named
+                .iter()
+                .map(|(n, v)| (n.clone(), v.dims().to_vec()))
+                .collect();
+            match &names {
+                None => names = Some(these),
+                Some(first) if *first != these => {
+                    return Err(Error::InvalidArgument(format!(
+                        "replica {} has other parameters than replica 0 (names and shapes \
+                         must match): {these:?} vs {first:?}",
+                        replicas.len()
+                    )))
+                }
+                Some(_) => {}
+            }
+            if let Some((name, v)) = named.iter().find(|(_, v)| v.device() != &device) {
+                return Err(Error::InvalidArgument(format!(
+                    "replica {}: parameter {name} lives on {}, not on the replica's device {}",
+                    replicas.len(),
+                    v.device().name(),
+                    device.name()
+                )));
+            }
+            let params: Vec<Var> = named.into_iter().map(|(_, v)| v).collect();
+            let index = params
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (v.id(), i))
+                .collect();
+            replicas.push(Replica {
+                device,
+                model,
+                optimizer,
+                params,
+                index,
+                comm,
+                buckets: Vec::new(),
+            });
+        }
+        let shapes: Vec<_> = replicas[0]
+            .params
+            .iter()
+            .map(|v| v.shape().clone())
+            .collect();
+        let layout = Layout::new(&shapes, config.first_bucket_bytes, config.bucket_bytes);
+        for r in &mut replicas {
+            r.buckets = layout.bucket_lens.iter().map(|&n| vec![0.0; n]).collect();
+        }
+        let mut dp = Self {
+            replicas,
+            layout,
+            failed: None,
+        };
+        run_on_replicas(&mut dp.replicas, &mut dp.failed, |r, _| {
+            r.broadcast_parameters()
+        })?;
+        Ok(dp)
+    }
+
+    /// Number of replicas.
+    pub fn size(&self) -> usize {
+        self.replicas.len()
+    }
+
+    pub fn devices(&self) -> Vec<&Device> {
+        self.replicas.iter().map(|r| &r.device).collect()
+    }
+
+    /// Replica `i`'s model (all hold the same parameters).
+    pub fn replica(&self, i: usize) -> Option<&M> {
+        self.replicas.get(i).map(|r| &r.model)
+    }
+
+    /// Replica 0's model, e.g. to evaluate or save.
+    pub fn model(&self) -> &M {
+        &self.replicas[0].model
+    }
+
+    /// Sets every replica's learning rate (a schedule).
+    pub fn set_learning_rate(&mut self, lr: f32) -> Result<()> {
+        for r in &mut self.replicas {
+            r.optimizer.set_learning_rate(lr)?;
+        }
+        Ok(())
+    }
+
+    /// One synchronous step over a global batch of `batch_len` rows, and its mean loss.
+    ///
+    /// Replica `i` gets the contiguous shard `rows` of the batch (sizes differ by at most
+    /// one; a replica may get none when the batch is smaller than the group), and
+    /// `loss(model, device, rows)` returns the mean loss of those rows on that replica.
+    /// Shard losses are weighted by their share of the batch, so the averaged gradient is
+    /// the gradient of the whole batch's mean loss, as on one device. Parameters without
+    /// a gradient (unused in the loss) are updated with a zero gradient on every replica.
+    ///
+    /// If any replica fails (an error or a panic in `loss`, a device error, a peer that
+    /// stops), the step returns an error naming that replica, and so does every later
+    /// step.
+    pub fn step<F>(&mut self, batch_len: usize, loss: F) -> Result<f32>
+    where
+        F: Fn(&M, &Device, Range<usize>) -> Result<Tensor> + Sync,
+    {
+        if let Some(reason) = &self.failed {
+            return Err(Error::InvalidArgument(format!(
+                "this data-parallel group stopped at an earlier failure: {reason}"
+            )));
+        }
+        if batch_len == 0 {
+            return Err(Error::InvalidArgument("an empty batch has no loss".into()));
+        }
+        let layout = &self.layout;
+        let n = self.replicas.len();
+        let loss = &loss;
+        let losses = run_on_replicas(&mut self.replicas, &mut self.failed, |r, rank| {
+            let rows = shard(batch_len, n, rank);
+            r.step(layout, batch_len, rows, loss)
+        })?;
+        Ok(losses[0])
+    }
+}
+
+/// Runs `f` on every replica, one thread each, and gathers the results; on a failure,
+/// returns the failed replica's own error as the step's, and marks the group failed.
+fn run_on_replicas<M: Send, O: Send, T: Send>(
+    replicas: &mut [Replica<M, O>],
+    failed: &mut Option<String>,
+    f: impl Fn(&mut Replica<M, O>, usize) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    let f = &f;
+    let results: Vec<Result<T>> = std::thread::scope(|s| {
+        let handles: Vec<_> = replicas
+            .iter_mut()
+            .enumerate()
+            .map(|(rank, r)| s.spawn(move || f(r, rank)))
+            .collect();
+        handles
+            .into_iter()
+            .enumerate()
+            .map(|(rank, h)| {
+                h.join().unwrap_or_else(|p| {
+                    Err(Error::Comm(CommError::PeerFailed {
+                        rank,
+                        reason: panic_message(&p),
+                    }))
+                })
+            })
+            .collect()
+    });
+    if results.iter().all(Result::is_ok) {
+        return Ok(results.into_iter().map(|r| r.unwrap()).collect());
+    }
+    // Report the cause: the error of the replica the others blame, or else the
+    // first replica's error that is not a complaint about a peer.
+    let blamed = results.iter().find_map(|r| match r {
+        Err(Error::Comm(CommError::PeerFailed { rank, .. })) => Some(*rank),
+        _ => None,
+    });
+    let mut errors: Vec<(usize, Error)> = results
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.err().map(|e| (i, e)))
+        .collect();
+    let own = |(i, e): &(usize, Error)| !matches!(e, Error::Comm(CommError::PeerFailed { rank, .. }) if rank != i);
+    let pick = errors
+        .iter()
+        .position(|ie| Some(ie.0) == blamed && own(ie))
+        .or_else(|| errors.iter().position(own))
+        .unwrap_or(0);
+    let (rank, cause) = errors.swap_remove(pick);
+    let err = match cause {
+        e @ Error::Comm(CommError::PeerFailed { .. }) => e,
+        e => Error::Comm(CommError::PeerFailed {
+            rank,
+            reason: e.to_string(),
+        }),
+    };
+    *failed = Some(err.to_string());
+    Err(err)
+}
+
+/// Rows of shard `i` of `n` of a `len`-row batch: contiguous, sizes differing by at most 1.
+fn shard(len: usize, n: usize, i: usize) -> Range<usize> {
+    (i * len / n)..((i + 1) * len / n)
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    let msg = p
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown payload".into());
+    format!("panicked: {msg}")
+}
+
+impl<M: Module + Send, O: Optimizer + Send> Replica<M, O> {
+    /// Makes this replica's parameters rank 0's.
+    fn broadcast_parameters(&mut self) -> Result<()> {
+        let mut flat = Vec::new();
+        for p in &self.params {
+            flat.extend(p.to_vec()?);
+        }
+        self.comm.broadcast(&mut flat, 0)?;
+        if self.comm.rank() != 0 {
+            let mut at = 0;
+            for p in &self.params {
+                let n = p.elem_count();
+                p.set(&Tensor::from_slice(
+                    &flat[at..at + n],
+                    p.shape().clone(),
+                    &self.device,
+                )?)?;
+                at += n;
+            }
+        }
+        Ok(())
+    }
+
+    fn step<F>(
+        &mut self,
+        layout: &Layout,
+        batch_len: usize,
+        rows: Range<usize>,
+        loss: &F,
+    ) -> Result<f32>
+    where
+        F: Fn(&M, &Device, Range<usize>) -> Result<Tensor> + Sync,
+    {
+        let Replica {
+            device,
+            model,
+            optimizer,
+            params,
+            index,
+            comm,
+            buckets,
+        } = self;
+        let rank = comm.rank();
+        let (to_comm, comm_in) = unbounded();
+        let (comm_out, from_comm) = unbounded();
+        let reduced = std::thread::scope(|s| {
+            let n_buckets = layout.buckets();
+            s.spawn(move || reduce_in_order(comm.as_mut(), n_buckets, comm_in, comm_out));
+            let work = catch_unwind(AssertUnwindSafe(|| {
+                forward_backward(
+                    model, device, index, layout, buckets, batch_len, rows, loss, &to_comm,
+                )
+            }));
+            let failure = match work {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(p) => Some(panic_message(&p)),
+            };
+            if let Some(reason) = failure {
+                let _ = to_comm.send(ToComm::Failed(reason.clone()));
+                return Err(reason);
+            }
+            drop(to_comm);
+            Ok(collect(&from_comm, buckets))
+        });
+        let global_loss = match reduced {
+            Err(reason) => return Err(Error::Comm(CommError::PeerFailed { rank, reason })),
+            Ok(r) => r?,
+        };
+        let mut grads = GradStore::default();
+        for (p, slot) in params.iter().zip(&layout.slots) {
+            let g = &buckets[slot.bucket][slot.offset..slot.offset + slot.len];
+            grads.insert(p, Tensor::from_slice(g, slot.shape.clone(), device)?);
+        }
+        optimizer.step(&grads)?;
+        Ok(global_loss)
+    }
+}
+
+/// The worker's half of a step: this shard's loss, scaled by the shard's share of the
+/// batch, then backward, handing each bucket to the communication thread as soon as its
+/// last gradient is in.
+#[allow(clippy::too_many_arguments)]
+fn forward_backward<M, F>(
+    model: &M,
+    device: &Device,
+    index: &HashMap<TensorId, usize>,
+    layout: &Layout,
+    buckets: &mut [Vec<f32>],
+    batch_len: usize,
+    rows: Range<usize>,
+    loss: &F,
+    to_comm: &Sender<ToComm>,
+) -> Result<()>
+where
+    F: Fn(&M, &Device, Range<usize>) -> Result<Tensor> + Sync,
+{
+    let mut missing = layout.bucket_params.clone();
+    let mut filled = vec![false; layout.slots.len()];
+    // A send fails only when the communication thread has stopped on an error, which
+    // it reports itself; the worker just stops feeding it.
+    let send = |b: usize, buckets: &mut [Vec<f32>]| {
+        let _ = to_comm.send(ToComm::Bucket(b, std::mem::take(&mut buckets[b])));
+    };
+    let mut share = 0.0;
+    if !rows.is_empty() {
+        let weight = rows.len() as f32 / batch_len as f32;
+        let shard_loss = loss(model, device, rows)?;
+        if shard_loss.elem_count() != 1 {
+            return Err(Error::NotScalar(shard_loss.shape().clone()));
+        }
+        let scaled = shard_loss.scale(weight)?;
+        scaled.backward_with(|var, grad| {
+            let Some(&i) = index.get(&var.id()) else {
+                return Ok(()); // a variable that is not one of the model's parameters
+            };
+            let slot = &layout.slots[i];
+            let dst = &mut buckets[slot.bucket][slot.offset..slot.offset + slot.len];
+            dst.copy_from_slice(&grad.to_vec()?);
+            filled[i] = true;
+            missing[slot.bucket] -= 1;
+            if missing[slot.bucket] == 0 {
+                send(slot.bucket, buckets);
+            }
+            Ok(())
+        })?;
+        share = scaled.to_scalar()?;
+    }
+    // Parameters the loss did not reach (or an empty shard) contribute zeros.
+    for (i, slot) in layout.slots.iter().enumerate() {
+        if !filled[i] {
+            buckets[slot.bucket][slot.offset..slot.offset + slot.len].fill(0.0);
+            missing[slot.bucket] -= 1;
+            if missing[slot.bucket] == 0 {
+                send(slot.bucket, buckets);
+            }
+        }
+    }
+    let _ = to_comm.send(ToComm::Loss(share));
+    Ok(())
+}
+
+/// The communication thread: all-reduces buckets in index order (the same order on every
+/// replica, whatever order backward finished them in), then the loss. A worker that
+/// reports a failure, or goes away, aborts the group so that no peer waits for it.
+fn reduce_in_order(
+    comm: &mut dyn Communicator,
+    n_buckets: usize,
+    from_worker: Receiver<ToComm>,
+    to_worker: Sender<std::result::Result<FromComm, CommError>>,
+) {
+    let mut ready: Vec<Option<Vec<f32>>> = (0..n_buckets).map(|_| None).collect();
+    let (mut next, mut share) = (0, None);
+    loop {
+        while next < n_buckets {
+            let Some(mut buf) = ready[next].take() else {
+                break;
+            };
+            if let Err(e) = comm.all_reduce(&mut buf) {
+                let _ = to_worker.send(Err(e));
+                return;
+            }
+            let _ = to_worker.send(Ok(FromComm::Bucket(next, buf)));
+            next += 1;
+        }
+        if let (true, Some(share)) = (next == n_buckets, share) {
+            let mut total = [share];
+            let reduced = comm
+                .all_reduce(&mut total)
+                .map(|_| FromComm::Loss(total[0]));
+            let _ = to_worker.send(reduced);
+            return;
+        }
+        match from_worker.recv() {
+            Ok(ToComm::Bucket(b, buf)) => ready[b] = Some(buf),
+            Ok(ToComm::Loss(l)) => share = Some(l),
+            Ok(ToComm::Failed(reason)) => {
+                comm.abort(&reason);
+                return;
+            }
+            Err(_) => {
+                comm.abort("its worker stopped in the middle of a step");
+                return;
+            }
+        }
+    }
+}
+
+/// Waits for every reduced bucket (put back in place, averaged already by the shard
+/// weights) and the batch loss.
+fn collect(
+    from_comm: &Receiver<std::result::Result<FromComm, CommError>>,
+    buckets: &mut [Vec<f32>],
+) -> Result<f32> {
+    loop {
+        match from_comm.recv() {
+            Ok(Ok(FromComm::Bucket(b, buf))) => buckets[b] = buf,
+            Ok(Ok(FromComm::Loss(l))) => return Ok(l),
+            Ok(Err(e)) => return Err(Error::Comm(e)),
+            Err(_) => {
+                return Err(Error::InvalidArgument(
+                    "the communication thread stopped without a result".into(),
+                ))
+            }
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! Data parallelism as a user relies on it, with N = 1..4 replicas on CPU workers and on
+//! GPU devices (lavapipe where there is no GPU): replicas stay bitwise identical; N
+//! replicas with global batch B train like one device with batch B; runs reproduce from
+//! their seed; a failing replica is an error naming it, never a hang.
+
+use ringtrain_models::nn::{Module, Sequential};
+use ringtrain_models::parallel::{DataParallel, DataParallelConfig};
+use ringtrain_models::zoo::{mlp, Activation};
+use ringtrain_runtime::optim::{Sgd, SgdConfig};
+use ringtrain_runtime::{rng_from_seed, Device, Result, Tensor};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const FEATURES: usize = 12;
+const CLASSES: usize = 5;
+
+/// A fixed synthetic classification set: `rows` inputs and labels.
+fn data(rows: usize) -> (Vec<f32>, Vec<u32>) {
+    let mut rng = rng_from_seed(42);
+    let x = Tensor::rand_uniform(-1.0, 1.0, (rows, FEATURES), &mut rng, &Device::cpu())
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    let labels = (0..rows)
+        .map(|r| {
+            let s: f32 = x[r * FEATURES..(r + 1) * FEATURES].iter().take(4).sum();
+            ((s + 4.0) * CLASSES as f32 / 8.0).clamp(0.0, CLASSES as f32 - 1.0) as u32
+        })
+        .collect();
+    (x, labels)
+}
+
+/// Replica `device`'s model and optimizer; the seed makes the initial weights, though
+/// DataParallel broadcasts replica 0's anyway.
+fn build(device: &Device, seed: u64) -> Result<(Sequential, Sgd)> {
+    let model = mlp(
+        FEATURES,
+        &[16],
+        CLASSES,
+        Activation::Tanh,
+        device,
+        &mut rng_from_seed(seed),
+    )?;
+    let opt = Sgd::new(
+        model.parameters(),
+        SgdConfig {
+            lr: 0.1,
+            momentum: 0.9,
+            ..SgdConfig::default()
+        },
+    )?;
+    Ok((model, opt))
+}
+
+fn cpu_devices(n: usize) -> Vec<Device> {
+    (0..n).map(|_| Device::cpu()).collect()
+}
+
+/// `n` GPU devices, each its own wgpu device (on one adapter where there is one).
+fn gpu_devices(n: usize) -> Option<Vec<Device>> {
+    if std::env::var_os("RINGTRAIN_SKIP_GPU_TESTS").is_some_and(|v| v == "1") {
+        return None;
+    }
+    // Opening devices is slow on lavapipe: keep four for every test to draw from.
+    static POOL: OnceLock<Vec<Device>> = OnceLock::new();
+    let pool = POOL.get_or_init(|| {
+        (0..4)
+            .map(|_| {
+                Device::gpu().unwrap_or_else(|e| {
+                    panic!("{e}\n(set RINGTRAIN_SKIP_GPU_TESTS=1 to run the CPU tests alone)")
+                })
+            })
+            .collect()
+    });
+    Some(pool[..n].to_vec())
+}
+
+fn dp(devices: Vec<Device>, seed: u64) -> DataParallel<Sequential, Sgd> {
+    let mut next_seed = seed;
+    DataParallel::new(
+        devices,
+        |d| {
+            next_seed += 1; // different initial weights per replica, before the broadcast
+            build(d, next_seed)
+        },
+        DataParallelConfig {
+            // Small buckets, so that several all-reduces overlap backward.
+            first_bucket_bytes: 256,
+            bucket_bytes: 1024,
+            ..DataParallelConfig::default()
+        },
+    )
+    .unwrap()
+}
+
+/// One step over rows `at..at + batch` of the data set.
+fn step(
+    dp: &mut DataParallel<Sequential, Sgd>,
+    (x, labels): &(Vec<f32>, Vec<u32>),
+    at: usize,
+    batch: usize,
+) -> Result<f32> {
+    dp.step(batch, |model, device, rows| {
+        let (lo, hi) = (at + rows.start, at + rows.end);
+        let xs = Tensor::from_slice(
+            &x[lo * FEATURES..hi * FEATURES],
+            (hi - lo, FEATURES),
+            device,
+        )?;
+        model.forward(&xs)?.cross_entropy(&labels[lo..hi])
+    })
+}
+
+fn params(model: &Sequential) -> Params {
+    model
+        .parameters()
+        .iter()
+        .map(|p| p.to_vec().unwrap())
+        .collect()
+}
+
+fn bits(p: &[Vec<f32>]) -> Vec<u32> {
+    p.iter().flatten().map(|v| v.to_bits()).collect()
+}
+
+/// A model's parameters, tensor by tensor.
+type Params = Vec<Vec<f32>>;
+
+/// Trains `steps` steps of batch `batch` and returns every replica's parameters after
+/// every step (indexed by step, then replica), and the losses.
+fn train(devices: Vec<Device>, steps: usize, batch: usize) -> (Vec<Vec<Params>>, Vec<f32>) {
+    let set = data(steps * batch);
+    let mut dp = dp(devices, 7);
+    let mut history = Vec::new();
+    let mut losses = Vec::new();
+    for s in 0..steps {
+        losses.push(step(&mut dp, &set, s * batch, batch).unwrap());
+        history.push(
+            (0..dp.size())
+                .map(|r| params(dp.replica(r).unwrap()))
+                .collect(),
+        );
+    }
+    (history, losses)
+}
+
+fn assert_replicas_identical(history: &[Vec<Params>], what: &str) {
+    for (s, replicas) in history.iter().enumerate() {
+        for (r, p) in replicas.iter().enumerate() {
+            assert!(
+                bits(p) == bits(&replicas[0]),
+                "{what}: after step {s}, replica {r} differs from replica 0"
+            );
+        }
+    }
+}
+
+fn assert_close(a: &[Vec<f32>], b: &[Vec<f32>], tol: f32, what: &str) {
+    for (i, (x, y)) in a.iter().flatten().zip(b.iter().flatten()).enumerate() {
+        assert!(
+            (x - y).abs() <= tol * (1.0 + x.abs().max(y.abs())),
+            "{what}: parameter element {i}: {x} vs {y}"
+        );
+    }
+}
+
+#[test]
+fn cpu_replicas_stay_identical_and_match_one_device() {
+    // Batches of 10 split unevenly over 3 and 4 replicas.
+    let (one, one_losses) = train(cpu_devices(1), 6, 10);
+    for n in 1..=4 {
+        let (many, losses) = train(cpu_devices(n), 6, 10);
+        assert_replicas_identical(&many, &format!("cpu n={n}"));
+        assert_close(&many[5][0], &one[5][0], 1e-5, &format!("cpu n={n} vs 1"));
+        for (a, b) in losses.iter().zip(&one_losses) {
+            assert!((a - b).abs() < 1e-5, "cpu n={n}: loss {a} vs {b}");
+        }
+    }
+    assert!(one_losses[5] < one_losses[0], "{one_losses:?}");
+}
+
+#[test]
+fn gpu_replicas_stay_identical_and_match_one_device() {
+    let Some(_) = gpu_devices(1) else { return };
+    let (one, _) = train(gpu_devices(1).unwrap(), 3, 10);
+    let (cpu, _) = train(cpu_devices(1), 3, 10);
+    assert_close(&one[2][0], &cpu[2][0], 1e-4, "gpu vs cpu, n=1");
+    for n in 2..=4 {
+        let (many, _) = train(gpu_devices(n).unwrap(), 3, 10);
+        assert_replicas_identical(&many, &format!("gpu n={n}"));
+        assert_close(&many[2][0], &one[2][0], 1e-4, &format!("gpu n={n} vs 1"));
+    }
+}
+
+#[test]
+fn runs_reproduce_bit_for_bit() {
+    let (a, la) = train(cpu_devices(3), 4, 9);
+    let (b, lb) = train(cpu_devices(3), 4, 9);
+    assert_eq!(bits(&a[3][0]), bits(&b[3][0]));
+    assert_eq!(la, lb);
+}
+
+#[test]
+fn a_batch_smaller_than_the_group_still_trains() {
+    // 2 rows over 4 replicas: two replicas get no rows and contribute zero gradients.
+    let (one, _) = train(cpu_devices(1), 3, 2);
+    let (four, _) = train(cpu_devices(4), 3, 2);
+    assert_replicas_identical(&four, "batch 2 over 4");
+    assert_close(&four[2][0], &one[2][0], 1e-5, "batch 2 over 4 vs 1");
+}
+
+#[test]
+fn a_failing_replica_is_named_and_stops_the_group() {
+    let set = data(20);
+    let mut dp = dp(cpu_devices(4), 1);
+    step(&mut dp, &set, 0, 8).unwrap();
+    let started = Instant::now();
+    let err = dp
+        .step(8, |model, device, rows| {
+            if rows.start == 4 {
+                // Replica 2 of 4 (rows 4..6) gets a label out of range.
+                let xs = Tensor::zeros((rows.len(), FEATURES), device)?;
+                return model.forward(&xs)?.cross_entropy(&[99, 99]);
+            }
+            let xs = Tensor::zeros((rows.len(), FEATURES), device)?;
+            model.forward(&xs)?.cross_entropy(&vec![0; rows.len()])
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(err.contains("peer 2 failed") && err.contains("99"), "{err}");
+    // The group does not limp on.
+    let again = step(&mut dp, &set, 0, 8).unwrap_err().to_string();
+    assert!(again.contains("earlier failure"), "{again}");
+}
+
+#[test]
+fn a_panicking_replica_is_named() {
+    let mut dp = dp(cpu_devices(3), 1);
+    let started = Instant::now();
+    let err = dp
+        .step(6, |model, device, rows| {
+            if rows.start == 2 {
+                panic!("bug in user code");
+            }
+            let xs = Tensor::zeros((rows.len(), FEATURES), device)?;
+            model.forward(&xs)?.cross_entropy(&vec![0; rows.len()])
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        err.contains("peer 1 failed") && err.contains("panicked: bug in user code"),
+        "{err}"
+    );
+}
+
+#[test]
+fn replicas_must_have_the_same_parameters() {
+    let mut call = 0;
+    let err = DataParallel::new(
+        cpu_devices(2),
+        |d| {
+            call += 1;
+            let hidden = if call == 1 { 16 } else { 8 };
+            let model = mlp(
+                FEATURES,
+                &[hidden],
+                CLASSES,
+                Activation::Relu,
+                d,
+                &mut rng_from_seed(0),
+            )?;
+            let opt = Sgd::new(model.parameters(), SgdConfig::default())?;
+            Ok((model, opt))
+        },
+        DataParallelConfig::default(),
+    )
+    .err()
+    .expect("mismatched replicas must be refused")
+    .to_string();
+    assert!(err.contains("replica 1 has other parameters"), "{err}");
+    assert!(DataParallel::<Sequential, Sgd>::new(
+        Vec::new(),
+        |d| build(d, 0),
+        DataParallelConfig::default()
+    )
+    .is_err());
+}
