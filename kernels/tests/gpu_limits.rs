@@ -1,8 +1,9 @@
-//! Shapes at and past the GPU's limits: work that does not fit one grid dimension is
-//! spread or split and still computes the right answer; what cannot run is a clear error,
-//! never a validation panic inside wgpu. Shapes are derived from the device's own limits,
-//! so each check runs where it can be reached without gigabytes of memory (lavapipe, whose
-//! grid is 65,535 workgroups per dimension) and says so where it cannot.
+//! The GPU at its limits, and misused: work that does not fit one grid dimension is
+//! spread or split and still computes the right answer; what cannot run (a buffer too
+//! large, a buffer of another device) is a clear error, never a validation panic inside
+//! wgpu. Shapes are derived from the device's own limits, so each check runs where it can
+//! be reached without gigabytes of memory (lavapipe, whose grid is 65,535 workgroups per
+//! dimension) and says so where it cannot.
 
 use ringtrain_kernels::gpu::GpuBackend;
 use ringtrain_kernels::{Backend, GemmSpec};
@@ -35,7 +36,11 @@ fn err_text<T>(r: ringtrain_kernels::Result<T>) -> String {
 fn buffers_past_the_device_limit_are_errors() {
     let Some(gpu) = gpu() else { return };
     let l = gpu.limits();
-    let max = l.max_buffer_size.min(l.max_storage_buffer_binding_size);
+    // Capped at 4 GiB too: the kernels index with u32.
+    let max = l
+        .max_buffer_size
+        .min(l.max_storage_buffer_binding_size)
+        .min((1 << 32) - 16);
     let too_many = (max / 4 + 1) as usize;
     let msg = err_text(gpu.alloc(too_many));
     assert!(
@@ -142,4 +147,19 @@ fn gemm_wider_than_one_grid_dimension_takes_several_launches() {
     let Some(gpu) = gpu() else { return };
     let Some(n) = past_the_grid(&gpu) else { return };
     check_gemm(&gpu, 2, n, 3);
+}
+
+#[test]
+fn buffers_of_another_device_are_refused_before_recording() {
+    let Some(a) = gpu() else { return };
+    let b = GpuBackend::new().unwrap();
+    let on_a = a.upload(&[1.0, -2.0]).unwrap();
+    let mut on_b = b.alloc(2).unwrap();
+    let msg = err_text(b.affine(&on_a, &mut on_b, 2.0, 0.0));
+    assert!(msg.contains("another GPU device"), "{msg}");
+    // Refused up front, so nothing bad was recorded: both devices still work.
+    let x = b.upload(&[3.0, 4.0]).unwrap();
+    b.affine(&x, &mut on_b, 2.0, 1.0).unwrap();
+    assert_eq!(b.download(&on_b).unwrap(), vec![7.0, 9.0]);
+    assert_eq!(a.download(&on_a).unwrap(), vec![1.0, -2.0]);
 }

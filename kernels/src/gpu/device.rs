@@ -10,6 +10,7 @@ use super::pool::Pool;
 use super::shaders::{Kernel, Pipelines, Shader};
 use crate::{KernelError, Result};
 use bytemuck::Pod;
+use std::sync::mpsc::TryRecvError;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -216,9 +217,11 @@ impl Context {
         self.take_error()
     }
 
+    /// The device's first error, at every sync point from then on: a rejected batch lost
+    /// every op in it, so nothing computed on this device since can be trusted.
     fn take_error(&self) -> Result<()> {
-        match lock(&self.error).take() {
-            Some(msg) => Err(KernelError::Device(msg)),
+        match lock(&self.error).as_ref() {
+            Some(msg) => Err(KernelError::Device(msg.clone())),
             None => Ok(()),
         }
     }
@@ -274,8 +277,15 @@ impl Context {
             self.wait()?;
             match rx.try_recv() {
                 Ok(r) => break r,
-                Err(_) if start.elapsed() < SYNC_TIMEOUT => std::thread::yield_now(),
-                Err(_) => {
+                Err(TryRecvError::Disconnected) => {
+                    return Err(KernelError::Device(
+                        "the readback was dropped by the device".into(),
+                    ))
+                }
+                Err(TryRecvError::Empty) if start.elapsed() < SYNC_TIMEOUT => {
+                    std::thread::yield_now()
+                }
+                Err(TryRecvError::Empty) => {
                     return Err(KernelError::Device(
                         "the GPU never finished the readback".into(),
                     ))

@@ -147,15 +147,28 @@ impl GpuBackend {
         Ok([x as u32, y as u32, 1])
     }
 
+    /// Records `shader` over `buffers`, which must all belong to this device: wgpu would
+    /// reject a foreign one only when the whole batch is submitted, losing every op in it.
     fn dispatch<P: bytemuck::Pod>(
         &self,
         shader: Shader,
         params: &P,
-        buffers: &[&wgpu::Buffer],
+        buffers: &[&GpuBuffer],
         groups: [u32; 3],
     ) -> Result<()> {
+        if buffers
+            .iter()
+            .any(|b| !Arc::ptr_eq(&b.pool, &self.ctx.storage))
+        {
+            return Err(KernelError::Device(format!(
+                "{shader:?}: a buffer of another GPU device was passed to {}; move tensors \
+                 between devices through the host",
+                self.name()
+            )));
+        }
+        let raw: Vec<&wgpu::Buffer> = buffers.iter().map(|b| &b.raw).collect();
         let kernel = self.ctx.kernel(shader)?;
-        self.ctx.dispatch(&kernel, params, buffers, groups)
+        self.ctx.dispatch(&kernel, params, &raw, groups)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -217,7 +230,7 @@ impl GpuBackend {
                     self.dispatch(
                         Shader::Gemm(variant),
                         &p,
-                        &[&a.raw, &b.raw, &c.raw, &bias.raw],
+                        &[a, b, &*c, bias],
                         [cols as u32, rows as u32, items as u32],
                     )?;
                 }
@@ -229,8 +242,8 @@ impl GpuBackend {
     /// Sums `x` viewed as `[outer, axis, inner]` over `axis`, times `scale`.
     fn sum_scaled(
         &self,
-        x: &wgpu::Buffer,
-        out: &wgpu::Buffer,
+        x: &GpuBuffer,
+        out: &GpuBuffer,
         (outer, axis, inner): (usize, usize, usize),
         scale: f32,
     ) -> Result<()> {
@@ -305,7 +318,7 @@ impl Backend for GpuBackend {
             value,
             _pad: [0; 2],
         };
-        self.dispatch(Shader::Fill, &p, &[&buf.raw], self.grid(buf.len, WG)?)
+        self.dispatch(Shader::Fill, &p, &[&*buf], self.grid(buf.len, WG)?)
     }
 
     fn gemm(&self, spec: &GemmSpec, a: &GpuBuffer, b: &GpuBuffer, c: &mut GpuBuffer) -> Result<()> {
@@ -338,7 +351,7 @@ impl Backend for GpuBackend {
             mul: 1.0,
             add: 0.0,
         };
-        self.dispatch(Shader::Unary, &p, &[&x.raw, &y.raw], self.grid(x.len, WG)?)
+        self.dispatch(Shader::Unary, &p, &[x, &*y], self.grid(x.len, WG)?)
     }
 
     fn unary_backward(
@@ -358,7 +371,7 @@ impl Backend for GpuBackend {
             op: params::unary_code(op),
             _pad: [0; 2],
         };
-        let bufs = [&x.raw, &y.raw, &dy.raw, &dx.raw];
+        let bufs = [x, y, dy, &*dx];
         self.dispatch(Shader::UnaryBackward, &p, &bufs, self.grid(x.len, WG)?)
     }
 
@@ -373,7 +386,7 @@ impl Backend for GpuBackend {
             mul,
             add,
         };
-        self.dispatch(Shader::Unary, &p, &[&x.raw, &y.raw], self.grid(x.len, WG)?)
+        self.dispatch(Shader::Unary, &p, &[x, &*y], self.grid(x.len, WG)?)
     }
 
     fn binary(
@@ -406,7 +419,7 @@ impl Backend for GpuBackend {
             lhs_strides: params::dims(OP, "stride", &strides[0])?,
             rhs_strides: params::dims(OP, "stride", &strides[1])?,
         };
-        let bufs = [&lhs.raw, &rhs.raw, &out.raw];
+        let bufs = [lhs, rhs, &*out];
         self.dispatch(Shader::Binary, &p, &bufs, self.grid(out.len, WG)?)
     }
 
@@ -431,7 +444,7 @@ impl Backend for GpuBackend {
             shape: params::dims(OP, "shape", &shape)?,
             strides: params::dims(OP, "stride", &strides[0])?,
         };
-        let bufs = [&src.raw, &dst.raw];
+        let bufs = [src, &*dst];
         self.dispatch(Shader::CopyStrided, &p, &bufs, self.grid(dst.len, WG)?)
     }
 
@@ -444,7 +457,7 @@ impl Backend for GpuBackend {
         inner: usize,
     ) -> Result<()> {
         validate::sum_axis(x.len, out.len, outer, axis, inner)?;
-        self.sum_scaled(&x.raw, &out.raw, (outer, axis, inner), 1.0)
+        self.sum_scaled(x, &*out, (outer, axis, inner), 1.0)
     }
 
     fn log_softmax(
@@ -460,12 +473,7 @@ impl Backend for GpuBackend {
             return Ok(());
         }
         let p = Self::rows_params(OP, rows, cols)?;
-        self.dispatch(
-            Shader::LogSoftmax,
-            &p,
-            &[&x.raw, &y.raw],
-            self.grid(rows, 1)?,
-        )
+        self.dispatch(Shader::LogSoftmax, &p, &[x, &*y], self.grid(rows, 1)?)
     }
 
     fn log_softmax_backward(
@@ -487,7 +495,7 @@ impl Backend for GpuBackend {
             return Ok(());
         }
         let p = Self::rows_params(OP, rows, cols)?;
-        let bufs = [&y.raw, &dy.raw, &dx.raw];
+        let bufs = [y, dy, &*dx];
         self.dispatch(Shader::LogSoftmaxBackward, &p, &bufs, self.grid(rows, 1)?)
     }
 
@@ -515,9 +523,9 @@ impl Backend for GpuBackend {
         let p = Self::rows_params(OP, rows, cols)?;
         let labels = self.upload_labels(labels)?;
         let row_loss = self.buffer(rows)?;
-        let bufs = [&logits.raw, &labels.raw, &probs.raw, &row_loss.raw];
+        let bufs = [logits, &labels, &*probs, &row_loss];
         self.dispatch(Shader::CrossEntropy, &p, &bufs, self.grid(rows, 1)?)?;
-        self.sum_scaled(&row_loss.raw, &loss.raw, (1, rows, 1), 1.0 / rows as f32)
+        self.sum_scaled(&row_loss, &*loss, (1, rows, 1), 1.0 / rows as f32)
     }
 
     fn softmax_cross_entropy_backward(
@@ -543,7 +551,7 @@ impl Backend for GpuBackend {
         }
         let p = Self::rows_params(OP, rows, cols)?;
         let labels = self.upload_labels(labels)?;
-        let bufs = [&probs.raw, &labels.raw, &dloss.raw, &dlogits.raw];
+        let bufs = [probs, &labels, dloss, &*dlogits];
         let groups = self.grid(rows * cols, WG)?;
         self.dispatch(Shader::CrossEntropyBackward, &p, &bufs, groups)
     }
@@ -572,14 +580,14 @@ impl Backend for GpuBackend {
         // one: a scratch buffer of one element, distinct from the bound parameter.
         let scratch;
         let buf = match momentum {
-            Some(m) if uses_momentum => &m.raw,
+            Some(m) if uses_momentum => &*m,
             _ => {
                 scratch = self.buffer(1)?;
-                &scratch.raw
+                &scratch
             }
         };
         let groups = self.grid(param.len, WG)?;
-        self.dispatch(Shader::Sgd, &params, &[&param.raw, &grad.raw, buf], groups)
+        self.dispatch(Shader::Sgd, &params, &[&*param, grad, buf], groups)
     }
 
     fn adamw_step(
@@ -605,7 +613,7 @@ impl Backend for GpuBackend {
             eps: p.eps,
             _pad: 0,
         };
-        let bufs = [&param.raw, &grad.raw, &m.raw, &v.raw];
+        let bufs = [&*param, grad, &*m, &*v];
         self.dispatch(Shader::AdamW, &params, &bufs, self.grid(param.len, WG)?)
     }
 }

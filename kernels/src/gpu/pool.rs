@@ -12,6 +12,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// binding a whole number of vec4s.
 const GRANULE: u64 = 16;
 
+/// The largest buffer the kernels can index (see [`Pool::take`]).
+pub(super) const MAX_BUFFER_BYTES: u64 = (1 << 32) - GRANULE;
+
 pub(super) struct Pool {
     usage: wgpu::BufferUsages,
     free: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
@@ -44,12 +47,16 @@ impl Pool {
             return Ok(buf);
         }
         let limits = &shared.limits;
-        let binding = limits.max_storage_buffer_binding_size;
-        if size > limits.max_buffer_size || size > binding {
+        // Kernels index elements with u32; below 4 GiB no index, nor any grid past the
+        // end of a buffer, can wrap around (Metal allows larger bindings).
+        let max = limits
+            .max_buffer_size
+            .min(limits.max_storage_buffer_binding_size)
+            .min(MAX_BUFFER_BYTES);
+        if size > max {
             return Err(KernelError::Device(format!(
-                "a buffer of {size} bytes exceeds this device's limit of {} bytes per \
-                 storage buffer",
-                limits.max_buffer_size.min(binding)
+                "a buffer of {size} bytes exceeds this device's limit of {max} bytes per \
+                 storage buffer"
             )));
         }
         match self.create(shared, size) {
