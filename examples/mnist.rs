@@ -4,11 +4,13 @@
 //!     cargo run --release --example mnist
 //!     cargo run --release --example mnist -- --optimizer adamw --lr 1e-3 --hidden 256
 //!     cargo run --release --example mnist -- --data-dir ~/mnist --epochs 20   # full MNIST
+//!     cargo run --release --example mnist -- --devices 4     # data parallel, 4 replicas
 
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use ringtrain::data::{Batches, Mnist};
 use ringtrain::eval::evaluate;
+use ringtrain::parallel::{DataParallel, DataParallelConfig};
 use ringtrain::prelude::*;
 use ringtrain::zoo::{mlp, Activation};
 use serde::Serialize;
@@ -68,6 +70,10 @@ struct Args {
     /// Write one JSON object per epoch to this file (JSON lines).
     #[arg(long)]
     metrics_out: Option<PathBuf>,
+    /// Replicas for data-parallel training, each a device of --backend [default: every
+    /// hardware GPU; one CPU]. Several CPU replicas share the CPU's cores.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    devices: Option<u32>,
     /// Worker threads for the CPU backend [default: all cores].
     #[arg(long)]
     threads: Option<usize>,
@@ -80,6 +86,8 @@ struct EpochMetrics {
     test_loss: f32,
     test_accuracy: f32,
     samples_per_sec: f64,
+    devices: usize,
+    samples_per_sec_per_device: f64,
     seconds: f64,
 }
 
@@ -100,57 +108,172 @@ fn default_data_dir() -> PathBuf {
     }
 }
 
+/// The devices to train on: `--devices` of the chosen backend (by default every
+/// hardware GPU, or one CPU worker).
+fn pick_devices(args: &Args) -> Result<Vec<Device>, Box<dyn Error>> {
+    let n = args.devices.map(|n| n as usize);
+    let cpus = |n: usize| (0..n).map(|_| Device::cpu()).collect::<Vec<_>>();
+    Ok(match args.backend {
+        Backend::Cpu => cpus(n.unwrap_or(1)),
+        Backend::Gpu => Device::gpus(n)?,
+        Backend::Auto if Device::hardware_gpu_count() > 0 => Device::gpus(n)?,
+        Backend::Auto => {
+            println!(
+                "auto: no hardware GPU found, training on the CPU (--backend gpu forces a GPU)"
+            );
+            cpus(n.unwrap_or(1))
+        }
+    })
+}
+
+type BoxedOptimizer = Box<dyn Optimizer + Send>;
+
+/// One device trains directly; several train as one through DataParallel, which moves
+/// gradients through the host every step.
+enum Trainer {
+    Single {
+        model: Sequential,
+        optimizer: BoxedOptimizer,
+        device: Device,
+    },
+    Parallel(DataParallel<Sequential, BoxedOptimizer>),
+}
+
+/// A step's mean loss: still on the device (read later, in groups), or on the host.
+enum StepLoss {
+    OnDevice(Tensor),
+    Host(f32),
+}
+
+impl Trainer {
+    fn model(&self) -> &Sequential {
+        match self {
+            Trainer::Single { model, .. } => model,
+            Trainer::Parallel(dp) => dp.model(),
+        }
+    }
+
+    fn device(&self) -> &Device {
+        match self {
+            Trainer::Single { device, .. } => device,
+            Trainer::Parallel(dp) => dp.devices()[0],
+        }
+    }
+
+    fn step(
+        &mut self,
+        images: &[f32],
+        labels: &[u32],
+        features: usize,
+    ) -> ringtrain::Result<StepLoss> {
+        let rows = labels.len();
+        match self {
+            Trainer::Single {
+                model,
+                optimizer,
+                device,
+            } => {
+                let x = Tensor::from_slice(images, (rows, features), device)?;
+                let loss = model.forward(&x)?.cross_entropy(labels)?;
+                optimizer.step(&loss.backward()?)?;
+                Ok(StepLoss::OnDevice(loss.detach()))
+            }
+            Trainer::Parallel(dp) => dp
+                .step(rows, |model, device, shard| {
+                    let x = Tensor::from_slice(
+                        &images[shard.start * features..shard.end * features],
+                        (shard.len(), features),
+                        device,
+                    )?;
+                    model.forward(&x)?.cross_entropy(&labels[shard])
+                })
+                .map(StepLoss::Host),
+        }
+    }
+}
+
 fn run(args: &Args) -> Result<(), Box<dyn Error>> {
     if let Some(n) = args.threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build_global()?;
     }
-    let device = match args.backend {
-        Backend::Auto => Device::from_name("auto")?,
-        Backend::Cpu => Device::from_name("cpu")?,
-        Backend::Gpu => Device::from_name("gpu")?,
-    };
-    if args.backend == Backend::Auto && matches!(device, Device::Cpu(_)) {
-        println!("auto: no hardware GPU found, training on the CPU (--backend gpu forces a GPU)");
-    }
-    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
-    let mnist = Mnist::load(&data_dir)?;
-    let (train, test) = (&mnist.train, &mnist.test);
-    let activation: Activation = args.activation.parse()?;
-
-    let mut rng = rng_from_seed(args.seed);
-    let model = mlp(
-        train.features(),
-        &args.hidden,
-        train.num_classes,
-        activation,
-        &device,
-        &mut rng,
-    )?;
     if args.momentum.is_some() && args.optimizer != OptimizerKind::Sgd {
         return Err(
             "--momentum applies to --optimizer sgd only (AdamW keeps its beta1 = 0.9)".into(),
         );
     }
-    let mut optimizer: Box<dyn Optimizer> = match args.optimizer {
-        OptimizerKind::Sgd => Box::new(Sgd::new(
-            model.parameters(),
-            SgdConfig {
-                lr: args.lr.unwrap_or(0.05),
-                momentum: args.momentum.unwrap_or(0.9),
-                weight_decay: args.weight_decay,
-                nesterov: false,
+    let activation: Activation = args.activation.parse()?;
+    let devices = pick_devices(args)?;
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    let mnist = Mnist::load(&data_dir)?;
+    let (train, test) = (&mnist.train, &mnist.test);
+
+    // Every replica is built from the same seed (DataParallel also broadcasts replica 0's
+    // parameters), so one device and N devices start from the same weights.
+    let build = |device: &Device| -> ringtrain::Result<(Sequential, BoxedOptimizer)> {
+        let mut rng = rng_from_seed(args.seed);
+        let model = mlp(
+            train.features(),
+            &args.hidden,
+            train.num_classes,
+            activation,
+            device,
+            &mut rng,
+        )?;
+        let optimizer: BoxedOptimizer = match args.optimizer {
+            OptimizerKind::Sgd => Box::new(Sgd::new(
+                model.parameters(),
+                SgdConfig {
+                    lr: args.lr.unwrap_or(0.05),
+                    momentum: args.momentum.unwrap_or(0.9),
+                    weight_decay: args.weight_decay,
+                    nesterov: false,
+                },
+            )?),
+            OptimizerKind::Adamw => Box::new(AdamW::new(
+                model.parameters(),
+                AdamWConfig {
+                    lr: args.lr.unwrap_or(1e-3),
+                    weight_decay: args.weight_decay,
+                    ..AdamWConfig::default()
+                },
+            )?),
+        };
+        Ok((model, optimizer))
+    };
+    let n_devices = devices.len();
+    let device_names = {
+        let names: Vec<String> = devices.iter().map(Device::name).collect();
+        if names.iter().all(|n| *n == names[0]) && n_devices > 1 {
+            format!("{n_devices} x {}", names[0])
+        } else {
+            names.join(", ")
+        }
+    };
+    let (lr, mut trainer) = if n_devices == 1 {
+        let device = devices.into_iter().next().expect("one device");
+        let (model, optimizer) = build(&device)?;
+        (
+            optimizer.learning_rate(),
+            Trainer::Single {
+                model,
+                optimizer,
+                device,
             },
-        )?),
-        OptimizerKind::Adamw => Box::new(AdamW::new(
-            model.parameters(),
-            AdamWConfig {
-                lr: args.lr.unwrap_or(1e-3),
-                weight_decay: args.weight_decay,
-                ..AdamWConfig::default()
+        )
+    } else {
+        let mut lr = 0.0;
+        let dp = DataParallel::new(
+            devices,
+            |d| {
+                let built = build(d)?;
+                lr = built.1.learning_rate();
+                Ok(built)
             },
-        )?),
+            DataParallelConfig::default(),
+        )?;
+        (lr, Trainer::Parallel(dp))
     };
     println!(
         "mnist: {} train / {} test digits from {} | model {}-{}-{} ({} parameters) | {:?} lr {} | {}",
@@ -160,13 +283,14 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
         train.features(),
         args.hidden.iter().map(|h| h.to_string()).collect::<Vec<_>>().join("-"),
         train.num_classes,
-        model.num_parameters(),
+        trainer.model().num_parameters(),
         args.optimizer,
-        optimizer.learning_rate(),
-        device.name()
+        lr,
+        device_names
     );
 
     let batch_size = args.batch_size as usize;
+    let features = train.features();
     let mut history = Vec::new();
     let started = Instant::now();
     for epoch in 1..=args.epochs {
@@ -182,53 +306,66 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
         )?);
         bar.set_prefix(epoch.to_string());
         let (mut loss_sum, mut seen) = (0f64, 0usize);
-        // Reading a value back makes the host wait for the device, so the losses of
-        // READ_LOSS_EVERY steps are summed where they were computed and read at once: a GPU
-        // runs one step while the next is recorded.
+        // Reading a value back makes the host wait for the device, so on one device the
+        // losses of READ_LOSS_EVERY steps are summed where they were computed and read
+        // at once: a GPU runs one step while the next is recorded. (Several devices
+        // bring their gradients to the host every step anyway.)
         let (mut unread, mut unread_len) = (None::<Tensor>, 0usize);
         let steps = batches.len();
         for (step, batch) in batches.enumerate() {
-            let x = Tensor::from_vec(batch.images, (batch.len, train.features()), &device)?;
-            let loss = model.forward(&x)?.cross_entropy(&batch.labels)?;
-            let grads = loss.backward()?;
-            optimizer.step(&grads)?;
-            let weighted = loss.detach().scale(batch.len as f32)?;
-            unread = Some(match unread {
-                Some(sum) => sum.add(&weighted)?,
-                None => weighted,
-            });
-            unread_len += batch.len;
+            match trainer.step(&batch.images, &batch.labels, features)? {
+                StepLoss::Host(loss) => {
+                    loss_sum += f64::from(loss) * batch.len as f64;
+                    seen += batch.len;
+                }
+                StepLoss::OnDevice(loss) => {
+                    let weighted = loss.scale(batch.len as f32)?;
+                    unread = Some(match unread {
+                        Some(sum) => sum.add(&weighted)?,
+                        None => weighted,
+                    });
+                    unread_len += batch.len;
+                }
+            }
             bar.inc(1);
             if (step + 1) % READ_LOSS_EVERY != 0 && step + 1 != steps {
                 continue;
             }
-            let Some(sum) = unread.take() else { continue };
-            let sum = sum.to_scalar()?;
-            if !sum.is_finite() {
+            if let Some(sum) = unread.take() {
+                loss_sum += f64::from(sum.to_scalar()?);
+                seen += std::mem::take(&mut unread_len);
+            }
+            if !loss_sum.is_finite() {
                 return Err(format!(
-                    "training diverged in epoch {epoch} (by batch {}): loss is {sum}; try a \
-                     lower --lr",
+                    "training diverged in epoch {epoch} (by batch {}): loss is {loss_sum}; \
+                     try a lower --lr",
                     step + 1
                 )
                 .into());
             }
-            loss_sum += f64::from(sum);
-            seen += std::mem::take(&mut unread_len);
-            bar.set_message(format!("loss {:.4}", loss_sum / seen as f64));
+            bar.set_message(format!("loss {:.4}", loss_sum / seen.max(1) as f64));
         }
         bar.finish_and_clear();
         let train_seconds = epoch_start.elapsed().as_secs_f64();
-        let eval = evaluate(&model, test, 1000, &device)?;
+        let eval = evaluate(trainer.model(), test, 1000, trainer.device())?;
+        let samples_per_sec = seen as f64 / train_seconds;
         let metrics = EpochMetrics {
             epoch,
             train_loss: (loss_sum / seen.max(1) as f64) as f32,
             test_loss: eval.loss,
             test_accuracy: eval.accuracy,
-            samples_per_sec: seen as f64 / train_seconds,
+            samples_per_sec,
+            devices: n_devices,
+            samples_per_sec_per_device: samples_per_sec / n_devices as f64,
             seconds: epoch_start.elapsed().as_secs_f64(),
         };
+        let per_device = if n_devices > 1 {
+            format!(" ({:.0} per device)", metrics.samples_per_sec_per_device)
+        } else {
+            String::new()
+        };
         println!(
-            "epoch {:>3}  train loss {:.4}  test loss {:.4}  test acc {:6.2}%  {:>8.0} samples/s  {:.2}s",
+            "epoch {:>3}  train loss {:.4}  test loss {:.4}  test acc {:6.2}%  {:>8.0} samples/s{per_device}  {:.2}s",
             epoch,
             metrics.train_loss,
             metrics.test_loss,
@@ -252,7 +389,7 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
         100.0 * last.test_accuracy,
         100.0 * best,
         mean_throughput,
-        device.name()
+        device_names
     );
     Ok(())
 }

@@ -158,6 +158,59 @@ fn trains_on_the_gpu_backend() {
     assert!(acc > 0.8, "test accuracy {acc}: {stdout}");
 }
 
+/// Final test accuracy and train losses of a run with `flags`, from its metrics file.
+fn metrics_of(flags: &[&str]) -> (f64, Vec<f64>, Vec<serde_json::Value>) {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = dir.path().join("metrics.jsonl");
+    let mut args = flags.to_vec();
+    args.extend(["--metrics-out", metrics.to_str().unwrap()]);
+    let out = run(&args);
+    assert!(out.status.success(), "{flags:?}: {}", stderr(&out));
+    let epochs: Vec<serde_json::Value> = std::fs::read_to_string(&metrics)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let acc = epochs.last().unwrap()["test_accuracy"].as_f64().unwrap();
+    let losses = epochs
+        .iter()
+        .map(|e| e["train_loss"].as_f64().unwrap())
+        .collect();
+    (acc, losses, epochs)
+}
+
+/// Data parallel on CPU workers and on GPU devices (lavapipe without a GPU): the same
+/// seed gives the same training as one device, up to float rounding.
+#[test]
+fn several_devices_train_like_one() {
+    let small = ["--epochs", "2", "--hidden", "32", "--batch-size", "100"];
+    for backend in ["cpu", "gpu"] {
+        let mut one = vec!["--backend", backend, "--devices", "1"];
+        one.extend(small);
+        let (acc1, loss1, _) = metrics_of(&one);
+        for n in ["2", "4"] {
+            if backend == "gpu" && n == "4" {
+                continue; // lavapipe is slow; the library tests cover 4 GPU replicas
+            }
+            let mut many = vec!["--backend", backend, "--devices", n];
+            many.extend(small);
+            let (acc, loss, epochs) = metrics_of(&many);
+            assert!(
+                (acc - acc1).abs() < 0.01,
+                "{backend} x{n}: accuracy {acc} vs {acc1}"
+            );
+            for (a, b) in loss.iter().zip(&loss1) {
+                assert!((a - b).abs() < 2e-3, "{backend} x{n}: loss {a} vs {b}");
+            }
+            assert_eq!(epochs[0]["devices"].as_u64(), Some(n.parse().unwrap()));
+            assert!(epochs[0]["samples_per_sec_per_device"].as_f64().unwrap() > 0.0);
+        }
+    }
+    let out = run(&["--devices", "0"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--devices"), "{}", stderr(&out));
+}
+
 #[test]
 fn unavailable_backend_is_a_clear_error() {
     // No machine this runs on has a Metal or DX12 adapter and Linux besides.

@@ -35,6 +35,42 @@ impl Device {
             .map_err(|e| Error::DeviceUnavailable(e.to_string()))
     }
 
+    /// GPU devices for data parallelism: `n` of them (by default one per hardware GPU, or
+    /// one where there is none), opened on hardware adapters first, best first. With
+    /// more devices than adapters, adapters take several devices round robin: that lets
+    /// a machine without GPUs run a ring on one software adapter, and is slower than one
+    /// device per GPU on real hardware.
+    pub fn gpus(n: Option<usize>) -> Result<Vec<Device>> {
+        let adapters = GpuBackend::adapters()?;
+        let hardware: Vec<usize> = (0..adapters.len())
+            .filter(|&i| adapters[i].is_hardware)
+            .collect();
+        let usable = match (hardware.is_empty(), adapters.is_empty()) {
+            (false, _) => hardware,
+            (true, false) => vec![0],
+            // No adapter at all: the same error a single device gives.
+            (true, true) => return Device::gpu().map(|d| vec![d]),
+        };
+        let n = n.unwrap_or(usable.len());
+        if n == 0 {
+            return Err(Error::InvalidArgument("zero GPU devices asked for".into()));
+        }
+        (0..n)
+            .map(|i| {
+                GpuBackend::with_adapter(usable[i % usable.len()])
+                    .map(Device::Gpu)
+                    .map_err(|e| Error::DeviceUnavailable(e.to_string()))
+            })
+            .collect()
+    }
+
+    /// How many hardware GPUs wgpu finds (0 where there are none, or only software ones).
+    pub fn hardware_gpu_count() -> usize {
+        GpuBackend::adapters()
+            .map(|a| a.iter().filter(|a| a.is_hardware).count())
+            .unwrap_or(0)
+    }
+
     /// A hardware GPU when there is one, the CPU otherwise (a software GPU such as
     /// lavapipe is slower than the CPU backend, so it is never picked here).
     pub fn auto() -> Device {

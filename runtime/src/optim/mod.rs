@@ -18,6 +18,23 @@ pub trait Optimizer {
     fn set_learning_rate(&mut self, lr: f32) -> Result<()>;
 }
 
+/// A boxed optimizer is an optimizer, so that code can pick one at run time
+/// (`Box<dyn Optimizer + Send>`) and still hand it to generic code such as data
+/// parallelism.
+impl<T: Optimizer + ?Sized> Optimizer for Box<T> {
+    fn step(&mut self, grads: &GradStore) -> Result<()> {
+        (**self).step(grads)
+    }
+
+    fn learning_rate(&self) -> f32 {
+        (**self).learning_rate()
+    }
+
+    fn set_learning_rate(&mut self, lr: f32) -> Result<()> {
+        (**self).set_learning_rate(lr)
+    }
+}
+
 /// The gradient to apply to `var`, checked against its shape. A gradient that shares the
 /// variable's memory (one a user inserted by hand) is copied first: the update reads it
 /// while writing the variable.
