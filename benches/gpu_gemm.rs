@@ -4,7 +4,7 @@
 //!
 //! Each iteration records 8 GEMMs and then waits for the GPU, so a measurement covers the
 //! GPU's work rather than one host round trip per call. The sizes follow the adapter:
-//! large on hardware, small on a software rasteriser (lavapipe does about 1 GFLOP/s).
+//! large on hardware, small on a software rasteriser (lavapipe does about 10 GFLOP/s).
 //! For a comparison with burn's wgpu matmul, see examples/gpu_gemm.rs.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};

@@ -220,3 +220,50 @@ fn peers_disagreeing_on_the_length_get_an_error_not_a_hang() {
         "{msg}"
     );
 }
+
+#[test]
+fn the_star_baseline_agrees_with_the_ring() {
+    use ringtrain_runtime::comm::star;
+    for n in 1..=4usize {
+        let len = 37;
+        let sum = |peers: Vec<Box<dyn Communicator>>| {
+            let out = std::thread::scope(|s| {
+                let handles: Vec<_> = peers
+                    .into_iter()
+                    .map(|mut p| {
+                        s.spawn(move || {
+                            let mut x = input(p.rank(), len);
+                            p.all_reduce(&mut x).unwrap();
+                            let mut y = input(p.rank(), 5);
+                            p.broadcast(&mut y, p.size() - 1).unwrap();
+                            p.barrier().unwrap();
+                            (x, y)
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap())
+                    .collect::<Vec<_>>()
+            });
+            out
+        };
+        let ring_out = sum(ring_with(n, small_chunks())
+            .unwrap()
+            .into_iter()
+            .map(|p| Box::new(p) as Box<dyn Communicator>)
+            .collect());
+        let star_out = sum(star(n, Duration::from_secs(30))
+            .unwrap()
+            .into_iter()
+            .map(|p| Box::new(p) as Box<dyn Communicator>)
+            .collect());
+        for (r, (a, b)) in ring_out.iter().zip(&star_out).enumerate() {
+            for (x, y) in a.0.iter().zip(&b.0) {
+                assert!((x - y).abs() < 1e-5, "n {n} peer {r}: {x} vs {y}");
+            }
+            assert_eq!(a.1, input(n - 1, 5));
+            assert_eq!(b.1, input(n - 1, 5));
+        }
+    }
+}

@@ -46,11 +46,13 @@ impl Default for DataParallelConfig {
 /// One model per device, trained as one: see the module documentation.
 ///
 /// ```
-/// use ringtrain::parallel::{DataParallel, DataParallelConfig};
-/// use ringtrain::prelude::*;
-/// use ringtrain::zoo::{mlp, Activation};
+/// use ringtrain_models::nn::Module;
+/// use ringtrain_models::parallel::{DataParallel, DataParallelConfig};
+/// use ringtrain_models::zoo::{mlp, Activation};
+/// use ringtrain_runtime::optim::{Sgd, SgdConfig};
+/// use ringtrain_runtime::{rng_from_seed, Device, Tensor};
 ///
-/// # fn main() -> ringtrain::Result<()> {
+/// # fn main() -> ringtrain_runtime::Result<()> {
 /// let devices = vec![Device::cpu(), Device::cpu()];
 /// let mut dp = DataParallel::new(devices, |device| {
 ///     let model = mlp(4, &[8], 3, Activation::Relu, device, &mut rng_from_seed(1))?;

@@ -1,13 +1,16 @@
 //! Collective communication between the replicas of a data-parallel run: the
 //! [`Communicator`] trait, and [`ring`], its in-process implementation, whose peers are
-//! threads of one process exchanging chunks over channels.
+//! threads of one process exchanging chunks over channels ([`star`], gather to one peer
+//! and send back, is the naive baseline benchmarks compare it with).
 //!
 //! A communicator works on host memory (`[f32]`): wgpu cannot copy between devices, so a
 //! GPU's gradients come through the host on their way round the ring.
 
 mod ring;
+mod star;
 
 pub use ring::{ring, ring_with, RingComm, RingConfig};
+pub use star::{star, StarComm};
 
 use std::time::Duration;
 use thiserror::Error;

@@ -40,7 +40,7 @@ pub struct RingConfig {
 impl Default for RingConfig {
     fn default() -> Self {
         Self {
-            chunk_bytes: 256 << 10,
+            chunk_bytes: 1 << 20,
             queue_depth: 4,
             timeout: Duration::from_secs(120),
         }

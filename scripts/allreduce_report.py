@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""Plot `cargo run --release --example allreduce -- --json-out FILE` as
+docs/bench/allreduce.svg (bus bandwidth against message size, one line per group size,
+ring solid and the naive gather-then-broadcast baseline dashed, memcpy dotted) and print
+the table for docs/BENCHMARKS.md. A measurement script, not a test; CI does not run it.
+
+    python3 scripts/allreduce_report.py FILE --out docs/bench
+"""
+
+import argparse
+import json
+import os
+import shutil
+
+
+def human(b):
+    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
+        if b >= 1 << shift and b % (1 << shift) == 0:
+            return f"{b >> shift}{unit}"
+    return str(b)
+
+
+def table(report):
+    lines = [
+        "| peers | size | ring us | ring busbw GB/s | naive us | naive busbw GB/s | ring / naive | memcpy GB/s | ring busbw / memcpy |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in report["rows"]:
+        naive_t = r.get("baseline_time_us")
+        naive = f"{naive_t:.1f} | {r['baseline_busbw_gbs']:.2f} | {naive_t / r['ring_time_us']:.2f}x" if naive_t else "- | - | -"
+        lines.append(
+            f"| {r['peers']} | {human(r['bytes'])} | {r['ring_time_us']:.1f} | {r['ring_busbw_gbs']:.2f} | "
+            f"{naive} | {r['memcpy_gbs']:.2f} | {r['ring_busbw_gbs'] / r['memcpy_gbs']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(report, svg):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    peers = sorted({r["peers"] for r in report["rows"]})
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, n in enumerate(peers):
+        rows = [r for r in report["rows"] if r["peers"] == n]
+        sizes = [r["bytes"] for r in rows]
+        ax.plot(sizes, [r["ring_busbw_gbs"] for r in rows], "o-", color=colors[i], label=f"ring, {n} peers")
+        if rows[0].get("baseline_busbw_gbs") is not None:
+            ax.plot(sizes, [r["baseline_busbw_gbs"] for r in rows], "s--", color=colors[i], alpha=0.6,
+                    label=f"naive, {n} peers")
+    first = [r for r in report["rows"] if r["peers"] == peers[0]]
+    ax.plot([r["bytes"] for r in first], [r["memcpy_gbs"] for r in first], "k:", label="memcpy, 1 thread")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([r["bytes"] for r in first])
+    ax.set_xticklabels([human(r["bytes"]) for r in first])
+    ax.set_xlabel("message size (bytes, f32)")
+    ax.set_ylabel("bus bandwidth, GB/s")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"In-process all-reduce, {report['cores']} cores", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(svg, format="svg", metadata={"Date": None})
+    print(f"wrote {svg}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("json", help="the example's --json-out file")
+    ap.add_argument("--out", required=True, help="directory for allreduce.json and allreduce.svg")
+    args = ap.parse_args()
+    with open(args.json) as f:
+        report = json.load(f)
+    os.makedirs(args.out, exist_ok=True)
+    shutil.copyfile(args.json, os.path.join(args.out, "allreduce.json"))
+    print(table(report))
+    plot(report, os.path.join(args.out, "allreduce.svg"))
+
+
+if __name__ == "__main__":
+    main()
