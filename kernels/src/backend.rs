@@ -2,7 +2,7 @@
 //! write into caller-provided outputs, so the runtime decides all allocation and a GPU
 //! backend can enqueue each op without a round trip to the host.
 
-use crate::{validate, BinaryLayout, Result, StridedLayout};
+use crate::{validate, BinaryLayout, Result, StridedLayout, Window2d};
 
 /// Elementwise functions with a closed-form derivative.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -268,6 +268,45 @@ pub trait Backend: Clone + Send + Sync + 'static {
         dlogits: &mut Self::Buffer,
         rows: usize,
         cols: usize,
+    ) -> Result<()>;
+
+    /// Unfolds each image's windows into columns: `cols` is `batch` matrices of
+    /// `patch_len` rows (channel, kernel row, kernel column) by `out_h * out_w` columns,
+    /// zero where a window covers padding. A convolution is then one GEMM per image.
+    fn im2col(&self, x: &Self::Buffer, cols: &mut Self::Buffer, g: &Window2d) -> Result<()>;
+
+    /// The adjoint of [`Backend::im2col`]: each input element receives the sum of the
+    /// column entries it was copied to (a convolution's input gradient).
+    fn col2im(&self, cols: &Self::Buffer, x: &mut Self::Buffer, g: &Window2d) -> Result<()>;
+
+    /// Max over each window (padding never wins); `argmax` receives the position of the
+    /// first maximum within its window, `kernel_row * kernel_w + kernel_col`, as f32.
+    fn max_pool2d(
+        &self,
+        x: &Self::Buffer,
+        y: &mut Self::Buffer,
+        argmax: &mut Self::Buffer,
+        g: &Window2d,
+    ) -> Result<()>;
+
+    /// Routes each window's gradient to the input element that was its maximum.
+    fn max_pool2d_backward(
+        &self,
+        dy: &Self::Buffer,
+        argmax: &Self::Buffer,
+        dx: &mut Self::Buffer,
+        g: &Window2d,
+    ) -> Result<()>;
+
+    /// Mean over each window, padding counted as zeros (PyTorch's default
+    /// `count_include_pad=True`).
+    fn avg_pool2d(&self, x: &Self::Buffer, y: &mut Self::Buffer, g: &Window2d) -> Result<()>;
+
+    fn avg_pool2d_backward(
+        &self,
+        dy: &Self::Buffer,
+        dx: &mut Self::Buffer,
+        g: &Window2d,
     ) -> Result<()>;
 
     /// Fused SGD update of `param` in place; `momentum` is required iff `p.momentum != 0`.

@@ -12,7 +12,9 @@ mod error;
 pub mod gpu;
 mod layout;
 mod validate;
+mod window;
 
 pub use backend::{AdamWParams, Backend, BinaryOp, GemmSpec, SgdParams, UnaryOp};
 pub use error::{KernelError, Result};
 pub use layout::{contiguous_strides, saturating_product, BinaryLayout, StridedLayout};
+pub use window::Window2d;

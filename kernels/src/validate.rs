@@ -2,7 +2,9 @@
 //! same message whatever device runs it. Each function takes buffer lengths, not buffers.
 
 use crate::error::check_len;
-use crate::{AdamWParams, BinaryLayout, GemmSpec, KernelError, Result, SgdParams, StridedLayout};
+use crate::{
+    AdamWParams, BinaryLayout, GemmSpec, KernelError, Result, SgdParams, StridedLayout, Window2d,
+};
 
 pub(crate) fn invalid(op: &'static str, reason: impl Into<String>) -> KernelError {
     KernelError::InvalidArgument {
@@ -144,6 +146,33 @@ pub(crate) fn adamw(p: &AdamWParams, param: usize, grad: usize, m: usize, v: usi
     }
     if p.step == 0 {
         return Err(invalid("adamw_step", "step counts from 1"));
+    }
+    Ok(())
+}
+
+pub(crate) fn im2col(g: &Window2d, x: usize, cols: usize) -> Result<()> {
+    g.validate("im2col")?;
+    check_len("im2col", "x", g.input_len(), x)?;
+    check_len("im2col", "cols", g.cols_len(), cols)
+}
+
+pub(crate) fn col2im(g: &Window2d, cols: usize, x: usize) -> Result<()> {
+    g.validate("col2im")?;
+    check_len("col2im", "cols", g.cols_len(), cols)?;
+    check_len("col2im", "x", g.input_len(), x)
+}
+
+/// Pooling: the input-sized buffer, then each output-sized one.
+pub(crate) fn pool(
+    op: &'static str,
+    g: &Window2d,
+    (input, len): (&'static str, usize),
+    outputs: &[(&'static str, usize)],
+) -> Result<()> {
+    g.validate_pool(op)?;
+    check_len(op, input, g.input_len(), len)?;
+    for &(name, len) in outputs {
+        check_len(op, name, g.output_len(), len)?;
     }
     Ok(())
 }

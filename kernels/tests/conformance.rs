@@ -15,7 +15,7 @@ use ringtrain_kernels::cpu::{CpuBackend, Simd};
 use ringtrain_kernels::gpu::GpuBackend;
 use ringtrain_kernels::{
     contiguous_strides, AdamWParams, Backend, BinaryLayout, BinaryOp, GemmSpec, SgdParams,
-    StridedLayout, UnaryOp,
+    StridedLayout, UnaryOp, Window2d,
 };
 
 /// Above the CPU backend's parallel threshold (2 * PAR_CHUNK = 65536), with a ragged tail.
@@ -936,10 +936,218 @@ fn gemm_bias_act<B: Backend>(b: &B) {
 }
 
 /// Every op rejects buffers whose lengths do not match its arguments, and bad arguments.
+// ---- sliding windows ------------------------------------------------------------------------
+
+/// Geometries with odd sizes, padding, strides, non-square kernels, several images and
+/// channels, and one above the CPU's parallel threshold.
+fn windows() -> Vec<Window2d> {
+    let g = |batch,
+             channels,
+             height,
+             width,
+             kernel: (usize, usize),
+             stride: (usize, usize),
+             pad: (usize, usize)| Window2d {
+        batch,
+        channels,
+        height,
+        width,
+        kernel_h: kernel.0,
+        kernel_w: kernel.1,
+        stride_h: stride.0,
+        stride_w: stride.1,
+        pad_h: pad.0,
+        pad_w: pad.1,
+    };
+    vec![
+        g(1, 1, 1, 1, (1, 1), (1, 1), (0, 0)),
+        g(2, 3, 7, 5, (3, 3), (1, 1), (1, 1)),
+        g(1, 2, 9, 8, (2, 3), (2, 1), (1, 1)),
+        g(3, 1, 6, 6, (2, 2), (2, 2), (0, 0)),
+        g(2, 2, 5, 7, (3, 2), (2, 3), (1, 0)),
+        g(1, 1, 4, 4, (4, 4), (1, 1), (0, 0)),
+        g(4, 8, 40, 40, (3, 3), (1, 1), (1, 1)),
+    ]
+}
+
+/// Visits every (image-channel plane, window row, window column, kernel row, kernel
+/// column) with the input position it reads, `None` in the padding.
+fn each_window_tap(
+    g: &Window2d,
+    mut f: impl FnMut(usize, usize, usize, usize, usize, Option<usize>),
+) {
+    for plane in 0..g.batch * g.channels {
+        for o in 0..g.out_h() {
+            for q in 0..g.out_w() {
+                for ki in 0..g.kernel_h {
+                    for kj in 0..g.kernel_w {
+                        let h = (o * g.stride_h + ki) as i64 - g.pad_h as i64;
+                        let w = (q * g.stride_w + kj) as i64 - g.pad_w as i64;
+                        let inside =
+                            h >= 0 && w >= 0 && (h as usize) < g.height && (w as usize) < g.width;
+                        let at =
+                            inside.then(|| (plane * g.height + h as usize) * g.width + w as usize);
+                        f(plane, o, q, ki, kj, at);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn im2col<B: Backend>(b: &B) {
+    let mut r = rng(61);
+    for g in windows() {
+        let ctx = format!("{} im2col {g:?}", b.name());
+        let x = uniform(g.input_len(), -1.0, 1.0, &mut r);
+        let (oh, ow) = (g.out_h(), g.out_w());
+        let mut want = vec![0.0f32; g.cols_len()];
+        each_window_tap(&g, |plane, o, q, ki, kj, at| {
+            let row = (plane * g.kernel_h + ki) * g.kernel_w + kj;
+            want[(row * oh + o) * ow + q] = at.map_or(0.0, |i| x[i]);
+        });
+        let mut cols = poisoned(b, g.cols_len());
+        b.im2col(&up(b, &x), &mut cols, &g).unwrap();
+        assert_exact(&ctx, &down(b, &cols), &want);
+
+        // col2im is im2col's adjoint: scatter-add each column entry back.
+        let c = uniform(g.cols_len(), -1.0, 1.0, &mut r);
+        let mut want = vec![0.0f64; g.input_len()];
+        each_window_tap(&g, |plane, o, q, ki, kj, at| {
+            let row = (plane * g.kernel_h + ki) * g.kernel_w + kj;
+            if let Some(i) = at {
+                want[i] += c[(row * oh + o) * ow + q] as f64;
+            }
+        });
+        let mut dx = poisoned(b, g.input_len());
+        b.col2im(&up(b, &c), &mut dx, &g).unwrap();
+        assert_close(&format!("{ctx} col2im"), &down(b, &dx), &want, 1e-5, 1e-5);
+    }
+}
+
+fn pooling<B: Backend>(b: &B) {
+    let mut r = rng(62);
+    for g in windows()
+        .into_iter()
+        .filter(|g| 2 * g.pad_h <= g.kernel_h && 2 * g.pad_w <= g.kernel_w)
+    {
+        let ctx = format!("{} pooling {g:?}", b.name());
+        let area = (g.kernel_h * g.kernel_w) as f64;
+        let x = uniform(g.input_len(), -1.0, 1.0, &mut r);
+        let dy = uniform(g.output_len(), -1.0, 1.0, &mut r);
+        let (oh, ow) = (g.out_h(), g.out_w());
+        let (mut max, mut argmax, mut avg) = (
+            vec![f32::NEG_INFINITY; g.output_len()],
+            vec![-1.0f32; g.output_len()],
+            vec![0.0f64; g.output_len()],
+        );
+        let mut argmax_at = vec![usize::MAX; g.output_len()];
+        each_window_tap(&g, |plane, o, q, ki, kj, at| {
+            let win = (plane * oh + o) * ow + q;
+            if let Some(i) = at {
+                avg[win] += x[i] as f64 / area;
+                if x[i] > max[win] {
+                    (max[win], argmax[win], argmax_at[win]) =
+                        (x[i], (ki * g.kernel_w + kj) as f32, i);
+                }
+            }
+        });
+        let (mut y, mut arg) = (poisoned(b, g.output_len()), poisoned(b, g.output_len()));
+        let xb = up(b, &x);
+        b.max_pool2d(&xb, &mut y, &mut arg, &g).unwrap();
+        assert_exact(&format!("{ctx} max"), &down(b, &y), &max);
+        assert_exact(&format!("{ctx} argmax"), &down(b, &arg), &argmax);
+
+        let mut want = vec![0.0f64; g.input_len()];
+        for (win, &i) in argmax_at.iter().enumerate() {
+            want[i] += dy[win] as f64;
+        }
+        let mut dx = poisoned(b, g.input_len());
+        b.max_pool2d_backward(&up(b, &dy), &up(b, &argmax), &mut dx, &g)
+            .unwrap();
+        assert_close(
+            &format!("{ctx} max backward"),
+            &down(b, &dx),
+            &want,
+            1e-6,
+            1e-6,
+        );
+
+        let mut y = poisoned(b, g.output_len());
+        b.avg_pool2d(&xb, &mut y, &g).unwrap();
+        assert_close(&format!("{ctx} avg"), &down(b, &y), &avg, 1e-6, 1e-5);
+        let mut want = vec![0.0f64; g.input_len()];
+        each_window_tap(&g, |plane, o, q, _, _, at| {
+            if let Some(i) = at {
+                want[i] += dy[(plane * oh + o) * ow + q] as f64 / area;
+            }
+        });
+        let mut dx = poisoned(b, g.input_len());
+        b.avg_pool2d_backward(&up(b, &dy), &mut dx, &g).unwrap();
+        assert_close(
+            &format!("{ctx} avg backward"),
+            &down(b, &dx),
+            &want,
+            1e-6,
+            1e-5,
+        );
+    }
+}
+
 fn errors<B: Backend>(b: &B) {
     let name = b.name();
     let buf = |len: usize| b.zeros(len).unwrap();
     let ctx = |what: &str| format!("{name}: {what}");
+
+    let g = Window2d {
+        batch: 1,
+        channels: 1,
+        height: 4,
+        width: 4,
+        kernel_h: 3,
+        kernel_w: 3,
+        stride_h: 1,
+        stride_w: 1,
+        pad_h: 0,
+        pad_w: 0,
+    };
+    let (x16, mut cols) = (buf(16), buf(g.cols_len()));
+    assert_err(
+        &ctx("im2col stride 0"),
+        b.im2col(&x16, &mut cols, &Window2d { stride_h: 0, ..g }),
+        &["im2col", "stride"],
+    );
+    assert_err(
+        &ctx("im2col window too big"),
+        b.im2col(&x16, &mut cols, &Window2d { kernel_h: 5, ..g }),
+        &["does not fit"],
+    );
+    assert_err(
+        &ctx("im2col cols length"),
+        b.im2col(&x16, &mut buf(3), &g),
+        &["im2col", "cols"],
+    );
+    let (mut p1, mut p2) = (buf(4), buf(4));
+    assert_err(
+        &ctx("pool padding"),
+        b.max_pool2d(
+            &x16,
+            &mut p1,
+            &mut p2,
+            &Window2d {
+                kernel_h: 2,
+                kernel_w: 2,
+                pad_h: 2,
+                ..g
+            },
+        ),
+        &["max_pool2d", "padding"],
+    );
+    assert_err(
+        &ctx("avg_pool2d y length"),
+        b.avg_pool2d(&x16, &mut buf(5), &g),
+        &["avg_pool2d", "y"],
+    );
 
     let (x, mut y4) = (buf(5), buf(4));
     assert_err(
@@ -1146,7 +1354,7 @@ macro_rules! conformance_suite {
 
             conformance_suite!(@tests $backends; memory, unary, unary_backward, affine,
                 binary, copy_strided, sum_axis, log_softmax, softmax_cross_entropy,
-                sgd_step, adamw_step, gemm, gemm_bias_act, errors);
+                sgd_step, adamw_step, gemm, gemm_bias_act, im2col, pooling, errors);
         }
     };
     (@tests $backends:expr; $($check:ident),*) => {

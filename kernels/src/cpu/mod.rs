@@ -8,13 +8,14 @@ pub mod math;
 mod optim;
 mod reduce;
 mod softmax;
+mod window;
 
 pub use isa::{Isa, Simd};
 
 use crate::validate;
 use crate::{
     AdamWParams, Backend, BinaryLayout, BinaryOp, GemmSpec, KernelError, Result, SgdParams,
-    StridedLayout, UnaryOp,
+    StridedLayout, UnaryOp, Window2d,
 };
 use gemm::MatRef;
 
@@ -219,6 +220,61 @@ impl Backend for CpuBackend {
         validate::scalar(OP, "dloss", dloss.len())?;
         validate::labels(OP, labels, rows, cols)?;
         softmax::softmax_cross_entropy_backward(self.simd, probs, labels, dloss[0], dlogits, cols);
+        Ok(())
+    }
+
+    fn im2col(&self, x: &Vec<f32>, cols: &mut Vec<f32>, g: &Window2d) -> Result<()> {
+        validate::im2col(g, x.len(), cols.len())?;
+        window::im2col(x, cols, g);
+        Ok(())
+    }
+
+    fn col2im(&self, cols: &Vec<f32>, x: &mut Vec<f32>, g: &Window2d) -> Result<()> {
+        validate::col2im(g, cols.len(), x.len())?;
+        window::col2im(cols, x, g);
+        Ok(())
+    }
+
+    fn max_pool2d(
+        &self,
+        x: &Vec<f32>,
+        y: &mut Vec<f32>,
+        argmax: &mut Vec<f32>,
+        g: &Window2d,
+    ) -> Result<()> {
+        let outs = [("y", y.len()), ("argmax", argmax.len())];
+        validate::pool("max_pool2d", g, ("x", x.len()), &outs)?;
+        window::max_pool2d(x, y, argmax, g);
+        Ok(())
+    }
+
+    fn max_pool2d_backward(
+        &self,
+        dy: &Vec<f32>,
+        argmax: &Vec<f32>,
+        dx: &mut Vec<f32>,
+        g: &Window2d,
+    ) -> Result<()> {
+        let outs = [("dy", dy.len()), ("argmax", argmax.len())];
+        validate::pool("max_pool2d_backward", g, ("dx", dx.len()), &outs)?;
+        window::max_pool2d_backward(dy, argmax, dx, g);
+        Ok(())
+    }
+
+    fn avg_pool2d(&self, x: &Vec<f32>, y: &mut Vec<f32>, g: &Window2d) -> Result<()> {
+        validate::pool("avg_pool2d", g, ("x", x.len()), &[("y", y.len())])?;
+        window::avg_pool2d(x, y, g);
+        Ok(())
+    }
+
+    fn avg_pool2d_backward(&self, dy: &Vec<f32>, dx: &mut Vec<f32>, g: &Window2d) -> Result<()> {
+        validate::pool(
+            "avg_pool2d_backward",
+            g,
+            ("dx", dx.len()),
+            &[("dy", dy.len())],
+        )?;
+        window::avg_pool2d_backward(dy, dx, g);
         Ok(())
     }
 

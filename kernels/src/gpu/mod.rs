@@ -18,7 +18,7 @@ pub use pool::GpuBuffer;
 
 use crate::{
     validate, AdamWParams, Backend, BinaryLayout, BinaryOp, GemmSpec, KernelError, Result,
-    SgdParams, StridedLayout, UnaryOp,
+    SgdParams, StridedLayout, UnaryOp, Window2d,
 };
 use device::Context;
 use params::{u32_of, ACT_NONE, MAX_RANK, OP_AFFINE};
@@ -237,6 +237,22 @@ impl GpuBackend {
             }
         }
         Ok(())
+    }
+
+    /// One window kernel over `len` invocations (one per element it writes).
+    fn window(
+        &self,
+        shader: Shader,
+        op: &'static str,
+        g: &Window2d,
+        len: usize,
+        buffers: &[&GpuBuffer],
+    ) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let p = params::Window::new(op, g, len)?;
+        self.dispatch(shader, &p, buffers, self.grid(len, WG)?)
     }
 
     /// Sums `x` viewed as `[outer, axis, inner]` over `axis`, times `scale`.
@@ -554,6 +570,57 @@ impl Backend for GpuBackend {
         let bufs = [probs, &labels, dloss, &*dlogits];
         let groups = self.grid(rows * cols, WG)?;
         self.dispatch(Shader::CrossEntropyBackward, &p, &bufs, groups)
+    }
+
+    fn im2col(&self, x: &GpuBuffer, cols: &mut GpuBuffer, g: &Window2d) -> Result<()> {
+        validate::im2col(g, x.len, cols.len)?;
+        self.window(Shader::Im2col, "im2col", g, cols.len, &[x, cols])
+    }
+
+    fn col2im(&self, cols: &GpuBuffer, x: &mut GpuBuffer, g: &Window2d) -> Result<()> {
+        validate::col2im(g, cols.len, x.len)?;
+        self.window(Shader::Col2im, "col2im", g, x.len, &[cols, x])
+    }
+
+    fn max_pool2d(
+        &self,
+        x: &GpuBuffer,
+        y: &mut GpuBuffer,
+        argmax: &mut GpuBuffer,
+        g: &Window2d,
+    ) -> Result<()> {
+        const OP: &str = "max_pool2d";
+        validate::pool(OP, g, ("x", x.len), &[("y", y.len), ("argmax", argmax.len)])?;
+        self.window(Shader::MaxPool, OP, g, y.len, &[x, y, argmax])
+    }
+
+    fn max_pool2d_backward(
+        &self,
+        dy: &GpuBuffer,
+        argmax: &GpuBuffer,
+        dx: &mut GpuBuffer,
+        g: &Window2d,
+    ) -> Result<()> {
+        const OP: &str = "max_pool2d_backward";
+        validate::pool(
+            OP,
+            g,
+            ("dx", dx.len),
+            &[("dy", dy.len), ("argmax", argmax.len)],
+        )?;
+        self.window(Shader::MaxPoolBackward, OP, g, dx.len, &[dy, argmax, dx])
+    }
+
+    fn avg_pool2d(&self, x: &GpuBuffer, y: &mut GpuBuffer, g: &Window2d) -> Result<()> {
+        const OP: &str = "avg_pool2d";
+        validate::pool(OP, g, ("x", x.len), &[("y", y.len)])?;
+        self.window(Shader::AvgPool, OP, g, y.len, &[x, y])
+    }
+
+    fn avg_pool2d_backward(&self, dy: &GpuBuffer, dx: &mut GpuBuffer, g: &Window2d) -> Result<()> {
+        const OP: &str = "avg_pool2d_backward";
+        validate::pool(OP, g, ("dx", dx.len), &[("dy", dy.len)])?;
+        self.window(Shader::AvgPoolBackward, OP, g, dx.len, &[dy, dx])
     }
 
     fn sgd_step(

@@ -153,3 +153,44 @@ pub(super) fn dims(op: &'static str, what: &str, v: &[usize]) -> Result<[u32; MA
     }
     Ok(out)
 }
+
+/// shaders/window.wgsl's geometry, for `len` invocations.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(super) struct Window {
+    pub len: u32,
+    pub height: u32,
+    pub width: u32,
+    pub kernel_h: u32,
+    pub kernel_w: u32,
+    pub stride_h: u32,
+    pub stride_w: u32,
+    pub pad_h: u32,
+    pub pad_w: u32,
+    pub out_h: u32,
+    pub out_w: u32,
+    pub scale: f32,
+}
+
+impl Window {
+    pub fn new(op: &'static str, g: &crate::Window2d, len: usize) -> Result<Self> {
+        // Every index the kernels form stays below the largest buffer length, which the
+        // caller checked fits u32 (`len`, the input and the columns).
+        u32_of(op, "input elements", g.input_len())?;
+        u32_of(op, "im2col elements", g.cols_len())?;
+        Ok(Self {
+            len: u32_of(op, "elements", len)?,
+            height: u32_of(op, "height", g.height)?,
+            width: u32_of(op, "width", g.width)?,
+            kernel_h: u32_of(op, "kernel_h", g.kernel_h)?,
+            kernel_w: u32_of(op, "kernel_w", g.kernel_w)?,
+            stride_h: u32_of(op, "stride_h", g.stride_h)?,
+            stride_w: u32_of(op, "stride_w", g.stride_w)?,
+            pad_h: u32_of(op, "pad_h", g.pad_h)?,
+            pad_w: u32_of(op, "pad_w", g.pad_w)?,
+            out_h: u32_of(op, "out_h", g.out_h())?,
+            out_w: u32_of(op, "out_w", g.out_w())?,
+            scale: 1.0 / (g.kernel_h * g.kernel_w) as f32,
+        })
+    }
+}

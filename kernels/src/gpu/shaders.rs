@@ -9,6 +9,7 @@ use std::sync::Mutex;
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
 const REDUCE: &str = include_str!("../../shaders/reduce.wgsl");
 const GEMM: &str = include_str!("../../shaders/gemm.wgsl");
+const WINDOW: &str = include_str!("../../shaders/window.wgsl");
 const GEMM_LOAD_VEC4: &str = include_str!("../../shaders/gemm_load_vec4.wgsl");
 const GEMM_LOAD_SCALAR: &str = include_str!("../../shaders/gemm_load_scalar.wgsl");
 
@@ -29,6 +30,12 @@ pub(super) enum Shader {
     Sgd,
     AdamW,
     Gemm(GemmVariant),
+    Im2col,
+    Col2im,
+    MaxPool,
+    MaxPoolBackward,
+    AvgPool,
+    AvgPoolBackward,
 }
 
 /// GEMM variants: which operands are stored transposed, and which can be read as vec4s.
@@ -78,6 +85,20 @@ impl Shader {
             Shader::Sgd => (include_str!("../../shaders/sgd.wgsl"), "main", false),
             Shader::AdamW => (include_str!("../../shaders/adamw.wgsl"), "main", false),
             Shader::Gemm(_) => (GEMM, "main", false),
+            Shader::Im2col => (include_str!("../../shaders/im2col.wgsl"), "main", false),
+            Shader::Col2im => (include_str!("../../shaders/col2im.wgsl"), "main", false),
+            Shader::MaxPool => (include_str!("../../shaders/max_pool.wgsl"), "main", false),
+            Shader::MaxPoolBackward => (
+                include_str!("../../shaders/max_pool_backward.wgsl"),
+                "main",
+                false,
+            ),
+            Shader::AvgPool => (include_str!("../../shaders/avg_pool.wgsl"), "main", false),
+            Shader::AvgPoolBackward => (
+                include_str!("../../shaders/avg_pool_backward.wgsl"),
+                "main",
+                false,
+            ),
         }
     }
 
@@ -86,6 +107,17 @@ impl Shader {
         let mut src = String::from(COMMON);
         if reduce {
             src.push_str(REDUCE);
+        }
+        if matches!(
+            self,
+            Shader::Im2col
+                | Shader::Col2im
+                | Shader::MaxPool
+                | Shader::MaxPoolBackward
+                | Shader::AvgPool
+                | Shader::AvgPoolBackward
+        ) {
+            src.push_str(WINDOW);
         }
         if let Shader::Gemm(v) = self {
             src.push_str(&gemm_loader("a", 1, v.vec4_a));

@@ -1,0 +1,30 @@
+// cols[n][c kh kw + ki kw + kj][o ow + q] = x[n][c][o sh + ki - ph][q sw + kj - pw], zero in
+// the padding; one invocation per column entry.
+
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> cols: array<f32>;
+
+@compute @workgroup_size(256)
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = flat_index(wg, groups, lid, 256u);
+    if i >= p.len {
+        return;
+    }
+    let q = i % p.out_w;
+    let o = (i / p.out_w) % p.out_h;
+    let row = i / (p.out_h * p.out_w);
+    let kj = row % p.kernel_w;
+    let ki = (row / p.kernel_w) % p.kernel_h;
+    let plane = row / (p.kernel_w * p.kernel_h);
+    let r = source(o, ki, p.stride_h, p.pad_h, p.height);
+    let c = source(q, kj, p.stride_w, p.pad_w, p.width);
+    var v = 0.0;
+    if r >= 0 && c >= 0 {
+        v = x[(plane * p.height + u32(r)) * p.width + u32(c)];
+    }
+    cols[i] = v;
+}
