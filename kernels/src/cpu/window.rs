@@ -34,7 +34,7 @@ fn by_plane(out: &mut [f32], plane_len: usize, f: impl Fn(usize, &mut [f32]) + S
 #[inline]
 fn covering(h: usize, k: usize, stride: usize, pad: usize, out: usize) -> Option<usize> {
     let hp = h + pad;
-    if hp < k || (hp - k) % stride != 0 {
+    if hp < k || !(hp - k).is_multiple_of(stride) {
         return None;
     }
     let o = (hp - k) / stride;
