@@ -935,7 +935,6 @@ fn gemm_bias_act<B: Backend>(b: &B) {
     );
 }
 
-/// Every op rejects buffers whose lengths do not match its arguments, and bad arguments.
 // ---- sliding windows ------------------------------------------------------------------------
 
 /// Geometries with odd sizes, padding, strides, non-square kernels, several images and
@@ -1094,6 +1093,7 @@ fn pooling<B: Backend>(b: &B) {
     }
 }
 
+/// Every op rejects buffers whose lengths do not match its arguments, and bad arguments.
 fn errors<B: Backend>(b: &B) {
     let name = b.name();
     let buf = |len: usize| b.zeros(len).unwrap();
