@@ -3,8 +3,9 @@
 //! topological order and applies each op's gradient rule.
 
 use crate::device::{buf, on_device, wrap};
+use crate::window_ops;
 use crate::{no_grad, Error, Result, Tensor, TensorId, Var};
-use ringtrain_kernels::{Backend, BinaryOp, UnaryOp};
+use ringtrain_kernels::{Backend, BinaryOp, UnaryOp, Window2d};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -39,6 +40,23 @@ pub(crate) enum Op {
         labels: Arc<[u32]>,
         probs: Tensor,
     },
+    /// Convolution without its bias (added as a separate op); `cols` is the input's
+    /// im2col, kept for the weight gradient.
+    Conv2d {
+        x: Tensor,
+        weight: Tensor,
+        cols: Tensor,
+        geom: Window2d,
+    },
+    MaxPool2d {
+        x: Tensor,
+        argmax: Tensor,
+        geom: Window2d,
+    },
+    AvgPool2d {
+        x: Tensor,
+        geom: Window2d,
+    },
 }
 
 impl Op {
@@ -51,7 +69,10 @@ impl Op {
             | Op::Reshape(x)
             | Op::Transpose(x, ..)
             | Op::LogSoftmax(x)
-            | Op::CrossEntropy { logits: x, .. } => vec![x],
+            | Op::CrossEntropy { logits: x, .. }
+            | Op::MaxPool2d { x, .. }
+            | Op::AvgPool2d { x, .. } => vec![x],
+            Op::Conv2d { x, weight, .. } => vec![x, weight],
             Op::Binary(_, a, b) | Op::Matmul { a, b, .. } => vec![a, b],
             Op::Linear { x, weight, bias } => vec![x, weight, bias],
         }
@@ -260,6 +281,23 @@ fn input_grads(op: &Op, out: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>>
                 .transpose()?,
             wants(bias).then(|| g.sum_to(bias.shape())).transpose()?,
         ],
+        Op::Conv2d {
+            x,
+            weight,
+            cols,
+            geom,
+        } => vec![
+            wants(x)
+                .then(|| window_ops::conv2d_input_grad(g, weight, geom))
+                .transpose()?,
+            wants(weight)
+                .then(|| window_ops::conv2d_weight_grad(g, cols, weight))
+                .transpose()?,
+        ],
+        Op::MaxPool2d { x, argmax, geom } => {
+            vec![Some(window_ops::max_pool2d_grad(g, argmax, x, geom)?)]
+        }
+        Op::AvgPool2d { x, geom } => vec![Some(window_ops::avg_pool2d_grad(g, x, geom)?)],
         Op::Sum(x) => vec![Some(g.broadcast_as(x.shape().clone())?)],
         Op::BroadcastAs(x) => vec![Some(g.sum_to(x.shape())?)],
         Op::Reshape(x) => vec![Some(g.reshape(x.shape().clone())?)],

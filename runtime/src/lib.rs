@@ -10,6 +10,7 @@ pub mod optim;
 mod shape;
 mod tensor;
 mod var;
+mod window_ops;
 
 pub use backprop::GradStore;
 pub use device::Device;

@@ -7,7 +7,7 @@ use crate::{Error, Result, Shape, Tensor};
 use ringtrain_kernels::{Backend, BinaryLayout, BinaryOp, GemmSpec, StridedLayout, UnaryOp};
 use std::sync::Arc;
 
-fn same_device(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+pub(crate) fn same_device(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     if a.device().same_kind(b.device()) {
         Ok(())
     } else {
@@ -20,14 +20,14 @@ fn same_device(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
 }
 
 /// `Some(op)` when gradients must flow through the result.
-fn record(inputs: &[&Tensor], op: impl FnOnce() -> Op) -> Option<Op> {
+pub(crate) fn record(inputs: &[&Tensor], op: impl FnOnce() -> Op) -> Option<Op> {
     inputs.iter().any(|t| t.tracks_grad()).then(op)
 }
 
 impl Tensor {
     /// Runs `f` on the storage of both operands, locking it once when they share it
     /// (`x.mul(&x)`): a second read lock from the same thread may block behind a writer.
-    fn with_pair<T>(
+    pub(crate) fn with_pair<T>(
         &self,
         other: &Tensor,
         f: impl FnOnce(&Storage, &Storage) -> Result<T>,
@@ -40,7 +40,7 @@ impl Tensor {
         }
     }
 
-    fn derived(&self, storage: Storage, shape: Shape, op: Option<Op>) -> Tensor {
+    pub(crate) fn derived(&self, storage: Storage, shape: Shape, op: Option<Op>) -> Tensor {
         Tensor::from_storage(storage, shape, self.device().clone(), op)
     }
 

@@ -618,3 +618,43 @@ fn detach_stops_the_gradient() {
     let g = loss.backward().unwrap().get(&x).unwrap().to_vec().unwrap();
     assert_eq!(g, vec![1.0, -2.0, 3.0]);
 }
+
+/// Distinct values (a shuffle of multiples of 0.05) of `dims`: no two within 2 H of each
+/// other, so a max never switches under a finite-difference step.
+fn distinct(seed: u64, dims: &[usize]) -> (Vec<f32>, Shape) {
+    let shape = Shape::from(dims);
+    let n = shape.elem_count();
+    let mut rng = rng_from_seed(seed);
+    let mut v: Vec<f32> = (0..n).map(|i| i as f32 * 0.05 - n as f32 * 0.025).collect();
+    for i in (1..n).rev() {
+        v.swap(i, rng.random_range(0..=i));
+    }
+    (v, shape)
+}
+
+#[test]
+fn grad_conv2d() {
+    // Padding 1, a bias, sizes that are not multiples of anything.
+    check_grads(
+        &[input(70, &[2, 3, 5, 6]), input(71, &[4, 3, 3, 3]), input(72, &[4])],
+        |t| t[0].conv2d(&t[1], Some(&t[2]), (1, 1), (1, 1)),
+    );
+    // Stride 2 by 1, a non-square kernel, padding on rows only, no bias.
+    check_grads(&[input(73, &[1, 2, 7, 5]), input(74, &[3, 2, 2, 3])], |t| {
+        t[0].conv2d(&t[1], None, (2, 1), (1, 0))
+    });
+}
+
+#[test]
+fn grad_pooling() {
+    check_grads(&[distinct(75, &[2, 3, 6, 5])], |t| {
+        t[0].max_pool2d((2, 2), (2, 2), (0, 0))
+    });
+    // Overlapping windows with padding: an element can win two windows.
+    check_grads(&[distinct(76, &[1, 2, 5, 5])], |t| {
+        t[0].max_pool2d((3, 3), (2, 2), (1, 1))
+    });
+    check_grads(&[input(77, &[2, 2, 5, 6])], |t| {
+        t[0].avg_pool2d((2, 3), (2, 2), (1, 1))
+    });
+}
