@@ -5,6 +5,7 @@
 //!     cargo run --release --example mnist -- --optimizer adamw --lr 1e-3 --hidden 256
 //!     cargo run --release --example mnist -- --data-dir ~/mnist --epochs 20   # full MNIST
 //!     cargo run --release --example mnist -- --devices 4     # data parallel, 4 replicas
+//!     cargo run --release --example mnist -- --model cnn     # a small CNN
 
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -12,7 +13,7 @@ use ringtrain::data::{Batches, Mnist};
 use ringtrain::eval::evaluate;
 use ringtrain::parallel::{DataParallel, DataParallelConfig};
 use ringtrain::prelude::*;
-use ringtrain::zoo::{mlp, Activation};
+use ringtrain::zoo::{cnn, mlp, Activation};
 use serde::Serialize;
 use std::error::Error;
 use std::io::Write;
@@ -30,6 +31,14 @@ enum Backend {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ModelKind {
+    /// A multi-layer perceptron (see --hidden, --activation).
+    Mlp,
+    /// Two convolution blocks and a classifier (ringtrain::zoo::cnn).
+    Cnn,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum OptimizerKind {
     /// SGD with momentum (see --momentum).
     Sgd,
@@ -37,8 +46,10 @@ enum OptimizerKind {
 }
 
 #[derive(Parser, Debug)]
-#[command(about = "Train an MLP on MNIST with ringtrain")]
+#[command(about = "Train an MLP or a CNN on MNIST with ringtrain")]
 struct Args {
+    #[arg(long, value_enum, default_value = "mlp")]
+    model: ModelKind,
     /// Device to train on.
     #[arg(long, value_enum, default_value = "auto")]
     backend: Backend,
@@ -57,7 +68,7 @@ struct Args {
     /// Weight decay (L2 for sgd, decoupled for adamw).
     #[arg(long, default_value_t = 0.0)]
     weight_decay: f32,
-    /// Hidden layer sizes, comma separated.
+    /// Hidden layer sizes of the MLP, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "512,256")]
     hidden: Vec<usize>,
     #[arg(long, default_value = "relu")]
@@ -213,14 +224,22 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
     // parameters), so one device and N devices start from the same weights.
     let build = |device: &Device| -> ringtrain::Result<(Sequential, BoxedOptimizer)> {
         let mut rng = rng_from_seed(args.seed);
-        let model = mlp(
-            train.features(),
-            &args.hidden,
-            train.num_classes,
-            activation,
-            device,
-            &mut rng,
-        )?;
+        let model = match args.model {
+            ModelKind::Mlp => mlp(
+                train.features(),
+                &args.hidden,
+                train.num_classes,
+                activation,
+                device,
+                &mut rng,
+            )?,
+            ModelKind::Cnn => cnn(
+                (1, train.rows, train.cols),
+                train.num_classes,
+                device,
+                &mut rng,
+            )?,
+        };
         let optimizer: BoxedOptimizer = match args.optimizer {
             OptimizerKind::Sgd => Box::new(Sgd::new(
                 model.parameters(),
@@ -275,14 +294,27 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
         )?;
         (lr, Trainer::Parallel(dp))
     };
+    let model_name = match args.model {
+        ModelKind::Mlp => format!(
+            "mlp {}-{}-{}",
+            train.features(),
+            args.hidden
+                .iter()
+                .map(|h| h.to_string())
+                .collect::<Vec<_>>()
+                .join("-"),
+            train.num_classes
+        ),
+        ModelKind::Cnn => format!(
+            "cnn 1x{}x{} -> {}",
+            train.rows, train.cols, train.num_classes
+        ),
+    };
     println!(
-        "mnist: {} train / {} test digits from {} | model {}-{}-{} ({} parameters) | {:?} lr {} | {}",
+        "mnist: {} train / {} test digits from {} | model {model_name} ({} parameters) | {:?} lr {} | {}",
         train.len,
         test.len,
         data_dir.display(),
-        train.features(),
-        args.hidden.iter().map(|h| h.to_string()).collect::<Vec<_>>().join("-"),
-        train.num_classes,
         trainer.model().num_parameters(),
         args.optimizer,
         lr,

@@ -12,8 +12,9 @@ pub struct Evaluation {
     pub samples: usize,
 }
 
-/// Runs `model` over `dataset` in batches of `batch_size` (no gradients recorded) and
-/// scores its logits with cross-entropy and top-1 accuracy.
+/// Runs `model` over `dataset` in batches of `batch_size` (no gradients recorded, layers
+/// in evaluation mode) and scores its logits with cross-entropy and top-1 accuracy. The
+/// model is left in training mode.
 pub fn evaluate(
     model: &dyn Module,
     dataset: &Dataset,
@@ -22,6 +23,18 @@ pub fn evaluate(
 ) -> Result<Evaluation> {
     let batches = Batches::new(dataset, batch_size, None)
         .map_err(|e| ringtrain_runtime::Error::InvalidArgument(e.to_string()))?;
+    model.set_training(false);
+    let result = score(model, dataset, batches, device);
+    model.set_training(true);
+    result
+}
+
+fn score(
+    model: &dyn Module,
+    dataset: &Dataset,
+    batches: Batches,
+    device: &Device,
+) -> Result<Evaluation> {
     no_grad(|| {
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
         for batch in batches {

@@ -2,11 +2,25 @@
 //! name, which is all an optimizer, a checkpoint or a data-parallel replica needs.
 
 mod activation;
+mod conv;
+mod dropout;
+mod embedding;
+mod flatten;
 mod linear;
+mod norm;
+mod pool;
+mod residual;
 mod sequential;
 
 pub use activation::{Gelu, Relu, Sigmoid, Tanh};
+pub use conv::{Conv2d, Conv2dConfig};
+pub use dropout::Dropout;
+pub use embedding::Embedding;
+pub use flatten::{Flatten, Unflatten};
 pub use linear::Linear;
+pub use norm::{BatchNorm2d, LayerNorm};
+pub use pool::{AvgPool2d, MaxPool2d};
+pub use residual::Residual;
 pub use sequential::Sequential;
 
 use ringtrain_runtime::{Result, Tensor, Var};
@@ -25,6 +39,11 @@ pub trait Module {
             .map(|(_, v)| v)
             .collect()
     }
+
+    /// Switches between training and evaluation behaviour (dropout, batch statistics);
+    /// containers pass it on to their layers. Layers that behave the same in both ignore
+    /// it. Modules start in training mode.
+    fn set_training(&self, _training: bool) {}
 
     /// Number of trainable scalars.
     fn num_parameters(&self) -> usize {

@@ -41,6 +41,12 @@ impl Module for Sequential {
         Ok(x)
     }
 
+    fn set_training(&self, training: bool) {
+        for layer in &self.layers {
+            layer.set_training(training);
+        }
+    }
+
     fn named_parameters(&self) -> Vec<(String, Var)> {
         self.layers
             .iter()

@@ -1,0 +1,99 @@
+use super::Module;
+use ringtrain_runtime::{Device, Error, Result, Rng, Tensor, Var};
+
+/// 2-D convolution over `[batch, in_channels, height, width]` inputs, weight stored
+/// `[out_channels, in_channels, kernel_h, kernel_w]` as PyTorch stores it. Runs as
+/// im2col and one FMA GEMM per image on every backend.
+pub struct Conv2d {
+    weight: Var,
+    bias: Option<Var>,
+    stride: (usize, usize),
+    padding: (usize, usize),
+}
+
+/// A square kernel's convolution settings; see [`Conv2d::new`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dConfig {
+    pub stride: usize,
+    pub padding: usize,
+    pub bias: bool,
+}
+
+impl Default for Conv2dConfig {
+    fn default() -> Self {
+        Self {
+            stride: 1,
+            padding: 0,
+            bias: true,
+        }
+    }
+}
+
+impl Conv2d {
+    /// PyTorch's default initialisation: weight and bias uniform in `+-1/sqrt(fan_in)`,
+    /// `fan_in = in_channels * kernel * kernel`.
+    pub fn new(
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        config: Conv2dConfig,
+        device: &Device,
+        rng: &mut Rng,
+    ) -> Result<Conv2d> {
+        if in_channels == 0 || out_channels == 0 || kernel == 0 || config.stride == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "Conv2d needs positive channels, kernel and stride, got {in_channels} -> \
+                 {out_channels}, kernel {kernel}, stride {}",
+                config.stride
+            )));
+        }
+        let fan_in = in_channels * kernel * kernel;
+        let bound = 1.0 / (fan_in as f32).sqrt();
+        let w = Tensor::rand_uniform(
+            -bound,
+            bound,
+            vec![out_channels, in_channels, kernel, kernel],
+            rng,
+            device,
+        )?;
+        let bias = if config.bias {
+            let b = Tensor::rand_uniform(-bound, bound, out_channels, rng, device)?;
+            Some(Var::from_tensor(&b)?)
+        } else {
+            None
+        };
+        Ok(Conv2d {
+            weight: Var::from_tensor(&w)?,
+            bias,
+            stride: (config.stride, config.stride),
+            padding: (config.padding, config.padding),
+        })
+    }
+
+    pub fn weight(&self) -> &Var {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> Option<&Var> {
+        self.bias.as_ref()
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.conv2d(
+            &self.weight,
+            self.bias.as_ref().map(Var::as_tensor),
+            self.stride,
+            self.padding,
+        )
+    }
+
+    fn named_parameters(&self) -> Vec<(String, Var)> {
+        let mut p = vec![("weight".to_string(), self.weight.clone())];
+        if let Some(b) = &self.bias {
+            p.push(("bias".to_string(), b.clone()));
+        }
+        p
+    }
+}

@@ -1,0 +1,163 @@
+//! Normalisation layers, composed from tensor ops, so their gradients come from the
+//! autograd of those ops (and run on every backend).
+
+use super::Module;
+use ringtrain_runtime::{no_grad, Device, Error, Result, Tensor, Var};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+/// Batch normalisation over the channels of `[batch, channels, height, width]` inputs, as
+/// PyTorch's `BatchNorm2d`: in training, each channel is normalised by its batch mean and
+/// (biased) variance over batch, height and width, and running estimates are updated
+/// with `momentum` (the variance unbiased); in evaluation the running estimates are used.
+/// Parameters `weight` (gamma, ones) and `bias` (beta, zeros), `[channels]` each. Under data parallelism each
+/// replica keeps the running estimates of its own shards (no synchronised batch norm).
+pub struct BatchNorm2d {
+    weight: Var,
+    bias: Var,
+    running: Mutex<(Tensor, Tensor)>,
+    momentum: f32,
+    eps: f32,
+    training: AtomicBool,
+}
+
+impl BatchNorm2d {
+    pub fn new(channels: usize, device: &Device) -> Result<Self> {
+        if channels == 0 {
+            return Err(Error::InvalidArgument("BatchNorm2d needs channels".into()));
+        }
+        let shape = vec![1, channels, 1, 1];
+        Ok(Self {
+            weight: Var::from_vec(vec![1.0; channels], channels, device)?,
+            bias: Var::zeros(channels, device)?,
+            running: Mutex::new((
+                Tensor::zeros(shape.clone(), device)?,
+                Tensor::ones(shape, device)?,
+            )),
+            momentum: 0.1,
+            eps: 1e-5,
+            training: AtomicBool::new(true),
+        })
+    }
+
+    /// The running mean and variance, `[1, channels, 1, 1]` each.
+    pub fn running_stats(&self) -> (Tensor, Tensor) {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl Module for BatchNorm2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let channels = self.weight.dims()[0];
+        if x.rank() != 4 || x.dims()[1] != channels {
+            return Err(Error::InvalidShape {
+                op: "BatchNorm2d",
+                reason: format!(
+                    "input of shape {} is not [batch, {channels}, height, width]",
+                    x.shape()
+                ),
+            });
+        }
+        let count = x.elem_count() / channels;
+        let (mean, var) = if self.training.load(Ordering::Relaxed) {
+            if count < 2 {
+                return Err(Error::InvalidShape {
+                    op: "BatchNorm2d",
+                    reason: format!(
+                        "training needs more than one value per channel, got {}",
+                        x.shape()
+                    ),
+                });
+            }
+            let mean = x.sum_keepdims(&[0, 2, 3])?.scale(1.0 / count as f32)?;
+            let var = x
+                .sub(&mean)?
+                .sqr()?
+                .sum_keepdims(&[0, 2, 3])?
+                .scale(1.0 / count as f32)?;
+            no_grad(|| -> Result<()> {
+                let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+                let m = self.momentum;
+                let unbiased = count as f32 / (count - 1) as f32;
+                running.0 = running.0.scale(1.0 - m)?.add(&mean.detach().scale(m)?)?;
+                running.1 = running
+                    .1
+                    .scale(1.0 - m)?
+                    .add(&var.detach().scale(m * unbiased)?)?;
+                Ok(())
+            })?;
+            (mean, var)
+        } else {
+            self.running_stats()
+        };
+        let per_channel = |v: &Var| v.reshape(vec![1, channels, 1, 1]);
+        x.sub(&mean)?
+            .div(&var.add_scalar(self.eps)?.sqrt()?)?
+            .mul(&per_channel(&self.weight)?)?
+            .add(&per_channel(&self.bias)?)
+    }
+
+    fn named_parameters(&self) -> Vec<(String, Var)> {
+        vec![
+            ("weight".into(), self.weight.clone()),
+            ("bias".into(), self.bias.clone()),
+        ]
+    }
+
+    fn set_training(&self, training: bool) {
+        self.training.store(training, Ordering::Relaxed);
+    }
+}
+
+/// Layer normalisation over the last dimension, as PyTorch's `LayerNorm(features)`: each
+/// row normalised by its own mean and (biased) variance, then scaled by `weight` and
+/// shifted by `bias`. The same in training and evaluation.
+pub struct LayerNorm {
+    weight: Var,
+    bias: Var,
+    eps: f32,
+}
+
+impl LayerNorm {
+    pub fn new(features: usize, device: &Device) -> Result<Self> {
+        if features == 0 {
+            return Err(Error::InvalidArgument("LayerNorm needs features".into()));
+        }
+        Ok(Self {
+            weight: Var::from_vec(vec![1.0; features], features, device)?,
+            bias: Var::zeros(features, device)?,
+            eps: 1e-5,
+        })
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let features = self.weight.dims()[0];
+        let last = x.rank().checked_sub(1);
+        let Some(last) = last.filter(|&l| x.dims()[l] == features) else {
+            return Err(Error::InvalidShape {
+                op: "LayerNorm",
+                reason: format!("input of shape {} does not end in {features}", x.shape()),
+            });
+        };
+        let inv = 1.0 / features as f32;
+        let mean = x.sum_keepdims(&[last])?.scale(inv)?;
+        let centred = x.sub(&mean)?;
+        let var = centred.sqr()?.sum_keepdims(&[last])?.scale(inv)?;
+        centred
+            .div(&var.add_scalar(self.eps)?.sqrt()?)?
+            .mul(&self.weight)?
+            .add(&self.bias)
+    }
+
+    fn named_parameters(&self) -> Vec<(String, Var)> {
+        vec![
+            ("weight".into(), self.weight.clone()),
+            ("bias".into(), self.bias.clone()),
+        ]
+    }
+}
