@@ -78,6 +78,9 @@ struct Args {
     /// A folder with the four MNIST IDX files (gzipped or not) [default: data/mnist-10k].
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Train on the first N training digits only (a quick run).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    train_limit: Option<u32>,
     /// Write one JSON object per epoch to this file (JSON lines).
     #[arg(long)]
     metrics_out: Option<PathBuf>,
@@ -217,7 +220,13 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
     let activation: Activation = args.activation.parse()?;
     let devices = pick_devices(args)?;
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
-    let mnist = Mnist::load(&data_dir)?;
+    let mut mnist = Mnist::load(&data_dir)?;
+    if let Some(n) = args.train_limit {
+        let train = &mut mnist.train;
+        train.len = train.len.min(n as usize);
+        train.images.truncate(train.len * train.features());
+        train.labels.truncate(train.len);
+    }
     let (train, test) = (&mnist.train, &mnist.test);
 
     // Every replica is built from the same seed (DataParallel also broadcasts replica 0's

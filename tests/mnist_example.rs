@@ -211,6 +211,43 @@ fn several_devices_train_like_one() {
     assert!(stderr(&out).contains("--devices"), "{}", stderr(&out));
 }
 
+/// The CNN trains on the CPU, on the GPU (lavapipe without one) and on 2 CPU replicas,
+/// and its loss falls the same way on all three (a short run on 1,000 digits).
+#[test]
+fn the_cnn_trains_the_same_way_everywhere() {
+    let quick = [
+        "--model",
+        "cnn",
+        "--epochs",
+        "2",
+        "--train-limit",
+        "1000",
+        "--batch-size",
+        "50",
+    ];
+    let run_on = |extra: &[&str]| {
+        let mut args = quick.to_vec();
+        args.extend(extra);
+        metrics_of(&args)
+    };
+    let (acc, cpu, _) = run_on(&["--backend", "cpu"]);
+    assert!(cpu[1] < cpu[0], "cnn loss did not fall: {cpu:?}");
+    assert!(acc > 0.8, "cnn accuracy {acc} after 2 short epochs");
+    for extra in [
+        &["--backend", "gpu"][..],
+        &["--backend", "cpu", "--devices", "2"][..],
+    ] {
+        let (other_acc, other, _) = run_on(extra);
+        for (a, b) in other.iter().zip(&cpu) {
+            assert!((a - b).abs() < 5e-3, "{extra:?}: loss {a} vs cpu {b}");
+        }
+        assert!(
+            (other_acc - acc).abs() < 0.02,
+            "{extra:?}: accuracy {other_acc} vs {acc}"
+        );
+    }
+}
+
 #[test]
 fn unavailable_backend_is_a_clear_error() {
     // No machine this runs on has a Metal or DX12 adapter and Linux besides.
