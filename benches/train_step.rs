@@ -1,14 +1,16 @@
-//! One training step of the MLP the issue tracker and docs/BENCHMARKS.md compare with
-//! PyTorch: 784-512-256-10 with ReLU, batch 128, SGD with momentum, cross-entropy.
+//! One training step of the models docs/BENCHMARKS.md compares with PyTorch
+//! (scripts/peers.py builds the same ones): the MLP 784-512-256-10 with ReLU, and
+//! `zoo::cnn` on 1x28x28 images; batch 128, SGD with momentum, cross-entropy.
 //! Throughput is reported in samples (elements) per second.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use ringtrain::nn::Sequential;
 use ringtrain::prelude::*;
-use ringtrain::zoo::{mlp, Activation};
+use ringtrain::zoo::{cnn, mlp, Activation};
 
 const BATCH: usize = 128;
 
-fn step(c: &mut Criterion) {
+fn bench_model(c: &mut Criterion, name: &str, build: fn(&Device, &mut Rng) -> Sequential) {
     let device = Device::cpu();
     let max_threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut thread_counts = vec![1];
@@ -21,7 +23,7 @@ fn step(c: &mut Criterion) {
             .build()
             .unwrap();
         let mut rng = rng_from_seed(0);
-        let model = mlp(784, &[512, 256], 10, Activation::Relu, &device, &mut rng).unwrap();
+        let model = build(&device, &mut rng);
         let config = SgdConfig {
             lr: 0.01,
             momentum: 0.9,
@@ -32,10 +34,13 @@ fn step(c: &mut Criterion) {
         let labels: Vec<u32> = (0..BATCH as u32).map(|i| i % 10).collect();
 
         let mut group = c.benchmark_group(format!(
-            "mlp_train_step/{}",
+            "{name}_train_step/{}",
             ringtrain::Simd::detect().isa()
         ));
         group.throughput(Throughput::Elements(BATCH as u64));
+        if name == "cnn" {
+            group.sample_size(20);
+        }
         group.bench_function(format!("{threads}t"), |b| {
             pool.install(|| {
                 b.iter(|| {
@@ -48,6 +53,13 @@ fn step(c: &mut Criterion) {
         });
         group.finish();
     }
+}
+
+fn step(c: &mut Criterion) {
+    bench_model(c, "mlp", |d, rng| {
+        mlp(784, &[512, 256], 10, Activation::Relu, d, rng).unwrap()
+    });
+    bench_model(c, "cnn", |d, rng| cnn((1, 28, 28), 10, d, rng).unwrap());
 }
 
 criterion_group!(benches, step);

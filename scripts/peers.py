@@ -209,12 +209,25 @@ def bench_torch_gemm(torch, sizes, min_time):
     return rows
 
 
-def bench_torch_mlp(torch, threads, steps, trials, warmup, batch=128):
+def mlp_model(nn):
+    """ringtrain's zoo::mlp(784, [512, 256], 10)."""
+    return nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(),
+                         nn.Linear(256, 10))
+
+
+def cnn_model(nn):
+    """ringtrain's zoo::cnn((1, 28, 28), 10), layer for layer."""
+    return nn.Sequential(nn.Unflatten(1, (1, 28, 28)),
+                         nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(32 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10))
+
+
+def bench_torch_step(torch, name, make_model, threads, steps, trials, warmup, batch=128):
     nn = torch.nn
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(),
-                          nn.Linear(256, 10))
+    model = make_model(nn)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
     nb = 8  # a small pool of distinct random batches, generated outside the timed loop
@@ -242,12 +255,12 @@ def bench_torch_mlp(torch, threads, steps, trials, warmup, batch=128):
            "ms_per_step": best * 1e3, "ms_per_step_median": med * 1e3,
            "samples_per_s": batch / best, "samples_per_s_median": batch / med,
            "final_loss": last_loss}
-    print(f"  mlp    threads={threads}  {row['samples_per_s']:9.0f} samples/s  "
+    print(f"  {name:6} threads={threads}  {row['samples_per_s']:9.0f} samples/s  "
           f"{row['ms_per_step']:6.3f} ms/step", flush=True)
     return row
 
 
-def bench_torch(sizes, min_time, threads_list, steps, trials, warmup):
+def bench_torch(sizes, min_time, threads_list, steps, trials, warmup, models):
     try:
         import torch
     except Exception as e:  # noqa: BLE001 - report any import failure, keep numpy results
@@ -258,7 +271,12 @@ def bench_torch(sizes, min_time, threads_list, steps, trials, warmup):
            "torch_mkldnn": torch.backends.mkldnn.is_available(),
            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
     out["gemm_torch"] = bench_torch_gemm(torch, sizes, min_time)
-    out["mlp"] = [bench_torch_mlp(torch, t, steps, trials, warmup) for t in threads_list]
+    makers = {"mlp": mlp_model, "cnn": cnn_model}
+    for name in models:
+        # A CNN step costs ~20x an MLP step: fewer steps per trial, same trials.
+        n = steps if name == "mlp" else max(steps // 20, 5)
+        out[name] = [bench_torch_step(torch, name, makers[name], t, n, trials, warmup)
+                     for t in threads_list]
     return out
 
 
@@ -289,7 +307,7 @@ def measure(args):
     result["gemm"] = np_res["gemm"]
     if not args.no_torch:
         result.update(bench_torch(sizes, args.min_time, args.threads, args.steps, args.trials,
-                                  args.warmup_steps))
+                                  args.warmup_steps, args.models))
     result["host"]["loadavg_end"] = loadavg()
     others = meter.stop() or {}
     result["host"].update(others)
@@ -323,11 +341,14 @@ def print_table(r):
         t = torch_by_n.get(row["n"])
         tcol = f"{t['gflops']:7.1f} / {t['gflops_median']:7.1f}" if t else f"{'-':>17}"
         print(f"{row['n']:>6} | {row['gflops']:7.1f} / {row['gflops_median']:7.1f} | {tcol}")
-    if r.get("mlp"):
+    titles = {"mlp": "PyTorch MLP 784-512-256-10", "cnn": "PyTorch CNN (ringtrain's zoo::cnn)"}
+    for name, title in titles.items():
+        if not r.get(name):
+            continue
         print()
-        print("PyTorch MLP 784-512-256-10 train step, batch 128, SGD momentum (best / median)")
+        print(f"{title} train step, batch 128, SGD momentum (best / median)")
         print(f"{'threads':>7} | {'samples/s':>19} | {'ms/step':>15}")
-        for m in r["mlp"]:
+        for m in r[name]:
             print(f"{m['threads']:>7} | {m['samples_per_s']:8.0f} / {m['samples_per_s_median']:8.0f}"
                   f" | {m['ms_per_step']:6.3f} / {m['ms_per_step_median']:6.3f}")
     h = r["host"]
@@ -408,6 +429,8 @@ def main(argv=None):
     p.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
                    help="first wait up to this long for other processes to leave the CPU idle")
     p.add_argument("--no-torch", action="store_true", help="skip the torch measurements")
+    p.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"],
+                   help="training steps to time with torch")
     p.add_argument("--plot", action="store_true", help="plot mode: draw an SVG from JSONs")
     p.add_argument("--ours", help="plot mode: our JSON ({'gemm': [{'n':..,'gflops':..}]})")
     p.add_argument("--ours-label", default="ringtrain", help="plot mode: legend for ours")

@@ -1,11 +1,12 @@
 //! Sliding-window ops on NCHW tensors: im2col and its adjoint for convolution, max and
 //! average pooling with their gradients.
 //!
-//! Every op writes each output element from one task, by a fixed loop order, with no
-//! scatter: the adjoints (col2im, pooling backward) gather, for each input element, the
-//! windows that cover it. So results do not depend on the thread count, and the GPU
-//! kernels (shaders/im2col.wgsl ...) follow the same formulas. Work is split by
-//! channel planes (one image channel per task) when it is large enough to pay.
+//! Work is split by channel planes (one image channel per task) when it is large enough
+//! to pay, and within a plane every loop runs in a fixed order, so results do not depend
+//! on the thread count. The adjoints (col2im, max-pool backward) scatter-add within their
+//! plane, which costs one pass over the windows; the GPU kernels gather instead (one
+//! invocation per input element, no atomics), so where windows overlap the two sum in a
+//! different order and agree to rounding.
 
 use super::elementwise::PAR_CHUNK;
 use crate::Window2d;
@@ -49,6 +50,19 @@ fn source(o: usize, k: usize, stride: usize, pad: usize, size: usize) -> Option<
     (hp >= pad && hp - pad < size).then(|| hp - pad)
 }
 
+/// The window positions `q` in `0..out` whose tap at kernel offset `k` reads inside
+/// `0..size`: `q * stride + k - pad` in range. Returns `lo..hi` (possibly empty).
+fn inside(k: usize, stride: usize, pad: usize, size: usize, out: usize) -> (usize, usize) {
+    let lo = pad.saturating_sub(k).div_ceil(stride);
+    // Largest q with q * stride + k - pad <= size - 1.
+    let hi = if size + pad > k {
+        ((size + pad - k - 1) / stride + 1).min(out)
+    } else {
+        0
+    };
+    (lo.min(hi), hi)
+}
+
 pub(crate) fn im2col(x: &[f32], cols: &mut [f32], g: &Window2d) {
     let (oh, ow) = (g.out_h(), g.out_w());
     let (h, w) = (g.height, g.width);
@@ -59,13 +73,24 @@ pub(crate) fn im2col(x: &[f32], cols: &mut [f32], g: &Window2d) {
         for ki in 0..g.kernel_h {
             for kj in 0..g.kernel_w {
                 let row = &mut out[(ki * g.kernel_w + kj) * oh * ow..][..oh * ow];
+                let (lo, hi) = inside(kj, g.stride_w, g.pad_w, w, ow);
                 for (o, dst) in row.chunks_mut(ow).enumerate() {
-                    match source(o, ki, g.stride_h, g.pad_h, h) {
-                        None => dst.fill(0.0),
-                        Some(r) => {
-                            for (q, d) in dst.iter_mut().enumerate() {
-                                *d = source(q, kj, g.stride_w, g.pad_w, w)
-                                    .map_or(0.0, |c| src[r * w + c]);
+                    let Some(r) = source(o, ki, g.stride_h, g.pad_h, h) else {
+                        dst.fill(0.0);
+                        continue;
+                    };
+                    dst[..lo].fill(0.0);
+                    dst[hi..].fill(0.0);
+                    if lo < hi {
+                        let first = r * w + lo * g.stride_w + kj - g.pad_w;
+                        if g.stride_w == 1 {
+                            dst[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
+                        } else {
+                            for (d, s) in dst[lo..hi]
+                                .iter_mut()
+                                .zip(src[first..].iter().step_by(g.stride_w))
+                            {
+                                *d = *s;
                             }
                         }
                     }
@@ -76,17 +101,30 @@ pub(crate) fn im2col(x: &[f32], cols: &mut [f32], g: &Window2d) {
 }
 
 pub(crate) fn col2im(cols: &[f32], x: &mut [f32], g: &Window2d) {
-    let plane_out = g.out_h() * g.out_w();
-    let per_image_channel = g.kernel_h * g.kernel_w * plane_out;
-    let w = g.width;
-    by_plane(x, g.height * w, |nc, out| {
-        let src = &cols[nc * per_image_channel..(nc + 1) * per_image_channel];
-        for (i, d) in out.iter_mut().enumerate() {
-            let mut sum = 0.0f32;
-            for_covering_windows(g, i / w, i % w, |win, pos| {
-                sum += src[pos * plane_out + win]
-            });
-            *d = sum;
+    let (oh, ow) = (g.out_h(), g.out_w());
+    let (h, w) = (g.height, g.width);
+    let per_plane = g.kernel_h * g.kernel_w * oh * ow;
+    by_plane(x, h * w, |nc, out| {
+        out.fill(0.0);
+        let src = &cols[nc * per_plane..(nc + 1) * per_plane];
+        for ki in 0..g.kernel_h {
+            for kj in 0..g.kernel_w {
+                let row = &src[(ki * g.kernel_w + kj) * oh * ow..][..oh * ow];
+                let (lo, hi) = inside(kj, g.stride_w, g.pad_w, w, ow);
+                if lo >= hi {
+                    continue;
+                }
+                for (o, vals) in row.chunks(ow).enumerate() {
+                    let Some(r) = source(o, ki, g.stride_h, g.pad_h, h) else {
+                        continue;
+                    };
+                    let first = r * w + lo * g.stride_w + kj - g.pad_w;
+                    let span = &mut out[first..];
+                    for (d, v) in span.iter_mut().step_by(g.stride_w).zip(&vals[lo..hi]) {
+                        *d += *v;
+                    }
+                }
+            }
         }
     });
 }
@@ -97,26 +135,30 @@ pub(crate) fn max_pool2d(x: &[f32], y: &mut [f32], argmax: &mut [f32], g: &Windo
     let plane_out = oh * ow;
     let run = |nc: usize, (ys, args): (&mut [f32], &mut [f32])| {
         let src = &x[nc * h * w..(nc + 1) * h * w];
-        for (i, (yv, av)) in ys.iter_mut().zip(args.iter_mut()).enumerate() {
-            let (o, q) = (i / ow, i % ow);
-            let (mut best, mut at, mut found) = (0.0f32, 0usize, false);
-            for ki in 0..g.kernel_h {
-                let Some(r) = source(o, ki, g.stride_h, g.pad_h, h) else {
-                    continue;
-                };
-                for kj in 0..g.kernel_w {
-                    let Some(c) = source(q, kj, g.stride_w, g.pad_w, w) else {
-                        continue;
-                    };
-                    let v = src[r * w + c];
-                    // The first maximum wins; NaN propagates, as in PyTorch.
-                    if !found || v > best || v.is_nan() && !best.is_nan() {
-                        (best, at, found) = (v, ki * g.kernel_w + kj, true);
+        for (o, (yrow, arow)) in ys.chunks_mut(ow).zip(args.chunks_mut(ow)).enumerate() {
+            // The kernel rows and columns that land inside the input: once per window
+            // row and column, so the taps themselves need no checks.
+            let r0 = o * g.stride_h;
+            let ki_lo = g.pad_h.saturating_sub(r0);
+            let ki_hi = (h + g.pad_h).saturating_sub(r0).min(g.kernel_h);
+            for (q, (yv, av)) in yrow.iter_mut().zip(arow.iter_mut()).enumerate() {
+                let c0 = q * g.stride_w;
+                let kj_lo = g.pad_w.saturating_sub(c0);
+                let kj_hi = (w + g.pad_w).saturating_sub(c0).min(g.kernel_w);
+                let (mut best, mut at, mut found) = (0.0f32, 0usize, false);
+                for ki in ki_lo..ki_hi {
+                    let row = &src[(r0 + ki - g.pad_h) * w..][..w];
+                    for kj in kj_lo..kj_hi {
+                        let v = row[c0 + kj - g.pad_w];
+                        // The first maximum wins; NaN propagates, as in PyTorch.
+                        if !found || v > best || v.is_nan() && !best.is_nan() {
+                            (best, at, found) = (v, ki * g.kernel_w + kj, true);
+                        }
                     }
                 }
+                *yv = best;
+                *av = at as f32;
             }
-            *yv = best;
-            *av = at as f32;
         }
     };
     if plane_out == 0 {
@@ -153,21 +195,26 @@ fn for_covering_windows(g: &Window2d, r: usize, c: usize, mut f: impl FnMut(usiz
 }
 
 pub(crate) fn max_pool2d_backward(dy: &[f32], argmax: &[f32], dx: &mut [f32], g: &Window2d) {
-    let plane_out = g.out_h() * g.out_w();
+    let (oh, ow) = (g.out_h(), g.out_w());
     let w = g.width;
     by_plane(dx, g.height * w, |nc, out| {
-        let (dyp, amp) = (
-            &dy[nc * plane_out..(nc + 1) * plane_out],
-            &argmax[nc * plane_out..(nc + 1) * plane_out],
-        );
-        for (i, d) in out.iter_mut().enumerate() {
-            let mut sum = 0.0f32;
-            for_covering_windows(g, i / w, i % w, |win, pos| {
-                if amp[win] == pos as f32 {
-                    sum += dyp[win];
-                }
-            });
-            *d = sum;
+        out.fill(0.0);
+        let at = nc * oh * ow;
+        for (win, (&d, &pos)) in dy[at..at + oh * ow]
+            .iter()
+            .zip(&argmax[at..at + oh * ow])
+            .enumerate()
+        {
+            let (o, q) = (win / ow, win % ow);
+            let pos = pos as usize;
+            let (ki, kj) = (pos / g.kernel_w, pos % g.kernel_w);
+            // The forward pass only ever recorded positions inside the input.
+            if let (Some(r), Some(c)) = (
+                source(o, ki, g.stride_h, g.pad_h, g.height),
+                source(q, kj, g.stride_w, g.pad_w, w),
+            ) {
+                out[r * w + c] += d;
+            }
         }
     });
 }
