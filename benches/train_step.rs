@@ -1,16 +1,15 @@
 //! One training step of the models docs/BENCHMARKS.md compares with PyTorch
 //! (scripts/peers.py builds the same ones): the MLP 784-512-256-10 with ReLU, and
-//! `zoo::cnn` on 1x28x28 images; batch 128, SGD with momentum, cross-entropy.
+//! `zoo::Cnn` on 1x28x28 images; batch 128, SGD with momentum, cross-entropy.
 //! Throughput is reported in samples (elements) per second.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use ringtrain::nn::Sequential;
 use ringtrain::prelude::*;
-use ringtrain::zoo::{cnn, mlp, Activation};
+use ringtrain::zoo::{mlp, Activation, Cnn};
 
 const BATCH: usize = 128;
 
-fn bench_model(c: &mut Criterion, name: &str, build: fn(&Device, &mut Rng) -> Sequential) {
+fn bench_model<M: Module + Sync>(c: &mut Criterion, name: &str, build: fn(&Device, &mut Rng) -> M) {
     let device = Device::cpu();
     let max_threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut thread_counts = vec![1];
@@ -59,7 +58,9 @@ fn step(c: &mut Criterion) {
     bench_model(c, "mlp", |d, rng| {
         mlp(784, &[512, 256], 10, Activation::Relu, d, rng).unwrap()
     });
-    bench_model(c, "cnn", |d, rng| cnn((1, 28, 28), 10, d, rng).unwrap());
+    bench_model(c, "cnn", |d, rng| {
+        Cnn::new((1, 28, 28), 10, d, rng).unwrap()
+    });
 }
 
 criterion_group!(benches, step);

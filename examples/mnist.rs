@@ -13,7 +13,7 @@ use ringtrain::data::{Batches, Mnist};
 use ringtrain::eval::evaluate;
 use ringtrain::parallel::{DataParallel, DataParallelConfig};
 use ringtrain::prelude::*;
-use ringtrain::zoo::{cnn, mlp, Activation};
+use ringtrain::zoo::{mlp, Activation, Cnn};
 use serde::Serialize;
 use std::error::Error;
 use std::io::Write;
@@ -34,7 +34,7 @@ enum Backend {
 enum ModelKind {
     /// A multi-layer perceptron (see --hidden, --activation).
     Mlp,
-    /// Two convolution blocks and a classifier (ringtrain::zoo::cnn).
+    /// Two convolution blocks and a classifier (ringtrain::zoo::Cnn).
     Cnn,
 }
 
@@ -141,16 +141,17 @@ fn pick_devices(args: &Args) -> Result<Vec<Device>, Box<dyn Error>> {
 }
 
 type BoxedOptimizer = Box<dyn Optimizer + Send>;
+type Model = Box<dyn Module + Send + Sync>;
 
 /// One device trains directly; several train as one through DataParallel, which moves
 /// gradients through the host every step.
 enum Trainer {
     Single {
-        model: Sequential,
+        model: Model,
         optimizer: BoxedOptimizer,
         device: Device,
     },
-    Parallel(DataParallel<Sequential, BoxedOptimizer>),
+    Parallel(DataParallel<Model, BoxedOptimizer>),
 }
 
 /// A step's mean loss: still on the device (read later, in groups), or on the host.
@@ -160,7 +161,7 @@ enum StepLoss {
 }
 
 impl Trainer {
-    fn model(&self) -> &Sequential {
+    fn model(&self) -> &Model {
         match self {
             Trainer::Single { model, .. } => model,
             Trainer::Parallel(dp) => dp.model(),
@@ -231,23 +232,23 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
 
     // Every replica is built from the same seed (DataParallel also broadcasts replica 0's
     // parameters), so one device and N devices start from the same weights.
-    let build = |device: &Device| -> ringtrain::Result<(Sequential, BoxedOptimizer)> {
+    let build = |device: &Device| -> ringtrain::Result<(Model, BoxedOptimizer)> {
         let mut rng = rng_from_seed(args.seed);
-        let model = match args.model {
-            ModelKind::Mlp => mlp(
+        let model: Model = match args.model {
+            ModelKind::Mlp => Box::new(mlp(
                 train.features(),
                 &args.hidden,
                 train.num_classes,
                 activation,
                 device,
                 &mut rng,
-            )?,
-            ModelKind::Cnn => cnn(
+            )?),
+            ModelKind::Cnn => Box::new(Cnn::new(
                 (1, train.rows, train.cols),
                 train.num_classes,
                 device,
                 &mut rng,
-            )?,
+            )?),
         };
         let optimizer: BoxedOptimizer = match args.optimizer {
             OptimizerKind::Sgd => Box::new(Sgd::new(

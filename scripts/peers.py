@@ -216,7 +216,7 @@ def mlp_model(nn):
 
 
 def cnn_model(nn):
-    """ringtrain's zoo::cnn((1, 28, 28), 10), layer for layer."""
+    """ringtrain's zoo::Cnn::new((1, 28, 28), 10), layer for layer."""
     return nn.Sequential(nn.Unflatten(1, (1, 28, 28)),
                          nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                          nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -341,7 +341,7 @@ def print_table(r):
         t = torch_by_n.get(row["n"])
         tcol = f"{t['gflops']:7.1f} / {t['gflops_median']:7.1f}" if t else f"{'-':>17}"
         print(f"{row['n']:>6} | {row['gflops']:7.1f} / {row['gflops_median']:7.1f} | {tcol}")
-    titles = {"mlp": "PyTorch MLP 784-512-256-10", "cnn": "PyTorch CNN (ringtrain's zoo::cnn)"}
+    titles = {"mlp": "PyTorch MLP 784-512-256-10", "cnn": "PyTorch CNN (ringtrain's zoo::Cnn)"}
     for name, title in titles.items():
         if not r.get(name):
             continue

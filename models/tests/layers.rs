@@ -7,7 +7,7 @@ use ringtrain_models::nn::{
     AvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, Dropout, Embedding, Flatten, LayerNorm,
     MaxPool2d, Module, Residual, Sequential, Unflatten,
 };
-use ringtrain_models::zoo::cnn;
+use ringtrain_models::zoo::Cnn;
 use ringtrain_runtime::{no_grad, rng_from_seed, Device, Tensor, Var};
 use std::sync::OnceLock;
 
@@ -305,11 +305,11 @@ fn embedding_looks_up_rows_and_accumulates_gradients_of_repeated_indices() {
 #[test]
 fn the_cnn_runs_the_same_on_the_gpu_as_on_the_cpu() {
     let Some(gpu) = gpu() else { return };
-    let build = |d: &Device| cnn((1, 12, 10), 4, d, &mut rng_from_seed(12)).unwrap();
+    let build = |d: &Device| Cnn::new((1, 12, 10), 4, d, &mut rng_from_seed(12)).unwrap();
     let (on_cpu, on_gpu) = (build(&cpu()), build(&gpu));
     let x: Vec<f32> = randn(vec![3, 120], 13, &cpu()).to_vec().unwrap();
     let labels = [0u32, 3, 1];
-    let run = |m: &Sequential, d: &Device| {
+    let run = |m: &Cnn, d: &Device| {
         let xt = Tensor::from_slice(&x, (3, 120), d).unwrap();
         let logits = m.forward(&xt).unwrap();
         let loss = logits.cross_entropy(&labels).unwrap();
@@ -326,5 +326,23 @@ fn the_cnn_runs_the_same_on_the_gpu_as_on_the_cpu() {
     for (i, (a, b)) in gg.iter().zip(&gc).enumerate() {
         close(a, b, 1e-3, &format!("cnn gradient {i} gpu vs cpu"));
     }
-    assert!(cnn((1, 3, 3), 2, &cpu(), &mut rng_from_seed(0)).is_err());
+    assert!(Cnn::new((1, 3, 3), 2, &cpu(), &mut rng_from_seed(0)).is_err());
+    let names: Vec<String> = on_cpu
+        .named_parameters()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "conv1.weight",
+            "conv1.bias",
+            "conv2.weight",
+            "conv2.bias",
+            "fc1.weight",
+            "fc1.bias",
+            "fc2.weight",
+            "fc2.bias"
+        ]
+    );
 }

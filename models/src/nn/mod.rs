@@ -50,3 +50,20 @@ pub trait Module {
         self.parameters().iter().map(|v| v.elem_count()).sum()
     }
 }
+
+/// A boxed module is a module, so that code can pick a model at run time
+/// (`Box<dyn Module + Send + Sync>`) and still hand it to generic code such as
+/// `DataParallel`.
+impl<M: Module + ?Sized> Module for Box<M> {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        (**self).forward(x)
+    }
+
+    fn named_parameters(&self) -> Vec<(String, Var)> {
+        (**self).named_parameters()
+    }
+
+    fn set_training(&self, training: bool) {
+        (**self).set_training(training)
+    }
+}

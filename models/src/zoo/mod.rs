@@ -3,5 +3,5 @@
 mod cnn;
 mod mlp;
 
-pub use cnn::cnn;
+pub use cnn::Cnn;
 pub use mlp::{mlp, Activation};
