@@ -132,6 +132,15 @@ pub(crate) enum Storage {
     Gpu(GpuBuffer),
 }
 
+impl Drop for Storage {
+    /// Large host buffers go back to the CPU backend's pool instead of the allocator.
+    fn drop(&mut self) {
+        if let Storage::Cpu(buf) = self {
+            ringtrain_kernels::cpu::recycle(std::mem::take(buf));
+        }
+    }
+}
+
 fn wrong_storage(want: &str) -> Error {
     Error::InvalidArgument(format!(
         "a tensor's memory is not where its device says ({want} expected)"

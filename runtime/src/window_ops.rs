@@ -2,7 +2,7 @@
 //! image on the backend's FMA GEMM, and max and average pooling; with their gradients.
 
 use crate::backprop::Op;
-use crate::device::{buf, on_device, wrap};
+use crate::device::{buf, buf_mut, on_device, wrap};
 use crate::ops::{record, same_device};
 use crate::{Error, Result, Shape, Tensor};
 use ringtrain_kernels::{Backend, GemmSpec, Window2d};
@@ -186,10 +186,11 @@ pub(crate) fn conv2d_input_grad(dy: &Tensor, weight: &Tensor, g: &Window2d) -> R
     };
     let storage = dy.with_pair(weight, |d, w| {
         Ok(on_device!(dy.device(), be => {
-            let mut dcols = be.alloc(g.cols_len())?;
-            be.gemm(&spec, buf(be, w)?, buf(be, d)?, &mut dcols)?;
+            // Scratch goes through Storage so that it is recycled when dropped.
+            let mut dcols = wrap(be, be.alloc(g.cols_len())?);
+            be.gemm(&spec, buf(be, w)?, buf(be, d)?, buf_mut(be, &mut dcols)?)?;
             let mut dx = be.alloc(g.input_len())?;
-            be.col2im(&dcols, &mut dx, g)?;
+            be.col2im(buf(be, &dcols)?, &mut dx, g)?;
             wrap(be, dx)
         }))
     })?;
@@ -216,10 +217,10 @@ pub(crate) fn conv2d_weight_grad(dy: &Tensor, cols: &Tensor, weight: &Tensor) ->
     };
     let storage = dy.with_pair(cols, |d, c| {
         Ok(on_device!(dy.device(), be => {
-            let mut per_image = be.alloc(batch * out_channels * k)?;
-            be.gemm(&spec, buf(be, d)?, buf(be, c)?, &mut per_image)?;
+            let mut per_image = wrap(be, be.alloc(batch * out_channels * k)?);
+            be.gemm(&spec, buf(be, d)?, buf(be, c)?, buf_mut(be, &mut per_image)?)?;
             let mut dw = be.alloc(out_channels * k)?;
-            be.sum_axis(&per_image, &mut dw, 1, batch, out_channels * k)?;
+            be.sum_axis(buf(be, &per_image)?, &mut dw, 1, batch, out_channels * k)?;
             wrap(be, dw)
         }))
     })?;

@@ -6,11 +6,13 @@ pub mod gemm;
 mod isa;
 pub mod math;
 mod optim;
+mod pool;
 mod reduce;
 mod softmax;
 mod window;
 
 pub use isa::{Isa, Simd};
+pub use pool::{recycle, release_pooled, MIN_POOLED};
 
 use crate::validate;
 use crate::{
@@ -60,6 +62,10 @@ impl Backend for CpuBackend {
     }
 
     fn zeros(&self, len: usize) -> Result<Vec<f32>> {
+        if let Some(mut buf) = pool::take(len) {
+            buf.fill(0.0);
+            return Ok(buf);
+        }
         let mut buf = Vec::new();
         buf.try_reserve_exact(len).map_err(|_| {
             KernelError::Device(format!("cannot allocate {len} floats of host memory"))
@@ -68,8 +74,23 @@ impl Backend for CpuBackend {
         Ok(buf)
     }
 
+    /// A recycled buffer of this length when one is idle (old contents, no page faults),
+    /// else a fresh zeroed one.
+    fn alloc(&self, len: usize) -> Result<Vec<f32>> {
+        match pool::take(len) {
+            Some(buf) => Ok(buf),
+            None => self.zeros(len),
+        }
+    }
+
     fn upload(&self, data: &[f32]) -> Result<Vec<f32>> {
-        Ok(data.to_vec())
+        match pool::take(data.len()) {
+            Some(mut buf) => {
+                buf.copy_from_slice(data);
+                Ok(buf)
+            }
+            None => Ok(data.to_vec()),
+        }
     }
 
     fn download(&self, buf: &Vec<f32>) -> Result<Vec<f32>> {

@@ -133,8 +133,17 @@ pub(crate) fn max_pool2d(x: &[f32], y: &mut [f32], argmax: &mut [f32], g: &Windo
     let (oh, ow) = (g.out_h(), g.out_w());
     let (h, w) = (g.height, g.width);
     let plane_out = oh * ow;
+    let halving = g.kernel_h == 2
+        && g.kernel_w == 2
+        && g.stride_h == 2
+        && g.stride_w == 2
+        && g.pad_h == 0
+        && g.pad_w == 0;
     let run = |nc: usize, (ys, args): (&mut [f32], &mut [f32])| {
         let src = &x[nc * h * w..(nc + 1) * h * w];
+        if halving {
+            return max_pool_2x2(src, w, ys, args, ow);
+        }
         for (o, (yrow, arow)) in ys.chunks_mut(ow).zip(args.chunks_mut(ow)).enumerate() {
             // The kernel rows and columns that land inside the input: once per window
             // row and column, so the taps themselves need no checks.
@@ -145,15 +154,21 @@ pub(crate) fn max_pool2d(x: &[f32], y: &mut [f32], argmax: &mut [f32], g: &Windo
                 let c0 = q * g.stride_w;
                 let kj_lo = g.pad_w.saturating_sub(c0);
                 let kj_hi = (w + g.pad_w).saturating_sub(c0).min(g.kernel_w);
-                let (mut best, mut at, mut found) = (0.0f32, 0usize, false);
+                // Every window holds at least one real element (pooling keeps padding
+                // under half the kernel): start from the first, then select without
+                // branches, since which tap wins is data-dependent and unpredictable.
+                let (mut best, mut at) = (
+                    src[(r0 + ki_lo - g.pad_h) * w + c0 + kj_lo - g.pad_w],
+                    ki_lo * g.kernel_w + kj_lo,
+                );
                 for ki in ki_lo..ki_hi {
                     let row = &src[(r0 + ki - g.pad_h) * w..][..w];
                     for kj in kj_lo..kj_hi {
                         let v = row[c0 + kj - g.pad_w];
                         // The first maximum wins; NaN propagates, as in PyTorch.
-                        if !found || v > best || v.is_nan() && !best.is_nan() {
-                            (best, at, found) = (v, ki * g.kernel_w + kj, true);
-                        }
+                        let better = (v > best) | (v.is_nan() & !best.is_nan());
+                        best = if better { v } else { best };
+                        at = if better { ki * g.kernel_w + kj } else { at };
                     }
                 }
                 *yv = best;
@@ -174,6 +189,37 @@ pub(crate) fn max_pool2d(x: &[f32], y: &mut [f32], argmax: &mut [f32], g: &Windo
             .zip(argmax.chunks_mut(plane_out))
             .enumerate()
             .for_each(|(nc, pair)| run(nc, pair));
+    }
+}
+
+/// The later of two candidates wins if it is larger, or NaN where the earlier is not:
+/// the first maximum, NaN propagating.
+#[inline(always)]
+fn pick((v0, p0): (f32, f32), (v1, p1): (f32, f32)) -> (f32, f32) {
+    let later = (v1 > v0) | (v1.is_nan() & !v0.is_nan());
+    if later {
+        (v1, p1)
+    } else {
+        (v0, p0)
+    }
+}
+
+/// 2x2 windows at stride 2 without padding, the pooling of nearly every CNN: the four
+/// taps compared in order without branches, so that the compiler vectorises the row.
+fn max_pool_2x2(src: &[f32], w: usize, ys: &mut [f32], args: &mut [f32], ow: usize) {
+    for (o, (yrow, arow)) in ys.chunks_mut(ow).zip(args.chunks_mut(ow)).enumerate() {
+        let top = &src[2 * o * w..][..2 * ow];
+        let bottom = &src[(2 * o + 1) * w..][..2 * ow];
+        for (((y, a), t), b) in yrow
+            .iter_mut()
+            .zip(arow.iter_mut())
+            .zip(top.chunks_exact(2))
+            .zip(bottom.chunks_exact(2))
+        {
+            let first = pick((t[0], 0.0), (t[1], 1.0));
+            let second = pick((b[0], 2.0), (b[1], 3.0));
+            (*y, *a) = pick(first, second);
+        }
     }
 }
 

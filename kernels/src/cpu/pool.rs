@@ -1,0 +1,60 @@
+//! Recycled host memory for large buffers. glibc hands blocks of megabytes back to the
+//! OS when they are freed, so a training step that allocates the same large buffers
+//! every time (a CNN's im2col columns are megabytes) would fault every page in again,
+//! every step: a third of a CNN step's time before this pool. Buffers of at least
+//! [`MIN_POOLED`] elements that the runtime drops come back here, keyed by length, and the
+//! next request of that length takes one. Small buffers go to the allocator, which
+//! recycles those well.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+/// Buffers shorter than this (256 KiB) are not pooled.
+pub const MIN_POOLED: usize = 1 << 16;
+/// The most memory the pool keeps idle; beyond it, returned buffers are freed.
+const MAX_POOLED_BYTES: usize = 1 << 30;
+
+#[derive(Default)]
+struct Pool {
+    free: HashMap<usize, Vec<Vec<f32>>>,
+    bytes: usize,
+}
+
+static POOL: Mutex<Option<Pool>> = Mutex::new(None);
+
+fn pool() -> MutexGuard<'static, Option<Pool>> {
+    POOL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A recycled buffer of exactly `len` elements (old contents), if one is idle.
+pub(crate) fn take(len: usize) -> Option<Vec<f32>> {
+    if len < MIN_POOLED {
+        return None;
+    }
+    let mut guard = pool();
+    let p = guard.as_mut()?;
+    let buf = p.free.get_mut(&len)?.pop()?;
+    p.bytes -= len * 4;
+    Some(buf)
+}
+
+/// Returns a buffer for reuse (or frees it, if it is small or the pool is full).
+pub fn recycle(buf: Vec<f32>) {
+    let len = buf.len();
+    if len < MIN_POOLED || buf.capacity() != len {
+        return;
+    }
+    let mut guard = pool();
+    let p = guard.get_or_insert_with(Pool::default);
+    if p.bytes + len * 4 > MAX_POOLED_BYTES {
+        return;
+    }
+    p.bytes += len * 4;
+    p.free.entry(len).or_default().push(buf);
+}
+
+/// Frees every idle pooled buffer; returns how many bytes that gave back.
+pub fn release_pooled() -> usize {
+    let mut guard = pool();
+    guard.take().map_or(0, |p| p.bytes)
+}
