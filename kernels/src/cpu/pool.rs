@@ -58,3 +58,34 @@ pub fn release_pooled() -> usize {
     let mut guard = pool();
     guard.take().map_or(0, |p| p.bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::CpuBackend;
+    use crate::Backend;
+
+    #[test]
+    fn large_buffers_are_reused_and_zeros_really_are_zeros() {
+        // A length no other test uses: the pool is process-wide.
+        let len = MIN_POOLED + 12_345;
+        let cpu = CpuBackend::new();
+        let first = vec![7.0f32; len];
+        let ptr = first.as_ptr();
+        recycle(first);
+        let again = cpu.zeros(len).unwrap();
+        assert_eq!(again.as_ptr(), ptr, "the recycled block is handed out again");
+        assert!(again.iter().all(|&v| v == 0.0), "zeros must clear old contents");
+        recycle(again);
+        let uploaded = cpu.upload(&vec![3.0; len]).unwrap();
+        assert_eq!(uploaded.as_ptr(), ptr);
+        assert!(uploaded.iter().all(|&v| v == 3.0));
+        // Small buffers and buffers with spare capacity are left to the allocator.
+        recycle(vec![1.0; 10]);
+        assert!(take(10).is_none());
+        let mut spare = Vec::with_capacity(len + 1);
+        spare.resize(len, 0.0);
+        recycle(spare);
+        assert!(take(len).is_none());
+    }
+}
