@@ -224,10 +224,10 @@ fn batch_norm_normalises_tracks_running_statistics_and_has_exact_gradients() {
     let e = bn.forward(&x).unwrap().to_vec().unwrap();
     assert!(e.iter().sum::<f32>() / e.len() as f32 > 0.5);
     bn.set_training(true);
-    check_module_grads(
-        &BatchNorm2d::new(2, &dev).unwrap(),
-        &randn(vec![3, 2, 2, 2], 6, &dev),
-    );
+    for d in [Some(cpu()), gpu()].into_iter().flatten() {
+        let x = randn(vec![3, 2, 2, 2], 6, &d);
+        check_module_grads(&BatchNorm2d::new(2, &d).unwrap(), &x);
+    }
     assert!(bn.forward(&randn(vec![2, 4, 1, 1], 1, &dev)).is_err());
 }
 
@@ -245,6 +245,12 @@ fn layer_norm_normalises_rows_and_has_exact_gradients() {
         assert!(mean.abs() < 1e-5);
     }
     check_module_grads(&ln, &randn(vec![2, 3, 5], 8, &dev));
+    if let Some(g) = gpu() {
+        check_module_grads(
+            &LayerNorm::new(5, &g).unwrap(),
+            &randn(vec![2, 3, 5], 8, &g),
+        );
+    }
     assert!(ln.forward(&randn(vec![3, 4], 1, &dev)).is_err());
 }
 

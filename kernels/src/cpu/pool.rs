@@ -74,8 +74,15 @@ mod tests {
         let ptr = first.as_ptr();
         recycle(first);
         let again = cpu.zeros(len).unwrap();
-        assert_eq!(again.as_ptr(), ptr, "the recycled block is handed out again");
-        assert!(again.iter().all(|&v| v == 0.0), "zeros must clear old contents");
+        assert_eq!(
+            again.as_ptr(),
+            ptr,
+            "the recycled block is handed out again"
+        );
+        assert!(
+            again.iter().all(|&v| v == 0.0),
+            "zeros must clear old contents"
+        );
         recycle(again);
         let uploaded = cpu.upload(&vec![3.0; len]).unwrap();
         assert_eq!(uploaded.as_ptr(), ptr);
