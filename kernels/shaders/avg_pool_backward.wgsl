@@ -14,19 +14,14 @@ fn main(
     if i >= p.len {
         return;
     }
-    let c = i % p.width;
-    let r = (i / p.width) % p.height;
-    let plane = i / (p.width * p.height);
+    let at = input_position(i);
+    let base = at.x * p.out_h * p.out_w;
     var sum = 0.0;
     for (var ki = 0u; ki < p.kernel_h; ki++) {
-        let o = covering(r, ki, p.stride_h, p.pad_h, p.out_h);
-        if o < 0 {
-            continue;
-        }
         for (var kj = 0u; kj < p.kernel_w; kj++) {
-            let q = covering(c, kj, p.stride_w, p.pad_w, p.out_w);
-            if q >= 0 {
-                sum += dy[(plane * p.out_h + u32(o)) * p.out_w + u32(q)];
+            let win = window_at(at.y, at.z, ki, kj);
+            if win >= 0 {
+                sum += dy[base + u32(win)];
             }
         }
     }

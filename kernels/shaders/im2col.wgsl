@@ -14,17 +14,16 @@ fn main(
     if i >= p.len {
         return;
     }
-    let q = i % p.out_w;
-    let o = (i / p.out_w) % p.out_h;
-    let row = i / (p.out_h * p.out_w);
+    // Column entries run window by window within each (plane, ki, kj) row.
+    let win = window_position(i);
+    let row = win.x;
     let kj = row % p.kernel_w;
     let ki = (row / p.kernel_w) % p.kernel_h;
     let plane = row / (p.kernel_w * p.kernel_h);
-    let r = source(o, ki, p.stride_h, p.pad_h, p.height);
-    let c = source(q, kj, p.stride_w, p.pad_w, p.width);
+    let at = tap(win.y, win.z, ki, kj);
     var v = 0.0;
-    if r >= 0 && c >= 0 {
-        v = x[(plane * p.height + u32(r)) * p.width + u32(c)];
+    if at >= 0 {
+        v = x[plane * p.height * p.width + u32(at)];
     }
     cols[i] = v;
 }

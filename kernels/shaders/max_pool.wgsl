@@ -15,27 +15,21 @@ fn main(
     if i >= p.len {
         return;
     }
-    let q = i % p.out_w;
-    let o = (i / p.out_w) % p.out_h;
-    let plane = i / (p.out_h * p.out_w);
+    let win = window_position(i);
+    let base = win.x * p.height * p.width;
     var best = 0.0;
     var at = 0u;
     var found = false;
     for (var ki = 0u; ki < p.kernel_h; ki++) {
-        let r = source(o, ki, p.stride_h, p.pad_h, p.height);
-        if r < 0 {
-            continue;
-        }
         for (var kj = 0u; kj < p.kernel_w; kj++) {
-            let c = source(q, kj, p.stride_w, p.pad_w, p.width);
-            if c < 0 {
-                continue;
-            }
-            let v = x[(plane * p.height + u32(r)) * p.width + u32(c)];
-            if !found || v > best {
-                best = v;
-                at = ki * p.kernel_w + kj;
-                found = true;
+            let t = tap(win.y, win.z, ki, kj);
+            if t >= 0 {
+                let v = x[base + u32(t)];
+                if !found || v > best {
+                    best = v;
+                    at = ki * p.kernel_w + kj;
+                    found = true;
+                }
             }
         }
     }

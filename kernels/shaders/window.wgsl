@@ -44,3 +44,35 @@ fn covering(h: u32, k: u32, stride: u32, pad: u32, out: u32) -> i32 {
     }
     return i32(o);
 }
+
+// Invocation `i` of a grid over input elements, as (plane, row, column).
+fn input_position(i: u32) -> vec3<u32> {
+    return vec3<u32>(i / (p.width * p.height), (i / p.width) % p.height, i % p.width);
+}
+
+// Invocation `i` of a grid over windows, as (plane, window row, window column).
+fn window_position(i: u32) -> vec3<u32> {
+    return vec3<u32>(i / (p.out_h * p.out_w), (i / p.out_w) % p.out_h, i % p.out_w);
+}
+
+// Where window (o, q) reads at kernel tap (ki, kj): the offset within its input plane,
+// or -1 inside the padding.
+fn tap(o: u32, q: u32, ki: u32, kj: u32) -> i32 {
+    let r = source(o, ki, p.stride_h, p.pad_h, p.height);
+    let c = source(q, kj, p.stride_w, p.pad_w, p.width);
+    if r < 0 || c < 0 {
+        return -1;
+    }
+    return r * i32(p.width) + c;
+}
+
+// The window whose kernel tap (ki, kj) lands on input (r, c): its offset within the
+// output plane, or -1 if there is none.
+fn window_at(r: u32, c: u32, ki: u32, kj: u32) -> i32 {
+    let o = covering(r, ki, p.stride_h, p.pad_h, p.out_h);
+    let q = covering(c, kj, p.stride_w, p.pad_w, p.out_w);
+    if o < 0 || q < 0 {
+        return -1;
+    }
+    return o * i32(p.out_w) + q;
+}

@@ -25,6 +25,17 @@ impl Window {
             padding,
         })
     }
+
+    /// (kernel, stride, padding), each as (rows, columns).
+    #[allow(clippy::type_complexity)]
+    fn args(&self) -> ((usize, usize), (usize, usize), (usize, usize)) {
+        let square = |v| (v, v);
+        (
+            square(self.kernel),
+            square(self.stride),
+            square(self.padding),
+        )
+    }
 }
 
 /// Max over square windows of `[batch, channels, height, width]` inputs.
@@ -38,12 +49,8 @@ impl MaxPool2d {
 
 impl Module for MaxPool2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let Window {
-            kernel: k,
-            stride: s,
-            padding: p,
-        } = self.0;
-        x.max_pool2d((k, k), (s, s), (p, p))
+        let (kernel, stride, padding) = self.0.args();
+        x.max_pool2d(kernel, stride, padding)
     }
 }
 
@@ -58,11 +65,7 @@ impl AvgPool2d {
 
 impl Module for AvgPool2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let Window {
-            kernel: k,
-            stride: s,
-            padding: p,
-        } = self.0;
-        x.avg_pool2d((k, k), (s, s), (p, p))
+        let (kernel, stride, padding) = self.0.args();
+        x.avg_pool2d(kernel, stride, padding)
     }
 }
