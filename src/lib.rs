@@ -2,9 +2,11 @@
 //! model code path.
 //!
 //! The crates underneath, re-exported here:
-//! - [`kernels`]: the `Backend` trait and the CPU backend (how things are computed);
+//! - [`kernels`]: the `Backend` trait, the CPU backend and the GPU (WGSL) backend (how things
+//!   are computed);
 //! - the runtime: [`Device`], [`Tensor`] with reverse-mode autograd, [`Var`], [`optim`];
-//! - the models: [`nn`] layers, the [`zoo`], [`data`] sets and [`eval`].
+//! - the models: [`nn`] layers, the [`zoo`], [`data`] sets, [`eval`] and data
+//!   [`parallel`]ism (over the collectives of [`comm`]).
 //!
 //! ```
 //! use ringtrain::prelude::*;
@@ -30,7 +32,10 @@ pub use ringtrain_runtime::{
 
 /// The names most model code needs.
 pub mod prelude {
-    pub use crate::nn::{Gelu, Linear, Module, Relu, Sequential, Sigmoid, Tanh};
+    pub use crate::nn::{
+        AvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, Dropout, Embedding, Flatten, Gelu, LayerNorm,
+        Linear, MaxPool2d, Module, Relu, Residual, Sequential, Sigmoid, Tanh, Unflatten,
+    };
     pub use crate::optim::{AdamW, AdamWConfig, Optimizer, Sgd, SgdConfig};
     pub use crate::{no_grad, rng_from_seed, Device, Rng, Shape, Tensor, Var};
 }
