@@ -25,7 +25,8 @@ fn main(
             let t = tap(win.y, win.z, ki, kj);
             if t >= 0 {
                 let v = x[base + u32(t)];
-                if !found || v > best {
+                // NaN propagates, as on the CPU (where the device honours NaN at all).
+                if !found || v > best || (v != v && best == best) {
                     best = v;
                     at = ki * p.kernel_w + kj;
                     found = true;

@@ -287,3 +287,69 @@ fn replicas_must_have_the_same_parameters() {
     )
     .is_err());
 }
+
+/// A model with a parameter its loss never uses.
+struct WithSpare {
+    net: Sequential,
+    spare: ringtrain_runtime::Var,
+}
+
+impl Module for WithSpare {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.net.forward(x)
+    }
+
+    fn named_parameters(&self) -> Vec<(String, ringtrain_runtime::Var)> {
+        let mut p = self.net.named_parameters();
+        p.push(("spare".into(), self.spare.clone()));
+        p
+    }
+}
+
+#[test]
+fn parameters_without_gradients_are_left_alone_as_on_one_device() {
+    let set = data(24);
+    for n in [1, 3] {
+        let mut dp = DataParallel::new(
+            cpu_devices(n),
+            |d| {
+                let (net, _) = build(d, 3)?;
+                let spare = ringtrain_runtime::Var::from_vec(vec![1.0, -2.0], 2, d)?;
+                let model = WithSpare { net, spare };
+                // Weight decay and momentum would move a parameter given a zero gradient.
+                let opt = Sgd::new(
+                    model.parameters(),
+                    SgdConfig {
+                        lr: 0.1,
+                        momentum: 0.9,
+                        weight_decay: 0.1,
+                        ..SgdConfig::default()
+                    },
+                )?;
+                Ok((model, opt))
+            },
+            DataParallelConfig::default(),
+        )
+        .unwrap();
+        for s in 0..3 {
+            dp.step(8, |model, device, rows| {
+                let (lo, hi) = (s * 8 + rows.start, s * 8 + rows.end);
+                let xs = Tensor::from_slice(
+                    &set.0[lo * FEATURES..hi * FEATURES],
+                    (hi - lo, FEATURES),
+                    device,
+                )?;
+                model.forward(&xs)?.cross_entropy(&set.1[lo..hi])
+            })
+            .unwrap();
+        }
+        for r in 0..n {
+            let spare = dp.replica(r).unwrap().spare.to_vec().unwrap();
+            assert_eq!(
+                spare,
+                vec![1.0, -2.0],
+                "n={n}: replica {r} moved an unused parameter"
+            );
+        }
+    }
+}

@@ -291,7 +291,7 @@ fn input_grads(op: &Op, out: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>>
                 .then(|| window_ops::conv2d_input_grad(g, weight, geom))
                 .transpose()?,
             wants(weight)
-                .then(|| window_ops::conv2d_weight_grad(g, cols, weight))
+                .then(|| window_ops::conv2d_weight_grad(g, cols, weight, geom))
                 .transpose()?,
         ],
         Op::MaxPool2d { x, argmax, geom } => {

@@ -202,13 +202,14 @@ pub(crate) fn conv2d_input_grad(dy: &Tensor, weight: &Tensor, g: &Window2d) -> R
 }
 
 /// d(conv2d)/dweight: `dy cols^T` per image, summed over the batch.
-pub(crate) fn conv2d_weight_grad(dy: &Tensor, cols: &Tensor, weight: &Tensor) -> Result<Tensor> {
-    let &[out_channels, ..] = weight.dims() else {
-        unreachable!("conv2d checked the weight's rank")
-    };
-    let batch = dy.dims()[0];
-    let area = dy.dims()[2] * dy.dims()[3];
-    let k = weight.elem_count() / out_channels;
+pub(crate) fn conv2d_weight_grad(
+    dy: &Tensor,
+    cols: &Tensor,
+    weight: &Tensor,
+    g: &Window2d,
+) -> Result<Tensor> {
+    let out_channels = weight.dims()[0];
+    let (batch, area, k) = (g.batch, g.out_h() * g.out_w(), g.patch_len());
     let spec = GemmSpec {
         batch,
         stride_a: out_channels * area,

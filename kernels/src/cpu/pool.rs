@@ -33,7 +33,11 @@ pub(crate) fn take(len: usize) -> Option<Vec<f32>> {
     }
     let mut guard = pool();
     let p = guard.as_mut()?;
-    let buf = p.free.get_mut(&len)?.pop()?;
+    let list = p.free.get_mut(&len)?;
+    let buf = list.pop()?;
+    if list.is_empty() {
+        p.free.remove(&len);
+    }
     p.bytes -= len * 4;
     Some(buf)
 }
@@ -46,8 +50,19 @@ pub fn recycle(buf: Vec<f32>) {
     }
     let mut guard = pool();
     let p = guard.get_or_insert_with(Pool::default);
-    if p.bytes + len * 4 > MAX_POOLED_BYTES {
-        return;
+    // Full: make room by freeing buffers of other lengths (an evaluation batch, a last
+    // partial batch), so the sizes in use now keep being recycled.
+    while p.bytes + len * 4 > MAX_POOLED_BYTES {
+        let Some(other) = p.free.keys().copied().find(|&l| l != len) else {
+            return;
+        };
+        let list = p.free.get_mut(&other).expect("key just found");
+        if list.pop().is_some() {
+            p.bytes -= other * 4;
+        }
+        if list.is_empty() {
+            p.free.remove(&other);
+        }
     }
     p.bytes += len * 4;
     p.free.entry(len).or_default().push(buf);

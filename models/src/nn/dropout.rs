@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 /// Zeroes each element with probability `p` in training and scales the rest by
 /// `1 / (1 - p)`; the identity in evaluation. Masks come from the layer's seed and a count
 /// of its calls, so a run is reproducible; they are drawn on the host and uploaded.
+/// Under data parallelism, replicas built with the same seed draw the same masks for
+/// equally sized shards: give each replica its own seed for independent noise.
 pub struct Dropout {
     p: f32,
     seed: u64,

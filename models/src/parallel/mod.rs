@@ -91,15 +91,16 @@ struct Replica<M, O> {
 /// From a replica's worker to its communication thread.
 enum ToComm {
     Bucket(usize, Vec<f32>),
-    /// The replica's share of the batch loss: the last thing reduced.
-    Loss(f32),
+    /// The replica's share of the batch loss, then one flag per parameter (1 where this
+    /// replica's backward reached it): the last thing reduced.
+    Tail(Vec<f32>),
     Failed(String),
 }
 
 /// From the communication thread back to the worker.
 enum FromComm {
     Bucket(usize, Vec<f32>),
-    Loss(f32),
+    Tail(Vec<f32>),
 }
 
 impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
@@ -241,8 +242,9 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
     /// one; a replica may get none when the batch is smaller than the group), and
     /// `loss(model, device, rows)` returns the mean loss of those rows on that replica.
     /// Shard losses are weighted by their share of the batch, so the averaged gradient is
-    /// the gradient of the whole batch's mean loss, as on one device. Parameters without
-    /// a gradient (unused in the loss) are updated with a zero gradient on every replica.
+    /// the gradient of the whole batch's mean loss, as on one device. Parameters that no
+    /// replica's loss reached get no gradient, so the optimizer leaves them alone, as on
+    /// one device.
     ///
     /// If any replica fails (an error or a panic in `loss`, a device error, a peer that
     /// stops), the step returns an error naming that replica, and so does every later
@@ -344,8 +346,17 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 impl<M: Module + Send, O: Optimizer + Send> Replica<M, O> {
-    /// Makes this replica's parameters rank 0's.
+    /// Makes this replica's parameters rank 0's. A failure here aborts the group, so that
+    /// no peer waits for this one.
     fn broadcast_parameters(&mut self) -> Result<()> {
+        let result = self.try_broadcast_parameters();
+        if let Err(e) = &result {
+            self.comm.abort(&e.to_string());
+        }
+        result
+    }
+
+    fn try_broadcast_parameters(&mut self) -> Result<()> {
         let mut flat = Vec::new();
         for p in &self.params {
             flat.extend(p.to_vec()?);
@@ -408,15 +419,20 @@ impl<M: Module + Send, O: Optimizer + Send> Replica<M, O> {
             drop(to_comm);
             Ok(collect(&from_comm, buckets))
         });
-        let global_loss = match reduced {
+        let tail = match reduced {
             Err(reason) => return Err(Error::Comm(CommError::PeerFailed { rank, reason })),
             Ok(r) => r?,
         };
+        // A parameter no replica's backward reached has no gradient, as on one device:
+        // the optimizer leaves it alone (no decay, no momentum).
         let mut grads = GradStore::default();
-        for (p, slot) in params.iter().zip(&layout.slots) {
-            let g = &buckets[slot.bucket][slot.offset..slot.offset + slot.len];
-            grads.insert(p, Tensor::from_slice(g, slot.shape.clone(), device)?);
+        for ((p, slot), &reached) in params.iter().zip(&layout.slots).zip(&tail[1..]) {
+            if reached > 0.0 {
+                let g = &buckets[slot.bucket][slot.offset..slot.offset + slot.len];
+                grads.insert(p, Tensor::from_slice(g, slot.shape.clone(), device)?);
+            }
         }
+        let global_loss = tail[0];
         optimizer.step(&grads)?;
         Ok(global_loss)
     }
@@ -471,7 +487,8 @@ where
         })?;
         share = scaled.to_scalar()?;
     }
-    // Parameters the loss did not reach (or an empty shard) contribute zeros.
+    // Parameters the loss did not reach (or an empty shard) contribute zeros; the flags
+    // sent with the loss say which were reached anywhere.
     for (i, slot) in layout.slots.iter().enumerate() {
         if !filled[i] {
             buckets[slot.bucket][slot.offset..slot.offset + slot.len].fill(0.0);
@@ -481,7 +498,9 @@ where
             }
         }
     }
-    let _ = to_comm.send(ToComm::Loss(share));
+    let mut tail = vec![share];
+    tail.extend(filled.iter().map(|&f| f32::from(u8::from(f))));
+    let _ = to_comm.send(ToComm::Tail(tail));
     Ok(())
 }
 
@@ -494,31 +513,48 @@ fn reduce_in_order(
     from_worker: Receiver<ToComm>,
     to_worker: Sender<std::result::Result<FromComm, CommError>>,
 ) {
+    // A panic in the communicator must not leave the peers waiting for this one.
+    struct AbortOnPanic<'a>(&'a mut dyn Communicator);
+    impl Drop for AbortOnPanic<'_> {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                self.0.abort("its communication thread panicked");
+            }
+        }
+    }
+    let guard = AbortOnPanic(comm);
+    let comm = &mut *guard.0;
     let mut ready: Vec<Option<Vec<f32>>> = (0..n_buckets).map(|_| None).collect();
-    let (mut next, mut share) = (0, None);
+    let (mut next, mut tail) = (0, None::<Vec<f32>>);
+    let reduce = |comm: &mut dyn Communicator, buf: &mut [f32]| {
+        let r = comm.all_reduce(buf);
+        if let Err(e) = &r {
+            comm.abort(&e.to_string());
+        }
+        r
+    };
     loop {
         while next < n_buckets {
             let Some(mut buf) = ready[next].take() else {
                 break;
             };
-            if let Err(e) = comm.all_reduce(&mut buf) {
+            if let Err(e) = reduce(comm, &mut buf) {
                 let _ = to_worker.send(Err(e));
                 return;
             }
             let _ = to_worker.send(Ok(FromComm::Bucket(next, buf)));
             next += 1;
         }
-        if let (true, Some(share)) = (next == n_buckets, share) {
-            let mut total = [share];
-            let reduced = comm
-                .all_reduce(&mut total)
-                .map(|_| FromComm::Loss(total[0]));
-            let _ = to_worker.send(reduced);
-            return;
+        if next == n_buckets {
+            if let Some(mut t) = tail.take() {
+                let reduced = reduce(comm, &mut t).map(|_| FromComm::Tail(t));
+                let _ = to_worker.send(reduced);
+                return;
+            }
         }
         match from_worker.recv() {
             Ok(ToComm::Bucket(b, buf)) => ready[b] = Some(buf),
-            Ok(ToComm::Loss(l)) => share = Some(l),
+            Ok(ToComm::Tail(t)) => tail = Some(t),
             Ok(ToComm::Failed(reason)) => {
                 comm.abort(&reason);
                 return;
@@ -532,15 +568,15 @@ fn reduce_in_order(
 }
 
 /// Waits for every reduced bucket (put back in place, averaged already by the shard
-/// weights) and the batch loss.
+/// weights), then the batch loss and the reached-parameter counts.
 fn collect(
     from_comm: &Receiver<std::result::Result<FromComm, CommError>>,
     buckets: &mut [Vec<f32>],
-) -> Result<f32> {
+) -> Result<Vec<f32>> {
     loop {
         match from_comm.recv() {
             Ok(Ok(FromComm::Bucket(b, buf))) => buckets[b] = buf,
-            Ok(Ok(FromComm::Loss(l))) => return Ok(l),
+            Ok(Ok(FromComm::Tail(t))) => return Ok(t),
             Ok(Err(e)) => return Err(Error::Comm(e)),
             Err(_) => {
                 return Err(Error::InvalidArgument(

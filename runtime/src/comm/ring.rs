@@ -70,12 +70,16 @@ impl Group {
         self.waiting_on[rank].store(on.map_or(0, |p| p + 1), Ordering::Release);
     }
 
-    /// Follows the chain of waits from `peer` to the first peer that is not waiting on
-    /// another: the one holding everybody up. If the chain closes on itself, all are
-    /// waiting (peers in different collectives) and `peer` is as good an answer as any.
-    fn holdup(&self, peer: usize) -> usize {
+    /// Follows the chain of waits from `peer` (the one `me` timed out on) to the first
+    /// peer that is not waiting on another: the one holding everybody up. If the chain
+    /// comes back to `me` or closes on itself, all are waiting (peers in different
+    /// collectives) and `peer` is as good an answer as any.
+    fn holdup(&self, me: usize, peer: usize) -> usize {
         let mut at = peer;
         for _ in 0..self.waiting_on.len() {
+            if at == me {
+                return peer;
+            }
             match self.waiting_on[at].load(Ordering::Acquire) {
                 0 => return at,
                 next => at = next - 1,
@@ -253,7 +257,7 @@ impl RingComm {
                     "it left the group in the middle of a collective".into(),
                 ),
                 CommError::Timeout { rank, waited } => {
-                    let culprit = self.group.holdup(*rank);
+                    let culprit = self.group.holdup(self.rank, *rank);
                     self.group.fail(
                         culprit,
                         format!(

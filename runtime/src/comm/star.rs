@@ -108,6 +108,43 @@ impl Communicator for StarComm {
     }
 
     fn all_reduce(&mut self, data: &mut [f32]) -> Result<(), CommError> {
+        let r = self.try_all_reduce(data);
+        self.abort_on_error(r)
+    }
+
+    fn broadcast(&mut self, data: &mut [f32], root: usize) -> Result<(), CommError> {
+        let r = self.try_broadcast(data, root);
+        self.abort_on_error(r)
+    }
+
+    fn barrier(&mut self) -> Result<(), CommError> {
+        self.all_reduce(&mut [0.0])
+    }
+
+    /// Dropping the links is all a star can do: the peers waiting on this one see it
+    /// leave.
+    fn abort(&mut self, reason: &str) {
+        self.aborted = Some(reason.to_string());
+        self.from_peers.clear();
+        self.to_peers.clear();
+        self.to_root = None;
+        self.from_root = None;
+    }
+}
+
+impl StarComm {
+    /// An error drops this peer's links too, so that peers waiting on it (all of them,
+    /// when it is peer 0) see it leave rather than time out.
+    fn abort_on_error(&mut self, r: Result<(), CommError>) -> Result<(), CommError> {
+        if let Err(e) = &r {
+            if self.aborted.is_none() {
+                self.abort(&e.to_string());
+            }
+        }
+        r
+    }
+
+    fn try_all_reduce(&mut self, data: &mut [f32]) -> Result<(), CommError> {
         self.usable()?;
         if self.rank == 0 {
             for (i, rx) in self.from_peers.iter().enumerate() {
@@ -129,7 +166,7 @@ impl Communicator for StarComm {
         Ok(())
     }
 
-    fn broadcast(&mut self, data: &mut [f32], root: usize) -> Result<(), CommError> {
+    fn try_broadcast(&mut self, data: &mut [f32], root: usize) -> Result<(), CommError> {
         if root >= self.size {
             return Err(CommError::InvalidArgument(format!(
                 "broadcast from peer {root} in a group of {}",
@@ -162,19 +199,5 @@ impl Communicator for StarComm {
             }
         }
         Ok(())
-    }
-
-    fn barrier(&mut self) -> Result<(), CommError> {
-        self.all_reduce(&mut [0.0])
-    }
-
-    /// Dropping the links is all a star can do: the peers waiting on this one see it
-    /// leave.
-    fn abort(&mut self, reason: &str) {
-        self.aborted = Some(reason.to_string());
-        self.from_peers.clear();
-        self.to_peers.clear();
-        self.to_root = None;
-        self.from_root = None;
     }
 }
