@@ -15,6 +15,12 @@ fn locked_version(lock: &str, name: &str) -> String {
 fn main() {
     println!("cargo:rerun-if-changed=Cargo.lock");
     let lock = fs::read_to_string("Cargo.lock").unwrap_or_default();
-    println!("cargo:rustc-env=BURN_VERSION={}", locked_version(&lock, "burn"));
-    println!("cargo:rustc-env=WGPU_VERSION={}", locked_version(&lock, "wgpu"));
+    println!(
+        "cargo:rustc-env=BURN_VERSION={}",
+        locked_version(&lock, "burn")
+    );
+    println!(
+        "cargo:rustc-env=WGPU_VERSION={}",
+        locked_version(&lock, "wgpu")
+    );
 }

@@ -1,7 +1,8 @@
 //! Single-precision matmul throughput of burn's wgpu backend, by size: the peer number beside
 //! ringtrain's WGSL GEMM (`examples/gpu_gemm.rs`) in docs/BENCHMARKS.md.
 //!
-//! Protocol (identical to examples/gpu_gemm.rs, so the two compare number for number):
+//! Protocol (examples/support/gemm_protocol.rs, shared with examples/gpu_gemm.rs, so the
+//! two compare number for number):
 //! 2 warm-up samples, then samples until at least 3 and `--min-time` seconds have passed
 //! (at most 5000); a sample is `--calls-per-sample` back-to-back matmuls followed by a device
 //! sync, and per-call time is sample time / calls-per-sample. Best and median per-call times
@@ -16,10 +17,13 @@
 //!     cargo build --release
 //!     WGPU_BACKEND=vulkan ./target/release/burn-matmul --sizes 128,256,512 --json-out /tmp/burn.json
 
+#[path = "../../../examples/support/gemm_protocol.rs"]
+mod gemm_protocol;
+
 use burn::tensor::wgpu::WgpuBackend;
 use burn::tensor::{Device, Tensor, TensorData};
 use clap::Parser;
-use serde::Serialize;
+use gemm_protocol::{operands, time_samples, verify, Report, Row};
 use std::error::Error;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -41,59 +45,11 @@ struct Args {
     json_out: Option<PathBuf>,
 }
 
-#[derive(Serialize)]
-struct Row {
-    n: usize,
-    gflops: f64,
-    gflops_median: f64,
-    best_ms: f64,
-    median_ms: f64,
-    samples: usize,
-}
-
-#[derive(Serialize)]
-struct Report {
-    library: String,
-    adapter: String,
-    calls_per_sample: u32,
-    gemm: Vec<Row>,
-}
-
 fn main() {
     if let Err(e) = run(&Args::parse()) {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
-}
-
-/// The deterministic operands examples/gpu_gemm.rs uses too.
-fn operands(n: usize) -> (Vec<f32>, Vec<f32>) {
-    let a = (0..n * n)
-        .map(|i| ((i * 7 + 1) % 13) as f32 * 0.01 - 0.06)
-        .collect();
-    let b = (0..n * n)
-        .map(|i| ((i * 5 + 2) % 11) as f32 * 0.01 - 0.05)
-        .collect();
-    (a, b)
-}
-
-/// Checks the first and last rows of `c` against an f64 reference (same check as gpu_gemm).
-fn verify(n: usize, a: &[f32], b: &[f32], c: &[f32]) -> Result<(), Box<dyn Error>> {
-    if c.len() != n * n {
-        return Err(format!("n={n}: C has {} elements, want {}", c.len(), n * n).into());
-    }
-    for i in [0, n - 1] {
-        for j in (0..n).step_by((n / 7).max(1)).chain([n - 1]) {
-            let want: f64 = (0..n)
-                .map(|p| a[i * n + p] as f64 * b[p * n + j] as f64)
-                .sum();
-            let got = c[i * n + j] as f64;
-            if got.is_nan() || (got - want).abs() > 1e-3 * want.abs().max(1e-2) {
-                return Err(format!("n={n}: C[{i},{j}] = {got}, want {want}").into());
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The graphics API named by `WGPU_BACKEND`, as wgpu itself reads it. cubecl (burn's GPU
@@ -117,35 +73,6 @@ fn graphics_api_from_env() -> Result<WgpuBackend, Box<dyn Error>> {
             .into())
         }
     })
-}
-
-/// One sample: `calls` back-to-back matmuls, then a device sync. Returns the per-call time
-/// and the last product (kept alive until after the sync, so the work cannot be dropped).
-fn sample(
-    device: &Device,
-    a: &Tensor<2>,
-    b: &Tensor<2>,
-    calls: u32,
-) -> Result<(f64, Tensor<2>), Box<dyn Error>> {
-    let start = Instant::now();
-    let mut c = a.clone().matmul(b.clone());
-    for _ in 1..calls {
-        c = a.clone().matmul(b.clone());
-    }
-    device.sync()?;
-    Ok((start.elapsed().as_secs_f64() / f64::from(calls), c))
-}
-
-/// The protocol's 2 warm-up samples, timed so their cost can be shown. burn's matmul autotune
-/// runs synchronously inside the first call for each shape class (on native targets), and the
-/// chosen kernel is compiled then too, so both are over before the second warm-up sample.
-fn warm_up(
-    device: &Device,
-    a: &Tensor<2>,
-    b: &Tensor<2>,
-    calls: u32,
-) -> Result<[f64; 2], Box<dyn Error>> {
-    Ok([sample(device, a, b, calls)?.0, sample(device, a, b, calls)?.0])
 }
 
 fn run(args: &Args) -> Result<(), Box<dyn Error>> {
@@ -179,33 +106,27 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
         device.sync()?;
 
         let calls = args.calls_per_sample;
-        let warm = warm_up(&device, &at, &bt, calls)?;
-        let (mut times, mut total) = (Vec::new(), 0.0);
+        // The last product of the last sample, kept alive past its sync (so the work
+        // cannot be dropped) and then checked.
         let mut last = None;
-        while times.len() < 5000 && (times.len() < 3 || total < args.min_time) {
-            let (dt, c) = sample(&device, &at, &bt, calls)?;
-            times.push(dt);
-            total += dt * f64::from(calls);
+        let timed = time_samples(calls, args.min_time, || {
+            let start = Instant::now();
+            let mut c = at.clone().matmul(bt.clone());
+            for _ in 1..calls {
+                c = at.clone().matmul(bt.clone());
+            }
+            device.sync()?;
             last = Some(c);
-        }
+            Ok(start.elapsed().as_secs_f64() / f64::from(calls))
+        })?;
         let c = last
             .expect("at least 3 timed samples")
             .into_data()
             .try_to_vec::<f32>()
             .map_err(|e| format!("n={n}: reading C back: {e:?}"))?;
         verify(n, &a, &b, &c)?;
-
-        times.sort_by(f64::total_cmp);
-        let (best, median) = (times[0], times[times.len() / 2]);
-        let flops = 2.0 * (n as f64).powi(3);
-        let row = Row {
-            n,
-            gflops: flops / best / 1e9,
-            gflops_median: flops / median / 1e9,
-            best_ms: best * 1e3,
-            median_ms: median * 1e3,
-            samples: times.len(),
-        };
+        let row = Row::new(n, &timed, None);
+        let (warm, median) = (timed.warm_up, timed.sorted[timed.sorted.len() / 2]);
         let warm_ms: Vec<String> = warm.iter().map(|t| format!("{:.3}", t * 1e3)).collect();
         println!(
             "  burn-wgpu n={n:5}  {:8.1} GFLOP/s (median {:.1})",
@@ -233,9 +154,7 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
         gemm: rows,
     };
     if let Some(path) = &args.json_out {
-        let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&report)?)?;
-        std::fs::rename(&tmp, path)?;
+        report.write(path)?;
     }
     Ok(())
 }
