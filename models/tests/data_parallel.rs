@@ -6,6 +6,7 @@
 use ringtrain_models::nn::{Module, Sequential};
 use ringtrain_models::parallel::{DataParallel, DataParallelConfig};
 use ringtrain_models::zoo::{mlp, Activation};
+use ringtrain_runtime::comm::{hierarchical, ring, Communicator};
 use ringtrain_runtime::optim::{Sgd, SgdConfig};
 use ringtrain_runtime::{rng_from_seed, Device, Result, Tensor};
 use std::sync::OnceLock;
@@ -352,4 +353,154 @@ fn parameters_without_gradients_are_left_alone_as_on_one_device() {
             );
         }
     }
+}
+
+/// Trains `steps` steps in "processes" (threads here, each with its own DataParallel and
+/// `per_process[p]` replicas): what an MPI job does, with in-process communicators in
+/// place of MPI. Returns each process's replicas' final parameters.
+fn train_as_processes(
+    comms: Vec<Vec<Box<dyn Communicator>>>,
+    steps: usize,
+    batch: usize,
+) -> Vec<Vec<Params>> {
+    let set = data(steps * batch);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = comms
+            .into_iter()
+            .enumerate()
+            .map(|(p, comms)| {
+                let set = &set;
+                s.spawn(move || {
+                    let mut dp = DataParallel::with_communicators(
+                        cpu_devices(comms.len()),
+                        comms,
+                        // Rank 0's weights are `train`'s (seed 8); the others' are overwritten.
+                        |d| build(d, if p == 0 { 8 } else { 100 + p as u64 }),
+                        DataParallelConfig {
+                            first_bucket_bytes: 256,
+                            bucket_bytes: 1024,
+                            ..DataParallelConfig::default()
+                        },
+                    )
+                    .unwrap();
+                    for st in 0..steps {
+                        step(&mut dp, set, st * batch, batch).unwrap();
+                    }
+                    (0..dp.size())
+                        .map(|r| params(dp.replica(r).unwrap()))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+fn boxed(comms: Vec<impl Communicator + 'static>) -> Vec<Box<dyn Communicator>> {
+    comms
+        .into_iter()
+        .map(|c| Box::new(c) as Box<dyn Communicator>)
+        .collect()
+}
+
+#[test]
+fn one_replica_per_process_trains_like_one_process() {
+    let (steps, batch) = (4, 30);
+    // Two "processes" of one replica each.
+    let mut ring = ring(2).unwrap();
+    let r1 = ring.pop().unwrap();
+    let r0 = ring.pop().unwrap();
+    let out = train_as_processes(vec![boxed(vec![r0]), boxed(vec![r1])], steps, batch);
+    assert_eq!(
+        bits(&out[0][0]),
+        bits(&out[1][0]),
+        "the processes' replicas differ"
+    );
+    let (history, _) = train(cpu_devices(2), steps, batch);
+    // Same ring schedule, same shards by rank: the same bits as one process.
+    assert_eq!(bits(&out[0][0]), bits(&history[steps - 1][0]));
+}
+
+#[test]
+fn two_level_groups_train_like_one_ring() {
+    let (steps, batch) = (4, 30);
+    // Two "nodes" of two replicas each, their leaders joined by a ring.
+    let leaders = ring(2).unwrap();
+    let comms: Vec<Vec<Box<dyn Communicator>>> = std::thread::scope(|s| {
+        let hs: Vec<_> = leaders
+            .into_iter()
+            .map(|l| {
+                s.spawn(move || boxed(hierarchical(boxed(ring(2).unwrap()), Box::new(l)).unwrap()))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let out = train_as_processes(comms, steps, batch);
+    for p in out.iter().flatten() {
+        assert_eq!(bits(p), bits(&out[0][0]), "replicas differ");
+    }
+    let (history, _) = train(cpu_devices(4), steps, batch);
+    assert_close(
+        &out[0][0],
+        &history[steps - 1][0],
+        1e-5,
+        "hierarchical vs one ring of 4",
+    );
+}
+
+#[test]
+fn ranks_that_build_different_models_all_get_an_error() {
+    let started = Instant::now();
+    let ring = ring(3).unwrap();
+    let errors: Vec<String> = std::thread::scope(|s| {
+        let hs: Vec<_> = ring
+            .into_iter()
+            .map(|c| {
+                s.spawn(move || {
+                    let hidden = if c.rank() == 2 { 8 } else { 16 };
+                    let err = DataParallel::with_communicators(
+                        cpu_devices(1),
+                        boxed(vec![c]),
+                        |d| {
+                            let model = mlp(
+                                FEATURES,
+                                &[hidden],
+                                CLASSES,
+                                Activation::Relu,
+                                d,
+                                &mut rng_from_seed(0),
+                            )?;
+                            let opt = Sgd::new(model.parameters(), SgdConfig::default())?;
+                            Ok((model, opt))
+                        },
+                        DataParallelConfig::default(),
+                    );
+                    err.err().expect("a mismatch must be refused").to_string()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for e in &errors {
+        assert!(e.contains("ranks [2] built other parameters"), "{e}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
+fn communicators_must_form_one_group() {
+    let mut a = ring(2).unwrap();
+    let b = ring(2).unwrap();
+    // Two rank-0 communicators for two devices.
+    let comms = vec![a.remove(0), b.into_iter().next().unwrap()];
+    let err = DataParallel::with_communicators(
+        cpu_devices(2),
+        boxed(comms),
+        |d| build(d, 0),
+        DataParallelConfig::default(),
+    )
+    .err()
+    .expect("duplicate ranks must be refused")
+    .to_string();
+    assert!(err.contains("distinct ranks"), "{err}");
 }

@@ -26,6 +26,31 @@ pub(super) struct Layout {
 }
 
 impl Layout {
+    /// A fingerprint of the parameters (`names`, with their shapes) and of how their
+    /// gradients are bucketed: ranks whose fingerprints differ would all-reduce buffers
+    /// of different lengths or meanings. FNV-1a: stable across platforms and builds,
+    /// which a `std` hasher does not promise.
+    pub fn hash(&self, names: &[(String, Vec<usize>)]) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |bytes: &[u8]| {
+            for &b in bytes {
+                h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        for (name, dims) in names {
+            eat(name.as_bytes());
+            eat(&[0xff]);
+            for &d in dims {
+                eat(&(d as u64).to_le_bytes());
+            }
+            eat(&[0xfe]);
+        }
+        for &len in &self.bucket_lens {
+            eat(&(len as u64).to_le_bytes());
+        }
+        h
+    }
+
     pub fn new(shapes: &[Shape], first_bucket_bytes: usize, bucket_bytes: usize) -> Self {
         let mut slots = vec![None; shapes.len()];
         let (mut bucket_lens, mut bucket_params) = (Vec::new(), Vec::new());

@@ -1,6 +1,11 @@
 //! Synchronous data parallelism: one replica of a model per device, each global batch
 //! split into one shard per replica, gradients averaged by all-reduce every step.
 //!
+//! The replicas of one group may live in one process (threads, joined by the in-process
+//! ring: [`DataParallel::new`]) or in many (one or more per process, joined by MPI or a
+//! two-level communicator: [`DataParallel::with_communicators`]). A replica's place in
+//! the group is its communicator's rank, which picks its shard of every batch.
+//!
 //! Each step runs one worker thread per replica. A worker computes its shard's loss and
 //! walks backward; as each bucket of gradients completes, it hands the bucket to the
 //! replica's communication thread, which all-reduces buckets in a fixed order (the same
@@ -121,7 +126,15 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
     }
 
     /// Like [`DataParallel::new`], with communicators of the caller's: `comms[i]` serves
-    /// `devices[i]`, and their ranks must be `0..n` in that order.
+    /// `devices[i]`. The communicators belong to one group (the same size) with distinct
+    /// ranks; in a multi-process run each process holds some of the group's ranks (one,
+    /// with [`MpiComm`](ringtrain_runtime::comm)), and every process builds its
+    /// `DataParallel` at the same time.
+    ///
+    /// Before anything else the group checks that every rank built the same parameters
+    /// (names and shapes) and gradient buckets, by comparing a hash of them with rank 0's:
+    /// a mismatch is an error on every rank, not a hang in a collective of the wrong
+    /// length. Then rank 0's parameters are broadcast to every replica.
     pub fn with_communicators(
         devices: Vec<Device>,
         comms: Vec<Box<dyn Communicator>>,
@@ -133,18 +146,7 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
                 "data parallelism needs at least one device".into(),
             ));
         }
-        if comms.len() != devices.len()
-            || comms
-                .iter()
-                .enumerate()
-                .any(|(i, c)| c.rank() != i || c.size() != devices.len())
-        {
-            return Err(Error::InvalidArgument(format!(
-                "{} devices need communicators of ranks 0..{} in a group of that size",
-                devices.len(),
-                devices.len()
-            )));
-        }
+        check_group(devices.len(), &comms)?;
         let mut replicas = Vec::with_capacity(devices.len());
         let mut names = None;
         for (device, comm) in devices.into_iter().zip(comms) {
@@ -198,20 +200,43 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
         for r in &mut replicas {
             r.buckets = layout.bucket_lens.iter().map(|&n| vec![0.0; n]).collect();
         }
+        let layout_hash = layout.hash(&names.expect("at least one replica"));
         let mut dp = Self {
             replicas,
             layout,
             failed: None,
         };
-        run_on_replicas(&mut dp.replicas, &mut dp.failed, |r, _| {
+        run_on_replicas(&mut dp.replicas, &mut dp.failed, |r| {
+            r.agree_on_layout(layout_hash)?;
             r.broadcast_parameters()
         })?;
         Ok(dp)
     }
 
-    /// Number of replicas.
+    /// Replicas in this process.
     pub fn size(&self) -> usize {
         self.replicas.len()
+    }
+
+    /// Replicas in the whole group, across processes.
+    pub fn group_size(&self) -> usize {
+        self.replicas[0].comm.size()
+    }
+
+    /// The group ranks of this process's replicas.
+    pub fn ranks(&self) -> Vec<usize> {
+        self.replicas.iter().map(|r| r.comm.rank()).collect()
+    }
+
+    /// Stops the group: every replica's peers, in this process and others, get an error
+    /// naming this process's replicas and `reason` from their current or next
+    /// collective. Call it when this process must give up outside a step (a step's own
+    /// failures already do this), so that no peer waits for it until its timeout.
+    pub fn abort(&mut self, reason: &str) {
+        for r in &mut self.replicas {
+            r.comm.abort(reason);
+        }
+        self.failed.get_or_insert_with(|| reason.to_string());
     }
 
     pub fn devices(&self) -> Vec<&Device> {
@@ -238,8 +263,9 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
 
     /// One synchronous step over a global batch of `batch_len` rows, and its mean loss.
     ///
-    /// Replica `i` gets the contiguous shard `rows` of the batch (sizes differ by at most
-    /// one; a replica may get none when the batch is smaller than the group), and
+    /// The replica of rank `i` gets the contiguous shard `rows` of the batch (sizes differ
+    /// by at most one; a replica may get none when the batch is smaller than the group),
+    /// and
     /// `loss(model, device, rows)` returns the mean loss of those rows on that replica.
     /// Shard losses are weighted by their share of the batch, so the averaged gradient is
     /// the gradient of the whole batch's mean loss, as on one device. Parameters that no
@@ -262,34 +288,54 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
             return Err(Error::InvalidArgument("an empty batch has no loss".into()));
         }
         let layout = &self.layout;
-        let n = self.replicas.len();
         let loss = &loss;
-        let losses = run_on_replicas(&mut self.replicas, &mut self.failed, |r, rank| {
-            let rows = shard(batch_len, n, rank);
+        let losses = run_on_replicas(&mut self.replicas, &mut self.failed, |r| {
+            let rows = shard(batch_len, r.comm.size(), r.comm.rank());
             r.step(layout, batch_len, rows, loss)
         })?;
         Ok(losses[0])
     }
 }
 
+/// Checks that `comms` can serve `n` local replicas: one each, all of one group, with
+/// distinct ranks.
+fn check_group(n: usize, comms: &[Box<dyn Communicator>]) -> Result<()> {
+    let size = comms.first().map_or(0, |c| c.size());
+    let mut ranks: Vec<usize> = comms.iter().map(|c| c.rank()).collect();
+    ranks.sort_unstable();
+    ranks.dedup();
+    if comms.len() != n
+        || comms.iter().any(|c| c.size() != size || c.rank() >= size)
+        || ranks.len() != n
+    {
+        let described: Vec<String> = comms
+            .iter()
+            .map(|c| format!("rank {} of {}", c.rank(), c.size()))
+            .collect();
+        return Err(Error::InvalidArgument(format!(
+            "{n} devices need {n} communicators of one group with distinct ranks, got [{}]",
+            described.join(", ")
+        )));
+    }
+    Ok(())
+}
+
 /// Runs `f` on every replica, one thread each, and gathers the results; on a failure,
 /// returns the failed replica's own error as the step's, and marks the group failed.
+/// Replicas are named by their group rank.
 fn run_on_replicas<M: Send, O: Send, T: Send>(
     replicas: &mut [Replica<M, O>],
     failed: &mut Option<String>,
-    f: impl Fn(&mut Replica<M, O>, usize) -> Result<T> + Sync,
+    f: impl Fn(&mut Replica<M, O>) -> Result<T> + Sync,
 ) -> Result<Vec<T>> {
     let f = &f;
+    let ranks: Vec<usize> = replicas.iter().map(|r| r.comm.rank()).collect();
     let results: Vec<Result<T>> = std::thread::scope(|s| {
-        let handles: Vec<_> = replicas
-            .iter_mut()
-            .enumerate()
-            .map(|(rank, r)| s.spawn(move || f(r, rank)))
-            .collect();
+        let handles: Vec<_> = replicas.iter_mut().map(|r| s.spawn(move || f(r))).collect();
         handles
             .into_iter()
-            .enumerate()
-            .map(|(rank, h)| {
+            .zip(&ranks)
+            .map(|(h, &rank)| {
                 h.join().unwrap_or_else(|p| {
                     Err(Error::Comm(CommError::PeerFailed {
                         rank,
@@ -310,8 +356,8 @@ fn run_on_replicas<M: Send, O: Send, T: Send>(
     });
     let mut errors: Vec<(usize, Error)> = results
         .into_iter()
-        .enumerate()
-        .filter_map(|(i, r)| r.err().map(|e| (i, e)))
+        .zip(ranks)
+        .filter_map(|(r, rank)| r.err().map(|e| (rank, e)))
         .collect();
     let own = |(i, e): &(usize, Error)| !matches!(e, Error::Comm(CommError::PeerFailed { rank, .. }) if rank != i);
     let pick = errors
@@ -321,7 +367,8 @@ fn run_on_replicas<M: Send, O: Send, T: Send>(
         .unwrap_or(0);
     let (rank, cause) = errors.swap_remove(pick);
     let err = match cause {
-        e @ Error::Comm(CommError::PeerFailed { .. }) => e,
+        // Errors every replica reports alike.
+        e @ Error::Comm(CommError::PeerFailed { .. } | CommError::Mismatch(_)) => e,
         e => Error::Comm(CommError::PeerFailed {
             rank,
             reason: e.to_string(),
@@ -346,6 +393,43 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 impl<M: Module + Send, O: Optimizer + Send> Replica<M, O> {
+    /// Compares this replica's layout hash with rank 0's and tells every rank which ranks
+    /// differ, using only messages whose length all ranks agree on (4 words, then one
+    /// flag per rank). A failure aborts the group.
+    fn agree_on_layout(&mut self, hash: u64) -> Result<()> {
+        let result = self.try_agree_on_layout(hash);
+        if let Err(e) = &result {
+            if !matches!(e, Error::Comm(CommError::Mismatch(_))) {
+                self.comm.abort(&e.to_string());
+            }
+        }
+        result
+    }
+
+    fn try_agree_on_layout(&mut self, hash: u64) -> Result<()> {
+        // 16 bits per word: exact in f32.
+        let words =
+            |h: u64| -> Vec<f32> { (0..4).map(|i| ((h >> (16 * i)) & 0xffff) as f32).collect() };
+        let mut theirs = words(hash);
+        self.comm.broadcast(&mut theirs, 0)?;
+        let rank0 = theirs
+            .iter()
+            .enumerate()
+            .fold(0u64, |h, (i, &w)| h | ((w as u64) << (16 * i)));
+        let mut differs = vec![0.0f32; self.comm.size()];
+        differs[self.comm.rank()] = f32::from(u8::from(rank0 != hash));
+        self.comm.all_reduce(&mut differs)?;
+        let ranks: Vec<usize> = (0..differs.len()).filter(|&r| differs[r] > 0.0).collect();
+        if ranks.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Comm(CommError::Mismatch(format!(
+            "ranks {ranks:?} built other parameters (names or shapes) or gradient buckets \
+             than rank 0 (layout hash {hash:016x} here, {rank0:016x} on rank 0): every rank \
+             must build the same model with the same DataParallelConfig"
+        ))))
+    }
+
     /// Makes this replica's parameters rank 0's. A failure here aborts the group, so that
     /// no peer waits for this one.
     fn broadcast_parameters(&mut self) -> Result<()> {

@@ -6,9 +6,14 @@
 //! A communicator works on host memory (`[f32]`): wgpu cannot copy between devices, so a
 //! GPU's gradients come through the host on their way round the ring.
 
+mod hierarchical;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 mod ring;
+mod schedule;
 mod star;
 
+pub use hierarchical::{hierarchical, HierarchicalComm};
 pub use ring::{ring, ring_with, RingComm, RingConfig};
 pub use star::{star, StarComm};
 
@@ -28,6 +33,11 @@ pub enum CommError {
         .waited.as_secs_f64()
     )]
     Timeout { rank: usize, waited: Duration },
+    #[error(
+        "a collective made no progress for {:.0} s; a peer may be hung or dead",
+        .waited.as_secs_f64()
+    )]
+    Stalled { waited: Duration },
     #[error("peers disagree on the collective: {0}")]
     Mismatch(String),
     #[error("{0}")]

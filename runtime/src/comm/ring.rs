@@ -12,11 +12,11 @@
 //! Segment `j` is summed in the fixed order `x[j] + x[j+1] + ...` (ring order from peer
 //! `j`) by one peer, and then copied to the others, so every peer ends with the same bits.
 
+use super::schedule::{all_reduce_steps, chunk, chunks_in, Combine, Step};
 use super::{CommError, Communicator};
 use crossbeam_channel::{
     bounded, unbounded, Receiver, RecvTimeoutError, SendTimeoutError, Sender, TryRecvError,
 };
-use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -189,18 +189,6 @@ pub fn ring_with(size: usize, config: RingConfig) -> Result<Vec<RingComm>, CommE
     Ok(peers)
 }
 
-/// Which part of a `len`-element buffer is segment `i` of `n`.
-fn segment(len: usize, n: usize, i: usize) -> Range<usize> {
-    let at = |i: usize| ((i as u128 * len as u128) / n as u128) as usize;
-    at(i)..at(i + 1)
-}
-
-#[derive(Clone, Copy)]
-enum Combine {
-    Add,
-    Copy,
-}
-
 /// Marks its peer as waiting on another until dropped.
 struct Waiting<'a> {
     group: &'a Group,
@@ -267,7 +255,9 @@ impl RingComm {
                     )
                 }
                 CommError::Mismatch(m) => self.group.fail(self.rank, m.clone()),
-                CommError::PeerFailed { .. } | CommError::InvalidArgument(_) => {}
+                CommError::PeerFailed { .. }
+                | CommError::InvalidArgument(_)
+                | CommError::Stalled { .. } => {}
             }
             let e = self.group.failure().unwrap_or_else(|| e.clone());
             self.broken = Some(e.clone());
@@ -368,46 +358,24 @@ impl RingComm {
         Ok(())
     }
 
-    /// One ring step: send segment `out` to the successor while receiving segment `inc`
-    /// from the predecessor, chunk by chunk.
-    fn ring_step(
-        &self,
-        data: &mut [f32],
-        out: Range<usize>,
-        inc: Range<usize>,
-        combine: Combine,
-    ) -> Result<(), CommError> {
-        let total = data.len();
-        let ce = self.chunk_elems;
-        let (n_out, n_in) = (out.len().div_ceil(ce), inc.len().div_ceil(ce));
-        for c in 0..n_out.max(n_in) {
-            if c < n_out {
-                let lo = out.start + c * ce;
-                self.send(total, &data[lo..(lo + ce).min(out.end)])?;
+    /// One ring step, chunk by chunk: send chunk `c` of the outgoing segment, then
+    /// receive chunk `c` of the incoming one (the link's queue lets sends run ahead).
+    fn ring_step(&self, data: &mut [f32], step: &Step) -> Result<(), CommError> {
+        let (total, ce) = (data.len(), self.chunk_elems);
+        for c in 0..chunks_in(step, ce) {
+            if let Some(out) = chunk(&step.out, ce, c) {
+                self.send(total, &data[out])?;
             }
-            if c < n_in {
-                let lo = inc.start + c * ce;
-                let hi = (lo + ce).min(inc.end);
-                self.recv(total, &mut data[lo..hi], combine)?;
+            if let Some(inc) = chunk(&step.inc, ce, c) {
+                self.recv(total, &mut data[inc], step.combine)?;
             }
         }
         Ok(())
     }
 
     fn ring_all_reduce(&self, data: &mut [f32]) -> Result<(), CommError> {
-        let (n, r, len) = (self.size, self.rank, data.len());
-        // Reduce-scatter: after step s, peer r holds the sum of s + 2 peers' values of
-        // segment r - s - 1; after n - 1 steps, all of segment r + 1.
-        for s in 0..n - 1 {
-            let out = segment(len, n, (r + n - s) % n);
-            let inc = segment(len, n, (r + 2 * n - s - 1) % n);
-            self.ring_step(data, out, inc, Combine::Add)?;
-        }
-        // All-gather: pass the finished segments on round the ring.
-        for s in 0..n - 1 {
-            let out = segment(len, n, (r + 1 + n - s) % n);
-            let inc = segment(len, n, (r + n - s) % n);
-            self.ring_step(data, out, inc, Combine::Copy)?;
+        for step in all_reduce_steps(data.len(), self.size, self.rank) {
+            self.ring_step(data, &step)?;
         }
         Ok(())
     }
