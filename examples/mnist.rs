@@ -6,9 +6,19 @@
 //!     cargo run --release --example mnist -- --data-dir ~/mnist --epochs 20   # full MNIST
 //!     cargo run --release --example mnist -- --devices 4     # data parallel, 4 replicas
 //!     cargo run --release --example mnist -- --model cnn     # a small CNN
+//!
+//! Across processes and machines (built with `--features mpi`; see the README):
+//!
+//!     mpirun -np 4 target/release/examples/mnist --comm mpi
+//!     mpirun -np 2 --map-by ppr:1:node target/release/examples/mnist --comm hierarchical --devices 4
+
+#[path = "support/cluster.rs"]
+mod cluster;
 
 use clap::{Parser, ValueEnum};
+use cluster::{Cluster, CommArgs, CommKind};
 use indicatif::{ProgressBar, ProgressStyle};
+use ringtrain::comm::RingConfig;
 use ringtrain::data::{Batches, Mnist};
 use ringtrain::eval::evaluate;
 use ringtrain::parallel::{DataParallel, DataParallelConfig};
@@ -88,9 +98,12 @@ struct Args {
     /// hardware GPU; one CPU]. Several CPU replicas share the CPU's cores.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     devices: Option<u32>,
-    /// Worker threads for the CPU backend [default: all cores].
+    /// Worker threads for the CPU backend [default: all cores, shared out among the
+    /// MPI processes on this machine].
     #[arg(long)]
     threads: Option<usize>,
+    #[command(flatten)]
+    comm: CommArgs,
 }
 
 #[derive(Serialize)]
@@ -107,8 +120,17 @@ struct EpochMetrics {
 
 fn main() {
     let args = Args::parse();
-    if let Err(e) = run(&args) {
-        eprintln!("error: {e}");
+    let cluster = match Cluster::start(&args.comm) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = run(&args, &cluster) {
+        cluster.abort_job_on_exit();
+        cluster.eprint(&format!("error: {e}"));
+        drop(cluster); // under MPI: aborts the job, so that no peer waits for this rank
         std::process::exit(1);
     }
 }
@@ -123,18 +145,40 @@ fn default_data_dir() -> PathBuf {
 }
 
 /// The devices to train on: `--devices` of the chosen backend (by default every
-/// hardware GPU, or one CPU worker).
-fn pick_devices(args: &Args) -> Result<Vec<Device>, Box<dyn Error>> {
+/// hardware GPU, or one CPU worker); with `--comm mpi`, this process's one device (its
+/// machine's GPU number local rank).
+fn pick_devices(args: &Args, cluster: &Cluster) -> Result<Vec<Device>, Box<dyn Error>> {
     let n = args.devices.map(|n| n as usize);
+    if cluster.kind == CommKind::Mpi {
+        if n.is_some_and(|n| n != 1) {
+            return Err(
+                "--comm mpi trains one device per process; launch more processes \
+                        (mpirun -np N), or use --comm hierarchical --devices N"
+                    .into(),
+            );
+        }
+        let gpu = match args.backend {
+            Backend::Cpu => false,
+            Backend::Gpu => true,
+            Backend::Auto => Device::hardware_gpu_count() > 0,
+        };
+        return Ok(vec![if gpu {
+            Device::local_gpu(cluster.local_rank)?
+        } else {
+            Device::cpu()
+        }]);
+    }
     let cpus = |n: usize| (0..n).map(|_| Device::cpu()).collect::<Vec<_>>();
     Ok(match args.backend {
         Backend::Cpu => cpus(n.unwrap_or(1)),
         Backend::Gpu => Device::gpus(n)?,
         Backend::Auto if Device::hardware_gpu_count() > 0 => Device::gpus(n)?,
         Backend::Auto => {
-            println!(
-                "auto: no hardware GPU found, training on the CPU (--backend gpu forces a GPU)"
-            );
+            if cluster.is_root() {
+                println!(
+                    "auto: no hardware GPU found, training on the CPU (--backend gpu forces a GPU)"
+                );
+            }
             cpus(n.unwrap_or(1))
         }
     })
@@ -207,8 +251,15 @@ impl Trainer {
     }
 }
 
-fn run(args: &Args) -> Result<(), Box<dyn Error>> {
-    if let Some(n) = args.threads {
+fn run(args: &Args, cluster: &Cluster) -> Result<(), Box<dyn Error>> {
+    // Processes sharing a machine share its cores: by default each takes its part.
+    let threads = args.threads.or_else(|| {
+        (cluster.local_processes > 1).then(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (cores / cluster.local_processes).max(1)
+        })
+    });
+    if let Some(n) = threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build_global()?;
@@ -219,7 +270,7 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
         );
     }
     let activation: Activation = args.activation.parse()?;
-    let devices = pick_devices(args)?;
+    let devices = pick_devices(args, cluster)?;
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     let mut mnist = Mnist::load(&data_dir)?;
     if let Some(n) = args.train_limit {
@@ -271,16 +322,18 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
         };
         Ok((model, optimizer))
     };
-    let n_devices = devices.len();
+    let root = cluster.is_root();
+    let n_local = devices.len();
     let device_names = {
         let names: Vec<String> = devices.iter().map(Device::name).collect();
-        if names.iter().all(|n| *n == names[0]) && n_devices > 1 {
-            format!("{n_devices} x {}", names[0])
+        if names.iter().all(|n| *n == names[0]) && n_local > 1 {
+            format!("{n_local} x {}", names[0])
         } else {
             names.join(", ")
         }
     };
-    let (lr, mut trainer) = if n_devices == 1 {
+    let comms = cluster.communicators(&args.comm, n_local)?;
+    let (lr, mut trainer) = if n_local == 1 && comms.is_none() {
         let device = devices.into_iter().next().expect("one device");
         let (model, optimizer) = build(&device)?;
         (
@@ -293,16 +346,36 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
         )
     } else {
         let mut lr = 0.0;
-        let dp = DataParallel::new(
-            devices,
-            |d| {
-                let built = build(d)?;
-                lr = built.1.learning_rate();
-                Ok(built)
+        let build = |d: &Device| {
+            let built = build(d)?;
+            lr = built.1.learning_rate();
+            Ok(built)
+        };
+        let config = DataParallelConfig {
+            ring: RingConfig {
+                timeout: args.comm.timeout(),
+                ..RingConfig::default()
             },
-            DataParallelConfig::default(),
-        )?;
+            ..DataParallelConfig::default()
+        };
+        let dp = match comms {
+            None => DataParallel::new(devices, build, config)?,
+            Some(comms) => DataParallel::with_communicators(devices, comms, build, config)?,
+        };
         (lr, Trainer::Parallel(dp))
+    };
+    // Replicas in the whole run, across processes.
+    let n_devices = match &trainer {
+        Trainer::Single { .. } => 1,
+        Trainer::Parallel(dp) => dp.group_size(),
+    };
+    let device_names = if cluster.processes > 1 {
+        format!(
+            "{n_devices} replicas: {device_names} on rank 0 | {}",
+            cluster.describe()
+        )
+    } else {
+        device_names
     };
     let model_name = match args.model {
         ModelKind::Mlp => format!(
@@ -320,7 +393,8 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
             train.rows, train.cols, train.num_classes
         ),
     };
-    println!(
+    if root {
+        println!(
         "mnist: {} train / {} test digits from {} | model {model_name} ({} parameters) | {:?} lr {} | {}",
         train.len,
         test.len,
@@ -330,6 +404,7 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
         lr,
         device_names
     );
+    }
 
     let batch_size = args.batch_size as usize;
     let features = train.features();
@@ -343,7 +418,12 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
             batch_size,
             Some(args.seed ^ (u64::from(epoch) << 32)),
         )?;
-        let bar = ProgressBar::new(batches.len() as u64).with_style(ProgressStyle::with_template(
+        let bar = if root {
+            ProgressBar::new(batches.len() as u64)
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_style(ProgressStyle::with_template(
             "epoch {prefix:>3} [{bar:30}] {pos}/{len} batches {msg}",
         )?);
         bar.set_prefix(epoch.to_string());
@@ -389,6 +469,10 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
         }
         bar.finish_and_clear();
         let train_seconds = epoch_start.elapsed().as_secs_f64();
+        if !root {
+            // Every rank holds the same parameters: rank 0 evaluates and reports.
+            continue;
+        }
         let eval = evaluate(trainer.model(), test, 1000, trainer.device())?;
         let samples_per_sec = seen as f64 / train_seconds;
         let metrics = EpochMetrics {
@@ -419,6 +503,9 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
         if let Some(path) = &args.metrics_out {
             write_metrics(path, &history)?;
         }
+    }
+    if !root {
+        return Ok(());
     }
     let last = history.last().ok_or("no epochs ran")?;
     let best = history.iter().map(|m| m.test_accuracy).fold(0.0, f32::max);

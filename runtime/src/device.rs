@@ -41,27 +41,48 @@ impl Device {
     /// a machine without GPUs run a ring on one software adapter, and is slower than one
     /// device per GPU on real hardware.
     pub fn gpus(n: Option<usize>) -> Result<Vec<Device>> {
-        let adapters = GpuBackend::adapters()?;
-        let hardware: Vec<usize> = (0..adapters.len())
-            .filter(|&i| adapters[i].is_hardware)
-            .collect();
-        let usable = match (hardware.is_empty(), adapters.is_empty()) {
-            (false, _) => hardware,
-            (true, false) => vec![0],
+        let Some(usable) = Self::usable_adapters()? else {
             // No adapter at all: the same error a single device gives.
-            (true, true) => return Device::gpu().map(|d| vec![d]),
+            return Device::gpu().map(|d| vec![d]);
         };
         let n = n.unwrap_or(usable.len());
         if n == 0 {
             return Err(Error::InvalidArgument("zero GPU devices asked for".into()));
         }
         (0..n)
-            .map(|i| {
-                GpuBackend::with_adapter(usable[i % usable.len()])
-                    .map(Device::Gpu)
-                    .map_err(|e| Error::DeviceUnavailable(e.to_string()))
-            })
+            .map(|i| Self::gpu_on(usable[i % usable.len()]))
             .collect()
+    }
+
+    /// The GPU for the process with local rank `local_rank` on its machine, when one
+    /// process drives one GPU (MPI): adapter `local_rank` of the hardware ones (round
+    /// robin where processes outnumber GPUs), or the software adapter where there is no
+    /// hardware one.
+    pub fn local_gpu(local_rank: usize) -> Result<Device> {
+        match Self::usable_adapters()? {
+            Some(usable) => Self::gpu_on(usable[local_rank % usable.len()]),
+            None => Device::gpu(),
+        }
+    }
+
+    /// Indices of the adapters data parallelism should use: the hardware ones, else the
+    /// first (software) one; `None` when there is no adapter at all.
+    fn usable_adapters() -> Result<Option<Vec<usize>>> {
+        let adapters = GpuBackend::adapters()?;
+        let hardware: Vec<usize> = (0..adapters.len())
+            .filter(|&i| adapters[i].is_hardware)
+            .collect();
+        Ok(match (hardware.is_empty(), adapters.is_empty()) {
+            (false, _) => Some(hardware),
+            (true, false) => Some(vec![0]),
+            (true, true) => None,
+        })
+    }
+
+    fn gpu_on(adapter: usize) -> Result<Device> {
+        GpuBackend::with_adapter(adapter)
+            .map(Device::Gpu)
+            .map_err(|e| Error::DeviceUnavailable(e.to_string()))
     }
 
     /// How many hardware GPUs wgpu finds (0 where there are none, or only software ones).

@@ -367,8 +367,14 @@ fn run_on_replicas<M: Send, O: Send, T: Send>(
         .unwrap_or(0);
     let (rank, cause) = errors.swap_remove(pick);
     let err = match cause {
-        // Errors every replica reports alike.
-        e @ Error::Comm(CommError::PeerFailed { .. } | CommError::Mismatch(_)) => e,
+        // Errors that name their culprit already, or that every replica reports alike.
+        e @ Error::Comm(
+            CommError::PeerFailed { .. }
+            | CommError::PeerLeft { .. }
+            | CommError::Timeout { .. }
+            | CommError::Stalled { .. }
+            | CommError::Mismatch(_),
+        ) => e,
         e => Error::Comm(CommError::PeerFailed {
             rank,
             reason: e.to_string(),

@@ -29,7 +29,7 @@ pub enum CommError {
     #[error("peer {rank} left the group in the middle of a collective")]
     PeerLeft { rank: usize },
     #[error(
-        "peer {rank} sent nothing for {:.0} s; it may be hung (the timeout is set by RingConfig::timeout)",
+        "peer {rank} sent nothing for {:.0} s: it is hung, or slower than the communicator's timeout allows",
         .waited.as_secs_f64()
     )]
     Timeout { rank: usize, waited: Duration },

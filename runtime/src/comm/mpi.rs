@@ -192,15 +192,24 @@ impl Mpi {
         self.local_size
     }
 
+    /// Marks this process failed: when the last handle and communicator are gone, the
+    /// job is aborted (`MPI_Abort`) instead of finalized. Call it when a rank gives up
+    /// for a reason of its own, so that peers waiting on it do not wait in
+    /// `MPI_Finalize`; a communicator whose collective failed does this itself.
+    pub fn abort_job_on_exit(&self) {
+        self.env.failed.store(true, Ordering::Release);
+    }
+
     /// The host name MPI reports for this process.
     pub fn processor_name(&self) -> String {
         mpi::environment::processor_name().unwrap_or_else(|_| "unknown".into())
     }
 
-    /// The MPI library, e.g. "Open MPI v4.1.4".
+    /// The MPI library, e.g. "Open MPI v4.1.4" (the first part of what it reports).
     pub fn library_version(&self) -> String {
         mpi::environment::library_version()
-            .map(|v| v.lines().next().unwrap_or("").trim().to_string())
+            .ok()
+            .and_then(|v| v.split([',', '\n']).next().map(|s| s.trim().to_string()))
             .unwrap_or_default()
     }
 

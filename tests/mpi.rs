@@ -1,0 +1,383 @@
+//! Multi-process data parallelism under a real `mpirun` (Open MPI or MPICH): ranks end
+//! with bitwise-identical parameters that match the in-process ring of the same size,
+//! and a rank that fails, dies or hangs, or that built another model, ends the job with
+//! an error instead of leaving it hung.
+//!
+//! Needs the `mpi` feature and the examples built with it:
+//!
+//!     cargo build --release --features mpi --examples
+//!     cargo test --release --features mpi --test mpi
+//!
+//! More ranks than cores is fine (`--oversubscribe` is passed to Open MPI).
+#![cfg(feature = "mpi")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Longest a job may take before the test calls it hung (every job here takes seconds).
+const JOB_LIMIT: Duration = Duration::from_secs(120);
+
+fn example(name: &str) -> PathBuf {
+    let mut dir = std::env::current_exe().expect("test binary path");
+    dir.pop();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is not built: run `cargo build --release --features mpi --examples` first",
+        bin.display()
+    );
+    bin
+}
+
+struct Job {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    took: Duration,
+}
+
+/// Runs `command` to completion, or kills it and fails the test after [`JOB_LIMIT`].
+fn finish(mut command: Command) -> Job {
+    let started = Instant::now();
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the job (is mpirun on PATH?)");
+    // Drain the pipes while waiting, so that a chatty job cannot block on a full pipe.
+    let mut out_pipe = child.stdout.take().expect("piped");
+    let mut err_pipe = child.stderr.take().expect("piped");
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut out_pipe, &mut s).ok();
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut err_pipe, &mut s).ok();
+        s
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the job") {
+            break status;
+        }
+        if started.elapsed() > JOB_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{command:?} was still running after {JOB_LIMIT:?}: hung\nstderr: {}",
+                err.join().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Job {
+        code: status.code(),
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+        took: started.elapsed(),
+    }
+}
+
+/// `mpirun -np n <example> args...`.
+fn mpirun(n: usize, name: &str, args: &[&str]) -> Job {
+    let mut c = Command::new("mpirun");
+    let version = Command::new("mpirun")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if version.contains("Open MPI") {
+        // Open MPI refuses more ranks than cores, and running as root (CI containers),
+        // unless told.
+        c.arg("--oversubscribe")
+            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+            // Shared memory between ranks of one machine, no network probing.
+            .env("OMPI_MCA_btl", "self,vader");
+    }
+    c.args(["-np", &n.to_string()])
+        .arg(example(name))
+        .args(args)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    finish(c)
+}
+
+/// The example in one process, without MPI.
+fn local(name: &str, args: &[&str]) -> Job {
+    let mut c = Command::new(example(name));
+    c.args(args).current_dir(env!("CARGO_MANIFEST_DIR"));
+    finish(c)
+}
+
+fn ok(job: &Job, what: &str) {
+    assert_eq!(
+        job.code,
+        Some(0),
+        "{what} failed\nstdout: {}\nstderr: {}",
+        job.stdout,
+        job.stderr
+    );
+}
+
+fn read_params(dir: &Path, rank: usize) -> Vec<f32> {
+    std::fs::read(dir.join(format!("rank-{rank}.f32")))
+        .unwrap_or_else(|e| panic!("rank {rank}'s parameters in {}: {e}", dir.display()))
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Every rank's parameters in `dir`, checked bitwise identical; returns rank 0's.
+fn identical_ranks(dir: &Path, n: usize) -> Vec<f32> {
+    let first = read_params(dir, 0);
+    assert!(!first.is_empty());
+    for r in 1..n {
+        assert!(
+            bits(&read_params(dir, r)) == bits(&first),
+            "rank {r} ended with other parameters than rank 0"
+        );
+    }
+    first
+}
+
+fn max_difference(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// The in-process ring's result with `n` replicas.
+fn in_process(n: usize) -> Vec<f32> {
+    let dir = tempfile::tempdir().unwrap();
+    let job = local(
+        "mpi_check",
+        &[
+            "--devices",
+            &n.to_string(),
+            "--params-out",
+            dir.path().to_str().unwrap(),
+        ],
+    );
+    ok(&job, "the in-process run");
+    identical_ranks(dir.path(), n)
+}
+
+#[test]
+fn mpi_ranks_end_identical_and_match_the_in_process_ring() {
+    for n in [2, 4] {
+        let dir = tempfile::tempdir().unwrap();
+        let job = mpirun(
+            n,
+            "mpi_check",
+            &[
+                "--comm",
+                "mpi",
+                "--params-out",
+                dir.path().to_str().unwrap(),
+            ],
+        );
+        ok(&job, &format!("mpi_check on {n} ranks"));
+        assert!(
+            job.stdout
+                .contains("collectives: all-reduce, broadcast and barrier give exact results"),
+            "{}",
+            job.stdout
+        );
+        assert!(
+            job.stdout
+                .contains(&format!("ok: {n} replicas in {n} processes")),
+            "{}",
+            job.stdout
+        );
+        let over_mpi = identical_ranks(dir.path(), n);
+        // ringtrain's ring over MPI runs the in-process ring's schedule: the same sums in
+        // the same order, so the same bits.
+        assert!(
+            bits(&over_mpi) == bits(&in_process(n)),
+            "{n} ranks over MPI differ from {n} in-process replicas"
+        );
+    }
+}
+
+#[test]
+fn native_mpi_all_reduce_matches_the_ring_within_rounding() {
+    let n = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let job = mpirun(
+        n,
+        "mpi_check",
+        &[
+            "--comm",
+            "mpi",
+            "--mpi-algorithm",
+            "native",
+            "--params-out",
+            dir.path().to_str().unwrap(),
+        ],
+    );
+    ok(&job, "mpi_check with MPI_Iallreduce");
+    let native = identical_ranks(dir.path(), n);
+    let diff = max_difference(&native, &in_process(n));
+    assert!(
+        diff < 1e-4,
+        "native all-reduce drifted {diff} from the ring"
+    );
+}
+
+#[test]
+fn hierarchical_ranks_match_one_ring_of_all_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    // 2 processes ("machines") of 2 replicas each.
+    let job = mpirun(
+        2,
+        "mpi_check",
+        &[
+            "--comm",
+            "hierarchical",
+            "--devices",
+            "2",
+            "--params-out",
+            dir.path().to_str().unwrap(),
+        ],
+    );
+    ok(&job, "mpi_check --comm hierarchical");
+    assert!(
+        job.stdout.contains("ok: 4 replicas in 2 processes"),
+        "{}",
+        job.stdout
+    );
+    let two_level = identical_ranks(dir.path(), 4);
+    let diff = max_difference(&two_level, &in_process(4));
+    assert!(
+        diff < 1e-4,
+        "hierarchical drifted {diff} from the in-process ring"
+    );
+}
+
+#[test]
+fn a_rank_whose_step_fails_stops_every_rank_with_its_reason() {
+    let job = mpirun(
+        2,
+        "mpi_check",
+        &["--comm", "mpi", "--inject-fault", "1:3:error"],
+    );
+    assert_ne!(job.code, Some(0), "the job must fail");
+    // The failing rank says why, and so does the rank it notified.
+    assert!(
+        job.stderr
+            .contains("rank 1: error: peer 1 failed: injected failure at step 3"),
+        "{}",
+        job.stderr
+    );
+    assert!(
+        job.stderr
+            .contains("rank 0: error: peer 1 failed: injected failure at step 3"),
+        "{}",
+        job.stderr
+    );
+    assert!(job.took < JOB_LIMIT);
+}
+
+#[test]
+fn a_rank_that_dies_ends_the_job() {
+    let job = mpirun(
+        2,
+        "mpi_check",
+        &["--comm", "mpi", "--inject-fault", "1:3:exit"],
+    );
+    assert_ne!(job.code, Some(0), "the job must fail:\n{}", job.stderr);
+    assert!(
+        job.stderr.contains("rank 1: exiting at step 3"),
+        "{}",
+        job.stderr
+    );
+    assert!(!job.stdout.contains("ok:"), "{}", job.stdout);
+}
+
+#[test]
+fn a_hung_rank_is_named_after_the_timeout() {
+    let job = mpirun(
+        2,
+        "mpi_check",
+        &[
+            "--comm",
+            "mpi",
+            "--inject-fault",
+            "1:3:hang",
+            "--comm-timeout",
+            "2",
+        ],
+    );
+    assert_ne!(job.code, Some(0), "the job must fail");
+    assert!(
+        job.stderr
+            .contains("rank 0: error: peer 1 sent nothing for 2 s"),
+        "{}",
+        job.stderr
+    );
+}
+
+#[test]
+fn ranks_that_built_different_models_are_named_before_training() {
+    let job = mpirun(3, "mpi_check", &["--comm", "mpi", "--mismatch-rank", "2"]);
+    assert_ne!(job.code, Some(0), "the job must fail");
+    assert!(
+        job.stderr.contains("ranks [2] built other parameters"),
+        "{}",
+        job.stderr
+    );
+}
+
+#[test]
+fn mnist_over_mpi_reports_from_rank_0_and_trains_like_local_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let (over_mpi, in_one) = (dir.path().join("mpi.jsonl"), dir.path().join("local.jsonl"));
+    let common = [
+        "--backend",
+        "cpu",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "2000",
+        "--hidden",
+        "64",
+    ];
+    let mut args = common.to_vec();
+    args.extend(["--comm", "mpi", "--metrics-out", over_mpi.to_str().unwrap()]);
+    let job = mpirun(2, "mnist", &args);
+    ok(&job, "mnist --comm mpi");
+    // Rank 0 alone prints.
+    assert_eq!(job.stdout.matches("epoch   1").count(), 1, "{}", job.stdout);
+    assert_eq!(
+        job.stdout.matches("done: 1 epochs").count(),
+        1,
+        "{}",
+        job.stdout
+    );
+    assert!(job.stdout.contains("2 replicas"), "{}", job.stdout);
+
+    let mut args = common.to_vec();
+    args.extend(["--devices", "2", "--metrics-out", in_one.to_str().unwrap()]);
+    ok(&local("mnist", &args), "mnist --devices 2");
+    let metrics = |p: &Path| -> serde_json::Value {
+        serde_json::from_str(std::fs::read_to_string(p).unwrap().trim()).unwrap()
+    };
+    let (a, b) = (metrics(&over_mpi), metrics(&in_one));
+    for key in ["train_loss", "test_loss", "test_accuracy"] {
+        assert_eq!(a[key], b[key], "{key}: {a} over MPI vs {b} in one process");
+    }
+}
