@@ -130,8 +130,8 @@ fn main() {
     if let Err(e) = run(&args, &cluster) {
         cluster.abort_job_on_exit();
         cluster.eprint(&format!("error: {e}"));
-        drop(cluster); // under MPI: aborts the job, so that no peer waits for this rank
-        std::process::exit(1);
+        // Under MPI this aborts the job, so that no peer waits for this rank.
+        cluster.exit(1);
     }
 }
 

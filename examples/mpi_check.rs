@@ -102,8 +102,7 @@ fn main() {
     if let Err(e) = run(&args, &cluster) {
         cluster.abort_job_on_exit();
         cluster.eprint(&format!("error: {e}"));
-        drop(cluster);
-        std::process::exit(1);
+        cluster.exit(1);
     }
 }
 
@@ -238,10 +237,11 @@ fn run(args: &Args, cluster: &Cluster) -> Result<(), Box<dyn Error>> {
         }
     }
     say(format!(
-        "ok: {} replicas in {} processes hold identical parameters after {} steps \
+        "ok: {} replicas in {} process{} hold identical parameters after {} steps \
          (loss {:.4} -> {:.4}, parameter hash {hash:016x})",
         dp.group_size(),
         cluster.processes,
+        if cluster.processes == 1 { "" } else { "es" },
         args.steps,
         losses.first().copied().unwrap_or(f32::NAN),
         losses.last().copied().unwrap_or(f32::NAN),

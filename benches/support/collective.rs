@@ -82,6 +82,44 @@ pub fn time_all_reduce<C: Communicator>(
     Ok(samples.into_inner().unwrap())
 }
 
+/// Seconds per call of `op`, run in lockstep by every rank of `coord`'s group (ranks may
+/// be processes): the protocol of [`time_all_reduce`] with the ranks' clocks compared
+/// through `coord`, so every rank returns the same samples. `coord` only coordinates; it
+/// may be a communicator other than the one `op` measures.
+pub fn time_ranked(
+    coord: &mut dyn Communicator,
+    mut op: impl FnMut() -> Result<(), CommError>,
+    min_samples: usize,
+    min_time: Duration,
+) -> Result<Vec<f64>, CommError> {
+    let slowest = |coord: &mut dyn Communicator, mine: f64| -> Result<f64, CommError> {
+        let mut times = vec![0.0f32; coord.size()];
+        times[coord.rank()] = mine as f32;
+        coord.all_reduce(&mut times)?;
+        Ok(times.into_iter().fold(0.0, f32::max) as f64)
+    };
+    for _ in 0..2 {
+        op()?; // warm-up: page faults, spare buffers
+    }
+    coord.barrier()?;
+    let t = Instant::now();
+    op()?;
+    let one = slowest(coord, t.elapsed().as_secs_f64())?.max(1e-9);
+    let iters = ((0.02 / one) as usize).clamp(1, 10_000);
+    let (mut samples, mut timed) = (Vec::new(), 0.0);
+    while samples.len() < min_samples || timed < min_time.as_secs_f64() {
+        coord.barrier()?;
+        let t = Instant::now();
+        for _ in 0..iters {
+            op()?;
+        }
+        let dt = slowest(coord, t.elapsed().as_secs_f64())?;
+        timed += dt;
+        samples.push(dt / iters as f64);
+    }
+    Ok(samples)
+}
+
 /// One thread's copy bandwidth over `bytes`, best of a few ~20 ms samples, in bytes per
 /// second (bytes copied, not bytes moved: a copy reads and writes each byte).
 pub fn memcpy_bandwidth(bytes: usize) -> f64 {

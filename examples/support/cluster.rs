@@ -48,6 +48,9 @@ impl CommArgs {
     }
 }
 
+/// One communicator per replica of this process.
+pub type Communicators = Vec<Box<dyn Communicator>>;
+
 /// This process's place in the run.
 #[allow(dead_code)] // each example that includes this module reads some of it
 pub struct Cluster {
@@ -127,7 +130,7 @@ impl Cluster {
         &self,
         args: &CommArgs,
         local_devices: usize,
-    ) -> Result<Option<Vec<Box<dyn Communicator>>>, Box<dyn Error>> {
+    ) -> Result<Option<Communicators>, Box<dyn Error>> {
         let _ = (args, local_devices);
         match self.kind {
             CommKind::Local => Ok(None),
@@ -200,6 +203,14 @@ impl Cluster {
             );
         }
         "one process".into()
+    }
+
+    /// Ends the process with `code`: under MPI, after finalizing (or, after a failure,
+    /// aborting the job; see [`Cluster::abort_job_on_exit`]).
+    pub fn exit(self, code: i32) -> ! {
+        #[cfg(feature = "mpi")]
+        drop(self.mpi);
+        std::process::exit(code)
     }
 
     /// After a failure: end the job rather than wait for peers in MPI_Finalize.

@@ -322,17 +322,34 @@ impl Request {
     }
 }
 
-/// Waits between polls of an operation: spin briefly (a peer usually answers within
-/// microseconds), then yield the core (ranks may outnumber cores), then sleep.
-struct Backoff(u32);
+/// Waits between polls of an operation. MPI moves data (rendezvous transfers, the steps
+/// of a non-blocking collective) only inside MPI calls, so a waiting rank keeps polling:
+/// spinning briefly, then yielding its core between polls (ranks may outnumber cores),
+/// and only after a long wait (a slow peer, not a transfer) sleeping between polls.
+struct Backoff {
+    polls: u32,
+    since: Instant,
+}
+
+/// How long a waiting rank polls without sleeping.
+const BUSY_POLL: Duration = Duration::from_millis(50);
 
 impl Backoff {
+    fn new() -> Self {
+        Self {
+            polls: 0,
+            since: Instant::now(),
+        }
+    }
+
     fn pause(&mut self) {
-        self.0 = self.0.saturating_add(1);
-        match self.0 {
-            0..=64 => std::hint::spin_loop(),
-            65..=2048 => std::thread::yield_now(),
-            _ => std::thread::sleep(Duration::from_micros(100)),
+        self.polls = self.polls.saturating_add(1);
+        if self.polls <= 64 {
+            std::hint::spin_loop();
+        } else if self.since.elapsed() < BUSY_POLL {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(Duration::from_micros(100));
         }
     }
 }
@@ -392,6 +409,32 @@ fn f32_type() -> ffi::MPI_Datatype {
 impl MpiComm {
     pub fn config(&self) -> &MpiConfig {
         &self.config
+    }
+
+    /// `MPI_Allreduce` (sum) of `send` into `recv`, blocking, as an application calling
+    /// MPI directly would: no staging, no failure notices, no timeout. It is the baseline
+    /// the benchmarks put beside this communicator's own collectives.
+    pub fn blocking_all_reduce(&mut self, send: &[f32], recv: &mut [f32]) -> Result<(), CommError> {
+        if send.len() != recv.len() || send.len() > i32::MAX as usize {
+            return Err(CommError::InvalidArgument(format!(
+                "MPI_Allreduce needs equal lengths below 2^31 (send {}, receive {})",
+                send.len(),
+                recv.len()
+            )));
+        }
+        if let Some(e) = &self.broken {
+            return Err(e.clone());
+        }
+        check(unsafe {
+            ffi::MPI_Allreduce(
+                send.as_ptr().cast(),
+                recv.as_mut_ptr().cast(),
+                send.len() as c_int,
+                f32_type(),
+                ffi::RSMPI_SUM,
+                self.data.0.as_raw(),
+            )
+        })
     }
 
     fn next_rank(&self) -> usize {
@@ -455,7 +498,7 @@ impl MpiComm {
             }
         }
         let start = Instant::now();
-        let mut backoff = Backoff(0);
+        let mut backoff = Backoff::new();
         while start.elapsed() < NOTICE_DELIVERY {
             pending.retain_mut(|r| !matches!(r.test(), Ok(Some(_)) | Err(_)));
             if pending.is_empty() {
@@ -472,7 +515,7 @@ impl MpiComm {
     /// is the rank the operation waits on, if one; it is blamed for a timeout.
     fn wait(&self, req: &mut Request, peer: Option<usize>) -> Result<ffi::MPI_Status, CommError> {
         let start = Instant::now();
-        let mut backoff = Backoff(0);
+        let mut backoff = Backoff::new();
         loop {
             if let Some(status) = req.test()? {
                 return Ok(status);
