@@ -20,6 +20,24 @@
 //! (after a short grace for its peers to report what they were told), so a failure
 //! tears the whole job down instead of leaving ranks blocked in finalize; a rank that
 //! dies outright is noticed by the launcher, which stops the others.
+//!
+//! ```no_run
+//! use ringtrain_runtime::comm::mpi::{Mpi, MpiConfig};
+//! use ringtrain_runtime::comm::Communicator;
+//!
+//! # fn main() -> Result<(), ringtrain_runtime::comm::CommError> {
+//! // Launched as `mpirun -np 4 this-program`.
+//! let mpi = Mpi::init()?;
+//! let mut comm = mpi.communicator(MpiConfig::default())?;
+//! let mut grads = vec![mpi.rank() as f32; 1000];
+//! comm.all_reduce(&mut grads)?; // 0 + 1 + 2 + 3 = 6 everywhere
+//! assert!(grads.iter().all(|&g| g == (0..mpi.size()).sum::<usize>() as f32));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! `DataParallel::with_communicators` (in `ringtrain-models`) takes such a communicator
+//! for the process's one replica; `examples/mpi_check.rs` is a complete program.
 
 use super::schedule::{all_reduce_steps, chunk, chunks_in, Combine, Step};
 use super::{CommError, Communicator};
