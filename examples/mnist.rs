@@ -149,6 +149,20 @@ fn default_data_dir() -> PathBuf {
 /// machine's GPU number local rank).
 fn pick_devices(args: &Args, cluster: &Cluster) -> Result<Vec<Device>, Box<dyn Error>> {
     let n = args.devices.map(|n| n as usize);
+    let gpu = || match args.backend {
+        Backend::Cpu => false,
+        Backend::Gpu => true,
+        Backend::Auto => Device::hardware_gpu_count() > 0,
+    };
+    if cluster.kind == CommKind::Hierarchical && cluster.local_processes > 1 && gpu() {
+        return Err(format!(
+            "--comm hierarchical drives every GPU of a machine from one process, but {} \
+             processes share this one: launch one per machine (mpirun --map-by ppr:1:node, \
+             srun --ntasks-per-node=1), or use --comm mpi for one process per GPU",
+            cluster.local_processes
+        )
+        .into());
+    }
     if cluster.kind == CommKind::Mpi {
         if n.is_some_and(|n| n != 1) {
             return Err(
@@ -157,12 +171,7 @@ fn pick_devices(args: &Args, cluster: &Cluster) -> Result<Vec<Device>, Box<dyn E
                     .into(),
             );
         }
-        let gpu = match args.backend {
-            Backend::Cpu => false,
-            Backend::Gpu => true,
-            Backend::Auto => Device::hardware_gpu_count() > 0,
-        };
-        return Ok(vec![if gpu {
+        return Ok(vec![if gpu() {
             Device::local_gpu(cluster.local_rank)?
         } else {
             Device::cpu()

@@ -46,8 +46,9 @@ struct Args {
     #[arg(long)]
     params_out: Option<PathBuf>,
     /// Make process RANK fail at STEP: `RANK:STEP:error` (its loss returns an error),
-    /// `RANK:STEP:exit` (the process exits at once) or `RANK:STEP:hang` (it stops
-    /// responding; the others time out after --comm-timeout).
+    /// `RANK:STEP:exit` (the process exits at once), `RANK:STEP:hang` (it stops
+    /// responding; the others time out after --comm-timeout), or `RANK:0:build` (its
+    /// model cannot be built, before training).
     #[arg(long)]
     inject_fault: Option<Fault>,
     /// Process RANK builds a wider model than the others (to see the layout check).
@@ -60,6 +61,7 @@ enum FaultKind {
     Error,
     Exit,
     Hang,
+    Build,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -72,7 +74,7 @@ struct Fault {
 impl FromStr for Fault {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("`{s}` is not RANK:STEP:error|exit|hang");
+        let bad = || format!("`{s}` is not RANK:STEP:error|exit|hang|build");
         let parts: Vec<&str> = s.split(':').collect();
         let [rank, step, kind] = parts[..] else {
             return Err(bad());
@@ -84,6 +86,7 @@ impl FromStr for Fault {
                 "error" => FaultKind::Error,
                 "exit" => FaultKind::Exit,
                 "hang" => FaultKind::Hang,
+                "build" => FaultKind::Build,
                 _ => return Err(bad()),
             },
         })
@@ -148,7 +151,15 @@ fn run(args: &Args, cluster: &Cluster) -> Result<(), Box<dyn Error>> {
     } else {
         32
     };
+    let fails_to_build = args
+        .inject_fault
+        .is_some_and(|f| f.rank == cluster.rank && matches!(f.kind, FaultKind::Build));
     let build = |device: &Device| -> ringtrain::Result<_> {
+        if fails_to_build {
+            return Err(ringtrain::Error::InvalidArgument(
+                "injected failure building the model".into(),
+            ));
+        }
         let model = mlp(
             FEATURES,
             &[hidden],
@@ -228,7 +239,7 @@ fn run(args: &Args, cluster: &Cluster) -> Result<(), Box<dyn Error>> {
     }
     #[cfg(feature = "mpi")]
     if cluster.kind != CommKind::Local {
-        agree_across_processes(cluster, hash)?;
+        agree_across_processes(args, cluster, hash)?;
     }
     if let Some(dir) = &args.params_out {
         std::fs::create_dir_all(dir)?;
@@ -318,10 +329,13 @@ fn check_collectives(args: &Args, cluster: &Cluster) -> Result<(), Box<dyn Error
 /// Compares this process's parameter fingerprint with rank 0's, and tells every process
 /// which differ.
 #[cfg(feature = "mpi")]
-fn agree_across_processes(cluster: &Cluster, hash: u64) -> Result<(), Box<dyn Error>> {
+fn agree_across_processes(args: &Args, cluster: &Cluster, hash: u64) -> Result<(), Box<dyn Error>> {
     use ringtrain::comm::mpi::MpiConfig;
     use ringtrain::comm::Communicator;
-    let mut comm = cluster.world(MpiConfig::default())?;
+    let mut comm = cluster.world(MpiConfig {
+        timeout: args.comm.timeout(),
+        ..MpiConfig::default()
+    })?;
     let words =
         |h: u64| -> Vec<f32> { (0..4).map(|i| ((h >> (16 * i)) & 0xffff) as f32).collect() };
     let mut rank0 = words(hash);

@@ -293,6 +293,90 @@ fn a_rank_whose_step_fails_stops_every_rank_with_its_reason() {
 }
 
 #[test]
+fn a_failing_rank_is_named_in_mpi_iallreduce_mode_too() {
+    let job = mpirun(
+        2,
+        "mpi_check",
+        &[
+            "--comm",
+            "mpi",
+            "--mpi-algorithm",
+            "native",
+            "--inject-fault",
+            "1:3:error",
+        ],
+    );
+    assert_ne!(job.code, Some(0), "the job must fail");
+    assert!(
+        job.stderr
+            .contains("rank 0: error: peer 1 failed: injected failure at step 3"),
+        "{}",
+        job.stderr
+    );
+}
+
+#[test]
+fn a_rank_that_cannot_build_its_model_stops_the_others_at_once() {
+    let job = mpirun(
+        3,
+        "mpi_check",
+        &[
+            "--comm",
+            "mpi",
+            "--inject-fault",
+            "2:0:build",
+            "--comm-timeout",
+            "100",
+        ],
+    );
+    assert_ne!(job.code, Some(0), "the job must fail");
+    assert!(
+        job.stderr.contains("rank 0: error: peer 2 failed: its process could not set up data parallelism: injected failure building the model"),
+        "{}",
+        job.stderr
+    );
+    // Told, not timed out: far below the 100 s timeout.
+    assert!(job.took < Duration::from_secs(60), "took {:?}", job.took);
+}
+
+/// Every healthy rank's error line names `culprit`, and none blames another rank.
+fn all_blame(stderr: &str, ranks: &[usize], culprit: usize) {
+    for r in ranks {
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with(&format!("rank {r}: error:")))
+            .unwrap_or_else(|| panic!("no error from rank {r}:\n{stderr}"));
+        assert!(
+            line.contains(&format!("peer {culprit} sent nothing"))
+                || line.contains(&format!("peer {culprit} failed: it sent nothing")),
+            "rank {r} blames someone else: {line}\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_hung_rank_among_four_is_named_by_every_other() {
+    for algorithm in ["ring", "native"] {
+        let job = mpirun(
+            4,
+            "mpi_check",
+            &[
+                "--comm",
+                "mpi",
+                "--mpi-algorithm",
+                algorithm,
+                "--inject-fault",
+                "2:3:hang",
+                "--comm-timeout",
+                "2",
+            ],
+        );
+        assert_ne!(job.code, Some(0), "{algorithm}: the job must fail");
+        all_blame(&job.stderr, &[0, 1, 3], 2);
+    }
+}
+
+#[test]
 fn a_rank_that_dies_ends_the_job() {
     let job = mpirun(
         2,

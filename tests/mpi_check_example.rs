@@ -67,7 +67,7 @@ fn mpi_check_verifies_the_in_process_ring() {
 fn a_bad_fault_spec_is_a_usage_error() {
     let out = run("mpi_check", &["--inject-fault", "1:x:error"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is not RANK:STEP:error|exit|hang"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not RANK:STEP:error|exit|hang|build"));
 }
 
 #[cfg(not(feature = "mpi"))]

@@ -37,7 +37,9 @@ pub struct CommArgs {
     /// The all-reduce between MPI processes.
     #[arg(long, value_enum, default_value = "ring")]
     pub mpi_algorithm: MpiAlgorithmArg,
-    /// Seconds a collective waits for a silent peer before the run fails.
+    /// Seconds a collective waits for a silent peer before the run fails. Keep it well
+    /// above anything one rank does alone between steps (rank 0 evaluates each epoch
+    /// while the others wait).
     #[arg(long, default_value_t = 120.0)]
     pub comm_timeout: f64,
 }
@@ -158,10 +160,13 @@ impl Cluster {
                     }
                     return Ok(Some(vec![comm]));
                 }
+                // Longer than MPI's timeout, so that when a remote node hangs, the leader
+                // (waiting on MPI) is the one to time out and name it, not the devices
+                // waiting on their leader.
                 let local = ring_with(
                     local_devices,
                     RingConfig {
-                        timeout: args.timeout(),
+                        timeout: args.timeout() * 2 + Duration::from_secs(5),
                         ..RingConfig::default()
                     },
                 )?
@@ -196,10 +201,11 @@ impl Cluster {
         #[cfg(feature = "mpi")]
         if let Some(mpi) = &self.mpi {
             return format!(
-                "{} MPI processes ({} on this machine), {}",
+                "{} MPI processes ({} on this machine), {} at thread level {:?}",
                 self.processes,
                 self.local_processes,
-                mpi.library_version()
+                mpi.library_version(),
+                mpi.threading()
             );
         }
         "one process".into()

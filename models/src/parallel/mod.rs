@@ -146,50 +146,68 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
                 "data parallelism needs at least one device".into(),
             ));
         }
-        check_group(devices.len(), &comms)?;
-        let mut replicas = Vec::with_capacity(devices.len());
+        if let Err(e) = check_group(devices.len(), &comms) {
+            abort_all(comms, &e);
+            return Err(e);
+        }
+        let mut pending = comms.into_iter();
+        let mut replicas: Vec<Replica<M, O>> = Vec::with_capacity(devices.len());
         let mut names = None;
-        for (device, comm) in devices.into_iter().zip(comms) {
-            let (model, optimizer) = build(&device)?;
-            let named = model.named_parameters();
-            let these: Vec<(String, Vec<usize>)> = named
-                .iter()
-                .map(|(n, v)| (n.clone(), v.dims().to_vec()))
-                .collect();
-            match &names {
-                None => names = Some(these),
-                Some(first) if *first != these => {
-                    return Err(Error::InvalidArgument(format!(
-                        "replica {} has other parameters than replica 0 (names and shapes \
-                         must match): {these:?} vs {first:?}",
-                        replicas.len()
-                    )))
+        // A replica is built before it takes its communicator, so that on a failure every
+        // communicator not yet handed out is still here to abort.
+        let built = (|| -> Result<()> {
+            for device in devices {
+                let (model, optimizer) = build(&device)?;
+                let named = model.named_parameters();
+                let these: Vec<(String, Vec<usize>)> = named
+                    .iter()
+                    .map(|(n, v)| (n.clone(), v.dims().to_vec()))
+                    .collect();
+                match &names {
+                    None => names = Some(these),
+                    Some(first) if *first != these => {
+                        return Err(Error::InvalidArgument(format!(
+                            "replica {} has other parameters than replica 0 (names and shapes \
+                             must match): {these:?} vs {first:?}",
+                            replicas.len()
+                        )))
+                    }
+                    Some(_) => {}
                 }
-                Some(_) => {}
+                if let Some((name, v)) = named.iter().find(|(_, v)| v.device() != &device) {
+                    return Err(Error::InvalidArgument(format!(
+                        "replica {}: parameter {name} lives on {}, not on the replica's device {}",
+                        replicas.len(),
+                        v.device().name(),
+                        device.name()
+                    )));
+                }
+                let params: Vec<Var> = named.into_iter().map(|(_, v)| v).collect();
+                let index = params
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (v.id(), i))
+                    .collect();
+                replicas.push(Replica {
+                    device,
+                    model,
+                    optimizer,
+                    params,
+                    index,
+                    comm: pending
+                        .next()
+                        .expect("one communicator per device, checked"),
+                    buckets: Vec::new(),
+                });
             }
-            if let Some((name, v)) = named.iter().find(|(_, v)| v.device() != &device) {
-                return Err(Error::InvalidArgument(format!(
-                    "replica {}: parameter {name} lives on {}, not on the replica's device {}",
-                    replicas.len(),
-                    v.device().name(),
-                    device.name()
-                )));
-            }
-            let params: Vec<Var> = named.into_iter().map(|(_, v)| v).collect();
-            let index = params
-                .iter()
-                .enumerate()
-                .map(|(i, v)| (v.id(), i))
-                .collect();
-            replicas.push(Replica {
-                device,
-                model,
-                optimizer,
-                params,
-                index,
-                comm,
-                buckets: Vec::new(),
-            });
+            Ok(())
+        })();
+        if let Err(e) = built {
+            // Peers in other processes would otherwise wait for these replicas until
+            // their timeout.
+            let taken = replicas.into_iter().map(|r| r.comm);
+            abort_all(taken.chain(pending), &e);
+            return Err(e);
         }
         let shapes: Vec<_> = replicas[0]
             .params
@@ -297,6 +315,15 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
     }
 }
 
+/// Tells every peer of `comms` that this process failed with `e` before training.
+fn abort_all(comms: impl IntoIterator<Item = Box<dyn Communicator>>, e: &Error) {
+    for mut c in comms {
+        c.abort(&format!(
+            "its process could not set up data parallelism: {e}"
+        ));
+    }
+}
+
 /// Checks that `comms` can serve `n` local replicas: one each, all of one group, with
 /// distinct ranks.
 fn check_group(n: usize, comms: &[Box<dyn Communicator>]) -> Result<()> {
@@ -331,7 +358,23 @@ fn run_on_replicas<M: Send, O: Send, T: Send>(
     let f = &f;
     let ranks: Vec<usize> = replicas.iter().map(|r| r.comm.rank()).collect();
     let results: Vec<Result<T>> = std::thread::scope(|s| {
-        let handles: Vec<_> = replicas.iter_mut().map(|r| s.spawn(move || f(r))).collect();
+        let handles: Vec<_> = replicas
+            .iter_mut()
+            .map(|r| {
+                s.spawn(move || {
+                    // A panic must not leave this replica's peers waiting on it.
+                    let out = catch_unwind(AssertUnwindSafe(|| f(&mut *r)));
+                    out.unwrap_or_else(|p| {
+                        let reason = panic_message(&p);
+                        r.comm.abort(&reason);
+                        Err(Error::Comm(CommError::PeerFailed {
+                            rank: r.comm.rank(),
+                            reason,
+                        }))
+                    })
+                })
+            })
+            .collect();
         handles
             .into_iter()
             .zip(&ranks)

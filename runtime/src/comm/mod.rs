@@ -6,6 +6,7 @@
 //! A communicator works on host memory (`[f32]`): wgpu cannot copy between devices, so a
 //! GPU's gradients come through the host on their way round the ring.
 
+mod blame;
 mod hierarchical;
 #[cfg(feature = "mpi")]
 pub mod mpi;

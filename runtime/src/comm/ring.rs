@@ -12,6 +12,7 @@
 //! Segment `j` is summed in the fixed order `x[j] + x[j+1] + ...` (ring order from peer
 //! `j`) by one peer, and then copied to the others, so every peer ends with the same bits.
 
+use super::blame;
 use super::schedule::{all_reduce_steps, chunk, chunks_in, Combine, Step};
 use super::{CommError, Communicator};
 use crossbeam_channel::{
@@ -70,22 +71,18 @@ impl Group {
         self.waiting_on[rank].store(on.map_or(0, |p| p + 1), Ordering::Release);
     }
 
-    /// Follows the chain of waits from `peer` (the one `me` timed out on) to the first
-    /// peer that is not waiting on another: the one holding everybody up. If the chain
-    /// comes back to `me` or closes on itself, all are waiting (peers in different
-    /// collectives) and `peer` is as good an answer as any.
+    /// The peer holding `me` up, given that `me` timed out waiting on `peer`; if every
+    /// peer is waiting (peers in different collectives), `peer` is as good an answer as
+    /// any.
     fn holdup(&self, me: usize, peer: usize) -> usize {
-        let mut at = peer;
-        for _ in 0..self.waiting_on.len() {
-            if at == me {
-                return peer;
+        let n = self.waiting_on.len();
+        blame::holdup(me, peer, n, |p| {
+            match self.waiting_on[p].load(Ordering::Acquire) {
+                0 => blame::Waiting::No,
+                next => blame::Waiting::On(next - 1),
             }
-            match self.waiting_on[at].load(Ordering::Acquire) {
-                0 => return at,
-                next => at = next - 1,
-            }
-        }
-        peer
+        })
+        .unwrap_or(peer)
     }
 
     fn fail(&self, rank: usize, reason: String) {
