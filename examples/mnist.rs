@@ -120,19 +120,7 @@ struct EpochMetrics {
 
 fn main() {
     let args = Args::parse();
-    let cluster = match Cluster::start(&args.comm) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(1);
-        }
-    };
-    if let Err(e) = run(&args, &cluster) {
-        cluster.abort_job_on_exit();
-        cluster.eprint(&format!("error: {e}"));
-        // Under MPI this aborts the job, so that no peer waits for this rank.
-        cluster.exit(1);
-    }
+    Cluster::main(&args.comm, |cluster| run(&args, cluster));
 }
 
 fn default_data_dir() -> PathBuf {

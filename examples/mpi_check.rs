@@ -95,18 +95,7 @@ impl FromStr for Fault {
 
 fn main() {
     let args = Args::parse();
-    let cluster = match Cluster::start(&args.comm) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(1);
-        }
-    };
-    if let Err(e) = run(&args, &cluster) {
-        cluster.abort_job_on_exit();
-        cluster.eprint(&format!("error: {e}"));
-        cluster.exit(1);
-    }
+    Cluster::main(&args.comm, |cluster| run(&args, cluster));
 }
 
 /// The same synthetic classification set on every process: `rows` inputs and labels.

@@ -68,6 +68,24 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// An example's `main`: starts the cluster, runs `run`, and on an error prints it
+    /// (prefixed with the rank) and exits with status 1, aborting an MPI job so that no
+    /// peer waits for this rank.
+    pub fn main(args: &CommArgs, run: impl FnOnce(&Cluster) -> Result<(), Box<dyn Error>>) {
+        let cluster = match Cluster::start(args) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+        };
+        if let Err(e) = run(&cluster) {
+            cluster.abort_job_on_exit();
+            cluster.eprint(&format!("error: {e}"));
+            cluster.exit(1);
+        }
+    }
+
     /// Starts MPI where `--comm` asks for it.
     pub fn start(args: &CommArgs) -> Result<Self, Box<dyn Error>> {
         match args.comm {

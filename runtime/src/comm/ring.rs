@@ -241,16 +241,8 @@ impl RingComm {
                     *rank,
                     "it left the group in the middle of a collective".into(),
                 ),
-                CommError::Timeout { rank, waited } => {
-                    let culprit = self.group.holdup(self.rank, *rank);
-                    self.group.fail(
-                        culprit,
-                        format!(
-                            "it sent nothing for {:.0} s, holding up the ring",
-                            waited.as_secs_f64()
-                        ),
-                    )
-                }
+                // Recorded by `timed_out`, while this peer still counted as waiting.
+                CommError::Timeout { .. } => {}
                 CommError::Mismatch(m) => self.group.fail(self.rank, m.clone()),
                 CommError::PeerFailed { .. }
                 | CommError::InvalidArgument(_)
@@ -261,6 +253,22 @@ impl RingComm {
             return Err(e);
         }
         result
+    }
+
+    /// After waiting `waited` on `peer`: records the peer holding the ring up as the
+    /// group's failure. Called while this peer still counts as waiting, so that a peer
+    /// timing out at the same moment follows the chain through this one instead of
+    /// taking it for the culprit.
+    fn timed_out(&self, peer: usize, waited: Duration) -> CommError {
+        let culprit = self.group.holdup(self.rank, peer);
+        self.group.fail(
+            culprit,
+            format!(
+                "it sent nothing for {:.0} s, holding up the ring",
+                waited.as_secs_f64()
+            ),
+        );
+        CommError::Timeout { rank: peer, waited }
     }
 
     fn send(&self, total: usize, values: &[f32]) -> Result<(), CommError> {
@@ -289,10 +297,7 @@ impl RingComm {
                 Err(SendTimeoutError::Timeout(c)) => {
                     chunk = c;
                     if start.elapsed() > self.config.timeout {
-                        return Err(CommError::Timeout {
-                            rank: self.next_rank(),
-                            waited: start.elapsed(),
-                        });
+                        return Err(self.timed_out(self.next_rank(), start.elapsed()));
                     }
                 }
                 Err(SendTimeoutError::Disconnected(_)) => {
@@ -317,10 +322,7 @@ impl RingComm {
                 Ok(c) => break c,
                 Err(RecvTimeoutError::Timeout) => {
                     if start.elapsed() > self.config.timeout {
-                        return Err(CommError::Timeout {
-                            rank: self.prev_rank(),
-                            waited: start.elapsed(),
-                        });
+                        return Err(self.timed_out(self.prev_rank(), start.elapsed()));
                     }
                 }
                 Err(RecvTimeoutError::Disconnected) => {
