@@ -70,6 +70,19 @@ fn a_bad_fault_spec_is_a_usage_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not RANK:STEP:error|exit|hang|build"));
 }
 
+#[test]
+fn a_timeout_that_is_not_a_positive_number_is_a_usage_error() {
+    for bad in ["0", "-1", "inf", "NaN", "soon"] {
+        let out = run("mpi_check", &[&format!("--comm-timeout={bad}")]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("is not a number of seconds above 0"),
+            "{stderr}"
+        );
+    }
+}
+
 #[cfg(not(feature = "mpi"))]
 #[test]
 fn mpi_modes_without_the_feature_say_how_to_build_them() {

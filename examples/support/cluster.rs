@@ -40,13 +40,20 @@ pub struct CommArgs {
     /// Seconds a collective waits for a silent peer before the run fails. Keep it well
     /// above anything one rank does alone between steps (rank 0 evaluates each epoch
     /// while the others wait).
-    #[arg(long, default_value_t = 120.0)]
+    #[arg(long, default_value_t = 120.0, value_parser = parse_seconds)]
     pub comm_timeout: f64,
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v < 1e9 => Ok(v),
+        _ => Err(format!("`{s}` is not a number of seconds above 0")),
+    }
 }
 
 impl CommArgs {
     pub fn timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.comm_timeout.max(0.001))
+        Duration::from_secs_f64(self.comm_timeout)
     }
 }
 
@@ -59,7 +66,7 @@ pub struct Cluster {
     #[cfg(feature = "mpi")]
     mpi: Option<ringtrain::comm::mpi::Mpi>,
     pub kind: CommKind,
-    /// This process among the run's processes (0 and 1 for a local run).
+    /// This process among the run's processes (rank 0 of 1 for a local run).
     pub rank: usize,
     pub processes: usize,
     /// This process among those on its machine: the GPU it takes.
