@@ -134,9 +134,11 @@ pub(super) fn open(adapter: wgpu::Adapter) -> Result<(Context, AdapterSummary)> 
              workgroup memory per workgroup"
         )));
     }
+    // Timestamp queries where the adapter has them: benchmarks time kernels on the GPU.
+    let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
         label: Some("ringtrain"),
-        required_features: wgpu::Features::empty(),
+        required_features: features,
         required_limits: limits.clone(),
         experimental_features: wgpu::ExperimentalFeatures::default(),
         memory_hints: wgpu::MemoryHints::Performance,

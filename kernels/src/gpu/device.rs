@@ -21,11 +21,23 @@ const ARENA_BYTES: u64 = 256 * 1024;
 /// How long a download waits for the GPU before reporting it as hung.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// Compute passes one timed region can time (two timestamps each).
+const TIMED_PASSES: u32 = 512;
+
 /// What every part of the backend needs: the device, its queue and limits.
 pub(super) struct Shared {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub limits: wgpu::Limits,
+}
+
+/// GPU-side timing where the device has timestamp queries: the start and end of every
+/// compute pass of a timed region are written into `set`.
+struct Timestamps {
+    set: wgpu::QuerySet,
+    resolved: wgpu::Buffer,
+    /// Nanoseconds per timestamp tick.
+    period: f32,
 }
 
 enum Command {
@@ -46,6 +58,9 @@ struct Stream {
     /// Parameters of the recorded dispatches, uploaded to `arena` at submission.
     params: Vec<u8>,
     arena: wgpu::Buffer,
+    /// In a timed region: the next timestamp index, and whether the region has run out
+    /// of timestamps (its passes are then not all timed).
+    timing: Option<(u32, bool)>,
 }
 
 pub(super) struct Context {
@@ -59,6 +74,7 @@ pub(super) struct Context {
     error: Arc<Mutex<Option<String>>>,
     /// Parameter slots are this many bytes apart (the device's uniform offset alignment).
     slot: u64,
+    timestamps: Option<Timestamps>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -83,6 +99,24 @@ impl Context {
             mapped_at_creation: false,
         });
         let slot = u64::from(shared.limits.min_uniform_buffer_offset_alignment).max(16);
+        let timestamps = shared
+            .device
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+            .then(|| Timestamps {
+                set: shared.device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("ringtrain timing"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: 2 * TIMED_PASSES,
+                }),
+                resolved: shared.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("ringtrain timestamps"),
+                    size: u64::from(2 * TIMED_PASSES) * 8,
+                    usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                }),
+                period: shared.queue.get_timestamp_period(),
+            });
         Self {
             storage: Arc::new(Pool::new(
                 wgpu::BufferUsages::STORAGE
@@ -95,9 +129,11 @@ impl Context {
                 commands: Vec::new(),
                 params: Vec::new(),
                 arena,
+                timing: None,
             }),
             error,
             slot,
+            timestamps,
             shared,
         }
     }
@@ -195,10 +231,26 @@ impl Context {
                 i += 1;
                 continue;
             }
-            // A run of dispatches shares one compute pass.
+            // A run of dispatches shares one compute pass, timed in a timed region.
+            let timestamp_writes = match (&self.timestamps, &mut stream.timing) {
+                (Some(ts), Some((next, full))) => {
+                    if *next + 2 <= 2 * TIMED_PASSES {
+                        *next += 2;
+                        Some(wgpu::ComputePassTimestampWrites {
+                            query_set: &ts.set,
+                            beginning_of_pass_write_index: Some(*next - 2),
+                            end_of_pass_write_index: Some(*next - 1),
+                        })
+                    } else {
+                        *full = true;
+                        None
+                    }
+                }
+                _ => None,
+            };
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: None,
-                timestamp_writes: None,
+                timestamp_writes,
             });
             while let Some(Command::Dispatch {
                 pipeline,
@@ -236,6 +288,67 @@ impl Context {
             self.shared.queue.write_buffer(dst, 0, data);
         }
         Ok(())
+    }
+
+    /// Whether [`Context::timed`] can time on the GPU (the device has timestamp queries).
+    pub fn has_timestamps(&self) -> bool {
+        self.timestamps.is_some()
+    }
+
+    /// Runs `f`, which records ops, and returns its result with the GPU time its compute
+    /// passes took, summed from timestamps written at the start and end of each pass
+    /// (gaps between passes and submissions are not counted). `None` where the device has
+    /// no timestamp queries or the region had more than 512 passes; the caller then falls
+    /// back to a synchronized wall clock. Work recorded before the call is submitted
+    /// first, untimed.
+    pub fn timed<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<(T, Option<Duration>)> {
+        let Some(ts) = &self.timestamps else {
+            return f().map(|v| (v, None));
+        };
+        {
+            let mut stream = lock(&self.stream);
+            self.submit(&mut stream)?;
+            stream.timing = Some((0, false));
+        }
+        let out = f();
+        let (queries, full) = {
+            let mut stream = lock(&self.stream);
+            let submitted = self.submit(&mut stream);
+            let timing = stream.timing.take().unwrap_or((0, false));
+            submitted?;
+            timing
+        };
+        let value = out?;
+        if full {
+            return Ok((value, None));
+        }
+        if queries == 0 {
+            return Ok((value, Some(Duration::ZERO)));
+        }
+        let mut encoder =
+            self.shared
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("ringtrain timestamps"),
+                });
+        encoder.resolve_query_set(&ts.set, 0..queries, &ts.resolved, 0);
+        let bytes = u64::from(queries) * 8;
+        {
+            let mut stream = lock(&self.stream);
+            self.submit(&mut stream)?;
+            self.shared.queue.submit([encoder.finish()]);
+        }
+        let raw = self.read(&ts.resolved, bytes)?;
+        let ticks: u64 = raw
+            .chunks_exact(16)
+            .map(|pair| {
+                let begin = u64::from_le_bytes(pair[..8].try_into().expect("8 bytes"));
+                let end = u64::from_le_bytes(pair[8..].try_into().expect("8 bytes"));
+                end.saturating_sub(begin)
+            })
+            .sum();
+        let nanos = ticks as f64 * f64::from(ts.period);
+        Ok((value, Some(Duration::from_nanos(nanos as u64))))
     }
 
     /// Submits everything recorded and blocks until the GPU has run it.

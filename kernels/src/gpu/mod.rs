@@ -103,6 +103,24 @@ impl GpuBackend {
         self.ctx.wait()
     }
 
+    /// Whether [`GpuBackend::timed`] measures on the GPU (the adapter has timestamp
+    /// queries; lavapipe and most desktop GPUs do).
+    pub fn has_timestamps(&self) -> bool {
+        self.ctx.has_timestamps()
+    }
+
+    /// Runs `f`, which records ops on this device, and returns its result with the GPU
+    /// time its kernels took (from timestamps at the start and end of every compute
+    /// pass; gaps between passes are not counted). The time is `None` where the adapter
+    /// has no timestamp queries, or `f` ran more than 512 passes: time with a
+    /// synchronized wall clock then. Ops recorded before the call run first, untimed.
+    pub fn timed<T>(
+        &self,
+        f: impl FnOnce() -> Result<T>,
+    ) -> Result<(T, Option<std::time::Duration>)> {
+        self.ctx.timed(f)
+    }
+
     /// The limits the device was opened with (the adapter's own, not WebGPU's defaults):
     /// ops check sizes against them and split or refuse what does not fit.
     pub fn limits(&self) -> &wgpu::Limits {
