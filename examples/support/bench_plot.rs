@@ -27,7 +27,7 @@ pub fn write_svg(path: &Path, title: &str, lines: &[Line]) -> Result<(), Box<dyn
     let (g_min, g_max) = all().fold((f64::INFINITY, 0.0f64), |(lo, hi), &(_, g)| {
         (lo.min(g), hi.max(g))
     });
-    if lines.is_empty() || n_max == 0 || !(g_max > 0.0) {
+    if lines.is_empty() || n_max == 0 || g_max.is_nan() || g_max <= 0.0 {
         return Err("nothing to plot".into());
     }
     let mut svg = String::new();
