@@ -14,7 +14,7 @@
 //!     cargo run --release --example bench -- --sizes 256,1024,4096 --backends cpu,gpu --svg-out gemm.svg
 //!
 //! Every measurement warms up first (2 calls), then takes samples until --min-time
-//! seconds and 3 samples have passed, and reports the median (best in the JSON). GPU
+//! seconds and --reps samples have passed, and reports the median (best in the JSON). GPU
 //! times come from timestamp queries around the kernels where the adapter has them,
 //! otherwise from a wall clock around the calls and a device sync.
 
@@ -26,7 +26,7 @@ mod collective;
 mod gemm_protocol;
 
 use clap::{Parser, ValueEnum};
-use gemm_protocol::{operands, time_samples, verify, Res, Timed};
+use gemm_protocol::{operands, time_at_least, verify, Res, Timed};
 use indicatif::{ProgressBar, ProgressStyle};
 use ringtrain::comm::ring;
 use ringtrain::kernels::cpu::gemm::{sgemm, MatRef};
@@ -75,9 +75,12 @@ struct Args {
     /// The naive loop only up to this n (it takes seconds beyond).
     #[arg(long, default_value_t = 512)]
     naive_max: usize,
-    /// Seconds of timed samples per measurement (at least 3 samples).
+    /// Seconds of timed samples per measurement.
     #[arg(long, default_value_t = 0.3)]
     min_time: f64,
+    /// Timed samples per measurement, at least (each after 2 warm-up calls).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=5000))]
+    reps: u32,
     /// The GPU's FP32 peak in TFLOP/s [default: looked up from the adapter's name].
     #[arg(long)]
     peak_tflops: Option<f64>,
@@ -234,7 +237,14 @@ fn run(args: &Args) -> Res<()> {
     let mut gemm = Vec::new();
     for &(which, n) in &gemm_runs {
         bar.set_message(format!("GEMM {which:?} n={n}"));
-        let t = time_gemm(which, n, args.min_time, &one_thread, gpu.as_ref())?;
+        let t = time_gemm(
+            which,
+            n,
+            args.reps as usize,
+            args.min_time,
+            &one_thread,
+            gpu.as_ref(),
+        )?;
         let flops = 2.0 * (n as f64).powi(3);
         let (best, median) = (t.sorted[0], t.sorted[t.sorted.len() / 2]);
         gemm.push(GemmPoint {
@@ -252,7 +262,13 @@ fn run(args: &Args) -> Res<()> {
     let mut steps = Vec::new();
     for &which in &train_runs {
         bar.set_message(format!("training step {which:?}"));
-        let seconds = time_train_step(which, args.min_time, &one_thread, gpu.as_ref())?;
+        let seconds = time_train_step(
+            which,
+            args.reps as usize,
+            args.min_time,
+            &one_thread,
+            gpu.as_ref(),
+        )?;
         steps.push(StepPoint {
             backend: which,
             ms_median: seconds * 1e3,
@@ -266,7 +282,7 @@ fn run(args: &Args) -> Res<()> {
         let samples = collective::time_all_reduce(
             ring(2)?,
             bytes / 4,
-            3,
+            args.reps as usize,
             Duration::from_secs_f64(args.min_time),
         )?;
         let t = median(samples);
@@ -396,6 +412,7 @@ fn naive_gemm(n: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
 fn time_gemm(
     which: Which,
     n: usize,
+    reps: usize,
     min_time: f64,
     one_thread: &rayon::ThreadPool,
     gpu: Option<&GpuBackend>,
@@ -418,7 +435,7 @@ fn time_gemm(
         )
     };
     let timed = match which {
-        Which::Naive => time_samples(1, min_time, || {
+        Which::Naive => time_at_least(reps, 1, min_time, || {
             let t = Instant::now();
             naive_gemm(n, &a, &b, &mut c);
             std::hint::black_box(&mut c);
@@ -427,14 +444,14 @@ fn time_gemm(
         // On the pool's thread, so the kernel runs single-threaded (errors cross the
         // thread boundary as text).
         Which::Cpu1 => one_thread.install(|| {
-            time_samples(1, min_time, || {
+            time_at_least(reps, 1, min_time, || {
                 let t = Instant::now();
                 cpu_gemm(&mut c)?;
                 Ok(t.elapsed().as_secs_f64())
             })
             .map_err(|e| e.to_string())
         })?,
-        Which::Cpu => time_samples(1, min_time, || {
+        Which::Cpu => time_at_least(reps, 1, min_time, || {
             let t = Instant::now();
             cpu_gemm(&mut c)?;
             Ok(t.elapsed().as_secs_f64())
@@ -446,7 +463,7 @@ fn time_gemm(
             let spec = GemmSpec::new(n, n, n, false, false);
             // Enough products per sample that launch overhead does not dominate small n.
             let calls = (((1u64 << 27) / (n as u64).pow(3)).clamp(1, 64)) as u32;
-            let timed = time_samples(calls, min_time, || {
+            let timed = time_at_least(reps, calls, min_time, || {
                 let start = Instant::now();
                 let ((), on_gpu) = gpu.timed(|| {
                     for _ in 0..calls {
@@ -469,6 +486,7 @@ fn time_gemm(
 /// Median seconds of one MLP training step on `which`.
 fn time_train_step(
     which: Which,
+    reps: usize,
     min_time: f64,
     one_thread: &rayon::ThreadPool,
     gpu: Option<&GpuBackend>,
@@ -502,8 +520,8 @@ fn time_train_step(
     };
     let timed = match which {
         Which::Cpu1 => one_thread
-            .install(|| time_samples(1, min_time, &mut step).map_err(|e| e.to_string()))?,
-        _ => time_samples(1, min_time, &mut step)?,
+            .install(|| time_at_least(reps, 1, min_time, &mut step).map_err(|e| e.to_string()))?,
+        _ => time_at_least(reps, 1, min_time, &mut step)?,
     };
     Ok(timed.sorted[timed.sorted.len() / 2])
 }

@@ -48,6 +48,8 @@ fn measures_every_backend_and_writes_the_table_plot_and_json() {
         backends,
         "--min-time",
         "0.01",
+        "--reps",
+        "2",
         "--svg-out",
         svg.to_str().unwrap(),
         "--json-out",

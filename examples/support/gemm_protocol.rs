@@ -54,10 +54,21 @@ pub struct Timed {
 
 /// Runs the protocol over `sample`, which makes `calls` products, syncs, and returns the
 /// seconds per call.
-pub fn time_samples(calls: u32, min_time: f64, mut sample: impl FnMut() -> Res<f64>) -> Res<Timed> {
+pub fn time_samples(calls: u32, min_time: f64, sample: impl FnMut() -> Res<f64>) -> Res<Timed> {
+    time_at_least(3, calls, min_time, sample)
+}
+
+/// [`time_samples`] with at least `min_samples` timed samples instead of 3.
+pub fn time_at_least(
+    min_samples: usize,
+    calls: u32,
+    min_time: f64,
+    mut sample: impl FnMut() -> Res<f64>,
+) -> Res<Timed> {
     let warm_up = [sample()?, sample()?];
     let (mut times, mut total) = (Vec::new(), 0.0);
-    while times.len() < 5000 && (times.len() < 3 || total < min_time) {
+    let min_samples = min_samples.clamp(1, 5000);
+    while times.len() < 5000 && (times.len() < min_samples || total < min_time) {
         let dt = sample()?;
         times.push(dt);
         total += dt * f64::from(calls);
