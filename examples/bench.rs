@@ -234,17 +234,16 @@ fn run(args: &Args) -> Res<()> {
             "[{bar:30}] {pos}/{len} {msg}",
         )?);
 
+    let timing = Timing {
+        reps: args.reps as usize,
+        min_time: args.min_time,
+        one_thread: &one_thread,
+        gpu: gpu.as_ref(),
+    };
     let mut gemm = Vec::new();
     for &(which, n) in &gemm_runs {
         bar.set_message(format!("GEMM {which:?} n={n}"));
-        let t = time_gemm(
-            which,
-            n,
-            args.reps as usize,
-            args.min_time,
-            &one_thread,
-            gpu.as_ref(),
-        )?;
+        let t = time_gemm(&timing, which, n)?;
         let flops = 2.0 * (n as f64).powi(3);
         let (best, median) = (t.sorted[0], t.sorted[t.sorted.len() / 2]);
         gemm.push(GemmPoint {
@@ -262,13 +261,7 @@ fn run(args: &Args) -> Res<()> {
     let mut steps = Vec::new();
     for &which in &train_runs {
         bar.set_message(format!("training step {which:?}"));
-        let seconds = time_train_step(
-            which,
-            args.reps as usize,
-            args.min_time,
-            &one_thread,
-            gpu.as_ref(),
-        )?;
+        let seconds = time_train_step(&timing, which)?;
         steps.push(StepPoint {
             backend: which,
             ms_median: seconds * 1e3,
@@ -408,15 +401,25 @@ fn naive_gemm(n: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
     }
 }
 
-/// Seconds per GEMM of size `n` on `which`, after checking the result.
-fn time_gemm(
-    which: Which,
-    n: usize,
+/// How every figure is timed, and where.
+struct Timing<'a> {
+    /// Timed samples per figure, at least.
     reps: usize,
+    /// Seconds of timed samples per figure, at least.
     min_time: f64,
-    one_thread: &rayon::ThreadPool,
-    gpu: Option<&GpuBackend>,
-) -> Res<Timed> {
+    /// A pool of one thread, for the single-threaded CPU figures.
+    one_thread: &'a rayon::ThreadPool,
+    gpu: Option<&'a GpuBackend>,
+}
+
+/// Seconds per GEMM of size `n` on `which`, after checking the result.
+fn time_gemm(timing: &Timing, which: Which, n: usize) -> Res<Timed> {
+    let Timing {
+        reps,
+        min_time,
+        one_thread,
+        gpu,
+    } = *timing;
     let (a, b) = operands(n);
     let mut c = vec![0.0f32; n * n];
     let simd = ringtrain::Simd::detect();
@@ -484,13 +487,13 @@ fn time_gemm(
 }
 
 /// Median seconds of one MLP training step on `which`.
-fn time_train_step(
-    which: Which,
-    reps: usize,
-    min_time: f64,
-    one_thread: &rayon::ThreadPool,
-    gpu: Option<&GpuBackend>,
-) -> Res<f64> {
+fn time_train_step(timing: &Timing, which: Which) -> Res<f64> {
+    let Timing {
+        reps,
+        min_time,
+        one_thread,
+        gpu,
+    } = *timing;
     let device = match which {
         Which::Gpu => {
             gpu.ok_or("no GPU")?;

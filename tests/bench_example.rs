@@ -2,28 +2,12 @@
 //! the verdict on CPU against GPU, a readable plot and the JSON, on the CPU and on the
 //! GPU (lavapipe in CI). Tiny sizes and short timings: this checks the tool, not speed.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod support;
+
+use std::process::Output;
 
 fn run(args: &[&str]) -> Output {
-    let mut dir = std::env::current_exe().expect("test binary path");
-    dir.pop();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let bin: PathBuf = dir
-        .join("examples")
-        .join(format!("bench{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} not built (cargo test builds examples)",
-        bin.display()
-    );
-    Command::new(bin)
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run the bench example")
+    support::run_example("bench", args)
 }
 
 fn with_gpu() -> bool {

@@ -1,32 +1,12 @@
-//! The mnist example as a user runs it: flags, errors, metrics file. A plain `cargo test`
-//! builds examples next to the test binaries, so the binary is found relative to this one
-//! (`cargo test --test mnist_example` alone does not build it: add `--examples`).
+//! The mnist example as a user runs it: flags, errors, metrics file.
 
-use std::path::PathBuf;
+mod support;
+
 use std::process::{Command, Output};
-
-fn example_binary() -> PathBuf {
-    let mut dir = std::env::current_exe().expect("test binary path");
-    dir.pop(); // the test binary
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    dir.join("examples")
-        .join(format!("mnist{}", std::env::consts::EXE_SUFFIX))
-}
+use support::{example, run_example};
 
 fn run(args: &[&str]) -> Output {
-    let bin = example_binary();
-    assert!(
-        bin.exists(),
-        "{} not built (cargo test builds examples)",
-        bin.display()
-    );
-    Command::new(bin)
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run the mnist example")
+    run_example("mnist", args)
 }
 
 fn stderr(out: &Output) -> String {
@@ -256,7 +236,7 @@ fn unavailable_backend_is_a_clear_error() {
     } else {
         "gl,vulkan,metal,dx12"
     };
-    let out = Command::new(example_binary())
+    let out = Command::new(example("mnist"))
         .args(["--backend", "gpu", "--epochs", "1"])
         .env("WGPU_BACKEND", backend)
         .env("WGPU_ADAPTER_NAME", "no such adapter anywhere")

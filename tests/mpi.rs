@@ -11,29 +11,15 @@
 //! More ranks than cores is fine (`--oversubscribe` is passed to Open MPI).
 #![cfg(feature = "mpi")]
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::example;
 
 /// Longest a job may take before the test calls it hung (every job here takes seconds).
 const JOB_LIMIT: Duration = Duration::from_secs(120);
-
-fn example(name: &str) -> PathBuf {
-    let mut dir = std::env::current_exe().expect("test binary path");
-    dir.pop();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let bin = dir
-        .join("examples")
-        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} is not built: run `cargo build --release --features mpi --examples` first",
-        bin.display()
-    );
-    bin
-}
 
 struct Job {
     code: Option<i32>,

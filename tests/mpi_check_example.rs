@@ -2,29 +2,9 @@
 //! in-process ring, and asking for MPI from a build without the `mpi` feature is a clear
 //! error naming the build command (tests/mpi.rs runs them under mpirun).
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod support;
 
-fn run(example: &str, args: &[&str]) -> Output {
-    let mut dir = std::env::current_exe().expect("test binary path");
-    dir.pop();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let bin: PathBuf = dir
-        .join("examples")
-        .join(format!("{example}{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} not built (cargo test builds examples)",
-        bin.display()
-    );
-    Command::new(bin)
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run the example")
-}
+use support::run_example as run;
 
 #[test]
 fn mpi_check_verifies_the_in_process_ring() {

@@ -1,13 +1,17 @@
 //! Single-thread SGEMM of the `gemm` and `matrixmultiply` crates on square row-major
 //! matrices, timed as ringtrain's `examples/sgemm.rs` and `scripts/peers.py` time
-//! theirs: the same operands, 2 warm-up calls, then single calls until 0.5 s and 3 calls
-//! have passed; best and median.
+//! theirs: the same operands and result check (ringtrain's `gemm_protocol.rs`, included),
+//! 2 warm-up calls, then single calls until 0.5 s and 3 calls have passed; best and
+//! median.
 //!
 //!     cargo run --release -- --json-out gemm-crates.json
 
+#[path = "../../../examples/support/gemm_protocol.rs"]
+mod gemm_protocol;
+
 use clap::Parser;
+use gemm_protocol::{operands, time_samples, verify, Res};
 use serde::Serialize;
-use std::error::Error;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -30,46 +34,7 @@ struct Row {
     reps: usize,
 }
 
-/// The operands of ringtrain's examples/sgemm.rs.
-fn operands(n: usize) -> (Vec<f32>, Vec<f32>) {
-    let a = (0..n * n)
-        .map(|i| ((i * 7 + 1) % 13) as f32 * 0.01 - 0.06)
-        .collect();
-    let b = (0..n * n)
-        .map(|i| ((i * 5 + 2) % 11) as f32 * 0.01 - 0.05)
-        .collect();
-    (a, b)
-}
-
-fn time(min_time: f64, mut call: impl FnMut()) -> (f64, f64, usize) {
-    call();
-    call();
-    let (mut times, mut total) = (Vec::new(), 0.0);
-    while times.len() < 5000 && (times.len() < 3 || total < min_time) {
-        let t = Instant::now();
-        call();
-        let dt = t.elapsed().as_secs_f64();
-        times.push(dt);
-        total += dt;
-    }
-    times.sort_by(f64::total_cmp);
-    (times[0], times[times.len() / 2], times.len())
-}
-
-fn check(n: usize, a: &[f32], b: &[f32], c: &[f32], library: &str) -> Result<(), String> {
-    for (i, j) in [(0, 0), (n - 1, n - 1), (n / 2, n / 3)] {
-        let want: f64 = (0..n)
-            .map(|p| a[i * n + p] as f64 * b[p * n + j] as f64)
-            .sum();
-        let got = c[i * n + j] as f64;
-        if got.is_nan() || (got - want).abs() > 1e-3 * want.abs().max(1e-2) {
-            return Err(format!("{library} n={n}: C[{i},{j}] = {got}, want {want}"));
-        }
-    }
-    Ok(())
-}
-
-fn main() -> Result<(), Box<dyn Error>> {
+fn main() -> Res<()> {
     let args = Args::parse();
     let mut rows = Vec::new();
     for &n in &args.sizes {
@@ -122,15 +87,20 @@ fn main() -> Result<(), Box<dyn Error>> {
             ("gemm 0.19", &gemm_call as &dyn Fn(&mut [f32])),
             ("matrixmultiply 0.3", &mm_call),
         ] {
-            let (best, median, reps) = time(args.min_time, || call(&mut c));
-            check(n, &a, &b, &c, library)?;
+            let timed = time_samples(1, args.min_time, || {
+                let t = Instant::now();
+                call(&mut c);
+                Ok(t.elapsed().as_secs_f64())
+            })?;
+            verify(n, &a, &b, &c).map_err(|e| format!("{library}: {e}"))?;
+            let (best, median) = (timed.sorted[0], timed.sorted[timed.sorted.len() / 2]);
             let flops = 2.0 * (n as f64).powi(3);
             let row = Row {
                 library,
                 n,
                 gflops: flops / best / 1e9,
                 gflops_median: flops / median / 1e9,
-                reps,
+                reps: timed.sorted.len(),
             };
             println!(
                 "  {library:<20} n={n:5}  {:7.1} GFLOP/s (median {:.1})",
