@@ -239,8 +239,15 @@ fn short_buffers_are_errors_not_panics() {
 
 #[test]
 fn simd_paths_agree_with_portable_and_threads_do_not_change_bits() {
+    // The second shape's 784 columns take several column blocks of every kernel (cut
+    // into equal widths), and its k several slabs.
+    for (m, n, k) in [(200, 300, 520), (128, 784, 300)] {
+        simd_paths_agree_at(m, n, k);
+    }
+}
+
+fn simd_paths_agree_at(m: usize, n: usize, k: usize) {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
-    let (m, n, k) = (200, 300, 520);
     let a = random(m * k, &mut rng);
     let b = random(k * n, &mut rng);
     let run = |simd: Simd| {
@@ -285,6 +292,14 @@ fn simd_paths_agree_with_portable_and_threads_do_not_change_bits() {
                 simd.isa()
             );
         }
+    }
+    // And the portable path against the definition, at spread elements.
+    for (i, j) in [(0, 0), (m - 1, n - 1), (m / 2, n / 3), (7 % m, n - 5)] {
+        let want: f64 = (0..k)
+            .map(|p| f64::from(a[i * k + p]) * f64::from(b[j * k + p]))
+            .sum();
+        let got = f64::from(portable[i * n + j]);
+        assert!((got - want).abs() < 1e-3, "C[{i},{j}] = {got}, want {want}");
     }
     assert!(Simd::available().iter().any(|s| s.isa() == Isa::Portable));
 }

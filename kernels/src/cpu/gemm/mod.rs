@@ -223,7 +223,10 @@ fn run_with<K: MicroKernel>(
     } else {
         1
     };
+    // Column blocks of at most NC, all of one width (784 columns become 3 x 264 rather
+    // than 384 + 384 + 16), so that tasks are equal and two threads split them evenly.
     let n_blocks = s.n.div_ceil(K::NC);
+    let nc_panels = n_panels.div_ceil(n_blocks);
     let want_m_blocks = (2 * threads).div_ceil(n_blocks).max(1);
     let mc_panels = m_panels.div_ceil(want_m_blocks).clamp(1, K::MC / mr);
     let m_blocks = m_panels.div_ceil(mc_panels);
@@ -262,7 +265,7 @@ fn run_with<K: MicroKernel>(
         let (ap, bp) = (&*ap, &*bp);
         let task = |t: usize| {
             let (jb, ib) = (t / m_blocks, t % m_blocks);
-            let jp_range = jb * K::NC / nr..((jb + 1) * K::NC / nr).min(n_panels);
+            let jp_range = jb * nc_panels..((jb + 1) * nc_panels).min(n_panels);
             let ip_range = ib * mc_panels..((ib + 1) * mc_panels).min(m_panels);
             for ip in ip_range {
                 let a_panel = &ap[ip * mr * kc..][..mr * kc];
