@@ -113,7 +113,8 @@ impl GpuBackend {
     /// time its kernels took (from timestamps at the start and end of every compute
     /// pass; gaps between passes are not counted). The time is `None` where the adapter
     /// has no timestamp queries, or `f` ran more than 512 passes: time with a
-    /// synchronized wall clock then. Ops recorded before the call run first, untimed.
+    /// synchronized wall clock then. Ops recorded before the call run first, untimed; ops
+    /// other threads record on this device during the call are timed with it.
     pub fn timed<T>(
         &self,
         f: impl FnOnce() -> Result<T>,
