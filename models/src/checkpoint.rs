@@ -1,0 +1,271 @@
+//! Checkpoints in the safetensors format: named f32 tensors (a model's parameters by their
+//! module names, `"0.weight"` as PyTorch's `Sequential` names them, and whatever else the
+//! caller adds) and string metadata. `safetensors.torch.load_file` reads them as they are.
+//!
+//! Files are written atomically (a temporary file in the same folder, fsync, rename, fsync
+//! of the folder), so a crash at any moment leaves the previous checkpoint whole. Reading
+//! checks everything before trusting it: a truncated or corrupt file, a header that lies
+//! about sizes (capped by the safetensors crate, checked against the file's length), a
+//! dtype other than F32, or tensors that do not match the model are errors, never panics
+//! or huge allocations.
+//!
+//! ```
+//! use ringtrain_models::checkpoint::Checkpoint;
+//! use ringtrain_models::zoo::{mlp, Activation};
+//! use ringtrain_runtime::{rng_from_seed, Device};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("mlp.safetensors");
+//! let trained = mlp(4, &[8], 2, Activation::Relu, &Device::cpu(), &mut rng_from_seed(1))?;
+//! let mut checkpoint = Checkpoint::of_module(&trained)?;
+//! checkpoint.set_metadata("epoch", "10");
+//! checkpoint.save(&path)?;
+//!
+//! let fresh = mlp(4, &[8], 2, Activation::Relu, &Device::cpu(), &mut rng_from_seed(2))?;
+//! let loaded = Checkpoint::load(&path)?;
+//! loaded.restore(&fresh, "")?; // every parameter, by name and shape, or an error
+//! assert_eq!(loaded.metadata("epoch"), Some("10"));
+//! # Ok(())
+//! # }
+//! ```
+
+use crate::nn::Module;
+use ringtrain_runtime::Tensor;
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// What can go wrong with a checkpoint, naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("cannot read checkpoint {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write checkpoint {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin} is not a valid safetensors checkpoint: {reason}")]
+    Corrupt { origin: String, reason: String },
+    #[error("{origin}: tensor `{name}` is {dtype}; ringtrain checkpoints hold F32 tensors")]
+    Dtype {
+        origin: String,
+        name: String,
+        dtype: String,
+    },
+    #[error("the checkpoint does not fit the model: {0}")]
+    Mismatch(String),
+    #[error(transparent)]
+    Tensor(#[from] ringtrain_runtime::Error),
+}
+
+pub type Result<T> = std::result::Result<T, CheckpointError>;
+
+/// Named f32 tensors on the host, and string metadata.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Checkpoint {
+    tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    metadata: BTreeMap<String, String>,
+}
+
+impl Checkpoint {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The parameters of `model`, by name, copied to the host.
+    pub fn of_module(model: &(impl Module + ?Sized)) -> Result<Self> {
+        let mut c = Self::new();
+        for (name, var) in model.named_parameters() {
+            c.insert(&name, var.as_tensor())?;
+        }
+        Ok(c)
+    }
+
+    /// Adds (or replaces) tensor `name`, copied to the host.
+    pub fn insert(&mut self, name: &str, tensor: &Tensor) -> Result<()> {
+        self.insert_values(name, tensor.dims().to_vec(), tensor.to_vec()?)
+    }
+
+    /// Adds (or replaces) tensor `name` from its shape and row-major values.
+    pub fn insert_values(&mut self, name: &str, shape: Vec<usize>, values: Vec<f32>) -> Result<()> {
+        let count = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        if count != Some(values.len()) {
+            return Err(CheckpointError::Mismatch(format!(
+                "tensor `{name}` of shape {shape:?} cannot hold {} values",
+                values.len()
+            )));
+        }
+        self.tensors.insert(name.to_string(), (shape, values));
+        Ok(())
+    }
+
+    /// Tensor `name`: its shape and values.
+    pub fn get(&self, name: &str) -> Option<(&[usize], &[f32])> {
+        self.tensors
+            .get(name)
+            .map(|(s, v)| (s.as_slice(), v.as_slice()))
+    }
+
+    /// Tensor names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    pub fn set_metadata(&mut self, key: &str, value: impl Into<String>) {
+        self.metadata.insert(key.to_string(), value.into());
+    }
+
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.metadata.get(key).map(String::as_str)
+    }
+
+    /// Copies the checkpoint's tensors into `model`'s parameters, by name. Every parameter
+    /// must be there with its shape, and every tensor under `prefix` must be a parameter:
+    /// on any mismatch nothing is changed and the error lists what differs.
+    pub fn restore(&self, model: &(impl Module + ?Sized), prefix: &str) -> Result<()> {
+        let params = model.named_parameters();
+        let mut problems = Vec::new();
+        for (name, var) in &params {
+            match self.tensors.get(&format!("{prefix}{name}")) {
+                None => problems.push(format!("`{prefix}{name}` is missing")),
+                Some((shape, _)) if shape.as_slice() != var.dims() => problems.push(format!(
+                    "`{prefix}{name}` has shape {shape:?}, the model's is {:?}",
+                    var.dims()
+                )),
+                Some(_) => {}
+            }
+        }
+        let known: std::collections::HashSet<String> =
+            params.iter().map(|(n, _)| format!("{prefix}{n}")).collect();
+        for name in self.tensors.keys() {
+            if name.starts_with(prefix) && !known.contains(name) {
+                problems.push(format!("`{name}` is not a parameter of the model"));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(CheckpointError::Mismatch(problems.join("; ")));
+        }
+        for (name, var) in &params {
+            let (shape, values) = &self.tensors[&format!("{prefix}{name}")];
+            var.set(&Tensor::from_slice(values, shape.clone(), var.device())?)?;
+        }
+        Ok(())
+    }
+
+    /// The safetensors bytes of this checkpoint.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let bytes: Vec<(&String, Vec<u8>)> = self
+            .tensors
+            .iter()
+            .map(|(name, (_, v))| (name, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+            .collect();
+        let views = bytes
+            .iter()
+            .zip(self.tensors.values())
+            .map(|((name, data), (shape, _))| {
+                TensorView::new(Dtype::F32, shape.clone(), data).map(|v| (name.as_str(), v))
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| CheckpointError::Mismatch(e.to_string()))?;
+        let metadata: HashMap<String, String> = self.metadata.clone().into_iter().collect();
+        safetensors::serialize(views, Some(metadata)).map_err(|e| CheckpointError::Corrupt {
+            origin: "a checkpoint being written".into(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Parses safetensors bytes; `origin` names them in errors.
+    pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Self> {
+        let corrupt = |reason: String| CheckpointError::Corrupt {
+            origin: origin.to_string(),
+            reason,
+        };
+        let parsed = SafeTensors::deserialize(bytes).map_err(|e| corrupt(e.to_string()))?;
+        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| corrupt(e.to_string()))?;
+        let mut c = Self::new();
+        for (name, view) in parsed.tensors() {
+            if view.dtype() != Dtype::F32 {
+                return Err(CheckpointError::Dtype {
+                    origin: origin.to_string(),
+                    name,
+                    dtype: format!("{:?}", view.dtype()),
+                });
+            }
+            let values = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            c.insert_values(&name, view.shape().to_vec(), values)
+                .map_err(|e| corrupt(e.to_string()))?;
+        }
+        if let Some(m) = header.metadata() {
+            c.metadata = m.clone().into_iter().collect();
+        }
+        Ok(c)
+    }
+
+    /// Writes the checkpoint to `path` atomically: a crash leaves either the old file or
+    /// the new one, whole.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let bytes = self.to_bytes()?;
+        write_atomically(path, |w| w.write_all(&bytes)).map_err(|source| CheckpointError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|source| CheckpointError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_bytes(&bytes, &path.display().to_string())
+    }
+}
+
+/// Writes a file through `write`, atomically: into a temporary file beside `path`, synced
+/// to disk, then renamed over `path` and the folder synced, so that readers (and a crash
+/// at any moment) see the old file or the new one, never part of one. On an error the
+/// temporary file is removed and `path` is untouched.
+pub fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path names no file")
+    })?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let result = (|| {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        write(&mut file)?;
+        file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        // The rename itself reaches the disk when the folder does (where the OS allows
+        // opening a folder).
+        if let Ok(d) = std::fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}

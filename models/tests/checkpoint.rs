@@ -1,0 +1,243 @@
+//! Checkpoints as a user relies on them: a model saved and loaded gets back exactly its
+//! parameters, on the CPU and on the GPU (lavapipe in CI); a checkpoint that does not fit
+//! the model, a truncated or corrupt file, or a write that dies half way is an error
+//! that names the problem and leaves everything as it was. Random and mutated bytes
+//! never make the checkpoint or IDX readers panic.
+
+use rand::{Rng, SeedableRng};
+use ringtrain_models::checkpoint::{write_atomically, Checkpoint, CheckpointError};
+use ringtrain_models::data::parse_idx;
+use ringtrain_models::nn::{Module, Sequential};
+use ringtrain_models::zoo::{mlp, Activation};
+use ringtrain_runtime::{rng_from_seed, Device};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+fn model(device: &Device, seed: u64, hidden: usize) -> Sequential {
+    mlp(
+        6,
+        &[hidden],
+        3,
+        Activation::Relu,
+        device,
+        &mut rng_from_seed(seed),
+    )
+    .unwrap()
+}
+
+fn bits(m: &impl Module) -> Vec<u32> {
+    m.parameters()
+        .iter()
+        .flat_map(|p| p.to_vec().unwrap())
+        .map(f32::to_bits)
+        .collect()
+}
+
+fn gpu() -> Option<Device> {
+    if std::env::var_os("RINGTRAIN_SKIP_GPU_TESTS").is_some_and(|v| v == "1") {
+        return None;
+    }
+    Some(Device::gpu().unwrap_or_else(|e| {
+        panic!("{e}\n(set RINGTRAIN_SKIP_GPU_TESTS=1 to run the CPU tests alone)")
+    }))
+}
+
+#[test]
+fn a_saved_model_loads_back_bit_for_bit_with_its_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    let saved = model(&Device::cpu(), 1, 8);
+    let mut c = Checkpoint::of_module(&saved).unwrap();
+    c.set_metadata("step", "42");
+    c.save(&path).unwrap();
+
+    let loaded = Checkpoint::load(&path).unwrap();
+    assert_eq!(loaded, c);
+    assert_eq!(loaded.metadata("step"), Some("42"));
+    assert_eq!(
+        loaded.names().collect::<Vec<_>>(),
+        vec!["0.bias", "0.weight", "2.bias", "2.weight"]
+    );
+    let fresh = model(&Device::cpu(), 2, 8);
+    assert_ne!(bits(&fresh), bits(&saved));
+    loaded.restore(&fresh, "").unwrap();
+    assert_eq!(bits(&fresh), bits(&saved));
+}
+
+#[test]
+fn checkpoints_move_between_the_gpu_and_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gpu.safetensors");
+    let on_gpu = model(&gpu, 3, 8);
+    Checkpoint::of_module(&on_gpu).unwrap().save(&path).unwrap();
+    let c = Checkpoint::load(&path).unwrap();
+    let (cpu_copy, gpu_copy) = (model(&Device::cpu(), 4, 8), model(&gpu, 5, 8));
+    c.restore(&cpu_copy, "").unwrap();
+    c.restore(&gpu_copy, "").unwrap();
+    assert_eq!(bits(&cpu_copy), bits(&on_gpu));
+    assert_eq!(bits(&gpu_copy), bits(&on_gpu));
+}
+
+#[test]
+fn a_checkpoint_that_does_not_fit_is_refused_and_changes_nothing() {
+    let c = Checkpoint::of_module(&model(&Device::cpu(), 1, 8)).unwrap();
+    let wider = model(&Device::cpu(), 2, 9);
+    let before = bits(&wider);
+    let err = c.restore(&wider, "").unwrap_err().to_string();
+    assert!(
+        err.contains("`0.weight` has shape [8, 6], the model's is [9, 6]"),
+        "{err}"
+    );
+    assert_eq!(bits(&wider), before, "a failed restore changed parameters");
+
+    let mut missing = Checkpoint::new();
+    for name in c.names().filter(|n| *n != "2.bias") {
+        let (shape, values) = c.get(name).unwrap();
+        missing
+            .insert_values(name, shape.to_vec(), values.to_vec())
+            .unwrap();
+    }
+    let err = missing
+        .restore(&model(&Device::cpu(), 2, 8), "")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`2.bias` is missing"), "{err}");
+
+    let mut extra = c.clone();
+    extra.insert_values("3.weight", vec![1], vec![0.0]).unwrap();
+    let err = extra
+        .restore(&model(&Device::cpu(), 2, 8), "")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`3.weight` is not a parameter"), "{err}");
+    // With a prefix, only the tensors under it are the model's (optimizer state may sit
+    // beside them).
+    let mut prefixed = Checkpoint::new();
+    for name in c.names() {
+        let (shape, values) = c.get(name).unwrap();
+        prefixed
+            .insert_values(&format!("model.{name}"), shape.to_vec(), values.to_vec())
+            .unwrap();
+    }
+    prefixed
+        .insert_values("optimizer.step", vec![1], vec![3.0])
+        .unwrap();
+    prefixed
+        .restore(&model(&Device::cpu(), 2, 8), "model.")
+        .unwrap();
+
+    assert!(matches!(
+        Checkpoint::new().insert_values("x", vec![2, 3], vec![0.0; 5]),
+        Err(CheckpointError::Mismatch(_))
+    ));
+}
+
+#[test]
+fn truncated_corrupt_and_foreign_files_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = Checkpoint::of_module(&model(&Device::cpu(), 1, 4))
+        .unwrap()
+        .to_bytes()
+        .unwrap();
+    for cut in 0..good.len() {
+        let err = Checkpoint::from_bytes(&good[..cut], "cut").unwrap_err();
+        assert!(
+            matches!(err, CheckpointError::Corrupt { .. }),
+            "cut at {cut}: {err}"
+        );
+    }
+    // A tensor of another dtype.
+    let data = [0u8; 16];
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F64, vec![2], &data).unwrap();
+    let f64_file = safetensors::serialize([("w", view)], None).unwrap();
+    let err = Checkpoint::from_bytes(&f64_file, "f64.safetensors")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`w` is F64"), "{err}");
+    // A missing file names itself.
+    let missing = dir.path().join("nope.safetensors");
+    let err = Checkpoint::load(&missing).unwrap_err().to_string();
+    assert!(err.contains("nope.safetensors"), "{err}");
+    // A header that claims more than the file holds.
+    let mut lying = good.clone();
+    lying[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    assert!(Checkpoint::from_bytes(&lying, "lying").is_err());
+}
+
+#[test]
+fn a_write_that_dies_half_way_leaves_the_old_checkpoint_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("latest.safetensors");
+    let old = Checkpoint::of_module(&model(&Device::cpu(), 1, 8)).unwrap();
+    old.save(&path).unwrap();
+    let new = Checkpoint::of_module(&model(&Device::cpu(), 2, 8))
+        .unwrap()
+        .to_bytes()
+        .unwrap();
+    let died = write_atomically(&path, |w| {
+        w.write_all(&new[..new.len() / 2])?;
+        Err(std::io::Error::other("killed"))
+    });
+    assert!(died.is_err());
+    assert_eq!(Checkpoint::load(&path).unwrap(), old);
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["latest.safetensors"],
+        "temporary files left behind"
+    );
+}
+
+/// Random bytes, and valid files cut, flipped and given lying headers: the readers
+/// return errors (or, rarely, a valid result), and never panic.
+#[test]
+fn random_and_mutated_bytes_never_panic_the_readers() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let checkpoint = Checkpoint::of_module(&model(&Device::cpu(), 1, 4))
+        .unwrap()
+        .to_bytes()
+        .unwrap();
+    let idx = {
+        let mut b = vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2];
+        b.extend([1, 2, 3, 4, 5, 6, 7, 8]);
+        b
+    };
+    assert!(parse_idx(&idx, "valid").is_ok());
+    let mut inputs: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..2000 {
+        let len = rng.random_range(0..64);
+        inputs.push((0..len).map(|_| rng.random()).collect());
+    }
+    for base in [&checkpoint, &idx] {
+        for _ in 0..2000 {
+            let mut b = base.clone();
+            match rng.random_range(0..3) {
+                0 => b.truncate(rng.random_range(0..b.len())),
+                1 => {
+                    for _ in 0..rng.random_range(1..4) {
+                        let i = rng.random_range(0..b.len());
+                        b[i] ^= 1 << rng.random_range(0..8);
+                    }
+                }
+                _ => {
+                    // A size field claiming more than any machine has.
+                    let at = rng.random_range(0..b.len().saturating_sub(8).max(1));
+                    let end = (at + 8).min(b.len());
+                    b[at..end].copy_from_slice(&u64::MAX.to_le_bytes()[..end - at]);
+                }
+            }
+            inputs.push(b);
+        }
+    }
+    for bytes in &inputs {
+        let read = catch_unwind(AssertUnwindSafe(|| {
+            let _ = Checkpoint::from_bytes(bytes, "fuzz");
+            let _ = parse_idx(bytes, "fuzz");
+        }));
+        assert!(read.is_ok(), "a reader panicked on {bytes:?}");
+    }
+}
