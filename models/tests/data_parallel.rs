@@ -256,6 +256,21 @@ fn a_panicking_replica_is_named() {
     );
 }
 
+/// A model with one hidden layer of `hidden` units, and plain SGD: replicas that differ
+/// in `hidden` differ in their parameters' shapes.
+fn build_hidden(device: &Device, hidden: usize) -> Result<(Sequential, Sgd)> {
+    let model = mlp(
+        FEATURES,
+        &[hidden],
+        CLASSES,
+        Activation::Relu,
+        device,
+        &mut rng_from_seed(0),
+    )?;
+    let opt = Sgd::new(model.parameters(), SgdConfig::default())?;
+    Ok((model, opt))
+}
+
 #[test]
 fn replicas_must_have_the_same_parameters() {
     let mut call = 0;
@@ -263,17 +278,7 @@ fn replicas_must_have_the_same_parameters() {
         cpu_devices(2),
         |d| {
             call += 1;
-            let hidden = if call == 1 { 16 } else { 8 };
-            let model = mlp(
-                FEATURES,
-                &[hidden],
-                CLASSES,
-                Activation::Relu,
-                d,
-                &mut rng_from_seed(0),
-            )?;
-            let opt = Sgd::new(model.parameters(), SgdConfig::default())?;
-            Ok((model, opt))
+            build_hidden(d, if call == 1 { 16 } else { 8 })
         },
         DataParallelConfig::default(),
     )
@@ -461,18 +466,7 @@ fn ranks_that_build_different_models_all_get_an_error() {
                     let err = DataParallel::with_communicators(
                         cpu_devices(1),
                         boxed(vec![c]),
-                        |d| {
-                            let model = mlp(
-                                FEATURES,
-                                &[hidden],
-                                CLASSES,
-                                Activation::Relu,
-                                d,
-                                &mut rng_from_seed(0),
-                            )?;
-                            let opt = Sgd::new(model.parameters(), SgdConfig::default())?;
-                            Ok((model, opt))
-                        },
+                        |d| build_hidden(d, hidden),
                         DataParallelConfig::default(),
                     );
                     err.err().expect("a mismatch must be refused").to_string()
