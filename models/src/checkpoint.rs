@@ -31,6 +31,7 @@
 //! ```
 
 use crate::nn::Module;
+use ringtrain_runtime::optim::{Optimizer, StateTensor};
 use ringtrain_runtime::Tensor;
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
@@ -84,10 +85,17 @@ impl Checkpoint {
     /// The parameters of `model`, by name, copied to the host.
     pub fn of_module(model: &(impl Module + ?Sized)) -> Result<Self> {
         let mut c = Self::new();
-        for (name, var) in model.named_parameters() {
-            c.insert(&name, var.as_tensor())?;
-        }
+        c.insert_module("", model)?;
         Ok(c)
+    }
+
+    /// Adds `model`'s parameters under `prefix` (`"model."`, say, beside an optimizer's
+    /// state under `"optimizer."`).
+    pub fn insert_module(&mut self, prefix: &str, model: &(impl Module + ?Sized)) -> Result<()> {
+        for (name, var) in model.named_parameters() {
+            self.insert(&format!("{prefix}{name}"), var.as_tensor())?;
+        }
+        Ok(())
     }
 
     /// Adds (or replaces) tensor `name`, copied to the host.
@@ -118,6 +126,34 @@ impl Checkpoint {
     /// Tensor names, sorted.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.tensors.keys().map(String::as_str)
+    }
+
+    /// Adds an optimizer's state (see [`Optimizer::state`]) under `prefix`, e.g.
+    /// `"optimizer."`.
+    pub fn insert_optimizer(&mut self, prefix: &str, optimizer: &dyn Optimizer) -> Result<()> {
+        for (name, shape, values) in optimizer.state()? {
+            self.insert_values(&format!("{prefix}{name}"), shape, values)?;
+        }
+        Ok(())
+    }
+
+    /// Loads the tensors under `prefix` into `optimizer` as its state (all or nothing).
+    pub fn restore_optimizer(&self, prefix: &str, optimizer: &mut dyn Optimizer) -> Result<()> {
+        let state: Vec<StateTensor> = self
+            .tensors
+            .range(prefix.to_string()..)
+            .take_while(|(name, _)| name.starts_with(prefix))
+            .map(|(name, (shape, values))| {
+                (
+                    name[prefix.len()..].to_string(),
+                    shape.clone(),
+                    values.clone(),
+                )
+            })
+            .collect();
+        optimizer
+            .load_state(&state)
+            .map_err(|e| CheckpointError::Mismatch(e.to_string()))
     }
 
     pub fn set_metadata(&mut self, key: &str, value: impl Into<String>) {

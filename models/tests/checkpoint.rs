@@ -241,3 +241,48 @@ fn random_and_mutated_bytes_never_panic_the_readers() {
         assert!(read.is_ok(), "a reader panicked on {bytes:?}");
     }
 }
+
+/// A run saved mid-way (parameters and optimizer state, to a file) and resumed in fresh
+/// objects ends with exactly the parameters of the run that went on.
+#[test]
+fn model_and_optimizer_resume_from_a_file_bit_for_bit() {
+    use ringtrain_runtime::optim::{AdamW, AdamWConfig, Optimizer};
+    use ringtrain_runtime::Tensor;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("run.safetensors");
+    let device = Device::cpu();
+    let x = Tensor::randn(0.0, 1.0, (16, 6), &mut rng_from_seed(9), &device).unwrap();
+    let labels: Vec<u32> = (0..16).map(|i| i % 3).collect();
+    let train = |m: &Sequential, opt: &mut dyn Optimizer, steps: usize| {
+        for _ in 0..steps {
+            let loss = m.forward(&x).unwrap().cross_entropy(&labels).unwrap();
+            opt.step(&loss.backward().unwrap()).unwrap();
+        }
+    };
+    let adamw = |m: &Sequential| AdamW::new(m.parameters(), AdamWConfig::default()).unwrap();
+
+    let run = model(&device, 1, 8);
+    let mut opt = adamw(&run);
+    train(&run, &mut opt, 3);
+    let mut c = Checkpoint::new();
+    c.insert_module("model.", &run).unwrap();
+    c.insert_optimizer("optimizer.", &opt).unwrap();
+    c.set_metadata("step", "3");
+    c.save(&path).unwrap();
+    train(&run, &mut opt, 3);
+
+    let loaded = Checkpoint::load(&path).unwrap();
+    let resumed = model(&device, 2, 8);
+    let mut fresh = adamw(&resumed);
+    loaded.restore(&resumed, "model.").unwrap();
+    loaded.restore_optimizer("optimizer.", &mut fresh).unwrap();
+    train(&resumed, &mut fresh, 3);
+    assert_eq!(bits(&resumed), bits(&run));
+    // A checkpoint without optimizer state gives an optimizer none to load.
+    let model_only = Checkpoint::of_module(&run).unwrap();
+    let err = model_only
+        .restore_optimizer("optimizer.", &mut adamw(&resumed))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("step count"), "{err}");
+}

@@ -1,4 +1,7 @@
-use super::{check_finite, gradients, Optimizer};
+use super::{
+    check_finite, check_state_shape, count_from_f32s, count_to_f32s, gradients, state_slot,
+    Optimizer, StateTensor,
+};
 use crate::device::{buf, buf_mut, on_device, wrap, Storage};
 use crate::{Error, GradStore, Result, Var};
 use ringtrain_kernels::{AdamWParams, Backend};
@@ -110,6 +113,78 @@ impl Optimizer for AdamW {
     fn set_learning_rate(&mut self, lr: f32) -> Result<()> {
         check_finite("learning rate", lr)?;
         self.config.lr = lr;
+        Ok(())
+    }
+
+    /// `step.0` (calls to `step`, as an exact pair of f32s), and for each variable that
+    /// has had an update `m.{i}`, `v.{i}` (its moment estimates) and `t.{i}` (its updates).
+    fn state(&self) -> Result<Vec<StateTensor>> {
+        let mut out = vec![("step.0".to_string(), vec![2], count_to_f32s(self.step))];
+        for (i, (var, moments)) in self.vars.iter().zip(&self.moments).enumerate() {
+            if let Some((m, v, t)) = moments {
+                let (m, v) = on_device!(var.device(), b => (
+                    b.download(buf(b, m)?)?,
+                    b.download(buf(b, v)?)?,
+                ));
+                out.push((format!("m.{i}"), var.dims().to_vec(), m));
+                out.push((format!("v.{i}"), var.dims().to_vec(), v));
+                out.push((format!("t.{i}"), vec![2], count_to_f32s(*t)));
+            }
+        }
+        Ok(out)
+    }
+
+    fn load_state(&mut self, state: &[StateTensor]) -> Result<()> {
+        let n = self.vars.len();
+        let mut parts: Vec<[Option<&[f32]>; 3]> = vec![[None; 3]; n];
+        let mut step = None;
+        for (name, shape, values) in state {
+            if name == "step.0" {
+                step = Some(count_from_f32s(name, values)?);
+                continue;
+            }
+            let (kind, i) = state_slot(name, n)?;
+            let slot = match kind {
+                "m" | "v" => {
+                    check_state_shape(name, shape, values, &self.vars[i])?;
+                    usize::from(kind == "v")
+                }
+                "t" => {
+                    count_from_f32s(name, values)?;
+                    2
+                }
+                _ => {
+                    return Err(Error::InvalidArgument(format!(
+                        "optimizer state `{name}` is not AdamW's (it keeps step.0, m.N, v.N, t.N)"
+                    )))
+                }
+            };
+            parts[i][slot] = Some(values);
+        }
+        let step = step.ok_or_else(|| {
+            Error::InvalidArgument("AdamW state without its step count `step.0`".into())
+        })?;
+        let mut moments = Vec::with_capacity(n);
+        for (i, (var, p)) in self.vars.iter().zip(&parts).enumerate() {
+            moments.push(match p {
+                [None, None, None] => None,
+                [Some(m), Some(v), Some(t)] => {
+                    let t = count_from_f32s(&format!("t.{i}"), t)?;
+                    Some(on_device!(var.device(), b => (
+                        wrap(b, b.upload(m)?),
+                        wrap(b, b.upload(v)?),
+                        t,
+                    )))
+                }
+                _ => {
+                    return Err(Error::InvalidArgument(format!(
+                        "AdamW state of variable {i} is incomplete: it needs m.{i}, v.{i} and t.{i}"
+                    )))
+                }
+            });
+        }
+        self.moments = moments;
+        self.step = step;
         Ok(())
     }
 }

@@ -16,6 +16,61 @@ pub trait Optimizer {
     fn learning_rate(&self) -> f32;
     /// Changes the learning rate (a schedule); it must be finite and non-negative.
     fn set_learning_rate(&mut self, lr: f32) -> Result<()>;
+    /// Everything the next updates depend on besides the variables and the configuration
+    /// (momentum buffers, moment estimates, step counts), as named host tensors, so that
+    /// a checkpoint can hold it. Names say which variable (by its index in the list the
+    /// optimizer was built with) a tensor belongs to.
+    fn state(&self) -> Result<Vec<StateTensor>>;
+    /// Replaces the state with `state`, as [`Optimizer::state`] gave it for the same
+    /// variables. Unknown names, wrong shapes or indices are errors, and leave the state
+    /// as it was.
+    fn load_state(&mut self, state: &[StateTensor]) -> Result<()>;
+}
+
+/// One named tensor of an optimizer's state: name, shape, row-major values.
+pub type StateTensor = (String, Vec<usize>, Vec<f32>);
+
+/// A count as an exact pair of f32s (high and low 24 bits): f32 holds integers exactly
+/// only up to 2^24, and a resumed run must see the very count it saved.
+fn count_to_f32s(count: u64) -> Vec<f32> {
+    vec![(count >> 24) as f32, (count & 0xff_ffff) as f32]
+}
+
+fn count_from_f32s(name: &str, values: &[f32]) -> Result<u64> {
+    let exact = |v: f32| v >= 0.0 && v.fract() == 0.0 && v < 16_777_216.0;
+    match values {
+        [hi, lo] if exact(*hi) && exact(*lo) => Ok(((*hi as u64) << 24) | *lo as u64),
+        _ => Err(Error::InvalidArgument(format!(
+            "optimizer state `{name}` is not a step count: {values:?}"
+        ))),
+    }
+}
+
+/// Splits `"{kind}.{index}"` into its kind and a variable index below `vars`.
+fn state_slot(name: &str, vars: usize) -> Result<(&str, usize)> {
+    let bad = || {
+        Error::InvalidArgument(format!(
+            "optimizer state `{name}` names no variable of this optimizer ({vars} variables)"
+        ))
+    };
+    let (kind, index) = name.rsplit_once('.').ok_or_else(bad)?;
+    let index: usize = index.parse().map_err(|_| bad())?;
+    if index >= vars {
+        return Err(bad());
+    }
+    Ok((kind, index))
+}
+
+/// Checks that a state tensor has the variable's shape.
+fn check_state_shape(name: &str, shape: &[usize], values: &[f32], var: &Var) -> Result<()> {
+    if shape != var.dims() || values.len() != var.elem_count() {
+        return Err(Error::InvalidArgument(format!(
+            "optimizer state `{name}` has shape {shape:?} ({} values), its variable {:?}",
+            values.len(),
+            var.dims()
+        )));
+    }
+    Ok(())
 }
 
 /// A boxed optimizer is an optimizer, so that code can pick one at run time
@@ -32,6 +87,14 @@ impl<T: Optimizer + ?Sized> Optimizer for Box<T> {
 
     fn set_learning_rate(&mut self, lr: f32) -> Result<()> {
         (**self).set_learning_rate(lr)
+    }
+
+    fn state(&self) -> Result<Vec<StateTensor>> {
+        (**self).state()
+    }
+
+    fn load_state(&mut self, state: &[StateTensor]) -> Result<()> {
+        (**self).load_state(state)
     }
 }
 

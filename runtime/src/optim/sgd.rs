@@ -1,5 +1,5 @@
-use super::{check_finite, gradients, Optimizer};
-use crate::device::{buf, buf_mut, on_device, Storage};
+use super::{check_finite, check_state_shape, gradients, state_slot, Optimizer, StateTensor};
+use crate::device::{buf, buf_mut, on_device, wrap, Storage};
 use crate::{Error, GradStore, Result, Var};
 use ringtrain_kernels::{Backend, SgdParams};
 
@@ -87,6 +87,35 @@ impl Optimizer for Sgd {
     fn set_learning_rate(&mut self, lr: f32) -> Result<()> {
         check_finite("learning rate", lr)?;
         self.config.lr = lr;
+        Ok(())
+    }
+
+    /// `momentum.{i}`: the momentum buffer of variable `i`, once it has had an update.
+    fn state(&self) -> Result<Vec<StateTensor>> {
+        let mut out = Vec::new();
+        for (i, (var, m)) in self.vars.iter().zip(&self.momentum).enumerate() {
+            if let Some(m) = m {
+                let values = on_device!(var.device(), b => b.download(buf(b, m)?)?);
+                out.push((format!("momentum.{i}"), var.dims().to_vec(), values));
+            }
+        }
+        Ok(out)
+    }
+
+    fn load_state(&mut self, state: &[StateTensor]) -> Result<()> {
+        let mut momentum: Vec<Option<Storage>> = self.vars.iter().map(|_| None).collect();
+        for (name, shape, values) in state {
+            let (kind, i) = state_slot(name, self.vars.len())?;
+            if kind != "momentum" {
+                return Err(Error::InvalidArgument(format!(
+                    "optimizer state `{name}` is not SGD's (it keeps momentum.N)"
+                )));
+            }
+            let var = &self.vars[i];
+            check_state_shape(name, shape, values, var)?;
+            momentum[i] = Some(on_device!(var.device(), b => wrap(b, b.upload(values)?)));
+        }
+        self.momentum = momentum;
         Ok(())
     }
 }
