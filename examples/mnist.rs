@@ -14,17 +14,20 @@
 
 #[path = "support/cluster.rs"]
 mod cluster;
+#[path = "support/run_checkpoints.rs"]
+mod run_checkpoints;
 
 use clap::{Parser, ValueEnum};
 use cluster::{Cluster, CommArgs, CommKind};
 use indicatif::{ProgressBar, ProgressStyle};
+use ringtrain::checkpoint::Checkpoint;
 use ringtrain::comm::RingConfig;
 use ringtrain::data::{Batches, Mnist};
 use ringtrain::eval::evaluate;
 use ringtrain::parallel::{DataParallel, DataParallelConfig};
 use ringtrain::prelude::*;
 use ringtrain::zoo::{mlp, Activation, Cnn};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::error::Error;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -102,11 +105,25 @@ struct Args {
     /// MPI processes on this machine].
     #[arg(long)]
     threads: Option<usize>,
+    /// Save checkpoints (model, optimizer, metrics so far) into this folder, as
+    /// epoch-NNNN.safetensors, every --checkpoint-every epochs and after the last.
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
+    /// Epochs between two checkpoints.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    checkpoint_every: u32,
+    /// Checkpoints to keep, the newest.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    keep_checkpoints: u32,
+    /// Continue from the newest checkpoint in --checkpoint-dir, with the flags of the run
+    /// that wrote it (up to --epochs): the result is the uninterrupted run's.
+    #[arg(long, requires = "checkpoint_dir")]
+    resume: bool,
     #[command(flatten)]
     comm: CommArgs,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 struct EpochMetrics {
     epoch: u32,
     train_loss: f32,
@@ -202,6 +219,36 @@ enum StepLoss {
 }
 
 impl Trainer {
+    /// The model and optimizer, as a checkpoint (replica 0's: all replicas are alike).
+    fn checkpoint(&self) -> ringtrain::checkpoint::Result<Checkpoint> {
+        let mut c = Checkpoint::new();
+        let (model, optimizer): (&Model, &BoxedOptimizer) = match self {
+            Trainer::Single {
+                model, optimizer, ..
+            } => (model, optimizer),
+            Trainer::Parallel(dp) => (dp.model(), dp.optimizer()),
+        };
+        c.insert_module("model.", model.as_ref())?;
+        c.insert_optimizer("optimizer.", optimizer.as_ref())?;
+        Ok(c)
+    }
+
+    /// Sets the model and optimizer (every replica's) from `c`.
+    fn restore(&mut self, c: &Checkpoint) -> ringtrain::checkpoint::Result<()> {
+        let restore_one = |model: &Model, optimizer: &mut BoxedOptimizer| {
+            c.restore(model.as_ref(), "model.")?;
+            c.restore_optimizer("optimizer.", optimizer.as_mut())
+        };
+        match self {
+            Trainer::Single {
+                model, optimizer, ..
+            } => restore_one(model, optimizer),
+            Trainer::Parallel(dp) => dp
+                .replicas_mut()
+                .try_for_each(|(model, optimizer)| restore_one(model, optimizer)),
+        }
+    }
+
     fn model(&self) -> &Model {
         match self {
             Trainer::Single { model, .. } => model,
@@ -405,9 +452,39 @@ fn run(args: &Args, cluster: &Cluster) -> Result<(), Box<dyn Error>> {
 
     let batch_size = args.batch_size as usize;
     let features = train.features();
-    let mut history = Vec::new();
+    let mut history: Vec<EpochMetrics> = Vec::new();
+    // What a resumed run must share with the run that wrote its checkpoint.
+    let settings = serde_json::json!({
+        "model": format!("{:?}", args.model),
+        "hidden": &args.hidden,
+        "activation": &args.activation,
+        "optimizer": format!("{:?}", args.optimizer),
+        "lr": lr,
+        "momentum": args.momentum,
+        "weight_decay": args.weight_decay,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "train_digits": train.len,
+        "replicas": n_devices,
+    })
+    .to_string();
+    let mut first_epoch = 1;
+    if args.resume {
+        let dir = args.checkpoint_dir.as_deref().expect("clap requires it");
+        let (epoch, checkpoint) = run_checkpoints::latest(dir, &settings)?;
+        trainer.restore(&checkpoint)?;
+        history = serde_json::from_str(
+            checkpoint
+                .metadata(run_checkpoints::HISTORY)
+                .unwrap_or("[]"),
+        )?;
+        first_epoch = epoch + 1;
+        if root {
+            println!("resumed from {} after epoch {epoch}", dir.display());
+        }
+    }
     let started = Instant::now();
-    for epoch in 1..=args.epochs {
+    for epoch in first_epoch..=args.epochs {
         let epoch_start = Instant::now();
         // A fresh, seed-determined order every epoch.
         let batches = Batches::new(
@@ -499,6 +576,15 @@ fn run(args: &Args, cluster: &Cluster) -> Result<(), Box<dyn Error>> {
         history.push(metrics);
         if let Some(path) = &args.metrics_out {
             write_metrics(path, &history)?;
+        }
+        if let Some(dir) = &args.checkpoint_dir {
+            if epoch % args.checkpoint_every == 0 || epoch == args.epochs {
+                let mut c = trainer.checkpoint()?;
+                c.set_metadata(run_checkpoints::EPOCH, epoch.to_string());
+                c.set_metadata(run_checkpoints::SETTINGS, settings.clone());
+                c.set_metadata(run_checkpoints::HISTORY, serde_json::to_string(&history)?);
+                run_checkpoints::save(dir, epoch, &c, args.keep_checkpoints as usize)?;
+            }
         }
     }
     if !root {

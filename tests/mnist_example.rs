@@ -254,3 +254,136 @@ fn bad_hidden_sizes_are_errors() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("Linear"), "{}", stderr(&out));
 }
+
+/// Every tensor of two checkpoints, compared bit for bit.
+fn same_tensors(a: &std::path::Path, b: &std::path::Path) -> Result<(), String> {
+    use ringtrain::checkpoint::Checkpoint;
+    let (a, b) = (Checkpoint::load(a).unwrap(), Checkpoint::load(b).unwrap());
+    let names: Vec<&str> = a.names().collect();
+    if names != b.names().collect::<Vec<_>>() {
+        return Err(format!("names differ: {names:?}"));
+    }
+    for name in names {
+        let (sa, va) = a.get(name).unwrap();
+        let (sb, vb) = b.get(name).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        if sa != sb || bits(va) != bits(vb) {
+            return Err(format!("`{name}` differs"));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_resumed_run_ends_with_the_uninterrupted_runs_parameters() {
+    let gpu = std::env::var_os("RINGTRAIN_SKIP_GPU_TESTS").is_none_or(|v| v != "1");
+    let mut setups = vec![("cpu", "1"), ("cpu", "2")];
+    if gpu {
+        setups.push(("gpu", "1"));
+    }
+    for (backend, devices) in setups {
+        let dir = tempfile::tempdir().unwrap();
+        let (whole, split) = (dir.path().join("whole"), dir.path().join("split"));
+        let flags = |epochs: &'static str, ckpt: &std::path::Path| -> Vec<String> {
+            [
+                "--epochs",
+                epochs,
+                "--hidden",
+                "32",
+                "--train-limit",
+                "600",
+                "--backend",
+                backend,
+                "--devices",
+                devices,
+                "--optimizer",
+                "adamw",
+                "--checkpoint-dir",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([ckpt.to_str().unwrap().to_string()])
+            .collect()
+        };
+        let go = |args: Vec<String>| {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = run(&refs);
+            assert!(
+                out.status.success(),
+                "{backend} x{devices}: {}",
+                stderr(&out)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        go(flags("3", &whole));
+        go(flags("2", &split));
+        let mut resume = flags("3", &split);
+        resume.push("--resume".into());
+        let stdout = go(resume);
+        assert!(stdout.contains("resumed from"), "{stdout}");
+        assert!(
+            !stdout.contains("epoch   1 ") && stdout.contains("epoch   3 "),
+            "{stdout}"
+        );
+        same_tensors(
+            &whole.join("epoch-0003.safetensors"),
+            &split.join("epoch-0003.safetensors"),
+        )
+        .unwrap_or_else(|e| panic!("{backend} x{devices}: resumed run differs: {e}"));
+    }
+}
+
+#[test]
+fn checkpoints_are_pruned_and_resuming_checks_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ck");
+    let base = [
+        "--epochs",
+        "3",
+        "--hidden",
+        "16",
+        "--train-limit",
+        "300",
+        "--backend",
+        "cpu",
+    ];
+    let with = |extra: &[&str]| -> Vec<String> {
+        base.iter().chain(extra).map(|s| s.to_string()).collect()
+    };
+    let call = |args: Vec<String>| run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let c = ckpt.to_str().unwrap();
+    let out = call(with(&["--checkpoint-dir", c, "--keep-checkpoints", "2"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut files: Vec<String> = std::fs::read_dir(&ckpt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        vec!["epoch-0002.safetensors", "epoch-0003.safetensors"]
+    );
+
+    // Other settings than the checkpoint's run: refused, naming the difference.
+    let mut other = with(&["--checkpoint-dir", c, "--resume"]);
+    other[3] = "17".into();
+    let out = call(other);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("written by a run with other settings"),
+        "{}",
+        stderr(&out)
+    );
+    // Nothing to resume from.
+    let empty = dir.path().join("empty");
+    let out = call(with(&[
+        "--checkpoint-dir",
+        empty.to_str().unwrap(),
+        "--resume",
+    ]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no checkpoint"), "{}", stderr(&out));
+    // --resume without a folder is a usage error.
+    let out = call(with(&["--resume"]));
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -271,6 +271,19 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
         &self.replicas[0].model
     }
 
+    /// Replica 0's optimizer, e.g. to save its state (all replicas hold the same).
+    pub fn optimizer(&self) -> &O {
+        &self.replicas[0].optimizer
+    }
+
+    /// Every replica of this process, to change all alike (restore a checkpoint, say):
+    /// replicas must stay identical, so whatever is done to one must be done to all.
+    pub fn replicas_mut(&mut self) -> impl Iterator<Item = (&M, &mut O)> {
+        self.replicas
+            .iter_mut()
+            .map(|r| (&r.model, &mut r.optimizer))
+    }
+
     /// Sets every replica's learning rate (a schedule).
     pub fn set_learning_rate(&mut self, lr: f32) -> Result<()> {
         for r in &mut self.replicas {
