@@ -162,21 +162,22 @@ fn in_process(n: usize) -> Vec<f32> {
     identical_ranks(dir.path(), n)
 }
 
+/// `mpi_check` on `processes` ranks with `args` and `--params-out`: the job, and the
+/// parameters its `replicas` replicas ended with, checked bitwise identical.
+fn train_over_mpi(processes: usize, replicas: usize, args: &[&str]) -> (Job, Vec<f32>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = args.to_vec();
+    args.extend(["--params-out", dir.path().to_str().unwrap()]);
+    let job = mpirun(processes, "mpi_check", &args);
+    ok(&job, &format!("mpi_check {args:?} on {processes} ranks"));
+    let params = identical_ranks(dir.path(), replicas);
+    (job, params)
+}
+
 #[test]
 fn mpi_ranks_end_identical_and_match_the_in_process_ring() {
     for n in [2, 4] {
-        let dir = tempfile::tempdir().unwrap();
-        let job = mpirun(
-            n,
-            "mpi_check",
-            &[
-                "--comm",
-                "mpi",
-                "--params-out",
-                dir.path().to_str().unwrap(),
-            ],
-        );
-        ok(&job, &format!("mpi_check on {n} ranks"));
+        let (job, over_mpi) = train_over_mpi(n, n, &["--comm", "mpi"]);
         assert!(
             job.stdout
                 .contains("collectives: all-reduce, broadcast and barrier give exact results"),
@@ -189,7 +190,6 @@ fn mpi_ranks_end_identical_and_match_the_in_process_ring() {
             "{}",
             job.stdout
         );
-        let over_mpi = identical_ranks(dir.path(), n);
         // ringtrain's ring over MPI runs the in-process ring's schedule: the same sums in
         // the same order, so the same bits.
         assert!(
@@ -202,21 +202,7 @@ fn mpi_ranks_end_identical_and_match_the_in_process_ring() {
 #[test]
 fn native_mpi_all_reduce_matches_the_ring_within_rounding() {
     let n = 3;
-    let dir = tempfile::tempdir().unwrap();
-    let job = mpirun(
-        n,
-        "mpi_check",
-        &[
-            "--comm",
-            "mpi",
-            "--mpi-algorithm",
-            "native",
-            "--params-out",
-            dir.path().to_str().unwrap(),
-        ],
-    );
-    ok(&job, "mpi_check with MPI_Iallreduce");
-    let native = identical_ranks(dir.path(), n);
+    let (_, native) = train_over_mpi(n, n, &["--comm", "mpi", "--mpi-algorithm", "native"]);
     let diff = max_difference(&native, &in_process(n));
     assert!(
         diff < 1e-4,
@@ -226,27 +212,13 @@ fn native_mpi_all_reduce_matches_the_ring_within_rounding() {
 
 #[test]
 fn hierarchical_ranks_match_one_ring_of_all_devices() {
-    let dir = tempfile::tempdir().unwrap();
     // 2 processes ("machines") of 2 replicas each.
-    let job = mpirun(
-        2,
-        "mpi_check",
-        &[
-            "--comm",
-            "hierarchical",
-            "--devices",
-            "2",
-            "--params-out",
-            dir.path().to_str().unwrap(),
-        ],
-    );
-    ok(&job, "mpi_check --comm hierarchical");
+    let (job, two_level) = train_over_mpi(2, 4, &["--comm", "hierarchical", "--devices", "2"]);
     assert!(
         job.stdout.contains("ok: 4 replicas in 2 processes"),
         "{}",
         job.stdout
     );
-    let two_level = identical_ranks(dir.path(), 4);
     let diff = max_difference(&two_level, &in_process(4));
     assert!(
         diff < 1e-4,
