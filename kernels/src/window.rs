@@ -21,6 +21,30 @@ pub struct Window2d {
 }
 
 impl Window2d {
+    /// A window over `batch x channels` images of `size` (height, width); `kernel`,
+    /// `stride` and `pad` are (vertical, horizontal), as PyTorch's tuples are.
+    pub fn new(
+        batch: usize,
+        channels: usize,
+        size: (usize, usize),
+        kernel: (usize, usize),
+        stride: (usize, usize),
+        pad: (usize, usize),
+    ) -> Self {
+        Self {
+            batch,
+            channels,
+            height: size.0,
+            width: size.1,
+            kernel_h: kernel.0,
+            kernel_w: kernel.1,
+            stride_h: stride.0,
+            stride_w: stride.1,
+            pad_h: pad.0,
+            pad_w: pad.1,
+        }
+    }
+
     /// Output height: `(height + 2 pad - kernel) / stride + 1` (PyTorch's, rounding down).
     pub fn out_h(&self) -> usize {
         (self.height + 2 * self.pad_h).saturating_sub(self.kernel_h) / self.stride_h.max(1) + 1

@@ -940,23 +940,8 @@ fn gemm_bias_act<B: Backend>(b: &B) {
 /// Geometries with odd sizes, padding, strides, non-square kernels, several images and
 /// channels, and one above the CPU's parallel threshold.
 fn windows() -> Vec<Window2d> {
-    let g = |batch,
-             channels,
-             height,
-             width,
-             kernel: (usize, usize),
-             stride: (usize, usize),
-             pad: (usize, usize)| Window2d {
-        batch,
-        channels,
-        height,
-        width,
-        kernel_h: kernel.0,
-        kernel_w: kernel.1,
-        stride_h: stride.0,
-        stride_w: stride.1,
-        pad_h: pad.0,
-        pad_w: pad.1,
+    let g = |batch, channels, height, width, kernel, stride, pad| {
+        Window2d::new(batch, channels, (height, width), kernel, stride, pad)
     };
     vec![
         g(1, 1, 1, 1, (1, 1), (1, 1), (0, 0)),
@@ -1100,18 +1085,7 @@ fn errors<B: Backend>(b: &B) {
     let buf = |len: usize| b.zeros(len).unwrap();
     let ctx = |what: &str| format!("{name}: {what}");
 
-    let g = Window2d {
-        batch: 1,
-        channels: 1,
-        height: 4,
-        width: 4,
-        kernel_h: 3,
-        kernel_w: 3,
-        stride_h: 1,
-        stride_w: 1,
-        pad_h: 0,
-        pad_w: 0,
-    };
+    let g = Window2d::new(1, 1, (4, 4), (3, 3), (1, 1), (0, 0));
     let (x16, mut cols) = (buf(16), buf(g.cols_len()));
     assert_err(
         &ctx("im2col stride 0"),

@@ -24,18 +24,7 @@ fn geometry(
             ),
         });
     };
-    let g = Window2d {
-        batch,
-        channels,
-        height,
-        width,
-        kernel_h: kernel.0,
-        kernel_w: kernel.1,
-        stride_h: stride.0,
-        stride_w: stride.1,
-        pad_h: padding.0,
-        pad_w: padding.1,
-    };
+    let g = Window2d::new(batch, channels, (height, width), kernel, stride, padding);
     g.validate(op)?;
     Ok(g)
 }
