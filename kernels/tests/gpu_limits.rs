@@ -5,21 +5,14 @@
 //! be reached without gigabytes of memory (lavapipe, whose grid is 65,535 workgroups per
 //! dimension) and says so where it cannot.
 
+mod support;
+
 use ringtrain_kernels::gpu::GpuBackend;
 use ringtrain_kernels::{Backend, GemmSpec};
+use support::gpu;
 
 /// Buffers past this are not worth allocating in a test.
 const TEST_BYTES: u64 = 256 << 20;
-
-fn gpu() -> Option<GpuBackend> {
-    if std::env::var_os("RINGTRAIN_SKIP_GPU_TESTS").is_some_and(|v| v == "1") {
-        return None;
-    }
-    match GpuBackend::new() {
-        Ok(b) => Some(b),
-        Err(e) => panic!("{e}\n(set RINGTRAIN_SKIP_GPU_TESTS=1 to run the CPU tests alone)"),
-    }
-}
 
 fn max_groups(gpu: &GpuBackend) -> usize {
     gpu.limits().max_compute_workgroups_per_dimension as usize

@@ -3,19 +3,11 @@
 //! time of the same region; a region with more passes than can be timed says so rather
 //! than under-reporting.
 
-use ringtrain_kernels::gpu::GpuBackend;
+mod support;
+
 use ringtrain_kernels::{Backend, GemmSpec};
 use std::time::Instant;
-
-fn gpu() -> Option<GpuBackend> {
-    if std::env::var_os("RINGTRAIN_SKIP_GPU_TESTS").is_some_and(|v| v == "1") {
-        return None;
-    }
-    match GpuBackend::new() {
-        Ok(b) => Some(b),
-        Err(e) => panic!("{e}\n(set RINGTRAIN_SKIP_GPU_TESTS=1 to run the CPU tests alone)"),
-    }
-}
+use support::gpu;
 
 #[test]
 fn a_timed_region_reports_gpu_time_within_its_wall_time() {
