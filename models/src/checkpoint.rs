@@ -1,6 +1,9 @@
-//! Checkpoints in the safetensors format: named f32 tensors (a model's parameters by their
-//! module names, `"0.weight"` as PyTorch's `Sequential` names them, and whatever else the
-//! caller adds) and string metadata. `safetensors.torch.load_file` reads them as they are.
+//! Checkpoints in the safetensors format: named f32 tensors (a model's parameters and
+//! buffers by their module names, `"0.weight"` as PyTorch's `Sequential` names them, and
+//! whatever else the caller adds) and string metadata, which also holds the positions of
+//! the model's random streams (`ringtrain.rng.{name}`). `safetensors.torch.load_file`
+//! reads them as they are, and a PyTorch module of the same structure takes them with
+//! `load_state_dict(strict=True)`.
 //!
 //! Files are written atomically (a temporary file in the same folder, fsync, rename, fsync
 //! of the folder), so a crash at any moment leaves the previous checkpoint whole. Reading
@@ -70,6 +73,9 @@ pub enum CheckpointError {
 
 pub type Result<T> = std::result::Result<T, CheckpointError>;
 
+/// Metadata key prefix of random-stream positions: `ringtrain.rng.model.3.masks`.
+const RNG_KEY: &str = "ringtrain.rng.";
+
 /// Named f32 tensors on the host, and string metadata.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Checkpoint {
@@ -82,18 +88,29 @@ impl Checkpoint {
         Self::default()
     }
 
-    /// The parameters of `model`, by name, copied to the host.
+    /// The parameters and buffers of `model`, by name, copied to the host, and the
+    /// positions of its random streams.
     pub fn of_module(model: &(impl Module + ?Sized)) -> Result<Self> {
         let mut c = Self::new();
         c.insert_module("", model)?;
         Ok(c)
     }
 
-    /// Adds `model`'s parameters under `prefix` (`"model."`, say, beside an optimizer's
-    /// state under `"optimizer."`).
+    /// Adds `model`'s parameters and buffers under `prefix` (`"model."`, say, beside an
+    /// optimizer's state under `"optimizer."`), and the positions of its random streams
+    /// as metadata.
     pub fn insert_module(&mut self, prefix: &str, model: &(impl Module + ?Sized)) -> Result<()> {
         for (name, var) in model.named_parameters() {
             self.insert(&format!("{prefix}{name}"), var.as_tensor())?;
+        }
+        for (name, buffer) in model.named_buffers() {
+            self.insert(&format!("{prefix}{name}"), &buffer.get())?;
+        }
+        for (name, stream) in model.named_rng_streams() {
+            self.set_metadata(
+                &format!("{RNG_KEY}{prefix}{name}"),
+                stream.position().to_string(),
+            );
         }
         Ok(())
     }
@@ -164,35 +181,67 @@ impl Checkpoint {
         self.metadata.get(key).map(String::as_str)
     }
 
-    /// Copies the checkpoint's tensors into `model`'s parameters, by name. Every parameter
-    /// must be there with its shape, and every tensor under `prefix` must be a parameter:
-    /// on any mismatch nothing is changed and the error lists what differs.
+    /// Copies the checkpoint's tensors under `prefix` into `model`'s parameters and
+    /// buffers, by name, and sets its random streams where the checkpoint has their
+    /// positions (a file from elsewhere may have none). Every parameter and buffer must
+    /// be there with its shape, and every tensor under `prefix` must be one of them: on
+    /// any mismatch nothing is changed and the error lists what differs.
     pub fn restore(&self, model: &(impl Module + ?Sized), prefix: &str) -> Result<()> {
         let params = model.named_parameters();
+        let buffers = model.named_buffers();
+        let expected: Vec<(String, Vec<usize>)> = params
+            .iter()
+            .map(|(n, v)| (format!("{prefix}{n}"), v.dims().to_vec()))
+            .chain(
+                buffers
+                    .iter()
+                    .map(|(n, b)| (format!("{prefix}{n}"), b.dims())),
+            )
+            .collect();
         let mut problems = Vec::new();
-        for (name, var) in &params {
-            match self.tensors.get(&format!("{prefix}{name}")) {
-                None => problems.push(format!("`{prefix}{name}` is missing")),
-                Some((shape, _)) if shape.as_slice() != var.dims() => problems.push(format!(
-                    "`{prefix}{name}` has shape {shape:?}, the model's is {:?}",
-                    var.dims()
+        for (name, dims) in &expected {
+            match self.tensors.get(name) {
+                None => problems.push(format!("`{name}` is missing")),
+                Some((shape, _)) if shape != dims => problems.push(format!(
+                    "`{name}` has shape {shape:?}, the model's is {dims:?}"
                 )),
                 Some(_) => {}
             }
         }
-        let known: std::collections::HashSet<String> =
-            params.iter().map(|(n, _)| format!("{prefix}{n}")).collect();
+        let known: std::collections::HashSet<&str> =
+            expected.iter().map(|(n, _)| n.as_str()).collect();
         for name in self.tensors.keys() {
-            if name.starts_with(prefix) && !known.contains(name) {
-                problems.push(format!("`{name}` is not a parameter of the model"));
+            if name.starts_with(prefix) && !known.contains(name.as_str()) {
+                problems.push(format!(
+                    "`{name}` is not a parameter or buffer of the model"
+                ));
+            }
+        }
+        let mut positions = Vec::new();
+        for (name, stream) in model.named_rng_streams() {
+            let key = format!("{RNG_KEY}{prefix}{name}");
+            match self.metadata(&key).map(str::parse::<u64>) {
+                None => {}
+                Some(Ok(p)) => positions.push((stream, p)),
+                Some(Err(_)) => problems.push(format!("metadata `{key}` is not a position")),
             }
         }
         if !problems.is_empty() {
             return Err(CheckpointError::Mismatch(problems.join("; ")));
         }
-        for (name, var) in &params {
+        let value = |name: &str, device: &ringtrain_runtime::Device| -> Result<Tensor> {
             let (shape, values) = &self.tensors[&format!("{prefix}{name}")];
-            var.set(&Tensor::from_slice(values, shape.clone(), var.device())?)?;
+            Ok(Tensor::from_slice(values, shape.clone(), device)?)
+        };
+        for (name, var) in &params {
+            var.set(&value(name, var.device())?)?;
+        }
+        for (name, buffer) in &buffers {
+            let device = buffer.get().device().clone();
+            buffer.set(&value(name, &device)?)?;
+        }
+        for (stream, position) in positions {
+            stream.set_position(position);
         }
         Ok(())
     }

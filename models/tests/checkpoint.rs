@@ -1,5 +1,5 @@
 //! Checkpoints as a user relies on them: a model saved and loaded gets back exactly its
-//! parameters, on the CPU and on the GPU (lavapipe in CI); a checkpoint that does not fit
+//! parameters, buffers and random streams, on the CPU and on the GPU (lavapipe in CI); a checkpoint that does not fit
 //! the model, a truncated or corrupt file, or a write that dies half way is an error
 //! that names the problem and leaves everything as it was. Random and mutated bytes
 //! never make the checkpoint or IDX readers panic.
@@ -7,9 +7,11 @@
 use rand::{Rng, SeedableRng};
 use ringtrain_models::checkpoint::{write_atomically, Checkpoint, CheckpointError};
 use ringtrain_models::data::parse_idx;
-use ringtrain_models::nn::{Module, Sequential};
+use ringtrain_models::nn::{
+    BatchNorm2d, Conv2d, Conv2dConfig, Dropout, Flatten, Linear, Module, Relu, Sequential,
+};
 use ringtrain_models::zoo::{mlp, Activation};
-use ringtrain_runtime::{rng_from_seed, Device};
+use ringtrain_runtime::{rng_from_seed, Device, Tensor};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 fn model(device: &Device, seed: u64, hidden: usize) -> Sequential {
@@ -285,4 +287,103 @@ fn model_and_optimizer_resume_from_a_file_bit_for_bit() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("step count"), "{err}");
+}
+
+/// Conv -> BatchNorm -> ReLU -> Flatten -> Dropout -> Linear: a model with buffers and a
+/// random stream besides its parameters.
+fn noisy_model(device: &Device, seed: u64) -> Sequential {
+    let mut rng = rng_from_seed(seed);
+    Sequential::new()
+        .with(Conv2d::new(1, 2, 3, Conv2dConfig::default(), device, &mut rng).unwrap())
+        .with(BatchNorm2d::new(2, device).unwrap())
+        .with(Relu)
+        .with(Flatten)
+        .with(Dropout::new(0.3, seed).unwrap())
+        .with(Linear::new(2 * 2 * 2, 3, device, &mut rng).unwrap())
+}
+
+fn buffer_bits(m: &impl Module) -> Vec<u32> {
+    m.named_buffers()
+        .iter()
+        .flat_map(|(_, b)| b.get().to_vec().unwrap())
+        .map(f32::to_bits)
+        .collect()
+}
+
+fn outputs(m: &impl Module, x: &Tensor, calls: usize) -> Vec<Vec<u32>> {
+    (0..calls)
+        .map(|_| {
+            let y = m.forward(x).unwrap().to_vec().unwrap();
+            y.into_iter().map(f32::to_bits).collect()
+        })
+        .collect()
+}
+
+#[test]
+fn buffers_and_random_streams_resume_with_the_model() {
+    let dev = Device::cpu();
+    let values: Vec<f32> = (0..4 * 16)
+        .map(|i| ((i * 7) % 11) as f32 / 5.0 - 1.0)
+        .collect();
+    let x = Tensor::from_vec(values, vec![4, 1, 4, 4], &dev).unwrap();
+    let trained = noisy_model(&dev, 1);
+    outputs(&trained, &x, 3); // moves the running estimates and the dropout stream
+    let c = Checkpoint::of_module(&trained).unwrap();
+    assert_eq!(
+        c.names().collect::<Vec<_>>(),
+        vec![
+            "0.bias",
+            "0.weight",
+            "1.bias",
+            "1.num_batches_tracked",
+            "1.running_mean",
+            "1.running_var",
+            "1.weight",
+            "5.bias",
+            "5.weight"
+        ],
+        "PyTorch's names for the same nn.Sequential"
+    );
+    assert_eq!(
+        c.get("1.num_batches_tracked"),
+        Some((&[][..], &[3.0f32][..]))
+    );
+    assert_eq!(c.metadata("ringtrain.rng.4.masks"), Some("3"));
+
+    let resumed = noisy_model(&dev, 1);
+    assert_ne!(buffer_bits(&resumed), buffer_bits(&trained));
+    c.restore(&resumed, "").unwrap();
+    assert_eq!(buffer_bits(&resumed), buffer_bits(&trained));
+    // The same dropout masks and batch statistics from here on, in training and after.
+    assert_eq!(outputs(&resumed, &x, 2), outputs(&trained, &x, 2));
+    resumed.set_training(false);
+    trained.set_training(false);
+    assert_eq!(outputs(&resumed, &x, 1), outputs(&trained, &x, 1));
+
+    // A file without the buffers (parameters only) does not fit.
+    let mut params_only = Checkpoint::new();
+    for (name, var) in trained.named_parameters() {
+        params_only.insert(&name, var.as_tensor()).unwrap();
+    }
+    let err = params_only.restore(&resumed, "").unwrap_err().to_string();
+    assert!(err.contains("`1.running_mean` is missing"), "{err}");
+
+    // On the GPU: the same buffers and the same outputs as the CPU's restored copy.
+    if let Some(gpu) = gpu() {
+        let (on_cpu, on_gpu) = (noisy_model(&dev, 4), noisy_model(&gpu, 5));
+        c.restore(&on_cpu, "").unwrap();
+        c.restore(&on_gpu, "").unwrap();
+        assert_eq!(buffer_bits(&on_gpu), buffer_bits(&on_cpu));
+        on_cpu.set_training(false);
+        on_gpu.set_training(false);
+        let y = on_gpu
+            .forward(&x.to_device(&gpu).unwrap())
+            .unwrap()
+            .to_vec()
+            .unwrap();
+        let want = on_cpu.forward(&x).unwrap().to_vec().unwrap();
+        for (a, b) in y.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-4, "{y:?} vs {want:?}");
+        }
+    }
 }

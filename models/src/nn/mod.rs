@@ -1,5 +1,6 @@
 //! Layers. A [`Module`] maps a tensor to a tensor and lists its trainable parameters by
-//! name, which is all an optimizer, a checkpoint or a data-parallel replica needs.
+//! name, which is all an optimizer or a data-parallel replica needs; a checkpoint also
+//! keeps its buffers and random streams.
 
 mod activation;
 mod conv;
@@ -11,6 +12,7 @@ mod norm;
 mod pool;
 mod residual;
 mod sequential;
+mod state;
 
 pub use activation::{Gelu, Relu, Sigmoid, Tanh};
 pub use conv::{Conv2d, Conv2dConfig};
@@ -22,6 +24,7 @@ pub use norm::{BatchNorm2d, LayerNorm};
 pub use pool::{AvgPool2d, MaxPool2d};
 pub use residual::Residual;
 pub use sequential::Sequential;
+pub use state::{Buffer, RngStream};
 
 use ringtrain_runtime::{Result, Tensor, Var};
 
@@ -30,6 +33,18 @@ pub trait Module {
 
     /// Trainable parameters, named uniquely within the module (`"0.weight"`, `"0.bias"`).
     fn named_parameters(&self) -> Vec<(String, Var)> {
+        Vec::new()
+    }
+
+    /// Non-trainable state the module updates as it runs (batch norm's running
+    /// estimates), named as parameters are. A checkpoint saves it beside the parameters.
+    fn named_buffers(&self) -> Vec<(String, Buffer)> {
+        Vec::new()
+    }
+
+    /// Random streams (dropout's masks), named as parameters are. A checkpoint keeps
+    /// their positions, so a resumed run draws what the uninterrupted one would have.
+    fn named_rng_streams(&self) -> Vec<(String, RngStream)> {
         Vec::new()
     }
 
@@ -63,7 +78,30 @@ impl<M: Module + ?Sized> Module for Box<M> {
         (**self).named_parameters()
     }
 
+    fn named_buffers(&self) -> Vec<(String, Buffer)> {
+        (**self).named_buffers()
+    }
+
+    fn named_rng_streams(&self) -> Vec<(String, RngStream)> {
+        (**self).named_rng_streams()
+    }
+
     fn set_training(&self, training: bool) {
         (**self).set_training(training)
     }
+}
+
+/// `named` of each child, its names prefixed with the child's (`"{prefix}.{name}"`), as
+/// containers list their children's parameters, buffers and streams.
+pub(crate) fn prefixed<T>(
+    children: impl IntoIterator<Item = (String, Vec<(String, T)>)>,
+) -> Vec<(String, T)> {
+    children
+        .into_iter()
+        .flat_map(|(prefix, named)| {
+            named
+                .into_iter()
+                .map(move |(name, x)| (format!("{prefix}.{name}"), x))
+        })
+        .collect()
 }

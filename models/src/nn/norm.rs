@@ -1,7 +1,7 @@
 //! Normalisation layers, composed from tensor ops, so their gradients come from the
 //! autograd of those ops (and run on every backend).
 
-use super::Module;
+use super::{Buffer, Module};
 use ringtrain_runtime::{no_grad, Device, Error, Result, Tensor, Var};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -10,12 +10,18 @@ use std::sync::Mutex;
 /// PyTorch's `BatchNorm2d`: in training, each channel is normalised by its batch mean and
 /// (biased) variance over batch, height and width, and running estimates are updated
 /// with `momentum` (the variance unbiased); in evaluation the running estimates are used.
-/// Parameters `weight` (gamma, ones) and `bias` (beta, zeros), `[channels]` each. Under data parallelism each
-/// replica keeps the running estimates of its own shards (no synchronised batch norm).
+/// Parameters `weight` (gamma, ones) and `bias` (beta, zeros), `[channels]` each; buffers
+/// `running_mean`, `running_var` (`[channels]`) and `num_batches_tracked` (a scalar), as
+/// PyTorch names them. Under data parallelism each replica keeps the running estimates of
+/// its own shards (no synchronised batch norm).
 pub struct BatchNorm2d {
     weight: Var,
     bias: Var,
-    running: Mutex<(Tensor, Tensor)>,
+    running_mean: Buffer,
+    running_var: Buffer,
+    num_batches_tracked: Buffer,
+    // Held while the running estimates are read and replaced together.
+    update: Mutex<()>,
     momentum: f32,
     eps: f32,
     training: AtomicBool,
@@ -26,14 +32,13 @@ impl BatchNorm2d {
         if channels == 0 {
             return Err(Error::InvalidArgument("BatchNorm2d needs channels".into()));
         }
-        let shape = vec![1, channels, 1, 1];
         Ok(Self {
             weight: Var::from_vec(vec![1.0; channels], channels, device)?,
             bias: Var::zeros(channels, device)?,
-            running: Mutex::new((
-                Tensor::zeros(shape.clone(), device)?,
-                Tensor::ones(shape, device)?,
-            )),
+            running_mean: Buffer::new(Tensor::zeros(channels, device)?),
+            running_var: Buffer::new(Tensor::ones(channels, device)?),
+            num_batches_tracked: Buffer::new(Tensor::zeros(Vec::<usize>::new(), device)?),
+            update: Mutex::new(()),
             momentum: 0.1,
             eps: 1e-5,
             training: AtomicBool::new(true),
@@ -41,11 +46,13 @@ impl BatchNorm2d {
     }
 
     /// The running mean and variance, `[1, channels, 1, 1]` each.
-    pub fn running_stats(&self) -> (Tensor, Tensor) {
-        self.running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    pub fn running_stats(&self) -> Result<(Tensor, Tensor)> {
+        let _update = self.update.lock().unwrap_or_else(|e| e.into_inner());
+        let channels = self.weight.dims()[0];
+        Ok((
+            self.running_mean.get().reshape(vec![1, channels, 1, 1])?,
+            self.running_var.get().reshape(vec![1, channels, 1, 1])?,
+        ))
     }
 }
 
@@ -79,19 +86,21 @@ impl Module for BatchNorm2d {
                 .sum_keepdims(&[0, 2, 3])?
                 .scale(1.0 / count as f32)?;
             no_grad(|| -> Result<()> {
-                let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+                let _update = self.update.lock().unwrap_or_else(|e| e.into_inner());
                 let m = self.momentum;
                 let unbiased = count as f32 / (count - 1) as f32;
-                running.0 = running.0.scale(1.0 - m)?.add(&mean.detach().scale(m)?)?;
-                running.1 = running
-                    .1
-                    .scale(1.0 - m)?
-                    .add(&var.detach().scale(m * unbiased)?)?;
-                Ok(())
+                let blend = |running: &Buffer, batch: &Tensor, scale: f32| {
+                    let batch = batch.detach().reshape(channels)?.scale(scale)?;
+                    running.set(&running.get().scale(1.0 - m)?.add(&batch)?)
+                };
+                blend(&self.running_mean, &mean, m)?;
+                blend(&self.running_var, &var, m * unbiased)?;
+                let tracked = &self.num_batches_tracked;
+                tracked.set(&tracked.get().add_scalar(1.0)?)
             })?;
             (mean, var)
         } else {
-            self.running_stats()
+            self.running_stats()?
         };
         let per_channel = |v: &Var| v.reshape(vec![1, channels, 1, 1]);
         x.sub(&mean)?
@@ -104,6 +113,17 @@ impl Module for BatchNorm2d {
         vec![
             ("weight".into(), self.weight.clone()),
             ("bias".into(), self.bias.clone()),
+        ]
+    }
+
+    fn named_buffers(&self) -> Vec<(String, Buffer)> {
+        vec![
+            ("running_mean".into(), self.running_mean.clone()),
+            ("running_var".into(), self.running_var.clone()),
+            (
+                "num_batches_tracked".into(),
+                self.num_batches_tracked.clone(),
+            ),
         ]
     }
 

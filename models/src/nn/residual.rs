@@ -1,8 +1,9 @@
-use super::Module;
+use super::{prefixed, Buffer, Module, RngStream};
 use ringtrain_runtime::{Result, Tensor, Var};
 
 /// `x + inner(x)`: a residual connection around any module whose output has its input's
-/// shape. Its parameters are the inner module's, named `"inner.{name}"`.
+/// shape. Its parameters (and buffers and streams) are the inner module's, named
+/// `"inner.{name}"`.
 pub struct Residual<M> {
     inner: M,
 }
@@ -19,11 +20,15 @@ impl<M: Module> Module for Residual<M> {
     }
 
     fn named_parameters(&self) -> Vec<(String, Var)> {
-        self.inner
-            .named_parameters()
-            .into_iter()
-            .map(|(n, v)| (format!("inner.{n}"), v))
-            .collect()
+        prefixed([("inner".to_string(), self.inner.named_parameters())])
+    }
+
+    fn named_buffers(&self) -> Vec<(String, Buffer)> {
+        prefixed([("inner".to_string(), self.inner.named_buffers())])
+    }
+
+    fn named_rng_streams(&self) -> Vec<(String, RngStream)> {
+        prefixed([("inner".to_string(), self.inner.named_rng_streams())])
     }
 
     fn set_training(&self, training: bool) {

@@ -1,4 +1,4 @@
-use super::Module;
+use super::{prefixed, Buffer, Module, RngStream};
 use ringtrain_runtime::{Result, Tensor, Var};
 
 /// Layers applied in order. Parameters are named `"{index}.{name}"`, as PyTorch's
@@ -32,6 +32,18 @@ impl Sequential {
     }
 }
 
+impl Sequential {
+    /// `named` of every layer, under the layer's index.
+    fn children<T>(&self, named: impl Fn(&dyn Module) -> Vec<(String, T)>) -> Vec<(String, T)> {
+        prefixed(
+            self.layers
+                .iter()
+                .enumerate()
+                .map(|(i, layer)| (i.to_string(), named(layer.as_ref()))),
+        )
+    }
+}
+
 impl Module for Sequential {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut x = x.clone();
@@ -48,15 +60,14 @@ impl Module for Sequential {
     }
 
     fn named_parameters(&self) -> Vec<(String, Var)> {
-        self.layers
-            .iter()
-            .enumerate()
-            .flat_map(|(i, layer)| {
-                layer
-                    .named_parameters()
-                    .into_iter()
-                    .map(move |(name, v)| (format!("{i}.{name}"), v))
-            })
-            .collect()
+        self.children(|l| l.named_parameters())
+    }
+
+    fn named_buffers(&self) -> Vec<(String, Buffer)> {
+        self.children(|l| l.named_buffers())
+    }
+
+    fn named_rng_streams(&self) -> Vec<(String, RngStream)> {
+        self.children(|l| l.named_rng_streams())
     }
 }

@@ -75,18 +75,11 @@ impl Module for Cnn {
     }
 
     fn named_parameters(&self) -> Vec<(String, Var)> {
-        [
-            ("conv1", self.conv1.named_parameters()),
-            ("conv2", self.conv2.named_parameters()),
-            ("fc1", self.fc1.named_parameters()),
-            ("fc2", self.fc2.named_parameters()),
-        ]
-        .into_iter()
-        .flat_map(|(layer, params)| {
-            params
-                .into_iter()
-                .map(move |(name, v)| (format!("{layer}.{name}"), v))
-        })
-        .collect()
+        crate::nn::prefixed([
+            ("conv1".to_string(), self.conv1.named_parameters()),
+            ("conv2".to_string(), self.conv2.named_parameters()),
+            ("fc1".to_string(), self.fc1.named_parameters()),
+            ("fc2".to_string(), self.fc2.named_parameters()),
+        ])
     }
 }
