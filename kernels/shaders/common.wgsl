@@ -21,6 +21,7 @@ const OP_RELU: u32 = 5u;
 const OP_GELU: u32 = 6u;
 const OP_TANH: u32 = 7u;
 const OP_SIGMOID: u32 = 8u;
+const OP_NONFINITE: u32 = 9u;
 // Anything else (the GEMM epilogue's "no activation") is the identity.
 
 const GELU_C: f32 = 0.7978845608028654; // sqrt(2 / pi)
@@ -58,6 +59,8 @@ fn unary_f(op: u32, x: f32) -> f32 {
         case OP_GELU: { return gelu_f(x); }
         case OP_TANH: { return tanh_f(x); }
         case OP_SIGMOID: { return sigmoid_f(x); }
+        // By the bits: WGSL lets a compiler assume floats are finite, so `x != x` may fold.
+        case OP_NONFINITE: { return select(0.0, 1.0, (bitcast<u32>(x) & 0x7f800000u) == 0x7f800000u); }
         default: { return x; }
     }
 }
@@ -74,6 +77,7 @@ fn unary_grad_f(op: u32, x: f32, y: f32, dy: f32) -> f32 {
         case OP_GELU: { return dy * gelu_grad_f(x); }
         case OP_TANH: { return dy * (1.0 - y * y); }
         case OP_SIGMOID: { return dy * y * (1.0 - y); }
+        case OP_NONFINITE: { return 0.0; }
         default: { return dy; }
     }
 }

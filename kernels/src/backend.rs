@@ -17,6 +17,9 @@ pub enum UnaryOp {
     Gelu,
     Tanh,
     Sigmoid,
+    /// 1 where `x` is infinite or NaN, else 0: the mask behind finiteness checks. Its
+    /// derivative is 0 (it is constant wherever `x` is finite).
+    NonFinite,
 }
 
 /// Elementwise functions of two operands, with broadcasting described by a [`BinaryLayout`].

@@ -23,7 +23,7 @@ const BIG: usize = 2 * 32768 + 7;
 /// Lengths that hit the empty, scalar, SIMD-tail and multi-threaded code paths.
 const LENGTHS: &[usize] = &[0, 1, 15, 17, 33, BIG];
 
-const UNARY_OPS: [UnaryOp; 9] = [
+const UNARY_OPS: [UnaryOp; 10] = [
     UnaryOp::Neg,
     UnaryOp::Exp,
     UnaryOp::Log,
@@ -33,6 +33,7 @@ const UNARY_OPS: [UnaryOp; 9] = [
     UnaryOp::Gelu,
     UnaryOp::Tanh,
     UnaryOp::Sigmoid,
+    UnaryOp::NonFinite,
 ];
 
 const BINARY_OPS: [BinaryOp; 4] = [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div];
@@ -169,6 +170,7 @@ fn unary_ref(op: UnaryOp, x: f64) -> f64 {
         UnaryOp::Gelu => 0.5 * x * (1.0 + (GELU_C * (x + GELU_A * x.powi(3))).tanh()),
         UnaryOp::Tanh => x.tanh(),
         UnaryOp::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        UnaryOp::NonFinite => f64::from(u8::from(!x.is_finite())),
     }
 }
 
@@ -195,6 +197,7 @@ fn unary_grad_ref(op: UnaryOp, x: f64) -> f64 {
             let s = 1.0 / (1.0 + (-x).exp());
             s * (1.0 - s)
         }
+        UnaryOp::NonFinite => 0.0,
     }
 }
 
@@ -205,6 +208,19 @@ fn unary_inputs(op: UnaryOp, len: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
         UnaryOp::Log | UnaryOp::Sqrt => uniform(len, 0.05, 20.0, rng),
         UnaryOp::Relu => away_from_zero(len, 0.01, 4.0, rng),
         UnaryOp::Exp => uniform(len, -20.0, 20.0, rng),
+        // Every third value infinite or NaN, among large and tiny finite ones.
+        UnaryOp::NonFinite => uniform(len, -6.0, 6.0, rng)
+            .into_iter()
+            .enumerate()
+            .map(|(i, x)| match i % 6 {
+                0 => f32::NAN,
+                2 => f32::INFINITY,
+                4 => f32::NEG_INFINITY,
+                1 => f32::MAX * x.signum(),
+                3 => f32::MIN_POSITIVE * x / 8.0,
+                _ => x,
+            })
+            .collect(),
         _ => uniform(len, -6.0, 6.0, rng),
     }
 }

@@ -4,7 +4,7 @@
 //! their seed; a failing replica is an error naming it, never a hang.
 
 use ringtrain_models::nn::{Module, Sequential};
-use ringtrain_models::parallel::{DataParallel, DataParallelConfig};
+use ringtrain_models::parallel::{DataParallel, DataParallelConfig, NonFinitePolicy};
 use ringtrain_models::zoo::{mlp, Activation};
 use ringtrain_runtime::comm::{hierarchical, ring, Communicator};
 use ringtrain_runtime::optim::{Sgd, SgdConfig};
@@ -497,4 +497,68 @@ fn communicators_must_form_one_group() {
     .expect("duplicate ranks must be refused")
     .to_string();
     assert!(err.contains("distinct ranks"), "{err}");
+}
+
+/// A group whose replica of rank 1 sees a NaN in its input at step `poisoned`: the
+/// averaged gradients are NaN on every replica.
+fn poisoned_run(
+    policy: NonFinitePolicy,
+    poisoned: usize,
+) -> (DataParallel<Sequential, Sgd>, Vec<Result<f32>>, Vec<Params>) {
+    let data = data(64);
+    let mut dp = DataParallel::new(
+        cpu_devices(2),
+        |d| build(d, 1),
+        DataParallelConfig {
+            on_nonfinite: policy,
+            ..DataParallelConfig::default()
+        },
+    )
+    .unwrap();
+    let (mut results, mut history) = (Vec::new(), vec![params(dp.model())]);
+    for s in 0..4 {
+        let result = dp.step(16, |model, device, rows| {
+            let lo = s * 16 + rows.start;
+            let mut xs = data.0[lo * FEATURES..(lo + rows.len()) * FEATURES].to_vec();
+            if s == poisoned && rows.start > 0 {
+                xs[3] = f32::NAN;
+            }
+            let xs = Tensor::from_vec(xs, (rows.len(), FEATURES), device)?;
+            model.forward(&xs)?.cross_entropy(&data.1[lo..lo + rows.len()])
+        });
+        results.push(result);
+        history.push(params(dp.model()));
+    }
+    (dp, results, history)
+}
+
+#[test]
+fn a_non_finite_step_stops_or_is_skipped_and_never_reaches_the_parameters() {
+    let (dp, results, history) = poisoned_run(NonFinitePolicy::Stop, 1);
+    let err = results[1].as_ref().unwrap_err();
+    assert!(matches!(err, ringtrain_runtime::Error::NonFinite(_)), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("loss is NaN") && msg.contains("(the first in `") && msg.contains("not applied"),
+        "{msg}"
+    );
+    assert_eq!(bits(&history[2]), bits(&history[1]), "the NaN step changed parameters");
+    // The group goes on: the later steps train, and every value stays finite.
+    assert!(results[2].is_ok() && results[3].is_ok());
+    assert_ne!(bits(&history[3]), bits(&history[2]));
+    assert!(history[4].iter().flatten().all(|x| x.is_finite()));
+    assert_eq!(dp.skipped_steps(), 0);
+    for r in 1..dp.size() {
+        assert_eq!(params(dp.replica(r).unwrap()), params(dp.model()));
+    }
+
+    let (dp, results, history) = poisoned_run(NonFinitePolicy::Skip, 2);
+    assert!(results.iter().all(Result::is_ok));
+    assert!(results[2].as_ref().unwrap().is_nan());
+    assert_eq!(dp.skipped_steps(), 1);
+    assert_eq!(bits(&history[3]), bits(&history[2]), "the skipped step changed parameters");
+    assert!(history[4].iter().flatten().all(|x| x.is_finite()));
+    // Up to the skipped step, the run is the one without a NaN.
+    let (_, _, clean) = poisoned_run(NonFinitePolicy::Skip, usize::MAX);
+    assert_eq!(bits(&history[2]), bits(&clean[2]));
 }

@@ -106,6 +106,30 @@ impl GradStore {
         self.grads.is_empty()
     }
 
+    /// The number of infinite or NaN gradient elements, as a scalar on the gradients'
+    /// device (see [`Tensor::count_nonfinite`]); `None` without gradients. A step whose
+    /// count is above 0 must not be applied: an optimizer would spread the NaN into every
+    /// parameter it touches.
+    pub fn count_nonfinite(&self) -> Result<Option<Tensor>> {
+        let mut total: Option<Tensor> = None;
+        for g in self.grads.values() {
+            let n = g.count_nonfinite()?;
+            total = Some(match total {
+                Some(t) => t.add(&n)?,
+                None => n,
+            });
+        }
+        Ok(total)
+    }
+
+    /// Whether every gradient is finite; reads one number back (a wait for the device).
+    pub fn all_finite(&self) -> Result<bool> {
+        Ok(match self.count_nonfinite()? {
+            Some(n) => n.to_scalar()? == 0.0,
+            None => true,
+        })
+    }
+
     fn accumulate(&mut self, id: TensorId, grad: Tensor) -> Result<()> {
         let sum = match self.grads.remove(&id) {
             Some(prev) => prev.add(&grad)?,

@@ -29,6 +29,10 @@ pub enum Error {
     },
     #[error("backward needs a scalar loss, got a tensor of shape {0}")]
     NotScalar(Shape),
+    /// A training step's loss or gradients hold an infinity or NaN (what, where); the
+    /// step was not applied.
+    #[error("{0}; the step was not applied, the parameters are as before it")]
+    NonFinite(String),
     #[error("device unavailable: {0}")]
     DeviceUnavailable(String),
     #[error("{0}")]

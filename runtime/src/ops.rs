@@ -89,6 +89,18 @@ impl Tensor {
         self.unary(UnaryOp::Sigmoid)
     }
 
+    /// 1 where an element is infinite or NaN, else 0.
+    pub fn nonfinite_mask(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::NonFinite)
+    }
+
+    /// The number of infinite or NaN elements, as a scalar on the tensor's device, so
+    /// that checking costs no wait until it is read (`to_scalar`). Exact up to 2^24; any
+    /// count above 0 means some. Not part of the autograd graph.
+    pub fn count_nonfinite(&self) -> Result<Tensor> {
+        self.detach().nonfinite_mask()?.sum_all()
+    }
+
     /// `self * mul + add`, elementwise.
     pub fn affine(&self, mul: f32, add: f32) -> Result<Tensor> {
         let storage = {

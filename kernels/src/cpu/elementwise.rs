@@ -30,6 +30,7 @@ simd_fn! {
             UnaryOp::Gelu => y.iter_mut().zip(x).for_each(|(y, &x)| *y = math::gelu(x)),
             UnaryOp::Tanh => y.iter_mut().zip(x).for_each(|(y, &x)| *y = math::tanh(x)),
             UnaryOp::Sigmoid => y.iter_mut().zip(x).for_each(|(y, &x)| *y = math::sigmoid(x)),
+            UnaryOp::NonFinite => y.iter_mut().zip(x).for_each(|(y, &x)| *y = if x.is_finite() { 0.0 } else { 1.0 }),
         }
     }
 }
@@ -48,6 +49,7 @@ simd_fn! {
             UnaryOp::Gelu => zip3(dx, dy, x, |g, x| g * math::gelu_grad(x)),
             UnaryOp::Tanh => zip3(dx, dy, y, |g, y| g * (1.0 - y * y)),
             UnaryOp::Sigmoid => zip3(dx, dy, y, |g, y| g * y * (1.0 - y)),
+            UnaryOp::NonFinite => dx.fill(0.0),
         }
     }
 }

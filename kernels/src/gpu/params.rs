@@ -25,6 +25,7 @@ pub(super) fn unary_code(op: UnaryOp) -> u32 {
         UnaryOp::Gelu => 6,
         UnaryOp::Tanh => 7,
         UnaryOp::Sigmoid => 8,
+        UnaryOp::NonFinite => 9,
     }
 }
 

@@ -36,6 +36,22 @@ pub struct DataParallelConfig {
     pub first_bucket_bytes: usize,
     /// The in-process ring's chunking and failure timeout.
     pub ring: RingConfig,
+    /// What a step does when the averaged loss or gradients hold an infinity or NaN.
+    pub on_nonfinite: NonFinitePolicy,
+}
+
+/// What a data-parallel step does when the averaged loss or gradients hold an infinity or
+/// NaN. Either way no parameter changes: every replica sees the same averaged values, so
+/// all of them (in every process) decide alike.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum NonFinitePolicy {
+    /// The step returns [`Error::NonFinite`], naming the first parameter affected; the
+    /// group stays usable (a caller may lower the learning rate and go on).
+    #[default]
+    Stop,
+    /// The step is skipped and counted ([`DataParallel::skipped_steps`]); it returns the
+    /// loss, which may be NaN.
+    Skip,
 }
 
 impl Default for DataParallelConfig {
@@ -44,6 +60,7 @@ impl Default for DataParallelConfig {
             bucket_bytes: 25 << 20,
             first_bucket_bytes: 1 << 20,
             ring: RingConfig::default(),
+            on_nonfinite: NonFinitePolicy::default(),
         }
     }
 }
@@ -79,6 +96,9 @@ pub struct DataParallel<M, O> {
     layout: Layout,
     /// Set by a failed step: the group cannot be trusted to agree any more.
     failed: Option<String>,
+    names: Vec<String>,
+    on_nonfinite: NonFinitePolicy,
+    skipped: u64,
 }
 
 struct Replica<M, O> {
@@ -218,11 +238,15 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
         for r in &mut replicas {
             r.buckets = layout.bucket_lens.iter().map(|&n| vec![0.0; n]).collect();
         }
-        let layout_hash = layout.hash(&names.expect("at least one replica"));
+        let names = names.expect("at least one replica");
+        let layout_hash = layout.hash(&names);
         let mut dp = Self {
             replicas,
             layout,
             failed: None,
+            names: names.into_iter().map(|(n, _)| n).collect(),
+            on_nonfinite: config.on_nonfinite,
+            skipped: 0,
         };
         run_on_replicas(&mut dp.replicas, &mut dp.failed, |r| {
             r.agree_on_layout(layout_hash)?;
@@ -305,7 +329,8 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
     ///
     /// If any replica fails (an error or a panic in `loss`, a device error, a peer that
     /// stops), the step returns an error naming that replica, and so does every later
-    /// step.
+    /// step. If the averaged loss or gradients are not finite, no parameter changes and
+    /// [`DataParallelConfig::on_nonfinite`] decides what the step returns.
     pub fn step<F>(&mut self, batch_len: usize, loss: F) -> Result<f32>
     where
         F: Fn(&M, &Device, Range<usize>) -> Result<Tensor> + Sync,
@@ -320,11 +345,27 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
         }
         let layout = &self.layout;
         let loss = &loss;
-        let losses = run_on_replicas(&mut self.replicas, &mut self.failed, |r| {
+        let outcomes = run_on_replicas(&mut self.replicas, &mut self.failed, |r| {
             let rows = shard(batch_len, r.comm.size(), r.comm.rank());
             r.step(layout, batch_len, rows, loss)
         })?;
-        Ok(losses[0])
+        // Every replica reduced the same values, so they agree on this.
+        let (global_loss, nonfinite) = &outcomes[0];
+        let Some(what) = nonfinite else {
+            return Ok(*global_loss);
+        };
+        match self.on_nonfinite {
+            NonFinitePolicy::Skip => {
+                self.skipped += 1;
+                Ok(*global_loss)
+            }
+            NonFinitePolicy::Stop => Err(Error::NonFinite(what.describe(&self.names))),
+        }
+    }
+
+    /// Steps skipped for non-finite values under [`NonFinitePolicy::Skip`].
+    pub fn skipped_steps(&self) -> u64 {
+        self.skipped
     }
 }
 
@@ -523,13 +564,15 @@ impl<M: Module + Send, O: Optimizer + Send> Replica<M, O> {
         Ok(())
     }
 
+    /// The averaged loss, and what is not finite, if anything (then the optimizer did not
+    /// step).
     fn step<F>(
         &mut self,
         layout: &Layout,
         batch_len: usize,
         rows: Range<usize>,
         loss: &F,
-    ) -> Result<f32>
+    ) -> Result<(f32, Option<NonFinite>)>
     where
         F: Fn(&M, &Device, Range<usize>) -> Result<Tensor> + Sync,
     {
@@ -569,6 +612,10 @@ impl<M: Module + Send, O: Optimizer + Send> Replica<M, O> {
             Err(reason) => return Err(Error::Comm(CommError::PeerFailed { rank, reason })),
             Ok(r) => r?,
         };
+        let global_loss = tail[0];
+        if let Some(bad) = NonFinite::find(global_loss, layout, buckets) {
+            return Ok((global_loss, Some(bad)));
+        }
         // A parameter no replica's backward reached has no gradient, as on one device:
         // the optimizer leaves it alone (no decay, no momentum).
         let mut grads = GradStore::default();
@@ -578,9 +625,42 @@ impl<M: Module + Send, O: Optimizer + Send> Replica<M, O> {
                 grads.insert(p, Tensor::from_slice(g, slot.shape.clone(), device)?);
             }
         }
-        let global_loss = tail[0];
         optimizer.step(&grads)?;
-        Ok(global_loss)
+        Ok((global_loss, None))
+    }
+}
+
+/// What of a step's averaged values is infinite or NaN.
+struct NonFinite {
+    loss: f32,
+    /// Non-finite gradient elements, and the first parameter that has one.
+    count: usize,
+    first: Option<usize>,
+}
+
+impl NonFinite {
+    fn find(loss: f32, layout: &Layout, buckets: &[Vec<f32>]) -> Option<NonFinite> {
+        let bad = |s: &[f32]| s.iter().filter(|x| !x.is_finite()).count();
+        let count: usize = buckets.iter().map(|b| bad(b)).sum();
+        if count == 0 && loss.is_finite() {
+            return None;
+        }
+        let first = layout
+            .slots
+            .iter()
+            .position(|s| bad(&buckets[s.bucket][s.offset..s.offset + s.len]) > 0);
+        Some(NonFinite { loss, count, first })
+    }
+
+    fn describe(&self, names: &[String]) -> String {
+        let grads = match self.first {
+            Some(p) => format!(
+                "{} gradient values are infinite or NaN (the first in `{}`)",
+                self.count, names[p]
+            ),
+            None => "the gradients are finite".into(),
+        };
+        format!("the averaged loss is {}, {grads}", self.loss)
     }
 }
 
