@@ -24,17 +24,23 @@ use ringtrain::checkpoint::Checkpoint;
 use ringtrain::comm::RingConfig;
 use ringtrain::data::{Batches, Mnist};
 use ringtrain::eval::evaluate;
-use ringtrain::parallel::{DataParallel, DataParallelConfig};
+use ringtrain::parallel::{DataParallel, DataParallelConfig, NonFinitePolicy};
 use ringtrain::prelude::*;
 use ringtrain::zoo::{mlp, Activation, Cnn};
+use run_checkpoints::{Every, Position};
 use serde::{Deserialize, Serialize};
 use std::error::Error;
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Training steps between two readbacks of the loss (and divergence checks).
 const READ_LOSS_EVERY: usize = 20;
+
+/// Steps skipped in a row (--on-nonfinite skip) after which a run stops: it is not
+/// recovering, and would only report a model that no longer trains.
+const MAX_SKIPPED_IN_A_ROW: u64 = 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Backend {
@@ -49,6 +55,12 @@ enum ModelKind {
     Mlp,
     /// Two convolution blocks and a classifier (ringtrain::zoo::Cnn).
     Cnn,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OnNonFinite {
+    Stop,
+    Skip,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -105,13 +117,15 @@ struct Args {
     /// MPI processes on this machine].
     #[arg(long)]
     threads: Option<usize>,
-    /// Save checkpoints (model, optimizer, metrics so far) into this folder, as
-    /// epoch-NNNN.safetensors, every --checkpoint-every epochs and after the last.
+    /// Save checkpoints (model, optimizer, where the run stands, metrics so far) into this
+    /// folder, as epoch-EEEE-step-SSSSSSSS.safetensors, every --checkpoint-every and at
+    /// the end.
     #[arg(long)]
     checkpoint_dir: Option<PathBuf>,
-    /// Epochs between two checkpoints.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
-    checkpoint_every: u32,
+    /// How often to checkpoint: N or Nepochs (after every Nth epoch), or Nsteps (after
+    /// every Nth step, also mid-epoch).
+    #[arg(long, default_value = "1", value_parser = clap::value_parser!(Every))]
+    checkpoint_every: Every,
     /// Checkpoints to keep, the newest.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     keep_checkpoints: u32,
@@ -119,6 +133,20 @@ struct Args {
     /// that wrote it (up to --epochs): the result is the uninterrupted run's.
     #[arg(long, requires = "checkpoint_dir")]
     resume: bool,
+    /// What a step whose loss or gradients hold an infinity or NaN does: stop the run
+    /// naming the step, or skip it (no parameter changes) and go on. On one device,
+    /// `stop` checks each step's loss, and the parameters whenever the loss is read
+    /// (every 20 steps and before a checkpoint), which costs no extra pass per step and
+    /// no wait; `skip` checks loss and gradients before every update.
+    #[arg(long, value_enum, default_value = "stop")]
+    on_nonfinite: OnNonFinite,
+    /// Testing aid: puts a NaN into the input of global step N (from 1).
+    #[arg(long, hide = true)]
+    inject_nan: Option<u64>,
+    /// Testing aid: the process dies (exit status 3) right after global step N, as if
+    /// killed, writing nothing more.
+    #[arg(long, hide = true)]
+    crash_after_step: Option<u64>,
     #[command(flatten)]
     comm: CommArgs,
 }
@@ -133,6 +161,9 @@ struct EpochMetrics {
     devices: usize,
     samples_per_sec_per_device: f64,
     seconds: f64,
+    /// Steps skipped for non-finite values (--on-nonfinite skip) in this epoch.
+    #[serde(default)]
+    skipped_steps: u64,
 }
 
 fn main() {
@@ -212,10 +243,12 @@ enum Trainer {
     Parallel(DataParallel<Model, BoxedOptimizer>),
 }
 
-/// A step's mean loss: still on the device (read later, in groups), or on the host.
+/// A step's mean loss: still on the device (read later, in groups), or on the host; or
+/// nothing, for a step skipped for non-finite values.
 enum StepLoss {
     OnDevice(Tensor),
     Host(f32),
+    Skipped,
 }
 
 impl Trainer {
@@ -249,6 +282,24 @@ impl Trainer {
         }
     }
 
+    /// Whether every parameter is finite (one pass over them and one wait; replica 0's,
+    /// all being alike). With SGD and AdamW a gradient that is infinite or NaN makes the
+    /// parameters it reaches so.
+    fn parameters_finite(&self) -> ringtrain::Result<bool> {
+        let mut total: Option<Tensor> = None;
+        for p in self.model().parameters() {
+            let n = p.as_tensor().count_nonfinite()?;
+            total = Some(match total {
+                Some(t) => t.add(&n)?,
+                None => n,
+            });
+        }
+        Ok(match total {
+            Some(t) => t.to_scalar()? == 0.0,
+            None => true,
+        })
+    }
+
     fn model(&self) -> &Model {
         match self {
             Trainer::Single { model, .. } => model,
@@ -263,11 +314,18 @@ impl Trainer {
         }
     }
 
+    /// One step. On one device, under `Skip` the loss and gradients are checked for
+    /// infinities and NaN before the update (the step waits for the answer); under
+    /// `Stop` the loss is checked when it is read, and a gradient
+    /// that is not finite shows in the parameters it reaches (see `parameters_finite`).
+    /// Several devices check the averaged loss and gradients on the host, where they are
+    /// anyway.
     fn step(
         &mut self,
         images: &[f32],
         labels: &[u32],
         features: usize,
+        policy: OnNonFinite,
     ) -> ringtrain::Result<StepLoss> {
         let rows = labels.len();
         match self {
@@ -278,19 +336,31 @@ impl Trainer {
             } => {
                 let x = Tensor::from_slice(images, (rows, features), device)?;
                 let loss = model.forward(&x)?.cross_entropy(labels)?;
-                optimizer.step(&loss.backward()?)?;
+                let grads = loss.backward()?;
+                if policy == OnNonFinite::Skip
+                    && !(loss.to_scalar()?.is_finite() && grads.all_finite()?)
+                {
+                    return Ok(StepLoss::Skipped);
+                }
+                optimizer.step(&grads)?;
                 Ok(StepLoss::OnDevice(loss.detach()))
             }
-            Trainer::Parallel(dp) => dp
-                .step(rows, |model, device, shard| {
+            Trainer::Parallel(dp) => {
+                let skipped = dp.skipped_steps();
+                let loss = dp.step(rows, |model, device, shard| {
                     let x = Tensor::from_slice(
                         &images[shard.start * features..shard.end * features],
                         (shard.len(), features),
                         device,
                     )?;
                     model.forward(&x)?.cross_entropy(&labels[shard])
+                })?;
+                Ok(if dp.skipped_steps() > skipped {
+                    StepLoss::Skipped
+                } else {
+                    StepLoss::Host(loss)
                 })
-                .map(StepLoss::Host),
+            }
         }
     }
 }
@@ -400,6 +470,10 @@ fn run(args: &Args, cluster: &Cluster) -> Result<(), Box<dyn Error>> {
                 timeout: args.comm.timeout(),
                 ..RingConfig::default()
             },
+            on_nonfinite: match args.on_nonfinite {
+                OnNonFinite::Stop => NonFinitePolicy::Stop,
+                OnNonFinite::Skip => NonFinitePolicy::Skip,
+            },
             ..DataParallelConfig::default()
         };
         let dp = match comms {
@@ -468,30 +542,65 @@ fn run(args: &Args, cluster: &Cluster) -> Result<(), Box<dyn Error>> {
         "replicas": n_devices,
     })
     .to_string();
-    let mut first_epoch = 1;
+    let mut position = Position::start();
     if args.resume {
         let dir = args.checkpoint_dir.as_deref().expect("clap requires it");
-        let (epoch, checkpoint) = run_checkpoints::latest(dir, &settings)?;
+        let (at, checkpoint) = run_checkpoints::latest(dir, &settings)?;
         trainer.restore(&checkpoint)?;
         history = serde_json::from_str(
             checkpoint
                 .metadata(run_checkpoints::HISTORY)
                 .unwrap_or("[]"),
         )?;
-        first_epoch = epoch + 1;
+        position = at;
         if root {
-            println!("resumed from {} after epoch {epoch}", dir.display());
+            println!(
+                "resumed from {} at step {} (epoch {}, batch {})",
+                dir.display(),
+                at.step,
+                at.epoch,
+                at.batch
+            );
         }
     }
+    let batches_per_epoch = train.len.div_ceil(batch_size);
+    if position.batch >= batches_per_epoch {
+        position = Position {
+            epoch: position.epoch + 1,
+            batch: 0,
+            loss_sum_bits: 0f64.to_bits(),
+            seen: 0,
+            ..position
+        };
+    }
+    let checkpoints = args.checkpoint_dir.as_deref().filter(|_| root);
+    let save = |position: &Position,
+                history: &[EpochMetrics],
+                trainer: &Trainer|
+     -> Result<(), Box<dyn Error>> {
+        let Some(dir) = checkpoints else {
+            return Ok(());
+        };
+        let mut c = trainer.checkpoint()?;
+        c.set_metadata(run_checkpoints::SETTINGS, settings.clone());
+        c.set_metadata(run_checkpoints::HISTORY, serde_json::to_string(history)?);
+        run_checkpoints::save(dir, position, c, args.keep_checkpoints as usize)?;
+        Ok(())
+    };
     let started = Instant::now();
-    for epoch in first_epoch..=args.epochs {
+    for epoch in position.epoch..=args.epochs {
         let epoch_start = Instant::now();
-        // A fresh, seed-determined order every epoch.
+        // A fresh, seed-determined order every epoch; a resumed epoch skips what it did.
         let batches = Batches::new(
             train,
             batch_size,
             Some(args.seed ^ (u64::from(epoch) << 32)),
         )?;
+        let first_batch = if epoch == position.epoch {
+            position.batch
+        } else {
+            0
+        };
         let bar = if root {
             ProgressBar::new(batches.len() as u64)
         } else {
@@ -501,71 +610,137 @@ fn run(args: &Args, cluster: &Cluster) -> Result<(), Box<dyn Error>> {
             "epoch {prefix:>3} [{bar:30}] {pos}/{len} batches {msg}",
         )?);
         bar.set_prefix(epoch.to_string());
-        let (mut loss_sum, mut seen) = (0f64, 0usize);
-        // Reading a value back makes the host wait for the device, so on one device the
-        // losses of READ_LOSS_EVERY steps are summed where they were computed and read
-        // at once: a GPU runs one step while the next is recorded. (Several devices
-        // bring their gradients to the host every step anyway.)
-        let (mut unread, mut unread_len) = (None::<Tensor>, 0usize);
-        let steps = batches.len();
-        for (step, batch) in batches.enumerate() {
-            match trainer.step(&batch.images, &batch.labels, features)? {
+        bar.set_position(first_batch as u64);
+        let mut at = if first_batch > 0 {
+            position
+        } else {
+            Position {
+                epoch,
+                batch: 0,
+                loss_sum_bits: 0f64.to_bits(),
+                seen: 0,
+                ..position
+            }
+        };
+        let (mut loss_sum, skipped_before) = (f64::from_bits(at.loss_sum_bits), at.skipped);
+        let mut losses = UnreadLosses::default();
+        let mut checked_step = at.step;
+        let mut skipped_in_a_row = 0;
+        let trained_from = at.seen;
+        for (index, batch) in batches.enumerate().skip(first_batch) {
+            at.step += 1;
+            at.batch = index + 1;
+            let mut images = batch.images;
+            if args.inject_nan == Some(at.step) {
+                images[0] = f32::NAN;
+            }
+            let step = trainer
+                .step(&images, &batch.labels, features, args.on_nonfinite)
+                .map_err(|e| match e {
+                    ringtrain::Error::NonFinite(what) => diverged(&at, &what, args.on_nonfinite),
+                    e => e.into(),
+                })?;
+            if !matches!(step, StepLoss::Skipped) {
+                skipped_in_a_row = 0;
+            }
+            match step {
                 StepLoss::Host(loss) => {
                     loss_sum += f64::from(loss) * batch.len as f64;
-                    seen += batch.len;
+                    at.seen += batch.len;
                 }
-                StepLoss::OnDevice(loss) => {
-                    let weighted = loss.scale(batch.len as f32)?;
-                    unread = Some(match unread {
-                        Some(sum) => sum.add(&weighted)?,
-                        None => weighted,
-                    });
-                    unread_len += batch.len;
+                StepLoss::OnDevice(loss) => losses.push(&at, loss, batch.len)?,
+                StepLoss::Skipped => {
+                    at.skipped += 1;
+                    skipped_in_a_row += 1;
+                    if skipped_in_a_row == MAX_SKIPPED_IN_A_ROW {
+                        return Err(diverged(
+                            &at,
+                            &format!(
+                                "{MAX_SKIPPED_IN_A_ROW} steps in a row had infinite or NaN \
+                                 values, so were skipped"
+                            ),
+                            args.on_nonfinite,
+                        ));
+                    }
                 }
             }
             bar.inc(1);
-            if (step + 1) % READ_LOSS_EVERY != 0 && step + 1 != steps {
+            if args.crash_after_step == Some(at.step) {
+                eprintln!("simulated crash after step {}", at.step);
+                std::process::exit(3);
+            }
+            let checkpoint_now = matches!(args.checkpoint_every, Every::Steps(n) if at.step % n == 0)
+                && at.batch < batches_per_epoch;
+            if at.batch % READ_LOSS_EVERY != 0 && at.batch != batches_per_epoch && !checkpoint_now {
                 continue;
             }
-            if let Some(sum) = unread.take() {
-                loss_sum += f64::from(sum.to_scalar()?);
-                seen += std::mem::take(&mut unread_len);
+            if let ControlFlow::Break(bad) = losses.read(&mut loss_sum, &mut at.seen)? {
+                return Err(diverged(
+                    &bad,
+                    "the loss is infinite or NaN",
+                    args.on_nonfinite,
+                ));
             }
-            if !loss_sum.is_finite() {
+            // Also catches what no step check can: an update of finite gradients that
+            // overflowed (a learning rate far too high).
+            if !trainer.parameters_finite()? {
                 return Err(format!(
-                    "training diverged in epoch {epoch} (by batch {}): loss is {loss_sum}; \
-                     try a lower --lr",
-                    step + 1
+                    "training diverged between steps {} and {} (epoch {}): parameters are \
+                     now infinite or NaN, from a gradient that was or from an update that \
+                     overflowed; try a lower --lr",
+                    checked_step + 1,
+                    at.step,
+                    at.epoch
                 )
                 .into());
             }
-            bar.set_message(format!("loss {:.4}", loss_sum / seen.max(1) as f64));
+            checked_step = at.step;
+            if !loss_sum.is_finite() {
+                return Err(diverged(
+                    &at,
+                    &format!("the loss summed to {loss_sum}"),
+                    args.on_nonfinite,
+                ));
+            }
+            bar.set_message(format!("loss {:.4}", loss_sum / at.seen.max(1) as f64));
+            if checkpoint_now {
+                at.loss_sum_bits = loss_sum.to_bits();
+                save(&at, &history, &trainer)?;
+            }
         }
         bar.finish_and_clear();
+        at.loss_sum_bits = loss_sum.to_bits();
+        position = at;
         let train_seconds = epoch_start.elapsed().as_secs_f64();
         if !root {
             // Every rank holds the same parameters: rank 0 evaluates and reports.
             continue;
         }
         let eval = evaluate(trainer.model(), test, 1000, trainer.device())?;
-        let samples_per_sec = seen as f64 / train_seconds;
+        let samples_per_sec = (at.seen - trained_from) as f64 / train_seconds;
         let metrics = EpochMetrics {
             epoch,
-            train_loss: (loss_sum / seen.max(1) as f64) as f32,
+            train_loss: (loss_sum / at.seen.max(1) as f64) as f32,
             test_loss: eval.loss,
             test_accuracy: eval.accuracy,
             samples_per_sec,
             devices: n_devices,
             samples_per_sec_per_device: samples_per_sec / n_devices as f64,
             seconds: epoch_start.elapsed().as_secs_f64(),
+            skipped_steps: at.skipped - skipped_before,
         };
         let per_device = if n_devices > 1 {
             format!(" ({:.0} per device)", metrics.samples_per_sec_per_device)
         } else {
             String::new()
         };
+        let skipped = match metrics.skipped_steps {
+            0 => String::new(),
+            1 => "  1 step skipped (non-finite)".into(),
+            n => format!("  {n} steps skipped (non-finite)"),
+        };
         println!(
-            "epoch {:>3}  train loss {:.4}  test loss {:.4}  test acc {:6.2}%  {:>8.0} samples/s{per_device}  {:.2}s",
+            "epoch {:>3}  train loss {:.4}  test loss {:.4}  test acc {:6.2}%  {:>8.0} samples/s{per_device}  {:.2}s{skipped}",
             epoch,
             metrics.train_loss,
             metrics.test_loss,
@@ -577,14 +752,12 @@ fn run(args: &Args, cluster: &Cluster) -> Result<(), Box<dyn Error>> {
         if let Some(path) = &args.metrics_out {
             write_metrics(path, &history)?;
         }
-        if let Some(dir) = &args.checkpoint_dir {
-            if epoch % args.checkpoint_every == 0 || epoch == args.epochs {
-                let mut c = trainer.checkpoint()?;
-                c.set_metadata(run_checkpoints::EPOCH, epoch.to_string());
-                c.set_metadata(run_checkpoints::SETTINGS, settings.clone());
-                c.set_metadata(run_checkpoints::HISTORY, serde_json::to_string(&history)?);
-                run_checkpoints::save(dir, epoch, &c, args.keep_checkpoints as usize)?;
-            }
+        let due = match args.checkpoint_every {
+            Every::Epochs(n) => epoch % n == 0,
+            Every::Steps(n) => at.step % n == 0,
+        };
+        if due || epoch == args.epochs {
+            save(&at, &history, &trainer)?;
         }
     }
     if !root {
@@ -626,4 +799,65 @@ fn write_metrics(path: &Path, history: &[EpochMetrics]) -> Result<(), Box<dyn Er
     }
     std::fs::rename(&tmp, path)?;
     Ok(())
+}
+
+/// The error that stops a run at a non-finite step.
+fn diverged(at: &Position, what: &str, policy: OnNonFinite) -> Box<dyn Error> {
+    let hint = match policy {
+        OnNonFinite::Stop => "try a lower --lr, or --on-nonfinite skip to skip such steps",
+        OnNonFinite::Skip => "try a lower --lr",
+    };
+    format!(
+        "training diverged at step {} (epoch {}, batch {}): {what}; {hint}",
+        at.step, at.epoch, at.batch
+    )
+    .into()
+}
+
+/// Losses of steps on one device, summed where they were computed and read back in one
+/// go (reading makes the host wait for the device: a GPU runs one step while the next is
+/// recorded). A sum that is not finite is taken apart to find the step.
+#[derive(Default)]
+struct UnreadLosses {
+    sum: Option<Tensor>,
+    samples: usize,
+    steps: Vec<(Position, Tensor)>,
+}
+
+impl UnreadLosses {
+    /// Adds a step's mean `loss` over `samples` samples.
+    fn push(&mut self, at: &Position, loss: Tensor, samples: usize) -> ringtrain::Result<()> {
+        let weighted = loss.scale(samples as f32)?;
+        self.sum = Some(match self.sum.take() {
+            Some(sum) => sum.add(&weighted)?,
+            None => weighted,
+        });
+        self.samples += samples;
+        self.steps.push((*at, loss));
+        Ok(())
+    }
+
+    /// Adds the losses to `loss_sum` and `seen`, or breaks with the first step whose loss
+    /// was not finite.
+    fn read(
+        &mut self,
+        loss_sum: &mut f64,
+        seen: &mut usize,
+    ) -> ringtrain::Result<ControlFlow<Position>> {
+        let steps = std::mem::take(&mut self.steps);
+        let Some(sum) = self.sum.take() else {
+            return Ok(ControlFlow::Continue(()));
+        };
+        let sum = sum.to_scalar()?;
+        if !sum.is_finite() {
+            for (at, loss) in steps {
+                if !loss.to_scalar()?.is_finite() {
+                    return Ok(ControlFlow::Break(at));
+                }
+            }
+        }
+        *loss_sum += f64::from(sum);
+        *seen += std::mem::take(&mut self.samples);
+        Ok(ControlFlow::Continue(()))
+    }
 }

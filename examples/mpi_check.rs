@@ -175,6 +175,7 @@ fn run(args: &Args, cluster: &Cluster) -> Result<(), Box<dyn Error>> {
             timeout: args.comm.timeout(),
             ..RingConfig::default()
         },
+        ..DataParallelConfig::default()
     };
     let devices: Vec<Device> = (0..local).map(|_| Device::cpu()).collect();
     let mut dp = match cluster.communicators(&args.comm, local)? {

@@ -79,16 +79,79 @@ fn batch_size_zero_is_rejected() {
 }
 
 /// The loss is read back in groups of steps, not every step; a run that blows up must
-/// still stop with an error in the epoch it happened, not print NaN accuracies.
+/// still stop with an error naming the step, not print NaN accuracies, on one device and
+/// on several, and also when it skips non-finite steps but never recovers.
 #[test]
 fn divergence_stops_the_run() {
-    let out = run(&["--backend", "cpu", "--lr", "1e30", "--epochs", "3"]);
-    assert!(!out.status.success());
-    let err = stderr(&out);
-    assert!(
-        err.contains("diverged in epoch 1") && err.contains("--lr"),
-        "{err}"
-    );
+    for extra in [
+        &[][..],
+        &["--devices", "2"][..],
+        &["--on-nonfinite", "skip"][..],
+    ] {
+        let mut args = vec!["--backend", "cpu", "--lr", "1e30", "--epochs", "3"];
+        args.extend(extra);
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}");
+        let err = stderr(&out);
+        assert!(
+            err.contains("diverged at step")
+                && err.contains("(epoch 1, batch")
+                && err.contains("--lr"),
+            "{extra:?}: {err}"
+        );
+    }
+}
+
+/// A NaN put into one step's input: `stop` ends the run naming that step; `skip` leaves
+/// that step out, says so, and trains on. On one CPU, two CPU replicas and the GPU.
+#[test]
+fn a_nan_step_is_caught() {
+    let gpu = std::env::var_os("RINGTRAIN_SKIP_GPU_TESTS").is_none_or(|v| v != "1");
+    let mut setups = vec![("cpu", "1"), ("cpu", "2")];
+    if gpu {
+        setups.push(("gpu", "1"));
+    }
+    for (backend, devices) in setups {
+        let base = [
+            "--backend",
+            backend,
+            "--devices",
+            devices,
+            "--epochs",
+            "2",
+            "--hidden",
+            "16",
+            "--train-limit",
+            "500",
+            "--batch-size",
+            "100",
+            "--inject-nan",
+            "7",
+        ];
+        let out = run(&base);
+        assert_eq!(out.status.code(), Some(1), "{backend} x{devices}");
+        let err = stderr(&out);
+        assert!(
+            err.contains("diverged at step 7 (epoch 2, batch 2)")
+                && err.contains("--on-nonfinite skip"),
+            "{backend} x{devices}: {err}"
+        );
+        if devices == "2" {
+            assert!(err.contains("(the first in `"), "{err}");
+        }
+
+        let mut skip = base.to_vec();
+        skip.extend(["--on-nonfinite", "skip"]);
+        let (acc, losses, epochs) = metrics_of(&skip);
+        assert_eq!(epochs[0]["skipped_steps"].as_u64(), Some(0));
+        assert_eq!(
+            epochs[1]["skipped_steps"].as_u64(),
+            Some(1),
+            "{backend} x{devices}"
+        );
+        assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+        assert!(acc > 0.5, "{backend} x{devices}: accuracy {acc}");
+    }
 }
 
 #[test]
@@ -274,6 +337,19 @@ fn same_tensors(a: &std::path::Path, b: &std::path::Path) -> Result<(), String> 
     Ok(())
 }
 
+/// The newest checkpoint file in `dir`.
+fn newest(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files.pop().unwrap()
+}
+
+/// A run killed mid-epoch and resumed from its newest checkpoint (written every 4 steps,
+/// so mid-epoch: 600 digits make 5 batches) ends with the uninterrupted run's tensors,
+/// bit for bit, and its per-epoch losses and accuracies.
 #[test]
 fn a_resumed_run_ends_with_the_uninterrupted_runs_parameters() {
     let gpu = std::env::var_os("RINGTRAIN_SKIP_GPU_TESTS").is_none_or(|v| v != "1");
@@ -284,10 +360,11 @@ fn a_resumed_run_ends_with_the_uninterrupted_runs_parameters() {
     for (backend, devices) in setups {
         let dir = tempfile::tempdir().unwrap();
         let (whole, split) = (dir.path().join("whole"), dir.path().join("split"));
-        let flags = |epochs: &'static str, ckpt: &std::path::Path| -> Vec<String> {
+        let flags = |ckpt: &std::path::Path, extra: &[&str]| -> Vec<String> {
+            let metrics = ckpt.with_extension("jsonl");
             [
                 "--epochs",
-                epochs,
+                "3",
                 "--hidden",
                 "32",
                 "--train-limit",
@@ -298,38 +375,62 @@ fn a_resumed_run_ends_with_the_uninterrupted_runs_parameters() {
                 devices,
                 "--optimizer",
                 "adamw",
+                "--checkpoint-every",
+                "4steps",
                 "--checkpoint-dir",
+                ckpt.to_str().unwrap(),
+                "--metrics-out",
+                metrics.to_str().unwrap(),
             ]
             .iter()
+            .chain(extra)
             .map(|s| s.to_string())
-            .chain([ckpt.to_str().unwrap().to_string()])
             .collect()
         };
         let go = |args: Vec<String>| {
             let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-            let out = run(&refs);
-            assert!(
-                out.status.success(),
-                "{backend} x{devices}: {}",
-                stderr(&out)
-            );
-            String::from_utf8_lossy(&out.stdout).into_owned()
+            run(&refs)
         };
-        go(flags("3", &whole));
-        go(flags("2", &split));
-        let mut resume = flags("3", &split);
-        resume.push("--resume".into());
-        let stdout = go(resume);
-        assert!(stdout.contains("resumed from"), "{stdout}");
+        let out = go(flags(&whole, &[]));
         assert!(
-            !stdout.contains("epoch   1 ") && stdout.contains("epoch   3 "),
+            out.status.success(),
+            "{backend} x{devices}: {}",
+            stderr(&out)
+        );
+        let crashed = go(flags(&split, &["--crash-after-step", "7"]));
+        assert_eq!(crashed.status.code(), Some(3), "{}", stderr(&crashed));
+        assert!(newest(&split).ends_with("epoch-0001-step-00000004.safetensors"));
+        let out = go(flags(&split, &["--resume"]));
+        assert!(
+            out.status.success(),
+            "{backend} x{devices}: {}",
+            stderr(&out)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("resumed from") && stdout.contains("at step 4 (epoch 1, batch 4)"),
             "{stdout}"
         );
-        same_tensors(
-            &whole.join("epoch-0003.safetensors"),
-            &split.join("epoch-0003.safetensors"),
-        )
-        .unwrap_or_else(|e| panic!("{backend} x{devices}: resumed run differs: {e}"));
+        let last = newest(&whole);
+        assert!(last.ends_with("epoch-0003-step-00000015.safetensors"));
+        same_tensors(&last, &newest(&split))
+            .unwrap_or_else(|e| panic!("{backend} x{devices}: resumed run differs: {e}"));
+        let history = |p: &std::path::Path| -> Vec<(u64, u64, u64)> {
+            std::fs::read_to_string(p.with_extension("jsonl"))
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    let m: serde_json::Value = serde_json::from_str(l).unwrap();
+                    let bits = |k: &str| (m[k].as_f64().unwrap() as f32).to_bits() as u64;
+                    (
+                        m["epoch"].as_u64().unwrap(),
+                        bits("train_loss"),
+                        bits("test_accuracy"),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(history(&split), history(&whole), "{backend} x{devices}");
     }
 }
 
@@ -359,9 +460,13 @@ fn checkpoints_are_pruned_and_resuming_checks_the_run() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     files.sort();
+    // 300 digits are 3 batches of 128: epochs end at steps 3, 6 and 9.
     assert_eq!(
         files,
-        vec!["epoch-0002.safetensors", "epoch-0003.safetensors"]
+        vec![
+            "epoch-0002-step-00000006.safetensors",
+            "epoch-0003-step-00000009.safetensors"
+        ]
     );
 
     // Other settings than the checkpoint's run: refused, naming the difference.
@@ -383,7 +488,28 @@ fn checkpoints_are_pruned_and_resuming_checks_the_run() {
     ]));
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("no checkpoint"), "{}", stderr(&out));
-    // --resume without a folder is a usage error.
+    // --resume without a folder is a usage error, and so is a cadence that is not one.
     let out = call(with(&["--resume"]));
     assert_eq!(out.status.code(), Some(2));
+    for bad in ["0", "3weeks", "steps", "1.5"] {
+        let out = call(with(&["--checkpoint-dir", c, "--checkpoint-every", bad]));
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert!(stderr(&out).contains("Nsteps"), "{bad}: {}", stderr(&out));
+    }
+    // A checkpoint whose metadata lies about where it stands is refused.
+    let newest = newest(&ckpt);
+    let mut c = ringtrain::checkpoint::Checkpoint::load(&newest).unwrap();
+    c.set_metadata("ringtrain.position", "{\"epoch\": 1}");
+    c.save(&newest).unwrap();
+    let out = call(with(&[
+        "--checkpoint-dir",
+        ckpt.to_str().unwrap(),
+        "--resume",
+    ]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("ringtrain.position"),
+        "{}",
+        stderr(&out)
+    );
 }

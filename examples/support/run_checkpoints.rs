@@ -1,25 +1,82 @@
-//! Checkpoints of a training run, as the examples keep them: `DIR/epoch-NNNN.safetensors`,
-//! the model under `model.` and the optimizer under `optimizer.`, with the epoch, the
-//! run's settings and its metrics history in the metadata; the newest `keep` are kept.
+//! Checkpoints of a training run, as the examples keep them:
+//! `DIR/epoch-EEEE-step-SSSSSSSS.safetensors`, the model under `model.` and the optimizer
+//! under `optimizer.`, with where the run stands, its settings and its metrics history in
+//! the metadata; the newest `keep` are kept.
 
 use ringtrain::checkpoint::Checkpoint;
+use serde::{Deserialize, Serialize};
 use std::error::Error;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 pub type Res<T> = Result<T, Box<dyn Error>>;
 
 /// Metadata keys.
-pub const EPOCH: &str = "ringtrain.epoch";
+pub const POSITION: &str = "ringtrain.position";
 pub const SETTINGS: &str = "ringtrain.settings";
 pub const HISTORY: &str = "ringtrain.history";
 
-/// The file of the checkpoint after `epoch`.
-pub fn path_for(dir: &Path, epoch: u32) -> PathBuf {
-    dir.join(format!("epoch-{epoch:04}.safetensors"))
+/// How often to checkpoint: `--checkpoint-every 2` or `2epochs`, or `500steps`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Every {
+    Epochs(u32),
+    Steps(u64),
 }
 
-/// The checkpoints in `dir`, by epoch, oldest first.
-pub fn list(dir: &Path) -> Res<Vec<(u32, PathBuf)>> {
+impl FromStr for Every {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}`: expected N (epochs), Nepochs or Nsteps, with N >= 1");
+        let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        if n == 0 {
+            return Err(bad());
+        }
+        match &s[digits.len()..] {
+            "" | "epoch" | "epochs" => Ok(Every::Epochs(u32::try_from(n).map_err(|_| bad())?)),
+            "step" | "steps" => Ok(Every::Steps(n)),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// Where a run stands: inside `epoch` (from 1), `batch` batches of it done, `step` steps in
+/// all; the epoch's loss so far (the f64 sum of batch losses times batch sizes, as bits,
+/// so that it resumes exactly) over `seen` samples; steps skipped for non-finite values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub epoch: u32,
+    pub batch: usize,
+    pub step: u64,
+    pub loss_sum_bits: u64,
+    pub seen: usize,
+    pub skipped: u64,
+}
+
+impl Position {
+    pub fn start() -> Self {
+        Self {
+            epoch: 1,
+            batch: 0,
+            step: 0,
+            loss_sum_bits: 0f64.to_bits(),
+            seen: 0,
+            skipped: 0,
+        }
+    }
+}
+
+/// The file of the checkpoint at `position`.
+pub fn path_for(dir: &Path, position: &Position) -> PathBuf {
+    dir.join(format!(
+        "epoch-{:04}-step-{:08}.safetensors",
+        position.epoch, position.step
+    ))
+}
+
+/// The checkpoints in `dir`, by step, oldest first.
+pub fn list(dir: &Path) -> Res<Vec<(u64, PathBuf)>> {
     let mut found = Vec::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -29,22 +86,31 @@ pub fn list(dir: &Path) -> Res<Vec<(u32, PathBuf)>> {
     for entry in entries {
         let path = entry?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if let Some(epoch) = name
+        let step = name
             .strip_prefix("epoch-")
             .and_then(|r| r.strip_suffix(".safetensors"))
-            .and_then(|n| n.parse::<u32>().ok())
-        {
-            found.push((epoch, path));
+            .and_then(|r| r.split_once("-step-"))
+            .filter(|(epoch, _)| epoch.parse::<u32>().is_ok())
+            .and_then(|(_, step)| step.parse::<u64>().ok());
+        if let Some(step) = step {
+            found.push((step, path));
         }
     }
     found.sort();
     Ok(found)
 }
 
-/// Writes `checkpoint` as the one after `epoch`, then deletes all but the newest `keep`.
-pub fn save(dir: &Path, epoch: u32, checkpoint: &Checkpoint, keep: usize) -> Res<PathBuf> {
+/// Writes `checkpoint` as the one at `position` (recorded in its metadata), then deletes
+/// all but the newest `keep`.
+pub fn save(
+    dir: &Path,
+    position: &Position,
+    mut checkpoint: Checkpoint,
+    keep: usize,
+) -> Res<PathBuf> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let path = path_for(dir, epoch);
+    checkpoint.set_metadata(POSITION, serde_json::to_string(position)?);
+    let path = path_for(dir, position);
     checkpoint.save(&path)?;
     let all = list(dir)?;
     for (_, old) in all.iter().take(all.len().saturating_sub(keep.max(1))) {
@@ -55,11 +121,11 @@ pub fn save(dir: &Path, epoch: u32, checkpoint: &Checkpoint, keep: usize) -> Res
 }
 
 /// The newest checkpoint in `dir`, checked against this run's `settings` (a resumed run
-/// must be the same run), and the epoch it ended.
-pub fn latest(dir: &Path, settings: &str) -> Res<(u32, Checkpoint)> {
-    let (epoch, path) = list(dir)?.pop().ok_or_else(|| {
+/// must be the same run), and where it stands.
+pub fn latest(dir: &Path, settings: &str) -> Res<(Position, Checkpoint)> {
+    let (step, path) = list(dir)?.pop().ok_or_else(|| {
         format!(
-            "--resume: no checkpoint (epoch-NNNN.safetensors) in {}",
+            "--resume: no checkpoint (epoch-EEEE-step-SSSSSSSS.safetensors) in {}",
             dir.display()
         )
     })?;
@@ -73,8 +139,12 @@ pub fn latest(dir: &Path, settings: &str) -> Res<(u32, Checkpoint)> {
         )
         .into());
     }
-    if checkpoint.metadata(EPOCH) != Some(epoch.to_string().as_str()) {
-        return Err(format!("{}: its epoch does not match its name", path.display()).into());
+    let position: Position = checkpoint
+        .metadata(POSITION)
+        .and_then(|p| serde_json::from_str(p).ok())
+        .ok_or_else(|| format!("{}: no valid `{POSITION}` metadata", path.display()))?;
+    if position.step != step {
+        return Err(format!("{}: its step does not match its name", path.display()).into());
     }
-    Ok((epoch, checkpoint))
+    Ok((position, checkpoint))
 }

@@ -188,6 +188,16 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// `y = f(x)`.
     fn unary(&self, op: UnaryOp, x: &Self::Buffer, y: &mut Self::Buffer) -> Result<()>;
 
+    /// Writes the number of infinite and NaN elements of `x` into the one-element `out`
+    /// (exact up to 2^24). The default masks and sums; a backend may do it in one pass.
+    fn count_nonfinite(&self, x: &Self::Buffer, out: &mut Self::Buffer) -> Result<()> {
+        let len = self.len(x);
+        crate::error::check_len("count_nonfinite", "out", 1, self.len(out))?;
+        let mut mask = self.alloc(len)?;
+        self.unary(UnaryOp::NonFinite, x, &mut mask)?;
+        self.sum_axis(&mask, out, 1, len, 1)
+    }
+
     /// `dx = dy * f'(x)`; `y = f(x)` is passed in so ops whose derivative is cheapest in
     /// terms of the output (exp, tanh, sigmoid, sqrt) use it.
     fn unary_backward(

@@ -557,3 +557,21 @@ fn empty_dataset_yields_no_batches() {
     assert_eq!(batches.len(), 0);
     assert_eq!(batches.count(), 0);
 }
+
+#[test]
+fn skipping_batches_resumes_the_same_epoch_order() {
+    let dataset = indexed_dataset(103, 5);
+    let all: Vec<_> = Batches::new(&dataset, 16, Some(9)).unwrap().collect();
+    for skip in [0, 1, 3, 6, 7, 50] {
+        let rest: Vec<_> = Batches::new(&dataset, 16, Some(9))
+            .unwrap()
+            .enumerate()
+            .skip(skip)
+            .collect();
+        let want: Vec<_> = all.iter().cloned().enumerate().skip(skip).collect();
+        assert_eq!(rest, want, "skipping {skip}");
+    }
+    let mut batches = Batches::new(&dataset, 16, Some(9)).unwrap();
+    assert_eq!(batches.nth(usize::MAX), None);
+    assert_eq!(batches.len(), 0);
+}

@@ -524,7 +524,9 @@ fn poisoned_run(
                 xs[3] = f32::NAN;
             }
             let xs = Tensor::from_vec(xs, (rows.len(), FEATURES), device)?;
-            model.forward(&xs)?.cross_entropy(&data.1[lo..lo + rows.len()])
+            model
+                .forward(&xs)?
+                .cross_entropy(&data.1[lo..lo + rows.len()])
         });
         results.push(result);
         history.push(params(dp.model()));
@@ -536,13 +538,22 @@ fn poisoned_run(
 fn a_non_finite_step_stops_or_is_skipped_and_never_reaches_the_parameters() {
     let (dp, results, history) = poisoned_run(NonFinitePolicy::Stop, 1);
     let err = results[1].as_ref().unwrap_err();
-    assert!(matches!(err, ringtrain_runtime::Error::NonFinite(_)), "{err}");
+    assert!(
+        matches!(err, ringtrain_runtime::Error::NonFinite(_)),
+        "{err}"
+    );
     let msg = err.to_string();
     assert!(
-        msg.contains("loss is NaN") && msg.contains("(the first in `") && msg.contains("not applied"),
+        msg.contains("loss is NaN")
+            && msg.contains("(the first in `")
+            && msg.contains("not applied"),
         "{msg}"
     );
-    assert_eq!(bits(&history[2]), bits(&history[1]), "the NaN step changed parameters");
+    assert_eq!(
+        bits(&history[2]),
+        bits(&history[1]),
+        "the NaN step changed parameters"
+    );
     // The group goes on: the later steps train, and every value stays finite.
     assert!(results[2].is_ok() && results[3].is_ok());
     assert_ne!(bits(&history[3]), bits(&history[2]));
@@ -556,7 +567,11 @@ fn a_non_finite_step_stops_or_is_skipped_and_never_reaches_the_parameters() {
     assert!(results.iter().all(Result::is_ok));
     assert!(results[2].as_ref().unwrap().is_nan());
     assert_eq!(dp.skipped_steps(), 1);
-    assert_eq!(bits(&history[3]), bits(&history[2]), "the skipped step changed parameters");
+    assert_eq!(
+        bits(&history[3]),
+        bits(&history[2]),
+        "the skipped step changed parameters"
+    );
     assert!(history[4].iter().flatten().all(|x| x.is_finite()));
     // Up to the skipped step, the run is the one without a NaN.
     let (_, _, clean) = poisoned_run(NonFinitePolicy::Skip, usize::MAX);

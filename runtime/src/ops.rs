@@ -98,7 +98,20 @@ impl Tensor {
     /// that checking costs no wait until it is read (`to_scalar`). Exact up to 2^24; any
     /// count above 0 means some. Not part of the autograd graph.
     pub fn count_nonfinite(&self) -> Result<Tensor> {
-        self.detach().nonfinite_mask()?.sum_all()
+        let storage = {
+            let x = self.read();
+            on_device!(self.device(), b => {
+                let mut n = b.alloc(1)?;
+                b.count_nonfinite(buf(b, &x)?, &mut n)?;
+                wrap(b, n)
+            })
+        };
+        Ok(Tensor::from_storage(
+            storage,
+            Shape::scalar(),
+            self.device().clone(),
+            None,
+        ))
     }
 
     /// `self * mul + add`, elementwise.

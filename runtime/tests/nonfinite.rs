@@ -18,7 +18,14 @@ fn devices() -> Vec<Device> {
 fn non_finite_values_are_counted_on_every_device() {
     for dev in devices() {
         let x = Tensor::from_vec(
-            vec![1.0, f32::NAN, -f32::INFINITY, f32::MAX, f32::MIN_POSITIVE / 4.0, 0.0],
+            vec![
+                1.0,
+                f32::NAN,
+                -f32::INFINITY,
+                f32::MAX,
+                f32::MIN_POSITIVE / 4.0,
+                0.0,
+            ],
             (2, 3),
             &dev,
         )
@@ -66,10 +73,18 @@ fn a_step_with_an_infinite_input_has_non_finite_gradients() {
         );
 
         let poisoned = loss_of(vec![1.0, 2.0, f32::INFINITY, -1.0, 0.5, 0.0]);
-        assert_eq!(poisoned.count_nonfinite().unwrap().to_scalar().unwrap(), 1.0);
+        assert_eq!(
+            poisoned.count_nonfinite().unwrap().to_scalar().unwrap(),
+            1.0
+        );
         let grads = poisoned.backward().unwrap();
         assert!(!grads.all_finite().unwrap(), "{}", dev.name());
-        let count = grads.count_nonfinite().unwrap().unwrap().to_scalar().unwrap();
+        let count = grads
+            .count_nonfinite()
+            .unwrap()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
         assert!(count >= 2.0, "{}: {count}", dev.name());
     }
 }

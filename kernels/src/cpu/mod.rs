@@ -124,6 +124,12 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn count_nonfinite(&self, x: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
+        crate::error::check_len("count_nonfinite", "out", 1, out.len())?;
+        out[0] = reduce::count_nonfinite(self.simd, x) as f32;
+        Ok(())
+    }
+
     fn unary_backward(
         &self,
         op: UnaryOp,

@@ -40,6 +40,26 @@ simd_fn! {
     }
 }
 
+simd_fn! {
+    fn count_nonfinite_flat(x: &[f32]) -> usize {
+        // By the exponent bits, in u32 lanes (16 to an AVX-512 register); a chunk's count
+        // fits a u32.
+        x.chunks(1 << 30)
+            .map(|c| {
+                c.iter()
+                    .map(|v| u32::from(v.to_bits() & 0x7f80_0000 == 0x7f80_0000))
+                    .sum::<u32>() as usize
+            })
+            .sum()
+    }
+}
+
+/// Infinite and NaN elements of `x`, in one pass without a mask. One thread: a pass
+/// this light is bound by memory, and a fork per gradient cost more than it saved.
+pub(crate) fn count_nonfinite(simd: Simd, x: &[f32]) -> usize {
+    count_nonfinite_flat(simd, x)
+}
+
 /// `out[o, i] = sum_a x[o, a, i]` for `x` viewed as `[outer, axis, inner]`.
 pub(crate) fn sum_axis(
     simd: Simd,

@@ -89,6 +89,14 @@ impl Iterator for Batches<'_> {
         })
     }
 
+    /// Skips `n` batches without copying them out, so a run resumed mid-epoch starts at
+    /// its batch at once.
+    fn nth(&mut self, n: usize) -> Option<Batch> {
+        let skipped = n.saturating_mul(self.batch_size);
+        self.next = self.order.len().min(self.next.saturating_add(skipped));
+        self.next()
+    }
+
     fn size_hint(&self) -> (usize, Option<usize>) {
         let batches = (self.order.len() - self.next).div_ceil(self.batch_size);
         (batches, Some(batches))
