@@ -3,7 +3,7 @@
 mod support;
 
 use std::process::{Command, Output};
-use support::{example, run_example};
+use support::{example, newest_file, run_example, same_tensors};
 
 fn run(args: &[&str]) -> Output {
     run_example("mnist", args)
@@ -318,35 +318,6 @@ fn bad_hidden_sizes_are_errors() {
     assert!(stderr(&out).contains("Linear"), "{}", stderr(&out));
 }
 
-/// Every tensor of two checkpoints, compared bit for bit.
-fn same_tensors(a: &std::path::Path, b: &std::path::Path) -> Result<(), String> {
-    use ringtrain::checkpoint::Checkpoint;
-    let (a, b) = (Checkpoint::load(a).unwrap(), Checkpoint::load(b).unwrap());
-    let names: Vec<&str> = a.names().collect();
-    if names != b.names().collect::<Vec<_>>() {
-        return Err(format!("names differ: {names:?}"));
-    }
-    for name in names {
-        let (sa, va) = a.get(name).unwrap();
-        let (sb, vb) = b.get(name).unwrap();
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        if sa != sb || bits(va) != bits(vb) {
-            return Err(format!("`{name}` differs"));
-        }
-    }
-    Ok(())
-}
-
-/// The newest checkpoint file in `dir`.
-fn newest(dir: &std::path::Path) -> std::path::PathBuf {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    files.pop().unwrap()
-}
-
 /// A run killed mid-epoch and resumed from its newest checkpoint (written every 4 steps,
 /// so mid-epoch: 600 digits make 5 batches) ends with the uninterrupted run's tensors,
 /// bit for bit, and its per-epoch losses and accuracies.
@@ -399,7 +370,7 @@ fn a_resumed_run_ends_with_the_uninterrupted_runs_parameters() {
         );
         let crashed = go(flags(&split, &["--crash-after-step", "7"]));
         assert_eq!(crashed.status.code(), Some(3), "{}", stderr(&crashed));
-        assert!(newest(&split).ends_with("epoch-0001-step-00000004.safetensors"));
+        assert!(newest_file(&split).ends_with("epoch-0001-step-00000004.safetensors"));
         let out = go(flags(&split, &["--resume"]));
         assert!(
             out.status.success(),
@@ -411,9 +382,9 @@ fn a_resumed_run_ends_with_the_uninterrupted_runs_parameters() {
             stdout.contains("resumed from") && stdout.contains("at step 4 (epoch 1, batch 4)"),
             "{stdout}"
         );
-        let last = newest(&whole);
+        let last = newest_file(&whole);
         assert!(last.ends_with("epoch-0003-step-00000015.safetensors"));
-        same_tensors(&last, &newest(&split))
+        same_tensors(&last, &newest_file(&split))
             .unwrap_or_else(|e| panic!("{backend} x{devices}: resumed run differs: {e}"));
         let history = |p: &std::path::Path| -> Vec<(u64, u64, u64)> {
             std::fs::read_to_string(p.with_extension("jsonl"))
@@ -497,7 +468,7 @@ fn checkpoints_are_pruned_and_resuming_checks_the_run() {
         assert!(stderr(&out).contains("Nsteps"), "{bad}: {}", stderr(&out));
     }
     // A checkpoint whose metadata lies about where it stands is refused.
-    let newest = newest(&ckpt);
+    let newest = newest_file(&ckpt);
     let mut c = ringtrain::checkpoint::Checkpoint::load(&newest).unwrap();
     c.set_metadata("ringtrain.position", "{\"epoch\": 1}");
     c.save(&newest).unwrap();

@@ -16,7 +16,7 @@ mod support;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::example;
+use support::{example, newest_file, same_tensors};
 
 /// Longest a job may take before the test calls it hung (every job here takes seconds).
 const JOB_LIMIT: Duration = Duration::from_secs(120);
@@ -422,4 +422,88 @@ fn mnist_over_mpi_reports_from_rank_0_and_trains_like_local_devices() {
     for key in ["train_loss", "test_loss", "test_accuracy"] {
         assert_eq!(a[key], b[key], "{key}: {a} over MPI vs {b} in one process");
     }
+}
+
+/// Two ranks killed mid-epoch and resumed from rank 0's checkpoint (every rank reads the
+/// same file) end with the uninterrupted job's parameters, bit for bit.
+#[test]
+fn an_mpi_job_resumes_from_its_checkpoint_like_an_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (whole, split) = (dir.path().join("whole"), dir.path().join("split"));
+    let job = |ckpt: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "--comm",
+            "mpi",
+            "--backend",
+            "cpu",
+            "--epochs",
+            "2",
+            "--train-limit",
+            "600",
+            "--hidden",
+            "32",
+            "--optimizer",
+            "adamw",
+            "--checkpoint-every",
+            "4steps",
+            "--checkpoint-dir",
+            ckpt.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        mpirun(2, "mnist", &args)
+    };
+    ok(&job(&whole, &[]), "uninterrupted job");
+    let crashed = job(&split, &["--crash-after-step", "7"]);
+    assert_ne!(crashed.code, Some(0), "{}", crashed.stderr);
+    assert!(newest_file(&split).ends_with("epoch-0001-step-00000004.safetensors"));
+    let resumed = job(&split, &["--resume"]);
+    ok(&resumed, "resumed job");
+    assert_eq!(
+        resumed.stdout.matches("resumed from").count(),
+        1,
+        "{}",
+        resumed.stdout
+    );
+    let last = newest_file(&whole);
+    assert!(last.ends_with("epoch-0002-step-00000010.safetensors"));
+    same_tensors(&last, &newest_file(&split)).unwrap();
+}
+
+/// A NaN in one rank's shard reaches every rank through the averaged gradients: all of
+/// them stop at that step (no rank left waiting), or all skip it and train on alike.
+#[test]
+fn a_nan_on_one_rank_is_caught_on_every_rank() {
+    let base = [
+        "--comm",
+        "mpi",
+        "--backend",
+        "cpu",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "600",
+        "--hidden",
+        "16",
+        "--inject-nan",
+        "3",
+    ];
+    let stopped = mpirun(2, "mnist", &base);
+    assert_ne!(stopped.code, Some(0));
+    assert!(
+        stopped
+            .stderr
+            .contains("diverged at step 3 (epoch 1, batch 3)"),
+        "{}",
+        stopped.stderr
+    );
+    assert!(stopped.took < JOB_LIMIT / 2, "took {:?}", stopped.took);
+    let mut skip = base.to_vec();
+    skip.extend(["--on-nonfinite", "skip"]);
+    let skipped = mpirun(2, "mnist", &skip);
+    ok(&skipped, "--on-nonfinite skip");
+    assert!(
+        skipped.stdout.contains("1 step skipped"),
+        "{}",
+        skipped.stdout
+    );
 }

@@ -34,3 +34,32 @@ pub fn run_example(name: &str, args: &[&str]) -> Output {
         .output()
         .unwrap_or_else(|e| panic!("run the {name} example: {e}"))
 }
+
+/// The last file in `dir` by name (the newest checkpoint).
+pub fn newest_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files.pop().unwrap()
+}
+
+/// Every tensor of two checkpoints, compared bit for bit.
+pub fn same_tensors(a: &std::path::Path, b: &std::path::Path) -> Result<(), String> {
+    use ringtrain::checkpoint::Checkpoint;
+    let (a, b) = (Checkpoint::load(a).unwrap(), Checkpoint::load(b).unwrap());
+    let names: Vec<&str> = a.names().collect();
+    if names != b.names().collect::<Vec<_>>() {
+        return Err(format!("names differ: {names:?}"));
+    }
+    for name in names {
+        let (sa, va) = a.get(name).unwrap();
+        let (sb, vb) = b.get(name).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        if sa != sb || bits(va) != bits(vb) {
+            return Err(format!("`{name}` differs"));
+        }
+    }
+    Ok(())
+}
