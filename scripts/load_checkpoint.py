@@ -8,6 +8,11 @@ Not a test; CI does not run it.
     pip install torch safetensors
     python3 scripts/load_checkpoint.py model.safetensors            # names, shapes, metadata
     python3 scripts/load_checkpoint.py model.safetensors --mlp 784,512,256,10
+    python3 scripts/load_checkpoint.py runs/mlp/epoch-0010-step-00000630.safetensors \
+        --mlp 784,512,256,10 --prefix model.     # a training run's: model and optimizer
+
+Buffers load too: a BatchNorm2d's running_mean, running_var and num_batches_tracked
+(stored as f32; load_state_dict copies it into PyTorch's int64 buffer).
 """
 
 import argparse
@@ -21,6 +26,7 @@ def main():
     ap.add_argument("path")
     ap.add_argument("--mlp", help="layer widths, input first: build nn.Sequential MLP and load into it")
     ap.add_argument("--activation", default="ReLU", help="torch.nn activation class between layers")
+    ap.add_argument("--prefix", default="", help="load only the tensors under this prefix, without it (model.)")
     args = ap.parse_args()
 
     tensors = load_file(args.path)
@@ -30,6 +36,11 @@ def main():
         print(f"{name:24} {str(tuple(t.shape)):16} {t.dtype}")
     for key, value in sorted(metadata.items()):
         print(f"metadata {key} = {value}")
+
+    if args.prefix:
+        tensors = {k[len(args.prefix):]: v for k, v in tensors.items() if k.startswith(args.prefix)}
+        if not tensors:
+            raise SystemExit(f"no tensor names start with {args.prefix!r}")
 
     if args.mlp:
         import torch.nn as nn
