@@ -102,16 +102,21 @@ fn divergence_stops_the_run() {
     }
 }
 
+/// (backend, devices) pairs a run should behave alike on: one CPU, two CPU replicas, and
+/// the GPU (lavapipe without one) unless GPU tests are skipped.
+fn setups() -> Vec<(&'static str, &'static str)> {
+    let mut setups = vec![("cpu", "1"), ("cpu", "2")];
+    if std::env::var_os("RINGTRAIN_SKIP_GPU_TESTS").is_none_or(|v| v != "1") {
+        setups.push(("gpu", "1"));
+    }
+    setups
+}
+
 /// A NaN put into one step's input: `stop` ends the run naming that step; `skip` leaves
 /// that step out, says so, and trains on. On one CPU, two CPU replicas and the GPU.
 #[test]
 fn a_nan_step_is_caught() {
-    let gpu = std::env::var_os("RINGTRAIN_SKIP_GPU_TESTS").is_none_or(|v| v != "1");
-    let mut setups = vec![("cpu", "1"), ("cpu", "2")];
-    if gpu {
-        setups.push(("gpu", "1"));
-    }
-    for (backend, devices) in setups {
+    for (backend, devices) in setups() {
         let base = [
             "--backend",
             backend,
@@ -323,12 +328,7 @@ fn bad_hidden_sizes_are_errors() {
 /// bit for bit, and its per-epoch losses and accuracies.
 #[test]
 fn a_resumed_run_ends_with_the_uninterrupted_runs_parameters() {
-    let gpu = std::env::var_os("RINGTRAIN_SKIP_GPU_TESTS").is_none_or(|v| v != "1");
-    let mut setups = vec![("cpu", "1"), ("cpu", "2")];
-    if gpu {
-        setups.push(("gpu", "1"));
-    }
-    for (backend, devices) in setups {
+    for (backend, devices) in setups() {
         let dir = tempfile::tempdir().unwrap();
         let (whole, split) = (dir.path().join("whole"), dir.path().join("split"));
         let flags = |ckpt: &std::path::Path, extra: &[&str]| -> Vec<String> {
