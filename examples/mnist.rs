@@ -383,6 +383,16 @@ fn run(args: &Args, cluster: &Cluster) -> Result<(), Box<dyn Error>> {
             "--momentum applies to --optimizer sgd only (AdamW keeps its beta1 = 0.9)".into(),
         );
     }
+    if let (Some(dir), false) = (&args.checkpoint_dir, args.resume) {
+        if !run_checkpoints::list(dir)?.is_empty() {
+            return Err(format!(
+                "{} already holds a run's checkpoints: add --resume to continue it, or give \
+                 a new --checkpoint-dir (a new run there would prune the old one's files)",
+                dir.display()
+            )
+            .into());
+        }
+    }
     let activation: Activation = args.activation.parse()?;
     let devices = pick_devices(args, cluster)?;
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
@@ -565,13 +575,21 @@ fn run(args: &Args, cluster: &Cluster) -> Result<(), Box<dyn Error>> {
     }
     let batches_per_epoch = train.len.div_ceil(batch_size);
     if position.batch >= batches_per_epoch {
-        position = Position {
-            epoch: position.epoch + 1,
-            batch: 0,
-            loss_sum_bits: 0f64.to_bits(),
-            seen: 0,
-            ..position
-        };
+        position = position.next_epoch();
+    }
+    if position.epoch > args.epochs && root {
+        let done = position.epoch - 1;
+        if done > args.epochs {
+            return Err(format!(
+                "--resume: the checkpoint is after epoch {done}, past --epochs {}",
+                args.epochs
+            )
+            .into());
+        }
+        println!("the run is complete ({done} epochs); raise --epochs to train on");
+        if let Some(path) = &args.metrics_out {
+            write_metrics(path, &history)?;
+        }
     }
     let checkpoints = args.checkpoint_dir.as_deref().filter(|_| root);
     let save = |position: &Position,
@@ -582,6 +600,15 @@ fn run(args: &Args, cluster: &Cluster) -> Result<(), Box<dyn Error>> {
             return Ok(());
         };
         let mut c = trainer.checkpoint()?;
+        // Finite parameters can sit beside an overflowed optimizer moment.
+        if let Some(name) = c.first_nonfinite() {
+            return Err(format!(
+                "training diverged by step {}: `{name}` holds infinite or NaN values, so \
+                 no checkpoint was written; try a lower --lr",
+                position.step
+            )
+            .into());
+        }
         c.set_metadata(run_checkpoints::SETTINGS, settings.clone());
         c.set_metadata(run_checkpoints::HISTORY, serde_json::to_string(history)?);
         run_checkpoints::save(dir, position, c, args.keep_checkpoints as usize)?;
@@ -596,11 +623,12 @@ fn run(args: &Args, cluster: &Cluster) -> Result<(), Box<dyn Error>> {
             batch_size,
             Some(args.seed ^ (u64::from(epoch) << 32)),
         )?;
-        let first_batch = if epoch == position.epoch {
-            position.batch
+        let mut at = if epoch == position.epoch {
+            position
         } else {
-            0
+            position.next_epoch()
         };
+        let first_batch = at.batch;
         let bar = if root {
             ProgressBar::new(batches.len() as u64)
         } else {
@@ -611,22 +639,10 @@ fn run(args: &Args, cluster: &Cluster) -> Result<(), Box<dyn Error>> {
         )?);
         bar.set_prefix(epoch.to_string());
         bar.set_position(first_batch as u64);
-        let mut at = if first_batch > 0 {
-            position
-        } else {
-            Position {
-                epoch,
-                batch: 0,
-                loss_sum_bits: 0f64.to_bits(),
-                seen: 0,
-                ..position
-            }
-        };
-        let (mut loss_sum, skipped_before) = (f64::from_bits(at.loss_sum_bits), at.skipped);
-        let mut losses = UnreadLosses::default();
+        let mut loss_sum = f64::from_bits(at.loss_sum_bits);
+        let mut losses = UnreadLosses::resumed(&at, trainer.device())?;
         let mut checked_step = at.step;
-        let mut skipped_in_a_row = 0;
-        let trained_from = at.seen;
+        let trained_from = at.seen + at.unread_samples;
         for (index, batch) in batches.enumerate().skip(first_batch) {
             at.step += 1;
             at.batch = index + 1;
@@ -641,7 +657,7 @@ fn run(args: &Args, cluster: &Cluster) -> Result<(), Box<dyn Error>> {
                     e => e.into(),
                 })?;
             if !matches!(step, StepLoss::Skipped) {
-                skipped_in_a_row = 0;
+                at.skipped_in_a_row = 0;
             }
             match step {
                 StepLoss::Host(loss) => {
@@ -651,8 +667,9 @@ fn run(args: &Args, cluster: &Cluster) -> Result<(), Box<dyn Error>> {
                 StepLoss::OnDevice(loss) => losses.push(&at, loss, batch.len)?,
                 StepLoss::Skipped => {
                     at.skipped += 1;
-                    skipped_in_a_row += 1;
-                    if skipped_in_a_row == MAX_SKIPPED_IN_A_ROW {
+                    at.epoch_skipped += 1;
+                    at.skipped_in_a_row += 1;
+                    if at.skipped_in_a_row == MAX_SKIPPED_IN_A_ROW {
                         return Err(diverged(
                             &at,
                             &format!(
@@ -669,17 +686,32 @@ fn run(args: &Args, cluster: &Cluster) -> Result<(), Box<dyn Error>> {
                 eprintln!("simulated crash after step {}", at.step);
                 std::process::exit(3);
             }
+            let read_now = at.batch % READ_LOSS_EVERY == 0 || at.batch == batches_per_epoch;
             let checkpoint_now = matches!(args.checkpoint_every, Every::Steps(n) if at.step % n == 0)
                 && at.batch < batches_per_epoch;
-            if at.batch % READ_LOSS_EVERY != 0 && at.batch != batches_per_epoch && !checkpoint_now {
+            if !read_now && !checkpoint_now {
                 continue;
             }
-            if let ControlFlow::Break(bad) = losses.read(&mut loss_sum, &mut at.seen)? {
-                return Err(diverged(
-                    &bad,
-                    "the loss is infinite or NaN",
-                    args.on_nonfinite,
-                ));
+            // A checkpoint between readbacks keeps the group's sum as it stands, so that
+            // where checkpoints fall never changes how losses are summed.
+            let losses_seen = if read_now {
+                losses.read(&mut loss_sum, &mut at.seen)?
+            } else {
+                losses.peek()?
+            };
+            match losses_seen {
+                ControlFlow::Break(bad) => {
+                    return Err(diverged(
+                        &bad,
+                        "its loss is infinite or NaN (from its batch, or from parameters an \
+                         earlier step made so)",
+                        args.on_nonfinite,
+                    ))
+                }
+                ControlFlow::Continue((unread, samples)) => {
+                    at.unread_sum_bits = unread.to_bits();
+                    at.unread_samples = samples;
+                }
             }
             // Also catches what no step check can: an update of finite gradients that
             // overflowed (a learning rate far too high).
@@ -720,14 +752,15 @@ fn run(args: &Args, cluster: &Cluster) -> Result<(), Box<dyn Error>> {
         let samples_per_sec = (at.seen - trained_from) as f64 / train_seconds;
         let metrics = EpochMetrics {
             epoch,
-            train_loss: (loss_sum / at.seen.max(1) as f64) as f32,
+            // NaN (null in the metrics file) for an epoch whose every step was skipped.
+            train_loss: (loss_sum / at.seen as f64) as f32,
             test_loss: eval.loss,
             test_accuracy: eval.accuracy,
             samples_per_sec,
             devices: n_devices,
             samples_per_sec_per_device: samples_per_sec / n_devices as f64,
             seconds: epoch_start.elapsed().as_secs_f64(),
-            skipped_steps: at.skipped - skipped_before,
+            skipped_steps: at.epoch_skipped,
         };
         let per_device = if n_devices > 1 {
             format!(" ({:.0} per device)", metrics.samples_per_sec_per_device)
@@ -824,7 +857,24 @@ struct UnreadLosses {
     steps: Vec<(Position, Tensor)>,
 }
 
+/// What a readback finds: the first step whose loss is not finite, or the sum (f32) and
+/// samples left unread.
+type Readback = ControlFlow<Position, (f32, usize)>;
+
 impl UnreadLosses {
+    /// The group a checkpoint at `at` left unread, on `device`.
+    fn resumed(at: &Position, device: &Device) -> ringtrain::Result<Self> {
+        if at.unread_samples == 0 {
+            return Ok(Self::default());
+        }
+        let sum = f32::from_bits(at.unread_sum_bits);
+        Ok(Self {
+            sum: Some(Tensor::from_vec(vec![sum], Vec::<usize>::new(), device)?),
+            samples: at.unread_samples,
+            steps: Vec::new(),
+        })
+    }
+
     /// Adds a step's mean `loss` over `samples` samples.
     fn push(&mut self, at: &Position, loss: Tensor, samples: usize) -> ringtrain::Result<()> {
         let weighted = loss.scale(samples as f32)?;
@@ -837,27 +887,32 @@ impl UnreadLosses {
         Ok(())
     }
 
-    /// Adds the losses to `loss_sum` and `seen`, or breaks with the first step whose loss
-    /// was not finite.
-    fn read(
-        &mut self,
-        loss_sum: &mut f64,
-        seen: &mut usize,
-    ) -> ringtrain::Result<ControlFlow<Position>> {
-        let steps = std::mem::take(&mut self.steps);
-        let Some(sum) = self.sum.take() else {
-            return Ok(ControlFlow::Continue(()));
+    /// The group's sum so far, checked, leaving the group as it is.
+    fn peek(&mut self) -> ringtrain::Result<Readback> {
+        let Some(sum) = &self.sum else {
+            return Ok(ControlFlow::Continue((0.0, 0)));
         };
         let sum = sum.to_scalar()?;
         if !sum.is_finite() {
-            for (at, loss) in steps {
+            for (at, loss) in &self.steps {
                 if !loss.to_scalar()?.is_finite() {
-                    return Ok(ControlFlow::Break(at));
+                    return Ok(ControlFlow::Break(*at));
                 }
             }
         }
+        Ok(ControlFlow::Continue((sum, self.samples)))
+    }
+
+    /// Adds the group to `loss_sum` and `seen` and starts a new one, or breaks with the
+    /// first step whose loss was not finite.
+    fn read(&mut self, loss_sum: &mut f64, seen: &mut usize) -> ringtrain::Result<Readback> {
+        let (sum, samples) = match self.peek()? {
+            ControlFlow::Continue(group) => group,
+            brk => return Ok(brk),
+        };
+        *self = Self::default();
         *loss_sum += f64::from(sum);
-        *seen += std::mem::take(&mut self.samples);
-        Ok(ControlFlow::Continue(()))
+        *seen += samples;
+        Ok(ControlFlow::Continue((0.0, 0)))
     }
 }

@@ -156,6 +156,24 @@ fn a_nan_step_is_caught() {
         );
         assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
         assert!(acc > 0.5, "{backend} x{devices}: accuracy {acc}");
+
+        // Killed after the skipped step and resumed mid-epoch: the same epoch metrics,
+        // the skip counted once.
+        if backend == "cpu" {
+            let dir = tempfile::tempdir().unwrap();
+            let ckpt = dir.path().join("ck");
+            let mut crash = skip.clone();
+            let c = ckpt.to_str().unwrap();
+            crash.extend(["--checkpoint-dir", c, "--checkpoint-every", "4steps"]);
+            let mut resume = crash.clone();
+            crash.extend(["--crash-after-step", "9"]);
+            assert_eq!(run(&crash).status.code(), Some(3));
+            resume.push("--resume");
+            let (_, resumed_losses, resumed) = metrics_of(&resume);
+            assert_eq!(resumed[1]["skipped_steps"].as_u64(), Some(1));
+            let bits = |l: &[f64]| l.iter().map(|x| (*x as f32).to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&resumed_losses), bits(&losses), "{backend} x{devices}");
+        }
     }
 }
 
@@ -440,6 +458,19 @@ fn checkpoints_are_pruned_and_resuming_checks_the_run() {
         ]
     );
 
+    // A new run into a folder that holds one: refused, before anything is pruned.
+    let out = call(with(&["--checkpoint-dir", c]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--resume"), "{}", stderr(&out));
+    // Resuming a finished run: nothing to do; with fewer epochs than it ran: refused.
+    let out = call(with(&["--checkpoint-dir", c, "--resume"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("the run is complete (3 epochs)"));
+    let mut fewer = with(&["--checkpoint-dir", c, "--resume"]);
+    fewer[1] = "2".into();
+    let out = call(fewer);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("past --epochs 2"), "{}", stderr(&out));
     // Other settings than the checkpoint's run: refused, naming the difference.
     let mut other = with(&["--checkpoint-dir", c, "--resume"]);
     other[3] = "17".into();

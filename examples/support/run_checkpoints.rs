@@ -41,9 +41,12 @@ impl FromStr for Every {
     }
 }
 
-/// Where a run stands: inside `epoch` (from 1), `batch` batches of it done, `step` steps in
-/// all; the epoch's loss so far (the f64 sum of batch losses times batch sizes, as bits,
-/// so that it resumes exactly) over `seen` samples; steps skipped for non-finite values.
+/// Where a run stands, exactly enough that a resumed run goes on as the uninterrupted one:
+/// inside `epoch` (from 1), `batch` batches of it done, `step` steps in all. The epoch's
+/// loss so far is the f64 sum of batch losses times batch sizes read back (as bits) over
+/// `seen` samples, plus the f32 sum still on the device, not yet read, over
+/// `unread_samples` (so a resumed run reads its losses in the same groups). Steps skipped
+/// for non-finite values: in the run, in this epoch, and in a row up to here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Position {
     pub epoch: u32,
@@ -51,7 +54,11 @@ pub struct Position {
     pub step: u64,
     pub loss_sum_bits: u64,
     pub seen: usize,
+    pub unread_sum_bits: u32,
+    pub unread_samples: usize,
     pub skipped: u64,
+    pub epoch_skipped: u64,
+    pub skipped_in_a_row: u64,
 }
 
 impl Position {
@@ -62,7 +69,22 @@ impl Position {
             step: 0,
             loss_sum_bits: 0f64.to_bits(),
             seen: 0,
+            unread_sum_bits: 0f32.to_bits(),
+            unread_samples: 0,
             skipped: 0,
+            epoch_skipped: 0,
+            skipped_in_a_row: 0,
+        }
+    }
+
+    /// The start of the epoch after this one.
+    pub fn next_epoch(self) -> Self {
+        Self {
+            epoch: self.epoch + 1,
+            step: self.step,
+            skipped: self.skipped,
+            skipped_in_a_row: self.skipped_in_a_row,
+            ..Self::start()
         }
     }
 }
@@ -143,8 +165,12 @@ pub fn latest(dir: &Path, settings: &str) -> Res<(Position, Checkpoint)> {
         .metadata(POSITION)
         .and_then(|p| serde_json::from_str(p).ok())
         .ok_or_else(|| format!("{}: no valid `{POSITION}` metadata", path.display()))?;
-    if position.step != step {
-        return Err(format!("{}: its step does not match its name", path.display()).into());
+    if position.step != step || path_for(dir, &position) != path {
+        return Err(format!(
+            "{}: its `{POSITION}` metadata does not match its name",
+            path.display()
+        )
+        .into());
     }
     Ok((position, checkpoint))
 }

@@ -140,6 +140,15 @@ impl Checkpoint {
             .map(|(s, v)| (s.as_slice(), v.as_slice()))
     }
 
+    /// The first tensor, by name, holding an infinity or NaN, if any: a state not worth
+    /// saving (an optimizer's moments can overflow while the parameters stay finite).
+    pub fn first_nonfinite(&self) -> Option<&str> {
+        self.tensors
+            .iter()
+            .find(|(_, (_, values))| values.iter().any(|v| !v.is_finite()))
+            .map(|(name, _)| name.as_str())
+    }
+
     /// Tensor names, sorted.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.tensors.keys().map(String::as_str)

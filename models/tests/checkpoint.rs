@@ -387,3 +387,14 @@ fn buffers_and_random_streams_resume_with_the_model() {
         }
     }
 }
+
+#[test]
+fn a_checkpoint_names_its_first_non_finite_tensor() {
+    let mut c = Checkpoint::of_module(&model(&Device::cpu(), 1, 4)).unwrap();
+    assert_eq!(c.first_nonfinite(), None);
+    c.insert_values("optimizer.v.1", vec![2], vec![1.0, f32::INFINITY])
+        .unwrap();
+    c.insert_values("optimizer.v.3", vec![1], vec![f32::NAN])
+        .unwrap();
+    assert_eq!(c.first_nonfinite(), Some("optimizer.v.1"));
+}

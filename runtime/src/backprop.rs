@@ -111,15 +111,7 @@ impl GradStore {
     /// count is above 0 must not be applied: an optimizer would spread the NaN into every
     /// parameter it touches.
     pub fn count_nonfinite(&self) -> Result<Option<Tensor>> {
-        let mut total: Option<Tensor> = None;
-        for g in self.grads.values() {
-            let n = g.count_nonfinite()?;
-            total = Some(match total {
-                Some(t) => t.add(&n)?,
-                None => n,
-            });
-        }
-        Ok(total)
+        Tensor::count_nonfinite_all(self.grads.values())
     }
 
     /// Whether every gradient is finite; reads one number back (a wait for the device).

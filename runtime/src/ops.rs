@@ -114,6 +114,22 @@ impl Tensor {
         ))
     }
 
+    /// The number of infinite or NaN elements in all of `tensors` (on one device), as a
+    /// scalar there; `None` for no tensors.
+    pub fn count_nonfinite_all<'a>(
+        tensors: impl IntoIterator<Item = &'a Tensor>,
+    ) -> Result<Option<Tensor>> {
+        let mut total: Option<Tensor> = None;
+        for t in tensors {
+            let n = t.count_nonfinite()?;
+            total = Some(match total {
+                Some(sum) => sum.add(&n)?,
+                None => n,
+            });
+        }
+        Ok(total)
+    }
+
     /// `self * mul + add`, elementwise.
     pub fn affine(&self, mul: f32, add: f32) -> Result<Tensor> {
         let storage = {

@@ -41,8 +41,10 @@ pub struct DataParallelConfig {
 }
 
 /// What a data-parallel step does when the averaged loss or gradients hold an infinity or
-/// NaN. Either way no parameter changes: every replica sees the same averaged values, so
-/// all of them (in every process) decide alike.
+/// NaN. Either way no parameter or optimizer state changes (state the forward pass keeps,
+/// such as batch norm's running estimates and dropout's stream, has moved on): every
+/// replica sees the same averaged values, so all of them (in every process) decide
+/// alike.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum NonFinitePolicy {
     /// The step returns [`Error::NonFinite`], naming the first parameter affected; the
