@@ -103,17 +103,18 @@ fn divergence_stops_the_run() {
 }
 
 /// (backend, devices) pairs a run should behave alike on: one CPU, two CPU replicas, and
-/// the GPU (lavapipe without one) unless GPU tests are skipped.
+/// one and two GPUs (lavapipe without one) unless GPU tests are skipped.
 fn setups() -> Vec<(&'static str, &'static str)> {
     let mut setups = vec![("cpu", "1"), ("cpu", "2")];
     if std::env::var_os("RINGTRAIN_SKIP_GPU_TESTS").is_none_or(|v| v != "1") {
-        setups.push(("gpu", "1"));
+        setups.extend([("gpu", "1"), ("gpu", "2")]);
     }
     setups
 }
 
 /// A NaN put into one step's input: `stop` ends the run naming that step; `skip` leaves
-/// that step out, says so, and trains on. On one CPU, two CPU replicas and the GPU.
+/// that step out, says so, and trains on, on every setup; a skipping run killed and resumed
+/// counts the skip once.
 #[test]
 fn a_nan_step_is_caught() {
     for (backend, devices) in setups() {
