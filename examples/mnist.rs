@@ -20,7 +20,7 @@ mod run_checkpoints;
 use clap::{Parser, ValueEnum};
 use cluster::{Cluster, CommArgs, CommKind};
 use indicatif::{ProgressBar, ProgressStyle};
-use ringtrain::checkpoint::Checkpoint;
+use ringtrain::checkpoint::{Checkpoint, CheckpointDir};
 use ringtrain::comm::RingConfig;
 use ringtrain::data::{Batches, Mnist};
 use ringtrain::eval::evaluate;
@@ -383,12 +383,16 @@ fn run(args: &Args, cluster: &Cluster) -> Result<(), Box<dyn Error>> {
             "--momentum applies to --optimizer sgd only (AdamW keeps its beta1 = 0.9)".into(),
         );
     }
-    if let (Some(dir), false) = (&args.checkpoint_dir, args.resume) {
-        if !run_checkpoints::list(dir)?.is_empty() {
+    let checkpoint_dir = args
+        .checkpoint_dir
+        .as_ref()
+        .map(|d| CheckpointDir::new(d, args.keep_checkpoints as usize));
+    if let (Some(dir), false) = (&checkpoint_dir, args.resume) {
+        if !dir.list()?.is_empty() {
             return Err(format!(
                 "{} already holds a run's checkpoints: add --resume to continue it, or give \
                  a new --checkpoint-dir (a new run there would prune the old one's files)",
-                dir.display()
+                dir.path().display()
             )
             .into());
         }
@@ -554,7 +558,7 @@ fn run(args: &Args, cluster: &Cluster) -> Result<(), Box<dyn Error>> {
     .to_string();
     let mut position = Position::start();
     if args.resume {
-        let dir = args.checkpoint_dir.as_deref().expect("clap requires it");
+        let dir = checkpoint_dir.as_ref().expect("clap requires it");
         let (at, checkpoint) = run_checkpoints::latest(dir, &settings)?;
         trainer.restore(&checkpoint)?;
         history = serde_json::from_str(
@@ -566,7 +570,7 @@ fn run(args: &Args, cluster: &Cluster) -> Result<(), Box<dyn Error>> {
         if root {
             println!(
                 "resumed from {} at step {} (epoch {}, batch {})",
-                dir.display(),
+                dir.path().display(),
                 at.step,
                 at.epoch,
                 at.batch
@@ -591,7 +595,7 @@ fn run(args: &Args, cluster: &Cluster) -> Result<(), Box<dyn Error>> {
             write_metrics(path, &history)?;
         }
     }
-    let checkpoints = args.checkpoint_dir.as_deref().filter(|_| root);
+    let checkpoints = checkpoint_dir.as_ref().filter(|_| root);
     let save = |position: &Position,
                 history: &[EpochMetrics],
                 trainer: &Trainer|
@@ -611,7 +615,7 @@ fn run(args: &Args, cluster: &Cluster) -> Result<(), Box<dyn Error>> {
         }
         c.set_metadata(run_checkpoints::SETTINGS, settings.clone());
         c.set_metadata(run_checkpoints::HISTORY, serde_json::to_string(history)?);
-        run_checkpoints::save(dir, position, c, args.keep_checkpoints as usize)?;
+        run_checkpoints::save(dir, position, c)?;
         Ok(())
     };
     let started = Instant::now();

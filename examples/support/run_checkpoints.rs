@@ -1,12 +1,11 @@
-//! Checkpoints of a training run, as the examples keep them:
-//! `DIR/epoch-EEEE-step-SSSSSSSS.safetensors`, the model under `model.` and the optimizer
-//! under `optimizer.`, with where the run stands, its settings and its metrics history in
-//! the metadata; the newest `keep` are kept.
+//! Checkpoints of a training run, as the examples keep them in a
+//! [`CheckpointDir`](ringtrain::checkpoint::CheckpointDir): the model under `model.` and
+//! the optimizer under `optimizer.`, with where the run stands, its settings and its
+//! metrics history in the metadata.
 
-use ringtrain::checkpoint::Checkpoint;
+use ringtrain::checkpoint::{Checkpoint, CheckpointDir};
 use serde::{Deserialize, Serialize};
 use std::error::Error;
-use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 pub type Res<T> = Result<T, Box<dyn Error>>;
@@ -89,86 +88,39 @@ impl Position {
     }
 }
 
-/// The file of the checkpoint at `position`.
-pub fn path_for(dir: &Path, position: &Position) -> PathBuf {
-    dir.join(format!(
-        "epoch-{:04}-step-{:08}.safetensors",
-        position.epoch, position.step
-    ))
-}
-
-/// The checkpoints in `dir`, by step, oldest first.
-pub fn list(dir: &Path) -> Res<Vec<(u64, PathBuf)>> {
-    let mut found = Vec::new();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
-        Err(e) => return Err(format!("cannot read {}: {e}", dir.display()).into()),
-    };
-    for entry in entries {
-        let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let step = name
-            .strip_prefix("epoch-")
-            .and_then(|r| r.strip_suffix(".safetensors"))
-            .and_then(|r| r.split_once("-step-"))
-            .filter(|(epoch, _)| epoch.parse::<u32>().is_ok())
-            .and_then(|(_, step)| step.parse::<u64>().ok());
-        if let Some(step) = step {
-            found.push((step, path));
-        }
-    }
-    found.sort();
-    Ok(found)
-}
-
-/// Writes `checkpoint` as the one at `position` (recorded in its metadata), then deletes
-/// all but the newest `keep`.
-pub fn save(
-    dir: &Path,
-    position: &Position,
-    mut checkpoint: Checkpoint,
-    keep: usize,
-) -> Res<PathBuf> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+/// Writes `checkpoint` as the one at `position` (recorded in its metadata) into `dir`.
+pub fn save(dir: &CheckpointDir, position: &Position, mut checkpoint: Checkpoint) -> Res<()> {
     checkpoint.set_metadata(POSITION, serde_json::to_string(position)?);
-    let path = path_for(dir, position);
-    checkpoint.save(&path)?;
-    let all = list(dir)?;
-    for (_, old) in all.iter().take(all.len().saturating_sub(keep.max(1))) {
-        std::fs::remove_file(old)
-            .map_err(|e| format!("cannot remove old checkpoint {}: {e}", old.display()))?;
-    }
-    Ok(path)
+    dir.save(position.epoch, position.step, &checkpoint)?;
+    Ok(())
 }
 
 /// The newest checkpoint in `dir`, checked against this run's `settings` (a resumed run
 /// must be the same run), and where it stands.
-pub fn latest(dir: &Path, settings: &str) -> Res<(Position, Checkpoint)> {
-    let (step, path) = list(dir)?.pop().ok_or_else(|| {
+pub fn latest(dir: &CheckpointDir, settings: &str) -> Res<(Position, Checkpoint)> {
+    let (saved, checkpoint) = dir.latest()?.ok_or_else(|| {
         format!(
             "--resume: no checkpoint (epoch-EEEE-step-SSSSSSSS.safetensors) in {}",
-            dir.display()
+            dir.path().display()
         )
     })?;
-    let checkpoint = Checkpoint::load(&path)?;
-    let saved = checkpoint.metadata(SETTINGS).unwrap_or("");
-    if saved != settings {
+    let stored = checkpoint.metadata(SETTINGS).unwrap_or("");
+    if stored != settings {
         return Err(format!(
             "--resume: {} was written by a run with other settings; resume with the same \
-             flags (it has {saved}, this run {settings})",
-            path.display()
+             flags (it has {stored}, this run {settings})",
+            saved.path.display()
         )
         .into());
     }
     let position: Position = checkpoint
         .metadata(POSITION)
         .and_then(|p| serde_json::from_str(p).ok())
-        .ok_or_else(|| format!("{}: no valid `{POSITION}` metadata", path.display()))?;
-    if position.step != step || path_for(dir, &position) != path {
+        .ok_or_else(|| format!("{}: no valid `{POSITION}` metadata", saved.path.display()))?;
+    if (position.epoch, position.step) != (saved.epoch, saved.step) {
         return Err(format!(
             "{}: its `{POSITION}` metadata does not match its name",
-            path.display()
+            saved.path.display()
         )
         .into());
     }

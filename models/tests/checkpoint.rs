@@ -5,7 +5,7 @@
 //! never make the checkpoint or IDX readers panic.
 
 use rand::{Rng, SeedableRng};
-use ringtrain_models::checkpoint::{write_atomically, Checkpoint, CheckpointError};
+use ringtrain_models::checkpoint::{write_atomically, Checkpoint, CheckpointDir, CheckpointError};
 use ringtrain_models::data::parse_idx;
 use ringtrain_models::nn::{
     BatchNorm2d, Conv2d, Conv2dConfig, Dropout, Flatten, Linear, Module, Relu, Sequential,
@@ -397,4 +397,48 @@ fn a_checkpoint_names_its_first_non_finite_tensor() {
     c.insert_values("optimizer.v.3", vec![1], vec![f32::NAN])
         .unwrap();
     assert_eq!(c.first_nonfinite(), Some("optimizer.v.1"));
+}
+
+#[test]
+fn a_checkpoint_folder_orders_by_step_prunes_and_leaves_other_files_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = CheckpointDir::new(tmp.path().join("run"), 3);
+    assert_eq!(dir.list().unwrap(), vec![]);
+    assert!(dir.latest().unwrap().is_none());
+    let saved = model(&Device::cpu(), 1, 4);
+    let c = Checkpoint::of_module(&saved).unwrap();
+    // Steps past the 8 digits of the name still order by number, not by text.
+    for (epoch, step) in [(1, 9), (1, 10), (2, 99_999_999), (3, 123_456_789)] {
+        dir.save(epoch, step, &c).unwrap();
+    }
+    let others = [
+        "notes.txt",
+        "epoch-0001.safetensors",
+        "epoch-x-step-1.safetensors",
+    ];
+    for name in others {
+        std::fs::write(dir.path().join(name), b"not mine").unwrap();
+    }
+    dir.save(3, 200_000_000, &c).unwrap();
+    let kept: Vec<(u32, u64)> = dir
+        .list()
+        .unwrap()
+        .iter()
+        .map(|s| (s.epoch, s.step))
+        .collect();
+    assert_eq!(kept, [(2, 99_999_999), (3, 123_456_789), (3, 200_000_000)]);
+    for name in others {
+        assert!(dir.path().join(name).exists(), "{name} was touched");
+    }
+    let (newest, loaded) = dir.latest().unwrap().unwrap();
+    assert_eq!(newest.path, dir.path_for(3, 200_000_000));
+    assert_eq!(loaded, c);
+
+    // A newest file that is not a checkpoint is an error naming it, not a fallback.
+    std::fs::write(dir.path_for(4, 300_000_000), b"garbage").unwrap();
+    let err = dir.latest().unwrap_err().to_string();
+    assert!(
+        err.contains("epoch-0004-step-300000000.safetensors"),
+        "{err}"
+    );
 }

@@ -33,6 +33,10 @@
 //! # }
 //! ```
 
+mod dir;
+
+pub use dir::{CheckpointDir, Saved};
+
 use crate::nn::Module;
 use ringtrain_runtime::optim::{Optimizer, StateTensor};
 use ringtrain_runtime::Tensor;
