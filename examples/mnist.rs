@@ -387,6 +387,15 @@ fn run(args: &Args, cluster: &Cluster) -> Result<(), Box<dyn Error>> {
         .checkpoint_dir
         .as_ref()
         .map(|d| CheckpointDir::new(d, args.keep_checkpoints as usize));
+    if let (Some(dir), true) = (&checkpoint_dir, cluster.is_root()) {
+        // Now, not after the first epoch's work.
+        std::fs::create_dir_all(dir.path()).map_err(|e| {
+            format!(
+                "cannot create the checkpoint folder {}: {e}",
+                dir.path().display()
+            )
+        })?;
+    }
     if let (Some(dir), false) = (&checkpoint_dir, args.resume) {
         if !dir.list()?.is_empty() {
             return Err(format!(

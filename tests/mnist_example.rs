@@ -459,6 +459,16 @@ fn checkpoints_are_pruned_and_resuming_checks_the_run() {
         ]
     );
 
+    // A folder that cannot be made: refused before any training.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    let out = call(with(&["--checkpoint-dir", file.to_str().unwrap()]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot create the checkpoint folder") && out.stdout.is_empty(),
+        "{}",
+        stderr(&out)
+    );
     // A new run into a folder that holds one: refused, before anything is pruned.
     let out = call(with(&["--checkpoint-dir", c]));
     assert_eq!(out.status.code(), Some(1));
