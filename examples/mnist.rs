@@ -337,10 +337,15 @@ impl Trainer {
                 let x = Tensor::from_slice(images, (rows, features), device)?;
                 let loss = model.forward(&x)?.cross_entropy(labels)?;
                 let grads = loss.backward()?;
-                if policy == OnNonFinite::Skip
-                    && !(loss.to_scalar()?.is_finite() && grads.all_finite()?)
-                {
-                    return Ok(StepLoss::Skipped);
+                if policy == OnNonFinite::Skip {
+                    // Counted on the device, read back once.
+                    let mut bad = loss.count_nonfinite()?;
+                    if let Some(n) = grads.count_nonfinite()? {
+                        bad = bad.add(&n)?;
+                    }
+                    if bad.to_scalar()? > 0.0 {
+                        return Ok(StepLoss::Skipped);
+                    }
                 }
                 optimizer.step(&grads)?;
                 Ok(StepLoss::OnDevice(loss.detach()))
