@@ -423,19 +423,23 @@ fn time_gemm(timing: &Timing, which: Which, n: usize) -> Res<Timed> {
     let (a, b) = operands(n);
     let mut c = vec![0.0f32; n * n];
     let simd = ringtrain::Simd::detect();
-    let cpu_gemm = |c: &mut [f32]| {
-        sgemm(
-            simd,
-            n,
-            n,
-            n,
-            1.0,
-            MatRef::row_major(&a, n, n, false),
-            MatRef::row_major(&b, n, n, false),
-            0.0,
-            c,
-            n,
-        )
+    let time_cpu = |c: &mut [f32]| {
+        time_at_least(reps, 1, min_time, || {
+            let t = Instant::now();
+            sgemm(
+                simd,
+                n,
+                n,
+                n,
+                1.0,
+                MatRef::row_major(&a, n, n, false),
+                MatRef::row_major(&b, n, n, false),
+                0.0,
+                c,
+                n,
+            )?;
+            Ok(t.elapsed().as_secs_f64())
+        })
     };
     let timed = match which {
         Which::Naive => time_at_least(reps, 1, min_time, || {
@@ -446,19 +450,8 @@ fn time_gemm(timing: &Timing, which: Which, n: usize) -> Res<Timed> {
         })?,
         // On the pool's thread, so the kernel runs single-threaded (errors cross the
         // thread boundary as text).
-        Which::Cpu1 => one_thread.install(|| {
-            time_at_least(reps, 1, min_time, || {
-                let t = Instant::now();
-                cpu_gemm(&mut c)?;
-                Ok(t.elapsed().as_secs_f64())
-            })
-            .map_err(|e| e.to_string())
-        })?,
-        Which::Cpu => time_at_least(reps, 1, min_time, || {
-            let t = Instant::now();
-            cpu_gemm(&mut c)?;
-            Ok(t.elapsed().as_secs_f64())
-        })?,
+        Which::Cpu1 => one_thread.install(|| time_cpu(&mut c).map_err(|e| e.to_string()))?,
+        Which::Cpu => time_cpu(&mut c)?,
         Which::Gpu => {
             let gpu = gpu.ok_or("no GPU")?;
             let (ab, bb) = (gpu.upload(&a)?, gpu.upload(&b)?);

@@ -59,15 +59,20 @@ def plot(report, svg):
                     label=f"naive, {n} peers")
     first = [r for r in report["rows"] if r["peers"] == peers[0]]
     ax.plot([r["bytes"] for r in first], [r["memcpy_gbs"] for r in first], "k:", label="memcpy, 1 thread")
+    finish(fig, ax, first, f"In-process all-reduce, {report['cores']} cores", 2, svg)
+
+
+def finish(fig, ax, rows, title, legend_cols, svg):
+    """Bandwidth against message size (log 2, ticks at the sizes of `rows`), saved."""
     ax.set_xscale("log", base=2)
-    ax.set_xticks([r["bytes"] for r in first])
-    ax.set_xticklabels([human(r["bytes"]) for r in first])
+    ax.set_xticks([r["bytes"] for r in rows])
+    ax.set_xticklabels([human(r["bytes"]) for r in rows])
     ax.set_xlabel("message size (bytes, f32)")
     ax.set_ylabel("bus bandwidth, GB/s")
     ax.set_ylim(bottom=0)
-    ax.set_title(f"In-process all-reduce, {report['cores']} cores", fontsize=9)
+    ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=legend_cols)
     fig.tight_layout()
     fig.savefig(svg, format="svg", metadata={"Date": None})
     print(f"wrote {svg}")
@@ -105,20 +110,8 @@ def mpi_plot(reports, svg):
         ax.plot(sizes, [r["ring_busbw_gbs"] for r in rows], "o-", color=colors[i], label=f"ringtrain ring over MPI, {n}")
         ax.plot(sizes, [r["native_busbw_gbs"] for r in rows], "s:", color=colors[i], alpha=0.8,
                 label=f"ringtrain MPI_Iallreduce mode, {n}")
-    first = reports[0]["rows"]
-    ax.set_xscale("log", base=2)
-    ax.set_xticks([r["bytes"] for r in first])
-    ax.set_xticklabels([human(r["bytes"]) for r in first])
-    ax.set_xlabel("message size (bytes, f32)")
-    ax.set_ylabel("bus bandwidth, GB/s")
-    ax.set_ylim(bottom=0)
-    ax.set_title(f"All-reduce across MPI processes on one {reports[0]['cores']}-core machine ({reports[0]['library']})",
-                 fontsize=9)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, ncol=1)
-    fig.tight_layout()
-    fig.savefig(svg, format="svg", metadata={"Date": None})
-    print(f"wrote {svg}")
+    title = f"All-reduce across MPI processes on one {reports[0]['cores']}-core machine ({reports[0]['library']})"
+    finish(fig, ax, reports[0]["rows"], title, 1, svg)
 
 
 def main():
@@ -132,7 +125,9 @@ def main():
         reports = []
         for path in args.json:
             with open(path) as f:
-                reports.append(json.load(f))
+                loaded = json.load(f)
+            # One run's report, or the combined file this script writes.
+            reports.extend(loaded if isinstance(loaded, list) else [loaded])
         reports.sort(key=lambda r: r["processes"])
         with open(os.path.join(args.out, "allreduce_mpi.json"), "w") as f:
             json.dump(reports, f, indent=1)

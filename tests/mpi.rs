@@ -113,6 +113,12 @@ fn ok(job: &Job, what: &str) {
     );
 }
 
+/// The job failed, and its error output says `what`.
+fn failed_saying(job: &Job, what: &str) {
+    assert_ne!(job.code, Some(0), "the job must fail:\n{}", job.stderr);
+    assert!(job.stderr.contains(what), "no {what:?} in:\n{}", job.stderr);
+}
+
 fn read_params(dir: &Path, rank: usize) -> Vec<f32> {
     std::fs::read(dir.join(format!("rank-{rank}.f32")))
         .unwrap_or_else(|e| panic!("rank {rank}'s parameters in {}: {e}", dir.display()))
@@ -233,19 +239,14 @@ fn a_rank_whose_step_fails_stops_every_rank_with_its_reason() {
         "mpi_check",
         &["--comm", "mpi", "--inject-fault", "1:3:error"],
     );
-    assert_ne!(job.code, Some(0), "the job must fail");
     // The failing rank says why, and so does the rank it notified.
-    assert!(
-        job.stderr
-            .contains("rank 1: error: peer 1 failed: injected failure at step 3"),
-        "{}",
-        job.stderr
+    failed_saying(
+        &job,
+        "rank 1: error: peer 1 failed: injected failure at step 3",
     );
-    assert!(
-        job.stderr
-            .contains("rank 0: error: peer 1 failed: injected failure at step 3"),
-        "{}",
-        job.stderr
+    failed_saying(
+        &job,
+        "rank 0: error: peer 1 failed: injected failure at step 3",
     );
     assert!(job.took < JOB_LIMIT);
 }
@@ -264,12 +265,9 @@ fn a_failing_rank_is_named_in_mpi_iallreduce_mode_too() {
             "1:3:error",
         ],
     );
-    assert_ne!(job.code, Some(0), "the job must fail");
-    assert!(
-        job.stderr
-            .contains("rank 0: error: peer 1 failed: injected failure at step 3"),
-        "{}",
-        job.stderr
+    failed_saying(
+        &job,
+        "rank 0: error: peer 1 failed: injected failure at step 3",
     );
 }
 
@@ -287,12 +285,7 @@ fn a_rank_that_cannot_build_its_model_stops_the_others_at_once() {
             "100",
         ],
     );
-    assert_ne!(job.code, Some(0), "the job must fail");
-    assert!(
-        job.stderr.contains("rank 0: error: peer 2 failed: its process could not set up data parallelism: injected failure building the model"),
-        "{}",
-        job.stderr
-    );
+    failed_saying(&job, "rank 0: error: peer 2 failed: its process could not set up data parallelism: injected failure building the model");
     // Told, not timed out: far below the 100 s timeout.
     assert!(job.took < Duration::from_secs(60), "took {:?}", job.took);
 }
@@ -341,12 +334,7 @@ fn a_rank_that_dies_ends_the_job() {
         "mpi_check",
         &["--comm", "mpi", "--inject-fault", "1:3:exit"],
     );
-    assert_ne!(job.code, Some(0), "the job must fail:\n{}", job.stderr);
-    assert!(
-        job.stderr.contains("rank 1: exiting at step 3"),
-        "{}",
-        job.stderr
-    );
+    failed_saying(&job, "rank 1: exiting at step 3");
     assert!(!job.stdout.contains("ok:"), "{}", job.stdout);
 }
 
@@ -364,24 +352,13 @@ fn a_hung_rank_is_named_after_the_timeout() {
             "2",
         ],
     );
-    assert_ne!(job.code, Some(0), "the job must fail");
-    assert!(
-        job.stderr
-            .contains("rank 0: error: peer 1 sent nothing for 2 s"),
-        "{}",
-        job.stderr
-    );
+    failed_saying(&job, "rank 0: error: peer 1 sent nothing for 2 s");
 }
 
 #[test]
 fn ranks_that_built_different_models_are_named_before_training() {
     let job = mpirun(3, "mpi_check", &["--comm", "mpi", "--mismatch-rank", "2"]);
-    assert_ne!(job.code, Some(0), "the job must fail");
-    assert!(
-        job.stderr.contains("ranks [2] built other parameters"),
-        "{}",
-        job.stderr
-    );
+    failed_saying(&job, "ranks [2] built other parameters");
 }
 
 #[test]
@@ -488,14 +465,7 @@ fn a_nan_on_one_rank_is_caught_on_every_rank() {
         "3",
     ];
     let stopped = mpirun(2, "mnist", &base);
-    assert_ne!(stopped.code, Some(0));
-    assert!(
-        stopped
-            .stderr
-            .contains("diverged at step 3 (epoch 1, batch 3)"),
-        "{}",
-        stopped.stderr
-    );
+    failed_saying(&stopped, "diverged at step 3 (epoch 1, batch 3)");
     assert!(stopped.took < JOB_LIMIT / 2, "took {:?}", stopped.took);
     let mut skip = base.to_vec();
     skip.extend(["--on-nonfinite", "skip"]);

@@ -98,7 +98,6 @@ pub struct DataParallel<M, O> {
     layout: Layout,
     /// Set by a failed step: the group cannot be trusted to agree any more.
     failed: Option<String>,
-    names: Vec<String>,
     on_nonfinite: NonFinitePolicy,
     skipped: u64,
 }
@@ -240,13 +239,11 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
         for r in &mut replicas {
             r.buckets = layout.bucket_lens.iter().map(|&n| vec![0.0; n]).collect();
         }
-        let names = names.expect("at least one replica");
-        let layout_hash = layout.hash(&names);
+        let layout_hash = layout.hash(&names.expect("at least one replica"));
         let mut dp = Self {
             replicas,
             layout,
             failed: None,
-            names: names.into_iter().map(|(n, _)| n).collect(),
             on_nonfinite: config.on_nonfinite,
             skipped: 0,
         };
@@ -361,7 +358,15 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
                 self.skipped += 1;
                 Ok(*global_loss)
             }
-            NonFinitePolicy::Stop => Err(Error::NonFinite(what.describe(&self.names))),
+            NonFinitePolicy::Stop => {
+                let names: Vec<String> = self
+                    .model()
+                    .named_parameters()
+                    .into_iter()
+                    .map(|(n, _)| n)
+                    .collect();
+                Err(Error::NonFinite(what.describe(&names)))
+            }
         }
     }
 
