@@ -1,4 +1,4 @@
-//! The GPU backend: WGSL compute kernels (shaders/*.wgsl) run through wgpu on Vulkan,
+//! The GPU backend: WGSL compute kernels (the `ringtrain-shaders` crate, shaders/wgsl/*.wgsl) run through wgpu on Vulkan,
 //! Metal or DX12.
 //!
 //! Ops are recorded, not run: each validates its arguments, takes its kernel from the
@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 /// Elementwise kernels run 256 invocations per workgroup.
 const WG: usize = 256;
-/// GEMM tiles are 64 x 64 (shaders/gemm.wgsl).
+/// GEMM tiles are 64 x 64 (shaders/wgsl/gemm.wgsl).
 const TILE: usize = 64;
 /// Below this many outputs, a sum over a long axis gives each output a workgroup.
 const FEW_OUTPUTS: usize = 2048;

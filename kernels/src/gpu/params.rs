@@ -1,5 +1,5 @@
 //! Uniform blocks of the kernels, laid out exactly as the `Params` structs of
-//! shaders/*.wgsl (16-byte multiples; `array<vec4<u32>, 2>` is `[u32; 8]`).
+//! shaders/wgsl/*.wgsl (16-byte multiples; `array<vec4<u32>, 2>` is `[u32; 8]`).
 
 use crate::{KernelError, Result, UnaryOp};
 use bytemuck::{Pod, Zeroable};
@@ -155,7 +155,7 @@ pub(super) fn dims(op: &'static str, what: &str, v: &[usize]) -> Result<[u32; MA
     Ok(out)
 }
 
-/// shaders/window.wgsl's geometry, for `len` invocations.
+/// shaders/wgsl/window.wgsl's geometry, for `len` invocations.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub(super) struct Window {

@@ -1,4 +1,5 @@
-//! The WGSL sources of shaders/ and the compiled pipelines, built once per device and
+//! Kernels assembled from the WGSL sources of `ringtrain-shaders` (the top-level
+//! `shaders/` crate), and the compiled pipelines, built once per device and
 //! kept: a kernel is compiled the first time an op needs it.
 
 use super::device::Shared;
@@ -6,12 +7,7 @@ use crate::{KernelError, Result};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-const COMMON: &str = include_str!("../../shaders/common.wgsl");
-const REDUCE: &str = include_str!("../../shaders/reduce.wgsl");
-const GEMM: &str = include_str!("../../shaders/gemm.wgsl");
-const WINDOW: &str = include_str!("../../shaders/window.wgsl");
-const GEMM_LOAD_VEC4: &str = include_str!("../../shaders/gemm_load_vec4.wgsl");
-const GEMM_LOAD_SCALAR: &str = include_str!("../../shaders/gemm_load_scalar.wgsl");
+use ringtrain_shaders::{common, elementwise, gemm, loss, optim, reduce, window};
 
 /// One compute kernel, and the variant of it an op needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -51,62 +47,34 @@ impl Shader {
     /// The kernel's file and entry point; `reduce` when it needs the workgroup reductions.
     fn file(self) -> (&'static str, &'static str, bool) {
         match self {
-            Shader::Unary => (include_str!("../../shaders/unary.wgsl"), "main", false),
-            Shader::UnaryBackward => (
-                include_str!("../../shaders/unary_backward.wgsl"),
-                "main",
-                false,
-            ),
-            Shader::Fill => (include_str!("../../shaders/fill.wgsl"), "main", false),
-            Shader::Binary => (include_str!("../../shaders/binary.wgsl"), "main", false),
-            Shader::CopyStrided => (
-                include_str!("../../shaders/copy_strided.wgsl"),
-                "main",
-                false,
-            ),
-            Shader::SumByThread => (SUM_AXIS, "by_thread", true),
-            Shader::SumByWorkgroup => (SUM_AXIS, "by_workgroup", true),
-            Shader::LogSoftmax => (include_str!("../../shaders/log_softmax.wgsl"), "main", true),
-            Shader::LogSoftmaxBackward => (
-                include_str!("../../shaders/log_softmax_backward.wgsl"),
-                "main",
-                true,
-            ),
-            Shader::CrossEntropy => (
-                include_str!("../../shaders/cross_entropy.wgsl"),
-                "main",
-                true,
-            ),
-            Shader::CrossEntropyBackward => (
-                include_str!("../../shaders/cross_entropy_backward.wgsl"),
-                "main",
-                false,
-            ),
-            Shader::Sgd => (include_str!("../../shaders/sgd.wgsl"), "main", false),
-            Shader::AdamW => (include_str!("../../shaders/adamw.wgsl"), "main", false),
-            Shader::Gemm(_) => (GEMM, "main", false),
-            Shader::Im2col => (include_str!("../../shaders/im2col.wgsl"), "main", false),
-            Shader::Col2im => (include_str!("../../shaders/col2im.wgsl"), "main", false),
-            Shader::MaxPool => (include_str!("../../shaders/max_pool.wgsl"), "main", false),
-            Shader::MaxPoolBackward => (
-                include_str!("../../shaders/max_pool_backward.wgsl"),
-                "main",
-                false,
-            ),
-            Shader::AvgPool => (include_str!("../../shaders/avg_pool.wgsl"), "main", false),
-            Shader::AvgPoolBackward => (
-                include_str!("../../shaders/avg_pool_backward.wgsl"),
-                "main",
-                false,
-            ),
+            Shader::Unary => (elementwise::UNARY, "main", false),
+            Shader::UnaryBackward => (elementwise::UNARY_BACKWARD, "main", false),
+            Shader::Fill => (elementwise::FILL, "main", false),
+            Shader::Binary => (elementwise::BINARY, "main", false),
+            Shader::CopyStrided => (elementwise::COPY_STRIDED, "main", false),
+            Shader::SumByThread => (reduce::SUM_AXIS, "by_thread", true),
+            Shader::SumByWorkgroup => (reduce::SUM_AXIS, "by_workgroup", true),
+            Shader::LogSoftmax => (loss::LOG_SOFTMAX, "main", true),
+            Shader::LogSoftmaxBackward => (loss::LOG_SOFTMAX_BACKWARD, "main", true),
+            Shader::CrossEntropy => (loss::CROSS_ENTROPY, "main", true),
+            Shader::CrossEntropyBackward => (loss::CROSS_ENTROPY_BACKWARD, "main", false),
+            Shader::Sgd => (optim::SGD, "main", false),
+            Shader::AdamW => (optim::ADAMW, "main", false),
+            Shader::Gemm(_) => (gemm::GEMM, "main", false),
+            Shader::Im2col => (window::IM2COL, "main", false),
+            Shader::Col2im => (window::COL2IM, "main", false),
+            Shader::MaxPool => (window::MAX_POOL, "main", false),
+            Shader::MaxPoolBackward => (window::MAX_POOL_BACKWARD, "main", false),
+            Shader::AvgPool => (window::AVG_POOL, "main", false),
+            Shader::AvgPoolBackward => (window::AVG_POOL_BACKWARD, "main", false),
         }
     }
 
     fn source(self) -> String {
         let (body, _, reduce) = self.file();
-        let mut src = String::from(COMMON);
+        let mut src = String::from(common::COMMON);
         if reduce {
-            src.push_str(REDUCE);
+            src.push_str(common::REDUCE);
         }
         if matches!(
             self,
@@ -117,7 +85,7 @@ impl Shader {
                 | Shader::AvgPool
                 | Shader::AvgPoolBackward
         ) {
-            src.push_str(WINDOW);
+            src.push_str(window::GEOMETRY);
         }
         if let Shader::Gemm(v) = self {
             src.push_str(&gemm_loader("a", 1, v.vec4_a));
@@ -139,13 +107,11 @@ impl Shader {
     }
 }
 
-const SUM_AXIS: &str = include_str!("../../shaders/sum_axis.wgsl");
-
 fn gemm_loader(name: &str, binding: u32, vec4: bool) -> String {
     let template = if vec4 {
-        GEMM_LOAD_VEC4
+        gemm::LOAD_VEC4
     } else {
-        GEMM_LOAD_SCALAR
+        gemm::LOAD_SCALAR
     };
     template
         .replace("BINDING", &binding.to_string())
