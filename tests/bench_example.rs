@@ -10,8 +10,10 @@ fn run(args: &[&str]) -> Output {
     support::run_example("bench", args)
 }
 
+/// Asked once, so that a machine without a GPU says once that the GPU part is skipped.
 fn with_gpu() -> bool {
-    std::env::var_os("RINGTRAIN_SKIP_GPU_TESTS").is_none_or(|v| v != "1")
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(ringtrain::kernels::gpu::testing::gpu_tests_enabled)
 }
 
 #[test]

@@ -2,6 +2,7 @@
 
 mod support;
 
+use ringtrain::kernels::gpu::testing::gpu_tests_enabled;
 use std::process::{Command, Output};
 use support::{example, newest_file, run_example, same_tensors};
 
@@ -106,7 +107,7 @@ fn divergence_stops_the_run() {
 /// one and two GPUs (lavapipe without one) unless GPU tests are skipped.
 fn setups() -> Vec<(&'static str, &'static str)> {
     let mut setups = vec![("cpu", "1"), ("cpu", "2")];
-    if std::env::var_os("RINGTRAIN_SKIP_GPU_TESTS").is_none_or(|v| v != "1") {
+    if gpu_tests_enabled() {
         setups.extend([("gpu", "1"), ("gpu", "2")]);
     }
     setups
@@ -192,6 +193,9 @@ fn missing_data_dir_names_the_path() {
 /// On a machine without a GPU this runs on Mesa's software Vulkan: slow, so a small model.
 #[test]
 fn trains_on_the_gpu_backend() {
+    if !gpu_tests_enabled() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let metrics = dir.path().join("metrics.jsonl");
     let out = run(&[
@@ -251,7 +255,12 @@ fn metrics_of(flags: &[&str]) -> (f64, Vec<f64>, Vec<serde_json::Value>) {
 #[test]
 fn several_devices_train_like_one() {
     let small = ["--epochs", "2", "--hidden", "32", "--batch-size", "100"];
-    for backend in ["cpu", "gpu"] {
+    let backends = if gpu_tests_enabled() {
+        &["cpu", "gpu"][..]
+    } else {
+        &["cpu"]
+    };
+    for &backend in backends {
         let mut one = vec!["--backend", backend, "--devices", "1"];
         one.extend(small);
         let (acc1, loss1, _) = metrics_of(&one);
@@ -300,10 +309,11 @@ fn the_cnn_trains_the_same_way_everywhere() {
     let (acc, cpu, _) = run_on(&["--backend", "cpu"]);
     assert!(cpu[1] < cpu[0], "cnn loss did not fall: {cpu:?}");
     assert!(acc > 0.8, "cnn accuracy {acc} after 2 short epochs");
-    for extra in [
-        &["--backend", "gpu"][..],
-        &["--backend", "cpu", "--devices", "2"][..],
-    ] {
+    let mut others = vec![&["--backend", "cpu", "--devices", "2"][..]];
+    if gpu_tests_enabled() {
+        others.push(&["--backend", "gpu"]);
+    }
+    for extra in others {
         let (other_acc, other, _) = run_on(extra);
         for (a, b) in other.iter().zip(&cpu) {
             assert!((a - b).abs() < 5e-3, "{extra:?}: loss {a} vs cpu {b}");

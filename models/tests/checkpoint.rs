@@ -35,12 +35,7 @@ fn bits(m: &impl Module) -> Vec<u32> {
 }
 
 fn gpu() -> Option<Device> {
-    if std::env::var_os("RINGTRAIN_SKIP_GPU_TESTS").is_some_and(|v| v == "1") {
-        return None;
-    }
-    Some(Device::gpu().unwrap_or_else(|e| {
-        panic!("{e}\n(set RINGTRAIN_SKIP_GPU_TESTS=1 to run the CPU tests alone)")
-    }))
+    Device::test_gpu()
 }
 
 #[test]

@@ -85,6 +85,14 @@ impl Device {
             .map_err(|e| Error::DeviceUnavailable(e.to_string()))
     }
 
+    /// A GPU for a test suite, or `None` (the test's GPU part skipped, saying so in one
+    /// line) where there is no adapter; `RINGTRAIN_REQUIRE_GPU=1` makes that a failure,
+    /// and `RINGTRAIN_SKIP_GPU_TESTS=1` skips GPU parts even where there is a GPU. See
+    /// [`ringtrain_kernels::gpu::testing`].
+    pub fn test_gpu() -> Option<Device> {
+        ringtrain_kernels::gpu::testing::test_gpu().map(Device::Gpu)
+    }
+
     /// How many hardware GPUs wgpu finds (0 where there are none, or only software ones).
     pub fn hardware_gpu_count() -> usize {
         GpuBackend::adapters()

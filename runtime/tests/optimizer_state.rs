@@ -8,11 +8,7 @@ use ringtrain_runtime::{rng_from_seed, Device, Result, Tensor, Var};
 
 fn devices() -> Vec<Device> {
     let mut d = vec![Device::cpu()];
-    if std::env::var_os("RINGTRAIN_SKIP_GPU_TESTS").is_none_or(|v| v != "1") {
-        d.push(Device::gpu().unwrap_or_else(|e| {
-            panic!("{e}\n(set RINGTRAIN_SKIP_GPU_TESTS=1 to run the CPU tests alone)")
-        }));
-    }
+    d.extend(Device::test_gpu());
     d
 }
 

@@ -1,5 +1,5 @@
-//! The GPU backend: WGSL compute kernels (the `ringtrain-shaders` crate, shaders/wgsl/*.wgsl) run through wgpu on Vulkan,
-//! Metal or DX12.
+//! The GPU backend: WGSL compute kernels (the `ringtrain-shaders` crate) run through wgpu
+//! on Vulkan, Metal or DX12.
 //!
 //! Ops are recorded, not run: each validates its arguments, takes its kernel from the
 //! pipeline cache and records one dispatch (a few for GEMMs past the grid limits).
@@ -12,6 +12,7 @@ mod device;
 mod params;
 mod pool;
 mod shaders;
+pub mod testing;
 
 pub use adapter::AdapterSummary;
 pub use pool::GpuBuffer;
