@@ -21,8 +21,7 @@ pub fn evaluate(
     batch_size: usize,
     device: &Device,
 ) -> Result<Evaluation> {
-    let batches = Batches::new(dataset, batch_size, None)
-        .map_err(|e| ringtrain_runtime::Error::InvalidArgument(e.to_string()))?;
+    let batches = Batches::new(dataset, batch_size, None)?;
     model.set_training(false);
     let result = score(model, dataset, batches, device);
     model.set_training(true);

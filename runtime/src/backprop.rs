@@ -85,6 +85,12 @@ pub struct GradStore {
     grads: HashMap<TensorId, Tensor>,
 }
 
+impl std::fmt::Debug for GradStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.grads.iter()).finish()
+    }
+}
+
 impl GradStore {
     pub fn get(&self, var: &Var) -> Option<&Tensor> {
         self.grads.get(&var.as_tensor().id())
@@ -159,7 +165,8 @@ fn topological_order(root: &Tensor) -> Vec<Tensor> {
 }
 
 impl Tensor {
-    /// Gradients of this scalar with respect to every [`Var`] it depends on.
+    /// Gradients of this scalar with respect to every [`Var`] it depends on. A loss that
+    /// depends on none is an error ([`Error::NoGradient`]): nothing would train.
     pub fn backward(&self) -> Result<GradStore> {
         self.backward_with(|_, _| Ok(()))
     }
@@ -176,10 +183,10 @@ impl Tensor {
             return Err(Error::NotScalar(self.shape().clone()));
         }
         no_grad(|| {
-            let mut store = GradStore::default();
             if !self.tracks_grad() {
-                return Ok(store);
+                return Err(Error::NoGradient);
             }
+            let mut store = GradStore::default();
             store.accumulate(
                 self.id(),
                 Tensor::ones(self.shape().clone(), self.device())?,

@@ -15,7 +15,7 @@ mod window_ops;
 pub use backprop::GradStore;
 pub use device::Device;
 pub use error::{Error, Result};
-pub use shape::Shape;
+pub use shape::{Dim, Shape};
 pub use tensor::{no_grad, rng_from_seed, Rng, Tensor, TensorId};
 pub use var::Var;
 

@@ -3,6 +3,7 @@
 
 use crate::backprop::Op;
 use crate::device::{buf, on_device, wrap, Storage};
+use crate::shape::{dim_indices, Dim};
 use crate::{Error, Result, Shape, Tensor};
 use ringtrain_kernels::{Backend, BinaryLayout, BinaryOp, GemmSpec, StridedLayout, UnaryOp};
 use std::sync::Arc;
@@ -325,13 +326,11 @@ impl Tensor {
 
     // ---- reductions --------------------------------------------------------------------
 
-    /// Sums over `dims`, keeping each as a dimension of size 1.
-    pub fn sum_keepdims(&self, dims: &[usize]) -> Result<Tensor> {
+    /// Sums over `dims` (negative ones count from the end), keeping each as a dimension
+    /// of size 1.
+    pub fn sum_keepdims<D: Dim>(&self, dims: &[D]) -> Result<Tensor> {
         let mut out_dims = self.dims().to_vec();
-        for &d in dims {
-            self.shape().dim(d, "sum")?;
-        }
-        let mut sorted = dims.to_vec();
+        let mut sorted = dim_indices(dims, self.rank(), "sum")?;
         sorted.sort_unstable();
         sorted.dedup();
         if sorted.is_empty() {
@@ -375,8 +374,9 @@ impl Tensor {
         Ok(self.derived(storage, Shape::from(out_dims), rec))
     }
 
-    /// Sums over `dim`, removing it.
-    pub fn sum(&self, dim: usize) -> Result<Tensor> {
+    /// Sums over `dim` (negative counts from the end), removing it.
+    pub fn sum(&self, dim: impl Dim) -> Result<Tensor> {
+        let dim = dim.index(self.rank(), "sum")?;
         let kept = self.sum_keepdims(&[dim])?;
         let mut dims = self.dims().to_vec();
         dims.remove(dim);
@@ -389,9 +389,10 @@ impl Tensor {
         self.sum_keepdims(&all)?.reshape(Shape::scalar())
     }
 
-    /// Mean over `dim`, removing it.
-    pub fn mean(&self, dim: usize) -> Result<Tensor> {
-        let n = self.shape().dim(dim, "mean")?;
+    /// Mean over `dim` (negative counts from the end), removing it.
+    pub fn mean(&self, dim: impl Dim) -> Result<Tensor> {
+        let dim = dim.index(self.rank(), "mean")?;
+        let n = self.dims()[dim];
         if n == 0 {
             return Err(Error::InvalidShape {
                 op: "mean",
@@ -433,23 +434,18 @@ impl Tensor {
 
     /// Flattens every dimension from `dim` on into one: `[b, c, h, w].flatten_from(1)` is
     /// `[b, c*h*w]`.
-    pub fn flatten_from(&self, dim: usize) -> Result<Tensor> {
-        if dim >= self.rank() {
-            return Err(Error::DimOutOfRange {
-                op: "flatten_from",
-                dim,
-                rank: self.rank(),
-            });
-        }
+    pub fn flatten_from(&self, dim: impl Dim) -> Result<Tensor> {
+        let dim = dim.index(self.rank(), "flatten_from")?;
         let mut dims = self.dims()[..dim].to_vec();
         dims.push(self.dims()[dim..].iter().product());
         self.reshape(dims)
     }
 
-    /// Swaps two dimensions (copies into the new layout).
-    pub fn transpose(&self, d0: usize, d1: usize) -> Result<Tensor> {
-        self.shape().dim(d0, "transpose")?;
-        self.shape().dim(d1, "transpose")?;
+    /// Swaps two dimensions (negative ones count from the end; copies into the new
+    /// layout).
+    pub fn transpose(&self, d0: impl Dim, d1: impl Dim) -> Result<Tensor> {
+        let d0 = d0.index(self.rank(), "transpose")?;
+        let d1 = d1.index(self.rank(), "transpose")?;
         let mut dims = self.dims().to_vec();
         let mut strides = ringtrain_kernels::contiguous_strides(&dims);
         dims.swap(d0, d1);

@@ -7,6 +7,57 @@ use std::fmt;
 #[derive(Clone, PartialEq, Eq, Hash, Default)]
 pub struct Shape(Vec<usize>);
 
+/// A dimension of a tensor, as ops take it: a `usize` counts from the front, a signed
+/// integer may also count from the end (`-1` is the last dimension), as in PyTorch. An
+/// integer literal is an `i32`, so `x.sum(-1)` and `x.sum(1)` both read naturally.
+pub trait Dim: Copy + fmt::Debug {
+    /// The dimension as an index below `rank`, or an error naming `op`.
+    fn index(self, rank: usize, op: &'static str) -> Result<usize>;
+}
+
+impl Dim for usize {
+    fn index(self, rank: usize, op: &'static str) -> Result<usize> {
+        if self < rank {
+            Ok(self)
+        } else {
+            Err(Error::DimOutOfRange {
+                op,
+                dim: i64::try_from(self).unwrap_or(i64::MAX),
+                rank,
+            })
+        }
+    }
+}
+
+macro_rules! signed_dim {
+    ($($t:ty),*) => {$(
+        impl Dim for $t {
+            fn index(self, rank: usize, op: &'static str) -> Result<usize> {
+                let dim = i64::from(self);
+                let rank_i = i64::try_from(rank).unwrap_or(i64::MAX);
+                let index = if dim < 0 { dim + rank_i } else { dim };
+                if (0..rank_i).contains(&index) {
+                    Ok(index as usize)
+                } else {
+                    Err(Error::DimOutOfRange { op, dim, rank })
+                }
+            }
+        }
+    )*};
+}
+signed_dim!(i32, i64);
+
+impl Dim for isize {
+    fn index(self, rank: usize, op: &'static str) -> Result<usize> {
+        (self as i64).index(rank, op)
+    }
+}
+
+/// Several dimensions at once (`x.sum_keepdims(&[0, 2, 3])`), each resolved as a [`Dim`].
+pub(crate) fn dim_indices<D: Dim>(dims: &[D], rank: usize, op: &'static str) -> Result<Vec<usize>> {
+    dims.iter().map(|d| d.index(rank, op)).collect()
+}
+
 impl Shape {
     pub fn new(dims: impl Into<Vec<usize>>) -> Self {
         Shape(dims.into())
@@ -30,13 +81,9 @@ impl Shape {
         ringtrain_kernels::saturating_product(&self.0)
     }
 
-    /// Size of dimension `dim`, or an error naming `op`.
-    pub fn dim(&self, dim: usize, op: &'static str) -> Result<usize> {
-        self.0.get(dim).copied().ok_or(Error::DimOutOfRange {
-            op,
-            dim,
-            rank: self.rank(),
-        })
+    /// Size of dimension `dim` (negative counts from the end), or an error naming `op`.
+    pub fn dim(&self, dim: impl Dim, op: &'static str) -> Result<usize> {
+        Ok(self.0[dim.index(self.rank(), op)?])
     }
 
     /// The two dimensions of a matrix.
@@ -162,6 +209,30 @@ impl From<(usize, usize, usize)> for Shape {
     }
 }
 
+impl From<(usize, usize, usize, usize)> for Shape {
+    fn from((a, b, c, d): (usize, usize, usize, usize)) -> Self {
+        Shape(vec![a, b, c, d])
+    }
+}
+
+impl From<(usize, usize, usize, usize, usize)> for Shape {
+    fn from((a, b, c, d, e): (usize, usize, usize, usize, usize)) -> Self {
+        Shape(vec![a, b, c, d, e])
+    }
+}
+
+impl From<(usize, usize, usize, usize, usize, usize)> for Shape {
+    fn from((a, b, c, d, e, f): (usize, usize, usize, usize, usize, usize)) -> Self {
+        Shape(vec![a, b, c, d, e, f])
+    }
+}
+
+impl From<()> for Shape {
+    fn from((): ()) -> Self {
+        Shape::scalar()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,5 +253,28 @@ mod tests {
         );
         let err = a.broadcast(&Shape::from(4), "add").unwrap_err();
         assert!(err.to_string().contains("[4, 3] and [4]"), "{err}");
+    }
+
+    #[test]
+    fn tuples_up_to_rank_six() {
+        assert_eq!(Shape::from(()).dims(), &[] as &[usize]);
+        assert_eq!(Shape::from((1, 2, 3, 4)).dims(), &[1, 2, 3, 4]);
+        assert_eq!(Shape::from((1, 2, 3, 4, 5)).dims(), &[1, 2, 3, 4, 5]);
+        assert_eq!(Shape::from((1, 2, 3, 4, 5, 6)).dims(), &[1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn negative_dims_count_from_the_end() {
+        let s = Shape::from((2, 3, 5));
+        assert_eq!(s.dim(-1, "t").unwrap(), 5);
+        assert_eq!(s.dim(-3, "t").unwrap(), 2);
+        assert_eq!(s.dim(1, "t").unwrap(), 3);
+        assert_eq!(s.dim(1usize, "t").unwrap(), 3);
+        assert_eq!(s.dim(-2isize, "t").unwrap(), 3);
+        for bad in [-4i64, 3] {
+            let err = s.dim(bad, "sum").unwrap_err().to_string();
+            assert!(err.contains(&format!("dimension {bad}")) && err.contains("rank 3"), "{err}");
+        }
+        assert!(s.dim(3usize, "sum").is_err());
     }
 }

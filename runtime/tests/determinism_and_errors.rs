@@ -338,6 +338,8 @@ fn dimensions_out_of_range() {
     assert_err("sum", x.sum(2), &["sum", "dimension 2", "rank 2"]);
     assert_err("sum_keepdims", x.sum_keepdims(&[0, 3]), &["dimension 3"]);
     assert_err("mean", x.mean(7), &["mean", "dimension 7"]);
+    assert_err("mean -3", x.mean(-3), &["mean", "dimension -3", "rank 2"]);
+    assert_err("transpose -3", x.transpose(-3, 0), &["dimension -3"]);
     assert_err(
         "t of 3-d",
         zeros(&[2, 3, 4]).t(),
@@ -353,6 +355,38 @@ fn backward_of_a_non_scalar() {
         v.exp().unwrap().backward(),
         &["backward", "scalar", "[2, 3]"],
     );
+}
+
+#[test]
+fn negative_dimensions_count_from_the_end() {
+    let x = Tensor::from_vec((0..24).map(|i| i as f32).collect(), (2, 3, 4), &dev()).unwrap();
+    let same = |a: Tensor, b: Tensor| {
+        assert_eq!(a.dims(), b.dims());
+        assert_eq!(bits(&a.to_vec().unwrap()), bits(&b.to_vec().unwrap()));
+    };
+    same(x.sum(-1).unwrap(), x.sum(2).unwrap());
+    same(x.mean(-2).unwrap(), x.mean(1usize).unwrap());
+    same(x.sum_keepdims(&[-1, 0]).unwrap(), x.sum_keepdims(&[0, 2]).unwrap());
+    same(x.transpose(-1, -2).unwrap(), x.transpose(2, 1).unwrap());
+    same(x.flatten_from(-2).unwrap(), x.flatten_from(1).unwrap());
+}
+
+#[test]
+fn backward_of_a_loss_no_variable_reaches() {
+    let d = dev();
+    let x = Tensor::from_vec(vec![1.0, 2.0], 2, &d).unwrap();
+    let w = Var::from_vec(vec![0.5, 0.5], 2, &d).unwrap();
+    let expect = ["no trainable variable", "no_grad", "detached"];
+    assert_err("constant", x.sqr().unwrap().sum_all().unwrap().backward(), &expect);
+    let detached = x.mul(&w).unwrap().sum_all().unwrap().detach();
+    assert_err("detached", detached.backward(), &expect);
+    let under_no_grad = ringtrain_runtime::no_grad(|| x.mul(&w).unwrap().sum_all().unwrap());
+    assert!(matches!(
+        under_no_grad.backward(),
+        Err(ringtrain_runtime::Error::NoGradient)
+    ));
+    // A loss some variable reaches still has its gradient.
+    assert!(x.mul(&w).unwrap().sum_all().unwrap().backward().is_ok());
 }
 
 #[test]

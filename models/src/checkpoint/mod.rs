@@ -77,6 +77,18 @@ pub enum CheckpointError {
 
 pub type Result<T> = std::result::Result<T, CheckpointError>;
 
+/// Into the library's one error type, so `?` works in a function returning
+/// `ringtrain::Result`: a tensor error comes back as itself, the rest as
+/// [`Error::Other`](ringtrain_runtime::Error::Other) (downcast it to match on the kind).
+impl From<CheckpointError> for ringtrain_runtime::Error {
+    fn from(e: CheckpointError) -> Self {
+        match e {
+            CheckpointError::Tensor(e) => e,
+            e => ringtrain_runtime::Error::other(e),
+        }
+    }
+}
+
 /// Metadata key prefix of random-stream positions: `ringtrain.rng.model.3.masks`.
 const RNG_KEY: &str = "ringtrain.rng.";
 

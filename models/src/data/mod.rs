@@ -83,3 +83,10 @@ pub enum DataError {
     #[error("{origin}: too large: {detail}")]
     TooLarge { origin: String, detail: String },
 }
+
+/// Into the library's one error type (as [`Error::Other`](ringtrain_runtime::Error::Other)).
+impl From<DataError> for ringtrain_runtime::Error {
+    fn from(e: DataError) -> Self {
+        ringtrain_runtime::Error::other(e)
+    }
+}

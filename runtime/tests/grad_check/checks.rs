@@ -587,17 +587,20 @@ fn backward_of_a_non_scalar_is_an_error() {
 }
 
 #[test]
-fn loss_without_vars_gives_empty_grads() {
+fn loss_without_vars_is_an_error() {
     let t = Tensor::from_vec(vec![1.0, 2.0, 3.0], 3, &dev()).unwrap();
-    let grads = t.exp().unwrap().sum_all().unwrap().backward().unwrap();
-    assert!(grads.is_empty());
-    assert_eq!(grads.len(), 0);
+    let err = t.exp().unwrap().sum_all().unwrap().backward().unwrap_err();
+    assert!(matches!(err, ringtrain_runtime::Error::NoGradient), "{err}");
+    assert!(err.to_string().contains("no trainable variable"), "{err}");
 
     // Ops run under `no_grad` record nothing, even on a Var.
     let x = Var::from_vec(vec![1.0, 2.0], 2, &dev()).unwrap();
     let loss = no_grad(|| x.sqr().unwrap().sum_all().unwrap());
     assert!(!loss.tracks_grad());
-    assert!(loss.backward().unwrap().is_empty());
+    assert!(matches!(
+        loss.backward(),
+        Err(ringtrain_runtime::Error::NoGradient)
+    ));
 }
 
 #[test]
