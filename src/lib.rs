@@ -34,7 +34,8 @@ pub use ringtrain_runtime::{
 pub mod prelude {
     pub use crate::nn::{
         AvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, Dropout, Embedding, Flatten, Gelu, LayerNorm,
-        Linear, MaxPool2d, Module, Relu, Residual, Sequential, Sigmoid, Tanh, Unflatten,
+        Linear, MaxPool2d, Module, ModuleState, Relu, Residual, Sequential, Sigmoid, Tanh,
+        Unflatten,
     };
     pub use crate::optim::{AdamW, AdamWConfig, Optimizer, Sgd, SgdConfig};
     pub use crate::{no_grad, rng_from_seed, Device, Rng, Shape, Tensor, Var};

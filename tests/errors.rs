@@ -40,7 +40,10 @@ fn program(step: u32) -> ringtrain::Result<()> {
 fn every_kind_of_failure_converts_and_reads_as_its_message() {
     let cases: [(u32, &[&str]); 7] = [
         (0, &["No such file"]),
-        (1, &["cannot read checkpoint", "/nonexistent/run.safetensors"]),
+        (
+            1,
+            &["cannot read checkpoint", "/nonexistent/run.safetensors"],
+        ),
         (2, &["/nonexistent/mnist"]),
         (3, &["matmul", "[2, 3]"]),
         (4, &["no learning rate given"]),

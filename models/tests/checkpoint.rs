@@ -8,7 +8,8 @@ use rand::{Rng, SeedableRng};
 use ringtrain_models::checkpoint::{write_atomically, Checkpoint, CheckpointDir, CheckpointError};
 use ringtrain_models::data::parse_idx;
 use ringtrain_models::nn::{
-    BatchNorm2d, Conv2d, Conv2dConfig, Dropout, Flatten, Linear, Module, Relu, Sequential,
+    BatchNorm2d, Conv2d, Conv2dConfig, Dropout, Flatten, Linear, Module, ModuleState, Relu,
+    Sequential,
 };
 use ringtrain_models::zoo::{mlp, Activation};
 use ringtrain_runtime::{rng_from_seed, Device, Tensor};

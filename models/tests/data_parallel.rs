@@ -3,7 +3,7 @@
 //! replicas with global batch B train like one device with batch B; runs reproduce from
 //! their seed; a failing replica is an error naming it, never a hang.
 
-use ringtrain_models::nn::{Module, Sequential};
+use ringtrain_models::nn::{Module, ModuleState, Sequential};
 use ringtrain_models::parallel::{DataParallel, DataParallelConfig, NonFinitePolicy};
 use ringtrain_models::zoo::{mlp, Activation};
 use ringtrain_runtime::comm::{hierarchical, ring, Communicator};
@@ -288,7 +288,9 @@ fn replicas_must_have_the_same_parameters() {
 }
 
 /// A model with a parameter its loss never uses.
+#[derive(Module)]
 struct WithSpare {
+    #[module(flatten)]
     net: Sequential,
     spare: ringtrain_runtime::Var,
 }
@@ -296,12 +298,6 @@ struct WithSpare {
 impl Module for WithSpare {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.net.forward(x)
-    }
-
-    fn named_parameters(&self) -> Vec<(String, ringtrain_runtime::Var)> {
-        let mut p = self.net.named_parameters();
-        p.push(("spare".into(), self.spare.clone()));
-        p
     }
 }
 

@@ -5,7 +5,7 @@
 
 use ringtrain_models::nn::{
     AvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, Dropout, Embedding, Flatten, LayerNorm,
-    MaxPool2d, Module, Residual, Sequential, Unflatten,
+    MaxPool2d, Module, ModuleState, Residual, Sequential, Unflatten,
 };
 use ringtrain_models::zoo::Cnn;
 use ringtrain_runtime::{no_grad, rng_from_seed, Device, Tensor, Var};

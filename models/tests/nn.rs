@@ -1,6 +1,6 @@
 //! Layers as user code meets them: parameter names, shapes, and errors.
 
-use ringtrain_models::nn::{Linear, Module, Relu, Sequential};
+use ringtrain_models::nn::{Linear, Module, ModuleState, Relu, Sequential};
 use ringtrain_models::zoo::{mlp, Activation};
 use ringtrain_runtime::{rng_from_seed, Device, Tensor, Var};
 

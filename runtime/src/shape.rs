@@ -273,7 +273,10 @@ mod tests {
         assert_eq!(s.dim(-2isize, "t").unwrap(), 3);
         for bad in [-4i64, 3] {
             let err = s.dim(bad, "sum").unwrap_err().to_string();
-            assert!(err.contains(&format!("dimension {bad}")) && err.contains("rank 3"), "{err}");
+            assert!(
+                err.contains(&format!("dimension {bad}")) && err.contains("rank 3"),
+                "{err}"
+            );
         }
         assert!(s.dim(3usize, "sum").is_err());
     }

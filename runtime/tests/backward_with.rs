@@ -52,7 +52,6 @@ fn an_error_from_the_hook_stops_backward() {
                 "peer gone".into(),
             ))
         })
-        .err()
-        .expect("the hook's error");
+        .expect_err("the hook's error");
     assert!(err.to_string().contains("peer gone"));
 }

@@ -366,7 +366,10 @@ fn negative_dimensions_count_from_the_end() {
     };
     same(x.sum(-1).unwrap(), x.sum(2).unwrap());
     same(x.mean(-2).unwrap(), x.mean(1usize).unwrap());
-    same(x.sum_keepdims(&[-1, 0]).unwrap(), x.sum_keepdims(&[0, 2]).unwrap());
+    same(
+        x.sum_keepdims(&[-1, 0]).unwrap(),
+        x.sum_keepdims(&[0, 2]).unwrap(),
+    );
     same(x.transpose(-1, -2).unwrap(), x.transpose(2, 1).unwrap());
     same(x.flatten_from(-2).unwrap(), x.flatten_from(1).unwrap());
 }
@@ -377,7 +380,11 @@ fn backward_of_a_loss_no_variable_reaches() {
     let x = Tensor::from_vec(vec![1.0, 2.0], 2, &d).unwrap();
     let w = Var::from_vec(vec![0.5, 0.5], 2, &d).unwrap();
     let expect = ["no trainable variable", "no_grad", "detached"];
-    assert_err("constant", x.sqr().unwrap().sum_all().unwrap().backward(), &expect);
+    assert_err(
+        "constant",
+        x.sqr().unwrap().sum_all().unwrap().backward(),
+        &expect,
+    );
     let detached = x.mul(&w).unwrap().sum_all().unwrap().detach();
     assert_err("detached", detached.backward(), &expect);
     let under_no_grad = ringtrain_runtime::no_grad(|| x.mul(&w).unwrap().sum_all().unwrap());

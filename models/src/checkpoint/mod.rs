@@ -37,7 +37,7 @@ mod dir;
 
 pub use dir::{CheckpointDir, Saved};
 
-use crate::nn::Module;
+use crate::nn::ModuleState;
 use ringtrain_runtime::optim::{Optimizer, StateTensor};
 use ringtrain_runtime::Tensor;
 use safetensors::tensor::{Dtype, TensorView};
@@ -106,7 +106,7 @@ impl Checkpoint {
 
     /// The parameters and buffers of `model`, by name, copied to the host, and the
     /// positions of its random streams.
-    pub fn of_module(model: &(impl Module + ?Sized)) -> Result<Self> {
+    pub fn of_module(model: &(impl ModuleState + ?Sized)) -> Result<Self> {
         let mut c = Self::new();
         c.insert_module("", model)?;
         Ok(c)
@@ -115,7 +115,11 @@ impl Checkpoint {
     /// Adds `model`'s parameters and buffers under `prefix` (`"model."`, say, beside an
     /// optimizer's state under `"optimizer."`), and the positions of its random streams
     /// as metadata.
-    pub fn insert_module(&mut self, prefix: &str, model: &(impl Module + ?Sized)) -> Result<()> {
+    pub fn insert_module(
+        &mut self,
+        prefix: &str,
+        model: &(impl ModuleState + ?Sized),
+    ) -> Result<()> {
         for (name, var) in model.named_parameters() {
             self.insert(&format!("{prefix}{name}"), var.as_tensor())?;
         }
@@ -211,7 +215,7 @@ impl Checkpoint {
     /// positions (a file from elsewhere may have none). Every parameter and buffer must
     /// be there with its shape, and every tensor under `prefix` must be one of them: on
     /// any mismatch nothing is changed and the error lists what differs.
-    pub fn restore(&self, model: &(impl Module + ?Sized), prefix: &str) -> Result<()> {
+    pub fn restore(&self, model: &(impl ModuleState + ?Sized), prefix: &str) -> Result<()> {
         let params = model.named_parameters();
         let buffers = model.named_buffers();
         let expected: Vec<(String, Vec<usize>)> = params

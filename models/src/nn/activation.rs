@@ -1,4 +1,4 @@
-use super::Module;
+use super::{Module, ModuleState};
 use ringtrain_runtime::{Result, Tensor};
 
 macro_rules! activation {
@@ -6,6 +6,8 @@ macro_rules! activation {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, Default)]
         pub struct $name;
+
+        impl ModuleState for $name {}
 
         impl Module for $name {
             fn forward(&self, x: &Tensor) -> Result<Tensor> {

@@ -4,10 +4,13 @@ use ringtrain_runtime::{Device, Error, Result, Rng, Tensor, Var};
 /// 2-D convolution over `[batch, in_channels, height, width]` inputs, weight stored
 /// `[out_channels, in_channels, kernel_h, kernel_w]` as PyTorch stores it. Runs as
 /// im2col and one FMA GEMM per image on every backend.
+#[derive(Module)]
 pub struct Conv2d {
     weight: Var,
     bias: Option<Var>,
+    #[module(skip)]
     stride: (usize, usize),
+    #[module(skip)]
     padding: (usize, usize),
 }
 
@@ -87,13 +90,5 @@ impl Module for Conv2d {
             self.stride,
             self.padding,
         )
-    }
-
-    fn named_parameters(&self) -> Vec<(String, Var)> {
-        let mut p = vec![("weight".to_string(), self.weight.clone())];
-        if let Some(b) = &self.bias {
-            p.push(("bias".to_string(), b.clone()));
-        }
-        p
     }
 }

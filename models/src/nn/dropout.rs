@@ -1,4 +1,4 @@
-use super::{Module, RngStream};
+use super::{Module, ModuleState, RngStream};
 use rand::Rng as _;
 use ringtrain_runtime::{rng_from_seed, Error, Result, Tensor};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,7 +51,9 @@ impl Module for Dropout {
             .collect();
         x.mul(&Tensor::from_vec(mask, x.shape().clone(), x.device())?)
     }
+}
 
+impl ModuleState for Dropout {
     fn named_rng_streams(&self) -> Vec<(String, RngStream)> {
         vec![("masks".into(), self.masks.clone())]
     }

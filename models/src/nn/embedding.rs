@@ -6,6 +6,7 @@ use ringtrain_runtime::{Device, Error, Result, Rng, Tensor, Var};
 /// lookup runs as a one-hot matrix times the table, so its gradient is the GEMM's; that
 /// costs `rows x vocab` memory and reads the indices back to the host, which suits
 /// vocabularies of thousands, not millions. Weight initialised N(0, 1), as PyTorch's.
+#[derive(Module)]
 pub struct Embedding {
     weight: Var,
 }
@@ -45,9 +46,5 @@ impl Module for Embedding {
         let mut shape = indices.dims().to_vec();
         shape.push(dim);
         rows.matmul(&self.weight)?.reshape(shape)
-    }
-
-    fn named_parameters(&self) -> Vec<(String, Var)> {
-        vec![("weight".into(), self.weight.clone())]
     }
 }

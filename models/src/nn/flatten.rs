@@ -1,10 +1,12 @@
-use super::Module;
+use super::{Module, ModuleState};
 use ringtrain_runtime::{Error, Result, Tensor};
 
 /// `[batch, d1, d2, ..]` to `[batch, d1 * d2 * ..]`, sharing memory (tensors are
 /// contiguous): the bridge from convolutional features to a classifier.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Flatten;
+
+impl ModuleState for Flatten {}
 
 impl Module for Flatten {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -24,6 +26,8 @@ impl Module for Flatten {
 pub struct Unflatten {
     dims: Vec<usize>,
 }
+
+impl ModuleState for Unflatten {}
 
 impl Unflatten {
     pub fn new(dims: Vec<usize>) -> Self {

@@ -2,7 +2,8 @@ use super::Module;
 use ringtrain_runtime::{Device, Error, Result, Rng, Tensor, Var};
 
 /// `y = x W^T + b`, with `W` stored `[out, in]` as PyTorch stores it, so weights move
-/// between the two unchanged. Accepts `[.., in]` inputs.
+/// between the two unchanged. Accepts `[.., in]` inputs. Parameters `weight` and `bias`.
+#[derive(Module)]
 pub struct Linear {
     weight: Var,
     bias: Option<Var>,
@@ -91,13 +92,5 @@ impl Module for Linear {
             *last = self.out_features();
         }
         y.reshape(dims)
-    }
-
-    fn named_parameters(&self) -> Vec<(String, Var)> {
-        let mut params = vec![("weight".to_string(), self.weight.clone())];
-        if let Some(b) = &self.bias {
-            params.push(("bias".to_string(), b.clone()));
-        }
-        params
     }
 }

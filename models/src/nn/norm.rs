@@ -1,7 +1,7 @@
 //! Normalisation layers, composed from tensor ops, so their gradients come from the
 //! autograd of those ops (and run on every backend).
 
-use super::{Buffer, Module};
+use super::{Buffer, Module, ModuleState};
 use ringtrain_runtime::{no_grad, Device, Error, Result, Tensor, Var};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -108,7 +108,9 @@ impl Module for BatchNorm2d {
             .mul(&per_channel(&self.weight)?)?
             .add(&per_channel(&self.bias)?)
     }
+}
 
+impl ModuleState for BatchNorm2d {
     fn named_parameters(&self) -> Vec<(String, Var)> {
         vec![
             ("weight".into(), self.weight.clone()),
@@ -135,9 +137,11 @@ impl Module for BatchNorm2d {
 /// Layer normalisation over the last dimension, as PyTorch's `LayerNorm(features)`: each
 /// row normalised by its own mean and (biased) variance, then scaled by `weight` and
 /// shifted by `bias`. The same in training and evaluation.
+#[derive(Module)]
 pub struct LayerNorm {
     weight: Var,
     bias: Var,
+    #[module(skip)]
     eps: f32,
 }
 
@@ -172,12 +176,5 @@ impl Module for LayerNorm {
             .div(&var.add_scalar(self.eps)?.sqrt()?)?
             .mul(&self.weight)?
             .add(&self.bias)
-    }
-
-    fn named_parameters(&self) -> Vec<(String, Var)> {
-        vec![
-            ("weight".into(), self.weight.clone()),
-            ("bias".into(), self.bias.clone()),
-        ]
     }
 }

@@ -1,4 +1,4 @@
-use super::Module;
+use super::{Module, ModuleState};
 use ringtrain_runtime::{Error, Result, Tensor};
 
 /// Square pooling windows: `kernel`, `stride` (PyTorch's default: the kernel) and
@@ -47,6 +47,8 @@ impl MaxPool2d {
     }
 }
 
+impl ModuleState for MaxPool2d {}
+
 impl Module for MaxPool2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (kernel, stride, padding) = self.0.args();
@@ -62,6 +64,8 @@ impl AvgPool2d {
         Window::new("AvgPool2d", kernel, stride, padding).map(Self)
     }
 }
+
+impl ModuleState for AvgPool2d {}
 
 impl Module for AvgPool2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {

@@ -1,4 +1,4 @@
-use super::{prefixed, Buffer, Module, RngStream};
+use super::{prefixed, Buffer, Module, ModuleState, RngStream};
 use ringtrain_runtime::{Result, Tensor, Var};
 
 /// Layers applied in order. Parameters are named `"{index}.{name}"`, as PyTorch's
@@ -52,7 +52,9 @@ impl Module for Sequential {
         }
         Ok(x)
     }
+}
 
+impl ModuleState for Sequential {
     fn set_training(&self, training: bool) {
         for layer in &self.layers {
             layer.set_training(training);

@@ -70,7 +70,7 @@ impl Default for DataParallelConfig {
 /// One model per device, trained as one: see the module documentation.
 ///
 /// ```
-/// use ringtrain_models::nn::Module;
+/// use ringtrain_models::nn::{Module, ModuleState};
 /// use ringtrain_models::parallel::{DataParallel, DataParallelConfig};
 /// use ringtrain_models::zoo::{mlp, Activation};
 /// use ringtrain_runtime::optim::{Sgd, SgdConfig};

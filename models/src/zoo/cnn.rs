@@ -1,5 +1,5 @@
 use crate::nn::{Conv2d, Conv2dConfig, Linear, Module};
-use ringtrain_runtime::{Device, Error, Result, Rng, Tensor, Var};
+use ringtrain_runtime::{Device, Error, Result, Rng, Tensor};
 
 /// A small convolutional classifier for `channels x height x width` images given as flat
 /// rows: two blocks of 3x3 convolution (padding 1), ReLU and 2x2 max pooling (16 then 32
@@ -8,7 +8,9 @@ use ringtrain_runtime::{Device, Error, Result, Rng, Tensor, Var};
 ///
 /// A plain struct with a written-out `forward`, to copy and change; its parameters are
 /// named as the same PyTorch module's attributes would be (`conv1.weight`, `fc2.bias`).
+#[derive(Module)]
 pub struct Cnn {
+    #[module(skip)]
     image: (usize, usize, usize),
     conv1: Conv2d,
     conv2: Conv2d,
@@ -72,14 +74,5 @@ impl Module for Cnn {
         let features = x.elem_count() / batch.max(1);
         let x = self.fc1.forward(&x.reshape((batch, features))?)?.relu()?;
         self.fc2.forward(&x)
-    }
-
-    fn named_parameters(&self) -> Vec<(String, Var)> {
-        crate::nn::prefixed([
-            ("conv1".to_string(), self.conv1.named_parameters()),
-            ("conv2".to_string(), self.conv2.named_parameters()),
-            ("fc1".to_string(), self.fc1.named_parameters()),
-            ("fc2".to_string(), self.fc2.named_parameters()),
-        ])
     }
 }

@@ -571,7 +571,7 @@ fn gradient_of_a_var_used_twice_accumulates() {
 fn backward_of_a_non_scalar_is_an_error() {
     let x = Var::from_vec(vec![1.0; 6], (2, 3), &dev()).unwrap();
     let y = x.exp().unwrap();
-    let err = y.backward().err().expect("backward of [2, 3] must fail");
+    let err = y.backward().expect_err("backward of [2, 3] must fail");
     let msg = err.to_string();
     assert!(msg.contains("scalar") && msg.contains("[2, 3]"), "{msg}");
     // Any one-element shape is a scalar loss.
