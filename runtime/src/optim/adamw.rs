@@ -1,6 +1,6 @@
 use super::{
-    check_finite, check_state_shape, count_from_f32s, count_to_f32s, gradients, state_slot,
-    Optimizer, StateTensor,
+    check_finite, check_state_shape, count_from_f32s, count_to_f32s, gradients, is_group_state,
+    state_slot, Groups, Optimizer, ParamGroup, StateTensor,
 };
 use crate::device::{buf, buf_mut, on_device, wrap, Storage};
 use crate::{Error, GradStore, Result, Var};
@@ -28,9 +28,11 @@ impl Default for AdamWConfig {
     }
 }
 
-/// Adam with decoupled weight decay, fused into one kernel per parameter.
+/// Adam with decoupled weight decay, fused into one kernel per parameter; parameter
+/// groups may scale the learning rate and set their own weight decay.
 pub struct AdamW {
     vars: Vec<Var>,
+    groups: Groups,
     /// First and second moment estimates and the number of updates they have seen,
     /// created on a variable's first update. The count is per variable (as in PyTorch), so
     /// one whose first gradient comes late still gets the bias correction of a first step.
@@ -41,6 +43,12 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(vars: Vec<Var>, config: AdamWConfig) -> Result<AdamW> {
+        Self::with_groups(vec![ParamGroup::new(vars)], config)
+    }
+
+    /// AdamW over parameter groups: each group's learning rate is `config.lr` times its
+    /// scale, and its weight decay its own (or `config.weight_decay`).
+    pub fn with_groups(groups: Vec<ParamGroup>, config: AdamWConfig) -> Result<AdamW> {
         check_finite("learning rate", config.lr)?;
         check_finite("weight decay", config.weight_decay)?;
         if !(config.eps.is_finite() && config.eps > 0.0) {
@@ -56,9 +64,11 @@ impl AdamW {
                 )));
             }
         }
+        let (vars, groups) = Groups::new(groups, config.weight_decay)?;
         let moments = vars.iter().map(|_| None).collect();
         Ok(AdamW {
             vars,
+            groups,
             moments,
             step: 0,
             config,
@@ -91,12 +101,13 @@ impl Optimizer for AdamW {
                 }
                 if let Some((m, v, t)) = state.as_mut() {
                     *t += 1;
+                    let (scale, weight_decay) = self.groups.of(i);
                     let hp = AdamWParams {
-                        lr: c.lr,
+                        lr: c.lr * scale,
                         beta1: c.beta1,
                         beta2: c.beta2,
                         eps: c.eps,
-                        weight_decay: c.weight_decay,
+                        weight_decay,
                         step: *t,
                     };
                     b.adamw_step(&hp, buf_mut(b, &mut p)?, buf(b, &g)?, buf_mut(b, m)?, buf_mut(b, v)?)?;
@@ -116,10 +127,12 @@ impl Optimizer for AdamW {
         Ok(())
     }
 
-    /// `step.0` (calls to `step`, as an exact pair of f32s), and for each variable that
-    /// has had an update `m.{i}`, `v.{i}` (its moment estimates) and `t.{i}` (its updates).
+    /// `step.0` (calls to `step`, as an exact pair of f32s), `lr.0` and `groups.0` (the
+    /// learning rate and each group's settings), and for each variable that has had an
+    /// update `m.{i}`, `v.{i}` (its moment estimates) and `t.{i}` (its updates).
     fn state(&self) -> Result<Vec<StateTensor>> {
         let mut out = vec![("step.0".to_string(), vec![2], count_to_f32s(self.step))];
+        out.extend(self.groups.state(self.config.lr));
         for (i, (var, moments)) in self.vars.iter().zip(&self.moments).enumerate() {
             if let Some((m, v, t)) = moments {
                 let (m, v) = on_device!(var.device(), b => (
@@ -137,8 +150,12 @@ impl Optimizer for AdamW {
     fn load_state(&mut self, state: &[StateTensor]) -> Result<()> {
         let n = self.vars.len();
         let mut parts: Vec<[Option<&[f32]>; 3]> = vec![[None; 3]; n];
+        let groups = self.groups.load(state)?;
         let mut step = None;
         for (name, shape, values) in state {
+            if is_group_state(name) {
+                continue;
+            }
             if name == "step.0" {
                 step = Some(count_from_f32s(name, values)?);
                 continue;
@@ -185,6 +202,10 @@ impl Optimizer for AdamW {
         }
         self.moments = moments;
         self.step = step;
+        if let Some((groups, lr)) = groups {
+            self.groups = groups;
+            self.config.lr = lr;
+        }
         Ok(())
     }
 }

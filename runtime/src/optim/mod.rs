@@ -7,7 +7,8 @@ mod sgd;
 pub use adamw::{AdamW, AdamWConfig};
 pub use sgd::{Sgd, SgdConfig};
 
-use crate::{Error, GradStore, Result, Tensor, Var};
+use crate::{Error, GradStore, Result, Tensor, TensorId, Var};
+use std::collections::HashSet;
 
 /// Updates a set of variables from their gradients.
 pub trait Optimizer {
@@ -29,6 +30,183 @@ pub trait Optimizer {
 
 /// One named tensor of an optimizer's state: name, shape, row-major values.
 pub type StateTensor = (String, Vec<usize>, Vec<f32>);
+
+/// Variables that share hyper-parameters inside one optimizer, as PyTorch's parameter
+/// groups: a learning rate scaled from the optimizer's (so a schedule moves every group
+/// alike) and a weight decay of the group's own, e.g. none for biases, norms and
+/// embeddings.
+///
+/// ```
+/// use ringtrain_runtime::optim::{AdamW, AdamWConfig, ParamGroup};
+/// use ringtrain_runtime::{Device, Var};
+///
+/// # fn main() -> ringtrain_runtime::Result<()> {
+/// let device = Device::cpu();
+/// let named = vec![
+///     ("fc.weight".to_string(), Var::zeros((4, 3), &device)?),
+///     ("fc.bias".to_string(), Var::zeros(4, &device)?),
+/// ];
+/// // Weight decay for matrices only: biases and norms (rank 1) get none.
+/// let groups = ParamGroup::split(named, |_, v| v.rank() >= 2, |g| g.with_weight_decay(0.0));
+/// let opt = AdamW::with_groups(groups, AdamWConfig { weight_decay: 0.1, ..Default::default() })?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ParamGroup {
+    pub vars: Vec<Var>,
+    /// The group's learning rate is the optimizer's times this.
+    pub lr_scale: f32,
+    /// The group's weight decay; `None` takes the optimizer's.
+    pub weight_decay: Option<f32>,
+}
+
+impl ParamGroup {
+    /// A group with the optimizer's hyper-parameters.
+    pub fn new(vars: Vec<Var>) -> Self {
+        Self {
+            vars,
+            lr_scale: 1.0,
+            weight_decay: None,
+        }
+    }
+
+    pub fn with_lr_scale(mut self, scale: f32) -> Self {
+        self.lr_scale = scale;
+        self
+    }
+
+    pub fn with_weight_decay(mut self, weight_decay: f32) -> Self {
+        self.weight_decay = Some(weight_decay);
+        self
+    }
+
+    /// Two groups from named parameters (a model's `named_parameters`): those `keep`
+    /// accepts with the optimizer's settings, then the others as `other` makes them. An
+    /// empty group is left out.
+    pub fn split(
+        named: impl IntoIterator<Item = (String, Var)>,
+        keep: impl Fn(&str, &Var) -> bool,
+        other: impl FnOnce(ParamGroup) -> ParamGroup,
+    ) -> Vec<ParamGroup> {
+        let (kept, rest): (Vec<_>, Vec<_>) = named.into_iter().partition(|(n, v)| keep(n, v));
+        let vars = |g: Vec<(String, Var)>| g.into_iter().map(|(_, v)| v).collect::<Vec<_>>();
+        [
+            ParamGroup::new(vars(kept)),
+            other(ParamGroup::new(vars(rest))),
+        ]
+        .into_iter()
+        .filter(|g| !g.vars.is_empty())
+        .collect()
+    }
+}
+
+/// The groups of an optimizer, resolved: its variables in order, and each one's group.
+#[derive(Debug, Clone)]
+struct Groups {
+    /// Per group: variable count, learning-rate scale, weight decay.
+    hyper: Vec<(usize, f32, f32)>,
+    group_of: Vec<usize>,
+}
+
+impl Groups {
+    /// Checks the groups (finite, non-negative settings; no variable twice, which would be
+    /// updated twice) and flattens them, weight decay `None` taking `default_decay`.
+    fn new(groups: Vec<ParamGroup>, default_decay: f32) -> Result<(Vec<Var>, Groups)> {
+        let mut vars = Vec::new();
+        let mut hyper = Vec::new();
+        let mut group_of = Vec::new();
+        let mut seen: HashSet<TensorId> = HashSet::new();
+        for (g, group) in groups.into_iter().enumerate() {
+            check_finite(&format!("group {g}'s learning-rate scale"), group.lr_scale)?;
+            let decay = group.weight_decay.unwrap_or(default_decay);
+            check_finite(&format!("group {g}'s weight decay"), decay)?;
+            for var in &group.vars {
+                if !seen.insert(var.id()) {
+                    return Err(Error::InvalidArgument(format!(
+                        "a variable of shape {} appears twice in the optimizer's groups (it \
+                         would be updated twice per step): give each variable once, e.g. \
+                         from `parameters()`, which lists a shared one once",
+                        var.shape()
+                    )));
+                }
+                group_of.push(g);
+            }
+            hyper.push((group.vars.len(), group.lr_scale, decay));
+            vars.extend(group.vars);
+        }
+        Ok((vars, Groups { hyper, group_of }))
+    }
+
+    /// Learning-rate scale and weight decay of variable `i`.
+    fn of(&self, i: usize) -> (f32, f32) {
+        let (_, scale, decay) = self.hyper[self.group_of[i]];
+        (scale, decay)
+    }
+
+    /// `groups.0`: one row per group (variable count, learning-rate scale, weight decay),
+    /// and `lr.0`: the learning rate, so a resumed optimizer has the settings the saved
+    /// one had at that point (a decayed learning rate, say).
+    fn state(&self, lr: f32) -> Vec<StateTensor> {
+        let rows = self
+            .hyper
+            .iter()
+            .flat_map(|&(n, scale, decay)| [n as f32, scale, decay])
+            .collect();
+        vec![
+            ("lr.0".into(), vec![1], vec![lr]),
+            ("groups.0".into(), vec![self.hyper.len(), 3], rows),
+        ]
+    }
+
+    /// The groups and learning rate `groups.0` and `lr.0` describe, which must have this
+    /// optimizer's group sizes; `None` where the state holds neither (an older file).
+    fn load(&self, state: &[StateTensor]) -> Result<Option<(Groups, f32)>> {
+        let find = |name: &str| state.iter().find(|(n, _, _)| n == name);
+        let (Some(groups), Some(lr)) = (find("groups.0"), find("lr.0")) else {
+            return Ok(None);
+        };
+        let rows: Vec<&[f32]> = groups.2.chunks(3).collect();
+        let sizes: Vec<usize> = self.hyper.iter().map(|h| h.0).collect();
+        let theirs: Vec<f32> = rows.iter().map(|r| r[0]).collect();
+        if groups.1 != [self.hyper.len(), 3]
+            || groups.2.len() != 3 * self.hyper.len()
+            || theirs.iter().zip(&sizes).any(|(&t, &s)| t != s as f32)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "optimizer state `groups.0` describes groups of {theirs:?} variables, this \
+                 optimizer has groups of {sizes:?}"
+            )));
+        }
+        let lr = match lr.2[..] {
+            [lr] => lr,
+            _ => {
+                return Err(Error::InvalidArgument(
+                    "optimizer state `lr.0` is not one learning rate".into(),
+                ))
+            }
+        };
+        check_finite("optimizer state `lr.0`", lr)?;
+        let mut hyper = Vec::with_capacity(rows.len());
+        for (r, &n) in rows.iter().zip(&sizes) {
+            check_finite("optimizer state `groups.0` (learning-rate scale)", r[1])?;
+            check_finite("optimizer state `groups.0` (weight decay)", r[2])?;
+            hyper.push((n, r[1], r[2]));
+        }
+        Ok(Some((
+            Groups {
+                hyper,
+                group_of: self.group_of.clone(),
+            },
+            lr,
+        )))
+    }
+}
+
+/// Whether `name` is one of the entries [`Groups::state`] writes.
+fn is_group_state(name: &str) -> bool {
+    name == "lr.0" || name == "groups.0"
+}
 
 /// A count as an exact pair of f32s (high and low 24 bits): f32 holds integers exactly
 /// only up to 2^24, and a resumed run must see the very count it saved.

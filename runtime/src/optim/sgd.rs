@@ -1,4 +1,7 @@
-use super::{check_finite, check_state_shape, gradients, state_slot, Optimizer, StateTensor};
+use super::{
+    check_finite, check_state_shape, gradients, is_group_state, state_slot, Groups, Optimizer,
+    ParamGroup, StateTensor,
+};
 use crate::device::{buf, buf_mut, on_device, wrap, Storage};
 use crate::{Error, GradStore, Result, Var};
 use ringtrain_kernels::{Backend, SgdParams};
@@ -24,15 +27,23 @@ impl Default for SgdConfig {
 }
 
 /// Stochastic gradient descent with optional momentum, Nesterov momentum and L2 weight
-/// decay, fused into one kernel per parameter.
+/// decay, fused into one kernel per parameter; parameter groups may scale the learning
+/// rate and set their own weight decay.
 pub struct Sgd {
     vars: Vec<Var>,
+    groups: Groups,
     momentum: Vec<Option<Storage>>,
     config: SgdConfig,
 }
 
 impl Sgd {
     pub fn new(vars: Vec<Var>, config: SgdConfig) -> Result<Sgd> {
+        Self::with_groups(vec![ParamGroup::new(vars)], config)
+    }
+
+    /// SGD over parameter groups: each group's learning rate is `config.lr` times its
+    /// scale, and its weight decay its own (or `config.weight_decay`).
+    pub fn with_groups(groups: Vec<ParamGroup>, config: SgdConfig) -> Result<Sgd> {
         check_finite("learning rate", config.lr)?;
         check_finite("momentum", config.momentum)?;
         check_finite("weight decay", config.weight_decay)?;
@@ -41,9 +52,11 @@ impl Sgd {
                 "Nesterov momentum needs momentum > 0".into(),
             ));
         }
+        let (vars, groups) = Groups::new(groups, config.weight_decay)?;
         let momentum = vars.iter().map(|_| None).collect();
         Ok(Sgd {
             vars,
+            groups,
             momentum,
             config,
         })
@@ -56,13 +69,14 @@ impl Sgd {
 
 impl Optimizer for Sgd {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
-        let hp = SgdParams {
-            lr: self.config.lr,
-            momentum: self.config.momentum,
-            weight_decay: self.config.weight_decay,
-            nesterov: self.config.nesterov,
-        };
         for (i, grad) in gradients(&self.vars, grads)? {
+            let (scale, weight_decay) = self.groups.of(i);
+            let hp = SgdParams {
+                lr: self.config.lr * scale,
+                momentum: self.config.momentum,
+                weight_decay,
+                nesterov: self.config.nesterov,
+            };
             let (var, state) = (&self.vars[i], &mut self.momentum[i]);
             let g = grad.read();
             let mut p = var.write();
@@ -90,9 +104,10 @@ impl Optimizer for Sgd {
         Ok(())
     }
 
+    /// `lr.0` and `groups.0` (the learning rate and each group's settings), and
     /// `momentum.{i}`: the momentum buffer of variable `i`, once it has had an update.
     fn state(&self) -> Result<Vec<StateTensor>> {
-        let mut out = Vec::new();
+        let mut out = self.groups.state(self.config.lr);
         for (i, (var, m)) in self.vars.iter().zip(&self.momentum).enumerate() {
             if let Some(m) = m {
                 let values = on_device!(var.device(), b => b.download(buf(b, m)?)?);
@@ -103,8 +118,12 @@ impl Optimizer for Sgd {
     }
 
     fn load_state(&mut self, state: &[StateTensor]) -> Result<()> {
+        let groups = self.groups.load(state)?;
         let mut momentum: Vec<Option<Storage>> = self.vars.iter().map(|_| None).collect();
         for (name, shape, values) in state {
+            if is_group_state(name) {
+                continue;
+            }
             let (kind, i) = state_slot(name, self.vars.len())?;
             if kind != "momentum" {
                 return Err(Error::InvalidArgument(format!(
@@ -116,6 +135,10 @@ impl Optimizer for Sgd {
             momentum[i] = Some(on_device!(var.device(), b => wrap(b, b.upload(values)?)));
         }
         self.momentum = momentum;
+        if let Some((groups, lr)) = groups {
+            self.groups = groups;
+            self.config.lr = lr;
+        }
         Ok(())
     }
 }
