@@ -73,6 +73,38 @@ impl Conv2d {
         })
     }
 
+    /// A convolution from existing parameters: weight `[out, in, kh, kw]`, optional bias
+    /// `[out]`, with `config`'s stride and padding.
+    pub fn from_parts(weight: Var, bias: Option<Var>, config: Conv2dConfig) -> Result<Conv2d> {
+        let dims = weight.dims();
+        if dims.len() != 4 || dims.contains(&0) || config.stride == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "Conv2d needs a weight [out, in, kh, kw] of positive sizes and a positive \
+                 stride, got weight {} and stride {}",
+                weight.shape(),
+                config.stride
+            )));
+        }
+        if let Some(b) = &bias {
+            if b.dims() != [dims[0]] {
+                return Err(Error::InvalidShape {
+                    op: "Conv2d",
+                    reason: format!(
+                        "bias of shape {} does not match {} output channels",
+                        b.shape(),
+                        dims[0]
+                    ),
+                });
+            }
+        }
+        Ok(Conv2d {
+            weight,
+            bias,
+            stride: (config.stride, config.stride),
+            padding: (config.padding, config.padding),
+        })
+    }
+
     pub fn weight(&self) -> &Var {
         &self.weight
     }

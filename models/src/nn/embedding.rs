@@ -24,6 +24,19 @@ impl Embedding {
         })
     }
 
+    /// A table from an existing `[vocab, dim]` weight (pretrained vectors, or a `Var`
+    /// shared with an output layer to tie the two).
+    pub fn from_weight(weight: Var) -> Result<Self> {
+        let (vocab, dim) = weight.shape().dims2("Embedding weight")?;
+        if vocab == 0 || dim == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "Embedding needs a vocabulary and a dimension, got weight {}",
+                weight.shape()
+            )));
+        }
+        Ok(Self { weight })
+    }
+
     pub fn weight(&self) -> &Var {
         &self.weight
     }

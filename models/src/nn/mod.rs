@@ -8,6 +8,7 @@ mod conv;
 mod dropout;
 mod embedding;
 mod flatten;
+pub mod init;
 mod linear;
 mod norm;
 mod pool;
@@ -62,8 +63,10 @@ pub trait ModuleState {
     /// it. Modules start in training mode.
     fn set_training(&self, _training: bool) {}
 
+    /// The trainable parameters, each once: a parameter shared by two layers (tied
+    /// embedding and output weights) has two names but is one variable to train.
     fn parameters(&self) -> Vec<Var> {
-        self.named_parameters()
+        unique_parameters(self.named_parameters())
             .into_iter()
             .map(|(_, v)| v)
             .collect()
@@ -73,6 +76,16 @@ pub trait ModuleState {
     fn num_parameters(&self) -> usize {
         self.parameters().iter().map(|v| v.elem_count()).sum()
     }
+}
+
+/// `named` without the repeats of a variable listed under several names (a shared
+/// parameter), keeping its first name.
+pub fn unique_parameters(named: Vec<(String, Var)>) -> Vec<(String, Var)> {
+    let mut seen = std::collections::HashSet::new();
+    named
+        .into_iter()
+        .filter(|(_, v)| seen.insert(v.id()))
+        .collect()
 }
 
 /// A layer or a model: a map from a tensor to a tensor, with its [`ModuleState`].

@@ -156,6 +156,27 @@ impl LayerNorm {
             eps: 1e-5,
         })
     }
+
+    /// A layer norm from existing `[features]` scale and shift, and its `eps`.
+    pub fn from_parts(weight: Var, bias: Var, eps: f32) -> Result<Self> {
+        let features = weight.elem_count();
+        if weight.rank() != 1 || features == 0 || bias.dims() != weight.dims() {
+            return Err(Error::InvalidShape {
+                op: "LayerNorm",
+                reason: format!(
+                    "weight and bias must both be [features], got {} and {}",
+                    weight.shape(),
+                    bias.shape()
+                ),
+            });
+        }
+        if !(eps.is_finite() && eps > 0.0) {
+            return Err(Error::InvalidArgument(format!(
+                "LayerNorm eps must be finite and > 0, got {eps}"
+            )));
+        }
+        Ok(Self { weight, bias, eps })
+    }
 }
 
 impl Module for LayerNorm {

@@ -179,7 +179,7 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
         let built = (|| -> Result<()> {
             for device in devices {
                 let (model, optimizer) = build(&device)?;
-                let named = model.named_parameters();
+                let named = crate::nn::unique_parameters(model.named_parameters());
                 let these: Vec<(String, Vec<usize>)> = named
                     .iter()
                     .map(|(n, v)| (n.clone(), v.dims().to_vec()))
@@ -359,12 +359,11 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
                 Ok(*global_loss)
             }
             NonFinitePolicy::Stop => {
-                let names: Vec<String> = self
-                    .model()
-                    .named_parameters()
-                    .into_iter()
-                    .map(|(n, _)| n)
-                    .collect();
+                let names: Vec<String> =
+                    crate::nn::unique_parameters(self.model().named_parameters())
+                        .into_iter()
+                        .map(|(n, _)| n)
+                        .collect();
                 Err(Error::NonFinite(what.describe(&names)))
             }
         }
