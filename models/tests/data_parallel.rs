@@ -566,3 +566,131 @@ fn a_non_finite_step_stops_or_is_skipped_and_never_reaches_the_parameters() {
     let (_, _, clean) = poisoned_run(NonFinitePolicy::Skip, usize::MAX);
     assert_eq!(bits(&history[2]), bits(&clean[2]));
 }
+
+/// Trains `steps` steps with `config`, returning replica 0's parameters, every replica's
+/// bits, and the losses.
+fn train_with(
+    devices: Vec<Device>,
+    config: DataParallelConfig,
+    steps: usize,
+    batch: usize,
+) -> (Params, Vec<Vec<u32>>, Vec<f32>) {
+    let set = data(steps * batch);
+    let mut dp = DataParallel::new(devices, |d| build(d, 7), config).unwrap();
+    let losses = (0..steps)
+        .map(|s| step(&mut dp, &set, s * batch, batch).unwrap())
+        .collect();
+    let all = (0..dp.size())
+        .map(|r| bits(&params(dp.replica(r).unwrap())))
+        .collect();
+    (params(dp.model()), all, losses)
+}
+
+#[test]
+fn gradient_accumulation_trains_like_one_piece() {
+    let plain = DataParallelConfig::default();
+    let (one, _, one_losses) = train_with(cpu_devices(1), plain.clone(), 5, 12);
+    for (n, pieces) in [(1, 4), (2, 3), (3, 5)] {
+        let config = DataParallelConfig {
+            grad_accum: pieces,
+            ..plain.clone()
+        };
+        let (p, replicas, losses) = train_with(cpu_devices(n), config, 5, 12);
+        assert!(replicas.iter().all(|r| *r == replicas[0]), "x{n}");
+        assert_close(&p, &one, 1e-5, &format!("{n} replicas, {pieces} pieces"));
+        for (a, b) in losses.iter().zip(&one_losses) {
+            assert!((a - b).abs() < 1e-5, "{n}x{pieces}: loss {a} vs {b}");
+        }
+    }
+    let zero = DataParallelConfig {
+        grad_accum: 0,
+        ..plain
+    };
+    assert!(DataParallel::new(cpu_devices(1), |d| build(d, 7), zero).is_err());
+}
+
+/// The averaged gradient is clipped alike on every replica, as one device clips its own.
+#[test]
+fn clipping_by_global_norm_matches_one_device() {
+    let (batch, steps, max_norm) = (10, 4, 0.05);
+    let set = data(steps * batch);
+    // One device, clipped by hand with the library's clip_grad_norm.
+    let (model, mut opt) = build(&Device::cpu(), 7).unwrap();
+    let mut norms = Vec::new();
+    for s in 0..steps {
+        let (lo, hi) = (s * batch, (s + 1) * batch);
+        let x = Tensor::from_slice(
+            &set.0[lo * FEATURES..hi * FEATURES],
+            (batch, FEATURES),
+            &Device::cpu(),
+        )
+        .unwrap();
+        let loss = model
+            .forward(&x)
+            .unwrap()
+            .cross_entropy(&set.1[lo..hi])
+            .unwrap();
+        let mut grads = loss.backward().unwrap();
+        let norm =
+            ringtrain_runtime::optim::clip_grad_norm(&model.parameters(), &mut grads, max_norm)
+                .unwrap()
+                .unwrap();
+        norms.push(norm.to_scalar().unwrap());
+        ringtrain_runtime::optim::Optimizer::step(&mut opt, &grads).unwrap();
+    }
+    assert!(
+        norms.iter().all(|&n| n > max_norm),
+        "{norms:?}: clipping must bite"
+    );
+    let config = DataParallelConfig {
+        clip_grad_norm: Some(max_norm),
+        ..DataParallelConfig::default()
+    };
+    for n in [1, 2, 3] {
+        let mut dp = DataParallel::new(cpu_devices(n), |d| build(d, 7), config.clone()).unwrap();
+        for s in 0..steps {
+            step(&mut dp, &set, s * batch, batch).unwrap();
+            let norm = dp.last_grad_norm().unwrap();
+            assert!(
+                (norm - norms[s]).abs() < 1e-4 * norms[s],
+                "step {s}: {norm} vs {}",
+                norms[s]
+            );
+        }
+        assert_close(
+            &params(dp.model()),
+            &params(&model),
+            1e-5,
+            &format!("x{n} clipped"),
+        );
+        let replicas: Vec<_> = (0..n)
+            .map(|r| bits(&params(dp.replica(r).unwrap())))
+            .collect();
+        assert!(replicas.iter().all(|r| *r == replicas[0]));
+    }
+    // Unclipped, the same steps end elsewhere: the clip did something.
+    let (unclipped, _, _) = train_with(cpu_devices(2), DataParallelConfig::default(), steps, batch);
+    let moved = unclipped
+        .iter()
+        .flatten()
+        .zip(params(&model).iter().flatten())
+        .any(|(a, b)| (a - b).abs() > 1e-3);
+    assert!(moved);
+}
+
+#[test]
+fn a_loss_no_parameter_reaches_is_an_error_naming_the_problem() {
+    let mut dp = DataParallel::new(
+        cpu_devices(2),
+        |d| build(d, 7),
+        DataParallelConfig::default(),
+    )
+    .unwrap();
+    let err = dp
+        .step(4, |_, device, rows| {
+            Tensor::full(rows.len() as f32, (), device)
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no trainable variable"), "{err}");
+}

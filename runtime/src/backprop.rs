@@ -104,6 +104,24 @@ impl GradStore {
         self.grads.insert(var.as_tensor().id(), grad);
     }
 
+    /// Takes the gradient of `var` out of the store.
+    pub fn remove(&mut self, var: &Var) -> Option<Tensor> {
+        self.grads.remove(&var.as_tensor().id())
+    }
+
+    pub fn remove_id(&mut self, id: TensorId) -> Option<Tensor> {
+        self.grads.remove(&id)
+    }
+
+    /// Adds `other`'s gradients to these, variable by variable (gradients accumulated over
+    /// micro-batches): a variable in only one of the two keeps that one's.
+    pub fn add(&mut self, other: GradStore) -> Result<()> {
+        for (id, grad) in other.grads {
+            self.accumulate(id, grad)?;
+        }
+        Ok(())
+    }
+
     pub fn len(&self) -> usize {
         self.grads.len()
     }

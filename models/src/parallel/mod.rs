@@ -38,6 +38,14 @@ pub struct DataParallelConfig {
     pub ring: RingConfig,
     /// What a step does when the averaged loss or gradients hold an infinity or NaN.
     pub on_nonfinite: NonFinitePolicy,
+    /// Micro-batches per replica and step (gradient accumulation): each replica's shard
+    /// is computed in this many contiguous pieces, one after another, their gradients
+    /// summed on the device, so that only a piece's activations are held at once. The
+    /// step is the same as with one piece, up to rounding.
+    pub grad_accum: usize,
+    /// Clips the averaged gradient to this global L2 norm before the update (PyTorch's
+    /// `clip_grad_norm_`), on every replica alike: all hold the same averaged values.
+    pub clip_grad_norm: Option<f32>,
 }
 
 /// What a data-parallel step does when the averaged loss or gradients hold an infinity or
@@ -63,6 +71,8 @@ impl Default for DataParallelConfig {
             first_bucket_bytes: 1 << 20,
             ring: RingConfig::default(),
             on_nonfinite: NonFinitePolicy::default(),
+            grad_accum: 1,
+            clip_grad_norm: None,
         }
     }
 }
@@ -99,7 +109,10 @@ pub struct DataParallel<M, O> {
     /// Set by a failed step: the group cannot be trusted to agree any more.
     failed: Option<String>,
     on_nonfinite: NonFinitePolicy,
+    grad_accum: usize,
+    clip_grad_norm: Option<f32>,
     skipped: u64,
+    last_grad_norm: Option<f32>,
 }
 
 struct Replica<M, O> {
@@ -166,6 +179,18 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
             return Err(Error::InvalidArgument(
                 "data parallelism needs at least one device".into(),
             ));
+        }
+        if config.grad_accum == 0 {
+            return Err(Error::InvalidArgument(
+                "gradient accumulation needs at least one micro-batch per step".into(),
+            ));
+        }
+        if let Some(c) = config.clip_grad_norm {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(Error::InvalidArgument(format!(
+                    "the gradient norm to clip to must be finite and > 0, got {c}"
+                )));
+            }
         }
         if let Err(e) = check_group(devices.len(), &comms) {
             abort_all(comms, &e);
@@ -245,7 +270,10 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
             layout,
             failed: None,
             on_nonfinite: config.on_nonfinite,
+            grad_accum: config.grad_accum,
+            clip_grad_norm: config.clip_grad_norm,
             skipped: 0,
+            last_grad_norm: None,
         };
         run_on_replicas(&mut dp.replicas, &mut dp.failed, |r| {
             r.agree_on_layout(layout_hash)?;
@@ -344,12 +372,18 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
         }
         let layout = &self.layout;
         let loss = &loss;
+        let settings = StepSettings {
+            batch_len,
+            grad_accum: self.grad_accum,
+            clip_grad_norm: self.clip_grad_norm,
+        };
         let outcomes = run_on_replicas(&mut self.replicas, &mut self.failed, |r| {
             let rows = shard(batch_len, r.comm.size(), r.comm.rank());
-            r.step(layout, batch_len, rows, loss)
+            r.step(layout, &settings, rows, loss)
         })?;
         // Every replica reduced the same values, so they agree on this.
-        let (global_loss, nonfinite) = &outcomes[0];
+        let (global_loss, grad_norm, nonfinite) = &outcomes[0];
+        self.last_grad_norm = *grad_norm;
         let Some(what) = nonfinite else {
             return Ok(*global_loss);
         };
@@ -372,6 +406,13 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
     /// Steps skipped for non-finite values under [`NonFinitePolicy::Skip`].
     pub fn skipped_steps(&self) -> u64 {
         self.skipped
+    }
+
+    /// The global L2 norm of the last step's averaged gradient, before clipping (with
+    /// [`DataParallelConfig::clip_grad_norm`] set; `None` otherwise, or after a
+    /// non-finite step).
+    pub fn last_grad_norm(&self) -> Option<f32> {
+        self.last_grad_norm
     }
 }
 
@@ -570,15 +611,15 @@ impl<M: Module + Send, O: Optimizer + Send> Replica<M, O> {
         Ok(())
     }
 
-    /// The averaged loss, and what is not finite, if anything (then the optimizer did not
-    /// step).
+    /// The averaged loss, the gradient's norm before clipping (when clipping), and what
+    /// is not finite, if anything (then the optimizer did not step).
     fn step<F>(
         &mut self,
         layout: &Layout,
-        batch_len: usize,
+        settings: &StepSettings,
         rows: Range<usize>,
         loss: &F,
-    ) -> Result<(f32, Option<NonFinite>)>
+    ) -> Result<(f32, Option<f32>, Option<NonFinite>)>
     where
         F: Fn(&M, &Device, Range<usize>) -> Result<Tensor> + Sync,
     {
@@ -599,7 +640,7 @@ impl<M: Module + Send, O: Optimizer + Send> Replica<M, O> {
             s.spawn(move || reduce_in_order(comm.as_mut(), n_buckets, comm_in, comm_out));
             let work = catch_unwind(AssertUnwindSafe(|| {
                 forward_backward(
-                    model, device, index, layout, buckets, batch_len, rows, loss, &to_comm,
+                    model, device, params, index, layout, buckets, settings, rows, loss, &to_comm,
                 )
             }));
             let failure = match work {
@@ -620,8 +661,11 @@ impl<M: Module + Send, O: Optimizer + Send> Replica<M, O> {
         };
         let global_loss = tail[0];
         if let Some(bad) = NonFinite::find(global_loss, layout, buckets) {
-            return Ok((global_loss, Some(bad)));
+            return Ok((global_loss, None, Some(bad)));
         }
+        let grad_norm = settings
+            .clip_grad_norm
+            .map(|max_norm| clip_buckets(buckets, max_norm));
         // A parameter no replica's backward reached has no gradient, as on one device:
         // the optimizer leaves it alone (no decay, no momentum).
         let mut grads = GradStore::default();
@@ -632,8 +676,36 @@ impl<M: Module + Send, O: Optimizer + Send> Replica<M, O> {
             }
         }
         optimizer.step(&grads)?;
-        Ok((global_loss, None))
+        Ok((global_loss, grad_norm, None))
     }
+}
+
+/// What every replica's part of a step needs to know.
+struct StepSettings {
+    batch_len: usize,
+    grad_accum: usize,
+    clip_grad_norm: Option<f32>,
+}
+
+/// Scales the averaged gradient (all buckets, as one vector) to an L2 norm of at most
+/// `max_norm`, as [`clip_grad_norm`](ringtrain_runtime::optim::clip_grad_norm) does on a
+/// device; returns the norm before. Summed in f64 in bucket order: every replica holds the
+/// same bits, so every replica scales alike.
+fn clip_buckets(buckets: &mut [Vec<f32>], max_norm: f32) -> f32 {
+    let squares: f64 = buckets
+        .iter()
+        .flat_map(|b| b.iter())
+        .map(|&g| f64::from(g) * f64::from(g))
+        .sum();
+    let norm = squares.sqrt();
+    let coef = f64::from(max_norm) / (norm + 1e-6);
+    if coef < 1.0 {
+        let coef = coef as f32;
+        for g in buckets.iter_mut().flat_map(|b| b.iter_mut()) {
+            *g *= coef;
+        }
+    }
+    norm as f32
 }
 
 /// What of a step's averaged values is infinite or NaN.
@@ -672,15 +744,18 @@ impl NonFinite {
 
 /// The worker's half of a step: this shard's loss, scaled by the shard's share of the
 /// batch, then backward, handing each bucket to the communication thread as soon as its
-/// last gradient is in.
+/// last gradient is in. With gradient accumulation the shard is computed in pieces: the
+/// gradients of all but the last stay on the device, summed, and the last piece's
+/// backward adds them in as it reports each variable.
 #[allow(clippy::too_many_arguments)]
 fn forward_backward<M, F>(
     model: &M,
     device: &Device,
+    params: &[Var],
     index: &HashMap<TensorId, usize>,
     layout: &Layout,
     buckets: &mut [Vec<f32>],
-    batch_len: usize,
+    settings: &StepSettings,
     rows: Range<usize>,
     loss: &F,
     to_comm: &Sender<ToComm>,
@@ -695,41 +770,73 @@ where
     let send = |b: usize, buckets: &mut [Vec<f32>]| {
         let _ = to_comm.send(ToComm::Bucket(b, std::mem::take(&mut buckets[b])));
     };
-    let mut share = 0.0;
-    if !rows.is_empty() {
-        let weight = rows.len() as f32 / batch_len as f32;
-        let shard_loss = loss(model, device, rows)?;
-        if shard_loss.elem_count() != 1 {
-            return Err(Error::NotScalar(shard_loss.shape().clone()));
+    let pieces: Vec<Range<usize>> = (0..settings.grad_accum)
+        .map(|j| {
+            let r = shard(rows.len(), settings.grad_accum, j);
+            rows.start + r.start..rows.start + r.end
+        })
+        .filter(|r| !r.is_empty())
+        .collect();
+    let mut earlier = GradStore::default();
+    let mut share: Option<Tensor> = None;
+    for (j, piece) in pieces.iter().enumerate() {
+        let weight = piece.len() as f32 / settings.batch_len as f32;
+        let piece_loss = loss(model, device, piece.clone())?;
+        if piece_loss.elem_count() != 1 {
+            return Err(Error::NotScalar(piece_loss.shape().clone()));
         }
-        let scaled = shard_loss.scale(weight)?;
-        scaled.backward_with(|var, grad| {
-            let Some(&i) = index.get(&var.id()) else {
-                return Ok(()); // a variable that is not one of the model's parameters
-            };
-            let slot = &layout.slots[i];
-            let dst = &mut buckets[slot.bucket][slot.offset..slot.offset + slot.len];
-            dst.copy_from_slice(&grad.to_vec()?);
-            filled[i] = true;
-            missing[slot.bucket] -= 1;
-            if missing[slot.bucket] == 0 {
-                send(slot.bucket, buckets);
-            }
-            Ok(())
-        })?;
-        share = scaled.to_scalar()?;
+        let scaled = piece_loss.scale(weight)?;
+        if j + 1 < pieces.len() {
+            earlier.add(scaled.backward()?)?;
+        } else {
+            scaled.backward_with(|var, grad| {
+                let Some(&i) = index.get(&var.id()) else {
+                    return Ok(()); // a variable that is not one of the model's parameters
+                };
+                let total = match earlier.remove_id(var.id()) {
+                    Some(e) => e.add(grad)?,
+                    None => grad.clone(),
+                };
+                let slot = &layout.slots[i];
+                let dst = &mut buckets[slot.bucket][slot.offset..slot.offset + slot.len];
+                dst.copy_from_slice(&total.to_vec()?);
+                filled[i] = true;
+                missing[slot.bucket] -= 1;
+                if missing[slot.bucket] == 0 {
+                    send(slot.bucket, buckets);
+                }
+                Ok(())
+            })?;
+        }
+        let scaled = scaled.detach();
+        share = Some(match share {
+            Some(s) => s.add(&scaled)?,
+            None => scaled,
+        });
     }
-    // Parameters the loss did not reach (or an empty shard) contribute zeros; the flags
-    // sent with the loss say which were reached anywhere.
+    // Parameters only earlier pieces reached have their sums still on the device; those
+    // the loss did not reach at all (or an empty shard) contribute zeros. The flags sent
+    // with the loss say which were reached anywhere.
     for (i, slot) in layout.slots.iter().enumerate() {
         if !filled[i] {
-            buckets[slot.bucket][slot.offset..slot.offset + slot.len].fill(0.0);
+            let dst = &mut buckets[slot.bucket][slot.offset..slot.offset + slot.len];
+            match earlier.get(&params[i]) {
+                Some(g) => {
+                    dst.copy_from_slice(&g.to_vec()?);
+                    filled[i] = true;
+                }
+                None => dst.fill(0.0),
+            }
             missing[slot.bucket] -= 1;
             if missing[slot.bucket] == 0 {
                 send(slot.bucket, buckets);
             }
         }
     }
+    let share = match share {
+        Some(s) => s.to_scalar()?,
+        None => 0.0,
+    };
     let mut tail = vec![share];
     tail.extend(filled.iter().map(|&f| f32::from(u8::from(f))));
     let _ = to_comm.send(ToComm::Tail(tail));

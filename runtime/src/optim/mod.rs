@@ -28,6 +28,48 @@ pub trait Optimizer {
     fn load_state(&mut self, state: &[StateTensor]) -> Result<()>;
 }
 
+/// Scales the gradients of `vars` so that their global L2 norm (all of them as one
+/// vector) is at most `max_norm`, as PyTorch's `clip_grad_norm_`: a factor of
+/// `max_norm / (norm + 1e-6)` where that is below 1, none otherwise. Returns the norm
+/// before clipping, as a scalar on the gradients' device (`None` where no variable has a
+/// gradient), computed there without waiting for it, in the order of `vars`, so that a
+/// run is reproducible. A non-finite norm makes the gradients non-finite too (the step
+/// must then be skipped or stopped, as for any non-finite gradient).
+pub fn clip_grad_norm(
+    vars: &[Var],
+    grads: &mut GradStore,
+    max_norm: f32,
+) -> Result<Option<Tensor>> {
+    if !(max_norm.is_finite() && max_norm > 0.0) {
+        return Err(Error::InvalidArgument(format!(
+            "the gradient norm to clip to must be finite and > 0, got {max_norm}"
+        )));
+    }
+    let mut squares: Option<Tensor> = None;
+    for var in vars {
+        if let Some(g) = grads.get(var) {
+            let s = g.sqr()?.sum_all()?;
+            squares = Some(match squares {
+                Some(total) => total.add(&s)?,
+                None => s,
+            });
+        }
+    }
+    let Some(squares) = squares else {
+        return Ok(None);
+    };
+    let norm = squares.sqrt()?;
+    // min(1, max / (norm + eps)) without a readback: 1 - relu(1 - coef).
+    let coef = Tensor::full(max_norm, (), norm.device())?.div(&norm.add_scalar(1e-6)?)?;
+    let factor = coef.affine(-1.0, 1.0)?.relu()?.affine(-1.0, 1.0)?;
+    for var in vars {
+        if let Some(g) = grads.remove(var) {
+            grads.insert(var, g.mul(&factor)?);
+        }
+    }
+    Ok(Some(norm))
+}
+
 /// One named tensor of an optimizer's state: name, shape, row-major values.
 pub type StateTensor = (String, Vec<usize>, Vec<f32>);
 
