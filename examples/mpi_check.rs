@@ -12,16 +12,12 @@
 //! tests compare an MPI run with the in-process ring this way. `--inject-fault` makes one
 //! process fail on purpose, to see how the others stop.
 
-#[path = "support/cluster.rs"]
-mod cluster;
-
 use clap::Parser;
-use cluster::{Cluster, CommArgs, CommKind};
 use ringtrain::comm::RingConfig;
 use ringtrain::parallel::{DataParallel, DataParallelConfig};
 use ringtrain::prelude::*;
+use ringtrain::train::{Cluster, CommArgs, CommKind};
 use ringtrain::zoo::{mlp, Activation};
-use std::error::Error;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -95,11 +91,11 @@ impl FromStr for Fault {
 
 fn main() {
     let args = Args::parse();
-    Cluster::main(&args.comm, |cluster| run(&args, cluster));
+    Cluster::main(&args.comm.config(), |cluster| run(&args, cluster));
 }
 
 /// The same synthetic classification set on every process: `rows` inputs and labels.
-fn data(rows: usize) -> Result<(Vec<f32>, Vec<u32>), Box<dyn Error>> {
+fn data(rows: usize) -> ringtrain::Result<(Vec<f32>, Vec<u32>)> {
     let x = Tensor::rand_uniform(
         -1.0,
         1.0,
@@ -118,7 +114,7 @@ fn data(rows: usize) -> Result<(Vec<f32>, Vec<u32>), Box<dyn Error>> {
     Ok((x, labels))
 }
 
-fn run(args: &Args, cluster: &Cluster) -> Result<(), Box<dyn Error>> {
+fn run(args: &Args, cluster: &Cluster) -> ringtrain::Result<()> {
     let say = |line: String| {
         if cluster.is_root() {
             println!("{line}");
@@ -126,13 +122,13 @@ fn run(args: &Args, cluster: &Cluster) -> Result<(), Box<dyn Error>> {
     };
     say(format!("mpi_check: {}", cluster.describe()));
     #[cfg(feature = "mpi")]
-    if cluster.kind != CommKind::Local {
+    if cluster.config.kind != CommKind::Local {
         check_collectives(args, cluster)?;
         say("collectives: all-reduce, broadcast and barrier give exact results".into());
     }
 
     let local = args.devices as usize;
-    if cluster.kind == CommKind::Mpi && local != 1 {
+    if cluster.config.kind == CommKind::Mpi && local != 1 {
         return Err("--comm mpi runs one replica per process (--devices 1)".into());
     }
     let hidden = if args.mismatch_rank == Some(cluster.rank) {
@@ -178,7 +174,7 @@ fn run(args: &Args, cluster: &Cluster) -> Result<(), Box<dyn Error>> {
         ..DataParallelConfig::default()
     };
     let devices: Vec<Device> = (0..local).map(|_| Device::cpu()).collect();
-    let mut dp = match cluster.communicators(&args.comm, local)? {
+    let mut dp = match cluster.communicators(local)? {
         None => DataParallel::new(devices, build, config)?,
         Some(comms) => DataParallel::with_communicators(devices, comms, build, config)?,
     };
@@ -228,7 +224,7 @@ fn run(args: &Args, cluster: &Cluster) -> Result<(), Box<dyn Error>> {
         return Err(format!("local replica {i} differs from local replica 0").into());
     }
     #[cfg(feature = "mpi")]
-    if cluster.kind != CommKind::Local {
+    if cluster.config.kind != CommKind::Local {
         agree_across_processes(args, cluster, hash)?;
     }
     if let Some(dir) = &args.params_out {
@@ -283,7 +279,7 @@ fn write_atomically(path: &Path, values: &[f32]) -> std::io::Result<()> {
 /// All-reduce, broadcast and barrier over every process, on values whose results are
 /// exact in f32, with a length that spans several messages.
 #[cfg(feature = "mpi")]
-fn check_collectives(args: &Args, cluster: &Cluster) -> Result<(), Box<dyn Error>> {
+fn check_collectives(args: &Args, cluster: &Cluster) -> ringtrain::Result<()> {
     use ringtrain::comm::mpi::{MpiAlgorithm, MpiConfig};
     use ringtrain::comm::Communicator;
     let (p, r) = (cluster.processes, cluster.rank);
@@ -319,7 +315,7 @@ fn check_collectives(args: &Args, cluster: &Cluster) -> Result<(), Box<dyn Error
 /// Compares this process's parameter fingerprint with rank 0's, and tells every process
 /// which differ.
 #[cfg(feature = "mpi")]
-fn agree_across_processes(args: &Args, cluster: &Cluster, hash: u64) -> Result<(), Box<dyn Error>> {
+fn agree_across_processes(args: &Args, cluster: &Cluster, hash: u64) -> ringtrain::Result<()> {
     use ringtrain::comm::mpi::MpiConfig;
     use ringtrain::comm::Communicator;
     let mut comm = cluster.world(MpiConfig {

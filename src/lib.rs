@@ -23,7 +23,7 @@
 //! ```
 
 pub use ringtrain_kernels as kernels;
-pub use ringtrain_models::{checkpoint, data, eval, nn, parallel, zoo};
+pub use ringtrain_models::{checkpoint, data, eval, nn, parallel, train, zoo};
 pub use ringtrain_runtime::{comm, optim};
 pub use ringtrain_runtime::{
     no_grad, rng_from_seed, Device, Error, GradStore, Isa, Result, Rng, Shape, Simd, Tensor,
@@ -32,12 +32,14 @@ pub use ringtrain_runtime::{
 
 /// The names most model code needs.
 pub mod prelude {
+    pub use crate::data::{DataSource, InMemory, InMemoryBatch};
     pub use crate::nn::{
         AvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, Dropout, Embedding, Flatten, Gelu, LayerNorm,
         Linear, MaxPool2d, Module, ModuleState, Relu, Residual, Sequential, Sigmoid, Tanh,
         Unflatten,
     };
-    pub use crate::optim::{AdamW, AdamWConfig, Optimizer, Sgd, SgdConfig};
+    pub use crate::optim::{AdamW, AdamWConfig, Optimizer, ParamGroup, Sgd, SgdConfig};
+    pub use crate::train::{TrainArgs, TrainConfig, Trainer};
     pub use crate::{no_grad, rng_from_seed, Device, Rng, Shape, Tensor, Var};
 }
 

@@ -12,6 +12,16 @@ pub struct Evaluation {
     pub samples: usize,
 }
 
+impl Evaluation {
+    /// As a trainer's scores, named `{prefix}_loss` and `{prefix}_accuracy`.
+    pub fn scores(&self, prefix: &str) -> crate::train::Scores {
+        vec![
+            (format!("{prefix}_loss"), f64::from(self.loss)),
+            (format!("{prefix}_accuracy"), f64::from(self.accuracy)),
+        ]
+    }
+}
+
 /// Runs `model` over `dataset` in batches of `batch_size` (no gradients recorded, layers
 /// in evaluation mode) and scores its logits with cross-entropy and top-1 accuracy. The
 /// model is left in training mode.

@@ -1,4 +1,5 @@
-//! ringtrain-models: what is trained. Layers, the model zoo, datasets and evaluation.
+//! ringtrain-models: what is trained, and how a run goes. Layers and `#[derive(Module)]`,
+//! the model zoo, datasets, checkpoints, data parallelism and the `Trainer`.
 
 // The derive's code names this crate `::ringtrain_models`, also inside it.
 extern crate self as ringtrain_models;
@@ -8,4 +9,5 @@ pub mod data;
 pub mod eval;
 pub mod nn;
 pub mod parallel;
+pub mod train;
 pub mod zoo;

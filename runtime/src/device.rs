@@ -79,6 +79,12 @@ impl Device {
         })
     }
 
+    /// A device on GPU adapter `index` of wgpu's list (best first: discrete, integrated,
+    /// virtual, software), whatever its kind.
+    pub fn gpu_adapter(index: usize) -> Result<Device> {
+        Self::gpu_on(index)
+    }
+
     fn gpu_on(adapter: usize) -> Result<Device> {
         GpuBackend::with_adapter(adapter)
             .map(Device::Gpu)

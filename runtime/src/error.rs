@@ -46,6 +46,10 @@ pub enum Error {
     /// step was not applied.
     #[error("{0}; the step was not applied, the parameters are as before it")]
     NonFinite(String),
+    /// A training run stopped because its loss or parameters became infinite or NaN (the
+    /// message says at which step and what to try).
+    #[error("{0}")]
+    Diverged(String),
     #[error("device unavailable: {0}")]
     DeviceUnavailable(String),
     #[error("{0}")]

@@ -1,17 +1,20 @@
 //! Datasets: the IDX file format, MNIST on top of it, and a mini-batch loader.
 //!
-//! Everything here is plain CPU-side `Vec<f32>`/`Vec<u32>` data with no dependency on the
-//! runtime, so loading and batching can be tested (and reused) without a device.
+//! Loading and batching are plain CPU-side `Vec<f32>`/`Vec<u32>` data, testable without a
+//! device; [`DataSource`] is how a trainer draws batches, which a loss function then
+//! uploads (`InMemoryBatch::inputs`).
 
 pub mod idx;
 pub mod loader;
 pub mod mnist;
+pub mod source;
 
 use std::path::PathBuf;
 
 pub use idx::{parse_idx, read_idx, IdxArray, MAX_IDX_BYTES};
 pub use loader::{Batch, Batches};
 pub use mnist::{normalise_pixel, Dataset, Mnist, MNIST_CLASSES, MNIST_MEAN, MNIST_STD};
+pub use source::{DataSource, InMemory, InMemoryBatch, Targets};
 
 /// Everything that can go wrong while reading or batching a dataset.
 ///

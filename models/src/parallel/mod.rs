@@ -53,7 +53,7 @@ pub struct DataParallelConfig {
 /// such as batch norm's running estimates and dropout's stream, has moved on): every
 /// replica sees the same averaged values, so all of them (in every process) decide
 /// alike.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum NonFinitePolicy {
     /// The step returns [`Error::NonFinite`], naming the first parameter affected; the
     /// group stays usable (a caller may lower the learning rate and go on).
@@ -327,6 +327,17 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
         &self.replicas[0].optimizer
     }
 
+    /// Replica 0's model and optimizer, the group given up (the other replicas and the
+    /// communicators are dropped).
+    pub fn into_model(self) -> (M, O) {
+        let r = self
+            .replicas
+            .into_iter()
+            .next()
+            .expect("at least one replica");
+        (r.model, r.optimizer)
+    }
+
     /// Every replica of this process, to change all alike (restore a checkpoint, say):
     /// replicas must stay identical, so whatever is done to one must be done to all.
     pub fn replicas_mut(&mut self) -> impl Iterator<Item = (&M, &mut O)> {
@@ -528,8 +539,9 @@ fn run_on_replicas<M: Send, O: Send, T: Send>(
     Err(err)
 }
 
-/// Rows of shard `i` of `n` of a `len`-row batch: contiguous, sizes differing by at most 1.
-fn shard(len: usize, n: usize, i: usize) -> Range<usize> {
+/// Rows of shard `i` of `n` of a `len`-row batch: contiguous, sizes differing by at most
+/// 1 (how a batch is split among replicas, and a replica's rows among micro-batches).
+pub fn shard(len: usize, n: usize, i: usize) -> Range<usize> {
     (i * len / n)..((i + 1) * len / n)
 }
 

@@ -1,0 +1,241 @@
+//! The replicas a run trains: one device stepping directly, or several as one through
+//! [`DataParallel`], which moves gradients through the host every step.
+
+use super::config::TrainConfig;
+use crate::checkpoint::Checkpoint;
+use crate::data::DataSource;
+use crate::nn::Module;
+use crate::parallel::{shard, DataParallel, DataParallelConfig, NonFinitePolicy};
+use ringtrain_runtime::comm::{Communicator, RingConfig};
+use ringtrain_runtime::optim::{clip_grad_norm, Optimizer};
+use ringtrain_runtime::{Device, Error, GradStore, Result, Tensor, Var};
+
+pub(super) enum Replicas<M, O> {
+    Single {
+        model: M,
+        optimizer: O,
+        device: Device,
+        /// The optimizer's variables, in the model's order (clipping sums over them).
+        params: Vec<Var>,
+    },
+    Parallel(DataParallel<M, O>),
+}
+
+/// A step's mean loss: still on the device (read later, in groups), or on the host; or
+/// nothing, for a step skipped for non-finite values.
+pub(super) enum StepLoss {
+    OnDevice(Tensor),
+    Host(f32),
+    Skipped,
+}
+
+/// What one step does besides computing the loss.
+pub(super) struct StepPlan {
+    pub grad_accum: usize,
+    pub clip_grad_norm: Option<f32>,
+    pub on_nonfinite: NonFinitePolicy,
+    /// Multiply the loss of the batch's first rows by NaN (a fault put in on purpose).
+    pub inject_nan: bool,
+}
+
+impl<M: Module + Send, O: Optimizer + Send> Replicas<M, O> {
+    /// One replica per device: directly on one device of a local run, else data parallel
+    /// over `comms` (or the in-process ring).
+    pub fn build(
+        devices: Vec<Device>,
+        comms: Option<Vec<Box<dyn Communicator>>>,
+        mut build: impl FnMut(&Device) -> Result<(M, O)>,
+        config: &TrainConfig,
+    ) -> Result<Self> {
+        if devices.len() == 1 && comms.is_none() {
+            let device = devices.into_iter().next().expect("one device");
+            let (model, optimizer) = build(&device)?;
+            let params = model.parameters();
+            return Ok(Replicas::Single {
+                model,
+                optimizer,
+                device,
+                params,
+            });
+        }
+        let dp_config = DataParallelConfig {
+            ring: RingConfig {
+                timeout: config.comm.timeout,
+                ..RingConfig::default()
+            },
+            on_nonfinite: config.on_nonfinite,
+            grad_accum: config.grad_accum,
+            clip_grad_norm: config.clip_grad_norm,
+            ..DataParallelConfig::default()
+        };
+        let dp = match comms {
+            None => DataParallel::new(devices, &mut build, dp_config)?,
+            Some(comms) => DataParallel::with_communicators(devices, comms, &mut build, dp_config)?,
+        };
+        Ok(Replicas::Parallel(dp))
+    }
+
+    pub fn model(&self) -> &M {
+        match self {
+            Replicas::Single { model, .. } => model,
+            Replicas::Parallel(dp) => dp.model(),
+        }
+    }
+
+    pub fn optimizer(&self) -> &O {
+        match self {
+            Replicas::Single { optimizer, .. } => optimizer,
+            Replicas::Parallel(dp) => dp.optimizer(),
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        match self {
+            Replicas::Single { device, .. } => device,
+            Replicas::Parallel(dp) => dp.devices()[0],
+        }
+    }
+
+    /// Replicas in the whole run, across processes.
+    pub fn group_size(&self) -> usize {
+        match self {
+            Replicas::Single { .. } => 1,
+            Replicas::Parallel(dp) => dp.group_size(),
+        }
+    }
+
+    pub fn into_model(self) -> (M, O) {
+        match self {
+            Replicas::Single {
+                model, optimizer, ..
+            } => (model, optimizer),
+            Replicas::Parallel(dp) => dp.into_model(),
+        }
+    }
+
+    pub fn set_learning_rate(&mut self, lr: f32) -> Result<()> {
+        match self {
+            Replicas::Single { optimizer, .. } => optimizer.set_learning_rate(lr),
+            Replicas::Parallel(dp) => dp.set_learning_rate(lr),
+        }
+    }
+
+    /// The model and optimizer, as a checkpoint (replica 0's: all replicas are alike).
+    pub fn checkpoint(&self) -> Result<Checkpoint> {
+        let mut c = Checkpoint::new();
+        c.insert_module("model.", self.model())?;
+        c.insert_optimizer("optimizer.", self.optimizer())?;
+        Ok(c)
+    }
+
+    /// Sets the model and optimizer (every replica's) from `c`.
+    pub fn restore(&mut self, c: &Checkpoint) -> Result<()> {
+        let restore_one = |model: &M, optimizer: &mut O| -> Result<()> {
+            c.restore(model, "model.")?;
+            c.restore_optimizer("optimizer.", optimizer)?;
+            Ok(())
+        };
+        match self {
+            Replicas::Single {
+                model, optimizer, ..
+            } => restore_one(model, optimizer),
+            Replicas::Parallel(dp) => dp
+                .replicas_mut()
+                .try_for_each(|(model, optimizer)| restore_one(model, optimizer)),
+        }
+    }
+
+    /// Whether every parameter is finite (one pass over them and one wait; replica 0's,
+    /// all being alike). With SGD and AdamW a gradient that is infinite or NaN makes the
+    /// parameters it reaches so.
+    pub fn parameters_finite(&self) -> Result<bool> {
+        let params = self.model().parameters();
+        let count = Tensor::count_nonfinite_all(params.iter().map(|p| p.as_tensor()))?;
+        Ok(match count {
+            Some(t) => t.to_scalar()? == 0.0,
+            None => true,
+        })
+    }
+
+    /// One step over the samples `indices` of `data`. On one device, under `Skip` the
+    /// loss and gradients are checked before the update (the step waits for the
+    /// answer); under `Stop` the loss is checked when it is read, and a gradient that is
+    /// not finite shows in the parameters it reaches. Several devices check the averaged
+    /// loss and gradients on the host, where they are anyway.
+    pub fn step<D, L>(
+        &mut self,
+        data: &D,
+        indices: &[usize],
+        loss: &L,
+        plan: &StepPlan,
+    ) -> Result<StepLoss>
+    where
+        D: DataSource,
+        L: Fn(&M, &Device, &D::Batch) -> Result<Tensor> + Sync,
+    {
+        let rows_loss = |model: &M, device: &Device, rows: std::ops::Range<usize>| {
+            let batch = data.batch(&indices[rows.clone()])?;
+            let l = loss(model, device, &batch)?;
+            if l.elem_count() != 1 {
+                return Err(Error::NotScalar(l.shape().clone()));
+            }
+            if plan.inject_nan && rows.start == 0 {
+                return l.scale(f32::NAN);
+            }
+            Ok(l)
+        };
+        let len = indices.len();
+        match self {
+            Replicas::Single {
+                model,
+                optimizer,
+                device,
+                params,
+            } => {
+                let mut grads = GradStore::default();
+                let mut total: Option<Tensor> = None;
+                for j in 0..plan.grad_accum {
+                    let piece = shard(len, plan.grad_accum, j);
+                    if piece.is_empty() {
+                        continue;
+                    }
+                    let mut l = rows_loss(model, device, piece.clone())?;
+                    if piece.len() != len {
+                        l = l.scale(piece.len() as f32 / len as f32)?;
+                    }
+                    grads.add(l.backward()?)?;
+                    let l = l.detach();
+                    total = Some(match total {
+                        Some(t) => t.add(&l)?,
+                        None => l,
+                    });
+                }
+                let total = total.expect("a batch has at least one row");
+                if let Some(max_norm) = plan.clip_grad_norm {
+                    clip_grad_norm(params, &mut grads, max_norm)?;
+                }
+                if plan.on_nonfinite == NonFinitePolicy::Skip {
+                    // Counted on the device, read back once.
+                    let mut bad = total.count_nonfinite()?;
+                    if let Some(n) = grads.count_nonfinite()? {
+                        bad = bad.add(&n)?;
+                    }
+                    if bad.to_scalar()? > 0.0 {
+                        return Ok(StepLoss::Skipped);
+                    }
+                }
+                optimizer.step(&grads)?;
+                Ok(StepLoss::OnDevice(total))
+            }
+            Replicas::Parallel(dp) => {
+                let skipped = dp.skipped_steps();
+                let l = dp.step(len, rows_loss)?;
+                Ok(if dp.skipped_steps() > skipped {
+                    StepLoss::Skipped
+                } else {
+                    StepLoss::Host(l)
+                })
+            }
+        }
+    }
+}
