@@ -18,7 +18,7 @@ use clap::{Parser, ValueEnum};
 use ringtrain::data::Mnist;
 use ringtrain::eval::evaluate;
 use ringtrain::prelude::*;
-use ringtrain::train::{self, OptimizerKind};
+use ringtrain::train::{Cluster, OptimizerKind};
 use ringtrain::zoo::{mlp, Activation, Cnn};
 use std::path::{Path, PathBuf};
 
@@ -52,7 +52,9 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
-    train::main(|| run(&args));
+    // On an error: `error: ...` (with the rank under MPI), exit status 1, and an MPI job
+    // ended at once rather than left waiting.
+    Cluster::main(&args.train.comm.config(), |cluster| run(&args, cluster));
 }
 
 fn default_data_dir() -> PathBuf {
@@ -74,7 +76,7 @@ fn default_lr(kind: OptimizerKind) -> f32 {
 
 type Model = Box<dyn Module + Send + Sync>;
 
-fn run(args: &Args) -> ringtrain::Result<()> {
+fn run(args: &Args, cluster: &Cluster) -> ringtrain::Result<()> {
     let mut config = args.train.config()?;
     // What a resumed run must share with the one that wrote its checkpoint.
     config.settings.extend([
@@ -82,7 +84,7 @@ fn run(args: &Args) -> ringtrain::Result<()> {
         ("hidden".into(), serde_json::json!(args.hidden)),
         ("activation".into(), format!("{:?}", args.activation).into()),
     ]);
-    let mut trainer = Trainer::new(config)?;
+    let mut trainer = Trainer::with_cluster(config, cluster.clone())?;
 
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     let mut mnist = Mnist::load(&data_dir)?;

@@ -91,7 +91,7 @@ impl InMemory {
         target_dims: &[usize],
     ) -> Result<Self> {
         let per: usize = target_dims.iter().product();
-        if per == 0 || targets.len() % per != 0 {
+        if per == 0 || !targets.len().is_multiple_of(per) {
             return Err(Error::InvalidArgument(format!(
                 "InMemory: {} target values do not make whole samples of {target_dims:?}",
                 targets.len()

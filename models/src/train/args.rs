@@ -289,6 +289,7 @@ impl TrainArgs {
             faults: Faults {
                 crash_after_step: self.crash_after_step,
                 nan_at_step: self.inject_nan,
+                ..Faults::default()
             },
         };
         config.validate()?;

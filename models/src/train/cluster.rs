@@ -275,19 +275,27 @@ impl Cluster {
     /// it (prefixed with the rank) and exits with status 1, ending an MPI job with
     /// `MPI_Abort` so that no peer waits for this rank.
     pub fn main(config: &CommConfig, run: impl FnOnce(&Cluster) -> Result<()>) {
-        let cluster = match Cluster::start(config) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("error: {e}");
-                std::process::exit(1);
+        // The cluster is dropped (MPI finalized, or aborted) at the end of the block,
+        // before the process exits.
+        let code = {
+            let cluster = match Cluster::start(config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    std::process::exit(1);
+                }
+            };
+            match run(&cluster) {
+                Ok(()) => 0,
+                Err(e) => {
+                    cluster.abort_job_on_exit();
+                    cluster.eprint(&format!("error: {e}"));
+                    1
+                }
             }
         };
-        if let Err(e) = run(&cluster) {
-            cluster.abort_job_on_exit();
-            cluster.eprint(&format!("error: {e}"));
-            drop(cluster);
-            std::process::exit(1);
+        if code != 0 {
+            std::process::exit(code);
         }
-        drop(cluster);
     }
 }

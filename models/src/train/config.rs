@@ -48,8 +48,8 @@ impl Every {
     /// epoch's last, falls on this cadence.
     pub(crate) fn due(&self, step: u64, epoch: u32, epoch_done: bool) -> bool {
         match *self {
-            Every::Epochs(n) => epoch_done && epoch % n == 0,
-            Every::Steps(n) => step % n == 0,
+            Every::Epochs(n) => epoch_done && epoch.is_multiple_of(n),
+            Every::Steps(n) => step.is_multiple_of(n),
         }
     }
 }
@@ -73,6 +73,9 @@ pub struct Faults {
     /// The process dies (exit status 3) right after this step, as if killed: nothing
     /// more is written.
     pub crash_after_step: Option<u64>,
+    /// The run returns an error right after this step, writing nothing more (a crash
+    /// that a test in the same process can live through).
+    pub stop_after_step: Option<u64>,
     /// The loss of this step is multiplied by NaN on the replica holding the batch's
     /// first row, so that the step's loss and gradients are NaN.
     pub nan_at_step: Option<u64>,

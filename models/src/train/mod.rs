@@ -64,13 +64,3 @@ pub use record::{format_scores, Record, Scores};
 pub use resume::{HISTORY, POSITION, SETTINGS};
 pub use schedule::Schedule;
 pub use trainer::{Trained, Trainer};
-
-/// A training program's `main`: runs `program` and, on an error, prints `error: ...` on
-/// stderr and exits with status 1, so that a user sees the message (not a debug dump).
-/// Under MPI a failed [`Trainer`] has already said so, naming its rank, and ends the job.
-pub fn main(program: impl FnOnce() -> ringtrain_runtime::Result<()>) {
-    if let Err(e) = program() {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
-}

@@ -47,20 +47,31 @@ pub struct Trained<M, O> {
 pub struct Trainer {
     config: TrainConfig,
     cluster: Cluster,
+    /// Whether this trainer started the cluster (and so reports its own failures).
+    owns_cluster: bool,
     devices: Vec<Device>,
 }
 
 impl Trainer {
     /// Joins the run (starting MPI where `config.comm` asks for it), sets the thread
     /// count, checks the checkpoint folder and opens the devices.
+    ///
+    /// Under MPI, a run that fails ends the job with `MPI_Abort` once the trainer is
+    /// dropped, after printing the error with its rank. A program that can fail outside
+    /// [`Trainer::fit`] (reading its data, say) should rather run under
+    /// [`Cluster::main`] and use [`Trainer::with_cluster`], so that any error ends the job
+    /// at once instead of leaving the other ranks to time out.
     pub fn new(config: TrainConfig) -> Result<Self> {
         config.validate()?;
         let cluster = Cluster::start(&config.comm)?;
-        Self::with_cluster(config, cluster)
+        let mut trainer = Self::with_cluster(config, cluster)?;
+        trainer.owns_cluster = true;
+        Ok(trainer)
     }
 
-    /// As [`Trainer::new`] in a process that has joined its run already (MPI starts once
-    /// per process: clone the first trainer's [`Trainer::cluster`]).
+    /// As [`Trainer::new`] in a process that has joined its run already, as
+    /// [`Cluster::main`] gives it (MPI starts once per process), whose caller reports
+    /// errors.
     pub fn with_cluster(config: TrainConfig, cluster: Cluster) -> Result<Self> {
         config.validate()?;
         if let Some(n) = config.threads.or_else(|| cluster.default_threads()) {
@@ -90,6 +101,7 @@ impl Trainer {
         Ok(Self {
             config,
             cluster,
+            owns_cluster: false,
             devices,
         })
     }
@@ -154,10 +166,12 @@ impl Trainer {
         let result = self.run(build, data, loss, eval);
         if let Err(e) = &result {
             if self.cluster.processes > 1 {
-                // The job ends with MPI_Abort when the cluster goes, which may be before
-                // the caller could print this: say it now, naming the rank.
+                // Peers may wait for this rank: the job ends when the cluster goes.
                 self.cluster.abort_job_on_exit();
-                self.cluster.eprint(&format!("error: {e}"));
+                if self.owns_cluster {
+                    // Which may be before the caller could print this.
+                    self.cluster.eprint(&format!("error: {e}"));
+                }
             }
         }
         result
@@ -338,6 +352,12 @@ impl Trainer {
                     eprintln!("simulated crash after step {}", at.step);
                     std::process::exit(3);
                 }
+                if config.faults.stop_after_step == Some(at.step) {
+                    return Err(Error::msg(format!(
+                        "stopped after step {} (Faults::stop_after_step)",
+                        at.step
+                    )));
+                }
                 let epoch_done = at.batch == per_epoch;
                 let last =
                     config.steps == Some(at.step) || (epoch_done && config.epochs == Some(epoch));
@@ -348,7 +368,7 @@ impl Trainer {
                             .checkpoint
                             .as_ref()
                             .is_some_and(|c| c.every.due(at.step, epoch, epoch_done)));
-                let read = report || epoch_done || at.batch % READ_LOSS_EVERY == 0;
+                let read = report || epoch_done || at.batch.is_multiple_of(READ_LOSS_EVERY);
                 if !read && !save {
                     continue;
                 }
