@@ -575,3 +575,66 @@ fn skipping_batches_resumes_the_same_epoch_order() {
     assert_eq!(batches.nth(usize::MAX), None);
     assert_eq!(batches.len(), 0);
 }
+
+// ---- DataSource: InMemory and MNIST's Dataset ----------------------------------------------
+
+mod source {
+    use ringtrain_models::data::{DataSource, InMemory};
+    use ringtrain_runtime::Device;
+
+    #[test]
+    fn in_memory_batches_in_the_order_asked() {
+        let x: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        let data = InMemory::classification(x.clone(), &[2, 2], vec![0, 2, 1], 3).unwrap();
+        assert_eq!(data.len(), 3);
+        let b = data.batch(&[2, 0]).unwrap();
+        assert_eq!(b.input_dims, [2, 2, 2]);
+        assert_eq!(b.inputs, [8.0, 9.0, 10.0, 11.0, 0.0, 1.0, 2.0, 3.0]);
+        assert_eq!(b.labels().unwrap(), [1, 0]);
+        assert!(
+            b.targets(&Device::cpu()).is_err(),
+            "a classification batch has labels"
+        );
+        let t = b.inputs(&Device::cpu()).unwrap();
+        assert_eq!(t.dims(), &[2, 2, 2]);
+
+        let reg = InMemory::regression(x, &[4], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2]).unwrap();
+        let b = reg.batch(&[1]).unwrap();
+        assert_eq!(
+            b.targets(&Device::cpu()).unwrap().to_vec().unwrap(),
+            [3.0, 4.0]
+        );
+        assert!(b.labels().is_err(), "a regression batch has targets");
+        let (head, tail) = reg.split_at(1).unwrap();
+        assert_eq!((head.len(), tail.len()), (1, 2));
+        assert_eq!(tail.batch(&[0]).unwrap().inputs[0], 4.0);
+        assert!(reg.split_at(4).is_err());
+        assert!(reg.batch(&[3]).is_err(), "sample 3 of 3");
+    }
+
+    #[test]
+    fn inconsistent_samples_are_refused() {
+        let err = InMemory::classification(vec![0.0; 5], &[2], vec![0, 1], 2).unwrap_err();
+        assert!(err.to_string().contains("5 input values"), "{err}");
+        let err = InMemory::classification(vec![0.0; 4], &[2], vec![0, 2], 2).unwrap_err();
+        assert!(err.to_string().contains("label 2"), "{err}");
+        assert!(InMemory::regression(vec![0.0; 4], &[2], vec![0.0; 3], &[2]).is_err());
+        assert!(InMemory::regression(vec![0.0; 4], &[0], vec![0.0; 2], &[1]).is_err());
+    }
+
+    #[test]
+    fn mnist_is_a_data_source_of_flat_rows() {
+        let mnist = ringtrain_models::data::Mnist::load(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/mnist-10k"),
+        )
+        .unwrap();
+        let b = mnist.train.batch(&[5, 1]).unwrap();
+        assert_eq!(b.input_dims, [2, 784]);
+        assert_eq!(
+            b.labels().unwrap(),
+            [mnist.train.labels[5], mnist.train.labels[1]]
+        );
+        assert_eq!(&b.inputs[..784], &mnist.train.images[5 * 784..6 * 784]);
+        assert!(mnist.train.batch(&[8000]).is_err());
+    }
+}
