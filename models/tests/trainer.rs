@@ -278,6 +278,14 @@ fn resume_config(devices: Devices, dir: &std::path::Path) -> TrainConfig {
     }
 }
 
+/// Trains the AdamW model of `adamw` on `data` as `config` says.
+fn train_with(
+    config: TrainConfig,
+    data: &InMemory,
+) -> Result<Trained<Net, Box<dyn Optimizer + Send>>> {
+    Trainer::new(config)?.fit(adamw, data, cross_entropy)
+}
+
 fn fit(
     config: TrainConfig,
     train: &InMemory,
@@ -335,10 +343,7 @@ fn clipping_gives_the_same_parameters_on_one_device_and_on_two() {
             clip_grad_norm: clip,
             ..quiet(Devices::of(Backend::Cpu, Some(n)))
         };
-        let trained = Trainer::new(config)
-            .unwrap()
-            .fit(adamw, &train, cross_entropy)
-            .unwrap();
+        let trained = train_with(config, &train).unwrap();
         values(&trained.model)
     };
     let (one, two) = (run(1, Some(0.05)), run(2, Some(0.05)));
@@ -364,10 +369,7 @@ fn gradient_accumulation_is_the_same_step() {
             grad_accum: accum,
             ..quiet(Devices::of(Backend::Cpu, Some(n)))
         };
-        let t = Trainer::new(config)
-            .unwrap()
-            .fit(adamw, &train, cross_entropy)
-            .unwrap();
+        let t = train_with(config, &train).unwrap();
         (values(&t.model), t.history.last().unwrap().train_loss)
     };
     let (plain, loss) = run(1, 1);
@@ -400,10 +402,7 @@ fn a_step_decay_schedule_sets_each_steps_learning_rate() {
         },
         ..quiet(Devices::of(Backend::Cpu, Some(1)))
     };
-    let t = Trainer::new(config)
-        .unwrap()
-        .fit(adamw, &train, cross_entropy)
-        .unwrap();
+    let t = train_with(config, &train).unwrap();
     let lrs: Vec<f32> = t.history.iter().map(|r| r.lr / 0.02).collect();
     let want = [0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.25, 0.25];
     for (got, want) in lrs.iter().zip(want) {
@@ -426,9 +425,7 @@ fn non_finite_steps_stop_the_run_or_are_skipped() {
             },
             ..quiet(Devices::of(Backend::Cpu, Some(devices)))
         };
-        let err = Trainer::new(config(NonFinitePolicy::Stop))
-            .unwrap()
-            .fit(adamw, &train, cross_entropy)
+        let err = train_with(config(NonFinitePolicy::Stop), &train)
             .err()
             .expect("a NaN step stops the run");
         assert!(matches!(err, Error::Diverged(_)), "{err}");
@@ -437,10 +434,7 @@ fn non_finite_steps_stop_the_run_or_are_skipped() {
                 .contains("diverged at step 3 (epoch 1, batch 3)"),
             "{err}"
         );
-        let t = Trainer::new(config(NonFinitePolicy::Skip))
-            .unwrap()
-            .fit(adamw, &train, cross_entropy)
-            .unwrap();
+        let t = train_with(config(NonFinitePolicy::Skip), &train).unwrap();
         assert_eq!(t.history[0].skipped_steps, 1, "x{devices}");
         assert_eq!(t.history[1].skipped_steps, 0, "x{devices}");
         assert!(t.history.iter().all(|r| r.train_loss.is_finite()));
@@ -464,19 +458,17 @@ fn resumes_that_are_not_the_same_run_are_refused() {
         ..quiet(Devices::of(Backend::Cpu, Some(1)))
     };
     // No checkpoint yet.
-    let err = Trainer::new(TrainConfig {
-        resume: true,
-        ..base()
-    })
-    .unwrap()
-    .fit(adamw, &train, cross_entropy)
+    let err = train_with(
+        TrainConfig {
+            resume: true,
+            ..base()
+        },
+        &train,
+    )
     .err()
     .expect("nothing to resume");
     assert!(err.to_string().contains("no checkpoint"), "{err}");
-    Trainer::new(base())
-        .unwrap()
-        .fit(adamw, &train, cross_entropy)
-        .unwrap();
+    train_with(base(), &train).unwrap();
     // A new run into the folder would prune the old one's files.
     let err = Trainer::new(base()).err().expect("refused");
     assert!(err.to_string().contains("--resume"), "{err}");
@@ -486,11 +478,7 @@ fn resumes_that_are_not_the_same_run_are_refused() {
         batch_size: 5,
         ..base()
     };
-    let err = Trainer::new(other)
-        .unwrap()
-        .fit(adamw, &train, cross_entropy)
-        .err()
-        .expect("refused");
+    let err = train_with(other, &train).err().expect("refused");
     assert!(err.to_string().contains("other settings"), "{err}");
     // So is a program setting of the caller's.
     let mut other = TrainConfig {
@@ -498,28 +486,26 @@ fn resumes_that_are_not_the_same_run_are_refused() {
         ..base()
     };
     other.settings.insert("hidden".into(), 32.into());
-    let err = Trainer::new(other)
-        .unwrap()
-        .fit(adamw, &train, cross_entropy)
-        .err()
-        .expect("refused");
+    let err = train_with(other, &train).err().expect("refused");
     assert!(err.to_string().contains("other settings"), "{err}");
     // The same run resumes to "complete"; raised epochs train on from the checkpoint.
-    let done = Trainer::new(TrainConfig {
-        resume: true,
-        ..base()
-    })
-    .unwrap()
-    .fit(adamw, &train, cross_entropy)
+    let done = train_with(
+        TrainConfig {
+            resume: true,
+            ..base()
+        },
+        &train,
+    )
     .unwrap();
     assert_eq!((done.epochs, done.steps, done.history.len()), (2, 6, 2));
-    let more = Trainer::new(TrainConfig {
-        resume: true,
-        epochs: Some(3),
-        ..base()
-    })
-    .unwrap()
-    .fit(adamw, &train, cross_entropy)
+    let more = train_with(
+        TrainConfig {
+            resume: true,
+            epochs: Some(3),
+            ..base()
+        },
+        &train,
+    )
     .unwrap();
     assert_eq!((more.epochs, more.steps, more.history.len()), (3, 9, 3));
 }
@@ -575,9 +561,7 @@ fn a_loss_no_parameter_reaches_and_bad_settings_are_errors() {
         assert!(Trainer::new(config.clone()).is_err(), "{config:?}");
     }
     let empty = InMemory::classification(Vec::new(), &[FEATURES], Vec::new(), 3).unwrap();
-    let err = Trainer::new(quiet(Devices::of(Backend::Cpu, Some(1))))
-        .unwrap()
-        .fit(adamw, &empty, cross_entropy)
+    let err = train_with(quiet(Devices::of(Backend::Cpu, Some(1))), &empty)
         .err()
         .expect("no samples");
     assert!(err.to_string().contains("no samples"), "{err}");
@@ -592,10 +576,7 @@ fn steps_end_a_run_mid_epoch() {
         batch_size: 10,
         ..quiet(Devices::of(Backend::Cpu, Some(2)))
     };
-    let t = Trainer::new(config)
-        .unwrap()
-        .fit(adamw, &train, cross_entropy)
-        .unwrap();
+    let t = train_with(config, &train).unwrap();
     assert_eq!((t.steps, t.epochs), (7, 1));
     let last = t.history.last().unwrap();
     assert_eq!((last.epoch, last.step, last.epoch_end), (2, 7, false));
