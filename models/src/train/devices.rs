@@ -59,15 +59,20 @@ impl std::str::FromStr for DeviceName {
 
 /// The devices of a run: a backend and how many replicas of it (by default every
 /// hardware GPU, or one CPU), or an explicit list such as `gpu:0,gpu:1` or `cpu,cpu`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Devices {
     Backend {
         backend: Backend,
         count: Option<usize>,
     },
     List(Vec<DeviceName>),
-    #[default]
-    Auto,
+}
+
+/// `auto`: every hardware GPU, else one CPU.
+impl Default for Devices {
+    fn default() -> Self {
+        Devices::of(Backend::Auto, None)
+    }
 }
 
 impl Devices {
@@ -82,7 +87,6 @@ impl Devices {
     pub fn open(&self, cluster: &Cluster) -> Result<Vec<Device>> {
         let (backend, count) = match self {
             Devices::List(names) => return open_list(names, cluster),
-            Devices::Auto => (Backend::Auto, None),
             Devices::Backend { backend, count } => (*backend, *count),
         };
         if count == Some(0) {
