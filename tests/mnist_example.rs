@@ -14,6 +14,25 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// The program's own description heads its help, then the library's flags follow.
+#[test]
+fn help_describes_the_program_and_lists_the_shared_flags() {
+    let out = run(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.starts_with("Train an MLP or a CNN on MNIST"), "{help}");
+    for flag in [
+        "--model",
+        "--devices",
+        "--schedule",
+        "--clip-grad-norm",
+        "--resume",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from:\n{help}");
+    }
+    assert!(!help.contains("--inject-nan"), "testing aids stay hidden");
+}
+
 #[test]
 fn trains_two_epochs_and_writes_metrics() {
     let dir = tempfile::tempdir().unwrap();

@@ -68,8 +68,13 @@ fn parse_positive_f32(s: &str) -> std::result::Result<f32, String> {
     }
 }
 
-/// How a process joins its run, for programs that use the cluster without a trainer
-/// (`--comm`, `--mpi-algorithm`, `--comm-timeout`; part of [`TrainArgs`]).
+#[cfg_attr(
+    doc,
+    doc = r#"
+How a process joins its run, for programs that use the cluster without a trainer
+(`--comm`, `--mpi-algorithm`, `--comm-timeout`; part of [`TrainArgs`]).
+"#
+)]
 #[derive(clap::Args, Debug, Clone)]
 pub struct CommArgs {
     /// How replicas communicate: local, mpi (one process per device) or hierarchical (one
@@ -100,26 +105,33 @@ impl CommArgs {
     }
 }
 
-/// ringtrain's training flags, for a program's own clap parser:
-///
-/// ```
-/// use clap::Parser;
-/// use ringtrain_models::train::TrainArgs;
-///
-/// #[derive(Parser)]
-/// struct Args {
-///     /// A flag of the program's own.
-///     #[arg(long, default_value_t = 64)]
-///     hidden: usize,
-///     #[command(flatten)]
-///     train: TrainArgs,
-/// }
-///
-/// let args = Args::parse_from(["prog", "--epochs", "3", "--lr", "0.01", "--devices", "2"]);
-/// let config = args.train.config().unwrap();
-/// assert_eq!(config.epochs, Some(3));
-/// assert_eq!(args.hidden, 64);
-/// ```
+// The docs are for rustdoc only: clap would make a flattened struct's doc comment the
+// program's own description.
+#[cfg_attr(
+    doc,
+    doc = r#"
+ringtrain's training flags, for a program's own clap parser:
+
+```
+use clap::Parser;
+use ringtrain_models::train::TrainArgs;
+
+#[derive(Parser)]
+struct Args {
+    /// A flag of the program's own.
+    #[arg(long, default_value_t = 64)]
+    hidden: usize,
+    #[command(flatten)]
+    train: TrainArgs,
+}
+
+let args = Args::parse_from(["prog", "--epochs", "3", "--lr", "0.01", "--devices", "2"]);
+let config = args.train.config().unwrap();
+assert_eq!(config.epochs, Some(3));
+assert_eq!(args.hidden, 64);
+```
+"#
+)]
 #[derive(clap::Args, Debug, Clone)]
 pub struct TrainArgs {
     /// Device to train on.
