@@ -82,9 +82,9 @@ impl Devices {
     }
 
     /// Opens the devices of this process: under `--comm mpi` its one device (its
-    /// machine's GPU number local rank, or the CPU). Says on stdout (from rank 0) when
-    /// `auto` falls back to the CPU.
-    pub fn open(&self, cluster: &Cluster) -> Result<Vec<Device>> {
+    /// machine's GPU number local rank, or the CPU). With `say`, says on stdout (from
+    /// rank 0) when `auto` falls back to the CPU.
+    pub fn open(&self, cluster: &Cluster, say: bool) -> Result<Vec<Device>> {
         let (backend, count) = match self {
             Devices::List(names) => return open_list(names, cluster),
             Devices::Backend { backend, count } => (*backend, *count),
@@ -128,7 +128,7 @@ impl Devices {
             Backend::Gpu => Device::gpus(count)?,
             Backend::Auto if Device::hardware_gpu_count() > 0 => Device::gpus(count)?,
             Backend::Auto => {
-                if cluster.is_root() {
+                if say && cluster.is_root() {
                     println!(
                         "auto: no hardware GPU found, training on the CPU (--backend gpu \
                          forces a GPU)"

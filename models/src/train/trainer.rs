@@ -97,7 +97,7 @@ impl Trainer {
                 )));
             }
         }
-        let devices = config.devices.open(&cluster)?;
+        let devices = config.devices.open(&cluster, !config.quiet)?;
         Ok(Self {
             config,
             cluster,
