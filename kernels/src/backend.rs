@@ -2,7 +2,10 @@
 //! write into caller-provided outputs, so the runtime decides all allocation and a GPU
 //! backend can enqueue each op without a round trip to the host.
 
-use crate::{validate, BinaryLayout, Result, StridedLayout, Window2d};
+use crate::{
+    validate, AttentionSpec, BinaryLayout, CompareOp, DType, GatherSpec, Result, SelectLayout,
+    StridedLayout, Window2d,
+};
 
 /// Elementwise functions with a closed-form derivative.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -143,6 +146,16 @@ pub trait Backend: Clone + Send + Sync + 'static {
 
     fn upload(&self, data: &[f32]) -> Result<Self::Buffer>;
     fn download(&self, buf: &Self::Buffer) -> Result<Vec<f32>>;
+
+    /// A buffer of u32 words (indices, labels, masks): the same memory, other bits.
+    fn upload_u32(&self, data: &[u32]) -> Result<Self::Buffer> {
+        self.upload(bytemuck::cast_slice(data))
+    }
+
+    fn download_u32(&self, buf: &Self::Buffer) -> Result<Vec<u32>> {
+        let words = self.download(buf)?;
+        Ok(words.into_iter().map(f32::to_bits).collect())
+    }
     fn len(&self, buf: &Self::Buffer) -> usize;
     fn fill(&self, buf: &mut Self::Buffer, value: f32) -> Result<()>;
 
@@ -259,13 +272,14 @@ pub trait Backend: Clone + Send + Sync + 'static {
         cols: usize,
     ) -> Result<()>;
 
-    /// Mean cross-entropy of `[rows, cols]` logits against class `labels` (one per row,
-    /// each `< cols`). Writes the loss into `loss` (one element) and the row softmax into
-    /// `probs`, which the backward pass reuses.
+    /// Mean cross-entropy of `[rows, cols]` logits against class `labels` (a u32 buffer,
+    /// one per row, each `< cols`: a label out of range makes the loss NaN where it cannot
+    /// be checked without a readback). Writes the loss into `loss` (one element) and the
+    /// row softmax into `probs`, which the backward pass reuses.
     fn softmax_cross_entropy(
         &self,
         logits: &Self::Buffer,
-        labels: &[u32],
+        labels: &Self::Buffer,
         probs: &mut Self::Buffer,
         loss: &mut Self::Buffer,
         rows: usize,
@@ -276,11 +290,123 @@ pub trait Backend: Clone + Send + Sync + 'static {
     fn softmax_cross_entropy_backward(
         &self,
         probs: &Self::Buffer,
-        labels: &[u32],
+        labels: &Self::Buffer,
         dloss: &Self::Buffer,
         dlogits: &mut Self::Buffer,
         rows: usize,
         cols: usize,
+    ) -> Result<()>;
+
+    /// Gathers along an axis by a u32 index buffer (see [`GatherSpec`]): embedding
+    /// lookups, `index_select`, `gather`, the max over a dimension.
+    fn gather(
+        &self,
+        spec: &GatherSpec,
+        x: &Self::Buffer,
+        idx: &Self::Buffer,
+        out: &mut Self::Buffer,
+    ) -> Result<()>;
+
+    /// The adjoint of [`Backend::gather`]: `dx` (overwritten, `[outer, n, inner]`) receives
+    /// at each index the sum of the `dy` entries gathered from there. Summed in a fixed
+    /// order (increasing `j`), with no atomics, so results are the same on every run.
+    fn scatter_add(
+        &self,
+        spec: &GatherSpec,
+        dy: &Self::Buffer,
+        idx: &Self::Buffer,
+        dx: &mut Self::Buffer,
+    ) -> Result<()>;
+
+    /// Writes the contiguous `src` into the view `layout` of `dst`, leaving the rest of
+    /// `dst` as it was (concatenation, the gradient of a slice). The view must not write
+    /// an element twice.
+    fn copy_into(
+        &self,
+        src: &Self::Buffer,
+        dst: &mut Self::Buffer,
+        layout: &StridedLayout,
+    ) -> Result<()>;
+
+    /// `out = cond ? a : b` elementwise, with broadcasting; works on the words' bits, so
+    /// any dtype.
+    fn select(
+        &self,
+        layout: &SelectLayout,
+        cond: &Self::Buffer,
+        a: &Self::Buffer,
+        b: &Self::Buffer,
+        out: &mut Self::Buffer,
+    ) -> Result<()>;
+
+    /// `out = lhs op rhs` as a u32 mask (1 true, 0 false), operands of `dtype`.
+    fn compare(
+        &self,
+        op: CompareOp,
+        dtype: DType,
+        layout: &BinaryLayout,
+        lhs: &Self::Buffer,
+        rhs: &Self::Buffer,
+        out: &mut Self::Buffer,
+    ) -> Result<()>;
+
+    /// Keeps the lower (`upper == false`: `col - row <= diagonal`) or upper (`col - row >=
+    /// diagonal`) triangle of each `[rows, cols]` matrix of `x` and zeroes the rest.
+    fn triangle(
+        &self,
+        x: &Self::Buffer,
+        out: &mut Self::Buffer,
+        rows: usize,
+        cols: usize,
+        diagonal: i64,
+        upper: bool,
+    ) -> Result<()>;
+
+    /// `out[i] = start + i * step` as u32 (wrapping).
+    fn arange(&self, out: &mut Self::Buffer, start: u32, step: u32) -> Result<()>;
+
+    /// Converts each element between dtypes: u32 to f32 by value, f32 to u32 truncating
+    /// toward zero (negative and NaN to 0, saturating above).
+    fn cast(&self, x: &Self::Buffer, from: DType, to: DType, out: &mut Self::Buffer) -> Result<()>;
+
+    /// Index (u32) of the first largest value along the middle axis of `[outer, axis,
+    /// inner]`; a NaN counts as largest.
+    fn argmax_axis(
+        &self,
+        x: &Self::Buffer,
+        out: &mut Self::Buffer,
+        outer: usize,
+        axis: usize,
+        inner: usize,
+    ) -> Result<()>;
+
+    /// Fused scaled dot-product attention (see [`AttentionSpec`]): `out` and the row
+    /// log-sum-exp `lse`, without materialising the `[tq, tk]` scores of a head.
+    fn attention(
+        &self,
+        spec: &AttentionSpec,
+        q: &Self::Buffer,
+        k: &Self::Buffer,
+        v: &Self::Buffer,
+        out: &mut Self::Buffer,
+        lse: &mut Self::Buffer,
+    ) -> Result<()>;
+
+    /// Gradients of [`Backend::attention`] from its inputs, output, `lse` and `dout`,
+    /// recomputing the weights block by block.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &self,
+        spec: &AttentionSpec,
+        q: &Self::Buffer,
+        k: &Self::Buffer,
+        v: &Self::Buffer,
+        out: &Self::Buffer,
+        lse: &Self::Buffer,
+        dout: &Self::Buffer,
+        dq: &mut Self::Buffer,
+        dk: &mut Self::Buffer,
+        dv: &mut Self::Buffer,
     ) -> Result<()>;
 
     /// Unfolds each image's windows into columns: `cols` is `batch` matrices of

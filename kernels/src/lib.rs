@@ -10,11 +10,13 @@ mod backend;
 pub mod cpu;
 mod error;
 pub mod gpu;
+mod index;
 mod layout;
 mod validate;
 mod window;
 
 pub use backend::{AdamWParams, Backend, BinaryOp, GemmSpec, SgdParams, UnaryOp};
 pub use error::{KernelError, Result};
+pub use index::{dropout_hash, AttentionSpec, CompareOp, DType, GatherSpec, SelectLayout};
 pub use layout::{contiguous_strides, saturating_product, BinaryLayout, StridedLayout};
 pub use window::Window2d;

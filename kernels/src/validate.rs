@@ -79,6 +79,20 @@ pub(crate) fn copy_strided(layout: &StridedLayout, src: usize, dst: usize) -> Re
     Ok(())
 }
 
+pub(crate) fn copy_into(layout: &StridedLayout, src: usize, dst: usize) -> Result<()> {
+    if layout.strides.len() != layout.shape.len() {
+        return Err(invalid("copy_into", "strides and shape differ in rank"));
+    }
+    check_len("copy_into", "src", layout.elem_count(), src)?;
+    if layout.span() > dst {
+        return Err(invalid(
+            "copy_into",
+            "the view runs past the destination buffer",
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn sum_axis(
     x: usize,
     out: usize,
@@ -110,20 +124,6 @@ pub(crate) fn rows(
     let len = crate::saturating_product(&[rows, cols]);
     bufs.iter()
         .try_for_each(|&(name, got)| check_len(op, name, len, got))
-}
-
-pub(crate) fn labels(op: &'static str, labels: &[u32], rows: usize, cols: usize) -> Result<()> {
-    check_len(op, "labels", rows, labels.len())?;
-    match labels.iter().position(|&l| l as usize >= cols) {
-        Some(i) => Err(invalid(
-            op,
-            format!(
-                "label {} at row {i} is not below the {cols} classes",
-                labels[i]
-            ),
-        )),
-        None => Ok(()),
-    }
 }
 
 /// Lengths of one scalar buffer (`loss`, `dloss`).

@@ -5,9 +5,8 @@
 use crate::device::{buf, on_device, wrap};
 use crate::window_ops;
 use crate::{no_grad, Error, Result, Tensor, TensorId, Var};
-use ringtrain_kernels::{Backend, BinaryOp, UnaryOp, Window2d};
+use ringtrain_kernels::{AttentionSpec, Backend, BinaryOp, GatherSpec, UnaryOp, Window2d};
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 
 /// How a tensor was computed from its inputs.
 pub(crate) enum Op {
@@ -37,8 +36,44 @@ pub(crate) enum Op {
     LogSoftmax(Tensor),
     CrossEntropy {
         logits: Tensor,
-        labels: Arc<[u32]>,
+        /// u32, one per row, on the logits' device.
+        labels: Tensor,
         probs: Tensor,
+    },
+    Permute(Tensor, Vec<usize>),
+    Narrow {
+        x: Tensor,
+        dim: usize,
+        start: usize,
+    },
+    Cat {
+        parts: Vec<Tensor>,
+        dim: usize,
+    },
+    /// `index_select` and `gather`; `idx` is u32 and takes no gradient.
+    Gather {
+        x: Tensor,
+        idx: Tensor,
+        spec: GatherSpec,
+    },
+    /// `where_cond`; `cond` is a u32 mask.
+    Select {
+        cond: Tensor,
+        on_true: Tensor,
+        on_false: Tensor,
+    },
+    Triangle {
+        x: Tensor,
+        diagonal: i64,
+        upper: bool,
+    },
+    /// Fused attention; `lse` is the row log-sum-exp its backward pass needs.
+    Attention {
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        lse: Tensor,
+        spec: AttentionSpec,
     },
     /// Convolution without its bias (added as a separate op); `cols` is the input's
     /// im2col, kept for the weight gradient.
@@ -71,7 +106,16 @@ impl Op {
             | Op::LogSoftmax(x)
             | Op::CrossEntropy { logits: x, .. }
             | Op::MaxPool2d { x, .. }
-            | Op::AvgPool2d { x, .. } => vec![x],
+            | Op::AvgPool2d { x, .. }
+            | Op::Permute(x, _)
+            | Op::Narrow { x, .. }
+            | Op::Gather { x, .. }
+            | Op::Triangle { x, .. } => vec![x],
+            Op::Cat { parts, .. } => parts.iter().collect(),
+            Op::Select {
+                on_true, on_false, ..
+            } => vec![on_true, on_false],
+            Op::Attention { q, k, v, .. } => vec![q, k, v],
             Op::Conv2d { x, weight, .. } => vec![x, weight],
             Op::Binary(_, a, b) | Op::Matmul { a, b, .. } => vec![a, b],
             Op::Linear { x, weight, bias } => vec![x, weight, bias],
@@ -347,6 +391,53 @@ fn input_grads(op: &Op, out: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>>
         Op::CrossEntropy { labels, probs, .. } => {
             vec![Some(cross_entropy_backward(probs, labels, g)?)]
         }
+        Op::Permute(_, order) => {
+            let mut inverse = vec![0usize; order.len()];
+            for (i, &d) in order.iter().enumerate() {
+                inverse[d] = i;
+            }
+            vec![Some(g.permute(&inverse)?)]
+        }
+        Op::Narrow { x, dim, start } => vec![Some(g.pad_into(x.shape(), *dim, *start)?)],
+        Op::Cat { parts, dim } => {
+            let mut start = 0;
+            parts
+                .iter()
+                .map(|p| {
+                    let len = p.dims()[*dim];
+                    let piece = wants(p).then(|| g.narrow(*dim, start, len)).transpose();
+                    start += len;
+                    piece
+                })
+                .collect::<Result<_>>()?
+        }
+        Op::Gather { x, idx, spec } => vec![Some(scatter_add(g, idx, spec, x)?)],
+        Op::Select {
+            cond,
+            on_true,
+            on_false,
+        } => {
+            let zero = || Tensor::zeros((), g.device());
+            vec![
+                wants(on_true)
+                    .then(|| Tensor::where_cond(cond, g, &zero()?)?.sum_to(on_true.shape()))
+                    .transpose()?,
+                wants(on_false)
+                    .then(|| Tensor::where_cond(cond, &zero()?, g)?.sum_to(on_false.shape()))
+                    .transpose()?,
+            ]
+        }
+        Op::Triangle {
+            diagonal, upper, ..
+        } => vec![Some(if *upper {
+            g.triu(*diagonal)?
+        } else {
+            g.tril(*diagonal)?
+        })],
+        Op::Attention { q, k, v, lse, spec } => {
+            let [dq, dk, dv] = Tensor::attention_grads(spec, [q, k, v, out, lse, g])?;
+            vec![Some(dq), Some(dk), Some(dv)]
+        }
     })
 }
 
@@ -386,14 +477,30 @@ fn log_softmax_backward(y: &Tensor, g: &Tensor) -> Result<Tensor> {
     ))
 }
 
-fn cross_entropy_backward(probs: &Tensor, labels: &[u32], g: &Tensor) -> Result<Tensor> {
+fn scatter_add(g: &Tensor, idx: &Tensor, spec: &GatherSpec, x: &Tensor) -> Result<Tensor> {
+    let storage = g.with_pair(idx, |gs, is| {
+        Ok(on_device!(g.device(), b => {
+            let mut dx = b.alloc(spec.src_len())?;
+            b.scatter_add(spec, buf(b, gs)?, buf(b, is)?, &mut dx)?;
+            wrap(b, dx)
+        }))
+    })?;
+    Ok(Tensor::from_storage(
+        storage,
+        x.shape().clone(),
+        x.device().clone(),
+        None,
+    ))
+}
+
+fn cross_entropy_backward(probs: &Tensor, labels: &Tensor, g: &Tensor) -> Result<Tensor> {
     let cols = *probs.dims().last().unwrap_or(&1);
     let rows = probs.elem_count() / cols.max(1);
     let storage = {
-        let (ps, gs) = (probs.read(), g.read());
+        let (ps, ls, gs) = (probs.read(), labels.read(), g.read());
         on_device!(probs.device(), b => {
             let mut dx = b.alloc(probs.elem_count())?;
-            b.softmax_cross_entropy_backward(buf(b, &ps)?, labels, buf(b, &gs)?, &mut dx, rows, cols)?;
+            b.softmax_cross_entropy_backward(buf(b, &ps)?, buf(b, &ls)?, buf(b, &gs)?, &mut dx, rows, cols)?;
             wrap(b, dx)
         })
     };

@@ -32,6 +32,12 @@ pub enum Error {
         lhs: String,
         rhs: String,
     },
+    #[error("{op}: expected a {expected} tensor, got {got}")]
+    DTypeMismatch {
+        op: &'static str,
+        expected: ringtrain_kernels::DType,
+        got: ringtrain_kernels::DType,
+    },
     #[error("backward needs a scalar loss, got a tensor of shape {0}")]
     NotScalar(Shape),
     /// `backward` on a loss that no trainable variable reaches: there is nothing to

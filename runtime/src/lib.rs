@@ -1,10 +1,13 @@
 //! ringtrain-runtime: what runs where. Devices, tensors with reverse-mode autograd, and
 //! optimizers, on top of the kernels of `ringtrain-kernels`.
 
+mod attention;
 mod backprop;
 pub mod comm;
 mod device;
 mod error;
+mod indexing;
+mod layout_ops;
 mod ops;
 pub mod optim;
 mod shape;
@@ -12,11 +15,14 @@ mod tensor;
 mod var;
 mod window_ops;
 
+pub use attention::AttentionDropout;
 pub use backprop::GradStore;
 pub use device::Device;
 pub use error::{Error, Result};
+pub use ops::Labels;
 pub use shape::{Dim, Shape};
 pub use tensor::{no_grad, rng_from_seed, Rng, Tensor, TensorId};
 pub use var::Var;
 
 pub use ringtrain_kernels::cpu::{Isa, Simd};
+pub use ringtrain_kernels::{CompareOp, DType};

@@ -5,8 +5,7 @@ use crate::backprop::Op;
 use crate::device::{buf, on_device, wrap, Storage};
 use crate::shape::{dim_indices, Dim};
 use crate::{Error, Result, Shape, Tensor};
-use ringtrain_kernels::{Backend, BinaryLayout, BinaryOp, GemmSpec, StridedLayout, UnaryOp};
-use std::sync::Arc;
+use ringtrain_kernels::{Backend, BinaryLayout, BinaryOp, DType, GemmSpec, StridedLayout, UnaryOp};
 
 pub(crate) fn same_device(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     if a.device().same_kind(b.device()) {
@@ -48,6 +47,7 @@ impl Tensor {
     // ---- elementwise -------------------------------------------------------------------
 
     pub(crate) fn unary(&self, op: UnaryOp) -> Result<Tensor> {
+        self.expect_dtype(DType::F32, "unary")?;
         let storage = {
             let x = self.read();
             on_device!(self.device(), b => {
@@ -133,6 +133,7 @@ impl Tensor {
 
     /// `self * mul + add`, elementwise.
     pub fn affine(&self, mul: f32, add: f32) -> Result<Tensor> {
+        self.expect_dtype(DType::F32, "affine")?;
         let storage = {
             let x = self.read();
             on_device!(self.device(), b => {
@@ -158,6 +159,8 @@ impl Tensor {
 
     pub(crate) fn binary(&self, op: BinaryOp, rhs: &Tensor, name: &'static str) -> Result<Tensor> {
         same_device(name, self, rhs)?;
+        self.expect_dtype(DType::F32, name)?;
+        rhs.expect_dtype(DType::F32, name)?;
         let shape = self.shape().broadcast(rhs.shape(), name)?;
         let layout = BinaryLayout {
             lhs_strides: self.shape().broadcast_strides(&shape),
@@ -191,28 +194,11 @@ impl Tensor {
 
     // ---- matrix products ---------------------------------------------------------------
 
-    /// Matrix product. `[m, k] x [k, n]`; `[.., m, k] x [k, n]` (one matrix applied to a
-    /// batch of rows); `[b, m, k] x [b, k, n]` (a batch of products).
+    /// Matrix product over the last two dimensions, NumPy-style: `[m, k] x [k, n]`, and
+    /// any number of batch dimensions in front, broadcast against each other (`[b, h, t,
+    /// d] x [b, h, d, t]`, `[b, t, k] x [k, n]`, `[b, 1, m, k] x [h, k, n]`).
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
-        match (self.rank(), rhs.rank()) {
-            (2, 2) | (3, 3) => self.matmul_t(rhs, false, false),
-            (r, 2) if r > 2 => {
-                let dims = self.dims();
-                let k = dims[r - 1];
-                // Not elem_count / k: with k == 0 that loses the rows (and fails to reshape).
-                let rows = dims[..r - 1].iter().product::<usize>();
-                let flat = self.reshape((rows, k))?.matmul_t(rhs, false, false)?;
-                let mut out = dims[..r - 1].to_vec();
-                out.push(rhs.dims()[1]);
-                flat.reshape(out)
-            }
-            _ => Err(Error::ShapeMismatch {
-                op: "matmul",
-                lhs: self.shape().clone(),
-                rhs: rhs.shape().clone(),
-                hint: " (expected [m, k] x [k, n], [.., m, k] x [k, n] or [b, m, k] x [b, k, n])",
-            }),
-        }
+        self.matmul_t(rhs, false, false)
     }
 
     /// A linear layer: `self W^T + bias` for `self` of shape `[rows, in]`, `weight` of
@@ -224,6 +210,9 @@ impl Tensor {
         };
         same_device("linear", self, weight)?;
         same_device("linear", self, bias)?;
+        for t in [self, weight, bias] {
+            t.expect_dtype(DType::F32, "linear")?;
+        }
         let (xd, wd) = (self.dims(), weight.dims());
         if xd.len() != 2 || wd.len() != 2 || xd[1] != wd[1] {
             return Err(Error::ShapeMismatch {
@@ -265,10 +254,64 @@ impl Tensor {
     }
 
     /// `op(self) x op(rhs)` where `op` transposes the last two dimensions when asked,
-    /// without copying: the GEMM reads the operand transposed. Rank 2, or rank 3 with equal
-    /// batch sizes.
+    /// without copying: the GEMM reads the operand transposed (`q.matmul_t(&k, false,
+    /// true)` is `q k^T`). Batch dimensions broadcast as in [`Tensor::matmul`].
     pub fn matmul_t(&self, rhs: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
         same_device("matmul", self, rhs)?;
+        self.expect_dtype(DType::F32, "matmul")?;
+        rhs.expect_dtype(DType::F32, "matmul")?;
+        let (ra, rb) = (self.rank(), rhs.rank());
+        if ra < 2 || rb < 2 {
+            return Err(Error::ShapeMismatch {
+                op: "matmul",
+                lhs: self.shape().clone(),
+                rhs: rhs.shape().clone(),
+                hint: " (both operands need at least two dimensions)",
+            });
+        }
+        if ra <= 3 && ra == rb && (ra == 2 || self.dims()[0] == rhs.dims()[0]) {
+            return self.matmul_core(rhs, trans_a, trans_b);
+        }
+        let (ad, bd) = (self.dims(), rhs.dims());
+        let (m, k) = if trans_a {
+            (ad[ra - 1], ad[ra - 2])
+        } else {
+            (ad[ra - 2], ad[ra - 1])
+        };
+        let n = if trans_b { bd[rb - 2] } else { bd[rb - 1] };
+        if rb == 2 && !trans_a {
+            // One matrix applied to a batch of rows: fold the batch into the rows.
+            let rows = ad[..ra - 1].iter().product::<usize>();
+            let flat = self.reshape((rows, k))?.matmul_core(rhs, false, trans_b)?;
+            let mut out = ad[..ra - 1].to_vec();
+            out.push(n);
+            return flat.reshape(out);
+        }
+        let batch_a = Shape::from(ad[..ra - 2].to_vec());
+        let batch_b = Shape::from(bd[..rb - 2].to_vec());
+        let batch = batch_a.broadcast(&batch_b, "matmul")?;
+        let count = batch.elem_count();
+        let expand = |t: &Tensor, own: &Shape| -> Result<Tensor> {
+            let (rows, cols) = (t.dims()[t.rank() - 2], t.dims()[t.rank() - 1]);
+            let t = if own == &batch {
+                t.clone()
+            } else {
+                let mut full = batch.dims().to_vec();
+                full.extend([rows, cols]);
+                t.broadcast_as(full)?
+            };
+            t.reshape((count, rows, cols))
+        };
+        let a3 = expand(self, &batch_a)?;
+        let b3 = expand(rhs, &batch_b)?;
+        let c = a3.matmul_core(&b3, trans_a, trans_b)?;
+        let mut out = batch.dims().to_vec();
+        out.extend([m, n]);
+        c.reshape(out)
+    }
+
+    /// The GEMM itself: two 2-d tensors, or two 3-d ones with one batch size.
+    fn matmul_core(&self, rhs: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
         let mismatch = |hint| Error::ShapeMismatch {
             op: "matmul",
             lhs: self.shape().clone(),
@@ -276,9 +319,6 @@ impl Tensor {
             hint,
         };
         let (ad, bd) = (self.dims(), rhs.dims());
-        if ad.len() != bd.len() || !(2..=3).contains(&ad.len()) {
-            return Err(mismatch(" (matmul_t takes two 2-d or two 3-d tensors)"));
-        }
         let batch = if ad.len() == 3 { ad[0] } else { 1 };
         if ad.len() == 3 && bd[0] != batch {
             return Err(mismatch(" (batch sizes differ)"));
@@ -329,6 +369,7 @@ impl Tensor {
     /// Sums over `dims` (negative ones count from the end), keeping each as a dimension
     /// of size 1.
     pub fn sum_keepdims<D: Dim>(&self, dims: &[D]) -> Result<Tensor> {
+        self.expect_dtype(DType::F32, "sum")?;
         let mut out_dims = self.dims().to_vec();
         let mut sorted = dim_indices(dims, self.rank(), "sum")?;
         sorted.sort_unstable();
@@ -456,7 +497,8 @@ impl Tensor {
             offset: 0,
         };
         let rec = record(&[self], || Op::Transpose(self.clone(), d0, d1));
-        Ok(self.derived(self.gather(&layout)?, Shape::from(dims), rec))
+        let storage = self.copy_view(&layout)?;
+        Ok(self.typed(storage, Shape::from(dims), self.dtype(), self.0.bound, rec))
     }
 
     /// Transpose of a matrix.
@@ -482,16 +524,8 @@ impl Tensor {
             offset: 0,
         };
         let rec = record(&[self], || Op::BroadcastAs(self.clone()));
-        Ok(self.derived(self.gather(&layout)?, shape, rec))
-    }
-
-    fn gather(&self, layout: &StridedLayout) -> Result<Storage> {
-        let x = self.read();
-        Ok(on_device!(self.device(), b => {
-            let mut out = b.alloc(layout.elem_count())?;
-            b.copy_strided(buf(b, &x)?, layout, &mut out)?;
-            wrap(b, out)
-        }))
+        let storage = self.copy_view(&layout)?;
+        Ok(self.typed(storage, shape, self.dtype(), self.0.bound, rec))
     }
 
     /// Sums `self` down to `shape`, undoing a broadcast (the gradient of one).
@@ -523,8 +557,26 @@ impl Tensor {
         }
     }
 
-    /// Log-softmax over the last dimension.
-    pub fn log_softmax(&self) -> Result<Tensor> {
+    /// Log-softmax over `dim` (negative counts from the end; `-1` is the last, which runs
+    /// as one kernel, any other moves `dim` last and back).
+    pub fn log_softmax(&self, dim: impl Dim) -> Result<Tensor> {
+        let dim = dim.index(self.rank(), "log_softmax")?;
+        if dim + 1 == self.rank() {
+            return self.log_softmax_last();
+        }
+        let last = self.rank() - 1;
+        self.transpose(dim, last)?
+            .log_softmax_last()?
+            .transpose(dim, last)
+    }
+
+    /// Softmax over `dim` (negative counts from the end).
+    pub fn softmax(&self, dim: impl Dim) -> Result<Tensor> {
+        self.log_softmax(dim)?.exp()
+    }
+
+    fn log_softmax_last(&self) -> Result<Tensor> {
+        self.expect_dtype(DType::F32, "log_softmax")?;
         let (rows, cols) = self.rows_cols("log_softmax")?;
         let storage = {
             let x = self.read();
@@ -538,44 +590,50 @@ impl Tensor {
         Ok(self.derived(storage, self.shape().clone(), rec))
     }
 
-    /// Softmax over the last dimension.
-    pub fn softmax(&self) -> Result<Tensor> {
-        self.log_softmax()?.exp()
+    /// Mean cross-entropy of logits `[.., classes]` against one class label per row, fused
+    /// with the softmax (numerically stable, one pass). Returns a scalar. The labels are
+    /// host data (`&[u32]`, uploaded) or a u32 tensor already on the device, of any shape
+    /// with one label per row.
+    pub fn cross_entropy(&self, labels: impl Labels) -> Result<Tensor> {
+        let labels = labels.into_labels(self.device())?;
+        self.cross_entropy_tensor(&labels)
     }
 
-    /// Mean cross-entropy of logits `[.., classes]` against one class label per row, fused
-    /// with the softmax (numerically stable, one pass). Returns a scalar.
-    pub fn cross_entropy(&self, labels: &[u32]) -> Result<Tensor> {
-        let (rows, cols) = self.rows_cols("cross_entropy")?;
-        if labels.len() != rows {
+    fn cross_entropy_tensor(&self, labels: &Tensor) -> Result<Tensor> {
+        const OP: &str = "cross_entropy";
+        self.expect_dtype(DType::F32, OP)?;
+        same_device(OP, self, labels)?;
+        labels.expect_dtype(DType::U32, OP)?;
+        let (rows, cols) = self.rows_cols(OP)?;
+        if labels.elem_count() != rows {
             return Err(Error::InvalidShape {
-                op: "cross_entropy",
+                op: OP,
                 reason: format!(
                     "{} labels for {rows} rows of logits (shape {})",
-                    labels.len(),
+                    labels.elem_count(),
                     self.shape()
                 ),
             });
         }
-        if let Some(i) = labels.iter().position(|&l| l as usize >= cols) {
+        let bound = labels.checked_bound(cols)?;
+        if bound > cols as u64 {
             return Err(Error::InvalidArgument(format!(
-                "cross_entropy: label {} at row {i} is out of range for {cols} classes",
-                labels[i]
+                "cross_entropy: label {} is out of range for {cols} classes",
+                bound - 1
             )));
         }
-        let (probs, loss) = {
-            let x = self.read();
-            on_device!(self.device(), b => {
+        let (probs, loss) = self.with_pair(labels, |x, l| {
+            Ok(on_device!(self.device(), b => {
                 let mut probs = b.alloc(rows * cols)?;
                 let mut loss = b.alloc(1)?;
-                b.softmax_cross_entropy(buf(b, &x)?, labels, &mut probs, &mut loss, rows, cols)?;
+                b.softmax_cross_entropy(buf(b, x)?, buf(b, l)?, &mut probs, &mut loss, rows, cols)?;
                 (wrap(b, probs), wrap(b, loss))
-            })
-        };
+            }))
+        })?;
         let probs = Tensor::from_storage(probs, self.shape().clone(), self.device().clone(), None);
         let rec = record(&[self], || Op::CrossEntropy {
             logits: self.clone(),
-            labels: Arc::from(labels),
+            labels: labels.clone(),
             probs,
         });
         Ok(self.derived(loss, Shape::scalar(), rec))
@@ -613,5 +671,34 @@ impl Tensor {
                     .0 as u32
             })
             .collect())
+    }
+}
+
+/// Class labels for [`Tensor::cross_entropy`]: host slices (uploaded) or a u32 tensor.
+pub trait Labels {
+    fn into_labels(self, device: &crate::Device) -> Result<Tensor>;
+}
+
+impl Labels for &Tensor {
+    fn into_labels(self, _: &crate::Device) -> Result<Tensor> {
+        Ok(self.clone())
+    }
+}
+
+impl Labels for &[u32] {
+    fn into_labels(self, device: &crate::Device) -> Result<Tensor> {
+        Tensor::from_slice_u32(self, self.len(), device)
+    }
+}
+
+impl Labels for &Vec<u32> {
+    fn into_labels(self, device: &crate::Device) -> Result<Tensor> {
+        self.as_slice().into_labels(device)
+    }
+}
+
+impl<const N: usize> Labels for &[u32; N] {
+    fn into_labels(self, device: &crate::Device) -> Result<Tensor> {
+        self.as_slice().into_labels(device)
     }
 }

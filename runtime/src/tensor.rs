@@ -1,12 +1,13 @@
-//! The user-facing tensor: an immutable, contiguous, row-major f32 array on a device,
-//! which remembers the op that made it when it depends on a trainable [`crate::Var`].
+//! The user-facing tensor: an immutable, contiguous, row-major array on a device, of
+//! element type [`DType`] (f32 values, or u32 indices, labels and masks), which remembers
+//! the op that made it when it depends on a trainable [`crate::Var`].
 
 use crate::backprop::Op;
 use crate::device::{buf, on_device, wrap, Storage};
 use crate::{Device, Error, Result, Shape};
 use rand::Rng as _;
 use rand_distr::{Distribution, Normal};
-use ringtrain_kernels::Backend;
+use ringtrain_kernels::{Backend, DType};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -30,7 +31,7 @@ impl TensorId {
     }
 }
 
-/// A cheap-to-clone handle to an n-dimensional f32 array.
+/// A cheap-to-clone handle to an n-dimensional array.
 #[derive(Clone)]
 pub struct Tensor(pub(crate) Arc<Inner>);
 
@@ -39,6 +40,11 @@ pub(crate) struct Inner {
     pub(crate) storage: Arc<RwLock<Storage>>,
     pub(crate) shape: Shape,
     pub(crate) device: Device,
+    pub(crate) dtype: DType,
+    /// For u32 tensors, a bound every element is known to be below (from the host data,
+    /// or the op that made it), so indices are range-checked without reading them back.
+    /// `None` when nothing is known.
+    pub(crate) bound: Option<u64>,
     /// How this tensor was computed, kept only when gradients must flow through it.
     pub(crate) op: Option<Op>,
     /// A trainable leaf: gradients are collected for it.
@@ -73,12 +79,25 @@ impl Tensor {
         device: Device,
         op: Option<Op>,
     ) -> Tensor {
+        Tensor::from_storage_typed(storage, shape, device, DType::F32, None, op)
+    }
+
+    pub(crate) fn from_storage_typed(
+        storage: Storage,
+        shape: Shape,
+        device: Device,
+        dtype: DType,
+        bound: Option<u64>,
+        op: Option<Op>,
+    ) -> Tensor {
         Tensor(Arc::new(Inner {
             id: TensorId::next(),
             storage: Arc::new(RwLock::new(storage)),
             shape,
             device,
-            op: op.filter(|_| grad_enabled()),
+            dtype,
+            bound,
+            op: op.filter(|_| grad_enabled() && dtype == DType::F32),
             is_var: false,
         }))
     }
@@ -89,6 +108,8 @@ impl Tensor {
             storage: Arc::new(RwLock::new(storage)),
             shape,
             device,
+            dtype: DType::F32,
+            bound: None,
             op: None,
             is_var: true,
         }))
@@ -216,13 +237,34 @@ impl Tensor {
             storage: self.0.storage.clone(),
             shape: self.0.shape.clone(),
             device: self.0.device.clone(),
+            dtype: self.0.dtype,
+            bound: self.0.bound,
             op: None,
             is_var: false,
         }))
     }
 
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        self.0.dtype
+    }
+
+    /// An error unless the tensor holds `dtype` (ops call it on their operands).
+    pub fn expect_dtype(&self, dtype: DType, op: &'static str) -> Result<()> {
+        if self.dtype() == dtype {
+            Ok(())
+        } else {
+            Err(Error::DTypeMismatch {
+                op,
+                expected: dtype,
+                got: self.dtype(),
+            })
+        }
+    }
+
     /// Copies the values to host memory (a sync point on asynchronous devices).
     pub fn to_vec(&self) -> Result<Vec<f32>> {
+        self.expect_dtype(DType::F32, "to_vec")?;
         let storage = self.read();
         on_device!(&self.0.device, b => Ok(b.download(buf(b, &storage)?)?))
     }
@@ -233,7 +275,10 @@ impl Tensor {
         if self.device().same_kind(device) {
             return Ok(self.clone());
         }
-        Tensor::from_vec(self.to_vec()?, self.shape().clone(), device)
+        match self.dtype() {
+            DType::F32 => Tensor::from_vec(self.to_vec()?, self.shape().clone(), device),
+            DType::U32 => Tensor::from_u32(self.to_vec_u32()?, self.shape().clone(), device),
+        }
     }
 
     /// The single value of a one-element tensor.
@@ -256,6 +301,27 @@ impl Tensor {
         self.0.storage.write().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Read locks on the storages of `tensors`, each storage locked once (a second read
+    /// lock from one thread can wait behind a writer), and which lock serves each tensor.
+    pub(crate) fn read_all<'a>(
+        tensors: &[&'a Tensor],
+    ) -> (Vec<RwLockReadGuard<'a, Storage>>, Vec<usize>) {
+        let mut owners: Vec<&Tensor> = Vec::new();
+        let mut guards = Vec::new();
+        let map = tensors
+            .iter()
+            .map(|t| match owners.iter().position(|o| o.shares_storage(t)) {
+                Some(i) => i,
+                None => {
+                    owners.push(t);
+                    guards.push(t.read());
+                    guards.len() - 1
+                }
+            })
+            .collect();
+        (guards, map)
+    }
+
     pub(crate) fn shares_storage(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.0.storage, &other.0.storage)
     }
@@ -267,6 +333,8 @@ impl Tensor {
             storage: self.0.storage.clone(),
             shape,
             device: self.0.device.clone(),
+            dtype: self.0.dtype,
+            bound: self.0.bound,
             op: op.filter(|_| grad_enabled()),
             is_var: false,
         }))
@@ -275,6 +343,9 @@ impl Tensor {
 
 impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tensor{}[{:?}]", self.shape(), self.device())
+        match self.dtype() {
+            DType::F32 => write!(f, "Tensor{}[{:?}]", self.shape(), self.device()),
+            dtype => write!(f, "Tensor{}[{dtype}, {:?}]", self.shape(), self.device()),
+        }
     }
 }

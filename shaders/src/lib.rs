@@ -24,6 +24,30 @@ pub mod elementwise {
     pub const COPY_STRIDED: &str = include_str!("../wgsl/copy_strided.wgsl");
 }
 
+/// Indexing and masks: gathers by an index buffer and their scatter-add, writes into a
+/// view, selects, comparisons, triangles, `arange`, dtype casts, argmax.
+pub mod index {
+    pub const GATHER: &str = include_str!("../wgsl/gather.wgsl");
+    pub const SCATTER_ADD: &str = include_str!("../wgsl/scatter_add.wgsl");
+    pub const COPY_INTO: &str = include_str!("../wgsl/copy_into.wgsl");
+    pub const SELECT: &str = include_str!("../wgsl/select.wgsl");
+    pub const COMPARE: &str = include_str!("../wgsl/compare.wgsl");
+    pub const TRIANGLE: &str = include_str!("../wgsl/triangle.wgsl");
+    pub const ARANGE: &str = include_str!("../wgsl/arange.wgsl");
+    pub const CAST: &str = include_str!("../wgsl/cast.wgsl");
+    pub const ARGMAX: &str = include_str!("../wgsl/argmax.wgsl");
+}
+
+/// Fused attention (flash-attention style) and its backward pass. Each kernel is
+/// compiled per head size: the host prepends `const HEAD_DIM: u32`, then [`attention::COMMON`].
+pub mod attention {
+    pub const COMMON: &str = include_str!("../wgsl/attention_common.wgsl");
+    pub const FORWARD: &str = include_str!("../wgsl/attention.wgsl");
+    pub const DSUM: &str = include_str!("../wgsl/attention_dsum.wgsl");
+    pub const DQ: &str = include_str!("../wgsl/attention_dq.wgsl");
+    pub const DKDV: &str = include_str!("../wgsl/attention_dkdv.wgsl");
+}
+
 /// Sums over an axis (entry points `by_thread` and `by_workgroup`).
 pub mod reduce {
     pub const SUM_AXIS: &str = include_str!("../wgsl/sum_axis.wgsl");

@@ -41,6 +41,13 @@ fn main(
         probs[base + c] = exp(logits[base + c] - m) * inv;
     }
     if lid == 0u {
-        row_loss[row] = m + log(s) - logits[base + labels[row]];
+        // A label out of range (never checked on the host for device labels) poisons
+        // the loss rather than reading another row.
+        let label = labels[row];
+        var loss = bitcast<f32>(0x7fc00000u);
+        if label < p.cols {
+            loss = m + log(s) - logits[base + label];
+        }
+        row_loss[row] = loss;
     }
 }

@@ -131,7 +131,11 @@ simd_fn! {
 
 /// Runs `run((index, row))` over the `inner`-long rows of `out`, on rayon's pool when the
 /// whole is large; short rows are grouped so each task still has about PAR_CHUNK elements.
-fn for_each_row(out: &mut [f32], inner: usize, run: impl Fn((usize, &mut [f32])) + Send + Sync) {
+pub(crate) fn for_each_row(
+    out: &mut [f32],
+    inner: usize,
+    run: impl Fn((usize, &mut [f32])) + Send + Sync,
+) {
     if parallel(out.len()) {
         out.par_chunks_mut(inner)
             .enumerate()
@@ -143,7 +147,7 @@ fn for_each_row(out: &mut [f32], inner: usize, run: impl Fn((usize, &mut [f32]))
 }
 
 /// Offset of the start of outer row `row` (all dims but the last) for one operand.
-fn row_offset(row: usize, shape: &[usize], strides: &[usize]) -> usize {
+pub(crate) fn row_offset(row: usize, shape: &[usize], strides: &[usize]) -> usize {
     let mut rem = row;
     let mut off = 0;
     for d in (0..shape.len() - 1).rev() {

@@ -1,8 +1,10 @@
 //! The CPU backend: explicit FMA/SIMD kernels (AVX-512, AVX2+FMA, NEON, portable) picked
 //! at run time, multi-threaded on rayon's pool for large shapes.
 
+mod attention;
 mod elementwise;
 pub mod gemm;
+mod index;
 mod isa;
 pub mod math;
 mod optim;
@@ -16,10 +18,11 @@ pub use pool::{recycle, release_pooled, MIN_POOLED};
 
 use crate::validate;
 use crate::{
-    AdamWParams, Backend, BinaryLayout, BinaryOp, GemmSpec, KernelError, Result, SgdParams,
-    StridedLayout, UnaryOp, Window2d,
+    AdamWParams, AttentionSpec, Backend, BinaryLayout, BinaryOp, CompareOp, DType, GatherSpec,
+    GemmSpec, KernelError, Result, SelectLayout, SgdParams, StridedLayout, UnaryOp, Window2d,
 };
 use gemm::MatRef;
+use index::words;
 
 /// Runs every op on this CPU with the kernels of one instruction set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,7 +212,7 @@ impl Backend for CpuBackend {
     fn softmax_cross_entropy(
         &self,
         logits: &Vec<f32>,
-        labels: &[u32],
+        labels: &Vec<f32>,
         probs: &mut Vec<f32>,
         loss: &mut Vec<f32>,
         rows: usize,
@@ -223,7 +226,8 @@ impl Backend for CpuBackend {
             cols,
         )?;
         validate::scalar(OP, "loss", loss.len())?;
-        validate::labels(OP, labels, rows, cols)?;
+        crate::error::check_len(OP, "labels", rows, labels.len())?;
+        let labels = words(labels);
         loss[0] = softmax::softmax_cross_entropy(self.simd, logits, labels, probs, cols);
         Ok(())
     }
@@ -231,7 +235,7 @@ impl Backend for CpuBackend {
     fn softmax_cross_entropy_backward(
         &self,
         probs: &Vec<f32>,
-        labels: &[u32],
+        labels: &Vec<f32>,
         dloss: &Vec<f32>,
         dlogits: &mut Vec<f32>,
         rows: usize,
@@ -245,8 +249,146 @@ impl Backend for CpuBackend {
             cols,
         )?;
         validate::scalar(OP, "dloss", dloss.len())?;
-        validate::labels(OP, labels, rows, cols)?;
+        crate::error::check_len(OP, "labels", rows, labels.len())?;
+        let labels = words(labels);
         softmax::softmax_cross_entropy_backward(self.simd, probs, labels, dloss[0], dlogits, cols);
+        Ok(())
+    }
+
+    fn gather(
+        &self,
+        spec: &GatherSpec,
+        x: &Vec<f32>,
+        idx: &Vec<f32>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        spec.validate("gather", x.len(), idx.len(), out.len())?;
+        index::gather(spec, x, words(idx), out);
+        Ok(())
+    }
+
+    fn scatter_add(
+        &self,
+        spec: &GatherSpec,
+        dy: &Vec<f32>,
+        idx: &Vec<f32>,
+        dx: &mut Vec<f32>,
+    ) -> Result<()> {
+        spec.validate("scatter_add", dx.len(), idx.len(), dy.len())?;
+        index::scatter_add(self.simd, spec, dy, words(idx), dx);
+        Ok(())
+    }
+
+    fn copy_into(&self, src: &Vec<f32>, dst: &mut Vec<f32>, layout: &StridedLayout) -> Result<()> {
+        validate::copy_into(layout, src.len(), dst.len())?;
+        index::copy_into(src, dst, layout);
+        Ok(())
+    }
+
+    fn select(
+        &self,
+        layout: &SelectLayout,
+        cond: &Vec<f32>,
+        a: &Vec<f32>,
+        b: &Vec<f32>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        layout.validate(cond.len(), a.len(), b.len(), out.len())?;
+        index::select(layout, words(cond), a, b, out);
+        Ok(())
+    }
+
+    fn compare(
+        &self,
+        op: CompareOp,
+        dtype: DType,
+        layout: &BinaryLayout,
+        lhs: &Vec<f32>,
+        rhs: &Vec<f32>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        crate::index::compare(layout, lhs.len(), rhs.len(), out.len())?;
+        index::compare(op, dtype, layout, lhs, rhs, out);
+        Ok(())
+    }
+
+    fn triangle(
+        &self,
+        x: &Vec<f32>,
+        out: &mut Vec<f32>,
+        rows: usize,
+        cols: usize,
+        diagonal: i64,
+        upper: bool,
+    ) -> Result<()> {
+        crate::index::triangle(x.len(), out.len(), rows, cols)?;
+        index::triangle(x, out, rows, cols, diagonal, upper);
+        Ok(())
+    }
+
+    fn arange(&self, out: &mut Vec<f32>, start: u32, step: u32) -> Result<()> {
+        index::arange(out, start, step);
+        Ok(())
+    }
+
+    fn cast(&self, x: &Vec<f32>, from: DType, to: DType, out: &mut Vec<f32>) -> Result<()> {
+        crate::error::check_len("cast", "out", x.len(), out.len())?;
+        index::cast(x, from, to, out);
+        Ok(())
+    }
+
+    fn argmax_axis(
+        &self,
+        x: &Vec<f32>,
+        out: &mut Vec<f32>,
+        outer: usize,
+        axis: usize,
+        inner: usize,
+    ) -> Result<()> {
+        crate::index::argmax_axis(x.len(), out.len(), outer, axis, inner)?;
+        index::argmax_axis(x, out, outer, axis, inner);
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        spec: &AttentionSpec,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        out: &mut Vec<f32>,
+        lse: &mut Vec<f32>,
+    ) -> Result<()> {
+        spec.validate_forward(q.len(), k.len(), v.len(), out.len(), lse.len())?;
+        attention::forward(self.simd, spec, q, k, v, out, lse);
+        Ok(())
+    }
+
+    fn attention_backward(
+        &self,
+        spec: &AttentionSpec,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        out: &Vec<f32>,
+        lse: &Vec<f32>,
+        dout: &Vec<f32>,
+        dq: &mut Vec<f32>,
+        dk: &mut Vec<f32>,
+        dv: &mut Vec<f32>,
+    ) -> Result<()> {
+        spec.validate_backward([
+            ("q", q.len()),
+            ("k", k.len()),
+            ("v", v.len()),
+            ("out", out.len()),
+            ("lse", lse.len()),
+            ("dout", dout.len()),
+            ("dq", dq.len()),
+            ("dk", dk.len()),
+            ("dv", dv.len()),
+        ])?;
+        attention::backward(self.simd, spec, q, k, v, out, lse, dout, dq, dk, dv);
         Ok(())
     }
 

@@ -91,7 +91,8 @@ pub(crate) fn log_softmax_backward(simd: Simd, y: &[f32], dy: &[f32], dx: &mut [
 }
 
 /// Writes the row softmax of `logits` into `probs` and returns the mean cross-entropy.
-/// Labels must already be checked to be `< cols`.
+/// A label out of range makes its row's loss NaN, as on the GPU, where labels are not
+/// read on the host (the runtime checks them before a launch).
 pub(crate) fn softmax_cross_entropy(
     simd: Simd,
     logits: &[f32],
@@ -108,7 +109,10 @@ pub(crate) fn softmax_cross_entropy(
         let total = sum(simd, p);
         scale(simd, p, 1.0 / total);
         // -log softmax(x)[label] = log-sum-exp(x) - x[label]
-        max + total.ln() - x[labels[r] as usize]
+        match x.get(labels[r] as usize) {
+            Some(&picked) => max + total.ln() - picked,
+            None => f32::NAN,
+        }
     };
     let row_loss: Vec<f32> = if parallel(probs.len()) {
         probs
@@ -146,6 +150,8 @@ pub(crate) fn softmax_cross_entropy_backward(
     let scale_by = dloss / labels.len().max(1) as f32;
     rows(probs, dlogits, cols, |r, p, dx| {
         xent_grad_row(simd, p, scale_by, dx);
-        dx[labels[r] as usize] -= scale_by;
+        if let Some(d) = dx.get_mut(labels[r] as usize) {
+            *d -= scale_by;
+        }
     });
 }

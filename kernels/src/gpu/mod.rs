@@ -8,7 +8,9 @@
 //! allocates no device memory again.
 
 mod adapter;
+mod attention;
 mod device;
+mod indexing;
 mod params;
 mod pool;
 mod shaders;
@@ -18,8 +20,9 @@ pub use adapter::AdapterSummary;
 pub use pool::GpuBuffer;
 
 use crate::{
-    validate, AdamWParams, Backend, BinaryLayout, BinaryOp, GemmSpec, KernelError, Result,
-    SgdParams, StridedLayout, UnaryOp, Window2d,
+    validate, AdamWParams, AttentionSpec, Backend, BinaryLayout, BinaryOp, CompareOp, DType,
+    GatherSpec, GemmSpec, KernelError, Result, SelectLayout, SgdParams, StridedLayout, UnaryOp,
+    Window2d,
 };
 use device::Context;
 use params::{u32_of, ACT_NONE, MAX_RANK, OP_AFFINE};
@@ -144,12 +147,6 @@ impl GpuBackend {
             len,
             pool: self.ctx.storage.clone(),
         })
-    }
-
-    fn upload_labels(&self, labels: &[u32]) -> Result<GpuBuffer> {
-        let buf = self.buffer(labels.len())?;
-        self.ctx.write(&buf.raw, bytemuck::cast_slice(labels))?;
-        Ok(buf)
     }
 
     /// Workgroups for `count` invocations (or workgroups, with `per_group` 1), spread over
@@ -538,7 +535,7 @@ impl Backend for GpuBackend {
     fn softmax_cross_entropy(
         &self,
         logits: &GpuBuffer,
-        labels: &[u32],
+        labels: &GpuBuffer,
         probs: &mut GpuBuffer,
         loss: &mut GpuBuffer,
         rows: usize,
@@ -552,14 +549,13 @@ impl Backend for GpuBackend {
             cols,
         )?;
         validate::scalar(OP, "loss", loss.len)?;
-        validate::labels(OP, labels, rows, cols)?;
+        crate::error::check_len(OP, "labels", rows, labels.len)?;
         if rows * cols == 0 {
             return self.fill(loss, 0.0);
         }
         let p = Self::rows_params(OP, rows, cols)?;
-        let labels = self.upload_labels(labels)?;
         let row_loss = self.buffer(rows)?;
-        let bufs = [logits, &labels, &*probs, &row_loss];
+        let bufs = [logits, labels, &*probs, &row_loss];
         self.dispatch(Shader::CrossEntropy, &p, &bufs, self.grid(rows, 1)?)?;
         self.sum_scaled(&row_loss, &*loss, (1, rows, 1), 1.0 / rows as f32)
     }
@@ -567,7 +563,7 @@ impl Backend for GpuBackend {
     fn softmax_cross_entropy_backward(
         &self,
         probs: &GpuBuffer,
-        labels: &[u32],
+        labels: &GpuBuffer,
         dloss: &GpuBuffer,
         dlogits: &mut GpuBuffer,
         rows: usize,
@@ -581,15 +577,125 @@ impl Backend for GpuBackend {
             cols,
         )?;
         validate::scalar(OP, "dloss", dloss.len)?;
-        validate::labels(OP, labels, rows, cols)?;
+        crate::error::check_len(OP, "labels", rows, labels.len)?;
         if rows * cols == 0 {
             return Ok(());
         }
         let p = Self::rows_params(OP, rows, cols)?;
-        let labels = self.upload_labels(labels)?;
-        let bufs = [probs, &labels, dloss, &*dlogits];
+        let bufs = [probs, labels, dloss, &*dlogits];
         let groups = self.grid(rows * cols, WG)?;
         self.dispatch(Shader::CrossEntropyBackward, &p, &bufs, groups)
+    }
+
+    fn gather(
+        &self,
+        spec: &GatherSpec,
+        x: &GpuBuffer,
+        idx: &GpuBuffer,
+        out: &mut GpuBuffer,
+    ) -> Result<()> {
+        self.gather_impl(spec, x, idx, out)
+    }
+
+    fn scatter_add(
+        &self,
+        spec: &GatherSpec,
+        dy: &GpuBuffer,
+        idx: &GpuBuffer,
+        dx: &mut GpuBuffer,
+    ) -> Result<()> {
+        self.scatter_add_impl(spec, dy, idx, dx)
+    }
+
+    fn copy_into(
+        &self,
+        src: &GpuBuffer,
+        dst: &mut GpuBuffer,
+        layout: &StridedLayout,
+    ) -> Result<()> {
+        self.copy_into_impl(src, dst, layout)
+    }
+
+    fn select(
+        &self,
+        layout: &SelectLayout,
+        cond: &GpuBuffer,
+        a: &GpuBuffer,
+        b: &GpuBuffer,
+        out: &mut GpuBuffer,
+    ) -> Result<()> {
+        self.select_impl(layout, cond, a, b, out)
+    }
+
+    fn compare(
+        &self,
+        op: CompareOp,
+        dtype: DType,
+        layout: &BinaryLayout,
+        lhs: &GpuBuffer,
+        rhs: &GpuBuffer,
+        out: &mut GpuBuffer,
+    ) -> Result<()> {
+        self.compare_impl(op, dtype, layout, lhs, rhs, out)
+    }
+
+    fn triangle(
+        &self,
+        x: &GpuBuffer,
+        out: &mut GpuBuffer,
+        rows: usize,
+        cols: usize,
+        diagonal: i64,
+        upper: bool,
+    ) -> Result<()> {
+        self.triangle_impl(x, out, rows, cols, diagonal, upper)
+    }
+
+    fn arange(&self, out: &mut GpuBuffer, start: u32, step: u32) -> Result<()> {
+        self.arange_impl(out, start, step)
+    }
+
+    fn cast(&self, x: &GpuBuffer, from: DType, to: DType, out: &mut GpuBuffer) -> Result<()> {
+        self.cast_impl(x, from, to, out)
+    }
+
+    fn argmax_axis(
+        &self,
+        x: &GpuBuffer,
+        out: &mut GpuBuffer,
+        outer: usize,
+        axis: usize,
+        inner: usize,
+    ) -> Result<()> {
+        self.argmax_impl(x, out, outer, axis, inner)
+    }
+
+    fn attention(
+        &self,
+        spec: &AttentionSpec,
+        q: &GpuBuffer,
+        k: &GpuBuffer,
+        v: &GpuBuffer,
+        out: &mut GpuBuffer,
+        lse: &mut GpuBuffer,
+    ) -> Result<()> {
+        self.attention_impl(spec, q, k, v, out, lse)
+    }
+
+    fn attention_backward(
+        &self,
+        spec: &AttentionSpec,
+        q: &GpuBuffer,
+        k: &GpuBuffer,
+        v: &GpuBuffer,
+        out: &GpuBuffer,
+        lse: &GpuBuffer,
+        dout: &GpuBuffer,
+        dq: &mut GpuBuffer,
+        dk: &mut GpuBuffer,
+        dv: &mut GpuBuffer,
+    ) -> Result<()> {
+        self.attention_backward_impl(spec, [q, k, v, out, lse, dout], dq, dk, dv)
     }
 
     fn im2col(&self, x: &GpuBuffer, cols: &mut GpuBuffer, g: &Window2d) -> Result<()> {

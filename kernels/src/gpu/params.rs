@@ -195,3 +195,132 @@ impl Window {
         })
     }
 }
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(super) struct Gather {
+    pub len: u32,
+    pub n: u32,
+    pub m: u32,
+    pub inner: u32,
+    pub strides: [u32; 3],
+    /// Row partitions of the scatter-add (unused by the gather).
+    pub parts: u32,
+}
+
+impl Gather {
+    pub fn new(
+        op: &'static str,
+        spec: &crate::GatherSpec,
+        len: usize,
+        parts: usize,
+    ) -> Result<Self> {
+        u32_of(op, "source elements", spec.src_len())?;
+        u32_of(op, "index span", spec.idx_span())?;
+        Ok(Self {
+            len: u32_of(op, "invocations", len)?,
+            n: u32_of(op, "n", spec.n)?,
+            m: u32_of(op, "m", spec.m)?,
+            inner: u32_of(op, "inner", spec.inner)?,
+            strides: [
+                u32_of(op, "index stride", spec.idx_strides[0])?,
+                u32_of(op, "index stride", spec.idx_strides[1])?,
+                u32_of(op, "index stride", spec.idx_strides[2])?,
+            ],
+            parts: u32_of(op, "parts", parts)?,
+        })
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(super) struct Select {
+    pub len: u32,
+    pub rank: u32,
+    pub _pad: [u32; 2],
+    pub shape: [u32; MAX_RANK],
+    pub cond_strides: [u32; MAX_RANK],
+    pub a_strides: [u32; MAX_RANK],
+    pub b_strides: [u32; MAX_RANK],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(super) struct Compare {
+    pub len: u32,
+    pub rank: u32,
+    pub op: u32,
+    pub is_f32: u32,
+    pub shape: [u32; MAX_RANK],
+    pub lhs_strides: [u32; MAX_RANK],
+    pub rhs_strides: [u32; MAX_RANK],
+}
+
+/// The op codes of compare.wgsl.
+pub(super) fn compare_code(op: crate::CompareOp) -> u32 {
+    use crate::CompareOp::*;
+    match op {
+        Eq => 0,
+        Ne => 1,
+        Lt => 2,
+        Le => 3,
+        Gt => 4,
+        Ge => 5,
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(super) struct Triangle {
+    pub len: u32,
+    pub rows: u32,
+    pub cols: u32,
+    pub diagonal: i32,
+    pub upper: u32,
+    pub _pad: [u32; 3],
+}
+
+/// arange.wgsl, cast.wgsl and argmax.wgsl: a length and three words.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(super) struct Words4 {
+    pub len: u32,
+    pub a: u32,
+    pub b: u32,
+    pub _pad: u32,
+}
+
+/// attention_common.wgsl's `Params`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(super) struct Attention {
+    pub tq: u32,
+    pub tk: u32,
+    pub causal: u32,
+    pub head_base: u32,
+    pub scale: f32,
+    pub threshold: u32,
+    pub seed: u32,
+    pub dropout: u32,
+    pub inv_keep: f32,
+    pub _pad: [u32; 3],
+}
+
+impl Attention {
+    pub fn new(op: &'static str, spec: &crate::AttentionSpec) -> Result<Self> {
+        u32_of(op, "q elements", spec.q_len())?;
+        u32_of(op, "k elements", spec.kv_len())?;
+        Ok(Self {
+            tq: u32_of(op, "tq", spec.tq)?,
+            tk: u32_of(op, "tk", spec.tk)?,
+            causal: u32::from(spec.causal),
+            head_base: 0,
+            scale: spec.scale,
+            threshold: spec.drop_threshold(),
+            seed: spec.seed,
+            dropout: u32::from(spec.dropout > 0.0),
+            inv_keep: 1.0 / (1.0 - spec.dropout),
+            _pad: [0; 3],
+        })
+    }
+}

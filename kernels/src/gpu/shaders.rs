@@ -7,7 +7,7 @@ use crate::{KernelError, Result};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use ringtrain_shaders::{common, elementwise, gemm, loss, optim, reduce, window};
+use ringtrain_shaders::{attention, common, elementwise, gemm, index, loss, optim, reduce, window};
 
 /// One compute kernel, and the variant of it an op needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -32,6 +32,25 @@ pub(super) enum Shader {
     MaxPoolBackward,
     AvgPool,
     AvgPoolBackward,
+    Gather,
+    ScatterAdd,
+    CopyInto,
+    Select,
+    Compare,
+    Triangle,
+    Arange,
+    Cast,
+    Argmax,
+    /// The attention kernels, compiled per head size.
+    Attention(AttentionKernel, u32),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum AttentionKernel {
+    Forward,
+    Dsum,
+    Dq,
+    Dkdv,
 }
 
 /// GEMM variants: which operands are stored transposed, and which can be read as vec4s.
@@ -67,6 +86,21 @@ impl Shader {
             Shader::MaxPoolBackward => (window::MAX_POOL_BACKWARD, "main", false),
             Shader::AvgPool => (window::AVG_POOL, "main", false),
             Shader::AvgPoolBackward => (window::AVG_POOL_BACKWARD, "main", false),
+            Shader::Gather => (index::GATHER, "main", false),
+            Shader::ScatterAdd => (index::SCATTER_ADD, "main", false),
+            Shader::CopyInto => (index::COPY_INTO, "main", false),
+            Shader::Select => (index::SELECT, "main", false),
+            Shader::Compare => (index::COMPARE, "main", false),
+            Shader::Triangle => (index::TRIANGLE, "main", false),
+            Shader::Arange => (index::ARANGE, "main", false),
+            Shader::Cast => (index::CAST, "main", false),
+            Shader::Argmax => (index::ARGMAX, "main", false),
+            Shader::Attention(kernel, _) => match kernel {
+                AttentionKernel::Forward => (attention::FORWARD, "main", false),
+                AttentionKernel::Dsum => (attention::DSUM, "main", false),
+                AttentionKernel::Dq => (attention::DQ, "main", false),
+                AttentionKernel::Dkdv => (attention::DKDV, "main", false),
+            },
         }
     }
 
@@ -86,6 +120,10 @@ impl Shader {
                 | Shader::AvgPoolBackward
         ) {
             src.push_str(window::GEOMETRY);
+        }
+        if let Shader::Attention(_, head_dim) = self {
+            src.push_str(&format!("const HEAD_DIM: u32 = {head_dim}u;\n"));
+            src.push_str(attention::COMMON);
         }
         if let Shader::Gemm(v) = self {
             src.push_str(&gemm_loader("a", 1, v.vec4_a));

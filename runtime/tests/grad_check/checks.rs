@@ -486,10 +486,10 @@ fn grad_broadcast_as() {
 
 #[test]
 fn grad_log_softmax_and_softmax() {
-    check_grads(&[input(130, &[3, 5])], |t| t[0].log_softmax());
-    check_grads(&[input(131, &[2, 3, 4])], |t| t[0].log_softmax());
-    check_grads(&[input(132, &[3, 5])], |t| t[0].softmax());
-    check_grads(&[input(133, &[2, 3, 4])], |t| t[0].softmax());
+    check_grads(&[input(130, &[3, 5])], |t| t[0].log_softmax(-1));
+    check_grads(&[input(131, &[2, 3, 4])], |t| t[0].log_softmax(-1));
+    check_grads(&[input(132, &[3, 5])], |t| t[0].softmax(-1));
+    check_grads(&[input(133, &[2, 3, 4])], |t| t[0].softmax(-1));
 }
 
 #[test]
