@@ -7,3 +7,4 @@ fn dev() -> Device {
 }
 
 include!("grad_check/checks.rs");
+include!("grad_check/transformer.rs");
