@@ -280,8 +280,13 @@ fn embedding_looks_up_rows_and_accumulates_gradients_of_repeated_indices() {
     let dev = cpu();
     let emb = Embedding::new(5, 3, &dev, &mut rng_from_seed(11)).unwrap();
     let table = emb.weight().to_vec().unwrap();
-    let idx = Tensor::from_vec(vec![4.0, 1.0, 4.0, 0.0], (2, 2), &dev).unwrap();
+    let idx = Tensor::from_u32(vec![4, 1, 4, 0], (2, 2), &dev).unwrap();
     let y = emb.forward(&idx).unwrap();
+    let as_f32 = Tensor::from_vec(vec![4.0, 1.0, 4.0, 0.0], (2, 2), &dev).unwrap();
+    assert_eq!(
+        emb.forward(&as_f32).unwrap().to_vec().unwrap(),
+        y.to_vec().unwrap()
+    );
     assert_eq!(y.dims(), &[2, 2, 3]);
     let rows: Vec<f32> = [4, 1, 4, 0]
         .iter()
@@ -296,6 +301,10 @@ fn embedding_looks_up_rows_and_accumulates_gradients_of_repeated_indices() {
         let t = Tensor::from_vec(vec![bad], 1, &dev).unwrap();
         assert!(emb.forward(&t).is_err(), "index {bad}");
     }
+    let err = emb
+        .forward(&Tensor::from_u32(vec![0, 5], 2, &dev).unwrap())
+        .unwrap_err();
+    assert!(err.to_string().contains("index 5 is out of range"), "{err}");
 }
 
 #[test]

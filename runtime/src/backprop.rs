@@ -22,11 +22,12 @@ pub(crate) enum Op {
         trans_a: bool,
         trans_b: bool,
     },
-    /// `x W^T + bias`, bias fused into the GEMM.
+    /// `x W^T + bias` (`x W + bias` when `in_out`), bias fused into the GEMM.
     Linear {
         x: Tensor,
         weight: Tensor,
         bias: Tensor,
+        in_out: bool,
     },
     /// A sum over some dimensions, kept as size 1.
     Sum(Tensor),
@@ -118,7 +119,9 @@ impl Op {
             Op::Attention { q, k, v, .. } => vec![q, k, v],
             Op::Conv2d { x, weight, .. } => vec![x, weight],
             Op::Binary(_, a, b) | Op::Matmul { a, b, .. } => vec![a, b],
-            Op::Linear { x, weight, bias } => vec![x, weight, bias],
+            Op::Linear {
+                x, weight, bias, ..
+            } => vec![x, weight, bias],
         }
     }
 }
@@ -357,12 +360,23 @@ fn input_grads(op: &Op, out: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>>
                 wants(b).then(gb).transpose()?,
             ]
         }
-        Op::Linear { x, weight, bias } => vec![
+        Op::Linear {
+            x,
+            weight,
+            bias,
+            in_out,
+        } => vec![
             wants(x)
-                .then(|| g.matmul_t(weight, false, false))
+                .then(|| g.matmul_t(weight, false, *in_out))
                 .transpose()?,
             wants(weight)
-                .then(|| g.matmul_t(x, true, false))
+                .then(|| {
+                    if *in_out {
+                        x.matmul_t(g, true, false)
+                    } else {
+                        g.matmul_t(x, true, false)
+                    }
+                })
                 .transpose()?,
             wants(bias).then(|| g.sum_to(bias.shape())).transpose()?,
         ],

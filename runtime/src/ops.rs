@@ -205,8 +205,18 @@ impl Tensor {
     /// shape `[out, in]` (PyTorch's layout) and an optional `bias` of shape `[out]`. Runs as
     /// one GEMM whose epilogue adds the bias on backends that fuse it (the GPU).
     pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        self.linear_impl(weight, bias, false)
+    }
+
+    /// `self W + bias` for `weight` stored `[in, out]` (GPT-2's `Conv1D` layout): the
+    /// same fused GEMM as [`Tensor::linear`], reading the weight untransposed.
+    pub fn linear_in_out(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        self.linear_impl(weight, bias, true)
+    }
+
+    fn linear_impl(&self, weight: &Tensor, bias: Option<&Tensor>, in_out: bool) -> Result<Tensor> {
         let Some(bias) = bias else {
-            return self.matmul_t(weight, false, true);
+            return self.matmul_t(weight, false, !in_out);
         };
         same_device("linear", self, weight)?;
         same_device("linear", self, bias)?;
@@ -214,29 +224,38 @@ impl Tensor {
             t.expect_dtype(DType::F32, "linear")?;
         }
         let (xd, wd) = (self.dims(), weight.dims());
-        if xd.len() != 2 || wd.len() != 2 || xd[1] != wd[1] {
+        let (w_in, w_out) = match *wd {
+            [a, b] if in_out => (a, b),
+            [a, b] => (b, a),
+            _ => (0, 0),
+        };
+        if xd.len() != 2 || wd.len() != 2 || xd[1] != w_in {
             return Err(Error::ShapeMismatch {
                 op: "linear",
                 lhs: self.shape().clone(),
                 rhs: weight.shape().clone(),
-                hint: " (inputs [rows, in] and weight [out, in])",
+                hint: if in_out {
+                    " (inputs [rows, in] and weight [in, out])"
+                } else {
+                    " (inputs [rows, in] and weight [out, in])"
+                },
             });
         }
-        if bias.dims() != [wd[0]] {
+        if bias.dims() != [w_out] {
             return Err(Error::ShapeMismatch {
                 op: "linear",
                 lhs: weight.shape().clone(),
                 rhs: bias.shape().clone(),
-                hint: " (weight [out, in] and bias [out])",
+                hint: " (a bias of one value per output)",
             });
         }
         if bias.shares_storage(self) || bias.shares_storage(weight) {
             // Locking one storage twice could wait behind a writer; such a model is
             // rare enough to take the unfused path.
-            return self.matmul_t(weight, false, true)?.add(bias);
+            return self.matmul_t(weight, false, !in_out)?.add(bias);
         }
-        let (m, k, n) = (xd[0], xd[1], wd[0]);
-        let spec = GemmSpec::new(m, n, k, false, true);
+        let (m, k, n) = (xd[0], xd[1], w_out);
+        let spec = GemmSpec::new(m, n, k, false, !in_out);
         let storage = self.with_pair(weight, |x, w| {
             let b = bias.read();
             Ok(on_device!(self.device(), be => {
@@ -249,6 +268,7 @@ impl Tensor {
             x: self.clone(),
             weight: weight.clone(),
             bias: bias.clone(),
+            in_out,
         });
         Ok(self.derived(storage, Shape::from((m, n)), rec))
     }

@@ -4,7 +4,9 @@
 //! `#[derive(Module)]` writes the state of a struct from its fields.
 
 mod activation;
+mod attention;
 mod conv;
+mod conv1d;
 mod dropout;
 mod embedding;
 mod flatten;
@@ -17,7 +19,11 @@ mod sequential;
 mod state;
 
 pub use activation::{Gelu, Relu, Sigmoid, Tanh};
+pub use attention::{
+    AttentionDropoutDraws, BlockConfig, Mlp, MultiheadAttention, TransformerBlock,
+};
 pub use conv::{Conv2d, Conv2dConfig};
+pub use conv1d::Conv1D;
 pub use dropout::Dropout;
 pub use embedding::Embedding;
 pub use flatten::{Flatten, Unflatten};

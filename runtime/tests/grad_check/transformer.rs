@@ -154,3 +154,12 @@ fn fused_attention_matches_the_composed_ops() {
         assert!(worst < 1e-5, "causal={causal}: fused and composed differ by {worst}");
     }
 }
+
+#[test]
+fn grad_linear_in_out() {
+    // GPT-2's layout: weight [in, out].
+    check_grads(&[input(270, &[4, 3]), input(271, &[3, 5]), input(272, &[5])], |t| {
+        t[0].linear_in_out(&t[1], Some(&t[2]))
+    });
+    check_grads(&[input(273, &[4, 3]), input(274, &[3, 5])], |t| t[0].linear_in_out(&t[1], None));
+}
