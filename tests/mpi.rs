@@ -477,3 +477,48 @@ fn a_nan_on_one_rank_is_caught_on_every_rank() {
         skipped.stdout
     );
 }
+
+/// The gpt example over MPI: two ranks train as two in-process replicas do.
+#[test]
+fn gpt_trains_over_mpi_as_two_in_process_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let (over_mpi, local_m) = (dir.path().join("mpi.jsonl"), dir.path().join("local.jsonl"));
+    let common = [
+        "--steps",
+        "30",
+        "--eval-every",
+        "30steps",
+        "--held-out",
+        "200",
+    ];
+    let mut args: Vec<&str> = common.to_vec();
+    args.extend([
+        "--comm",
+        "mpi",
+        "--devices",
+        "cpu",
+        "--metrics-out",
+        over_mpi.to_str().unwrap(),
+    ]);
+    let job = mpirun(2, "gpt", &args);
+    ok(&job, "gpt over MPI");
+    let mut args: Vec<&str> = common.to_vec();
+    args.extend([
+        "--devices",
+        "cpu,cpu",
+        "--metrics-out",
+        local_m.to_str().unwrap(),
+    ]);
+    ok(&local("gpt", &args), "gpt on two replicas");
+    let last = |p: &Path| -> serde_json::Value {
+        let text = std::fs::read_to_string(p).unwrap();
+        serde_json::from_str(text.lines().last().unwrap()).unwrap()
+    };
+    let (a, b) = (last(&over_mpi), last(&local_m));
+    assert_eq!(a["devices"], 2, "{a}");
+    let (la, lb) = (
+        a["val_loss"].as_f64().unwrap(),
+        b["val_loss"].as_f64().unwrap(),
+    );
+    assert!((la - lb).abs() < 1e-5, "over MPI {la}, in process {lb}");
+}

@@ -1,4 +1,5 @@
-//! Datasets: the IDX file format, MNIST on top of it, and a mini-batch loader.
+//! Datasets: the IDX file format, MNIST on top of it, a mini-batch loader, and token
+//! sequences for language models (text windows, n-digit addition).
 //!
 //! Loading and batching are plain CPU-side `Vec<f32>`/`Vec<u32>` data, testable without a
 //! device; [`DataSource`] is how a trainer draws batches, which a loss function then
@@ -7,6 +8,7 @@
 pub mod idx;
 pub mod loader;
 pub mod mnist;
+pub mod sequence;
 pub mod source;
 
 use std::path::PathBuf;
@@ -14,6 +16,7 @@ use std::path::PathBuf;
 pub use idx::{parse_idx, read_idx, IdxArray, MAX_IDX_BYTES};
 pub use loader::{Batch, Batches};
 pub use mnist::{normalise_pixel, Dataset, Mnist, MNIST_CLASSES, MNIST_MEAN, MNIST_STD};
+pub use sequence::{Addition, CharVocab, TextCorpus, TokenBatch, TokenWindows};
 pub use source::{DataSource, InMemory, InMemoryBatch, Targets};
 
 /// Everything that can go wrong while reading or batching a dataset.

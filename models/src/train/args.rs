@@ -283,6 +283,7 @@ impl TrainArgs {
                 .or(if self.steps.is_none() { Some(10) } else { None }),
             steps: self.steps,
             batch_size: self.batch_size as usize,
+            tokens_per_sample: None,
             seed: self.seed,
             schedule,
             clip_grad_norm: self.clip_grad_norm,

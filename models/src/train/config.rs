@@ -96,6 +96,9 @@ pub struct TrainConfig {
     pub steps: Option<u64>,
     /// Samples per optimizer step, over all replicas (each takes its share).
     pub batch_size: usize,
+    /// Tokens in one sample (a sequence model's window): the reports then give
+    /// `tokens_per_sec` too.
+    pub tokens_per_sample: Option<usize>,
     /// Seeds the data order (a new order each epoch).
     pub seed: u64,
     pub schedule: Schedule,
@@ -131,6 +134,7 @@ impl Default for TrainConfig {
             epochs: Some(1),
             steps: None,
             batch_size: 64,
+            tokens_per_sample: None,
             seed: 0,
             schedule: Schedule::default(),
             clip_grad_norm: None,

@@ -61,6 +61,8 @@ pub use config::{CheckpointConfig, Every, Faults, TrainConfig};
 pub use devices::{describe as describe_devices, Backend, DeviceName, Devices};
 pub use position::Position;
 pub use record::{format_scores, Record, Scores};
-pub use resume::{HISTORY, POSITION, SETTINGS};
+pub use resume::{
+    checkpoint_settings, latest_settings, restore_model, HISTORY, POSITION, SETTINGS,
+};
 pub use schedule::Schedule;
 pub use trainer::{Trained, Trainer};

@@ -21,6 +21,8 @@ pub struct Record {
     pub train_loss: f64,
     pub scores: Scores,
     pub samples_per_sec: f64,
+    /// For sequence models (`TrainConfig::tokens_per_sample`).
+    pub tokens_per_sec: Option<f64>,
     pub devices: usize,
     pub seconds: f64,
     pub lr: f32,
@@ -28,12 +30,13 @@ pub struct Record {
     pub skipped_steps: u64,
 }
 
-const FIXED: [&str; 9] = [
+const FIXED: [&str; 10] = [
     "epoch",
     "step",
     "epoch_end",
     "train_loss",
     "samples_per_sec",
+    "tokens_per_sec",
     "devices",
     "samples_per_sec_per_device",
     "seconds",
@@ -54,6 +57,9 @@ impl Record {
         m.insert("epoch_end".into(), self.epoch_end.into());
         m.insert("train_loss".into(), number(self.train_loss));
         m.insert("samples_per_sec".into(), number(self.samples_per_sec));
+        if let Some(t) = self.tokens_per_sec {
+            m.insert("tokens_per_sec".into(), number(t));
+        }
         m.insert("devices".into(), self.devices.into());
         m.insert(
             "samples_per_sec_per_device".into(),
@@ -86,6 +92,7 @@ impl Record {
             train_loss: f("train_loss").ok_or_else(bad)?,
             scores,
             samples_per_sec: f("samples_per_sec").unwrap_or(f64::NAN),
+            tokens_per_sec: f("tokens_per_sec"),
             devices: u("devices")? as usize,
             seconds: f("seconds").unwrap_or(f64::NAN),
             lr: f("lr").unwrap_or(f64::NAN) as f32,
@@ -103,7 +110,10 @@ impl Record {
         };
         s += &format!("  train loss {:.4}", self.train_loss);
         s += &format_scores(&self.scores);
-        s += &format!("  {:>8.0} samples/s", self.samples_per_sec);
+        match self.tokens_per_sec {
+            Some(t) => s += &format!("  {t:>8.0} tokens/s"),
+            None => s += &format!("  {:>8.0} samples/s", self.samples_per_sec),
+        }
         if self.devices > 1 {
             s += &format!(
                 " ({:.0} per device)",

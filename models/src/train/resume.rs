@@ -82,3 +82,46 @@ pub fn latest(dir: &CheckpointDir, settings: &str) -> Result<(Position, Vec<Reco
         .unwrap_or_default();
     Ok((position, history, checkpoint))
 }
+
+/// Restores `model` from the newest checkpoint a [`Trainer`](super::Trainer) wrote into
+/// `dir` (to sample from it, or evaluate it), and returns the program's settings of that
+/// run (its `TrainConfig::settings`), so a program can rebuild the model it holds.
+pub fn restore_model(
+    dir: &std::path::Path,
+    model: &(impl crate::nn::ModuleState + ?Sized),
+) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let dir = CheckpointDir::new(dir, 1);
+    let (saved, checkpoint) = dir.latest()?.ok_or_else(|| {
+        Error::msg(format!(
+            "no checkpoint (epoch-EEEE-step-SSSSSSSS.safetensors) in {}",
+            dir.path().display()
+        ))
+    })?;
+    checkpoint
+        .restore(model, "model.")
+        .map_err(|e| Error::msg(format!("{}: {e}", saved.path.display())))?;
+    Ok(checkpoint_settings(&checkpoint))
+}
+
+/// The program's settings in a trainer checkpoint's metadata (empty when it has none).
+pub fn checkpoint_settings(checkpoint: &Checkpoint) -> serde_json::Map<String, serde_json::Value> {
+    checkpoint
+        .metadata(SETTINGS)
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+        .and_then(|v| v.get("program").and_then(|p| p.as_object().cloned()))
+        .unwrap_or_default()
+}
+
+/// The program's settings of the newest checkpoint in `dir`, read before a model is
+/// built from them.
+pub fn latest_settings(
+    dir: &std::path::Path,
+) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let (_, checkpoint) = CheckpointDir::new(dir, 1).latest()?.ok_or_else(|| {
+        Error::msg(format!(
+            "no checkpoint (epoch-EEEE-step-SSSSSSSS.safetensors) in {}",
+            dir.display()
+        ))
+    })?;
+    Ok(checkpoint_settings(&checkpoint))
+}

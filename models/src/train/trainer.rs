@@ -412,7 +412,7 @@ impl Trainer {
                 }
                 bar.set_message(format!("loss {:.4}", at.loss_sum() / at.seen.max(1) as f64));
                 if report {
-                    let record = window.report(&at, epoch_done, group, lr, || {
+                    let mut record = window.report(&at, epoch_done, group, lr, || {
                         if !root {
                             return Ok(Scores::new());
                         }
@@ -422,6 +422,9 @@ impl Trainer {
                         model.set_training(true);
                         scores
                     })?;
+                    record.tokens_per_sec = config
+                        .tokens_per_sample
+                        .map(|t| record.samples_per_sec * t as f64);
                     if root {
                         bar.suspend(|| say(&record.line()));
                         history.push(record);
@@ -571,6 +574,7 @@ impl Window {
             train_loss: at.loss_sum() / at.seen as f64,
             scores,
             samples_per_sec: self.samples as f64 / train_seconds,
+            tokens_per_sec: None,
             devices,
             seconds: self.started.elapsed().as_secs_f64(),
             lr,
