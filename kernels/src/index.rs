@@ -182,7 +182,7 @@ pub(crate) fn compare(layout: &BinaryLayout, lhs: usize, rhs: usize, out: usize)
 pub(crate) fn triangle(x: usize, out: usize, rows: usize, cols: usize) -> Result<()> {
     check_len("triangle", "out", x, out)?;
     let plane = saturating_product(&[rows, cols]);
-    if plane == 0 && x != 0 || plane != 0 && x % plane != 0 {
+    if plane == 0 && x != 0 || plane != 0 && !x.is_multiple_of(plane) {
         return Err(invalid(
             "triangle",
             format!("{x} elements are not whole {rows} x {cols} matrices"),

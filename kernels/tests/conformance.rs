@@ -1335,11 +1335,11 @@ fn errors<B: Backend>(b: &B) {
     );
 }
 
+include!("conformance_parts/indexing.rs");
+
 /// Defines a module of tests running the whole suite on each backend `$backends`
 /// evaluates to (a `Vec`, so one line can cover a family such as every SIMD level; an
 /// empty `Vec` -- no such device here -- makes the tests pass vacuously, with a note).
-include!("conformance_parts/indexing.rs");
-
 macro_rules! conformance_suite {
     ($module:ident, $backends:expr) => {
         mod $module {

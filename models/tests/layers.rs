@@ -304,7 +304,11 @@ fn embedding_looks_up_rows_and_accumulates_gradients_of_repeated_indices() {
     let err = emb
         .forward(&Tensor::from_u32(vec![0, 5], 2, &dev).unwrap())
         .unwrap_err();
-    assert!(err.to_string().contains("index 5 is out of range"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("index 5 at position 1 is out of range"),
+        "{err}"
+    );
 }
 
 #[test]

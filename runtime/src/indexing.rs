@@ -116,30 +116,28 @@ impl Tensor {
         Tensor::from_storage_typed(storage, shape, self.device().clone(), dtype, bound, op)
     }
 
-    /// The bound of this u32 tensor's values (its max plus one), read back when no op
-    /// knew it.
-    pub(crate) fn checked_bound(&self, limit: usize) -> Result<u64> {
-        match self.0.bound {
-            Some(b) if b <= limit as u64 => Ok(b),
-            // A loose bound (a slice of an arange, say) is not yet an error: look.
-            _ => Ok(self
-                .to_vec_u32()?
-                .iter()
-                .max()
-                .map_or(0, |&m| u64::from(m) + 1)),
+    /// The first element (position and value) of this u32 tensor that is `limit` or
+    /// more, if any. Free when the tensor's bound says none can be; otherwise (a loose or
+    /// unknown bound) the values are read back and looked at.
+    pub(crate) fn first_out_of_range(&self, limit: usize) -> Result<Option<(usize, u32)>> {
+        if self.0.bound.is_some_and(|b| b <= limit as u64) {
+            return Ok(None);
         }
+        Ok(self
+            .to_vec_u32()?
+            .into_iter()
+            .enumerate()
+            .find(|&(_, v)| v as usize >= limit))
     }
 
     fn check_indices(&self, op: &'static str, n: usize) -> Result<()> {
         self.expect_dtype(DType::U32, op)?;
-        let bound = self.checked_bound(n)?;
-        if bound > n as u64 {
-            return Err(Error::InvalidArgument(format!(
-                "{op}: index {} is out of range for a dimension of size {n}",
-                bound - 1
-            )));
+        match self.first_out_of_range(n)? {
+            Some((at, v)) => Err(Error::InvalidArgument(format!(
+                "{op}: index {v} at position {at} is out of range for a dimension of size {n}"
+            ))),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Picks entries along `dim` by a u32 index tensor of any shape: the result's shape is

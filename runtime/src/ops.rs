@@ -309,7 +309,14 @@ impl Tensor {
         }
         let batch_a = Shape::from(ad[..ra - 2].to_vec());
         let batch_b = Shape::from(bd[..rb - 2].to_vec());
-        let batch = batch_a.broadcast(&batch_b, "matmul")?;
+        let batch = batch_a
+            .broadcast(&batch_b, "matmul")
+            .map_err(|_| Error::ShapeMismatch {
+                op: "matmul",
+                lhs: self.shape().clone(),
+                rhs: rhs.shape().clone(),
+                hint: " (their batch dimensions cannot be broadcast together)",
+            })?;
         let count = batch.elem_count();
         let expand = |t: &Tensor, own: &Shape| -> Result<Tensor> {
             let (rows, cols) = (t.dims()[t.rank() - 2], t.dims()[t.rank() - 1]);
@@ -635,11 +642,9 @@ impl Tensor {
                 ),
             });
         }
-        let bound = labels.checked_bound(cols)?;
-        if bound > cols as u64 {
+        if let Some((row, label)) = labels.first_out_of_range(cols)? {
             return Err(Error::InvalidArgument(format!(
-                "cross_entropy: label {} is out of range for {cols} classes",
-                bound - 1
+                "cross_entropy: label {label} at row {row} is out of range for {cols} classes"
             )));
         }
         let (probs, loss) = self.with_pair(labels, |x, l| {

@@ -83,7 +83,7 @@ fn bad_indices_and_masks_are_clear_errors() {
         let ids = Tensor::from_u32(vec![1, 5], 2, &dev).unwrap();
         let msg = err_text(w.index_select(0, &ids));
         assert!(
-            msg.contains("index 5 is out of range for a dimension of size 5"),
+            msg.contains("index 5 at position 1 is out of range for a dimension of size 5"),
             "{msg}"
         );
         // A bound known to be loose (a slice of an arange) is checked by looking.
@@ -96,7 +96,7 @@ fn bad_indices_and_masks_are_clear_errors() {
         assert!(err_text(w.index_select(0, &floats)).contains("expected a u32 tensor"));
         let msg = err_text(w.cross_entropy(&[0, 1, 4, 2, 1]));
         assert!(
-            msg.contains("label 4 is out of range for 4 classes"),
+            msg.contains("label 4 at row 2 is out of range for 4 classes"),
             "{msg}"
         );
         let labels = Tensor::from_u32(vec![0, 1, 2], 3, &dev).unwrap();

@@ -187,7 +187,8 @@ pub(crate) fn backward(
     let inv_keep = 1.0 / (1.0 - spec.dropout);
     // One task per head, walking its tiles in a fixed order: sums do not depend on the
     // thread count.
-    let head_task = |(head, ((dq, dk), dv)): (usize, ((&mut [f32], &mut [f32]), &mut [f32]))| {
+    type Grads<'a> = ((&'a mut [f32], &'a mut [f32]), &'a mut [f32]);
+    let head_task = |(head, ((dq, dk), dv)): (usize, Grads<'_>)| {
         let (qs, ks) = (
             head * tq * d..(head + 1) * tq * d,
             head * tk * d..(head + 1) * tk * d,

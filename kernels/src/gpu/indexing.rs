@@ -70,7 +70,7 @@ impl GpuBackend {
     pub(super) fn copy_into_impl(
         &self,
         src: &GpuBuffer,
-        dst: &GpuBuffer,
+        dst: &mut GpuBuffer,
         layout: &StridedLayout,
     ) -> Result<()> {
         const OP: &str = "copy_into";
@@ -162,7 +162,7 @@ impl GpuBackend {
     pub(super) fn triangle_impl(
         &self,
         x: &GpuBuffer,
-        out: &GpuBuffer,
+        out: &mut GpuBuffer,
         rows: usize,
         cols: usize,
         diagonal: i64,
@@ -231,7 +231,7 @@ impl GpuBackend {
     pub(super) fn argmax_impl(
         &self,
         x: &GpuBuffer,
-        out: &GpuBuffer,
+        out: &mut GpuBuffer,
         outer: usize,
         axis: usize,
         inner: usize,

@@ -25,7 +25,7 @@ pub struct BlockConfig {
 
 impl BlockConfig {
     fn validate(&self) -> Result<()> {
-        if self.d_model == 0 || self.n_head == 0 || self.d_model % self.n_head != 0 {
+        if self.d_model == 0 || self.n_head == 0 || !self.d_model.is_multiple_of(self.n_head) {
             return Err(Error::InvalidArgument(format!(
                 "a transformer needs d_model divisible by n_head, got d_model {} and {} heads",
                 self.d_model, self.n_head
