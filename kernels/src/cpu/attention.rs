@@ -1,8 +1,9 @@
 //! Fused scaled dot-product attention, blocked as flash attention is: a block of queries
 //! meets the keys block by block with an online softmax, so a head's `[tq, tk]` scores
 //! exist only as one `BQ x BK` tile at a time. The backward pass recomputes each tile
-//! from the saved row log-sum-exp. Key blocks are transposed into scratch first, so the
-//! score row and its gradient are axpys over contiguous keys, which vectorise.
+//! from the saved row log-sum-exp. Key blocks are transposed into scratch first, so a
+//! score row is a run of axpys over contiguous keys; each row-level step is one
+//! `simd_fn!` kernel, so loops over a small head size vectorise without a call per key.
 
 use super::isa::simd_fn;
 use super::math;
@@ -16,33 +17,75 @@ const BQ: usize = 32;
 const BK: usize = 64;
 
 simd_fn! {
-    /// `y += a * x`.
-    fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-        y.iter_mut().zip(x).for_each(|(y, &x)| *y += a * x);
+    /// `s[c] = scale * (q . key c)` for `c < n`, the keys transposed in `kt` (`[d,
+    /// stride]`): a causal row stops at its last visible key.
+    fn scores_row(q: &[f32], kt: &[f32], stride: usize, n: usize, scale: f32, s: &mut [f32]) {
+        let s = &mut s[..n];
+        s.fill(0.0);
+        for (e, &qe) in q.iter().enumerate() {
+            for (x, &k) in s.iter_mut().zip(&kt[e * stride..e * stride + n]) {
+                *x += qe * k;
+            }
+        }
+        s.iter_mut().for_each(|x| *x *= scale);
     }
 }
 
 simd_fn! {
-    fn scale_in_place(y: &mut [f32], a: f32) {
-        y.iter_mut().for_each(|y| *y *= a);
+    /// `p[c] = exp(s[c] - shift)`; returns their sum.
+    fn exp_row(s: &[f32], shift: f32, p: &mut [f32]) -> f32 {
+        let p = &mut p[..s.len()];
+        for (p, &x) in p.iter_mut().zip(s) {
+            *p = math::exp(x - shift);
+        }
+        let mut acc = [0f32; 16];
+        let chunks = p.chunks_exact(16);
+        let tail: f32 = chunks.remainder().iter().sum();
+        for c in chunks {
+            for (a, &v) in acc.iter_mut().zip(c) {
+                *a += v;
+            }
+        }
+        acc.iter().sum::<f32>() + tail
+    }
+}
+
+simd_fn! {
+    /// `acc = acc * keep + sum_c w[c] * rows[c]` over rows of `d` values.
+    fn weighted_rows(acc: &mut [f32], keep: f32, w: &[f32], rows: &[f32], d: usize) {
+        let acc = &mut acc[..d];
+        acc.iter_mut().for_each(|a| *a *= keep);
+        for (c, &wc) in w.iter().enumerate() {
+            for (a, &x) in acc.iter_mut().zip(&rows[c * d..(c + 1) * d]) {
+                *a += wc * x;
+            }
+        }
+    }
+}
+
+simd_fn! {
+    /// `rows[c] += w[c] * x` for each row `c` of `d` values.
+    fn rank1_rows(rows: &mut [f32], w: &[f32], x: &[f32], d: usize) {
+        let x = &x[..d];
+        for (c, &wc) in w.iter().enumerate() {
+            for (r, &xv) in rows[c * d..(c + 1) * d].iter_mut().zip(x) {
+                *r += wc * xv;
+            }
+        }
+    }
+}
+
+simd_fn! {
+    /// `ds[c] = p[c] * (dp[c] - dsum) * scale`.
+    fn softmax_grad_row(p: &[f32], dp: &[f32], dsum: f32, scale: f32, ds: &mut [f32]) {
+        for ((o, &p), &g) in ds.iter_mut().zip(p).zip(dp) {
+            *o = p * (g - dsum) * scale;
+        }
     }
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 /// `kt[e * nk + c] = k[(c0 + c) * d + e]`: a key block, transposed.
@@ -55,21 +98,19 @@ fn transpose_block(k: &[f32], c0: usize, nk: usize, d: usize, kt: &mut [f32]) {
     }
 }
 
-/// `s[c] = scale * (q . key c)` over a transposed block.
-fn scores(simd: Simd, q: &[f32], kt: &[f32], nk: usize, scale: f32, s: &mut [f32]) {
-    let s = &mut s[..nk];
-    s.fill(0.0);
-    for (e, &qe) in q.iter().enumerate() {
-        axpy(simd, s, qe, &kt[e * nk..(e + 1) * nk]);
+/// Multiplies each weight `(head, i, c0 + c)` by its dropout factor: 0 when dropped,
+/// `1 / (1 - p)` when kept.
+fn apply_dropout(spec: &AttentionSpec, head: usize, i: usize, c0: usize, w: &mut [f32]) {
+    let threshold = spec.drop_threshold();
+    let inv_keep = 1.0 / (1.0 - spec.dropout);
+    for (c, w) in w.iter_mut().enumerate() {
+        let counter = ((head * spec.tq + i) * spec.tk + c0 + c) as u32;
+        *w *= if dropout_hash(spec.seed, counter) >= threshold {
+            inv_keep
+        } else {
+            0.0
+        };
     }
-    scale_in_place(simd, s, scale);
-}
-
-/// Whether dropout keeps weight `(head, i, j)`.
-#[inline]
-fn kept(spec: &AttentionSpec, threshold: u32, head: usize, i: usize, j: usize) -> bool {
-    let counter = ((head * spec.tq + i) * spec.tk + j) as u32;
-    dropout_hash(spec.seed, counter) >= threshold
 }
 
 pub(crate) fn forward(
@@ -87,20 +128,14 @@ pub(crate) fn forward(
         lse.fill(if tk == 0 { f32::NEG_INFINITY } else { 0.0 });
         return;
     }
-    let blocks = tq.div_ceil(BQ);
-    let threshold = spec.drop_threshold();
-    let inv_keep = 1.0 / (1.0 - spec.dropout);
-    let task = |(t, (out, lse)): (usize, (&mut [f32], &mut [f32]))| {
-        let (head, qb) = (t / blocks, t % blocks);
+    let block = |head: usize, qb: usize, out: &mut [f32], lse: &mut [f32]| {
         let i0 = qb * BQ;
         let rows = lse.len();
         let q = &q[(head * tq + i0) * d..(head * tq + i0 + rows) * d];
-        let (k, v) = (
-            &k[head * tk * d..(head + 1) * tk * d],
-            &v[head * tk * d..(head + 1) * tk * d],
-        );
+        let kv = head * tk * d..(head + 1) * tk * d;
+        let (k, v) = (&k[kv.clone()], &v[kv]);
         let mut kt = vec![0f32; d * BK];
-        let mut s = [0f32; BK];
+        let (mut s, mut p) = ([0f32; BK], [0f32; BK]);
         let mut m = [f32::NEG_INFINITY; BQ];
         let mut l = [0f32; BQ];
         out.fill(0.0);
@@ -114,27 +149,24 @@ pub(crate) fn forward(
                 if limit == 0 {
                     continue;
                 }
-                scores(simd, &q[r * d..(r + 1) * d], &kt, nk, spec.scale, &mut s);
+                scores_row(
+                    simd,
+                    &q[r * d..(r + 1) * d],
+                    &kt,
+                    nk,
+                    limit,
+                    spec.scale,
+                    &mut s,
+                );
                 let block_max = s[..limit].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
                 let m_new = m[r].max(block_max);
                 let correction = math::exp(m[r] - m_new);
-                let acc = &mut out[r * d..(r + 1) * d];
-                scale_in_place(simd, acc, correction);
-                let mut row_sum = 0f32;
-                for c in 0..limit {
-                    let p = math::exp(s[c] - m_new);
-                    row_sum += p;
-                    let w = if spec.dropout > 0.0 {
-                        if kept(spec, threshold, head, i, c0 + c) {
-                            p * inv_keep
-                        } else {
-                            continue;
-                        }
-                    } else {
-                        p
-                    };
-                    axpy(simd, acc, w, &v[(c0 + c) * d..(c0 + c + 1) * d]);
+                let row_sum = exp_row(simd, &s[..limit], m_new, &mut p);
+                if spec.dropout > 0.0 {
+                    apply_dropout(spec, head, i, c0, &mut p[..limit]);
                 }
+                let acc = &mut out[r * d..(r + 1) * d];
+                weighted_rows(simd, acc, correction, &p[..limit], &v[c0 * d..], d);
                 l[r] = l[r] * correction + row_sum;
                 m[r] = m_new;
             }
@@ -142,7 +174,8 @@ pub(crate) fn forward(
         for r in 0..rows {
             let acc = &mut out[r * d..(r + 1) * d];
             if l[r] > 0.0 {
-                scale_in_place(simd, acc, 1.0 / l[r]);
+                let inv = 1.0 / l[r];
+                acc.iter_mut().for_each(|a| *a *= inv);
                 lse[r] = m[r] + l[r].ln();
             } else {
                 acc.fill(0.0);
@@ -150,7 +183,7 @@ pub(crate) fn forward(
             }
         }
     };
-    // Chunks must not straddle heads, so split per head first, then per query block.
+    // Tasks are (head, query block); chunks never straddle heads.
     out.par_chunks_mut(tq * d)
         .zip(lse.par_chunks_mut(tq))
         .enumerate()
@@ -158,7 +191,7 @@ pub(crate) fn forward(
             out.par_chunks_mut(BQ * d)
                 .zip(lse.par_chunks_mut(BQ))
                 .enumerate()
-                .for_each(|(qb, x)| task((head * blocks + qb, x)));
+                .for_each(|(qb, (out, lse))| block(head, qb, out, lse));
         });
 }
 
@@ -183,8 +216,6 @@ pub(crate) fn backward(
     if tq == 0 || tk == 0 || d == 0 {
         return;
     }
-    let threshold = spec.drop_threshold();
-    let inv_keep = 1.0 / (1.0 - spec.dropout);
     // One task per head, walking its tiles in a fixed order: sums do not depend on the
     // thread count.
     type Grads<'a> = ((&'a mut [f32], &'a mut [f32]), &'a mut [f32]);
@@ -201,8 +232,8 @@ pub(crate) fn backward(
             .collect();
         let mut kt = vec![0f32; d * BK];
         let mut vt = vec![0f32; d * BK];
-        let mut s = [0f32; BK];
-        let mut dp = [0f32; BK];
+        let (mut s, mut p, mut pd) = ([0f32; BK], [0f32; BK], [0f32; BK]);
+        let (mut dp, mut ds) = ([0f32; BK], [0f32; BK]);
         for c0 in (0..tk).step_by(BK) {
             let nk = BK.min(tk - c0);
             transpose_block(k, c0, nk, d, &mut kt);
@@ -213,32 +244,40 @@ pub(crate) fn backward(
                     continue;
                 }
                 let (qi, gi) = (&q[i * d..(i + 1) * d], &go[i * d..(i + 1) * d]);
-                scores(simd, qi, &kt, nk, spec.scale, &mut s);
-                scores(simd, gi, &vt, nk, 1.0, &mut dp);
-                for c in 0..limit {
-                    let j = c0 + c;
-                    let p = math::exp(s[c] - lse[i]);
-                    let (pd, dpc) = if spec.dropout > 0.0 {
-                        if kept(spec, threshold, head, i, j) {
-                            (p * inv_keep, dp[c] * inv_keep)
+                scores_row(simd, qi, &kt, nk, limit, spec.scale, &mut s);
+                scores_row(simd, gi, &vt, nk, limit, 1.0, &mut dp);
+                exp_row(simd, &s[..limit], lse[i], &mut p);
+                pd[..limit].copy_from_slice(&p[..limit]);
+                if spec.dropout > 0.0 {
+                    apply_dropout(spec, head, i, c0, &mut pd[..limit]);
+                    // dP through the dropout: the same factors.
+                    for c in 0..limit {
+                        dp[c] = if p[c] != 0.0 {
+                            dp[c] * pd[c] / p[c]
                         } else {
-                            (0.0, 0.0)
-                        }
-                    } else {
-                        (p, dp[c])
-                    };
-                    if pd != 0.0 {
-                        axpy(simd, &mut dv[j * d..(j + 1) * d], pd, gi);
+                            0.0
+                        };
                     }
-                    let ds = p * (dpc - dsum[i]) * spec.scale;
-                    axpy(
-                        simd,
-                        &mut dq[i * d..(i + 1) * d],
-                        ds,
-                        &k[j * d..(j + 1) * d],
-                    );
-                    axpy(simd, &mut dk[j * d..(j + 1) * d], ds, qi);
                 }
+                softmax_grad_row(
+                    simd,
+                    &p[..limit],
+                    &dp[..limit],
+                    dsum[i],
+                    spec.scale,
+                    &mut ds[..limit],
+                );
+                let keys = c0 * d..(c0 + limit) * d;
+                rank1_rows(simd, &mut dv[keys.clone()], &pd[..limit], gi, d);
+                weighted_rows(
+                    simd,
+                    &mut dq[i * d..(i + 1) * d],
+                    1.0,
+                    &ds[..limit],
+                    &k[keys.clone()],
+                    d,
+                );
+                rank1_rows(simd, &mut dk[keys], &ds[..limit], qi, d);
             }
         }
     };

@@ -191,7 +191,7 @@ impl<M: Module + Send, O: Optimizer + Send> Replicas<M, O> {
                 optimizer,
                 device,
                 params,
-            } => {
+            } => on_pool(move || {
                 let mut grads = GradStore::default();
                 let mut total: Option<Tensor> = None;
                 for j in 0..plan.grad_accum {
@@ -226,7 +226,7 @@ impl<M: Module + Send, O: Optimizer + Send> Replicas<M, O> {
                 }
                 optimizer.step(&grads)?;
                 Ok(StepLoss::OnDevice(total))
-            }
+            }),
             Replicas::Parallel(dp) => {
                 let skipped = dp.skipped_steps();
                 let l = dp.step(len, rows_loss)?;
@@ -238,4 +238,12 @@ impl<M: Module + Send, O: Optimizer + Send> Replicas<M, O> {
             }
         }
     }
+}
+
+/// Runs `f` on a thread of rayon's pool. The CPU kernels' parallel loops, started from a
+/// thread outside the pool, each hand their work over and wait on a futex (tens of
+/// microseconds, per op); from a pool thread they share it by work stealing. A training
+/// step is hundreds of ops, so it runs where they are cheap.
+fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
 }
