@@ -297,6 +297,38 @@ pub trait Backend: Clone + Send + Sync + 'static {
         cols: usize,
     ) -> Result<()>;
 
+    /// Layer norm of each row of `[rows, cols]`: `y = (x - mean) * rstd * gamma + beta`
+    /// with `rstd = 1 / sqrt(var + eps)` (biased variance). `stats` receives each row's
+    /// `(mean, rstd)`, `2 * rows` values, for the backward pass.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_norm(
+        &self,
+        x: &Self::Buffer,
+        gamma: &Self::Buffer,
+        beta: &Self::Buffer,
+        y: &mut Self::Buffer,
+        stats: &mut Self::Buffer,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<()>;
+
+    /// The gradients of [`Backend::layer_norm`] from its input, `gamma`, `stats` and
+    /// `dy`: `dx`, and `dgamma`, `dbeta` summed over the rows in a fixed order.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_norm_backward(
+        &self,
+        x: &Self::Buffer,
+        gamma: &Self::Buffer,
+        stats: &Self::Buffer,
+        dy: &Self::Buffer,
+        dx: &mut Self::Buffer,
+        dgamma: &mut Self::Buffer,
+        dbeta: &mut Self::Buffer,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()>;
+
     /// Gathers along an axis by a u32 index buffer (see [`GatherSpec`]): embedding
     /// lookups, `index_select`, `gather`, the max over a dimension.
     fn gather(

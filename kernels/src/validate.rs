@@ -176,3 +176,19 @@ pub(crate) fn pool(
     }
     Ok(())
 }
+
+/// Layer norm: `[rows, cols]` activations, `[cols]` parameters, `2 * rows` statistics.
+pub(crate) fn layer_norm(
+    op: &'static str,
+    rows_bufs: &[(&'static str, usize)],
+    col_bufs: &[(&'static str, usize)],
+    stats: usize,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    crate::validate::rows(op, rows_bufs, rows, cols)?;
+    for &(name, len) in col_bufs {
+        check_len(op, name, cols, len)?;
+    }
+    check_len(op, "stats", crate::saturating_product(&[2, rows]), stats)
+}

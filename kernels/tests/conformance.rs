@@ -1349,7 +1349,7 @@ macro_rules! conformance_suite {
                 binary, copy_strided, sum_axis, log_softmax, softmax_cross_entropy,
                 sgd_step, adamw_step, gemm, gemm_bias_act, im2col, pooling, errors,
                 gather, copy_into, select, compare, triangle, arange_and_cast, argmax,
-                attention);
+                attention, layer_norm);
         }
     };
     (@tests $backends:expr; $($check:ident),*) => {

@@ -68,6 +68,13 @@ pub(crate) enum Op {
         diagonal: i64,
         upper: bool,
     },
+    /// Fused layer norm; `stats` holds each row's mean and 1/std.
+    LayerNorm {
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor,
+        stats: Tensor,
+    },
     /// Fused attention; `lse` is the row log-sum-exp its backward pass needs.
     Attention {
         q: Tensor,
@@ -117,6 +124,9 @@ impl Op {
                 on_true, on_false, ..
             } => vec![on_true, on_false],
             Op::Attention { q, k, v, .. } => vec![q, k, v],
+            Op::LayerNorm {
+                x, weight, bias, ..
+            } => vec![x, weight, bias],
             Op::Conv2d { x, weight, .. } => vec![x, weight],
             Op::Binary(_, a, b) | Op::Matmul { a, b, .. } => vec![a, b],
             Op::Linear {
@@ -448,6 +458,12 @@ fn input_grads(op: &Op, out: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>>
         } else {
             g.tril(*diagonal)?
         })],
+        Op::LayerNorm {
+            x, weight, stats, ..
+        } => {
+            let [dx, dw, db] = Tensor::layer_norm_grads(x, weight, stats, g)?;
+            vec![Some(dx), Some(dw), Some(db)]
+        }
         Op::Attention { q, k, v, lse, spec } => {
             let [dq, dk, dv] = Tensor::attention_grads(spec, [q, k, v, out, lse, g])?;
             vec![Some(dq), Some(dk), Some(dv)]

@@ -8,6 +8,7 @@ mod device;
 mod error;
 mod indexing;
 mod layout_ops;
+mod norm_ops;
 mod ops;
 pub mod optim;
 mod shape;

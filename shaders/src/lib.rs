@@ -61,6 +61,13 @@ pub mod loss {
     pub const CROSS_ENTROPY_BACKWARD: &str = include_str!("../wgsl/cross_entropy_backward.wgsl");
 }
 
+/// Layer normalisation over the last dimension, and its gradients.
+pub mod norm {
+    pub const LAYER_NORM: &str = include_str!("../wgsl/layer_norm.wgsl");
+    pub const LAYER_NORM_BACKWARD: &str = include_str!("../wgsl/layer_norm_backward.wgsl");
+    pub const LAYER_NORM_PARAMS_GRAD: &str = include_str!("../wgsl/layer_norm_params_grad.wgsl");
+}
+
 /// Fused optimizer steps.
 pub mod optim {
     pub const SGD: &str = include_str!("../wgsl/sgd.wgsl");

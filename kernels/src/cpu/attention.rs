@@ -17,17 +17,20 @@ const BQ: usize = 32;
 const BK: usize = 64;
 
 simd_fn! {
-    /// `s[c] = scale * (q . key c)` for `c < n`, the keys transposed in `kt` (`[d,
-    /// stride]`): a causal row stops at its last visible key.
-    fn scores_row(q: &[f32], kt: &[f32], stride: usize, n: usize, scale: f32, s: &mut [f32]) {
-        let s = &mut s[..n];
-        s.fill(0.0);
+    /// `s[c] = scale * (q . key c)` for a whole tile of `BK` keys, transposed in `kt`
+    /// (`[d, BK]`, zero past the block's keys): the trip counts are constants, so the
+    /// row's 64 sums stay in registers across the head dimension.
+    fn scores_row(q: &[f32], kt: &[f32], scale: f32, s: &mut [f32; BK]) {
+        let mut acc = [0f32; BK];
         for (e, &qe) in q.iter().enumerate() {
-            for (x, &k) in s.iter_mut().zip(&kt[e * stride..e * stride + n]) {
-                *x += qe * k;
+            let k: &[f32; BK] = kt[e * BK..(e + 1) * BK].try_into().expect("a BK-wide tile");
+            for c in 0..BK {
+                acc[c] += qe * k[c];
             }
         }
-        s.iter_mut().for_each(|x| *x *= scale);
+        for c in 0..BK {
+            s[c] = acc[c] * scale;
+        }
     }
 }
 
@@ -50,14 +53,37 @@ simd_fn! {
     }
 }
 
+/// `acc = acc * keep + sum_c w[c] * rows[c]` over rows of `D` values, the accumulator
+/// in registers.
+#[inline(always)]
+fn weighted_rows_n<const D: usize>(acc: &mut [f32], keep: f32, w: &[f32], rows: &[f32]) {
+    let out: &mut [f32; D] = (&mut acc[..D]).try_into().expect("D values");
+    let mut a = *out;
+    a.iter_mut().for_each(|a| *a *= keep);
+    for (c, &wc) in w.iter().enumerate() {
+        let x: &[f32; D] = rows[c * D..(c + 1) * D].try_into().expect("D values");
+        for e in 0..D {
+            a[e] += wc * x[e];
+        }
+    }
+    *out = a;
+}
+
 simd_fn! {
     /// `acc = acc * keep + sum_c w[c] * rows[c]` over rows of `d` values.
     fn weighted_rows(acc: &mut [f32], keep: f32, w: &[f32], rows: &[f32], d: usize) {
-        let acc = &mut acc[..d];
-        acc.iter_mut().for_each(|a| *a *= keep);
-        for (c, &wc) in w.iter().enumerate() {
-            for (a, &x) in acc.iter_mut().zip(&rows[c * d..(c + 1) * d]) {
-                *a += wc * x;
+        match d {
+            16 => weighted_rows_n::<16>(acc, keep, w, rows),
+            32 => weighted_rows_n::<32>(acc, keep, w, rows),
+            64 => weighted_rows_n::<64>(acc, keep, w, rows),
+            _ => {
+                let acc = &mut acc[..d];
+                acc.iter_mut().for_each(|a| *a *= keep);
+                for (c, &wc) in w.iter().enumerate() {
+                    for (a, &x) in acc.iter_mut().zip(&rows[c * d..(c + 1) * d]) {
+                        *a += wc * x;
+                    }
+                }
             }
         }
     }
@@ -88,12 +114,16 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-/// `kt[e * nk + c] = k[(c0 + c) * d + e]`: a key block, transposed.
+/// `kt[e * BK + c] = k[(c0 + c) * d + e]` for the block's `nk` keys, zero after: a key
+/// block, transposed.
 fn transpose_block(k: &[f32], c0: usize, nk: usize, d: usize, kt: &mut [f32]) {
+    if nk < BK {
+        kt.fill(0.0);
+    }
     for c in 0..nk {
         let row = &k[(c0 + c) * d..(c0 + c + 1) * d];
         for (e, &v) in row.iter().enumerate() {
-            kt[e * nk + c] = v;
+            kt[e * BK + c] = v;
         }
     }
 }
@@ -149,15 +179,7 @@ pub(crate) fn forward(
                 if limit == 0 {
                     continue;
                 }
-                scores_row(
-                    simd,
-                    &q[r * d..(r + 1) * d],
-                    &kt,
-                    nk,
-                    limit,
-                    spec.scale,
-                    &mut s,
-                );
+                scores_row(simd, &q[r * d..(r + 1) * d], &kt, spec.scale, &mut s);
                 let block_max = s[..limit].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
                 let m_new = m[r].max(block_max);
                 let correction = math::exp(m[r] - m_new);
@@ -244,8 +266,8 @@ pub(crate) fn backward(
                     continue;
                 }
                 let (qi, gi) = (&q[i * d..(i + 1) * d], &go[i * d..(i + 1) * d]);
-                scores_row(simd, qi, &kt, nk, limit, spec.scale, &mut s);
-                scores_row(simd, gi, &vt, nk, limit, 1.0, &mut dp);
+                scores_row(simd, qi, &kt, spec.scale, &mut s);
+                scores_row(simd, gi, &vt, 1.0, &mut dp);
                 exp_row(simd, &s[..limit], lse[i], &mut p);
                 pd[..limit].copy_from_slice(&p[..limit]);
                 if spec.dropout > 0.0 {

@@ -7,6 +7,7 @@ pub mod gemm;
 mod index;
 mod isa;
 pub mod math;
+mod norm;
 mod optim;
 mod pool;
 mod reduce;
@@ -252,6 +253,57 @@ impl Backend for CpuBackend {
         crate::error::check_len(OP, "labels", rows, labels.len())?;
         let labels = words(labels);
         softmax::softmax_cross_entropy_backward(self.simd, probs, labels, dloss[0], dlogits, cols);
+        Ok(())
+    }
+
+    fn layer_norm(
+        &self,
+        x: &Vec<f32>,
+        gamma: &Vec<f32>,
+        beta: &Vec<f32>,
+        y: &mut Vec<f32>,
+        stats: &mut Vec<f32>,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<()> {
+        validate::layer_norm(
+            "layer_norm",
+            &[("x", x.len()), ("y", y.len())],
+            &[("gamma", gamma.len()), ("beta", beta.len())],
+            stats.len(),
+            rows,
+            cols,
+        )?;
+        norm::layer_norm(self.simd, x, gamma, beta, y, stats, cols, eps);
+        Ok(())
+    }
+
+    fn layer_norm_backward(
+        &self,
+        x: &Vec<f32>,
+        gamma: &Vec<f32>,
+        stats: &Vec<f32>,
+        dy: &Vec<f32>,
+        dx: &mut Vec<f32>,
+        dgamma: &mut Vec<f32>,
+        dbeta: &mut Vec<f32>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        validate::layer_norm(
+            "layer_norm_backward",
+            &[("x", x.len()), ("dy", dy.len()), ("dx", dx.len())],
+            &[
+                ("gamma", gamma.len()),
+                ("dgamma", dgamma.len()),
+                ("dbeta", dbeta.len()),
+            ],
+            stats.len(),
+            rows,
+            cols,
+        )?;
+        norm::layer_norm_backward(self.simd, x, gamma, stats, dy, dx, dgamma, dbeta, cols);
         Ok(())
     }
 

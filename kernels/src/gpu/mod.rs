@@ -11,6 +11,7 @@ mod adapter;
 mod attention;
 mod device;
 mod indexing;
+mod norm;
 mod params;
 mod pool;
 mod shaders;
@@ -585,6 +586,35 @@ impl Backend for GpuBackend {
         let bufs = [probs, labels, dloss, &*dlogits];
         let groups = self.grid(rows * cols, WG)?;
         self.dispatch(Shader::CrossEntropyBackward, &p, &bufs, groups)
+    }
+
+    fn layer_norm(
+        &self,
+        x: &GpuBuffer,
+        gamma: &GpuBuffer,
+        beta: &GpuBuffer,
+        y: &mut GpuBuffer,
+        stats: &mut GpuBuffer,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<()> {
+        self.layer_norm_impl([x, gamma, beta], y, stats, rows, cols, eps)
+    }
+
+    fn layer_norm_backward(
+        &self,
+        x: &GpuBuffer,
+        gamma: &GpuBuffer,
+        stats: &GpuBuffer,
+        dy: &GpuBuffer,
+        dx: &mut GpuBuffer,
+        dgamma: &mut GpuBuffer,
+        dbeta: &mut GpuBuffer,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        self.layer_norm_backward_impl([x, gamma, stats, dy], dx, dgamma, dbeta, rows, cols)
     }
 
     fn gather(

@@ -324,3 +324,13 @@ impl Attention {
         })
     }
 }
+
+/// The layer-norm kernels' `Params`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(super) struct LayerNorm {
+    pub rows: u32,
+    pub cols: u32,
+    pub eps: f32,
+    pub _pad: u32,
+}

@@ -7,7 +7,9 @@ use crate::{KernelError, Result};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use ringtrain_shaders::{attention, common, elementwise, gemm, index, loss, optim, reduce, window};
+use ringtrain_shaders::{
+    attention, common, elementwise, gemm, index, loss, norm, optim, reduce, window,
+};
 
 /// One compute kernel, and the variant of it an op needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -32,6 +34,9 @@ pub(super) enum Shader {
     MaxPoolBackward,
     AvgPool,
     AvgPoolBackward,
+    LayerNorm,
+    LayerNormBackward,
+    LayerNormParamsGrad,
     Gather,
     ScatterAdd,
     CopyInto,
@@ -86,6 +91,9 @@ impl Shader {
             Shader::MaxPoolBackward => (window::MAX_POOL_BACKWARD, "main", false),
             Shader::AvgPool => (window::AVG_POOL, "main", false),
             Shader::AvgPoolBackward => (window::AVG_POOL_BACKWARD, "main", false),
+            Shader::LayerNorm => (norm::LAYER_NORM, "main", true),
+            Shader::LayerNormBackward => (norm::LAYER_NORM_BACKWARD, "main", true),
+            Shader::LayerNormParamsGrad => (norm::LAYER_NORM_PARAMS_GRAD, "main", false),
             Shader::Gather => (index::GATHER, "main", false),
             Shader::ScatterAdd => (index::SCATTER_ADD, "main", false),
             Shader::CopyInto => (index::COPY_INTO, "main", false),

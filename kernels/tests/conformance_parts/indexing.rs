@@ -357,3 +357,50 @@ fn attention<B: Backend>(b: &B) {
         &["dropout"],
     );
 }
+
+fn layer_norm<B: Backend>(b: &B) {
+    let name = b.name();
+    let mut r = rng(307);
+    for (rows, cols) in [(1, 1), (3, 5), (7, 64), (2, 300), (1100, 64)] {
+        let ctx = format!("{name}: layer_norm {rows}x{cols}");
+        let x = uniform(rows * cols, -3.0, 3.0, &mut r);
+        let gamma = uniform(cols, 0.5, 1.5, &mut r);
+        let beta = uniform(cols, -0.5, 0.5, &mut r);
+        let dy = uniform(rows * cols, -1.0, 1.0, &mut r);
+        let eps = 1e-5f64;
+        let (mut want_y, mut want_dx) = (vec![0f64; x.len()], vec![0f64; x.len()]);
+        let (mut want_dg, mut want_db) = (vec![0f64; cols], vec![0f64; cols]);
+        for row in 0..rows {
+            let xs: Vec<f64> = x[row * cols..(row + 1) * cols].iter().map(|&v| v as f64).collect();
+            let mean = xs.iter().sum::<f64>() / cols as f64;
+            let var = xs.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / cols as f64;
+            let rstd = 1.0 / (var + eps).sqrt();
+            let xhat: Vec<f64> = xs.iter().map(|v| (v - mean) * rstd).collect();
+            let g: Vec<f64> = (0..cols).map(|c| dy[row * cols + c] as f64 * gamma[c] as f64).collect();
+            let mean_g = g.iter().sum::<f64>() / cols as f64;
+            let mean_gx = g.iter().zip(&xhat).map(|(a, b)| a * b).sum::<f64>() / cols as f64;
+            for c in 0..cols {
+                want_y[row * cols + c] = xhat[c] * gamma[c] as f64 + beta[c] as f64;
+                want_dx[row * cols + c] = rstd * (g[c] - mean_g - xhat[c] * mean_gx);
+                want_dg[c] += dy[row * cols + c] as f64 * xhat[c];
+                want_db[c] += dy[row * cols + c] as f64;
+            }
+        }
+        let (xb, gb) = (up(b, &x), up(b, &gamma));
+        let mut y = poisoned(b, x.len());
+        let mut stats = poisoned(b, 2 * rows);
+        b.layer_norm(&xb, &gb, &up(b, &beta), &mut y, &mut stats, rows, cols, eps as f32).unwrap();
+        assert_close(&format!("{ctx} y"), &down(b, &y), &want_y, 1e-5, 1e-5);
+        let (mut dx, mut dg, mut db) = (poisoned(b, x.len()), poisoned(b, cols), poisoned(b, cols));
+        b.layer_norm_backward(&xb, &gb, &stats, &up(b, &dy), &mut dx, &mut dg, &mut db, rows, cols)
+            .unwrap();
+        assert_close(&format!("{ctx} dx"), &down(b, &dx), &want_dx, 1e-4, 1e-4);
+        assert_close(&format!("{ctx} dgamma"), &down(b, &dg), &want_dg, 1e-4, 1e-4);
+        assert_close(&format!("{ctx} dbeta"), &down(b, &db), &want_db, 1e-4, 1e-4);
+    }
+    assert_err(
+        &format!("{name}: layer_norm gamma"),
+        b.layer_norm(&up(b, &[0.0; 6]), &up(b, &[1.0; 2]), &up(b, &[0.0; 3]), &mut poisoned(b, 6), &mut poisoned(b, 4), 2, 3, 1e-5),
+        &["gamma"],
+    );
+}

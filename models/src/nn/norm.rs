@@ -136,7 +136,8 @@ impl ModuleState for BatchNorm2d {
 
 /// Layer normalisation over the last dimension, as PyTorch's `LayerNorm(features)`: each
 /// row normalised by its own mean and (biased) variance, then scaled by `weight` and
-/// shifted by `bias`. The same in training and evaluation.
+/// shifted by `bias`, in one fused op ([`Tensor::layer_norm`]). The same in training and
+/// evaluation.
 #[derive(Module)]
 pub struct LayerNorm {
     weight: Var,
@@ -182,20 +183,12 @@ impl LayerNorm {
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let features = self.weight.dims()[0];
-        let last = x.rank().checked_sub(1);
-        let Some(last) = last.filter(|&l| x.dims()[l] == features) else {
+        if x.dims().last() != Some(&features) {
             return Err(Error::InvalidShape {
                 op: "LayerNorm",
                 reason: format!("input of shape {} does not end in {features}", x.shape()),
             });
-        };
-        let inv = 1.0 / features as f32;
-        let mean = x.sum_keepdims(&[last])?.scale(inv)?;
-        let centred = x.sub(&mean)?;
-        let var = centred.sqr()?.sum_keepdims(&[last])?.scale(inv)?;
-        centred
-            .div(&var.add_scalar(self.eps)?.sqrt()?)?
-            .mul(&self.weight)?
-            .add(&self.bias)
+        }
+        x.layer_norm(&self.weight, &self.bias, self.eps)
     }
 }

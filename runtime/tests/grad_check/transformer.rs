@@ -163,3 +163,13 @@ fn grad_linear_in_out() {
     });
     check_grads(&[input(273, &[4, 3]), input(274, &[3, 5])], |t| t[0].linear_in_out(&t[1], None));
 }
+
+#[test]
+fn grad_fused_layer_norm() {
+    check_grads(&[input(280, &[4, 6]), input(281, &[6]), input(282, &[6])], |t| {
+        t[0].layer_norm(&t[1], &t[2], 1e-5)
+    });
+    check_grads(&[input(283, &[2, 3, 5]), input(284, &[5]), input(285, &[5])], |t| {
+        t[0].layer_norm(&t[1], &t[2], 1e-5)
+    });
+}
