@@ -44,26 +44,28 @@ def main(path):
     write_svg(path.rsplit(".", 1)[0] + ".svg", rows)
 
 
-def write_svg(path, rows):
-    """Grouped bars: ringtrain and PyTorch tokens/s, each group a (shape, threads)."""
+def write_svg(path, rows, target=1.2):
+    """One bar per (shape, threads): ringtrain's tokens/s over PyTorch's, with lines at
+    parity and at the target; the absolute figures are written under each bar."""
     if not rows:
         return
-    w, h, pad, bar = 120 * len(rows) + 80, 320, 50, 36
-    top = max(max(o, p) for _, _, o, p in rows) * 1.15
+    w, h, pad, bar = 130 * len(rows) + 90, 340, 60, 60
+    top = max(max(o / p for _, _, o, p in rows), target) * 1.2
     y = lambda v: h - pad - (h - 2 * pad) * v / top
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">',
-             f'<text x="{w / 2}" y="18" text-anchor="middle" font-size="13">GPT training step, tokens/s (higher is better)</text>']
+             f'<text x="{w / 2}" y="20" text-anchor="middle" font-size="13">GPT training step: ringtrain tokens/s / PyTorch tokens/s (CPU)</text>']
+    for v, label, dash in [(1.0, "PyTorch", ""), (target, f"target {target}x", ' stroke-dasharray="4 3"')]:
+        parts.append(f'<line x1="50" y1="{y(v):.1f}" x2="{w - 10}" y2="{y(v):.1f}" stroke="#888"{dash}/>')
+        parts.append(f'<text x="{w - 12}" y="{y(v) - 3:.1f}" text-anchor="end" fill="#555">{label}</text>')
     for i, (shape, threads, o, p) in enumerate(rows):
-        x0 = 60 + i * 120
-        for j, (v, colour) in enumerate([(o, "#1f77b4"), (p, "#ff7f0e")]):
-            x = x0 + j * (bar + 4)
-            parts.append(f'<rect x="{x}" y="{y(v):.1f}" width="{bar}" height="{h - pad - y(v):.1f}" fill="{colour}"/>')
-            parts.append(f'<text x="{x + bar / 2}" y="{y(v) - 3:.1f}" text-anchor="middle">{v / 1000:.1f}k</text>')
-        parts.append(f'<text x="{x0 + bar}" y="{h - pad + 14}" text-anchor="middle">{shape.split()[0]} {shape.split()[1]}</text>')
-        parts.append(f'<text x="{x0 + bar}" y="{h - pad + 27}" text-anchor="middle">{threads} thread{"s" if threads > 1 else ""}: {o / p:.2f}x</text>')
+        x = 70 + i * 130
+        r = o / p
+        parts.append(f'<rect x="{x}" y="{y(r):.1f}" width="{bar}" height="{h - pad - y(r):.1f}" fill="#1f77b4"/>')
+        parts.append(f'<text x="{x + bar / 2}" y="{y(r) - 4:.1f}" text-anchor="middle" font-weight="bold">{r:.2f}x</text>')
+        dims = " ".join(shape.split()[:2])
+        parts.append(f'<text x="{x + bar / 2}" y="{h - pad + 14}" text-anchor="middle">{dims}, {threads} thread{"s" if threads > 1 else ""}</text>')
+        parts.append(f'<text x="{x + bar / 2}" y="{h - pad + 28}" text-anchor="middle" fill="#555">{o:,.0f} vs {p:,.0f}</text>')
     parts.append(f'<line x1="50" y1="{h - pad}" x2="{w - 10}" y2="{h - pad}" stroke="black"/>')
-    parts.append(f'<rect x="{w - 170}" y="30" width="10" height="10" fill="#1f77b4"/><text x="{w - 155}" y="39">ringtrain (CPU)</text>')
-    parts.append(f'<rect x="{w - 170}" y="46" width="10" height="10" fill="#ff7f0e"/><text x="{w - 155}" y="55">PyTorch (CPU)</text>')
     parts.append("</svg>")
     with open(path, "w") as f:
         f.write("\n".join(parts) + "\n")
