@@ -330,6 +330,7 @@ fn sample(args: &Args, n: usize) -> ringtrain::Result<()> {
         .remove(0);
     let model = Gpt::new(config, &device, &mut rng_from_seed(0))?;
     restore_model(dir, &model)?;
+    model.set_training(false);
     let sampling = Sampling {
         temperature: args.temperature,
         top_k: args.top_k,

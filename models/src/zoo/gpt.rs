@@ -2,9 +2,7 @@
 //! dict (`transformer.wte.weight`, `transformer.h.0.attn.c_attn.weight` `[d, 3d]`, ...,
 //! `lm_head.weight`, tied to `wte`) maps onto it one to one.
 
-use crate::nn::{
-    BlockConfig, Dropout, Embedding, LayerNorm, Module, ModuleState, TransformerBlock, Var,
-};
+use crate::nn::{BlockConfig, Dropout, Embedding, LayerNorm, Module, TransformerBlock, Var};
 use rand::Rng as _;
 use ringtrain_runtime::{no_grad, DType, Device, Error, Result, Rng, Tensor};
 
@@ -118,8 +116,9 @@ impl Gpt {
 
     /// `prompt` (u32 `[batch, time]`) followed by `new_tokens` generated ones, each
     /// sampled on the device from the logits of the last `block_size` tokens: only the
-    /// tokens come back to the host, when the caller reads them. Runs in evaluation mode
-    /// (no dropout) and leaves the model in training mode, where models start.
+    /// tokens come back to the host, when the caller reads them. Records no gradients;
+    /// put the model in evaluation mode first (`set_training(false)`, as a trainer's
+    /// evaluation does), or its dropout stays on.
     pub fn generate(
         &self,
         prompt: &Tensor,
@@ -146,8 +145,7 @@ impl Gpt {
         if sampling.top_k == Some(0) {
             return Err(Error::InvalidArgument("top_k must be at least 1".into()));
         }
-        self.set_training(false);
-        let out = no_grad(|| {
+        no_grad(|| {
             let mut ids = prompt.clone();
             let batch = prompt.dims()[0];
             for _ in 0..new_tokens {
@@ -166,9 +164,7 @@ impl Gpt {
                 ids = Tensor::cat(&[&ids, &next.reshape((batch, 1))?], 1)?;
             }
             Ok(ids)
-        });
-        self.set_training(true);
-        out
+        })
     }
 }
 
