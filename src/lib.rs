@@ -26,8 +26,8 @@ pub use ringtrain_kernels as kernels;
 pub use ringtrain_models::{checkpoint, data, eval, nn, parallel, train, zoo};
 pub use ringtrain_runtime::{comm, optim};
 pub use ringtrain_runtime::{
-    no_grad, rng_from_seed, Device, Error, GradStore, Isa, Result, Rng, Shape, Simd, Tensor,
-    TensorId, Var,
+    no_grad, rng_from_seed, AttentionDropout, CompareOp, DType, Device, Error, GradStore, Isa,
+    Labels, Result, Rng, Shape, Simd, Tensor, TensorId, Var,
 };
 
 /// The names most model code needs.
@@ -40,7 +40,7 @@ pub mod prelude {
     };
     pub use crate::optim::{AdamW, AdamWConfig, Optimizer, ParamGroup, Sgd, SgdConfig};
     pub use crate::train::{TrainArgs, TrainConfig, Trainer};
-    pub use crate::{no_grad, rng_from_seed, Device, Rng, Shape, Tensor, Var};
+    pub use crate::{no_grad, rng_from_seed, DType, Device, Rng, Shape, Tensor, Var};
 }
 
 // Compiles and runs the README's code blocks as doctests, so the README cannot rot.

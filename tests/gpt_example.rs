@@ -253,7 +253,7 @@ fn bad_input_gets_a_clear_error() {
             "no checkpoint",
         ),
         (vec!["--n-head", "3"], "divisible by n_head"),
-        (vec!["--digits", "7"], "1 to 4 digits"),
+        (vec!["--digits", "4"], "1 to 3 digits"),
     ];
     for (args, needle) in cases {
         let mut all = args.clone();

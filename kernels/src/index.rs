@@ -292,7 +292,6 @@ impl AttentionSpec {
         check_len(OP, "lse", self.lse_len(), lse)
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn validate_backward(&self, lens: [(&'static str, usize); 9]) -> Result<()> {
         const OP: &str = "attention_backward";
         self.validate(OP)?;

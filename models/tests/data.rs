@@ -638,3 +638,52 @@ mod source {
         assert!(mnist.train.batch(&[8000]).is_err());
     }
 }
+
+#[test]
+fn token_sequences_for_language_models() {
+    use ringtrain_models::data::sequence::{Addition, EQUALS, PLUS};
+    use ringtrain_models::data::{CharVocab, DataSource, TextCorpus, TokenWindows};
+
+    let vocab = CharVocab::from_text("hello world");
+    assert_eq!(vocab.as_string(), " dehlorw");
+    let ids = vocab.encode("hold").unwrap();
+    assert_eq!(vocab.decode(&ids), "hold");
+    assert!(vocab.encode("hex").is_err(), "x is not in the vocabulary");
+    assert_eq!(CharVocab::from_chars(&vocab.as_string()).unwrap(), vocab);
+    assert!(CharVocab::from_chars("ba").is_err());
+
+    // Windows: inputs and the next token of each.
+    let w = TokenWindows::new((0..10).collect(), 4).unwrap();
+    assert_eq!(w.len(), 6);
+    let b = w.batch(&[5, 0]).unwrap();
+    assert_eq!(b.inputs, [5, 6, 7, 8, 0, 1, 2, 3]);
+    assert_eq!(b.targets, [6, 7, 8, 9, 1, 2, 3, 4]);
+    assert!(w.batch(&[6]).is_err());
+    assert!(TokenWindows::new(vec![1, 2, 3], 3).is_err());
+    let corpus = TextCorpus::from_text(&"abcdefgh".repeat(20), 8, 0.1).unwrap();
+    assert_eq!(corpus.vocab.len(), 8);
+    assert!(TextCorpus::from_text("short", 8, 0.1).is_err());
+
+    // Addition: every problem once, answers least significant digit first.
+    let (train, test) = Addition::split(2, 100, 7).unwrap();
+    assert_eq!((train.len(), test.len()), (9_900, 100));
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..train.len() {
+        let s = train.sequence(i).unwrap();
+        assert_eq!((s[2], s[5]), (PLUS, EQUALS));
+        let a = s[0] * 10 + s[1];
+        let b = s[3] * 10 + s[4];
+        assert_eq!(s[6] + 10 * s[7] + 100 * s[8], a + b, "{s:?}");
+        assert!(seen.insert((a, b)));
+    }
+    let s = train.sequence(0).unwrap();
+    let batch = train.batch(&[0]).unwrap();
+    assert_eq!(batch.inputs, s[..8]);
+    assert_eq!(batch.targets, s[1..]);
+    assert_eq!(
+        batch.loss_from, 5,
+        "the position of `=` predicts the first answer digit"
+    );
+    assert!(train.describe(&s).contains('+'));
+    assert!(Addition::split(4, 10, 0).is_err());
+}
