@@ -255,7 +255,7 @@ pub(crate) fn backward(
         let mut kt = vec![0f32; d * BK];
         let mut vt = vec![0f32; d * BK];
         let (mut s, mut p, mut pd) = ([0f32; BK], [0f32; BK], [0f32; BK]);
-        let (mut dp, mut ds) = ([0f32; BK], [0f32; BK]);
+        let (mut dp, mut ds, mut keep) = ([0f32; BK], [0f32; BK], [0f32; BK]);
         for c0 in (0..tk).step_by(BK) {
             let nk = BK.min(tk - c0);
             transpose_block(k, c0, nk, d, &mut kt);
@@ -271,14 +271,13 @@ pub(crate) fn backward(
                 exp_row(simd, &s[..limit], lse[i], &mut p);
                 pd[..limit].copy_from_slice(&p[..limit]);
                 if spec.dropout > 0.0 {
-                    apply_dropout(spec, head, i, c0, &mut pd[..limit]);
-                    // dP through the dropout: the same factors.
+                    // The same factor scales the weight and its gradient.
+                    let f = &mut keep[..limit];
+                    f.fill(1.0);
+                    apply_dropout(spec, head, i, c0, f);
                     for c in 0..limit {
-                        dp[c] = if p[c] != 0.0 {
-                            dp[c] * pd[c] / p[c]
-                        } else {
-                            0.0
-                        };
+                        pd[c] *= f[c];
+                        dp[c] *= f[c];
                     }
                 }
                 softmax_grad_row(
