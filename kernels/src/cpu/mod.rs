@@ -122,6 +122,53 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    /// The bias goes into C before the GEMM, which then accumulates onto it (`beta = 1`):
+    /// one pass over C fewer than adding it after, and no second buffer. An activation
+    /// still takes the composed path.
+    fn gemm_bias_act(
+        &self,
+        spec: &GemmSpec,
+        a: &Vec<f32>,
+        b: &Vec<f32>,
+        bias: &Vec<f32>,
+        act: Option<UnaryOp>,
+        c: &mut Vec<f32>,
+    ) -> Result<()> {
+        validate::bias(spec, bias.len())?;
+        validate::gemm(spec, a.len(), b.len(), c.len())?;
+        if act.is_some() || spec.n == 0 {
+            let mut plain = self.alloc(c.len())?;
+            plain.copy_from_slice(c);
+            self.gemm(spec, a, b, &mut plain)?;
+            let rows = spec.batch * spec.m;
+            let layout = BinaryLayout {
+                shape: vec![rows, spec.n],
+                lhs_strides: vec![spec.n, 1],
+                rhs_strides: vec![0, 1],
+            };
+            let mut biased = self.alloc(rows * spec.n)?;
+            self.binary(BinaryOp::Add, &layout, &plain, bias, &mut biased)?;
+            return match act {
+                Some(op) => self.unary(op, &biased, c),
+                None => {
+                    *c = biased;
+                    Ok(())
+                }
+            };
+        }
+        let beta = spec.beta;
+        for row in c.chunks_exact_mut(spec.n) {
+            if beta == 0.0 {
+                row.copy_from_slice(bias);
+            } else {
+                row.iter_mut()
+                    .zip(bias)
+                    .for_each(|(c, &b)| *c = beta * *c + b);
+            }
+        }
+        self.gemm(&GemmSpec { beta: 1.0, ..*spec }, a, b, c)
+    }
+
     fn unary(&self, op: UnaryOp, x: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
         validate::unary(x.len(), y.len())?;
         elementwise::unary(self.simd, op, x, y);
