@@ -123,8 +123,8 @@ impl Backend for CpuBackend {
     }
 
     /// The bias goes into C before the GEMM, which then accumulates onto it (`beta = 1`):
-    /// one pass over C fewer than adding it after, and no second buffer. An activation
-    /// still takes the composed path.
+    /// one pass over C fewer than adding it after, and no second buffer; an activation
+    /// is one pass after.
     fn gemm_bias_act(
         &self,
         spec: &GemmSpec,
@@ -136,37 +136,24 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         validate::bias(spec, bias.len())?;
         validate::gemm(spec, a.len(), b.len(), c.len())?;
-        if act.is_some() || spec.n == 0 {
-            let mut plain = self.alloc(c.len())?;
-            plain.copy_from_slice(c);
-            self.gemm(spec, a, b, &mut plain)?;
-            let rows = spec.batch * spec.m;
-            let layout = BinaryLayout {
-                shape: vec![rows, spec.n],
-                lhs_strides: vec![spec.n, 1],
-                rhs_strides: vec![0, 1],
-            };
-            let mut biased = self.alloc(rows * spec.n)?;
-            self.binary(BinaryOp::Add, &layout, &plain, bias, &mut biased)?;
-            return match act {
-                Some(op) => self.unary(op, &biased, c),
-                None => {
-                    *c = biased;
-                    Ok(())
+        if spec.n > 0 {
+            for row in c.chunks_exact_mut(spec.n) {
+                if spec.beta == 0.0 {
+                    row.copy_from_slice(bias);
+                } else {
+                    row.iter_mut()
+                        .zip(bias)
+                        .for_each(|(c, &b)| *c = spec.beta * *c + b);
                 }
-            };
-        }
-        let beta = spec.beta;
-        for row in c.chunks_exact_mut(spec.n) {
-            if beta == 0.0 {
-                row.copy_from_slice(bias);
-            } else {
-                row.iter_mut()
-                    .zip(bias)
-                    .for_each(|(c, &b)| *c = beta * *c + b);
             }
         }
-        self.gemm(&GemmSpec { beta: 1.0, ..*spec }, a, b, c)
+        self.gemm(&GemmSpec { beta: 1.0, ..*spec }, a, b, c)?;
+        if let Some(op) = act {
+            let mut y = self.alloc(c.len())?;
+            self.unary(op, c, &mut y)?;
+            *c = y;
+        }
+        Ok(())
     }
 
     fn unary(&self, op: UnaryOp, x: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
