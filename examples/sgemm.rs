@@ -4,6 +4,11 @@
 //! number. scripts/bench_all.sh runs both in interleaved rounds.
 //!
 //!     cargo run --release --example sgemm -- --threads 1 --json-out sgemm.json
+//!     cargo run --release --example sgemm -- --shapes 1024x192x64/nt,192x64x1024/tn
+//!
+//! `--shapes` takes `MxNxK` products, optionally `/ab` with `a`, `b` each `n` (row-major)
+//! or `t` (transposed): the layouts a layer's forward (`/nt`, X W^T) and backward (`/nn`
+//! for dX, `/tn` for dW) pass to the GEMM.
 
 use clap::Parser;
 use ringtrain::kernels::cpu::gemm::{sgemm, MatRef};
@@ -14,11 +19,14 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(Parser, Debug)]
-#[command(about = "Time ringtrain's CPU SGEMM on square matrices")]
+#[command(about = "Time ringtrain's CPU SGEMM")]
 struct Args {
     /// Matrix sizes n (C = A B with n x n operands).
     #[arg(long, value_delimiter = ',', default_value = "256,512,1024,1536,2048")]
     sizes: Vec<usize>,
+    /// Products `MxNxK[/ab]` to time instead of the squares (see the module docs).
+    #[arg(long, value_delimiter = ',', value_parser = parse_shape)]
+    shapes: Vec<Product>,
     /// Worker threads.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     threads: u32,
@@ -30,8 +38,48 @@ struct Args {
     json_out: Option<PathBuf>,
 }
 
+/// C (m x n) = op(A) (m x k) op(B) (k x n).
+#[derive(Clone, Copy, Debug, Serialize)]
+struct Product {
+    m: usize,
+    n: usize,
+    k: usize,
+    a_transposed: bool,
+    b_transposed: bool,
+}
+
+fn parse_shape(text: &str) -> Result<Product, String> {
+    let bad = || format!("{text:?} is not MxNxK[/ab] (e.g. 1024x192x64/nt)");
+    let (dims, layout) = text.split_once('/').unwrap_or((text, "nn"));
+    let dims: Vec<usize> = dims
+        .split('x')
+        .map(|d| d.parse().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    let &[m, n, k] = dims.as_slice() else {
+        return Err(bad());
+    };
+    let transposed = |c: char| match c {
+        'n' => Ok(false),
+        't' => Ok(true),
+        _ => Err(bad()),
+    };
+    let mut flags = layout.chars();
+    let (Some(a), Some(b), None) = (flags.next(), flags.next(), flags.next()) else {
+        return Err(bad());
+    };
+    Ok(Product {
+        m,
+        n,
+        k,
+        a_transposed: transposed(a)?,
+        b_transposed: transposed(b)?,
+    })
+}
+
 #[derive(Serialize)]
 struct Row {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    product: Option<Product>,
     n: usize,
     gflops: f64,
     gflops_median: f64,
@@ -61,21 +109,34 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
         .num_threads(args.threads as usize)
         .build_global()?;
     let simd = Simd::detect();
+    let products: Vec<(Product, bool)> = if args.shapes.is_empty() {
+        let square = |n| Product {
+            m: n,
+            n,
+            k: n,
+            a_transposed: false,
+            b_transposed: false,
+        };
+        args.sizes.iter().map(|&n| (square(n), false)).collect()
+    } else {
+        args.shapes.iter().map(|&p| (p, true)).collect()
+    };
     let mut rows = Vec::new();
-    for &n in &args.sizes {
-        let a: Vec<f32> = (0..n * n)
+    for (p, named) in products {
+        let Product { m, n, k, .. } = p;
+        let a: Vec<f32> = (0..m * k)
             .map(|i| ((i * 7 + 1) % 13) as f32 * 0.01 - 0.06)
             .collect();
-        let b: Vec<f32> = (0..n * n)
+        let b: Vec<f32> = (0..k * n)
             .map(|i| ((i * 5 + 2) % 11) as f32 * 0.01 - 0.05)
             .collect();
-        let mut c = vec![0f32; n * n];
+        let mut c = vec![0f32; m * n];
         let mut call = || {
             let (ar, br) = (
-                MatRef::row_major(&a, n, n, false),
-                MatRef::row_major(&b, n, n, false),
+                MatRef::row_major(&a, m, k, p.a_transposed),
+                MatRef::row_major(&b, k, n, p.b_transposed),
             );
-            sgemm(simd, n, n, n, 1.0, ar, br, 0.0, &mut c, n)
+            sgemm(simd, m, n, k, 1.0, ar, br, 0.0, &mut c, n)
         };
         for _ in 0..2 {
             call()?;
@@ -90,8 +151,9 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
         }
         times.sort_by(f64::total_cmp);
         let (best, median) = (times[0], times[times.len() / 2]);
-        let flops = 2.0 * (n as f64).powi(3);
+        let flops = 2.0 * (m * n * k) as f64;
         let row = Row {
+            product: named.then_some(p),
             n,
             gflops: flops / best / 1e9,
             gflops_median: flops / median / 1e9,
@@ -99,8 +161,18 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
             median_ms: median * 1e3,
             reps: times.len(),
         };
+        let layout = |t: bool| if t { 't' } else { 'n' };
+        let name = if named {
+            format!(
+                "{m}x{n}x{k}/{}{}",
+                layout(p.a_transposed),
+                layout(p.b_transposed)
+            )
+        } else {
+            format!("n={n}")
+        };
         println!(
-            "  ringtrain n={n:5}  {:7.1} GFLOP/s (median {:.1})",
+            "  ringtrain {name:>18}  {:7.1} GFLOP/s (median {:.1})",
             row.gflops, row.gflops_median
         );
         rows.push(row);

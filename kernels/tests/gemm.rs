@@ -89,6 +89,9 @@ const SHAPES: &[(usize, usize, usize)] = &[
     (600, 1, 40),
     (130, 530, 70),
     (64, 10, 600),
+    // Wide enough that even a row-major A is packed (the driver reads A in place only
+    // while B is narrow, see `reads_a_in_place`).
+    (20, 1700, 30),
 ];
 
 #[test]

@@ -17,11 +17,16 @@ impl MicroKernel for Neon {
     const MC: usize = 128;
     const NC: usize = 512;
 
+    // A's rows are loaded as vectors, so its panel is always packed.
+    const STRIDED_A: bool = false;
+
     // The CPU support is proved by the `Simd` this kernel was chosen through.
     #[target_feature(enable = "neon")]
     unsafe fn kernel(
         kc: usize,
         a: *const f32,
+        _rs_a: usize,
+        _cs_a: usize,
         b: *const f32,
         c: *mut f32,
         ldc: usize,

@@ -159,9 +159,13 @@ unsafe fn transpose_avx(
     let src = data.as_ptr();
     let out = dst.as_mut_ptr();
     let full_k = kc / 8 * 8;
+    // Lane i of `LANES[8 - width..]` is set for i < width.
+    const LANES: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
     for rb in (0..rows).step_by(8) {
         let block_rows = (rows - rb).min(8);
         let width = (w - rb).min(8);
+        // SAFETY: 8 - width + 8 <= 16 values of LANES.
+        let mask = unsafe { _mm256_loadu_si256(LANES[8 - width..].as_ptr().cast()) };
         for p in (0..full_k).step_by(8) {
             // SAFETY: see the function's contract; rows past `block_rows` read as zero.
             unsafe {
@@ -209,12 +213,9 @@ unsafe fn transpose_avx(
                         // of a variable length here was a call to memcpy per column).
                         _mm_storeu_ps(at, _mm256_castps256_ps128(v));
                     } else {
-                        // A panel narrower than 8 (MR = 6).
-                        let mut tmp = [0f32; 8];
-                        _mm256_storeu_ps(tmp.as_mut_ptr(), v);
-                        for (i, &x) in tmp.iter().take(width).enumerate() {
-                            *at.add(i) = x;
-                        }
+                        // A panel narrower than 8 (MR = 6): a masked store, where a copy
+                        // of the first `width` lanes was a call to memcpy per column.
+                        _mm256_maskstore_ps(at, mask, v);
                     }
                 }
             }

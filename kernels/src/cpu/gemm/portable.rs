@@ -15,9 +15,13 @@ impl MicroKernel for Portable {
     const MC: usize = 128;
     const NC: usize = 512;
 
+    const STRIDED_A: bool = true;
+
     unsafe fn kernel(
         kc: usize,
         a: *const f32,
+        rs_a: usize,
+        cs_a: usize,
         b: *const f32,
         c: *mut f32,
         ldc: usize,
@@ -26,10 +30,10 @@ impl MicroKernel for Portable {
     ) {
         let mut acc = [[0f32; NR]; MR];
         for p in 0..kc {
-            // SAFETY: the packed panels hold kc * MR and kc * NR values.
+            // SAFETY: A's panel has MR x kc values at these strides; packed B holds kc * NR.
             let (ap, bp) = unsafe {
                 (
-                    &*(a.add(p * MR) as *const [f32; MR]),
+                    std::array::from_fn::<f32, MR, _>(|i| *a.add(i * rs_a + p * cs_a)),
                     &*(b.add(p * NR) as *const [f32; NR]),
                 )
             };
