@@ -15,6 +15,9 @@ use rayon::prelude::*;
 const BQ: usize = 32;
 /// Keys per tile.
 const BK: usize = 64;
+/// Query rows per backward tile: its weights and their gradients, 2 x 16 KiB, stay in L1
+/// and L2 while dK and dV take their products.
+const BQ_BACKWARD: usize = 64;
 
 simd_fn! {
     /// `s[c] = scale * (q . key c)` for a whole tile of `BK` keys, transposed in `kt`
@@ -89,13 +92,73 @@ simd_fn! {
     }
 }
 
+/// `out[c] += sum_r w[r * BK + c] * x[r]` over rows of `D` values, `G` keys' sums held in
+/// registers while the rows stream past (the keys left over, one at a time).
+#[inline(always)]
+fn transposed_rows_n<const D: usize, const G: usize>(
+    out: &mut [f32],
+    w: &[f32],
+    x: &[f32],
+    rows: usize,
+    nk: usize,
+) {
+    let row = |r: usize| -> &[f32; D] { x[r * D..(r + 1) * D].try_into().expect("D values") };
+    let mut c = 0;
+    while c + G <= nk {
+        let mut acc = [[0f32; D]; G];
+        for (j, a) in acc.iter_mut().enumerate() {
+            *a = out[(c + j) * D..(c + j + 1) * D]
+                .try_into()
+                .expect("D values");
+        }
+        for r in 0..rows {
+            let (xr, wr): (&[f32; D], &[f32; G]) = (
+                row(r),
+                w[r * BK + c..r * BK + c + G].try_into().expect("G weights"),
+            );
+            for j in 0..G {
+                for e in 0..D {
+                    acc[j][e] += wr[j] * xr[e];
+                }
+            }
+        }
+        for (j, a) in acc.iter().enumerate() {
+            out[(c + j) * D..(c + j + 1) * D].copy_from_slice(a);
+        }
+        c += G;
+    }
+    for c in c..nk {
+        let mut acc: [f32; D] = out[c * D..(c + 1) * D].try_into().expect("D values");
+        for r in 0..rows {
+            let (xr, wc) = (row(r), w[r * BK + c]);
+            for e in 0..D {
+                acc[e] += wc * xr[e];
+            }
+        }
+        out[c * D..(c + 1) * D].copy_from_slice(&acc);
+    }
+}
+
 simd_fn! {
-    /// `rows[c] += w[c] * x` for each row `c` of `d` values.
-    fn rank1_rows(rows: &mut [f32], w: &[f32], x: &[f32], d: usize) {
-        let x = &x[..d];
-        for (c, &wc) in w.iter().enumerate() {
-            for (r, &xv) in rows[c * d..(c + 1) * d].iter_mut().zip(x) {
-                *r += wc * xv;
+    /// `out[c] += sum_r w[r * BK + c] * x[r]` for the block's `nk` keys, with `w` a tile
+    /// of `rows` rows of BK weights and `x` rows of `d` values: a tile's transposed
+    /// products (`P^T dO` into dV, `dS^T Q` into dK). Register-blocked over keys, where a
+    /// rank-1 update per query loaded and stored every key's row once per query.
+    fn transposed_rows(out: &mut [f32], w: &[f32], x: &[f32], rows: usize, nk: usize, d: usize) {
+        match d {
+            16 => transposed_rows_n::<16, 4>(out, w, x, rows, nk),
+            32 => transposed_rows_n::<32, 2>(out, w, x, rows, nk),
+            64 => transposed_rows_n::<64, 1>(out, w, x, rows, nk),
+            _ => {
+                for c in 0..nk {
+                    let acc = &mut out[c * d..(c + 1) * d];
+                    for r in 0..rows {
+                        let wc = w[r * BK + c];
+                        for (a, &xv) in acc.iter_mut().zip(&x[r * d..(r + 1) * d]) {
+                            *a += wc * xv;
+                        }
+                    }
+                }
             }
         }
     }
@@ -254,51 +317,70 @@ pub(crate) fn backward(
             .collect();
         let mut kt = vec![0f32; d * BK];
         let mut vt = vec![0f32; d * BK];
-        let (mut s, mut p, mut pd) = ([0f32; BK], [0f32; BK], [0f32; BK]);
-        let (mut dp, mut ds, mut keep) = ([0f32; BK], [0f32; BK], [0f32; BK]);
+        // A tile of up to BQ_BACKWARD query rows x BK keys: the weights (dropped out, as dV
+        // needs them) and the score gradients.
+        let mut p_tile = vec![0f32; BQ_BACKWARD * BK];
+        let mut ds_tile = vec![0f32; BQ_BACKWARD * BK];
+        let (mut s, mut dp, mut keep) = ([0f32; BK], [0f32; BK], [0f32; BK]);
         for c0 in (0..tk).step_by(BK) {
             let nk = BK.min(tk - c0);
             transpose_block(k, c0, nk, d, &mut kt);
             transpose_block(v, c0, nk, d, &mut vt);
-            for i in 0..tq {
-                let limit = spec.key_end(i).saturating_sub(c0).min(nk);
-                if limit == 0 || !lse[i].is_finite() {
-                    continue;
-                }
-                let (qi, gi) = (&q[i * d..(i + 1) * d], &go[i * d..(i + 1) * d]);
-                scores_row(simd, qi, &kt, spec.scale, &mut s);
-                scores_row(simd, gi, &vt, 1.0, &mut dp);
-                exp_row(simd, &s[..limit], lse[i], &mut p);
-                pd[..limit].copy_from_slice(&p[..limit]);
-                if spec.dropout > 0.0 {
-                    // The same factor scales the weight and its gradient.
-                    let f = &mut keep[..limit];
-                    f.fill(1.0);
-                    apply_dropout(spec, head, i, c0, f);
-                    for c in 0..limit {
-                        pd[c] *= f[c];
-                        dp[c] *= f[c];
+            let keys = c0 * d..(c0 + nk) * d;
+            // Queries before `first` see none of these keys (causal).
+            let first = (0..tq).find(|&i| spec.key_end(i) > c0).unwrap_or(tq);
+            for r0 in (first..tq).step_by(BQ_BACKWARD) {
+                let rows = BQ_BACKWARD.min(tq - r0);
+                for r in 0..rows {
+                    let i = r0 + r;
+                    let p = &mut p_tile[r * BK..(r + 1) * BK];
+                    let ds = &mut ds_tile[r * BK..(r + 1) * BK];
+                    let limit = spec.key_end(i).saturating_sub(c0).min(nk);
+                    p[limit..].fill(0.0);
+                    ds[limit..].fill(0.0);
+                    if limit == 0 || !lse[i].is_finite() {
+                        p[..limit].fill(0.0);
+                        ds[..limit].fill(0.0);
+                        continue;
                     }
+                    let (qi, gi) = (&q[i * d..(i + 1) * d], &go[i * d..(i + 1) * d]);
+                    scores_row(simd, qi, &kt, spec.scale, &mut s);
+                    scores_row(simd, gi, &vt, 1.0, &mut dp);
+                    exp_row(simd, &s[..limit], lse[i], p);
+                    let f = &mut keep[..limit];
+                    if spec.dropout > 0.0 {
+                        // The same factor scales the weight and its gradient.
+                        f.fill(1.0);
+                        apply_dropout(spec, head, i, c0, f);
+                        for c in 0..limit {
+                            dp[c] *= f[c];
+                        }
+                    }
+                    softmax_grad_row(
+                        simd,
+                        &p[..limit],
+                        &dp[..limit],
+                        dsum[i],
+                        spec.scale,
+                        &mut ds[..limit],
+                    );
+                    if spec.dropout > 0.0 {
+                        for c in 0..limit {
+                            p[c] *= f[c];
+                        }
+                    }
+                    weighted_rows(
+                        simd,
+                        &mut dq[i * d..(i + 1) * d],
+                        1.0,
+                        &ds[..limit],
+                        &k[keys.clone()],
+                        d,
+                    );
                 }
-                softmax_grad_row(
-                    simd,
-                    &p[..limit],
-                    &dp[..limit],
-                    dsum[i],
-                    spec.scale,
-                    &mut ds[..limit],
-                );
-                let keys = c0 * d..(c0 + limit) * d;
-                rank1_rows(simd, &mut dv[keys.clone()], &pd[..limit], gi, d);
-                weighted_rows(
-                    simd,
-                    &mut dq[i * d..(i + 1) * d],
-                    1.0,
-                    &ds[..limit],
-                    &k[keys.clone()],
-                    d,
-                );
-                rank1_rows(simd, &mut dk[keys], &ds[..limit], qi, d);
+                let (g_rows, q_rows) = (&go[r0 * d..], &q[r0 * d..]);
+                transposed_rows(simd, &mut dv[keys.clone()], &p_tile, g_rows, rows, nk, d);
+                transposed_rows(simd, &mut dk[keys.clone()], &ds_tile, q_rows, rows, nk, d);
             }
         }
     };

@@ -313,6 +313,7 @@ fn attention<B: Backend>(b: &B) {
         (2, 33, 40, 7, false, 0.0),
         (4, 20, 20, 16, true, 0.3),
         (1, 130, 130, 64, true, 0.0),
+        (2, 50, 50, 32, false, 0.1),
     ];
     for (batch, tq, tk, d, causal, dropout) in cases {
         let ctx = format!("{name}: attention b{batch} tq{tq} tk{tk} d{d} causal={causal} dropout={dropout}");
