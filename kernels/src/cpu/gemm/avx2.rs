@@ -16,7 +16,6 @@ impl MicroKernel for Avx2Fma {
     // B (256 KiB: half the L2 of Zen 2/3, all of a Haswell-to-Comet-Lake client core's)
     // stream from L2.
     const KC: usize = 256;
-    const MC: usize = 168;
     const NC: usize = 256;
 
     const STRIDED_A: bool = true;

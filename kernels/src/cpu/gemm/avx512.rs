@@ -17,7 +17,6 @@ impl MicroKernel for Avx512 {
     // of B (384 KiB: inside the 1 MiB L2 of Skylake-SP and Zen 4, most of Ice Lake
     // client's 512 KiB) stream from L2.
     const KC: usize = 256;
-    const MC: usize = 144;
     const NC: usize = 384;
 
     const STRIDED_A: bool = true;

@@ -2,12 +2,14 @@
 //! caches, and a register-blocked FMA micro-kernel, one per instruction set, computes each
 //! MR x NR tile of C.
 //!
-//! Loop nest, outermost first: `pc` steps through k in KC-deep slices, packing all of A
-//! (m x KC) and B (KC x n) once per slice; then each task owns an NC-wide block of
-//! columns and an MC-tall block of rows and walks its tiles row-panel by row-panel, so one
-//! MR x KC panel of A sits in L1 while the KC x NC block of B streams from L2. Tasks
-//! write disjoint tiles, so for large shapes they run on rayon's pool; every element of C
-//! is summed in the same order whatever the thread count, so results are bit-identical.
+//! C is cut into one task per thread (a grid of row and column blocks chosen so the
+//! busiest task does the least work, packing included), run in one parallel region. Each
+//! task walks k in KC-deep slices: it packs its rows of A for the slice (or reads A in
+//! place when B is narrow and packing would not pay), then, NC columns at a time, packs
+//! that KC x NC block of B and runs its tiles, so one MR x KC panel of A sits in L1 while
+//! the block of B streams from L2. Tasks write disjoint tiles and every element of C sums
+//! its slices in the same order whatever the grid, so results are bit-identical on any
+//! number of threads.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -66,7 +68,6 @@ pub(crate) trait MicroKernel {
     const MR: usize;
     const NR: usize;
     const KC: usize;
-    const MC: usize;
     const NC: usize;
 
     /// Whether `kernel` reads A at any strides; if not, A is always packed.
@@ -197,88 +198,134 @@ thread_local! {
     static PACK: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
-fn run<K: MicroKernel>(s: &Shape, a: &MatRef, b: &MatRef, c: &mut [f32]) {
-    PACK.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut bufs) => {
-            let (ap, bp) = &mut *bufs;
-            run_with::<K>(s, a, b, c, ap, bp);
-        }
-        // Re-entered on this thread (a rayon steal while a GEMM waits): use fresh buffers.
-        Err(_) => run_with::<K>(s, a, b, c, &mut Vec::new(), &mut Vec::new()),
-    });
+/// One task's share of C: whole panels of rows and of columns.
+#[derive(Clone, Copy, Debug)]
+struct Task {
+    rows: (usize, usize),
+    cols: (usize, usize),
 }
 
-fn run_with<K: MicroKernel>(
-    s: &Shape,
-    a: &MatRef,
-    b: &MatRef,
-    c: &mut [f32],
-    apack: &mut Vec<f32>,
-    bpack: &mut Vec<f32>,
-) {
-    let (mr, nr) = (K::MR, K::NR);
-    let m_panels = s.m.div_ceil(mr);
-    let n_panels = s.n.div_ceil(nr);
-    // Equal slices of k: 784 becomes 2 x 392 rather than 384 + 384 + 16.
-    let kc_max = s.k.div_ceil(s.k.div_ceil(K::KC));
-    // Full row panels of A read in place need no copy; a partial last panel is still
-    // packed, zero-padded, so the kernel never reads past A.
+fn run<K: MicroKernel>(s: &Shape, a: &MatRef, b: &MatRef, c: &mut [f32]) {
+    let (m_panels, n_panels) = (s.m.div_ceil(K::MR), s.n.div_ceil(K::NR));
     let direct_a = K::STRIDED_A && reads_a_in_place::<K>(s, a);
-    let packed_a_panels = if direct_a {
-        usize::from(s.m % mr != 0)
-    } else {
-        m_panels
-    };
-    let first_packed = m_panels - packed_a_panels;
-    apack.resize(packed_a_panels * mr * kc_max, 0.0);
-    bpack.resize(n_panels * nr * kc_max, 0.0);
-
-    // Row blocks per task: enough tasks to keep every thread busy, but whole panels.
     let threads = if s.parallel {
         rayon::current_num_threads()
     } else {
         1
     };
-    // Column blocks of at most NC, all of one width (784 columns become 3 x 264 rather
-    // than 384 + 384 + 16), so that tasks are equal and two threads split them evenly.
-    let n_blocks = s.n.div_ceil(K::NC);
-    let nc_panels = n_panels.div_ceil(n_blocks);
-    let want_m_blocks = (2 * threads).div_ceil(n_blocks).max(1);
-    let mc_panels = m_panels.div_ceil(want_m_blocks).clamp(1, K::MC / mr);
-    let m_blocks = m_panels.div_ceil(mc_panels);
-
+    let (gm, gn) = task_grid(s, m_panels, n_panels, threads, direct_a);
+    let split = |panels: usize, parts: usize, i: usize| {
+        let per = panels.div_ceil(parts);
+        ((i * per).min(panels), ((i + 1) * per).min(panels))
+    };
     let c_ptr = SyncPtr(c.as_mut_ptr());
+    let work = |t: usize| {
+        let task = Task {
+            rows: split(m_panels, gm, t / gn),
+            cols: split(n_panels, gn, t % gn),
+        };
+        if task.rows.0 == task.rows.1 || task.cols.0 == task.cols.1 {
+            return;
+        }
+        PACK.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut bufs) => {
+                let (ap, bp) = &mut *bufs;
+                run_task::<K>(s, a, b, c_ptr, task, direct_a, ap, bp);
+            }
+            // Re-entered on this thread (the caller's own GEMM waits in a rayon join that
+            // runs a task of another one): fresh buffers.
+            Err(_) => run_task::<K>(
+                s,
+                a,
+                b,
+                c_ptr,
+                task,
+                direct_a,
+                &mut Vec::new(),
+                &mut Vec::new(),
+            ),
+        });
+    };
+    if gm * gn > 1 {
+        (0..gm * gn).into_par_iter().for_each(work);
+    } else {
+        work(0);
+    }
+}
+
+/// Splits C into `threads` tasks, `gm` row blocks by `gn` column blocks, choosing the grid
+/// that gives the busiest task the least work. Each task packs what it reads (its columns
+/// of B, and its rows of A unless A is read in place), so a split along rows repeats B's
+/// packing and one along columns repeats A's; one packed value is costed as 16
+/// multiply-adds (about the ratio of the packing's speed to the kernel's).
+fn task_grid(
+    s: &Shape,
+    m_panels: usize,
+    n_panels: usize,
+    threads: usize,
+    direct_a: bool,
+) -> (usize, usize) {
+    const PACK_COST: usize = 16;
+    let mut best = (1, 1, usize::MAX);
+    for gm in 1..=threads {
+        if threads % gm != 0 {
+            continue;
+        }
+        let gn = threads / gm;
+        if gm > m_panels || gn > n_panels {
+            continue;
+        }
+        let rows = (m_panels.div_ceil(gm) * s.m.div_ceil(m_panels)).min(s.m);
+        let cols = (n_panels.div_ceil(gn) * s.n.div_ceil(n_panels)).min(s.n);
+        let packed = s.k * cols + if direct_a { 0 } else { s.k * rows };
+        let cost = rows * cols * s.k + PACK_COST * packed;
+        if cost < best.2 {
+            best = (gm, gn, cost);
+        }
+    }
+    (best.0, best.1)
+}
+
+/// One task: for each slice of k, pack its rows of A (unless read in place), then for each
+/// NC-wide block of its columns pack that block of B and run every tile. Each element of C
+/// sums its slices in order, whatever the grid: the bits do not depend on the thread count.
+#[allow(clippy::too_many_arguments)]
+fn run_task<K: MicroKernel>(
+    s: &Shape,
+    a: &MatRef,
+    b: &MatRef,
+    c: SyncPtr,
+    task: Task,
+    direct_a: bool,
+    apack: &mut Vec<f32>,
+    bpack: &mut Vec<f32>,
+) {
+    let (mr, nr) = (K::MR, K::NR);
+    // Equal slices of k: 784 becomes 2 x 392 rather than 384 + 384 + 16.
+    let kc_max = s.k.div_ceil(s.k.div_ceil(K::KC));
+    let (ip0, ip1) = task.rows;
+    // Full row panels of A read in place need no copy; a partial last panel is still
+    // packed, zero-padded, so the kernel never reads past A.
+    let first_packed = if direct_a {
+        ip1 - usize::from(ip1 * mr > s.m)
+    } else {
+        ip0
+    };
+    let packed_a = ip1 - first_packed;
+    // Column blocks of at most NC, all of one width (784 columns become 3 x 264 rather
+    // than 384 + 384 + 16).
+    let n_panels = task.cols.1 - task.cols.0;
+    let nc_panels = n_panels.div_ceil(n_panels.div_ceil(K::NC / nr));
+    apack.resize(packed_a * mr * kc_max, 0.0);
+    bpack.resize(nc_panels * nr * kc_max, 0.0);
     for pc in (0..s.k).step_by(kc_max) {
         let kc = kc_max.min(s.k - pc);
-        let ap = &mut apack[..packed_a_panels * mr * kc];
-        let bp = &mut bpack[..n_panels * nr * kc];
-        // Both operands are packed in one parallel pass: one fork/join, not two.
-        let a_jobs = ap
-            .chunks_mut(mr * kc)
-            .enumerate()
-            .map(|(ip, dst)| (true, first_packed + ip, dst));
-        let b_jobs = bp
-            .chunks_mut(nr * kc)
-            .enumerate()
-            .map(|(jp, dst)| (false, jp, dst));
-        let pack = |(is_a, idx, dst): (bool, usize, &mut [f32])| {
-            if is_a {
-                let i0 = idx * mr;
-                pack::pack_a(dst, a, i0, mr.min(s.m - i0), pc, kc, mr, s.avx_pack)
-            } else {
-                let j0 = idx * nr;
-                pack::pack_b(dst, b, pc, kc, j0, nr.min(s.n - j0), nr, s.avx_pack)
-            }
-        };
-        if s.parallel {
-            let jobs: Vec<_> = a_jobs.chain(b_jobs).collect();
-            jobs.into_par_iter().for_each(pack);
-        } else {
-            a_jobs.chain(b_jobs).for_each(pack);
+        let ap = &mut apack[..packed_a * mr * kc];
+        for (idx, dst) in ap.chunks_mut(mr * kc).enumerate() {
+            let i0 = (first_packed + idx) * mr;
+            pack::pack_a(dst, a, i0, mr.min(s.m - i0), pc, kc, mr, s.avx_pack);
         }
-
-        let beta = if pc == 0 { s.beta } else { 1.0 };
-        let (ap, bp) = (&*ap, &*bp);
+        let ap = &*ap;
         let a_panel = |ip: usize| {
             if ip < first_packed {
                 APanel {
@@ -295,25 +342,24 @@ fn run_with<K: MicroKernel>(
                 }
             }
         };
-        let task = |t: usize| {
-            let (jb, ib) = (t / m_blocks, t % m_blocks);
-            let jp_range = jb * nc_panels..((jb + 1) * nc_panels).min(n_panels);
-            let ip_range = ib * mc_panels..((ib + 1) * mc_panels).min(m_panels);
-            for ip in ip_range {
+        let beta = if pc == 0 { s.beta } else { 1.0 };
+        for jb in (task.cols.0..task.cols.1).step_by(nc_panels) {
+            let jb_end = (jb + nc_panels).min(task.cols.1);
+            let bp = &mut bpack[..(jb_end - jb) * nr * kc];
+            for (idx, dst) in bp.chunks_mut(nr * kc).enumerate() {
+                let j0 = (jb + idx) * nr;
+                pack::pack_b(dst, b, pc, kc, j0, nr.min(s.n - j0), nr, s.avx_pack);
+            }
+            let bp = &*bp;
+            for ip in ip0..ip1 {
                 let a_panel = a_panel(ip);
-                for jp in jp_range.clone() {
-                    let b_panel = &bp[jp * nr * kc..][..nr * kc];
+                for jp in jb..jb_end {
+                    let b_panel = &bp[(jp - jb) * nr * kc..][..nr * kc];
                     // SAFETY: tasks cover disjoint tiles of C, which `sgemm` bounds-checked;
                     // A's panels are in bounds (above).
-                    unsafe { tile::<K>(s, kc, a_panel, b_panel, c_ptr, ip * mr, jp * nr, beta) };
+                    unsafe { tile::<K>(s, kc, a_panel, b_panel, c, ip * mr, jp * nr, beta) };
                 }
             }
-        };
-        let tasks = n_blocks * m_blocks;
-        if s.parallel {
-            (0..tasks).into_par_iter().for_each(task);
-        } else {
-            (0..tasks).for_each(task);
         }
     }
 }

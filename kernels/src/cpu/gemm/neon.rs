@@ -14,7 +14,6 @@ impl MicroKernel for Neon {
     const MR: usize = MR;
     const NR: usize = NR;
     const KC: usize = 256;
-    const MC: usize = 128;
     const NC: usize = 512;
 
     // A's rows are loaded as vectors, so its panel is always packed.

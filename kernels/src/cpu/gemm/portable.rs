@@ -12,7 +12,6 @@ impl MicroKernel for Portable {
     const MR: usize = MR;
     const NR: usize = NR;
     const KC: usize = 256;
-    const MC: usize = 128;
     const NC: usize = 512;
 
     const STRIDED_A: bool = true;
