@@ -268,7 +268,7 @@ fn task_grid(
     const PACK_COST: usize = 16;
     let mut best = (1, 1, usize::MAX);
     for gm in 1..=threads {
-        if threads % gm != 0 {
+        if !threads.is_multiple_of(gm) {
             continue;
         }
         let gn = threads / gm;
