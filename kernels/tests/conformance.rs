@@ -478,6 +478,13 @@ fn copy_strided<B: Backend>(b: &B) {
         // Big enough for the parallel path, both as a transpose and as a broadcast.
         ("big transpose", 300 * 301, view(&[301, 300], &[1, 301], 0)),
         ("big broadcast", 300, view(&[400, 300], &[0, 1], 0)),
+        // A transformer's [b, t, 3, h, hd] projection as [3, b, h, t, hd]: rows of 16,
+        // split across tasks mid-index.
+        (
+            "big head permute",
+            6 * 70 * 3 * 4 * 16,
+            view(&[3, 6, 4, 70, 16], &[64, 13440, 16, 192, 1], 0),
+        ),
     ];
     for (label, src_len, layout) in cases {
         let src = uniform(src_len, -5.0, 5.0, &mut rng(src_len as u64));

@@ -2,7 +2,9 @@
 //! writes into a view, selects, comparisons, triangles, `arange`, casts and argmax.
 //! Buffers are `Vec<f32>`; u32 operands are the same words read through `bytemuck`.
 
-use super::elementwise::{for_each_row, parallel, row_offset, PAR_CHUNK};
+use super::elementwise::{
+    copy_row, for_each_row, for_each_strided_row, parallel, RowOffsets, PAR_CHUNK,
+};
 use super::isa::simd_fn;
 use super::Simd;
 use crate::layout::collapse;
@@ -136,9 +138,11 @@ pub(crate) fn copy_into(src: &[f32], dst: &mut [f32], layout: &StridedLayout) {
         }
         (_, Some(1)) => {
             let inner = shape[shape.len() - 1];
-            for (row, chunk) in src.chunks(inner).enumerate() {
-                let base = layout.offset + row_offset(row, &shape, s);
-                dst[base..base + inner].copy_from_slice(chunk);
+            let mut at = RowOffsets::new(&shape, [s], [layout.offset], 0);
+            for chunk in src.chunks(inner) {
+                let [base] = at.get();
+                copy_row(&mut dst[base..base + inner], chunk);
+                at.advance();
             }
         }
         _ => offsets(&shape, s, layout.offset, |i, off| dst[off] = src[i]),
@@ -153,19 +157,9 @@ pub(crate) fn select(layout: &SelectLayout, cond: &[u32], a: &[f32], b: &[f32], 
         &layout.shape,
         &[&layout.cond_strides, &layout.a_strides, &layout.b_strides],
     );
-    let inner = *shape.last().unwrap_or(&1);
     let last = |k: usize| *st[k].last().unwrap_or(&0);
     let (sc, sa, sb) = (last(0), last(1), last(2));
-    let run = |(row, out): (usize, &mut [f32])| {
-        let (c0, a0, b0) = if shape.is_empty() {
-            (0, 0, 0)
-        } else {
-            (
-                row_offset(row, &shape, &st[0]),
-                row_offset(row, &shape, &st[1]),
-                row_offset(row, &shape, &st[2]),
-            )
-        };
+    let run = |[c0, a0, b0]: [usize; 3], out: &mut [f32]| {
         for (j, o) in out.iter_mut().enumerate() {
             *o = if cond[c0 + j * sc] != 0 {
                 a[a0 + j * sa]
@@ -174,7 +168,7 @@ pub(crate) fn select(layout: &SelectLayout, cond: &[u32], a: &[f32], b: &[f32], 
             };
         }
     };
-    for_each_row(out, inner, run);
+    for_each_strided_row(out, &shape, [&st[0], &st[1], &st[2]], [0; 3], run);
 }
 
 pub(crate) fn compare(
@@ -189,18 +183,9 @@ pub(crate) fn compare(
         return;
     }
     let (shape, st) = collapse(&layout.shape, &[&layout.lhs_strides, &layout.rhs_strides]);
-    let inner = *shape.last().unwrap_or(&1);
     let (sl, sr) = (*st[0].last().unwrap_or(&0), *st[1].last().unwrap_or(&0));
     let (lw, rw) = (words(lhs), words(rhs));
-    let run = |(row, out): (usize, &mut [f32])| {
-        let (l0, r0) = if shape.is_empty() {
-            (0, 0)
-        } else {
-            (
-                row_offset(row, &shape, &st[0]),
-                row_offset(row, &shape, &st[1]),
-            )
-        };
+    let run = |[l0, r0]: [usize; 2], out: &mut [f32]| {
         let out = words_mut(out);
         for (j, o) in out.iter_mut().enumerate() {
             let (li, ri) = (l0 + j * sl, r0 + j * sr);
@@ -211,7 +196,7 @@ pub(crate) fn compare(
             *o = u32::from(t);
         }
     };
-    for_each_row(out, inner, run);
+    for_each_strided_row(out, &shape, [&st[0], &st[1]], [0; 2], run);
 }
 
 pub(crate) fn triangle(
