@@ -244,12 +244,17 @@ fn short_buffers_are_errors_not_panics() {
 fn simd_paths_agree_with_portable_and_threads_do_not_change_bits() {
     // The second shape's 784 columns take several column blocks of every kernel (cut
     // into equal widths), and its k several slabs.
-    for (m, n, k) in [(200, 300, 520), (128, 784, 300)] {
-        simd_paths_agree_at(m, n, k);
+    // The third has a row-major B and few rows, so B is read in place.
+    for (m, n, k, tb) in [
+        (200, 300, 520, true),
+        (128, 784, 300, true),
+        (90, 300, 1100, false),
+    ] {
+        simd_paths_agree_at(m, n, k, tb);
     }
 }
 
-fn simd_paths_agree_at(m: usize, n: usize, k: usize) {
+fn simd_paths_agree_at(m: usize, n: usize, k: usize, tb: bool) {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let a = random(m * k, &mut rng);
     let b = random(k * n, &mut rng);
@@ -262,7 +267,7 @@ fn simd_paths_agree_at(m: usize, n: usize, k: usize) {
             k,
             1.0,
             MatRef::row_major(&a, m, k, false),
-            MatRef::row_major(&b, k, n, true),
+            MatRef::row_major(&b, k, n, tb),
             0.0,
             &mut c,
             n,
@@ -299,7 +304,9 @@ fn simd_paths_agree_at(m: usize, n: usize, k: usize) {
     // And the portable path against the definition, at spread elements.
     for (i, j) in [(0, 0), (m - 1, n - 1), (m / 2, n / 3), (7 % m, n - 5)] {
         let want: f64 = (0..k)
-            .map(|p| f64::from(a[i * k + p]) * f64::from(b[j * k + p]))
+            .map(|p| {
+                f64::from(a[i * k + p]) * f64::from(if tb { b[j * k + p] } else { b[p * n + j] })
+            })
             .sum();
         let got = f64::from(portable[i * n + j]);
         assert!((got - want).abs() < 1e-3, "C[{i},{j}] = {got}, want {want}");

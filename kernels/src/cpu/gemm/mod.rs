@@ -72,14 +72,16 @@ pub(crate) trait MicroKernel {
 
     /// Whether `kernel` reads A at any strides; if not, A is always packed.
     const STRIDED_A: bool;
+    /// Whether `kernel` reads B's rows at any stride; if not, B is always packed.
+    const STRIDED_B: bool;
 
     /// `C = alpha * A_panel * B_panel + beta * C` for one MR x NR tile (row stride `ldc`),
     /// with A's element `(i, p)` at `a[i * rs_a + p * cs_a]` (a packed panel: `kc` groups
-    /// of MR, so `rs_a = 1, cs_a = MR`) and B packed as `kc` groups of NR. `beta == 0`
-    /// must not read C.
+    /// of MR, so `rs_a = 1, cs_a = MR`) and B's row `p` the NR values at `b[p * rs_b..]`
+    /// (packed: `rs_b = NR`). `beta == 0` must not read C.
     ///
     /// # Safety
-    /// A's panel has MR x `kc` values at those strides, B's `kc * NR`; `c` addresses an
+    /// A's panel has MR x `kc` values at those strides, B's `kc` x NR; `c` addresses an
     /// MR x NR tile with row stride `ldc`; the CPU supports the kernel's instruction set.
     #[allow(clippy::too_many_arguments)]
     unsafe fn kernel(
@@ -88,6 +90,7 @@ pub(crate) trait MicroKernel {
         rs_a: usize,
         cs_a: usize,
         b: *const f32,
+        rs_b: usize,
         c: *mut f32,
         ldc: usize,
         alpha: f32,
@@ -208,12 +211,14 @@ struct Task {
 fn run<K: MicroKernel>(s: &Shape, a: &MatRef, b: &MatRef, c: &mut [f32]) {
     let (m_panels, n_panels) = (s.m.div_ceil(K::MR), s.n.div_ceil(K::NR));
     let direct_a = K::STRIDED_A && reads_a_in_place::<K>(s, a);
+    let direct_b = K::STRIDED_B && reads_b_in_place(s, b);
+    let direct = (direct_a, direct_b);
     let threads = if s.parallel {
         rayon::current_num_threads()
     } else {
         1
     };
-    let (gm, gn) = task_grid(s, m_panels, n_panels, threads, direct_a);
+    let (gm, gn) = task_grid(s, m_panels, n_panels, threads, direct);
     let split = |panels: usize, parts: usize, i: usize| {
         let per = panels.div_ceil(parts);
         ((i * per).min(panels), ((i + 1) * per).min(panels))
@@ -230,7 +235,7 @@ fn run<K: MicroKernel>(s: &Shape, a: &MatRef, b: &MatRef, c: &mut [f32]) {
         PACK.with(|cell| match cell.try_borrow_mut() {
             Ok(mut bufs) => {
                 let (ap, bp) = &mut *bufs;
-                run_task::<K>(s, a, b, c_ptr, task, direct_a, ap, bp);
+                run_task::<K>(s, a, b, c_ptr, task, direct, ap, bp);
             }
             // Re-entered on this thread (the caller's own GEMM waits in a rayon join that
             // runs a task of another one): fresh buffers.
@@ -240,7 +245,7 @@ fn run<K: MicroKernel>(s: &Shape, a: &MatRef, b: &MatRef, c: &mut [f32]) {
                 b,
                 c_ptr,
                 task,
-                direct_a,
+                direct,
                 &mut Vec::new(),
                 &mut Vec::new(),
             ),
@@ -263,7 +268,7 @@ fn task_grid(
     m_panels: usize,
     n_panels: usize,
     threads: usize,
-    direct_a: bool,
+    (direct_a, direct_b): (bool, bool),
 ) -> (usize, usize) {
     const PACK_COST: usize = 16;
     let mut best = (1, 1, usize::MAX);
@@ -277,7 +282,7 @@ fn task_grid(
         }
         let rows = (m_panels.div_ceil(gm) * s.m.div_ceil(m_panels)).min(s.m);
         let cols = (n_panels.div_ceil(gn) * s.n.div_ceil(n_panels)).min(s.n);
-        let packed = s.k * cols + if direct_a { 0 } else { s.k * rows };
+        let packed = if direct_a { 0 } else { s.k * rows } + if direct_b { 0 } else { s.k * cols };
         let cost = rows * cols * s.k + PACK_COST * packed;
         if cost < best.2 {
             best = (gm, gn, cost);
@@ -296,7 +301,7 @@ fn run_task<K: MicroKernel>(
     b: &MatRef,
     c: SyncPtr,
     task: Task,
-    direct_a: bool,
+    (direct_a, direct_b): (bool, bool),
     apack: &mut Vec<f32>,
     bpack: &mut Vec<f32>,
 ) {
@@ -345,19 +350,38 @@ fn run_task<K: MicroKernel>(
         let beta = if pc == 0 { s.beta } else { 1.0 };
         for jb in (task.cols.0..task.cols.1).step_by(nc_panels) {
             let jb_end = (jb + nc_panels).min(task.cols.1);
-            let bp = &mut bpack[..(jb_end - jb) * nr * kc];
+            // As for A: B read in place but for a partial last panel.
+            let b_packed_from = if direct_b {
+                jb_end - usize::from(jb_end * nr > s.n)
+            } else {
+                jb
+            };
+            let bp = &mut bpack[..(jb_end - b_packed_from) * nr * kc];
             for (idx, dst) in bp.chunks_mut(nr * kc).enumerate() {
-                let j0 = (jb + idx) * nr;
+                let j0 = (b_packed_from + idx) * nr;
                 pack::pack_b(dst, b, pc, kc, j0, nr.min(s.n - j0), nr, s.avx_pack);
             }
             let bp = &*bp;
+            let b_panel = |jp: usize| {
+                if jp < b_packed_from {
+                    BPanel {
+                        // In bounds: `sgemm` checked that B's k x n elements fit its data.
+                        ptr: b.data[pc * b.rs + jp * nr..].as_ptr(),
+                        rs: b.rs,
+                    }
+                } else {
+                    BPanel {
+                        ptr: bp[(jp - b_packed_from) * nr * kc..].as_ptr(),
+                        rs: nr,
+                    }
+                }
+            };
             for ip in ip0..ip1 {
                 let a_panel = a_panel(ip);
                 for jp in jb..jb_end {
-                    let b_panel = &bp[(jp - jb) * nr * kc..][..nr * kc];
                     // SAFETY: tasks cover disjoint tiles of C, which `sgemm` bounds-checked;
-                    // A's panels are in bounds (above).
-                    unsafe { tile::<K>(s, kc, a_panel, b_panel, c, ip * mr, jp * nr, beta) };
+                    // the operands' panels are in bounds (above).
+                    unsafe { tile::<K>(s, kc, a_panel, b_panel(jp), c, ip * mr, jp * nr, beta) };
                 }
             }
         }
@@ -383,6 +407,22 @@ fn reads_a_in_place<K: MicroKernel>(s: &Shape, a: &MatRef) -> bool {
     }
 }
 
+/// Whether the micro-kernel reads B's rows where they lie (B row-major) rather than from
+/// packed panels: when A is short, each panel of B meets few panels of A, and packing B
+/// (the weight gradient's `X`, 1024 rows) costs as much as the product. Measured on Zen 2
+/// (`sgemm --shapes`): 15-25% faster up to m = 128 (64 x 64 x 1024: 60 -> 71 GFLOP/s;
+/// 94 x 384 x 1024: 67 -> 77), 5-8% slower from m = 192.
+fn reads_b_in_place(s: &Shape, b: &MatRef) -> bool {
+    b.cs == 1 && s.m <= 128
+}
+
+/// A kc x NR panel of B for the micro-kernel: row `p` at `ptr + p * rs`.
+#[derive(Clone, Copy)]
+struct BPanel {
+    ptr: *const f32,
+    rs: usize,
+}
+
 /// An MR x kc panel of A for the micro-kernel: packed, or the operand itself.
 #[derive(Clone, Copy)]
 struct APanel {
@@ -404,7 +444,7 @@ unsafe fn tile<K: MicroKernel>(
     s: &Shape,
     kc: usize,
     a_panel: APanel,
-    b_panel: &[f32],
+    b_panel: BPanel,
     c: SyncPtr,
     i0: usize,
     j0: usize,
@@ -416,20 +456,11 @@ unsafe fn tile<K: MicroKernel>(
         rs: rs_a,
         cs: cs_a,
     } = a_panel;
+    let BPanel { ptr: b, rs: rs_b } = b_panel;
     unsafe {
         let c_tile = c.0.add(i0 * s.ldc + j0);
         if rows == K::MR && cols == K::NR {
-            K::kernel(
-                kc,
-                a,
-                rs_a,
-                cs_a,
-                b_panel.as_ptr(),
-                c_tile,
-                s.ldc,
-                s.alpha,
-                beta,
-            );
+            K::kernel(kc, a, rs_a, cs_a, b, rs_b, c_tile, s.ldc, s.alpha, beta);
             return;
         }
         let mut scratch = [0f32; MAX_TILE];
@@ -438,7 +469,8 @@ unsafe fn tile<K: MicroKernel>(
             a,
             rs_a,
             cs_a,
-            b_panel.as_ptr(),
+            b,
+            rs_b,
             scratch.as_mut_ptr(),
             K::NR,
             s.alpha,

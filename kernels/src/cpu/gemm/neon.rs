@@ -16,8 +16,10 @@ impl MicroKernel for Neon {
     const KC: usize = 256;
     const NC: usize = 512;
 
-    // A's rows are loaded as vectors, so its panel is always packed.
+    // A's rows are loaded as vectors, so its panel is always packed; B's rows are
+    // contiguous either way.
     const STRIDED_A: bool = false;
+    const STRIDED_B: bool = true;
 
     // The CPU support is proved by the `Simd` this kernel was chosen through.
     #[target_feature(enable = "neon")]
@@ -27,6 +29,7 @@ impl MicroKernel for Neon {
         _rs_a: usize,
         _cs_a: usize,
         b: *const f32,
+        rs_b: usize,
         c: *mut f32,
         ldc: usize,
         alpha: f32,
@@ -55,7 +58,7 @@ impl MicroKernel for Neon {
                 row!(6, a_hi, 2);
                 row!(7, a_hi, 3);
                 a = a.add(MR);
-                b = b.add(NR);
+                b = b.add(rs_b);
             }
             for (i, row) in acc.iter().enumerate() {
                 let out = c.add(i * ldc);

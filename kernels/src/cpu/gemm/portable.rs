@@ -15,6 +15,7 @@ impl MicroKernel for Portable {
     const NC: usize = 512;
 
     const STRIDED_A: bool = true;
+    const STRIDED_B: bool = true;
 
     unsafe fn kernel(
         kc: usize,
@@ -22,6 +23,7 @@ impl MicroKernel for Portable {
         rs_a: usize,
         cs_a: usize,
         b: *const f32,
+        rs_b: usize,
         c: *mut f32,
         ldc: usize,
         alpha: f32,
@@ -29,11 +31,11 @@ impl MicroKernel for Portable {
     ) {
         let mut acc = [[0f32; NR]; MR];
         for p in 0..kc {
-            // SAFETY: A's panel has MR x kc values at these strides; packed B holds kc * NR.
+            // SAFETY: the panels hold MR x kc and kc x NR values at these strides.
             let (ap, bp) = unsafe {
                 (
                     std::array::from_fn::<f32, MR, _>(|i| *a.add(i * rs_a + p * cs_a)),
-                    &*(b.add(p * NR) as *const [f32; NR]),
+                    &*(b.add(p * rs_b) as *const [f32; NR]),
                 )
             };
             for i in 0..MR {
