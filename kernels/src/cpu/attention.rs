@@ -304,7 +304,7 @@ pub(crate) fn backward(
     // One task per head, walking its tiles in a fixed order: sums do not depend on the
     // thread count.
     type Grads<'a> = ((&'a mut [f32], &'a mut [f32]), &'a mut [f32]);
-    let head_task = |(head, ((dq, dk), dv)): (usize, Grads<'_>)| {
+    let head_task = |scratch: &mut BackwardScratch, (head, ((dq, dk), dv)): (usize, Grads<'_>)| {
         let (qs, ks) = (
             head * tq * d..(head + 1) * tq * d,
             head * tk * d..(head + 1) * tk * d,
@@ -315,17 +315,17 @@ pub(crate) fn backward(
         let dsum: Vec<f32> = (0..tq)
             .map(|i| dot(&go[i * d..(i + 1) * d], &o[i * d..(i + 1) * d]))
             .collect();
-        let mut kt = vec![0f32; d * BK];
-        let mut vt = vec![0f32; d * BK];
-        // A tile of up to BQ_BACKWARD query rows x BK keys: the weights (dropped out, as dV
-        // needs them) and the score gradients.
-        let mut p_tile = vec![0f32; BQ_BACKWARD * BK];
-        let mut ds_tile = vec![0f32; BQ_BACKWARD * BK];
+        let BackwardScratch {
+            kt,
+            vt,
+            p_tile,
+            ds_tile,
+        } = scratch;
         let (mut s, mut dp, mut keep) = ([0f32; BK], [0f32; BK], [0f32; BK]);
         for c0 in (0..tk).step_by(BK) {
             let nk = BK.min(tk - c0);
-            transpose_block(k, c0, nk, d, &mut kt);
-            transpose_block(v, c0, nk, d, &mut vt);
+            transpose_block(k, c0, nk, d, kt);
+            transpose_block(v, c0, nk, d, vt);
             let keys = c0 * d..(c0 + nk) * d;
             // Queries before `first` see none of these keys (causal).
             let first = (0..tq).find(|&i| spec.key_end(i) > c0).unwrap_or(tq);
@@ -384,9 +384,32 @@ pub(crate) fn backward(
             }
         }
     };
+    // Scratch per rayon job, not per head: zeroing fresh tiles for each head was 1% of a
+    // small transformer's step.
     dq.par_chunks_mut(tq * d)
         .zip(dk.par_chunks_mut(tk * d))
         .zip(dv.par_chunks_mut(tk * d))
         .enumerate()
-        .for_each(head_task);
+        .for_each_init(|| BackwardScratch::new(d), head_task);
+}
+
+/// A head's working tiles in the backward pass: its key and value blocks transposed, and
+/// a tile of up to BQ_BACKWARD query rows x BK keys of the weights (dropped out, as dV
+/// needs them) and of the score gradients. Every value is written before it is read.
+struct BackwardScratch {
+    kt: Vec<f32>,
+    vt: Vec<f32>,
+    p_tile: Vec<f32>,
+    ds_tile: Vec<f32>,
+}
+
+impl BackwardScratch {
+    fn new(d: usize) -> Self {
+        Self {
+            kt: vec![0.0; d * BK],
+            vt: vec![0.0; d * BK],
+            p_tile: vec![0.0; BQ_BACKWARD * BK],
+            ds_tile: vec![0.0; BQ_BACKWARD * BK],
+        }
+    }
 }
