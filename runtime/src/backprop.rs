@@ -282,12 +282,27 @@ impl Tensor {
             if self.0.is_var {
                 on_ready(self, &store.grads[&self.id()])?;
             }
+            // The gradients of narrows, by the tensor narrowed, kept as pieces until that
+            // tensor's gradient is complete: a split or chunk's pieces then become one
+            // `cat`, where zero-padding each to the whole and summing them wrote the
+            // whole once per piece.
+            let mut pieces: HashMap<TensorId, Vec<Piece>> = HashMap::new();
             for node in order.iter().rev() {
                 let Some(op) = &node.0.op else { continue };
                 // Intermediate gradients are dropped once used; only variables keep theirs.
-                let input_grads = match store.grads.remove(&node.id()) {
-                    Some(grad) => input_grads(op, node, &grad)?,
-                    None => Vec::new(),
+                let input_grads = match (store.grads.remove(&node.id()), op) {
+                    (Some(grad), Op::Narrow { x, dim, start }) => {
+                        if x.tracks_grad() {
+                            pieces.entry(x.id()).or_default().push(Piece {
+                                dim: *dim,
+                                start: *start,
+                                grad,
+                            });
+                        }
+                        vec![None]
+                    }
+                    (Some(grad), _) => input_grads(op, node, &grad)?,
+                    (None, _) => Vec::new(),
                 };
                 let mut input_grads = input_grads.into_iter();
                 for input in op.inputs() {
@@ -300,6 +315,14 @@ impl Tensor {
                     }
                     let left = consumers.get_mut(&input.id()).expect("counted above");
                     *left -= 1;
+                    if *left == 0 {
+                        if let Some(parts) = pieces.remove(&input.id()) {
+                            let dense = store.grads.remove(&input.id());
+                            store
+                                .grads
+                                .insert(input.id(), assemble(input, parts, dense)?);
+                        }
+                    }
                     if *left == 0 && input.0.is_var {
                         if let Some(g) = store.grads.get(&input.id()) {
                             on_ready(input, g)?;
@@ -310,6 +333,40 @@ impl Tensor {
             Ok(store)
         })
     }
+}
+
+/// The gradient of a `narrow` of some tensor: `grad` belongs at `start` of `dim`.
+struct Piece {
+    dim: usize,
+    start: usize,
+    grad: Tensor,
+}
+
+/// `x`'s whole gradient from its narrows' pieces and the rest of its gradient (`dense`):
+/// pieces that tile one dim exactly, with nothing else, are joined by one `cat`; anything
+/// else is zero-padded and summed, in order of the pieces' positions.
+fn assemble(x: &Tensor, mut parts: Vec<Piece>, dense: Option<Tensor>) -> Result<Tensor> {
+    parts.sort_by_key(|p| (p.dim, p.start));
+    let dim = parts[0].dim;
+    let mut next = 0;
+    let tiles = parts.iter().all(|p| {
+        let fits = p.dim == dim && p.start == next;
+        next += p.grad.dims()[dim];
+        fits
+    });
+    if dense.is_none() && tiles && next == x.dims()[dim] {
+        let grads: Vec<&Tensor> = parts.iter().map(|p| &p.grad).collect();
+        return Tensor::cat(&grads, dim);
+    }
+    let mut sum = dense;
+    for p in parts {
+        let padded = p.grad.pad_into(x.shape(), p.dim, p.start)?;
+        sum = Some(match sum {
+            Some(s) => s.add(&padded)?,
+            None => padded,
+        });
+    }
+    Ok(sum.expect("at least one piece"))
 }
 
 /// The gradient of each input of `op`, given the gradient `g` of its output `out`

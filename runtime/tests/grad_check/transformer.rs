@@ -26,6 +26,12 @@ fn grad_narrow_split_chunk() {
         assert_eq!(parts.iter().map(|p| p.dims()[0]).collect::<Vec<_>>(), [3, 3, 1]);
         parts[0].mul(&parts[1])?.add(&parts[2])
     });
+    // Overlapping narrows of a tensor that is also used whole: the pieces are summed
+    // with the rest of its gradient rather than joined.
+    check_grads(&[input(250, &[3, 4])], |t| {
+        let (a, b) = (t[0].narrow(1, 0, 3)?, t[0].narrow(1, 1, 3)?);
+        a.mul(&b)?.sum(1)?.add(&t[0].mul(&t[0])?.sum(1)?)
+    });
 }
 
 #[test]
