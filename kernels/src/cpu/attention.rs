@@ -344,8 +344,8 @@ pub(crate) fn backward(
                         continue;
                     }
                     let (qi, gi) = (&q[i * d..(i + 1) * d], &go[i * d..(i + 1) * d]);
-                    scores_row(simd, qi, &kt, spec.scale, &mut s);
-                    scores_row(simd, gi, &vt, 1.0, &mut dp);
+                    scores_row(simd, qi, kt, spec.scale, &mut s);
+                    scores_row(simd, gi, vt, 1.0, &mut dp);
                     exp_row(simd, &s[..limit], lse[i], p);
                     let f = &mut keep[..limit];
                     if spec.dropout > 0.0 {
@@ -379,8 +379,8 @@ pub(crate) fn backward(
                     );
                 }
                 let (g_rows, q_rows) = (&go[r0 * d..], &q[r0 * d..]);
-                transposed_rows(simd, &mut dv[keys.clone()], &p_tile, g_rows, rows, nk, d);
-                transposed_rows(simd, &mut dk[keys.clone()], &ds_tile, q_rows, rows, nk, d);
+                transposed_rows(simd, &mut dv[keys.clone()], p_tile, g_rows, rows, nk, d);
+                transposed_rows(simd, &mut dk[keys.clone()], ds_tile, q_rows, rows, nk, d);
             }
         }
     };
