@@ -1,7 +1,7 @@
 //! AVX2+FMA micro-kernel: the classic 6 x 16 tile, 12 ymm accumulators, two 8-wide loads
 //! of packed B and six broadcasts of packed A per step of k.
 
-use super::MicroKernel;
+use super::{with_packed_strides, MicroKernel};
 use std::arch::x86_64::*;
 
 pub(super) struct Avx2Fma;
@@ -35,16 +35,8 @@ impl MicroKernel for Avx2Fma {
         alpha: f32,
         beta: f32,
     ) {
-        // Four copies of the loop: each operand's packed strides as constants (immediate
-        // offsets), or any strides (an operand read in place).
-        unsafe {
-            match (rs_a == 1 && cs_a == MR, rs_b == NR) {
-                (true, true) => body(kc, a, 1, MR, b, NR, c, ldc, alpha, beta),
-                (true, false) => body(kc, a, 1, MR, b, rs_b, c, ldc, alpha, beta),
-                (false, true) => body(kc, a, rs_a, cs_a, b, NR, c, ldc, alpha, beta),
-                (false, false) => body(kc, a, rs_a, cs_a, b, rs_b, c, ldc, alpha, beta),
-            }
-        }
+        // SAFETY: as for `kernel`.
+        unsafe { with_packed_strides!(body(kc, a, rs_a, cs_a, b, rs_b, c, ldc, alpha, beta)) }
     }
 }
 

@@ -2,7 +2,7 @@
 //! k loads one 32-wide row of packed B (two zmm) and broadcasts 12 values of packed A,
 //! which the compiler folds into the FMAs as embedded broadcasts.
 
-use super::MicroKernel;
+use super::{with_packed_strides, MicroKernel};
 use std::arch::x86_64::*;
 
 pub(super) struct Avx512;
@@ -36,15 +36,8 @@ impl MicroKernel for Avx512 {
         alpha: f32,
         beta: f32,
     ) {
-        // As in the AVX2 kernel: packed strides as constants, or any strides.
-        unsafe {
-            match (rs_a == 1 && cs_a == MR, rs_b == NR) {
-                (true, true) => body(kc, a, 1, MR, b, NR, c, ldc, alpha, beta),
-                (true, false) => body(kc, a, 1, MR, b, rs_b, c, ldc, alpha, beta),
-                (false, true) => body(kc, a, rs_a, cs_a, b, NR, c, ldc, alpha, beta),
-                (false, false) => body(kc, a, rs_a, cs_a, b, rs_b, c, ldc, alpha, beta),
-            }
-        }
+        // SAFETY: as for `kernel`.
+        unsafe { with_packed_strides!(body(kc, a, rs_a, cs_a, b, rs_b, c, ldc, alpha, beta)) }
     }
 }
 

@@ -98,6 +98,23 @@ pub(crate) trait MicroKernel {
     );
 }
 
+/// Calls a micro-kernel's `body(kc, a, rs_a, cs_a, b, rs_b, c, ldc, alpha, beta)` with
+/// each operand's packed strides (A: 1 and MR; B: NR) as constants when they are the
+/// packed ones, so the common case compiles with immediate offsets; four copies of the
+/// loop in all.
+macro_rules! with_packed_strides {
+    ($body:ident($kc:expr, $a:expr, $rs_a:expr, $cs_a:expr, $b:expr, $rs_b:expr, $($rest:expr),*)) => {
+        match ($rs_a == 1 && $cs_a == MR, $rs_b == NR) {
+            (true, true) => $body($kc, $a, 1, MR, $b, NR, $($rest),*),
+            (true, false) => $body($kc, $a, 1, MR, $b, $rs_b, $($rest),*),
+            (false, true) => $body($kc, $a, $rs_a, $cs_a, $b, NR, $($rest),*),
+            (false, false) => $body($kc, $a, $rs_a, $cs_a, $b, $rs_b, $($rest),*),
+        }
+    };
+}
+#[cfg(target_arch = "x86_64")]
+use with_packed_strides;
+
 /// The largest MR * NR of any kernel, for the edge-tile scratch.
 const MAX_TILE: usize = 12 * 32;
 
