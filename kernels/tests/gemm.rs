@@ -2,7 +2,7 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use ringtrain_kernels::cpu::gemm::{sgemm, MatRef};
+use ringtrain_kernels::cpu::gemm::{sgemm, sgemm_with, Epilogue, MatRef};
 use ringtrain_kernels::cpu::{Isa, Simd};
 
 fn random(len: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
@@ -379,4 +379,76 @@ fn bad_row_stride_and_overflowing_strides_are_errors() {
         2,
     );
     assert!(err.is_err());
+}
+
+#[test]
+fn epilogue_adds_the_bias_and_clamps_once_after_every_slice() {
+    // k = 700 takes several slices of k; 37 rows and 45 columns leave edge tiles.
+    let (m, n, k) = (37, 45, 700);
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let mut a_data = random(m * k, &mut rng);
+    // A NaN in row 3 of A: that row of C must stay NaN through the ReLU.
+    a_data[3 * k + 5] = f32::NAN;
+    let b_data = random(k * n, &mut rng);
+    let bias = random(n, &mut rng);
+    for simd in Simd::available() {
+        for (beta, relu) in [(0.0, true), (0.5, true), (1.0, false)] {
+            let c0 = random(m * n, &mut rng);
+            let mut c = c0.clone();
+            let (a, b) = (
+                MatRef::row_major(&a_data, m, k, false),
+                MatRef::row_major(&b_data, k, n, false),
+            );
+            let epilogue = Epilogue {
+                bias: Some(&bias),
+                relu,
+            };
+            sgemm_with(simd, m, n, k, 1.0, a, b, beta, &mut c, n, epilogue).unwrap();
+            let want = reference(m, n, k, 1.0, &a, &b, beta, &c0);
+            for i in 0..m {
+                for j in 0..n {
+                    let z = want[i * n + j] + f64::from(bias[j]);
+                    let z = if relu && z < 0.0 { 0.0 } else { z };
+                    let got = c[i * n + j];
+                    if i == 3 {
+                        assert!(
+                            got.is_nan(),
+                            "{:?}: C[3, {j}] = {got}, want NaN",
+                            simd.isa()
+                        );
+                    } else {
+                        assert!(
+                            (f64::from(got) - z).abs() < 1e-3,
+                            "{:?} beta={beta} relu={relu}: C[{i}, {j}] = {got}, want {z}",
+                            simd.isa()
+                        );
+                    }
+                }
+            }
+        }
+    }
+    let (a, b) = (
+        MatRef::row_major(&a_data, m, k, false),
+        MatRef::row_major(&b_data, k, n, false),
+    );
+    let short = Epilogue {
+        bias: Some(&bias[..n - 1]),
+        relu: false,
+    };
+    let err = sgemm_with(
+        Simd::portable(),
+        m,
+        n,
+        k,
+        1.0,
+        a,
+        b,
+        0.0,
+        &mut vec![0.0; m * n],
+        n,
+        short,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("bias"), "{err}");
 }

@@ -122,9 +122,8 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    /// The bias goes into C before the GEMM, which then accumulates onto it (`beta = 1`):
-    /// one pass over C fewer than adding it after, and no second buffer; an activation
-    /// is one pass after.
+    /// The bias and a ReLU run in the micro-kernel's epilogue, on the last slice's sums
+    /// (no pass of their own); another activation is one pass after.
     fn gemm_bias_act(
         &self,
         spec: &GemmSpec,
@@ -136,19 +135,20 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         validate::bias(spec, bias.len())?;
         validate::gemm(spec, a.len(), b.len(), c.len())?;
-        if spec.n > 0 {
-            for row in c.chunks_exact_mut(spec.n) {
-                if spec.beta == 0.0 {
-                    row.copy_from_slice(bias);
-                } else {
-                    row.iter_mut()
-                        .zip(bias)
-                        .for_each(|(c, &b)| *c = spec.beta * *c + b);
-                }
-            }
+        let (m, n, k) = (spec.m, spec.n, spec.k);
+        let relu = act == Some(UnaryOp::Relu);
+        let epilogue = gemm::Epilogue {
+            bias: Some(bias),
+            relu,
+        };
+        for i in 0..spec.batch {
+            let a = MatRef::row_major(&a[i * spec.stride_a..], m, k, spec.trans_a);
+            let b = MatRef::row_major(&b[i * spec.stride_b..], k, n, spec.trans_b);
+            let c = &mut c[i * m * n..(i + 1) * m * n];
+            let (alpha, beta) = (spec.alpha, spec.beta);
+            gemm::sgemm_with(self.simd, m, n, k, alpha, a, b, beta, c, n, epilogue)?;
         }
-        self.gemm(&GemmSpec { beta: 1.0, ..*spec }, a, b, c)?;
-        if let Some(op) = act {
+        if let Some(op) = act.filter(|_| !relu) {
             let mut y = self.alloc(c.len())?;
             self.unary(op, c, &mut y)?;
             *c = y;

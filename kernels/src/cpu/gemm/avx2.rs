@@ -34,14 +34,20 @@ impl MicroKernel for Avx2Fma {
         ldc: usize,
         alpha: f32,
         beta: f32,
+        bias: *const f32,
+        relu: bool,
     ) {
         // SAFETY: as for `kernel`.
-        unsafe { with_packed_strides!(body(kc, a, rs_a, cs_a, b, rs_b, c, ldc, alpha, beta)) }
+        unsafe {
+            with_packed_strides!(body(
+                kc, a, rs_a, cs_a, b, rs_b, c, ldc, alpha, beta, bias, relu
+            ))
+        }
     }
 }
 
-/// The kernel, with A's element `(i, p)` at `a[i * rs_a + p * cs_a]` and B's row `p` at
-/// `b[p * rs_b..]`.
+/// The kernel, with A's element `(i, p)` at `a[i * rs_a + p * cs_a]`, B's row `p` at
+/// `b[p * rs_b..]`, and the epilogue (`bias`, `relu`) of `MicroKernel::kernel`.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
@@ -56,6 +62,8 @@ unsafe fn body(
     ldc: usize,
     alpha: f32,
     beta: f32,
+    bias: *const f32,
+    relu: bool,
 ) {
     unsafe {
         let mut acc = [[_mm256_setzero_ps(); 2]; MR];
@@ -95,21 +103,31 @@ unsafe fn body(
             step!();
         }
         let alpha = _mm256_set1_ps(alpha);
-        if beta == 0.0 {
-            for (i, row) in acc.iter().enumerate() {
-                let out = c.add(i * ldc);
-                _mm256_storeu_ps(out, _mm256_mul_ps(alpha, row[0]));
-                _mm256_storeu_ps(out.add(8), _mm256_mul_ps(alpha, row[1]));
+        let (beta_v, zero) = (_mm256_set1_ps(beta), _mm256_setzero_ps());
+        let bias = (!bias.is_null()).then(|| (_mm256_loadu_ps(bias), _mm256_loadu_ps(bias.add(8))));
+        for (i, row) in acc.iter().enumerate() {
+            let out = c.add(i * ldc);
+            let (mut r0, mut r1) = if beta == 0.0 {
+                (_mm256_mul_ps(alpha, row[0]), _mm256_mul_ps(alpha, row[1]))
+            } else {
+                let c0 = _mm256_mul_ps(beta_v, _mm256_loadu_ps(out));
+                let c1 = _mm256_mul_ps(beta_v, _mm256_loadu_ps(out.add(8)));
+                (
+                    _mm256_fmadd_ps(alpha, row[0], c0),
+                    _mm256_fmadd_ps(alpha, row[1], c1),
+                )
+            };
+            if let Some((b0, b1)) = bias {
+                r0 = _mm256_add_ps(r0, b0);
+                r1 = _mm256_add_ps(r1, b1);
             }
-        } else {
-            let beta = _mm256_set1_ps(beta);
-            for (i, row) in acc.iter().enumerate() {
-                let out = c.add(i * ldc);
-                let c0 = _mm256_mul_ps(beta, _mm256_loadu_ps(out));
-                let c1 = _mm256_mul_ps(beta, _mm256_loadu_ps(out.add(8)));
-                _mm256_storeu_ps(out, _mm256_fmadd_ps(alpha, row[0], c0));
-                _mm256_storeu_ps(out.add(8), _mm256_fmadd_ps(alpha, row[1], c1));
+            if relu {
+                // max(0, x) returns its second operand when one is NaN: NaN passes.
+                r0 = _mm256_max_ps(zero, r0);
+                r1 = _mm256_max_ps(zero, r1);
             }
+            _mm256_storeu_ps(out, r0);
+            _mm256_storeu_ps(out.add(8), r1);
         }
     }
 }

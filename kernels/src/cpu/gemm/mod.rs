@@ -78,7 +78,9 @@ pub(crate) trait MicroKernel {
     /// `C = alpha * A_panel * B_panel + beta * C` for one MR x NR tile (row stride `ldc`),
     /// with A's element `(i, p)` at `a[i * rs_a + p * cs_a]` (a packed panel: `kc` groups
     /// of MR, so `rs_a = 1, cs_a = MR`) and B's row `p` the NR values at `b[p * rs_b..]`
-    /// (packed: `rs_b = NR`). `beta == 0` must not read C.
+    /// (packed: `rs_b = NR`). `beta == 0` must not read C. Then, when `bias` is not null,
+    /// `bias[j]` is added to column `j` (NR values), and when `relu`, each value is
+    /// clamped at zero (NaN passes through).
     ///
     /// # Safety
     /// A's panel has MR x `kc` values at those strides, B's `kc` x NR; `c` addresses an
@@ -95,6 +97,8 @@ pub(crate) trait MicroKernel {
         ldc: usize,
         alpha: f32,
         beta: f32,
+        bias: *const f32,
+        relu: bool,
     );
 }
 
@@ -121,6 +125,15 @@ const MAX_TILE: usize = 12 * 32;
 /// Below this many multiply-adds the fork/join of rayon costs more than it saves.
 const PARALLEL_MIN_MACS: usize = 1 << 21;
 
+/// What the GEMM does to each element of C after the product, in the micro-kernel's
+/// epilogue (no pass of its own): add `bias[j]` to column `j`, then clamp at zero (ReLU,
+/// NaN passing through), as a layer's forward wants.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    pub bias: Option<&'a [f32]>,
+    pub relu: bool,
+}
+
 /// `C = alpha * A * B + beta * C`, with A `m x k`, B `k x n` (any strides) and C row-major
 /// `m x n` with row stride `ldc`. Runs on rayon's current pool for large shapes.
 #[allow(clippy::too_many_arguments)]
@@ -135,6 +148,26 @@ pub fn sgemm(
     beta: f32,
     c: &mut [f32],
     ldc: usize,
+) -> Result<()> {
+    let none = Epilogue::default();
+    sgemm_with(simd, m, n, k, alpha, a, b, beta, c, ldc, none)
+}
+
+/// [`sgemm`], then `epilogue` on each element of C: `relu(alpha * A * B + beta * C +
+/// bias)`.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_with(
+    simd: Simd,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: MatRef,
+    b: MatRef,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+    epilogue: Epilogue,
 ) -> Result<()> {
     let bad = |reason: String| {
         Err(KernelError::InvalidArgument {
@@ -167,13 +200,20 @@ pub fn sgemm(
             c.len()
         ));
     }
+    if let Some(bias) = epilogue.bias.filter(|bias| bias.len() < n) {
+        return bad(format!(
+            "the bias has {} values for {n} columns",
+            bias.len()
+        ));
+    }
     if m == 0 || n == 0 {
         return Ok(());
     }
     if k == 0 || alpha == 0.0 {
         for row in c.chunks_mut(ldc).take(m) {
-            for v in &mut row[..n] {
-                *v = if beta == 0.0 { 0.0 } else { beta * *v };
+            for (j, v) in row[..n].iter_mut().enumerate() {
+                let z = if beta == 0.0 { 0.0 } else { beta * *v };
+                *v = epilogue.apply(z, j);
             }
         }
         return Ok(());
@@ -187,6 +227,7 @@ pub fn sgemm(
         beta,
         ldc,
         parallel,
+        epilogue,
         // Every x86 core with AVX2 or AVX-512 has AVX, which the transposing pack uses.
         avx_pack: matches!(simd.isa(), Isa::Avx2Fma | Isa::Avx512),
     };
@@ -202,7 +243,7 @@ pub fn sgemm(
     Ok(())
 }
 
-struct Shape {
+struct Shape<'a> {
     m: usize,
     n: usize,
     k: usize,
@@ -210,7 +251,22 @@ struct Shape {
     beta: f32,
     ldc: usize,
     parallel: bool,
+    epilogue: Epilogue<'a>,
     avx_pack: bool,
+}
+
+impl Epilogue<'_> {
+    /// The epilogue on one element `z` of column `j`, as the kernels compute it.
+    #[inline(always)]
+    fn apply(&self, z: f32, j: usize) -> f32 {
+        let z = self.bias.map_or(z, |bias| z + bias[j]);
+        // `z < 0`, so NaN stays NaN, as in the ReLU kernel.
+        if self.relu && z < 0.0 {
+            0.0
+        } else {
+            z
+        }
+    }
 }
 
 thread_local! {
@@ -365,6 +421,8 @@ fn run_task<K: MicroKernel>(
             }
         };
         let beta = if pc == 0 { s.beta } else { 1.0 };
+        // The epilogue runs once, on the last slice's sums.
+        let last = pc + kc == s.k;
         for jb in (task.cols.0..task.cols.1).step_by(nc_panels) {
             let jb_end = (jb + nc_panels).min(task.cols.1);
             // As for A: B read in place but for a partial last panel.
@@ -398,7 +456,10 @@ fn run_task<K: MicroKernel>(
                 for jp in jb..jb_end {
                     // SAFETY: tasks cover disjoint tiles of C, which `sgemm` bounds-checked;
                     // the operands' panels are in bounds (above).
-                    unsafe { tile::<K>(s, kc, a_panel, b_panel(jp), c, ip * mr, jp * nr, beta) };
+                    unsafe {
+                        let b_panel = b_panel(jp);
+                        tile::<K>(s, kc, a_panel, b_panel, c, ip * mr, jp * nr, beta, last)
+                    };
                 }
             }
         }
@@ -454,8 +515,8 @@ struct SyncPtr(*mut f32);
 unsafe impl Send for SyncPtr {}
 unsafe impl Sync for SyncPtr {}
 
-/// One MR x NR tile at (i0, j0); edge tiles go through a scratch tile so the kernel never
-/// writes outside C.
+/// One MR x NR tile at (i0, j0), with the epilogue when `last`; edge tiles go through a
+/// scratch tile so the kernel never writes outside C (or reads past the bias).
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile<K: MicroKernel>(
     s: &Shape,
@@ -466,6 +527,7 @@ unsafe fn tile<K: MicroKernel>(
     i0: usize,
     j0: usize,
     beta: f32,
+    last: bool,
 ) {
     let (rows, cols) = (K::MR.min(s.m - i0), K::NR.min(s.n - j0));
     let APanel {
@@ -474,13 +536,35 @@ unsafe fn tile<K: MicroKernel>(
         cs: cs_a,
     } = a_panel;
     let BPanel { ptr: b, rs: rs_b } = b_panel;
+    let epilogue = if last {
+        s.epilogue
+    } else {
+        Epilogue::default()
+    };
     unsafe {
         let c_tile = c.0.add(i0 * s.ldc + j0);
         if rows == K::MR && cols == K::NR {
-            K::kernel(kc, a, rs_a, cs_a, b, rs_b, c_tile, s.ldc, s.alpha, beta);
+            let bias = epilogue
+                .bias
+                .map_or(std::ptr::null(), |bias| bias[j0..].as_ptr());
+            K::kernel(
+                kc,
+                a,
+                rs_a,
+                cs_a,
+                b,
+                rs_b,
+                c_tile,
+                s.ldc,
+                s.alpha,
+                beta,
+                bias,
+                epilogue.relu,
+            );
             return;
         }
         let mut scratch = [0f32; MAX_TILE];
+        let null = std::ptr::null();
         K::kernel(
             kc,
             a,
@@ -492,11 +576,18 @@ unsafe fn tile<K: MicroKernel>(
             K::NR,
             s.alpha,
             0.0,
+            null,
+            false,
         );
         for i in 0..rows {
             let out = std::slice::from_raw_parts_mut(c_tile.add(i * s.ldc), cols);
-            for (o, &v) in out.iter_mut().zip(&scratch[i * K::NR..][..cols]) {
-                *o = if beta == 0.0 { v } else { v + beta * *o };
+            for (j, (o, &v)) in out
+                .iter_mut()
+                .zip(&scratch[i * K::NR..][..cols])
+                .enumerate()
+            {
+                let z = if beta == 0.0 { v } else { v + beta * *o };
+                *o = epilogue.apply(z, j0 + j);
             }
         }
     }

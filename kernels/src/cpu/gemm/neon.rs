@@ -34,6 +34,8 @@ impl MicroKernel for Neon {
         ldc: usize,
         alpha: f32,
         beta: f32,
+        bias: *const f32,
+        relu: bool,
     ) {
         unsafe {
             let mut acc = [[vdupq_n_f32(0.0); 2]; MR];
@@ -66,6 +68,15 @@ impl MicroKernel for Neon {
                 if beta != 0.0 {
                     r0 = vfmaq_n_f32(r0, vld1q_f32(out), beta);
                     r1 = vfmaq_n_f32(r1, vld1q_f32(out.add(4)), beta);
+                }
+                if !bias.is_null() {
+                    r0 = vaddq_f32(r0, vld1q_f32(bias));
+                    r1 = vaddq_f32(r1, vld1q_f32(bias.add(4)));
+                }
+                if relu {
+                    // FMAX returns NaN when either operand is NaN: NaN passes.
+                    r0 = vmaxq_f32(vdupq_n_f32(0.0), r0);
+                    r1 = vmaxq_f32(vdupq_n_f32(0.0), r1);
                 }
                 vst1q_f32(out, r0);
                 vst1q_f32(out.add(4), r1);

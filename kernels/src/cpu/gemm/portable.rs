@@ -28,6 +28,8 @@ impl MicroKernel for Portable {
         ldc: usize,
         alpha: f32,
         beta: f32,
+        bias: *const f32,
+        relu: bool,
     ) {
         let mut acc = [[0f32; NR]; MR];
         for p in 0..kc {
@@ -47,12 +49,18 @@ impl MicroKernel for Portable {
         for (i, row) in acc.iter().enumerate() {
             // SAFETY: the caller guarantees an MR x NR tile at c with row stride ldc.
             let out = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), NR) };
-            for (o, &v) in out.iter_mut().zip(row) {
-                *o = if beta == 0.0 {
+            for (j, (o, &v)) in out.iter_mut().zip(row).enumerate() {
+                let mut z = if beta == 0.0 {
                     alpha * v
                 } else {
                     alpha * v + beta * *o
                 };
+                if !bias.is_null() {
+                    // SAFETY: a non-null bias holds NR values.
+                    z += unsafe { *bias.add(j) };
+                }
+                // `z < 0`, so NaN stays NaN.
+                *o = if relu && z < 0.0 { 0.0 } else { z };
             }
         }
     }
