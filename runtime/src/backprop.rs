@@ -479,6 +479,8 @@ fn input_grads(op: &Op, out: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>>
             }
             vec![Some(g.permute(&inverse)?)]
         }
+        // The definition; `backward_with` keeps a narrow's gradient as a piece instead and
+        // builds the whole with `assemble`, which does this only when it must.
         Op::Narrow { x, dim, start } => vec![Some(g.pad_into(x.shape(), *dim, *start)?)],
         Op::Cat { parts, dim } => {
             let mut start = 0;
