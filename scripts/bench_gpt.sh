@@ -11,8 +11,8 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 ROUNDS=${ROUNDS:-3}
 OUT=${OUT:-docs/bench/gpt.jsonl}
-cargo build --release --example gpt_bench
-BIN=target/release/examples/gpt_bench
+cargo build --release --example step_bench
+BIN=target/release/examples/step_bench
 small=(--vocab 94 --d-model 64 --layers 2 --heads 4 --block 64 --batch 16 --steps 30)
 large=(--vocab 94 --d-model 384 --layers 6 --heads 6 --block 256 --batch 4 --steps 5 --warmup 2)
 : > "$OUT"
@@ -20,14 +20,14 @@ for round in $(seq "$ROUNDS"); do
   for threads in 1 2; do
     for shape in small large; do
       declare -n args=$shape
-      "$BIN" --threads "$threads" "${args[@]}" >> "$OUT"
-      "$PYTHON" scripts/gpt_peer.py --threads "$threads" "${args[@]}" >> "$OUT"
+      "$BIN" --model gpt --threads "$threads" "${args[@]}" >> "$OUT"
+      "$PYTHON" scripts/step_peer.py --model gpt --threads "$threads" "${args[@]}" >> "$OUT"
     done
   done
   echo "round $round of $ROUNDS done" >&2
 done
 if [[ "${GPU:-0}" == 1 ]]; then
-  "$BIN" --device gpu "${small[@]}" --steps 10 >> "$OUT"
-  "$BIN" --device gpu "${large[@]}" --steps 2 --warmup 1 >> "$OUT"
+  "$BIN" --model gpt --device gpu "${small[@]}" --steps 10 >> "$OUT"
+  "$BIN" --model gpt --device gpu "${large[@]}" --steps 2 --warmup 1 >> "$OUT"
 fi
 "$PYTHON" scripts/gpt_report.py "$OUT"
