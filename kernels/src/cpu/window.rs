@@ -120,8 +120,15 @@ pub(crate) fn col2im(cols: &[f32], x: &mut [f32], g: &Window2d) {
                     };
                     let first = r * w + lo * g.stride_w + kj - g.pad_w;
                     let span = &mut out[first..];
-                    for (d, v) in span.iter_mut().step_by(g.stride_w).zip(&vals[lo..hi]) {
-                        *d += *v;
+                    if g.stride_w == 1 {
+                        // Contiguous: a loop the compiler vectorises.
+                        for (d, v) in span[..hi - lo].iter_mut().zip(&vals[lo..hi]) {
+                            *d += *v;
+                        }
+                    } else {
+                        for (d, v) in span.iter_mut().step_by(g.stride_w).zip(&vals[lo..hi]) {
+                            *d += *v;
+                        }
                     }
                 }
             }
@@ -240,12 +247,52 @@ fn for_covering_windows(g: &Window2d, r: usize, c: usize, mut f: impl FnMut(usiz
     }
 }
 
+/// The gradient of [`max_pool_2x2`] for one plane: each window's gradient goes to the tap
+/// that won, zeros to the other three, written in place (no zero fill, no scatter); rows
+/// and columns past the last whole window get zeros.
+fn max_pool_2x2_backward(dy: &[f32], argmax: &[f32], out: &mut [f32], w: usize, ow: usize) {
+    let pick = |d: f32, pos: f32, tap: f32| if pos == tap { d } else { 0.0 };
+    if ow == 0 {
+        return out.fill(0.0);
+    }
+    let (mut rows, tail) = out.split_at_mut(2 * (dy.len() / ow.max(1)) * w);
+    tail.fill(0.0);
+    for (dys, args) in dy.chunks_exact(ow).zip(argmax.chunks_exact(ow)) {
+        let (pair, rest) = rows.split_at_mut(2 * w);
+        rows = rest;
+        let (top, bottom) = pair.split_at_mut(w);
+        for (((t, b), &d), &pos) in top
+            .chunks_exact_mut(2)
+            .zip(bottom.chunks_exact_mut(2))
+            .zip(dys)
+            .zip(args)
+        {
+            t[0] = pick(d, pos, 0.0);
+            t[1] = pick(d, pos, 1.0);
+            b[0] = pick(d, pos, 2.0);
+            b[1] = pick(d, pos, 3.0);
+        }
+        top[2 * ow..].fill(0.0);
+        bottom[2 * ow..].fill(0.0);
+    }
+}
+
 pub(crate) fn max_pool2d_backward(dy: &[f32], argmax: &[f32], dx: &mut [f32], g: &Window2d) {
     let (oh, ow) = (g.out_h(), g.out_w());
     let w = g.width;
+    let halving = g.kernel_h == 2
+        && g.kernel_w == 2
+        && g.stride_h == 2
+        && g.stride_w == 2
+        && g.pad_h == 0
+        && g.pad_w == 0;
     by_plane(dx, g.height * w, |nc, out| {
-        out.fill(0.0);
         let at = nc * oh * ow;
+        if halving {
+            let (d, a) = (&dy[at..at + oh * ow], &argmax[at..at + oh * ow]);
+            return max_pool_2x2_backward(d, a, out, w, ow);
+        }
+        out.fill(0.0);
         for (win, (&d, &pos)) in dy[at..at + oh * ow]
             .iter()
             .zip(&argmax[at..at + oh * ow])
