@@ -51,9 +51,20 @@ impl Layout {
         h
     }
 
-    pub fn new(shapes: &[Shape], first_bucket_bytes: usize, bucket_bytes: usize) -> Self {
+    /// Buckets for parameters of `shapes`, named `names` (`fc1.weight`): consecutive
+    /// parameters of one module (the same name up to its last dot) stay in one bucket,
+    /// since backward makes a layer's gradients ready together; a layer's bias taken
+    /// into the first bucket without its weight would hold that bucket back to the end
+    /// of the layer's backward.
+    pub fn new(
+        shapes: &[Shape],
+        names: &[&str],
+        first_bucket_bytes: usize,
+        bucket_bytes: usize,
+    ) -> Self {
+        assert_eq!(shapes.len(), names.len(), "a name per parameter");
         let mut slots = vec![None; shapes.len()];
-        let (mut bucket_lens, mut bucket_params) = (Vec::new(), Vec::new());
+        let (mut bucket_lens, mut bucket_params) = (Vec::<usize>::new(), Vec::new());
         let cap = |b: usize| {
             (if b == 0 {
                 first_bucket_bytes
@@ -61,10 +72,18 @@ impl Layout {
                 bucket_bytes
             }) / 4
         };
-        for (i, shape) in shapes.iter().enumerate().rev() {
-            let len = shape.elem_count();
-            // A parameter joins the open bucket unless that would take it past its cap
-            // (a parameter larger than a cap gets a bucket of its own).
+        let module = |name: &str| name.rsplit_once('.').map_or("", |(m, _)| m).to_string();
+        let mut end = shapes.len();
+        while end > 0 {
+            // The module of parameter end - 1: every parameter before it with its prefix.
+            let owner = module(names[end - 1]);
+            let mut start = end - 1;
+            while start > 0 && module(names[start - 1]) == owner && !owner.is_empty() {
+                start -= 1;
+            }
+            let len: usize = shapes[start..end].iter().map(Shape::elem_count).sum();
+            // A module joins the open bucket unless that would take it past its cap (a
+            // module larger than a cap gets a bucket of its own).
             let open = bucket_lens.len().checked_sub(1);
             let bucket = match open {
                 Some(b) if bucket_lens[b] == 0 || bucket_lens[b] + len <= cap(b) => b,
@@ -74,14 +93,18 @@ impl Layout {
                     bucket_lens.len() - 1
                 }
             };
-            slots[i] = Some(Slot {
-                bucket,
-                offset: bucket_lens[bucket],
-                len,
-                shape: shape.clone(),
-            });
-            bucket_lens[bucket] += len;
-            bucket_params[bucket] += 1;
+            for i in (start..end).rev() {
+                let len = shapes[i].elem_count();
+                slots[i] = Some(Slot {
+                    bucket,
+                    offset: bucket_lens[bucket],
+                    len,
+                    shape: shapes[i].clone(),
+                });
+                bucket_lens[bucket] += len;
+                bucket_params[bucket] += 1;
+            }
+            end = start;
         }
         Self {
             slots: slots
@@ -108,8 +131,9 @@ mod tests {
             .iter()
             .map(|&n| Shape::from(n))
             .collect();
+        let names = ["a", "b", "c", "d", "e"];
         // caps: first 8 elements, then 40.
-        let l = Layout::new(&shapes, 32, 160);
+        let l = Layout::new(&shapes, &names, 32, 160);
         // Reverse order: 5, 5 -> bucket 0 (10 > 8, so the second opens bucket 1)...
         assert_eq!(l.slots[4].bucket, 0);
         assert_eq!(l.slots[3].bucket, 1);
@@ -120,5 +144,36 @@ mod tests {
         assert_eq!(l.bucket_lens, vec![5, 5, 100, 13]);
         assert_eq!(l.bucket_params, vec![1, 1, 1, 2]);
         assert_eq!((l.slots[1].offset, l.slots[0].offset), (0, 3));
+    }
+
+    /// An MLP's parameters: the small first bucket takes the last layers whole, and the
+    /// first layer's bias stays with its weight (both are ready only at the very end).
+    #[test]
+    fn a_module_s_parameters_share_a_bucket() {
+        let shapes: Vec<Shape> = [
+            (512, 784),
+            (512, 1),
+            (256, 512),
+            (256, 1),
+            (10, 256),
+            (10, 1),
+        ]
+        .iter()
+        .map(|&(a, b)| Shape::from(a * b))
+        .collect();
+        let names = [
+            "fc1.weight",
+            "fc1.bias",
+            "fc2.weight",
+            "fc2.bias",
+            "fc3.weight",
+            "fc3.bias",
+        ];
+        let l = Layout::new(&shapes, &names, 1 << 20, 25 << 20);
+        let buckets: Vec<usize> = l.slots.iter().map(|s| s.bucket).collect();
+        assert_eq!(buckets, vec![1, 1, 0, 0, 0, 0]);
+        assert_eq!(l.bucket_params, vec![4, 2]);
+        // Within a bucket, reverse order: the bias before its weight.
+        assert_eq!((l.slots[1].offset, l.slots[0].offset), (0, 512));
     }
 }
