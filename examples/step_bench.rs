@@ -6,14 +6,17 @@
 //! - `cnn`: `zoo::Cnn` on 1x28x28 images, batch 128, the same SGD;
 //! - `gpt`: `zoo::Gpt` (GPT-2's block) on random tokens, batch 16 x block 64, AdamW.
 //!
-//!     cargo run --release --example step_bench -- --model cnn --threads 1
-//!     cargo run --release --example step_bench -- --model gpt --d-model 384 --layers 6 --heads 6 --block 256 --batch 4
-//!     cargo run --release --example step_bench -- --model mlp --device gpu
+//! ```sh
+//! cargo run --release --example step_bench -- --model cnn --threads 1
+//! cargo run --release --example step_bench -- --model gpt --d-model 384 --layers 6 --heads 6 --block 256 --batch 4
+//! cargo run --release --example step_bench -- --model mlp --device gpu --trace-out mlp.trace.json
+//! ```
 
 use clap::{Parser, ValueEnum};
 use rand::Rng as _;
 use ringtrain::optim::{AdamW, AdamWConfig, Optimizer};
 use ringtrain::prelude::*;
+use ringtrain::trace::{self, TraceFile};
 use ringtrain::zoo::{mlp, Activation, Cnn, Gpt, GptConfig};
 use serde_json::json;
 use std::time::Instant;
@@ -43,6 +46,9 @@ struct Args {
     steps: usize,
     #[arg(long, default_value_t = 5)]
     warmup: usize,
+    /// Write a Chrome trace of the timed steps (open it in https://ui.perfetto.dev).
+    #[arg(long, value_name = "FILE")]
+    trace_out: Option<std::path::PathBuf>,
     /// GPT: vocabulary size.
     #[arg(long, default_value_t = 94)]
     vocab: usize,
@@ -167,10 +173,15 @@ fn main() -> ringtrain::Result<()> {
         for _ in 0..a.warmup {
             (bench.step)()?;
         }
+        let trace = a.trace_out.as_ref().map(TraceFile::start).transpose()?;
         for _ in 0..a.steps.max(1) {
             let t0 = Instant::now();
+            let _span = trace::span("step", "train step");
             (bench.step)()?;
             times.push(t0.elapsed().as_secs_f64());
+        }
+        if let Some(t) = trace {
+            eprintln!("{}", t.finish()?);
         }
         Ok(())
     })?;

@@ -23,7 +23,7 @@
 //! ```
 
 pub use ringtrain_kernels as kernels;
-pub use ringtrain_models::{checkpoint, data, eval, nn, parallel, train, zoo};
+pub use ringtrain_models::{checkpoint, data, eval, nn, parallel, trace, train, zoo};
 pub use ringtrain_runtime::{comm, optim};
 pub use ringtrain_runtime::{
     no_grad, rng_from_seed, AttentionDropout, CompareOp, DType, Device, Error, GradStore, Isa,

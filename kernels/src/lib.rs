@@ -12,6 +12,7 @@ mod error;
 pub mod gpu;
 mod index;
 mod layout;
+pub mod trace;
 mod validate;
 mod window;
 

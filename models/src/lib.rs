@@ -9,5 +9,6 @@ pub mod data;
 pub mod eval;
 pub mod nn;
 pub mod parallel;
+pub mod trace;
 pub mod train;
 pub mod zoo;

@@ -5,7 +5,7 @@
 use crate::device::{buf, on_device, wrap};
 use crate::window_ops;
 use crate::{no_grad, Error, Result, Tensor, TensorId, Var};
-use ringtrain_kernels::{AttentionSpec, Backend, BinaryOp, GatherSpec, UnaryOp, Window2d};
+use ringtrain_kernels::{trace, AttentionSpec, Backend, BinaryOp, GatherSpec, UnaryOp, Window2d};
 use std::collections::{HashMap, HashSet};
 
 /// How a tensor was computed from its inputs.
@@ -257,6 +257,7 @@ impl Tensor {
         if self.elem_count() != 1 {
             return Err(Error::NotScalar(self.shape().clone()));
         }
+        let _span = trace::span("step", "backward");
         no_grad(|| {
             if !self.tracks_grad() {
                 return Err(Error::NoGradient);
@@ -301,7 +302,11 @@ impl Tensor {
                         }
                         vec![None]
                     }
-                    (Some(grad), _) => input_grads(op, node, &grad)?,
+                    (Some(grad), _) => {
+                        let _span = trace::span("grad", op.grad_name())
+                            .arg("shape", || node.shape().to_string());
+                        input_grads(op, node, &grad)?
+                    }
                     (None, _) => Vec::new(),
                 };
                 let mut input_grads = input_grads.into_iter();
@@ -367,6 +372,36 @@ fn assemble(x: &Tensor, mut parts: Vec<Piece>, dense: Option<Tensor>) -> Result<
         });
     }
     Ok(sum.expect("at least one piece"))
+}
+
+impl Op {
+    /// The span name of this op's gradient in a trace.
+    fn grad_name(&self) -> &'static str {
+        match self {
+            Op::Unary(..) => "grad unary",
+            Op::Affine { .. } => "grad affine",
+            Op::Binary(..) => "grad binary",
+            Op::Matmul { .. } => "grad matmul",
+            Op::Linear { .. } => "grad linear",
+            Op::Sum(..) => "grad sum",
+            Op::BroadcastAs(..) => "grad broadcast_as",
+            Op::Reshape(..) => "grad reshape",
+            Op::Transpose(..) => "grad transpose",
+            Op::LogSoftmax(..) => "grad log_softmax",
+            Op::CrossEntropy { .. } => "grad cross_entropy",
+            Op::Permute(..) => "grad permute",
+            Op::Narrow { .. } => "grad narrow",
+            Op::Cat { .. } => "grad cat",
+            Op::Gather { .. } => "grad gather",
+            Op::Select { .. } => "grad select",
+            Op::Triangle { .. } => "grad triangle",
+            Op::LayerNorm { .. } => "grad layer_norm",
+            Op::Attention { .. } => "grad attention",
+            Op::Conv2d { .. } => "grad conv2d",
+            Op::MaxPool2d { .. } => "grad max_pool2d",
+            Op::AvgPool2d { .. } => "grad avg_pool2d",
+        }
+    }
 }
 
 /// The gradient of each input of `op`, given the gradient `g` of its output `out`

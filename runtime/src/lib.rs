@@ -26,4 +26,4 @@ pub use tensor::{no_grad, rng_from_seed, Rng, Tensor, TensorId};
 pub use var::Var;
 
 pub use ringtrain_kernels::cpu::{Isa, Simd};
-pub use ringtrain_kernels::{CompareOp, DType};
+pub use ringtrain_kernels::{trace, CompareOp, DType};

@@ -17,7 +17,7 @@ mod window;
 pub use isa::{Isa, Simd};
 pub use pool::{recycle, release_pooled, MIN_POOLED};
 
-use crate::validate;
+use crate::{trace, validate};
 use crate::{
     AdamWParams, AttentionSpec, Backend, BinaryLayout, BinaryOp, CompareOp, DType, GatherSpec,
     GemmSpec, KernelError, Result, SelectLayout, SgdParams, StridedLayout, UnaryOp, Window2d,
@@ -112,14 +112,13 @@ impl Backend for CpuBackend {
 
     fn gemm(&self, spec: &GemmSpec, a: &Vec<f32>, b: &Vec<f32>, c: &mut Vec<f32>) -> Result<()> {
         validate::gemm(spec, a.len(), b.len(), c.len())?;
+        let _span = trace::span("cpu", "batched gemm").arg("batch", || spec.batch);
         let (m, n, k) = (spec.m, spec.n, spec.k);
-        for i in 0..spec.batch {
+        for_each_product(spec, c, |i, c| {
             let a = MatRef::row_major(&a[i * spec.stride_a..], m, k, spec.trans_a);
             let b = MatRef::row_major(&b[i * spec.stride_b..], k, n, spec.trans_b);
-            let c = &mut c[i * m * n..(i + 1) * m * n];
-            gemm::sgemm(self.simd, m, n, k, spec.alpha, a, b, spec.beta, c, n)?;
-        }
-        Ok(())
+            gemm::sgemm(self.simd, m, n, k, spec.alpha, a, b, spec.beta, c, n)
+        })
     }
 
     /// The bias and a ReLU run in the micro-kernel's epilogue, on the last slice's sums
@@ -141,13 +140,12 @@ impl Backend for CpuBackend {
             bias: Some(bias),
             relu,
         };
-        for i in 0..spec.batch {
+        for_each_product(spec, c, |i, c| {
             let a = MatRef::row_major(&a[i * spec.stride_a..], m, k, spec.trans_a);
             let b = MatRef::row_major(&b[i * spec.stride_b..], k, n, spec.trans_b);
-            let c = &mut c[i * m * n..(i + 1) * m * n];
             let (alpha, beta) = (spec.alpha, spec.beta);
-            gemm::sgemm_with(self.simd, m, n, k, alpha, a, b, beta, c, n, epilogue)?;
-        }
+            gemm::sgemm_with(self.simd, m, n, k, alpha, a, b, beta, c, n, epilogue)
+        })?;
         if let Some(op) = act.filter(|_| !relu) {
             let mut y = self.alloc(c.len())?;
             self.unary(op, c, &mut y)?;
@@ -157,12 +155,16 @@ impl Backend for CpuBackend {
     }
 
     fn unary(&self, op: UnaryOp, x: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
+        let _span = trace::span("cpu", "unary")
+            .arg("op", || format!("{op:?}"))
+            .arg("len", || x.len());
         validate::unary(x.len(), y.len())?;
         elementwise::unary(self.simd, op, x, y);
         Ok(())
     }
 
     fn count_nonfinite(&self, x: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
+        let _span = trace::span("cpu", "count_nonfinite").arg("len", || x.len());
         crate::error::check_len("count_nonfinite", "out", 1, out.len())?;
         out[0] = reduce::count_nonfinite(self.simd, x) as f32;
         Ok(())
@@ -176,12 +178,16 @@ impl Backend for CpuBackend {
         dy: &Vec<f32>,
         dx: &mut Vec<f32>,
     ) -> Result<()> {
+        let _span = trace::span("cpu", "unary_backward")
+            .arg("op", || format!("{op:?}"))
+            .arg("len", || x.len());
         validate::unary_backward(x.len(), y.len(), dy.len(), dx.len())?;
         elementwise::unary_backward(self.simd, op, x, y, dy, dx);
         Ok(())
     }
 
     fn affine(&self, x: &Vec<f32>, y: &mut Vec<f32>, mul: f32, add: f32) -> Result<()> {
+        let _span = trace::span("cpu", "affine").arg("len", || x.len());
         validate::affine(x.len(), y.len())?;
         elementwise::affine(self.simd, x, y, mul, add);
         Ok(())
@@ -195,6 +201,9 @@ impl Backend for CpuBackend {
         rhs: &Vec<f32>,
         out: &mut Vec<f32>,
     ) -> Result<()> {
+        let _span = trace::span("cpu", "binary")
+            .arg("op", || format!("{op:?}"))
+            .arg("shape", || format!("{:?}", layout.shape));
         validate::binary(layout, lhs.len(), rhs.len(), out.len())?;
         elementwise::binary(self.simd, op, layout, lhs, rhs, out);
         Ok(())
@@ -206,6 +215,8 @@ impl Backend for CpuBackend {
         layout: &StridedLayout,
         dst: &mut Vec<f32>,
     ) -> Result<()> {
+        let _span =
+            trace::span("cpu", "copy_strided").arg("shape", || format!("{:?}", layout.shape));
         validate::copy_strided(layout, src.len(), dst.len())?;
         elementwise::copy_strided(src, layout, dst);
         Ok(())
@@ -219,12 +230,15 @@ impl Backend for CpuBackend {
         axis: usize,
         inner: usize,
     ) -> Result<()> {
+        let _span =
+            trace::span("cpu", "sum_axis").arg("shape", || format!("[{outer}, {axis}, {inner}]"));
         validate::sum_axis(x.len(), out.len(), outer, axis, inner)?;
         reduce::sum_axis(self.simd, x, out, outer, axis, inner);
         Ok(())
     }
 
     fn log_softmax(&self, x: &Vec<f32>, y: &mut Vec<f32>, rows: usize, cols: usize) -> Result<()> {
+        let _span = trace::span("cpu", "log_softmax").arg("shape", || format!("[{rows}, {cols}]"));
         validate::rows("log_softmax", &[("x", x.len()), ("y", y.len())], rows, cols)?;
         softmax::log_softmax(self.simd, x, y, cols);
         Ok(())
@@ -238,6 +252,7 @@ impl Backend for CpuBackend {
         rows: usize,
         cols: usize,
     ) -> Result<()> {
+        let _span = trace::span("cpu", "log_softmax_backward");
         let bufs = [("y", y.len()), ("dy", dy.len()), ("dx", dx.len())];
         validate::rows("log_softmax_backward", &bufs, rows, cols)?;
         softmax::log_softmax_backward(self.simd, y, dy, dx, cols);
@@ -253,6 +268,7 @@ impl Backend for CpuBackend {
         rows: usize,
         cols: usize,
     ) -> Result<()> {
+        let _span = trace::span("cpu", "softmax_cross_entropy");
         const OP: &str = "softmax_cross_entropy";
         validate::rows(
             OP,
@@ -276,6 +292,7 @@ impl Backend for CpuBackend {
         rows: usize,
         cols: usize,
     ) -> Result<()> {
+        let _span = trace::span("cpu", "softmax_cross_entropy_backward");
         const OP: &str = "softmax_cross_entropy_backward";
         validate::rows(
             OP,
@@ -301,6 +318,7 @@ impl Backend for CpuBackend {
         cols: usize,
         eps: f32,
     ) -> Result<()> {
+        let _span = trace::span("cpu", "layer_norm");
         validate::layer_norm(
             "layer_norm",
             &[("x", x.len()), ("y", y.len())],
@@ -325,6 +343,7 @@ impl Backend for CpuBackend {
         rows: usize,
         cols: usize,
     ) -> Result<()> {
+        let _span = trace::span("cpu", "layer_norm_backward");
         validate::layer_norm(
             "layer_norm_backward",
             &[("x", x.len()), ("dy", dy.len()), ("dx", dx.len())],
@@ -348,6 +367,7 @@ impl Backend for CpuBackend {
         idx: &Vec<f32>,
         out: &mut Vec<f32>,
     ) -> Result<()> {
+        let _span = trace::span("cpu", "gather");
         spec.validate("gather", x.len(), idx.len(), out.len())?;
         index::gather(spec, x, words(idx), out);
         Ok(())
@@ -360,12 +380,14 @@ impl Backend for CpuBackend {
         idx: &Vec<f32>,
         dx: &mut Vec<f32>,
     ) -> Result<()> {
+        let _span = trace::span("cpu", "scatter_add");
         spec.validate("scatter_add", dx.len(), idx.len(), dy.len())?;
         index::scatter_add(self.simd, spec, dy, words(idx), dx);
         Ok(())
     }
 
     fn copy_into(&self, src: &Vec<f32>, dst: &mut Vec<f32>, layout: &StridedLayout) -> Result<()> {
+        let _span = trace::span("cpu", "copy_into").arg("shape", || format!("{:?}", layout.shape));
         validate::copy_into(layout, src.len(), dst.len())?;
         index::copy_into(src, dst, layout);
         Ok(())
@@ -379,6 +401,7 @@ impl Backend for CpuBackend {
         b: &Vec<f32>,
         out: &mut Vec<f32>,
     ) -> Result<()> {
+        let _span = trace::span("cpu", "select");
         layout.validate(cond.len(), a.len(), b.len(), out.len())?;
         index::select(layout, words(cond), a, b, out);
         Ok(())
@@ -393,6 +416,7 @@ impl Backend for CpuBackend {
         rhs: &Vec<f32>,
         out: &mut Vec<f32>,
     ) -> Result<()> {
+        let _span = trace::span("cpu", "compare");
         crate::index::compare(layout, lhs.len(), rhs.len(), out.len())?;
         index::compare(op, dtype, layout, lhs, rhs, out);
         Ok(())
@@ -407,6 +431,7 @@ impl Backend for CpuBackend {
         diagonal: i64,
         upper: bool,
     ) -> Result<()> {
+        let _span = trace::span("cpu", "triangle");
         crate::index::triangle(x.len(), out.len(), rows, cols)?;
         index::triangle(x, out, rows, cols, diagonal, upper);
         Ok(())
@@ -418,6 +443,7 @@ impl Backend for CpuBackend {
     }
 
     fn cast(&self, x: &Vec<f32>, from: DType, to: DType, out: &mut Vec<f32>) -> Result<()> {
+        let _span = trace::span("cpu", "cast").arg("len", || x.len());
         crate::error::check_len("cast", "out", x.len(), out.len())?;
         index::cast(x, from, to, out);
         Ok(())
@@ -431,6 +457,7 @@ impl Backend for CpuBackend {
         axis: usize,
         inner: usize,
     ) -> Result<()> {
+        let _span = trace::span("cpu", "argmax_axis");
         crate::index::argmax_axis(x.len(), out.len(), outer, axis, inner)?;
         index::argmax_axis(x, out, outer, axis, inner);
         Ok(())
@@ -445,6 +472,7 @@ impl Backend for CpuBackend {
         out: &mut Vec<f32>,
         lse: &mut Vec<f32>,
     ) -> Result<()> {
+        let _span = trace::span("cpu", "attention").arg("shape", || format!("{spec:?}"));
         spec.validate_forward(q.len(), k.len(), v.len(), out.len(), lse.len())?;
         attention::forward(self.simd, spec, q, k, v, out, lse);
         Ok(())
@@ -463,6 +491,7 @@ impl Backend for CpuBackend {
         dk: &mut Vec<f32>,
         dv: &mut Vec<f32>,
     ) -> Result<()> {
+        let _span = trace::span("cpu", "attention_backward").arg("shape", || format!("{spec:?}"));
         spec.validate_backward([
             ("q", q.len()),
             ("k", k.len()),
@@ -479,12 +508,14 @@ impl Backend for CpuBackend {
     }
 
     fn im2col(&self, x: &Vec<f32>, cols: &mut Vec<f32>, g: &Window2d) -> Result<()> {
+        let _span = trace::span("cpu", "im2col").arg("geometry", || format!("{g:?}"));
         validate::im2col(g, x.len(), cols.len())?;
         window::im2col(x, cols, g);
         Ok(())
     }
 
     fn col2im(&self, cols: &Vec<f32>, x: &mut Vec<f32>, g: &Window2d) -> Result<()> {
+        let _span = trace::span("cpu", "col2im").arg("geometry", || format!("{g:?}"));
         validate::col2im(g, cols.len(), x.len())?;
         window::col2im(cols, x, g);
         Ok(())
@@ -497,6 +528,7 @@ impl Backend for CpuBackend {
         argmax: &mut Vec<f32>,
         g: &Window2d,
     ) -> Result<()> {
+        let _span = trace::span("cpu", "max_pool2d").arg("geometry", || format!("{g:?}"));
         let outs = [("y", y.len()), ("argmax", argmax.len())];
         validate::pool("max_pool2d", g, ("x", x.len()), &outs)?;
         window::max_pool2d(x, y, argmax, g);
@@ -510,6 +542,7 @@ impl Backend for CpuBackend {
         dx: &mut Vec<f32>,
         g: &Window2d,
     ) -> Result<()> {
+        let _span = trace::span("cpu", "max_pool2d_backward").arg("geometry", || format!("{g:?}"));
         let outs = [("dy", dy.len()), ("argmax", argmax.len())];
         validate::pool("max_pool2d_backward", g, ("dx", dx.len()), &outs)?;
         window::max_pool2d_backward(dy, argmax, dx, g);
@@ -517,12 +550,14 @@ impl Backend for CpuBackend {
     }
 
     fn avg_pool2d(&self, x: &Vec<f32>, y: &mut Vec<f32>, g: &Window2d) -> Result<()> {
+        let _span = trace::span("cpu", "avg_pool2d").arg("geometry", || format!("{g:?}"));
         validate::pool("avg_pool2d", g, ("x", x.len()), &[("y", y.len())])?;
         window::avg_pool2d(x, y, g);
         Ok(())
     }
 
     fn avg_pool2d_backward(&self, dy: &Vec<f32>, dx: &mut Vec<f32>, g: &Window2d) -> Result<()> {
+        let _span = trace::span("cpu", "avg_pool2d_backward").arg("geometry", || format!("{g:?}"));
         validate::pool(
             "avg_pool2d_backward",
             g,
@@ -540,6 +575,7 @@ impl Backend for CpuBackend {
         grad: &Vec<f32>,
         momentum: Option<&mut Vec<f32>>,
     ) -> Result<()> {
+        let _span = trace::span("cpu", "sgd_step").arg("len", || param.len());
         validate::sgd(
             p,
             param.len(),
@@ -561,8 +597,38 @@ impl Backend for CpuBackend {
         m: &mut Vec<f32>,
         v: &mut Vec<f32>,
     ) -> Result<()> {
+        let _span = trace::span("cpu", "adamw_step").arg("len", || param.len());
         validate::adamw(p, param.len(), grad.len(), m.len(), v.len())?;
         optim::adamw(self.simd, p, param, grad, m, v);
         Ok(())
+    }
+}
+
+/// Runs `product(i, c_i)` for every product of a batched GEMM, `c_i` its `m x n` block of
+/// `c`. Products too small for the GEMM to share out (a convolution's per-image GEMMs)
+/// run side by side, several per task; larger ones one after another, each on all
+/// threads. Each product's bits are the same either way.
+fn for_each_product(
+    spec: &GemmSpec,
+    c: &mut [f32],
+    product: impl Fn(usize, &mut [f32]) -> Result<()> + Sync,
+) -> Result<()> {
+    let len = spec.m * spec.n;
+    if len == 0 {
+        return Ok(());
+    }
+    let c = &mut c[..spec.batch * len];
+    let macs = spec.m * spec.n * spec.k;
+    let per_task = gemm::products_per_task(macs);
+    if spec.batch > per_task && rayon::current_num_threads() > 1 && macs < gemm::PARALLEL_MIN_MACS {
+        use rayon::prelude::*;
+        c.par_chunks_mut(len)
+            .with_min_len(per_task)
+            .enumerate()
+            .try_for_each(|(i, c)| product(i, c))
+    } else {
+        c.chunks_mut(len)
+            .enumerate()
+            .try_for_each(|(i, c)| product(i, c))
     }
 }

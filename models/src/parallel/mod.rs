@@ -20,7 +20,7 @@ use buckets::Layout;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use ringtrain_runtime::comm::{ring_with, CommError, Communicator, RingConfig};
 use ringtrain_runtime::optim::Optimizer;
-use ringtrain_runtime::{Device, Error, GradStore, Result, Tensor, TensorId, Var};
+use ringtrain_runtime::{trace, Device, Error, GradStore, Result, Tensor, TensorId, Var};
 use std::collections::HashMap;
 use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -260,11 +260,18 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
             .iter()
             .map(|v| v.shape().clone())
             .collect();
-        let layout = Layout::new(&shapes, config.first_bucket_bytes, config.bucket_bytes);
+        let names = names.expect("at least one replica");
+        let param_names: Vec<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
+        let layout = Layout::new(
+            &shapes,
+            &param_names,
+            config.first_bucket_bytes,
+            config.bucket_bytes,
+        );
         for r in &mut replicas {
             r.buckets = layout.bucket_lens.iter().map(|&n| vec![0.0; n]).collect();
         }
-        let layout_hash = layout.hash(&names.expect("at least one replica"));
+        let layout_hash = layout.hash(&names);
         let mut dp = Self {
             replicas,
             layout,
@@ -473,7 +480,15 @@ fn run_on_replicas<M: Send, O: Send, T: Send>(
         let handles: Vec<_> = replicas
             .iter_mut()
             .map(|r| {
-                s.spawn(move || {
+                let name = format!("replica {}", r.comm.rank());
+                let thread = std::thread::Builder::new().name(name);
+                // As `s.spawn`, which panics where the OS has no thread to give.
+                let spawn = |f| {
+                    thread
+                        .spawn_scoped(s, f)
+                        .expect("spawning a replica thread")
+                };
+                spawn(move || {
                     // A panic must not leave this replica's peers waiting on it.
                     let out = catch_unwind(AssertUnwindSafe(|| f(&mut *r)));
                     out.unwrap_or_else(|p| {
@@ -649,7 +664,12 @@ impl<M: Module + Send, O: Optimizer + Send> Replica<M, O> {
         let (comm_out, from_comm) = unbounded();
         let reduced = std::thread::scope(|s| {
             let n_buckets = layout.buckets();
-            s.spawn(move || reduce_in_order(comm.as_mut(), n_buckets, comm_in, comm_out));
+            std::thread::Builder::new()
+                .name(format!("comm {rank}"))
+                .spawn_scoped(s, move || {
+                    reduce_in_order(comm.as_mut(), n_buckets, comm_in, comm_out)
+                })
+                .expect("spawning the communication thread");
             let work = catch_unwind(AssertUnwindSafe(|| {
                 forward_backward(
                     model, device, params, index, layout, buckets, settings, rows, loss, &to_comm,
@@ -877,7 +897,12 @@ fn reduce_in_order(
     let comm = &mut *guard.0;
     let mut ready: Vec<Option<Vec<f32>>> = (0..n_buckets).map(|_| None).collect();
     let (mut next, mut tail) = (0, None::<Vec<f32>>);
-    let reduce = |comm: &mut dyn Communicator, buf: &mut [f32]| {
+    let reduce = |comm: &mut dyn Communicator, buf: &mut [f32], bucket: Option<usize>| {
+        let _span = trace::span("comm", "all_reduce")
+            .arg("bucket", || {
+                bucket.map_or_else(|| "tail".to_string(), |b| b.to_string())
+            })
+            .arg("bytes", || 4 * buf.len());
         let r = comm.all_reduce(buf);
         if let Err(e) = &r {
             comm.abort(&e.to_string());
@@ -889,7 +914,7 @@ fn reduce_in_order(
             let Some(mut buf) = ready[next].take() else {
                 break;
             };
-            if let Err(e) = reduce(comm, &mut buf) {
+            if let Err(e) = reduce(comm, &mut buf, Some(next)) {
                 let _ = to_worker.send(Err(e));
                 return;
             }
@@ -898,7 +923,7 @@ fn reduce_in_order(
         }
         if next == n_buckets {
             if let Some(mut t) = tail.take() {
-                let reduced = reduce(comm, &mut t).map(|_| FromComm::Tail(t));
+                let reduced = reduce(comm, &mut t, None).map(|_| FromComm::Tail(t));
                 let _ = to_worker.send(reduced);
                 return;
             }

@@ -223,6 +223,13 @@ pub struct TrainArgs {
     /// Write one JSON object per evaluation to this file (JSON lines).
     #[arg(long)]
     pub metrics_out: Option<PathBuf>,
+    /// Write a Chrome trace (Perfetto, chrome://tracing) of the first --trace-steps steps:
+    /// every kernel with its thread and shape, GEMM GFLOP/s, gradients, all-reduces.
+    #[arg(long, value_name = "FILE")]
+    pub trace_out: Option<PathBuf>,
+    /// Steps the trace covers (0: all of them; a long run's trace grows large).
+    #[arg(long, default_value_t = 20)]
+    pub trace_steps: u64,
     /// No progress and no report lines on stdout.
     #[arg(long)]
     pub quiet: bool,
@@ -297,6 +304,8 @@ impl TrainArgs {
             resume: self.resume,
             eval_every: self.eval_every,
             metrics_out: self.metrics_out.clone(),
+            trace_out: self.trace_out.clone(),
+            trace_steps: self.trace_steps,
             quiet: self.quiet,
             settings,
             faults: Faults {

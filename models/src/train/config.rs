@@ -117,6 +117,10 @@ pub struct TrainConfig {
     pub eval_every: Every,
     /// One JSON object per evaluation, as JSON lines, rewritten atomically each time.
     pub metrics_out: Option<PathBuf>,
+    /// Write a Chrome trace of the first `trace_steps` steps of this run (every step if
+    /// 0) to this file (`NAME.rankR.EXT` per process under MPI): see [`crate::trace`].
+    pub trace_out: Option<PathBuf>,
+    pub trace_steps: u64,
     /// No progress bar and no lines on stdout (errors still go to stderr).
     pub quiet: bool,
     /// Settings of the program's own (the model's shape, say) that a resumed run must
@@ -144,6 +148,8 @@ impl Default for TrainConfig {
             resume: false,
             eval_every: Every::Epochs(1),
             metrics_out: None,
+            trace_out: None,
+            trace_steps: 20,
             quiet: false,
             settings: serde_json::Map::new(),
             faults: Faults::default(),

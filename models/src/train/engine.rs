@@ -8,7 +8,7 @@ use crate::nn::Module;
 use crate::parallel::{shard, DataParallel, DataParallelConfig, NonFinitePolicy};
 use ringtrain_runtime::comm::{Communicator, RingConfig};
 use ringtrain_runtime::optim::{clip_grad_norm, Optimizer};
-use ringtrain_runtime::{Device, Error, GradStore, Result, Tensor, Var};
+use ringtrain_runtime::{trace, Device, Error, GradStore, Result, Tensor, Var};
 
 pub(super) enum Replicas<M, O> {
     Single {
@@ -173,8 +173,13 @@ impl<M: Module + Send, O: Optimizer + Send> Replicas<M, O> {
         D: DataSource,
         L: Fn(&M, &Device, &D::Batch) -> Result<Tensor> + Sync,
     {
+        let _span = trace::span("step", "train step").arg("samples", || indices.len());
         let rows_loss = |model: &M, device: &Device, rows: std::ops::Range<usize>| {
-            let batch = data.batch(&indices[rows.clone()])?;
+            let batch = {
+                let _span = trace::span("step", "batch").arg("rows", || rows.len());
+                data.batch(&indices[rows.clone()])?
+            };
+            let _span = trace::span("step", "forward").arg("rows", || rows.len());
             let l = loss(model, device, &batch)?;
             if l.elem_count() != 1 {
                 return Err(Error::NotScalar(l.shape().clone()));

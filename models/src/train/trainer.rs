@@ -12,6 +12,7 @@ use crate::checkpoint::CheckpointDir;
 use crate::data::DataSource;
 use crate::nn::Module;
 use crate::parallel::NonFinitePolicy;
+use crate::trace::TraceFile;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -120,6 +121,20 @@ impl Trainer {
     }
 
     /// Whether this process reports (rank 0).
+    /// Where this process writes `path`'s trace: `path` itself, or `NAME.rankR.EXT`
+    /// when the run has several processes.
+    fn trace_path(&self, path: &std::path::Path) -> std::path::PathBuf {
+        if self.cluster.processes <= 1 {
+            return path.to_path_buf();
+        }
+        let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+        let name = match path.extension() {
+            Some(ext) => format!("{stem}.rank{}.{}", self.cluster.rank, ext.to_string_lossy()),
+            None => format!("{stem}.rank{}", self.cluster.rank),
+        };
+        path.with_file_name(name)
+    }
+
     pub fn is_root(&self) -> bool {
         self.cluster.is_root()
     }
@@ -289,6 +304,11 @@ impl Trainer {
             },
         ));
 
+        let mut trace = match &config.trace_out {
+            Some(path) => Some(TraceFile::start(self.trace_path(path))?),
+            None => None,
+        };
+        let trace_until = position.step + config.trace_steps;
         let started = Instant::now();
         let mut window = Window::start();
         let mut at = position;
@@ -320,6 +340,11 @@ impl Trainer {
                         Error::NonFinite(what) => diverged(&at, &what, config.on_nonfinite),
                         e => e,
                     })?;
+                if config.trace_steps > 0 && at.step >= trace_until {
+                    if let Some(t) = trace.take() {
+                        say(&t.finish()?.to_string());
+                    }
+                }
                 if !matches!(step, StepLoss::Skipped) {
                     at.skipped_in_a_row = 0;
                 }
@@ -446,6 +471,9 @@ impl Trainer {
             at = at.next_epoch();
         }
 
+        if let Some(t) = trace.take() {
+            say(&t.finish()?.to_string());
+        }
         let epochs = if at.batch == per_epoch {
             at.epoch
         } else {

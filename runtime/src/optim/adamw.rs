@@ -87,6 +87,7 @@ impl AdamW {
 
 impl Optimizer for AdamW {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
+        let _span = ringtrain_kernels::trace::span("step", "adamw step");
         let updates = gradients(&self.vars, grads)?;
         self.step += 1;
         let c = self.config;

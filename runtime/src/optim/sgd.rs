@@ -69,6 +69,7 @@ impl Sgd {
 
 impl Optimizer for Sgd {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
+        let _span = ringtrain_kernels::trace::span("step", "sgd step");
         for (i, grad) in gradients(&self.vars, grads)? {
             let (scale, weight_decay) = self.groups.of(i);
             let hp = SgdParams {

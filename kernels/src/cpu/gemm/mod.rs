@@ -21,7 +21,7 @@ mod pack;
 mod portable;
 
 use super::{Isa, Simd};
-use crate::{KernelError, Result};
+use crate::{trace, KernelError, Result};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -123,7 +123,13 @@ use with_packed_strides;
 const MAX_TILE: usize = 12 * 32;
 
 /// Below this many multiply-adds the fork/join of rayon costs more than it saves.
-const PARALLEL_MIN_MACS: usize = 1 << 21;
+pub(crate) const PARALLEL_MIN_MACS: usize = 1 << 21;
+
+/// How many products of `macs` multiply-adds each one task of a batched GEMM should
+/// take, so that a task is worth handing to another thread (about 2^18 multiply-adds).
+pub(crate) fn products_per_task(macs: usize) -> usize {
+    ((1usize << 18) / macs.max(1)).max(1)
+}
 
 /// What the GEMM does to each element of C after the product, in the micro-kernel's
 /// epilogue (no pass of its own): add `bias[j]` to column `j`, then clamp at zero (ReLU,
@@ -157,6 +163,34 @@ pub fn sgemm(
 /// bias)`.
 #[allow(clippy::too_many_arguments)]
 pub fn sgemm_with(
+    simd: Simd,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: MatRef,
+    b: MatRef,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+    epilogue: Epilogue,
+) -> Result<()> {
+    let mut span = trace::span("cpu", "gemm")
+        .arg("m", || m)
+        .arg("n", || n)
+        .arg("k", || k)
+        .arg("layout", || {
+            let t = |transposed: bool| if transposed { 't' } else { 'n' };
+            format!("{}{}", t(a.rs == 1 && a.cs != 1), t(b.rs == 1 && b.cs != 1))
+        });
+    let result = sgemm_checked(simd, m, n, k, alpha, a, b, beta, c, ldc, epilogue);
+    let ns = span.elapsed_ns().max(1);
+    span.set("gflops", || 2.0 * (m * n * k) as f64 / ns as f64);
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sgemm_checked(
     simd: Simd,
     m: usize,
     n: usize,
@@ -378,6 +412,9 @@ fn run_task<K: MicroKernel>(
     apack: &mut Vec<f32>,
     bpack: &mut Vec<f32>,
 ) {
+    let _span = trace::span("cpu", "gemm task")
+        .arg("rows", || format!("{}..{}", task.rows.0, task.rows.1))
+        .arg("cols", || format!("{}..{}", task.cols.0, task.cols.1));
     let (mr, nr) = (K::MR, K::NR);
     // Equal slices of k: 784 becomes 2 x 392 rather than 384 + 384 + 16.
     let kc_max = s.k.div_ceil(s.k.div_ceil(K::KC));
