@@ -1497,3 +1497,67 @@ fn cpu_results_do_not_depend_on_isa_or_thread_count() {
     assert_all_bitwise_equal("elementwise", &elementwise);
     assert_all_bitwise_equal("reductions", &reductions);
 }
+
+/// A convolution's kernels on a batch big enough to be shared out: the per-image GEMMs
+/// (run several images per task) and the window kernels.
+fn convolution_outputs(b: &CpuBackend) -> Vec<Vec<f32>> {
+    let g = Window2d::new(32, 4, (20, 20), (3, 3), (1, 1), (1, 1));
+    let x = uniform(g.input_len(), -1.0, 1.0, &mut rng(11));
+    let out_channels = 6;
+    let (k, area) = (g.patch_len(), g.out_h() * g.out_w());
+    let w = uniform(out_channels * k, -1.0, 1.0, &mut rng(12));
+    let mut cols = b.zeros(g.cols_len()).unwrap();
+    b.im2col(&up(b, &x), &mut cols, &g).unwrap();
+    let spec = GemmSpec {
+        batch: g.batch,
+        stride_a: 0,
+        stride_b: k * area,
+        ..GemmSpec::new(out_channels, area, k, false, false)
+    };
+    let mut y = b.zeros(g.batch * out_channels * area).unwrap();
+    b.gemm(&spec, &up(b, &w), &cols, &mut y).unwrap();
+    let weight_grad = GemmSpec {
+        batch: g.batch,
+        stride_a: out_channels * area,
+        stride_b: k * area,
+        ..GemmSpec::new(out_channels, k, area, false, true)
+    };
+    let mut dw = b.zeros(g.batch * out_channels * k).unwrap();
+    b.gemm(&weight_grad, &y, &cols, &mut dw).unwrap();
+    let mut dx = b.zeros(g.input_len()).unwrap();
+    b.col2im(&cols, &mut dx, &g).unwrap();
+    let pool = Window2d::new(32, 6, (20, 20), (2, 2), (2, 2), (0, 0));
+    let (mut pooled, mut argmax) = (
+        b.zeros(pool.output_len()).unwrap(),
+        b.zeros(pool.output_len()).unwrap(),
+    );
+    b.max_pool2d(&y, &mut pooled, &mut argmax, &pool).unwrap();
+    let mut dpool = b.zeros(pool.input_len()).unwrap();
+    b.max_pool2d_backward(&pooled, &argmax, &mut dpool, &pool)
+        .unwrap();
+    vec![
+        down(b, &cols),
+        down(b, &y),
+        down(b, &dw),
+        down(b, &dx),
+        down(b, &pooled),
+        down(b, &dpool),
+    ]
+}
+
+/// The convolution's GEMMs and window kernels give the same bits on any thread count
+/// (GEMMs may differ between instruction sets: FMA rounds once).
+#[test]
+fn convolution_kernels_do_not_depend_on_thread_count() {
+    for simd in Simd::available() {
+        let b = CpuBackend::with_simd(simd);
+        let runs: Vec<(String, Vec<Vec<f32>>)> = [1, 2, 3]
+            .into_iter()
+            .map(|t| {
+                let name = format!("{} on {t} threads", simd.isa());
+                (name, with_threads(t, || convolution_outputs(&b)))
+            })
+            .collect();
+        assert_all_bitwise_equal("convolution", &runs);
+    }
+}
