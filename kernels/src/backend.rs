@@ -450,6 +450,98 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// column entries it was copied to (a convolution's input gradient).
     fn col2im(&self, cols: &Self::Buffer, x: &mut Self::Buffer, g: &Window2d) -> Result<()>;
 
+    /// A convolution (cross-correlation): `y = weight * x + bias`, `x` holding `g`'s
+    /// `[batch, channels, height, width]`, `weight` `[out_channels, patch_len]`, `bias`
+    /// `[out_channels]`, `y` `[batch, out_channels, out_h, out_w]`. The default unfolds the
+    /// whole batch with [`Backend::im2col`] and runs one GEMM per image; the CPU
+    /// overrides it to unfold and multiply image by image while the columns are in cache.
+    fn conv2d(
+        &self,
+        x: &Self::Buffer,
+        weight: &Self::Buffer,
+        bias: Option<&Self::Buffer>,
+        y: &mut Self::Buffer,
+        g: &Window2d,
+        out_channels: usize,
+    ) -> Result<()> {
+        let lens = (self.len(x), self.len(weight), self.len(y));
+        validate::conv2d(g, out_channels, lens, bias.map(|b| self.len(b)))?;
+        let (k, area) = (g.patch_len(), g.out_h() * g.out_w());
+        let mut cols = self.alloc(g.cols_len())?;
+        self.im2col(x, &mut cols, g)?;
+        let spec = GemmSpec {
+            batch: g.batch,
+            stride_a: 0,
+            stride_b: k * area,
+            ..GemmSpec::new(out_channels, area, k, false, false)
+        };
+        let Some(bias) = bias else {
+            return self.gemm(&spec, weight, &cols, y);
+        };
+        let mut product = self.alloc(self.len(y))?;
+        self.gemm(&spec, weight, &cols, &mut product)?;
+        let layout = BinaryLayout {
+            shape: vec![g.batch, out_channels, area],
+            lhs_strides: vec![out_channels * area, area, 1],
+            rhs_strides: vec![0, 1, 0],
+        };
+        self.binary(BinaryOp::Add, &layout, &product, bias, y)
+    }
+
+    /// The gradients of [`Backend::conv2d`] for the output gradient `dy`: `dweight`
+    /// (summed over the batch), and `dx` and `dbias` where asked for. The default unfolds
+    /// `x` again (columns are not kept from the forward pass: they are the largest
+    /// tensor of a convolutional network), then one GEMM per image for each gradient.
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_backward(
+        &self,
+        x: &Self::Buffer,
+        weight: &Self::Buffer,
+        dy: &Self::Buffer,
+        g: &Window2d,
+        out_channels: usize,
+        dx: Option<&mut Self::Buffer>,
+        dweight: &mut Self::Buffer,
+        dbias: Option<&mut Self::Buffer>,
+    ) -> Result<()> {
+        let lens = [x, weight, dy].map(|b| self.len(b));
+        validate::conv2d_backward(
+            g,
+            out_channels,
+            [lens[0], lens[1], lens[2], self.len(dweight)],
+            dx.as_ref().map(|b| self.len(b)),
+            dbias.as_ref().map(|b| self.len(b)),
+        )?;
+        let (batch, k, area) = (g.batch, g.patch_len(), g.out_h() * g.out_w());
+        let mut cols = self.alloc(g.cols_len())?;
+        self.im2col(x, &mut cols, g)?;
+        let per_image_spec = GemmSpec {
+            batch,
+            stride_a: out_channels * area,
+            stride_b: k * area,
+            ..GemmSpec::new(out_channels, k, area, false, true)
+        };
+        let mut per_image = self.alloc(batch * out_channels * k)?;
+        self.gemm(&per_image_spec, dy, &cols, &mut per_image)?;
+        self.sum_axis(&per_image, dweight, 1, batch, out_channels * k)?;
+        if let Some(dbias) = dbias {
+            let mut per_channel = self.alloc(batch * out_channels)?;
+            self.sum_axis(dy, &mut per_channel, batch * out_channels, area, 1)?;
+            self.sum_axis(&per_channel, dbias, 1, batch, out_channels)?;
+        }
+        if let Some(dx) = dx {
+            let spec = GemmSpec {
+                batch,
+                stride_a: 0,
+                stride_b: out_channels * area,
+                ..GemmSpec::new(k, area, out_channels, true, false)
+            };
+            self.gemm(&spec, weight, dy, &mut cols)?;
+            self.col2im(&cols, dx, g)?;
+        }
+        Ok(())
+    }
+
     /// Max over each window (padding never wins); `argmax` receives the position of the
     /// first maximum within its window, `kernel_row * kernel_w + kernel_col`, as f32.
     fn max_pool2d(

@@ -192,3 +192,51 @@ pub(crate) fn layer_norm(
     }
     check_len(op, "stats", crate::saturating_product(&[2, rows]), stats)
 }
+
+/// A convolution's buffers: input, weight and output sized by `g` and `out_channels`, a
+/// bias of one value per output channel.
+pub(crate) fn conv2d(
+    g: &Window2d,
+    out_channels: usize,
+    (x, weight, y): (usize, usize, usize),
+    bias: Option<usize>,
+) -> Result<()> {
+    g.validate("conv2d")?;
+    check_len("conv2d", "x", g.input_len(), x)?;
+    check_len("conv2d", "weight", out_channels * g.patch_len(), weight)?;
+    check_len(
+        "conv2d",
+        "y",
+        g.batch * out_channels * g.out_h() * g.out_w(),
+        y,
+    )?;
+    match bias {
+        Some(b) => check_len("conv2d", "bias", out_channels, b),
+        None => Ok(()),
+    }
+}
+
+/// The gradients of a convolution: `[x, weight, dy, dweight]`, then `dx` and `dbias`
+/// where asked for.
+pub(crate) fn conv2d_backward(
+    g: &Window2d,
+    out_channels: usize,
+    [x, weight, dy, dweight]: [usize; 4],
+    dx: Option<usize>,
+    dbias: Option<usize>,
+) -> Result<()> {
+    const OP: &str = "conv2d_backward";
+    g.validate(OP)?;
+    let patch = out_channels * g.patch_len();
+    check_len(OP, "x", g.input_len(), x)?;
+    check_len(OP, "weight", patch, weight)?;
+    check_len(OP, "dweight", patch, dweight)?;
+    check_len(OP, "dy", g.batch * out_channels * g.out_h() * g.out_w(), dy)?;
+    if let Some(dx) = dx {
+        check_len(OP, "dx", g.input_len(), dx)?;
+    }
+    match dbias {
+        Some(b) => check_len(OP, "dbias", out_channels, b),
+        None => Ok(()),
+    }
+}

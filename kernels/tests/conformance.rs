@@ -1041,6 +1041,107 @@ fn im2col<B: Backend>(b: &B) {
     }
 }
 
+/// A convolution with and without a bias, and its gradients, against a direct f64
+/// convolution over every geometry of `windows`.
+fn conv2d<B: Backend>(b: &B) {
+    let mut r = rng(63);
+    for g in windows() {
+        let ctx = format!("{} conv2d {g:?}", b.name());
+        let out_channels = 3;
+        let (k, oh, ow) = (g.patch_len(), g.out_h(), g.out_w());
+        let area = oh * ow;
+        let x = uniform(g.input_len(), -1.0, 1.0, &mut r);
+        let w = uniform(out_channels * k, -1.0, 1.0, &mut r);
+        let bias = uniform(out_channels, -1.0, 1.0, &mut r);
+        let dy = uniform(g.batch * out_channels * area, -1.0, 1.0, &mut r);
+        let (mut y, mut dx, mut dw, mut db) = (
+            vec![0.0f64; g.batch * out_channels * area],
+            vec![0.0f64; g.input_len()],
+            vec![0.0f64; out_channels * k],
+            vec![0.0f64; out_channels],
+        );
+        each_window_tap(&g, |plane, o, q, ki, kj, at| {
+            let (n, c) = (plane / g.channels, plane % g.channels);
+            let Some(i) = at else { return };
+            for oc in 0..out_channels {
+                let tap = (c * g.kernel_h + ki) * g.kernel_w + kj;
+                let out = (n * out_channels + oc) * area + o * ow + q;
+                y[out] += w[oc * k + tap] as f64 * x[i] as f64;
+                dx[i] += w[oc * k + tap] as f64 * dy[out] as f64;
+                dw[oc * k + tap] += x[i] as f64 * dy[out] as f64;
+            }
+        });
+        for (i, &d) in dy.iter().enumerate() {
+            db[(i / area) % out_channels] += d as f64;
+        }
+        let biased: Vec<f64> = y
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v + bias[(i / area) % out_channels] as f64)
+            .collect();
+        let (xb, wb, bb, dyb) = (up(b, &x), up(b, &w), up(b, &bias), up(b, &dy));
+        let tol = 1e-4 * (k as f64).sqrt();
+        let mut got = poisoned(b, y.len());
+        b.conv2d(&xb, &wb, None, &mut got, &g, out_channels)
+            .unwrap();
+        assert_close(&format!("{ctx} y"), &down(b, &got), &y, tol, tol);
+        b.conv2d(&xb, &wb, Some(&bb), &mut got, &g, out_channels)
+            .unwrap();
+        assert_close(
+            &format!("{ctx} y + bias"),
+            &down(b, &got),
+            &biased,
+            tol,
+            tol,
+        );
+
+        let (mut gdx, mut gdw, mut gdb) = (
+            poisoned(b, dx.len()),
+            poisoned(b, dw.len()),
+            poisoned(b, db.len()),
+        );
+        b.conv2d_backward(
+            &xb,
+            &wb,
+            &dyb,
+            &g,
+            out_channels,
+            Some(&mut gdx),
+            &mut gdw,
+            Some(&mut gdb),
+        )
+        .unwrap();
+        let tol = 1e-4 * ((g.batch * area) as f64).sqrt();
+        assert_close(&format!("{ctx} dx"), &down(b, &gdx), &dx, tol, tol);
+        assert_close(&format!("{ctx} dweight"), &down(b, &gdw), &dw, tol, tol);
+        assert_close(&format!("{ctx} dbias"), &down(b, &gdb), &db, tol, tol);
+        // Only the weight's gradient, as for a first layer.
+        let mut only = poisoned(b, dw.len());
+        b.conv2d_backward(&xb, &wb, &dyb, &g, out_channels, None, &mut only, None)
+            .unwrap();
+        assert_close(
+            &format!("{ctx} dweight alone"),
+            &down(b, &only),
+            &dw,
+            tol,
+            tol,
+        );
+    }
+    let g = windows()[1];
+    let (x, w) = (up(b, &[0.0; 210]), up(b, &[0.0; 27 * 2]));
+    let mut y = poisoned(b, 2 * 2 * 35);
+    assert_err(
+        &format!("{} conv2d bias length", b.name()),
+        b.conv2d(&x, &w, Some(&up(b, &[0.0; 3])), &mut y, &g, 2),
+        &["conv2d", "bias", "2", "3"],
+    );
+    assert_err(
+        &format!("{} conv2d weight length", b.name()),
+        b.conv2d(&x, &w, None, &mut y, &g, 3),
+        &["conv2d", "weight"],
+    );
+}
+
 fn pooling<B: Backend>(b: &B) {
     let mut r = rng(62);
     for g in windows()
@@ -1361,7 +1462,7 @@ macro_rules! conformance_suite {
 
             conformance_suite!(@tests $backends; memory, unary, unary_backward, affine,
                 binary, copy_strided, sum_axis, log_softmax, softmax_cross_entropy,
-                sgd_step, adamw_step, gemm, gemm_bias_act, im2col, pooling, errors,
+                sgd_step, adamw_step, gemm, gemm_bias_act, im2col, conv2d, pooling, errors,
                 gather, copy_into, select, compare, triangle, arange_and_cast, argmax,
                 attention, layer_norm);
         }
@@ -1535,7 +1636,41 @@ fn convolution_outputs(b: &CpuBackend) -> Vec<Vec<f32>> {
     let mut dpool = b.zeros(pool.input_len()).unwrap();
     b.max_pool2d_backward(&pooled, &argmax, &mut dpool, &pool)
         .unwrap();
+    // The fused convolution and its gradients (image groups on several threads).
+    let bias = up(b, &uniform(out_channels, -1.0, 1.0, &mut rng(13)));
+    let mut fused = b.zeros(g.batch * out_channels * area).unwrap();
+    b.conv2d(
+        &up(b, &x),
+        &up(b, &w),
+        Some(&bias),
+        &mut fused,
+        &g,
+        out_channels,
+    )
+    .unwrap();
+    let (mut fdx, mut fdw, mut fdb) = (
+        b.zeros(g.input_len()).unwrap(),
+        b.zeros(out_channels * k).unwrap(),
+        b.zeros(out_channels).unwrap(),
+    );
+    let (xb, wb) = (up(b, &x), up(b, &w));
+    let grads = (Some(&mut fdx), &mut fdw, Some(&mut fdb));
+    b.conv2d_backward(
+        &xb,
+        &wb,
+        &fused,
+        &g,
+        out_channels,
+        grads.0,
+        grads.1,
+        grads.2,
+    )
+    .unwrap();
     vec![
+        down(b, &fused),
+        down(b, &fdx),
+        down(b, &fdw),
+        down(b, &fdb),
         down(b, &cols),
         down(b, &y),
         down(b, &dw),

@@ -83,12 +83,12 @@ pub(crate) enum Op {
         lse: Tensor,
         spec: AttentionSpec,
     },
-    /// Convolution without its bias (added as a separate op); `cols` is the input's
-    /// im2col, kept for the weight gradient.
+    /// Convolution with its bias, if any; the input's columns are not kept (backward
+    /// unfolds the input again).
     Conv2d {
         x: Tensor,
         weight: Tensor,
-        cols: Tensor,
+        bias: Option<Tensor>,
         geom: Window2d,
     },
     MaxPool2d {
@@ -127,7 +127,9 @@ impl Op {
             Op::LayerNorm {
                 x, weight, bias, ..
             } => vec![x, weight, bias],
-            Op::Conv2d { x, weight, .. } => vec![x, weight],
+            Op::Conv2d {
+                x, weight, bias, ..
+            } => [x, weight].into_iter().chain(bias).collect(),
             Op::Binary(_, a, b) | Op::Matmul { a, b, .. } => vec![a, b],
             Op::Linear {
                 x, weight, bias, ..
@@ -485,16 +487,9 @@ fn input_grads(op: &Op, out: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>>
         Op::Conv2d {
             x,
             weight,
-            cols,
+            bias,
             geom,
-        } => vec![
-            wants(x)
-                .then(|| window_ops::conv2d_input_grad(g, weight, geom))
-                .transpose()?,
-            wants(weight)
-                .then(|| window_ops::conv2d_weight_grad(g, cols, weight, geom))
-                .transpose()?,
-        ],
+        } => window_ops::conv2d_grads(g, x, weight, bias.as_ref(), geom)?,
         Op::MaxPool2d { x, argmax, geom } => {
             vec![Some(window_ops::max_pool2d_grad(g, argmax, x, geom)?)]
         }

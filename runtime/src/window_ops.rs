@@ -1,11 +1,11 @@
-//! Sliding-window ops on NCHW tensors: 2-D convolution, as im2col followed by one GEMM per
-//! image on the backend's FMA GEMM, and max and average pooling; with their gradients.
+//! Sliding-window ops on NCHW tensors: 2-D convolution (im2col and the backend's FMA GEMM,
+//! image by image on the CPU), and max and average pooling; with their gradients.
 
 use crate::backprop::Op;
-use crate::device::{buf, buf_mut, on_device, wrap};
+use crate::device::{buf, on_device, wrap};
 use crate::ops::{record, same_device};
 use crate::{Error, Result, Shape, Tensor};
-use ringtrain_kernels::{Backend, GemmSpec, Window2d};
+use ringtrain_kernels::{Backend, Window2d};
 
 /// The window geometry of `op` over `x`, which must be `[batch, channels, height, width]`.
 fn geometry(
@@ -33,7 +33,7 @@ fn output_shape(g: &Window2d, channels: usize) -> Shape {
     Shape::from(vec![g.batch, channels, g.out_h(), g.out_w()])
 }
 
-/// A tensor the autograd keeps for a backward pass (im2col columns, argmax positions).
+/// A tensor the autograd keeps for a backward pass (argmax positions).
 fn saved(like: &Tensor, storage: crate::device::Storage, len: usize) -> Tensor {
     Tensor::from_storage(storage, Shape::from(len), like.device().clone(), None)
 }
@@ -71,42 +71,44 @@ impl Tensor {
                 hint: " (input channels and the weight's second dimension)",
             });
         }
-        let area = g.out_h() * g.out_w();
-        let k = g.patch_len();
-        // One GEMM per image: [out, k] x [k, area], the weight shared (stride 0).
-        let spec = GemmSpec {
-            batch: g.batch,
-            stride_a: 0,
-            stride_b: k * area,
-            ..GemmSpec::new(out_channels, area, k, false, false)
+        let bias = match bias {
+            None => None,
+            Some(b) if b.dims() == [out_channels] => Some(b),
+            Some(b) => {
+                return Err(Error::ShapeMismatch {
+                    op: OP,
+                    lhs: weight.shape().clone(),
+                    rhs: b.shape().clone(),
+                    hint: " (a bias holds one value per output channel)",
+                })
+            }
         };
-        let (cols, y) = self.with_pair(weight, |x, w| {
+        if let Some(b) = bias {
+            same_device(OP, self, b)?;
+            if b.shares_storage(self) || b.shares_storage(weight) {
+                // Locking one storage twice could wait behind a writer; such a model is
+                // rare enough to take the unfused path.
+                let y = self.conv2d(weight, None, stride, padding)?;
+                return y.add(&b.reshape((out_channels, 1, 1))?);
+            }
+        }
+        let y = self.with_pair(weight, |x, w| {
+            let b = bias.map(|b| b.read());
             Ok(on_device!(self.device(), be => {
-                let mut cols = be.alloc(g.cols_len())?;
-                be.im2col(buf(be, x)?, &mut cols, &g)?;
-                let mut y = be.alloc(g.batch * out_channels * area)?;
-                be.gemm(&spec, buf(be, w)?, &cols, &mut y)?;
-                (wrap(be, cols), wrap(be, y))
+                let mut y = be.alloc(g.batch * out_channels * g.out_h() * g.out_w())?;
+                let b = b.as_deref().map(|b| buf(be, b)).transpose()?;
+                be.conv2d(buf(be, x)?, buf(be, w)?, b, &mut y, &g, out_channels)?;
+                wrap(be, y)
             }))
         })?;
-        let cols = saved(self, cols, g.cols_len());
-        let rec = record(&[self, weight], || Op::Conv2d {
+        let inputs: Vec<&Tensor> = [self, weight].into_iter().chain(bias).collect();
+        let rec = record(&inputs, || Op::Conv2d {
             x: self.clone(),
             weight: weight.clone(),
-            cols,
+            bias: bias.cloned(),
             geom: g,
         });
-        let y = self.derived(y, output_shape(&g, out_channels), rec);
-        match bias {
-            None => Ok(y),
-            Some(b) if b.dims() == [out_channels] => y.add(&b.reshape((out_channels, 1, 1))?),
-            Some(b) => Err(Error::ShapeMismatch {
-                op: OP,
-                lhs: weight.shape().clone(),
-                rhs: b.shape().clone(),
-                hint: " (a bias holds one value per output channel)",
-            }),
-        }
+        Ok(self.derived(y, output_shape(&g, out_channels), rec))
     }
 
     /// Max pooling over `kernel` windows of `self` (`[batch, channels, height, width]`),
@@ -163,58 +165,47 @@ impl Tensor {
     }
 }
 
-/// d(conv2d)/dx for output gradient `dy`: `weight^T dy` per image, folded back by col2im.
-pub(crate) fn conv2d_input_grad(dy: &Tensor, weight: &Tensor, g: &Window2d) -> Result<Tensor> {
-    let out_channels = weight.dims()[0];
-    let (k, area) = (g.patch_len(), g.out_h() * g.out_w());
-    let spec = GemmSpec {
-        batch: g.batch,
-        stride_a: 0,
-        stride_b: out_channels * area,
-        ..GemmSpec::new(k, area, out_channels, true, false)
-    };
-    let storage = dy.with_pair(weight, |d, w| {
-        Ok(on_device!(dy.device(), be => {
-            // Scratch goes through Storage so that it is recycled when dropped.
-            let mut dcols = wrap(be, be.alloc(g.cols_len())?);
-            be.gemm(&spec, buf(be, w)?, buf(be, d)?, buf_mut(be, &mut dcols)?)?;
-            let mut dx = be.alloc(g.input_len())?;
-            be.col2im(buf(be, &dcols)?, &mut dx, g)?;
-            wrap(be, dx)
-        }))
-    })?;
-    Ok(dy.derived(
-        storage,
-        Shape::from(vec![g.batch, g.channels, g.height, g.width]),
-        None,
-    ))
-}
-
-/// d(conv2d)/dweight: `dy cols^T` per image, summed over the batch.
-pub(crate) fn conv2d_weight_grad(
+/// The gradients of a convolution for its output gradient `dy`, for the inputs that want
+/// one: `[dx, dweight, dbias]` (the last only with a bias).
+pub(crate) fn conv2d_grads(
     dy: &Tensor,
-    cols: &Tensor,
+    x: &Tensor,
     weight: &Tensor,
+    bias: Option<&Tensor>,
     g: &Window2d,
-) -> Result<Tensor> {
+) -> Result<Vec<Option<Tensor>>> {
     let out_channels = weight.dims()[0];
-    let (batch, area, k) = (g.batch, g.out_h() * g.out_w(), g.patch_len());
-    let spec = GemmSpec {
-        batch,
-        stride_a: out_channels * area,
-        stride_b: k * area,
-        ..GemmSpec::new(out_channels, k, area, false, true)
-    };
-    let storage = dy.with_pair(cols, |d, c| {
+    let want_dx = x.tracks_grad();
+    let want_db = bias.is_some_and(Tensor::tracks_grad);
+    let (dx, dw, db) = x.with_pair(weight, |xs, ws| {
+        let d = dy.read();
         Ok(on_device!(dy.device(), be => {
-            let mut per_image = wrap(be, be.alloc(batch * out_channels * k)?);
-            be.gemm(&spec, buf(be, d)?, buf(be, c)?, buf_mut(be, &mut per_image)?)?;
-            let mut dw = be.alloc(out_channels * k)?;
-            be.sum_axis(buf(be, &per_image)?, &mut dw, 1, batch, out_channels * k)?;
-            wrap(be, dw)
+            let mut dx = want_dx.then(|| be.alloc(g.input_len())).transpose()?;
+            let mut dw = be.alloc(out_channels * g.patch_len())?;
+            let mut db = want_db.then(|| be.alloc(out_channels)).transpose()?;
+            be.conv2d_backward(
+                buf(be, xs)?,
+                buf(be, ws)?,
+                buf(be, &d)?,
+                g,
+                out_channels,
+                dx.as_mut(),
+                &mut dw,
+                db.as_mut(),
+            )?;
+            (dx.map(|b| wrap(be, b)), wrap(be, dw), db.map(|b| wrap(be, b)))
         }))
     })?;
-    Ok(dy.derived(storage, weight.shape().clone(), None))
+    let mut grads = vec![
+        dx.map(|s| dy.derived(s, x.shape().clone(), None)),
+        weight
+            .tracks_grad()
+            .then(|| dy.derived(dw, weight.shape().clone(), None)),
+    ];
+    if bias.is_some() {
+        grads.push(db.map(|s| dy.derived(s, Shape::from(out_channels), None)));
+    }
+    Ok(grads)
 }
 
 pub(crate) fn max_pool2d_grad(

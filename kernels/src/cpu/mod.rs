@@ -2,6 +2,7 @@
 //! at run time, multi-threaded on rayon's pool for large shapes.
 
 mod attention;
+mod conv;
 mod elementwise;
 pub mod gemm;
 mod index;
@@ -512,6 +513,63 @@ impl Backend for CpuBackend {
         validate::im2col(g, x.len(), cols.len())?;
         window::im2col(x, cols, g);
         Ok(())
+    }
+
+    /// Image by image, the columns of each in cache (see `cpu::conv`).
+    fn conv2d(
+        &self,
+        x: &Vec<f32>,
+        weight: &Vec<f32>,
+        bias: Option<&Vec<f32>>,
+        y: &mut Vec<f32>,
+        g: &Window2d,
+        out_channels: usize,
+    ) -> Result<()> {
+        let _span = trace::span("cpu", "conv2d")
+            .arg("geometry", || format!("{g:?}"))
+            .arg("out_channels", || out_channels);
+        let lens = (x.len(), weight.len(), y.len());
+        validate::conv2d(g, out_channels, lens, bias.map(|b| b.len()))?;
+        let bias = bias.map(|b| b.as_slice());
+        conv::forward(self.simd, x, weight, bias, y, g, out_channels)
+    }
+
+    fn conv2d_backward(
+        &self,
+        x: &Vec<f32>,
+        weight: &Vec<f32>,
+        dy: &Vec<f32>,
+        g: &Window2d,
+        out_channels: usize,
+        dx: Option<&mut Vec<f32>>,
+        dweight: &mut Vec<f32>,
+        dbias: Option<&mut Vec<f32>>,
+    ) -> Result<()> {
+        let _span = trace::span("cpu", "conv2d_backward")
+            .arg("geometry", || format!("{g:?}"))
+            .arg("out_channels", || out_channels);
+        validate::conv2d_backward(
+            g,
+            out_channels,
+            [x.len(), weight.len(), dy.len(), dweight.len()],
+            dx.as_ref().map(|b| b.len()),
+            dbias.as_ref().map(|b| b.len()),
+        )?;
+        let (dx, dbias) = (
+            dx.map(|b| b.as_mut_slice()),
+            dbias.map(|b| b.as_mut_slice()),
+        );
+        conv::backward(
+            self.simd,
+            x,
+            weight,
+            dy,
+            g,
+            out_channels,
+            dx,
+            dweight,
+            dbias,
+        )
     }
 
     fn col2im(&self, cols: &Vec<f32>, x: &mut Vec<f32>, g: &Window2d) -> Result<()> {

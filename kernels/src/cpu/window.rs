@@ -64,76 +64,87 @@ fn inside(k: usize, stride: usize, pad: usize, size: usize, out: usize) -> (usiz
 }
 
 pub(crate) fn im2col(x: &[f32], cols: &mut [f32], g: &Window2d) {
+    let plane = g.height * g.width;
+    // One task per (image, channel): its kernel_h * kernel_w rows of the column matrix.
+    by_plane(
+        cols,
+        g.kernel_h * g.kernel_w * g.out_h() * g.out_w(),
+        |nc, out| im2col_plane(&x[nc * plane..(nc + 1) * plane], out, g),
+    );
+}
+
+/// Unfolds one channel plane `src` into its `kernel_h * kernel_w` rows of columns.
+pub(crate) fn im2col_plane(src: &[f32], out: &mut [f32], g: &Window2d) {
     let (oh, ow) = (g.out_h(), g.out_w());
     let (h, w) = (g.height, g.width);
-    let plane = h * w;
-    // One task per (image, channel): its kernel_h * kernel_w rows of the column matrix.
-    by_plane(cols, g.kernel_h * g.kernel_w * oh * ow, |nc, out| {
-        let src = &x[nc * plane..(nc + 1) * plane];
-        for ki in 0..g.kernel_h {
-            for kj in 0..g.kernel_w {
-                let row = &mut out[(ki * g.kernel_w + kj) * oh * ow..][..oh * ow];
-                let (lo, hi) = inside(kj, g.stride_w, g.pad_w, w, ow);
-                for (o, dst) in row.chunks_mut(ow).enumerate() {
-                    let Some(r) = source(o, ki, g.stride_h, g.pad_h, h) else {
-                        dst.fill(0.0);
-                        continue;
-                    };
-                    dst[..lo].fill(0.0);
-                    dst[hi..].fill(0.0);
-                    if lo < hi {
-                        let first = r * w + lo * g.stride_w + kj - g.pad_w;
-                        if g.stride_w == 1 {
-                            dst[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
-                        } else {
-                            for (d, s) in dst[lo..hi]
-                                .iter_mut()
-                                .zip(src[first..].iter().step_by(g.stride_w))
-                            {
-                                *d = *s;
-                            }
+    for ki in 0..g.kernel_h {
+        for kj in 0..g.kernel_w {
+            let row = &mut out[(ki * g.kernel_w + kj) * oh * ow..][..oh * ow];
+            let (lo, hi) = inside(kj, g.stride_w, g.pad_w, w, ow);
+            for (o, dst) in row.chunks_mut(ow).enumerate() {
+                let Some(r) = source(o, ki, g.stride_h, g.pad_h, h) else {
+                    dst.fill(0.0);
+                    continue;
+                };
+                dst[..lo].fill(0.0);
+                dst[hi..].fill(0.0);
+                if lo < hi {
+                    let first = r * w + lo * g.stride_w + kj - g.pad_w;
+                    if g.stride_w == 1 {
+                        dst[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
+                    } else {
+                        for (d, s) in dst[lo..hi]
+                            .iter_mut()
+                            .zip(src[first..].iter().step_by(g.stride_w))
+                        {
+                            *d = *s;
                         }
                     }
                 }
             }
         }
-    });
+    }
 }
 
 pub(crate) fn col2im(cols: &[f32], x: &mut [f32], g: &Window2d) {
+    let per_plane = g.kernel_h * g.kernel_w * g.out_h() * g.out_w();
+    by_plane(x, g.height * g.width, |nc, out| {
+        col2im_plane(&cols[nc * per_plane..(nc + 1) * per_plane], out, g)
+    });
+}
+
+/// Folds one channel's `kernel_h * kernel_w` rows of columns back onto its plane `out`
+/// (overwritten): each element gets the sum of the entries it was copied to.
+pub(crate) fn col2im_plane(src: &[f32], out: &mut [f32], g: &Window2d) {
     let (oh, ow) = (g.out_h(), g.out_w());
     let (h, w) = (g.height, g.width);
-    let per_plane = g.kernel_h * g.kernel_w * oh * ow;
-    by_plane(x, h * w, |nc, out| {
-        out.fill(0.0);
-        let src = &cols[nc * per_plane..(nc + 1) * per_plane];
-        for ki in 0..g.kernel_h {
-            for kj in 0..g.kernel_w {
-                let row = &src[(ki * g.kernel_w + kj) * oh * ow..][..oh * ow];
-                let (lo, hi) = inside(kj, g.stride_w, g.pad_w, w, ow);
-                if lo >= hi {
+    out.fill(0.0);
+    for ki in 0..g.kernel_h {
+        for kj in 0..g.kernel_w {
+            let row = &src[(ki * g.kernel_w + kj) * oh * ow..][..oh * ow];
+            let (lo, hi) = inside(kj, g.stride_w, g.pad_w, w, ow);
+            if lo >= hi {
+                continue;
+            }
+            for (o, vals) in row.chunks(ow).enumerate() {
+                let Some(r) = source(o, ki, g.stride_h, g.pad_h, h) else {
                     continue;
-                }
-                for (o, vals) in row.chunks(ow).enumerate() {
-                    let Some(r) = source(o, ki, g.stride_h, g.pad_h, h) else {
-                        continue;
-                    };
-                    let first = r * w + lo * g.stride_w + kj - g.pad_w;
-                    let span = &mut out[first..];
-                    if g.stride_w == 1 {
-                        // Contiguous: a loop the compiler vectorises.
-                        for (d, v) in span[..hi - lo].iter_mut().zip(&vals[lo..hi]) {
-                            *d += *v;
-                        }
-                    } else {
-                        for (d, v) in span.iter_mut().step_by(g.stride_w).zip(&vals[lo..hi]) {
-                            *d += *v;
-                        }
+                };
+                let first = r * w + lo * g.stride_w + kj - g.pad_w;
+                let span = &mut out[first..];
+                if g.stride_w == 1 {
+                    // Contiguous: a loop the compiler vectorises.
+                    for (d, v) in span[..hi - lo].iter_mut().zip(&vals[lo..hi]) {
+                        *d += *v;
+                    }
+                } else {
+                    for (d, v) in span.iter_mut().step_by(g.stride_w).zip(&vals[lo..hi]) {
+                        *d += *v;
                     }
                 }
             }
         }
-    });
+    }
 }
 
 pub(crate) fn max_pool2d(x: &[f32], y: &mut [f32], argmax: &mut [f32], g: &Window2d) {
