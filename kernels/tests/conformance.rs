@@ -1696,3 +1696,34 @@ fn convolution_kernels_do_not_depend_on_thread_count() {
         assert_all_bitwise_equal("convolution", &runs);
     }
 }
+
+/// 2x2 max pooling on every instruction set against the portable path, bit for bit and
+/// position for position, on rows of full SIMD blocks and tails, with ties, NaNs and
+/// infinities (the first maximum wins; NaN wins over numbers).
+#[test]
+fn max_pool_2x2_agrees_on_every_isa_with_ties_and_nan() {
+    let g = Window2d::new(2, 3, (9, 75), (2, 2), (2, 2), (0, 0));
+    let mut x = uniform(g.input_len(), -1.0, 1.0, &mut rng(14));
+    for (i, v) in x.iter_mut().enumerate() {
+        match i % 23 {
+            0 => *v = f32::NAN,
+            5 | 6 => *v = 0.5, // neighbours: ties inside a window
+            9 => *v = f32::NEG_INFINITY,
+            13 => *v = f32::INFINITY,
+            _ => {}
+        }
+    }
+    let run = |simd: Simd| {
+        let b = CpuBackend::with_simd(simd);
+        let (mut y, mut at) = (poisoned(&b, g.output_len()), poisoned(&b, g.output_len()));
+        b.max_pool2d(&up(&b, &x), &mut y, &mut at, &g).unwrap();
+        (down(&b, &y), down(&b, &at))
+    };
+    let (want_y, want_at) = run(Simd::portable());
+    assert!(want_y.iter().any(|v| v.is_nan()), "the input has windows with NaN");
+    for simd in Simd::available() {
+        let (y, at) = run(simd);
+        let same = y.iter().zip(&want_y).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same && at == want_at, "{} differs from the portable path", simd.isa());
+    }
+}

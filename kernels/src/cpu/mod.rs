@@ -7,6 +7,7 @@ mod elementwise;
 pub mod gemm;
 mod index;
 mod isa;
+mod max_pool_2x2;
 pub mod math;
 mod norm;
 mod optim;
@@ -589,7 +590,7 @@ impl Backend for CpuBackend {
         let _span = trace::span("cpu", "max_pool2d").arg("geometry", || format!("{g:?}"));
         let outs = [("y", y.len()), ("argmax", argmax.len())];
         validate::pool("max_pool2d", g, ("x", x.len()), &outs)?;
-        window::max_pool2d(x, y, argmax, g);
+        window::max_pool2d(self.simd, x, y, argmax, g);
         Ok(())
     }
 

@@ -9,6 +9,7 @@
 //! different order and agree to rounding.
 
 use super::elementwise::PAR_CHUNK;
+use super::{max_pool_2x2, Simd};
 use crate::Window2d;
 use rayon::prelude::*;
 
@@ -147,7 +148,7 @@ pub(crate) fn col2im_plane(src: &[f32], out: &mut [f32], g: &Window2d) {
     }
 }
 
-pub(crate) fn max_pool2d(x: &[f32], y: &mut [f32], argmax: &mut [f32], g: &Window2d) {
+pub(crate) fn max_pool2d(simd: Simd, x: &[f32], y: &mut [f32], argmax: &mut [f32], g: &Window2d) {
     let (oh, ow) = (g.out_h(), g.out_w());
     let (h, w) = (g.height, g.width);
     let plane_out = oh * ow;
@@ -160,7 +161,7 @@ pub(crate) fn max_pool2d(x: &[f32], y: &mut [f32], argmax: &mut [f32], g: &Windo
     let run = |nc: usize, (ys, args): (&mut [f32], &mut [f32])| {
         let src = &x[nc * h * w..(nc + 1) * h * w];
         if halving {
-            return max_pool_2x2(src, w, ys, args, ow);
+            return max_pool_2x2::plane(simd, src, w, ys, args, ow);
         }
         for (o, (yrow, arow)) in ys.chunks_mut(ow).zip(args.chunks_mut(ow)).enumerate() {
             // The kernel rows and columns that land inside the input: once per window
@@ -207,37 +208,6 @@ pub(crate) fn max_pool2d(x: &[f32], y: &mut [f32], argmax: &mut [f32], g: &Windo
             .zip(argmax.chunks_mut(plane_out))
             .enumerate()
             .for_each(|(nc, pair)| run(nc, pair));
-    }
-}
-
-/// The later of two candidates wins if it is larger, or NaN where the earlier is not:
-/// the first maximum, NaN propagating.
-#[inline(always)]
-fn pick((v0, p0): (f32, f32), (v1, p1): (f32, f32)) -> (f32, f32) {
-    let later = (v1 > v0) | (v1.is_nan() & !v0.is_nan());
-    if later {
-        (v1, p1)
-    } else {
-        (v0, p0)
-    }
-}
-
-/// 2x2 windows at stride 2 without padding, the pooling of nearly every CNN: the four
-/// taps compared in order without branches, so that the compiler vectorises the row.
-fn max_pool_2x2(src: &[f32], w: usize, ys: &mut [f32], args: &mut [f32], ow: usize) {
-    for (o, (yrow, arow)) in ys.chunks_mut(ow).zip(args.chunks_mut(ow)).enumerate() {
-        let top = &src[2 * o * w..][..2 * ow];
-        let bottom = &src[(2 * o + 1) * w..][..2 * ow];
-        for (((y, a), t), b) in yrow
-            .iter_mut()
-            .zip(arow.iter_mut())
-            .zip(top.chunks_exact(2))
-            .zip(bottom.chunks_exact(2))
-        {
-            let first = pick((t[0], 0.0), (t[1], 1.0));
-            let second = pick((b[0], 2.0), (b[1], 3.0));
-            (*y, *a) = pick(first, second);
-        }
     }
 }
 
