@@ -1720,10 +1720,20 @@ fn max_pool_2x2_agrees_on_every_isa_with_ties_and_nan() {
         (down(&b, &y), down(&b, &at))
     };
     let (want_y, want_at) = run(Simd::portable());
-    assert!(want_y.iter().any(|v| v.is_nan()), "the input has windows with NaN");
+    assert!(
+        want_y.iter().any(|v| v.is_nan()),
+        "the input has windows with NaN"
+    );
     for simd in Simd::available() {
         let (y, at) = run(simd);
-        let same = y.iter().zip(&want_y).all(|(a, b)| a.to_bits() == b.to_bits());
-        assert!(same && at == want_at, "{} differs from the portable path", simd.isa());
+        let same = y
+            .iter()
+            .zip(&want_y)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(
+            same && at == want_at,
+            "{} differs from the portable path",
+            simd.isa()
+        );
     }
 }

@@ -11,6 +11,7 @@
 //! group order: the bits do not depend on the thread count.
 
 use super::gemm::{self, MatRef};
+use super::isa::simd_fn;
 use super::window::{col2im_plane, im2col_plane};
 use super::Simd;
 use crate::{Result, Window2d};
@@ -19,6 +20,102 @@ use std::cell::RefCell;
 
 /// Images per group: at most this many groups, so partial sums stay few and small.
 const MAX_GROUPS: usize = 16;
+
+/// Patches of at most this many values (a first layer: 1-3 input channels of 3x3) skip
+/// the GEMM, whose tiles such a thin product leaves mostly empty: the forward pass is
+/// one multiply-add of a patch row into each output row at a time, the weight gradient
+/// one dot product per weight.
+const SMALL_PATCH: usize = 32;
+
+/// Sums of 16 lanes, added in a fixed tree: the same bits on every instruction set.
+#[inline(always)]
+fn lanes_sum(acc: [f32; 16]) -> f32 {
+    let mut v = acc;
+    for width in [8, 4, 2, 1] {
+        for i in 0..width {
+            v[i] += v[i + width];
+        }
+    }
+    v[0]
+}
+
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    for (i, (x, y)) in ra.iter().zip(rb).enumerate() {
+        acc[i] += x * y;
+    }
+    lanes_sum(acc)
+}
+
+#[inline(always)]
+fn sum(a: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let chunks = a.chunks_exact(16);
+    let rest = chunks.remainder();
+    for x in chunks {
+        for i in 0..16 {
+            acc[i] += x[i];
+        }
+    }
+    for (i, x) in rest.iter().enumerate() {
+        acc[i] += x;
+    }
+    lanes_sum(acc)
+}
+
+simd_fn! {
+    /// `y` (`out_channels` rows of `area`) = `weight` x `cols` for a small patch, then the
+    /// bias; products and sums rounded one by one (no FMA), as on every instruction set.
+    fn small_patch_forward(
+        weight: &[f32],
+        cols: &[f32],
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+        k: usize,
+        area: usize,
+    ) {
+        for (o, row) in y.chunks_exact_mut(area).enumerate() {
+            row.fill(0.0);
+            for (t, taps) in cols.chunks_exact(area).take(k).enumerate() {
+                let w = weight[o * k + t];
+                for (v, c) in row.iter_mut().zip(taps) {
+                    *v += w * *c;
+                }
+            }
+            if let Some(b) = bias {
+                row.iter_mut().for_each(|v| *v += b[o]);
+            }
+        }
+    }
+}
+
+simd_fn! {
+    /// `dweight += dy cols^T` for a small patch: one dot product of `area` per weight.
+    fn small_patch_weight_grad(dy: &[f32], cols: &[f32], dweight: &mut [f32], k: usize, area: usize) {
+        for (dy_o, dw_o) in dy.chunks_exact(area).zip(dweight.chunks_exact_mut(k)) {
+            for (dw, taps) in dw_o.iter_mut().zip(cols.chunks_exact(area)) {
+                *dw += dot(dy_o, taps);
+            }
+        }
+    }
+}
+
+simd_fn! {
+    /// `dbias[o] += ` the sum of `dy`'s row `o`.
+    fn add_row_sums(dy: &[f32], dbias: &mut [f32], area: usize) {
+        for (s, row) in dbias.iter_mut().zip(dy.chunks_exact(area)) {
+            *s += sum(row);
+        }
+    }
+}
 
 thread_local! {
     // One image's columns and column gradients, reused from call to call.
@@ -87,6 +184,10 @@ pub(crate) fn forward(
     by_image(y, out_channels * area, |n, y| {
         with_scratch(k * area, 0, |cols, _| {
             unfold(x, n, cols, g);
+            if k <= SMALL_PATCH {
+                small_patch_forward(simd, weight, cols, bias, y, k, area);
+                return Ok(());
+            }
             let w = MatRef::row_major(weight, out_channels, k, false);
             let c = MatRef::row_major(cols, k, area, false);
             gemm::sgemm(simd, out_channels, area, k, 1.0, w, c, 0.0, y, area)?;
@@ -162,14 +263,16 @@ pub(crate) fn backward(
                 let dy_n = &dy[n * per_out..(n + 1) * per_out];
                 unfold(x, n, cols, g);
                 // dW += dy_n cols^T: the group's images in order, one accumulating GEMM.
-                let a = MatRef::row_major(dy_n, out_channels, area, false);
-                let b = MatRef::row_major(cols, area, k, true);
-                let beta = if i == 0 { 0.0 } else { 1.0 };
                 let dw = &mut part.dweight;
-                gemm::sgemm(simd, out_channels, k, area, 1.0, a, b, beta, dw, k)?;
-                for (s, row) in part.dbias.iter_mut().zip(dy_n.chunks(area)) {
-                    *s += row.iter().sum::<f32>();
+                if k <= SMALL_PATCH {
+                    small_patch_weight_grad(simd, dy_n, cols, dw, k, area);
+                } else {
+                    let a = MatRef::row_major(dy_n, out_channels, area, false);
+                    let b = MatRef::row_major(cols, area, k, true);
+                    let beta = if i == 0 { 0.0 } else { 1.0 };
+                    gemm::sgemm(simd, out_channels, k, area, 1.0, a, b, beta, dw, k)?;
                 }
+                add_row_sums(simd, dy_n, &mut part.dbias, area);
                 if let Some(dx) = dx {
                     // dcols = W^T dy_n, folded back onto the image.
                     let wt = MatRef::row_major(weight, k, out_channels, true);

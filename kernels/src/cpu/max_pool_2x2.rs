@@ -49,7 +49,13 @@ unsafe fn row_avx512(top: &[f32], bottom: &[f32], y: &mut [f32], at: &mut [f32])
         )
     };
     let tap = |i: f32| _mm512_set1_ps(i);
-    let lanes = |n: usize| -> u16 { if n >= 16 { u16::MAX } else { (1u16 << n) - 1 } };
+    let lanes = |n: usize| -> u16 {
+        if n >= 16 {
+            u16::MAX
+        } else {
+            (1u16 << n) - 1
+        }
+    };
     for q in (0..y.len()).step_by(16) {
         let windows = (y.len() - q).min(16);
         let (lo_mask, hi_mask) = (lanes(2 * windows), lanes((2 * windows).saturating_sub(16)));
@@ -109,9 +115,7 @@ unsafe fn row_avx2(top: &[f32], bottom: &[f32], y: &mut [f32], at: &mut [f32]) -
                 let ev = _mm256_shuffle_ps::<0b10_00_10_00>(lo, hi);
                 let od = _mm256_shuffle_ps::<0b11_01_11_01>(lo, hi);
                 let fix = |v: __m256| {
-                    _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(
-                        _mm256_castps_pd(v),
-                    ))
+                    _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)))
                 };
                 (fix(ev), fix(od))
             };
@@ -129,7 +133,14 @@ unsafe fn row_avx2(top: &[f32], bottom: &[f32], y: &mut [f32], at: &mut [f32]) -
 }
 
 /// One plane: `src` rows of `w` values into `ys` and `args` rows of `ow`.
-pub(crate) fn plane(simd: Simd, src: &[f32], w: usize, ys: &mut [f32], args: &mut [f32], ow: usize) {
+pub(crate) fn plane(
+    simd: Simd,
+    src: &[f32],
+    w: usize,
+    ys: &mut [f32],
+    args: &mut [f32],
+    ow: usize,
+) {
     if ow == 0 {
         return;
     }
