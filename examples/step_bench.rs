@@ -168,8 +168,9 @@ fn main() -> ringtrain::Result<()> {
     };
     let mut times = Vec::with_capacity(a.steps);
     // On a pool thread, so the ops' parallel loops need no hand-off from outside the
-    // pool (a futex wake and wait per op).
-    rayon::scope(|_| -> ringtrain::Result<()> {
+    // pool, with the other workers spinning for work rather than sleeping, as the
+    // Trainer runs a step.
+    ringtrain::kernels::cpu::with_awake_workers(|| -> ringtrain::Result<()> {
         for _ in 0..a.warmup {
             (bench.step)()?;
         }

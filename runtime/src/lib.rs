@@ -25,5 +25,5 @@ pub use shape::{Dim, Shape};
 pub use tensor::{no_grad, rng_from_seed, Rng, Tensor, TensorId};
 pub use var::Var;
 
-pub use ringtrain_kernels::cpu::{Isa, Simd};
+pub use ringtrain_kernels::cpu::{with_awake_workers, Isa, Simd};
 pub use ringtrain_kernels::{trace, CompareOp, DType};

@@ -2,6 +2,7 @@
 //! at run time, multi-threaded on rayon's pool for large shapes.
 
 mod attention;
+mod awake;
 mod conv;
 mod elementwise;
 pub mod gemm;
@@ -16,6 +17,7 @@ mod reduce;
 mod softmax;
 mod window;
 
+pub use awake::with_awake_workers;
 pub use isa::{Isa, Simd};
 pub use pool::{recycle, release_pooled, MIN_POOLED};
 

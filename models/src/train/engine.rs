@@ -248,7 +248,8 @@ impl<M: Module + Send, O: Optimizer + Send> Replicas<M, O> {
 /// Runs `f` on a thread of rayon's pool. The CPU kernels' parallel loops, started from a
 /// thread outside the pool, each hand their work over and wait on a futex (tens of
 /// microseconds, per op); from a pool thread they share it by work stealing. A training
-/// step is hundreds of ops, so it runs where they are cheap.
+/// step is hundreds of ops, so it runs where they are cheap, with the other workers
+/// spinning for work meanwhile instead of falling asleep between ops.
 fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    rayon::scope(|_| f())
+    ringtrain_runtime::with_awake_workers(f)
 }
