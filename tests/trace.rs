@@ -3,6 +3,7 @@
 
 mod support;
 
+use ringtrain::kernels::gpu::testing::gpu_tests_enabled;
 use ringtrain::trace::{self, Arg, TraceFile};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -123,6 +124,58 @@ fn mnist_on_two_replicas_writes_a_trace_of_the_steps_asked_for() {
         })
     });
     assert!(overlaps, "no all-reduce started during a backward pass");
+}
+
+/// On the GPU, every kernel dispatch is timed with timestamp queries (lavapipe has them)
+/// and drawn on the device's own row, beside the host threads that encoded it.
+#[test]
+fn gpu_kernels_appear_on_the_device_row_with_their_gpu_time() {
+    if !gpu_tests_enabled() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gpu.trace.json");
+    let out = run_example(
+        "mnist",
+        &[
+            "--backend",
+            "gpu",
+            "--hidden",
+            "32",
+            "--steps",
+            "2",
+            "--trace-out",
+            path.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = read(&path);
+    let device_row = events
+        .iter()
+        .find(|e| e["ph"] == "M" && e["pid"] == 2 && e["name"] == "thread_name")
+        .expect("a device row");
+    assert!(
+        device_row["args"]["name"].as_str().unwrap().starts_with("GPU device"),
+        "{device_row}"
+    );
+    let kernels: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["ph"] == "X" && e["pid"] == 2)
+        .collect();
+    let gemms: Vec<&&Value> = kernels
+        .iter()
+        .filter(|e| e["name"].as_str().unwrap().starts_with("Gemm"))
+        .collect();
+    // Forward, input and weight gradients of 2 layers, twice.
+    assert!(gemms.len() >= 8, "{} GEMM kernels", gemms.len());
+    assert!(gemms.iter().all(|g| g["dur"].as_f64().unwrap() > 0.0));
+    assert!(kernels.iter().any(|k| k["name"] == "Sgd"));
+    // The host side: what encoded them, per op.
+    assert!(!spans(&events, "encode gemm").is_empty());
 }
 
 /// The recorder on its own: arguments keep their types, nothing is recorded when off,

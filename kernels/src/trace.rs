@@ -8,6 +8,7 @@
 //! queries are. Off, a span costs one relaxed atomic load; on, two clock reads and a push
 //! onto a buffer owned by the thread (its lock is never contended but at the end).
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -92,7 +93,7 @@ pub enum Track {
 /// One finished span.
 #[derive(Clone, Debug)]
 pub struct Event {
-    pub name: &'static str,
+    pub name: Cow<'static, str>,
     pub cat: &'static str,
     pub track: Track,
     pub start_ns: u64,
@@ -153,7 +154,7 @@ pub fn span(cat: &'static str, name: &'static str) -> Span {
     }
     Span {
         open: Some(Box::new(Event {
-            name,
+            name: Cow::Borrowed(name),
             cat,
             track: Track::Thread(0),
             start_ns: now_ns(),
@@ -204,7 +205,7 @@ impl Drop for Span {
 /// Records an event timed elsewhere (a GPU kernel from timestamp queries), on `track`.
 pub fn complete(
     cat: &'static str,
-    name: &'static str,
+    name: impl Into<Cow<'static, str>>,
     track: Track,
     start_ns: u64,
     dur_ns: u64,
@@ -212,7 +213,7 @@ pub fn complete(
 ) {
     if enabled() {
         push(Event {
-            name,
+            name: name.into(),
             cat,
             track,
             start_ns,

@@ -90,7 +90,7 @@ pub struct Summary {
     pub path: PathBuf,
     pub events: usize,
     pub threads: usize,
-    /// Total seconds in GEMMs and their mean GFLOP/s (flops over time).
+    /// Total seconds in CPU GEMMs and their mean GFLOP/s (flops over time).
     pub gemm_seconds: f64,
     pub gemm_gflops: f64,
 }
@@ -98,7 +98,11 @@ pub struct Summary {
 impl Summary {
     fn of(trace: &Trace, path: &Path) -> Summary {
         let (mut flops, mut ns) = (0.0, 0u64);
-        for e in trace.events.iter().filter(|e| e.name == "gemm") {
+        for e in trace
+            .events
+            .iter()
+            .filter(|e| e.cat == "cpu" && e.name == "gemm")
+        {
             let dim = |k| match e.arg(k) {
                 Some(Arg::Int(v)) => *v as f64,
                 _ => 0.0,

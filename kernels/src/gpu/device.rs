@@ -8,7 +8,7 @@
 
 use super::pool::Pool;
 use super::shaders::{Kernel, Pipelines, Shader};
-use crate::{KernelError, Result};
+use crate::{trace, KernelError, Result};
 use bytemuck::Pod;
 use std::sync::mpsc::TryRecvError;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -45,6 +45,7 @@ enum Command {
         pipeline: wgpu::ComputePipeline,
         bind_group: wgpu::BindGroup,
         groups: [u32; 3],
+        name: Arc<str>,
     },
     Copy {
         src: wgpu::Buffer,
@@ -75,6 +76,17 @@ pub(super) struct Context {
     /// Parameter slots are this many bytes apart (the device's uniform offset alignment).
     slot: u64,
     timestamps: Option<Timestamps>,
+    /// A second set for traces: every dispatch its own pass, timed, while a trace
+    /// records (apart from [`Context::timed`] regions, whose set this does not touch).
+    trace_timestamps: Option<TraceTimestamps>,
+    /// This device's row in a trace.
+    pub trace_track: String,
+}
+
+/// Timestamps of the dispatches of one submission, read back to become trace events.
+struct TraceTimestamps {
+    ts: Timestamps,
+    readback: wgpu::Buffer,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -117,7 +129,38 @@ impl Context {
                 }),
                 period: shared.queue.get_timestamp_period(),
             });
+        let trace_timestamps = shared
+            .device
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+            .then(|| {
+                let bytes = u64::from(2 * TIMED_PASSES) * 8;
+                TraceTimestamps {
+                    ts: Timestamps {
+                        set: shared.device.create_query_set(&wgpu::QuerySetDescriptor {
+                            label: Some("ringtrain trace timing"),
+                            ty: wgpu::QueryType::Timestamp,
+                            count: 2 * TIMED_PASSES,
+                        }),
+                        resolved: shared.device.create_buffer(&wgpu::BufferDescriptor {
+                            label: Some("ringtrain trace timestamps"),
+                            size: bytes,
+                            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                            mapped_at_creation: false,
+                        }),
+                        period: shared.queue.get_timestamp_period(),
+                    },
+                    readback: shared.device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("ringtrain trace readback"),
+                        size: bytes,
+                        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                        mapped_at_creation: false,
+                    }),
+                }
+            });
         Self {
+            trace_timestamps,
+            trace_track: "gpu".to_string(),
             storage: Arc::new(Pool::new(
                 wgpu::BufferUsages::STORAGE
                     | wgpu::BufferUsages::COPY_SRC
@@ -202,6 +245,7 @@ impl Context {
             pipeline: kernel.pipeline.clone(),
             bind_group,
             groups,
+            name: kernel.name.clone(),
         });
         Ok(())
     }
@@ -224,6 +268,9 @@ impl Context {
             label: Some("ringtrain"),
         });
         let commands = std::mem::take(&mut stream.commands);
+        if let (Some(tt), None, true) = (&self.trace_timestamps, &stream.timing, trace::enabled()) {
+            return self.submit_traced(tt, encoder, commands, stream);
+        }
         let mut i = 0;
         while i < commands.len() {
             if let Command::Copy { src, dst, bytes } = &commands[i] {
@@ -256,6 +303,7 @@ impl Context {
                 pipeline,
                 bind_group,
                 groups: [x, y, z],
+                ..
             }) = commands.get(i)
             {
                 pass.set_pipeline(pipeline);
@@ -266,6 +314,117 @@ impl Context {
         }
         stream.params.clear();
         queue.submit([encoder.finish()]);
+        self.take_error()
+    }
+
+    /// [`Context::submit`] while a trace records: each dispatch in a pass of its own with
+    /// timestamps at its start and end, read back once the submission has run (the
+    /// trace then costs a wait per submission), each becoming an event on this device's
+    /// row. GPU ticks are placed on the host clock from the submission's start: the
+    /// kernels' durations and gaps are the GPU's own, their offset from the host's
+    /// spans approximate. Dispatches past the set's 512 passes run untimed.
+    fn submit_traced(
+        &self,
+        tt: &TraceTimestamps,
+        mut encoder: wgpu::CommandEncoder,
+        commands: Vec<Command>,
+        stream: &mut Stream,
+    ) -> Result<()> {
+        let mut timed: Vec<(Arc<str>, [u32; 3])> = Vec::new();
+        for command in &commands {
+            match command {
+                Command::Copy { src, dst, bytes } => {
+                    encoder.copy_buffer_to_buffer(src, 0, dst, 0, *bytes);
+                }
+                Command::Dispatch {
+                    pipeline,
+                    bind_group,
+                    groups,
+                    name,
+                } => {
+                    let at = 2 * timed.len() as u32;
+                    let timestamp_writes =
+                        (at + 2 <= 2 * TIMED_PASSES).then(|| wgpu::ComputePassTimestampWrites {
+                            query_set: &tt.ts.set,
+                            beginning_of_pass_write_index: Some(at),
+                            end_of_pass_write_index: Some(at + 1),
+                        });
+                    if timestamp_writes.is_some() {
+                        timed.push((name.clone(), *groups));
+                    }
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: None,
+                        timestamp_writes,
+                    });
+                    pass.set_pipeline(pipeline);
+                    pass.set_bind_group(0, bind_group, &[]);
+                    let [x, y, z] = *groups;
+                    pass.dispatch_workgroups(x, y, z);
+                }
+            }
+        }
+        let queries = 2 * timed.len() as u32;
+        let bytes = u64::from(queries) * 8;
+        if queries > 0 {
+            encoder.resolve_query_set(&tt.ts.set, 0..queries, &tt.ts.resolved, 0);
+            encoder.copy_buffer_to_buffer(&tt.ts.resolved, 0, &tt.readback, 0, bytes);
+        }
+        stream.params.clear();
+        let submitted_ns = trace::now_ns();
+        self.shared.queue.submit([encoder.finish()]);
+        self.take_error()?;
+        if queries == 0 {
+            return Ok(());
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        tt.readback
+            .slice(0..bytes)
+            .map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send(r);
+            });
+        self.shared
+            .device
+            .poll(wgpu::PollType::Wait {
+                submission_index: None,
+                timeout: Some(SYNC_TIMEOUT),
+            })
+            .map_err(|e| KernelError::Device(format!("waiting for the GPU: {e}")))?;
+        let mapped = rx
+            .recv_timeout(SYNC_TIMEOUT)
+            .map_err(|_| KernelError::Device("the GPU never returned its timestamps".into()))?;
+        let bad = |e: &dyn std::fmt::Display| {
+            KernelError::Device(format!("reading timestamps back: {e}"))
+        };
+        mapped.map_err(|e| bad(&e))?;
+        let ticks: Result<Vec<u64>> = tt
+            .readback
+            .slice(0..bytes)
+            .get_mapped_range()
+            .map_err(|e| bad(&e))
+            .map(|view| {
+                view.chunks_exact(8)
+                    .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+                    .collect()
+            });
+        tt.readback.unmap();
+        let ticks = ticks?;
+        let period = f64::from(tt.ts.period);
+        let first = ticks.first().copied().unwrap_or(0);
+        let track = &self.trace_track;
+        for ((name, [x, y, z]), pair) in timed.into_iter().zip(ticks.chunks_exact(2)) {
+            let start = submitted_ns + (pair[0].saturating_sub(first) as f64 * period) as u64;
+            let dur = (pair[1].saturating_sub(pair[0]) as f64 * period) as u64;
+            let groups = format!("{x} x {y} x {z}");
+            let args = vec![("workgroups", trace::Arg::Text(groups))];
+            trace::complete(
+                "gpu",
+                name.to_string(),
+                trace::Track::Device(track.clone()),
+                start,
+                dur,
+                args,
+            );
+        }
         self.take_error()
     }
 

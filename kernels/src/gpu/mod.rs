@@ -21,7 +21,7 @@ pub use adapter::AdapterSummary;
 pub use pool::GpuBuffer;
 
 use crate::{
-    validate, AdamWParams, AttentionSpec, Backend, BinaryLayout, BinaryOp, CompareOp, DType,
+    trace, validate, AdamWParams, AttentionSpec, Backend, BinaryLayout, BinaryOp, CompareOp, DType,
     GatherSpec, GemmSpec, KernelError, Result, SelectLayout, SgdParams, StridedLayout, UnaryOp,
     Window2d,
 };
@@ -77,7 +77,11 @@ impl GpuBackend {
                 found.len()
             )));
         }
-        let (ctx, summary) = adapter::open(found.swap_remove(index))?;
+        let (mut ctx, summary) = adapter::open(found.swap_remove(index))?;
+        // Each device opened gets its own row in a trace.
+        static OPENED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ctx.trace_track = format!("GPU device {n}: {summary}");
         Ok(Self {
             ctx: Arc::new(ctx),
             adapter: Arc::new(summary),
@@ -356,6 +360,11 @@ impl Backend for GpuBackend {
     }
 
     fn gemm(&self, spec: &GemmSpec, a: &GpuBuffer, b: &GpuBuffer, c: &mut GpuBuffer) -> Result<()> {
+        let _span = trace::span("gpu", "encode gemm")
+            .arg("m", || spec.m)
+            .arg("n", || spec.n)
+            .arg("k", || spec.k)
+            .arg("batch", || spec.batch);
         validate::gemm(spec, a.len, b.len, c.len)?;
         self.gemm_impl(spec, a, b, None, None, c)
     }
@@ -369,12 +378,18 @@ impl Backend for GpuBackend {
         act: Option<UnaryOp>,
         c: &mut GpuBuffer,
     ) -> Result<()> {
+        let _span = trace::span("gpu", "encode gemm_bias_act")
+            .arg("m", || spec.m)
+            .arg("n", || spec.n)
+            .arg("k", || spec.k)
+            .arg("batch", || spec.batch);
         validate::gemm(spec, a.len, b.len, c.len)?;
         validate::bias(spec, bias.len)?;
         self.gemm_impl(spec, a, b, Some(bias), act, c)
     }
 
     fn unary(&self, op: UnaryOp, x: &GpuBuffer, y: &mut GpuBuffer) -> Result<()> {
+        let _span = trace::span("gpu", "encode unary");
         validate::unary(x.len, y.len)?;
         if x.len == 0 {
             return Ok(());
@@ -396,6 +411,7 @@ impl Backend for GpuBackend {
         dy: &GpuBuffer,
         dx: &mut GpuBuffer,
     ) -> Result<()> {
+        let _span = trace::span("gpu", "encode unary_backward");
         validate::unary_backward(x.len, y.len, dy.len, dx.len)?;
         if x.len == 0 {
             return Ok(());
@@ -410,6 +426,7 @@ impl Backend for GpuBackend {
     }
 
     fn affine(&self, x: &GpuBuffer, y: &mut GpuBuffer, mul: f32, add: f32) -> Result<()> {
+        let _span = trace::span("gpu", "encode affine");
         validate::affine(x.len, y.len)?;
         if x.len == 0 {
             return Ok(());
@@ -431,6 +448,7 @@ impl Backend for GpuBackend {
         rhs: &GpuBuffer,
         out: &mut GpuBuffer,
     ) -> Result<()> {
+        let _span = trace::span("gpu", "encode binary");
         const OP: &str = "binary";
         validate::binary(layout, lhs.len, rhs.len, out.len)?;
         if out.len == 0 {
@@ -463,6 +481,7 @@ impl Backend for GpuBackend {
         layout: &StridedLayout,
         dst: &mut GpuBuffer,
     ) -> Result<()> {
+        let _span = trace::span("gpu", "encode copy_strided");
         const OP: &str = "copy_strided";
         validate::copy_strided(layout, src.len, dst.len)?;
         if dst.len == 0 {
@@ -490,6 +509,7 @@ impl Backend for GpuBackend {
         axis: usize,
         inner: usize,
     ) -> Result<()> {
+        let _span = trace::span("gpu", "encode sum_axis");
         validate::sum_axis(x.len, out.len, outer, axis, inner)?;
         self.sum_scaled(x, &*out, (outer, axis, inner), 1.0)
     }
@@ -501,6 +521,7 @@ impl Backend for GpuBackend {
         rows: usize,
         cols: usize,
     ) -> Result<()> {
+        let _span = trace::span("gpu", "encode log_softmax");
         const OP: &str = "log_softmax";
         validate::rows(OP, &[("x", x.len), ("y", y.len)], rows, cols)?;
         if rows * cols == 0 {
@@ -518,6 +539,7 @@ impl Backend for GpuBackend {
         rows: usize,
         cols: usize,
     ) -> Result<()> {
+        let _span = trace::span("gpu", "encode log_softmax_backward");
         const OP: &str = "log_softmax_backward";
         validate::rows(
             OP,
@@ -542,6 +564,7 @@ impl Backend for GpuBackend {
         rows: usize,
         cols: usize,
     ) -> Result<()> {
+        let _span = trace::span("gpu", "encode softmax_cross_entropy");
         const OP: &str = "softmax_cross_entropy";
         validate::rows(
             OP,
@@ -570,6 +593,7 @@ impl Backend for GpuBackend {
         rows: usize,
         cols: usize,
     ) -> Result<()> {
+        let _span = trace::span("gpu", "encode softmax_cross_entropy_backward");
         const OP: &str = "softmax_cross_entropy_backward";
         validate::rows(
             OP,
@@ -599,6 +623,7 @@ impl Backend for GpuBackend {
         cols: usize,
         eps: f32,
     ) -> Result<()> {
+        let _span = trace::span("gpu", "encode layer_norm");
         self.layer_norm_impl([x, gamma, beta], y, stats, rows, cols, eps)
     }
 
@@ -614,6 +639,7 @@ impl Backend for GpuBackend {
         rows: usize,
         cols: usize,
     ) -> Result<()> {
+        let _span = trace::span("gpu", "encode layer_norm_backward");
         self.layer_norm_backward_impl([x, gamma, stats, dy], dx, dgamma, dbeta, rows, cols)
     }
 
@@ -624,6 +650,7 @@ impl Backend for GpuBackend {
         idx: &GpuBuffer,
         out: &mut GpuBuffer,
     ) -> Result<()> {
+        let _span = trace::span("gpu", "encode gather");
         self.gather_impl(spec, x, idx, out)
     }
 
@@ -634,6 +661,7 @@ impl Backend for GpuBackend {
         idx: &GpuBuffer,
         dx: &mut GpuBuffer,
     ) -> Result<()> {
+        let _span = trace::span("gpu", "encode scatter_add");
         self.scatter_add_impl(spec, dy, idx, dx)
     }
 
@@ -643,6 +671,7 @@ impl Backend for GpuBackend {
         dst: &mut GpuBuffer,
         layout: &StridedLayout,
     ) -> Result<()> {
+        let _span = trace::span("gpu", "encode copy_into");
         self.copy_into_impl(src, dst, layout)
     }
 
@@ -654,6 +683,7 @@ impl Backend for GpuBackend {
         b: &GpuBuffer,
         out: &mut GpuBuffer,
     ) -> Result<()> {
+        let _span = trace::span("gpu", "encode select");
         self.select_impl(layout, cond, a, b, out)
     }
 
@@ -666,6 +696,7 @@ impl Backend for GpuBackend {
         rhs: &GpuBuffer,
         out: &mut GpuBuffer,
     ) -> Result<()> {
+        let _span = trace::span("gpu", "encode compare");
         self.compare_impl(op, dtype, layout, lhs, rhs, out)
     }
 
@@ -678,6 +709,7 @@ impl Backend for GpuBackend {
         diagonal: i64,
         upper: bool,
     ) -> Result<()> {
+        let _span = trace::span("gpu", "encode triangle");
         self.triangle_impl(x, out, rows, cols, diagonal, upper)
     }
 
@@ -686,6 +718,7 @@ impl Backend for GpuBackend {
     }
 
     fn cast(&self, x: &GpuBuffer, from: DType, to: DType, out: &mut GpuBuffer) -> Result<()> {
+        let _span = trace::span("gpu", "encode cast");
         self.cast_impl(x, from, to, out)
     }
 
@@ -697,6 +730,7 @@ impl Backend for GpuBackend {
         axis: usize,
         inner: usize,
     ) -> Result<()> {
+        let _span = trace::span("gpu", "encode argmax_axis");
         self.argmax_impl(x, out, outer, axis, inner)
     }
 
@@ -709,6 +743,7 @@ impl Backend for GpuBackend {
         out: &mut GpuBuffer,
         lse: &mut GpuBuffer,
     ) -> Result<()> {
+        let _span = trace::span("gpu", "encode attention");
         self.attention_impl(spec, q, k, v, out, lse)
     }
 
@@ -725,15 +760,18 @@ impl Backend for GpuBackend {
         dk: &mut GpuBuffer,
         dv: &mut GpuBuffer,
     ) -> Result<()> {
+        let _span = trace::span("gpu", "encode attention_backward");
         self.attention_backward_impl(spec, [q, k, v, out, lse, dout], dq, dk, dv)
     }
 
     fn im2col(&self, x: &GpuBuffer, cols: &mut GpuBuffer, g: &Window2d) -> Result<()> {
+        let _span = trace::span("gpu", "encode im2col");
         validate::im2col(g, x.len, cols.len)?;
         self.window(Shader::Im2col, "im2col", g, cols.len, &[x, cols])
     }
 
     fn col2im(&self, cols: &GpuBuffer, x: &mut GpuBuffer, g: &Window2d) -> Result<()> {
+        let _span = trace::span("gpu", "encode col2im");
         validate::col2im(g, cols.len, x.len)?;
         self.window(Shader::Col2im, "col2im", g, x.len, &[cols, x])
     }
@@ -745,6 +783,7 @@ impl Backend for GpuBackend {
         argmax: &mut GpuBuffer,
         g: &Window2d,
     ) -> Result<()> {
+        let _span = trace::span("gpu", "encode max_pool2d");
         const OP: &str = "max_pool2d";
         validate::pool(OP, g, ("x", x.len), &[("y", y.len), ("argmax", argmax.len)])?;
         self.window(Shader::MaxPool, OP, g, y.len, &[x, y, argmax])
@@ -757,6 +796,7 @@ impl Backend for GpuBackend {
         dx: &mut GpuBuffer,
         g: &Window2d,
     ) -> Result<()> {
+        let _span = trace::span("gpu", "encode max_pool2d_backward");
         const OP: &str = "max_pool2d_backward";
         validate::pool(
             OP,
@@ -768,12 +808,14 @@ impl Backend for GpuBackend {
     }
 
     fn avg_pool2d(&self, x: &GpuBuffer, y: &mut GpuBuffer, g: &Window2d) -> Result<()> {
+        let _span = trace::span("gpu", "encode avg_pool2d");
         const OP: &str = "avg_pool2d";
         validate::pool(OP, g, ("x", x.len), &[("y", y.len)])?;
         self.window(Shader::AvgPool, OP, g, y.len, &[x, y])
     }
 
     fn avg_pool2d_backward(&self, dy: &GpuBuffer, dx: &mut GpuBuffer, g: &Window2d) -> Result<()> {
+        let _span = trace::span("gpu", "encode avg_pool2d_backward");
         const OP: &str = "avg_pool2d_backward";
         validate::pool(OP, g, ("dx", dx.len), &[("dy", dy.len)])?;
         self.window(Shader::AvgPoolBackward, OP, g, dx.len, &[dy, dx])
@@ -786,6 +828,7 @@ impl Backend for GpuBackend {
         grad: &GpuBuffer,
         momentum: Option<&mut GpuBuffer>,
     ) -> Result<()> {
+        let _span = trace::span("gpu", "encode sgd_step");
         validate::sgd(p, param.len, grad.len, momentum.as_ref().map(|m| m.len))?;
         if param.len == 0 {
             return Ok(());
@@ -821,6 +864,7 @@ impl Backend for GpuBackend {
         m: &mut GpuBuffer,
         v: &mut GpuBuffer,
     ) -> Result<()> {
+        let _span = trace::span("gpu", "encode adamw_step");
         validate::adamw(p, param.len, grad.len, m.len, v.len)?;
         if param.len == 0 {
             return Ok(());

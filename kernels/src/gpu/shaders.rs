@@ -5,7 +5,7 @@
 use super::device::Shared;
 use crate::{KernelError, Result};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use ringtrain_shaders::{
     attention, common, elementwise, gemm, index, loss, norm, optim, reduce, window,
@@ -169,6 +169,8 @@ fn gemm_loader(name: &str, binding: u32, vec4: bool) -> String {
 pub(super) struct Kernel {
     pub pipeline: wgpu::ComputePipeline,
     pub layout: wgpu::BindGroupLayout,
+    /// The shader and variant, as traces name its dispatches.
+    pub name: Arc<str>,
 }
 
 #[derive(Default)]
@@ -213,5 +215,10 @@ fn compile(shared: &Shared, shader: Shader) -> Result<Kernel> {
         )));
     }
     let layout = pipeline.get_bind_group_layout(0);
-    Ok(Kernel { pipeline, layout })
+    let name = format!("{shader:?}").into();
+    Ok(Kernel {
+        pipeline,
+        layout,
+        name,
+    })
 }
