@@ -159,7 +159,10 @@ fn gpu_kernels_appear_on_the_device_row_with_their_gpu_time() {
         .find(|e| e["ph"] == "M" && e["pid"] == 2 && e["name"] == "thread_name")
         .expect("a device row");
     assert!(
-        device_row["args"]["name"].as_str().unwrap().starts_with("GPU device"),
+        device_row["args"]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("GPU device"),
         "{device_row}"
     );
     let kernels: Vec<&Value> = events

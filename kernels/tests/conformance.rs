@@ -1530,6 +1530,27 @@ fn reduction_outputs(b: &CpuBackend) -> Vec<Vec<f32>> {
     let mut dx = b.zeros(x.len()).unwrap();
     b.log_softmax_backward(&y, &xb, &mut dx, 3000, 70).unwrap();
     outs.extend([down(b, &y), down(b, &dx)]);
+    // Layer norm over rows of 700 (a tail past the 16 lanes) and its gradients.
+    let (gamma, beta) = (up(b, &x[..700]), up(b, &x[700..1400]));
+    let (mut ln, mut stats) = (b.zeros(x.len()).unwrap(), b.zeros(2 * 300).unwrap());
+    b.layer_norm(&xb, &gamma, &beta, &mut ln, &mut stats, 300, 700, 1e-5)
+        .unwrap();
+    let (mut ldx, mut dg, mut dbeta) = (
+        b.zeros(x.len()).unwrap(),
+        b.zeros(700).unwrap(),
+        b.zeros(700).unwrap(),
+    );
+    b.layer_norm_backward(
+        &xb, &gamma, &stats, &ln, &mut ldx, &mut dg, &mut dbeta, 300, 700,
+    )
+    .unwrap();
+    outs.extend([
+        down(b, &ln),
+        down(b, &stats),
+        down(b, &ldx),
+        down(b, &dg),
+        down(b, &dbeta),
+    ]);
     let (mut probs, mut loss) = (b.zeros(x.len()).unwrap(), b.zeros(1).unwrap());
     let labels = b.upload_u32(&labels).unwrap();
     b.softmax_cross_entropy(&xb, &labels, &mut probs, &mut loss, 3000, 70)

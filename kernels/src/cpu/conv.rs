@@ -12,6 +12,7 @@
 
 use super::gemm::{self, MatRef};
 use super::isa::simd_fn;
+use super::lanes;
 use super::window::{col2im_plane, im2col_plane};
 use super::Simd;
 use crate::{Result, Window2d};
@@ -26,50 +27,6 @@ const MAX_GROUPS: usize = 16;
 /// one multiply-add of a patch row into each output row at a time, the weight gradient
 /// one dot product per weight.
 const SMALL_PATCH: usize = 32;
-
-/// Sums of 16 lanes, added in a fixed tree: the same bits on every instruction set.
-#[inline(always)]
-fn lanes_sum(acc: [f32; 16]) -> f32 {
-    let mut v = acc;
-    for width in [8, 4, 2, 1] {
-        for i in 0..width {
-            v[i] += v[i + width];
-        }
-    }
-    v[0]
-}
-
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..16 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    for (i, (x, y)) in ra.iter().zip(rb).enumerate() {
-        acc[i] += x * y;
-    }
-    lanes_sum(acc)
-}
-
-#[inline(always)]
-fn sum(a: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 16];
-    let chunks = a.chunks_exact(16);
-    let rest = chunks.remainder();
-    for x in chunks {
-        for i in 0..16 {
-            acc[i] += x[i];
-        }
-    }
-    for (i, x) in rest.iter().enumerate() {
-        acc[i] += x;
-    }
-    lanes_sum(acc)
-}
 
 simd_fn! {
     /// `y` (`out_channels` rows of `area`) = `weight` x `cols` for a small patch, then the
@@ -102,7 +59,7 @@ simd_fn! {
     fn small_patch_weight_grad(dy: &[f32], cols: &[f32], dweight: &mut [f32], k: usize, area: usize) {
         for (dy_o, dw_o) in dy.chunks_exact(area).zip(dweight.chunks_exact_mut(k)) {
             for (dw, taps) in dw_o.iter_mut().zip(cols.chunks_exact(area)) {
-                *dw += dot(dy_o, taps);
+                *dw += lanes::sum_zip(dy_o, taps, |a, b| a * b);
             }
         }
     }
@@ -112,7 +69,7 @@ simd_fn! {
     /// `dbias[o] += ` the sum of `dy`'s row `o`.
     fn add_row_sums(dy: &[f32], dbias: &mut [f32], area: usize) {
         for (s, row) in dbias.iter_mut().zip(dy.chunks_exact(area)) {
-            *s += sum(row);
+            *s += lanes::sum_map(row, |v| v);
         }
     }
 }

@@ -8,6 +8,7 @@ mod elementwise;
 pub mod gemm;
 mod index;
 mod isa;
+mod lanes;
 pub mod math;
 mod max_pool_2x2;
 mod norm;

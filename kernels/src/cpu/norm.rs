@@ -1,9 +1,11 @@
-//! Fused layer norm: one pass for the row statistics, one for the output; the backward
+//! Fused layer norm: one pass for the row statistics (sums in 16 lanes), one for the
+//! output; the backward
 //! pass computes the input gradient per row and the parameter gradients over the rows in
 //! fixed blocks summed in order, so results do not depend on the thread count.
 
 use super::elementwise::{parallel, PAR_CHUNK};
 use super::isa::simd_fn;
+use super::lanes;
 use super::Simd;
 use rayon::prelude::*;
 
@@ -13,8 +15,8 @@ const ROW_BLOCK: usize = 64;
 simd_fn! {
     fn row_forward(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, y: &mut [f32]) -> (f32, f32) {
         let n = x.len() as f32;
-        let mean = x.iter().sum::<f32>() / n;
-        let var = x.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
+        let mean = lanes::sum_map(x, |v| v) / n;
+        let var = lanes::sum_map(x, |v| (v - mean) * (v - mean)) / n;
         let rstd = 1.0 / (var + eps).sqrt();
         for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
             *y = (x - mean) * rstd * g + b;
@@ -26,12 +28,8 @@ simd_fn! {
 simd_fn! {
     fn row_backward(x: &[f32], gamma: &[f32], dy: &[f32], mean: f32, rstd: f32, dx: &mut [f32]) {
         let n = x.len() as f32;
-        let (mut a, mut b) = (0f32, 0f32);
-        for ((&x, &g), &d) in x.iter().zip(gamma).zip(dy) {
-            let gd = d * g;
-            a += gd;
-            b += gd * (x - mean) * rstd;
-        }
+        let a = lanes::sum_zip(gamma, dy, |g, d| d * g);
+        let b = lanes::sum_zip3(x, gamma, dy, |x, g, d| d * g * ((x - mean) * rstd));
         let (mean_g, mean_gx) = (a / n, b / n);
         for (((dx, &x), &g), &d) in dx.iter_mut().zip(x).zip(gamma).zip(dy) {
             let xhat = (x - mean) * rstd;
