@@ -450,20 +450,28 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// column entries it was copied to (a convolution's input gradient).
     fn col2im(&self, cols: &Self::Buffer, x: &mut Self::Buffer, g: &Window2d) -> Result<()>;
 
-    /// A convolution (cross-correlation): `y = weight * x + bias`, `x` holding `g`'s
-    /// `[batch, channels, height, width]`, `weight` `[out_channels, patch_len]`, `bias`
-    /// `[out_channels]`, `y` `[batch, out_channels, out_h, out_w]`. The default unfolds the
-    /// whole batch with [`Backend::im2col`] and runs one GEMM per image; the CPU
-    /// overrides it to unfold and multiply image by image while the columns are in cache.
+    /// A convolution (cross-correlation): `y = weight * x + bias`, then a ReLU when `relu`,
+    /// `x` holding `g`'s `[batch, channels, height, width]`, `weight` `[out_channels,
+    /// patch_len]`, `bias` `[out_channels]`, `y` `[batch, out_channels, out_h, out_w]`.
+    /// The default unfolds the whole batch with [`Backend::im2col`] and runs one GEMM per
+    /// image; the CPU overrides it to unfold and multiply image by image while the
+    /// columns are in cache, adding the bias and clamping there too.
+    #[allow(clippy::too_many_arguments)]
     fn conv2d(
         &self,
         x: &Self::Buffer,
         weight: &Self::Buffer,
         bias: Option<&Self::Buffer>,
+        relu: bool,
         y: &mut Self::Buffer,
         g: &Window2d,
         out_channels: usize,
     ) -> Result<()> {
+        if relu {
+            let mut pre = self.alloc(self.len(y))?;
+            self.conv2d(x, weight, bias, false, &mut pre, g, out_channels)?;
+            return self.unary(UnaryOp::Relu, &pre, y);
+        }
         let lens = (self.len(x), self.len(weight), self.len(y));
         validate::conv2d(g, out_channels, lens, bias.map(|b| self.len(b)))?;
         let (k, area) = (g.patch_len(), g.out_h() * g.out_w());
@@ -489,21 +497,41 @@ pub trait Backend: Clone + Send + Sync + 'static {
     }
 
     /// The gradients of [`Backend::conv2d`] for the output gradient `dy`: `dweight`
-    /// (summed over the batch), and `dx` and `dbias` where asked for. The default unfolds
-    /// `x` again (columns are not kept from the forward pass: they are the largest
-    /// tensor of a convolutional network), then one GEMM per image for each gradient.
+    /// (summed over the batch), and `dx` and `dbias` where asked for; `relu_out` is the
+    /// output of a convolution run with `relu`, whose zeros mask `dy`. The default
+    /// unfolds `x` again (columns are not kept from the forward pass: they are the
+    /// largest tensor of a convolutional network), then one GEMM per image for each
+    /// gradient.
     #[allow(clippy::too_many_arguments)]
     fn conv2d_backward(
         &self,
         x: &Self::Buffer,
         weight: &Self::Buffer,
         dy: &Self::Buffer,
+        relu_out: Option<&Self::Buffer>,
         g: &Window2d,
         out_channels: usize,
         dx: Option<&mut Self::Buffer>,
         dweight: &mut Self::Buffer,
         dbias: Option<&mut Self::Buffer>,
     ) -> Result<()> {
+        if let Some(y) = relu_out {
+            crate::error::check_len("conv2d_backward", "relu_out", self.len(dy), self.len(y))?;
+            let mut masked = self.alloc(self.len(dy))?;
+            // ReLU's gradient from its output: y > 0 exactly where its input was.
+            self.unary_backward(UnaryOp::Relu, y, y, dy, &mut masked)?;
+            return self.conv2d_backward(
+                x,
+                weight,
+                &masked,
+                None,
+                g,
+                out_channels,
+                dx,
+                dweight,
+                dbias,
+            );
+        }
         let lens = [x, weight, dy].map(|b| self.len(b));
         validate::conv2d_backward(
             g,

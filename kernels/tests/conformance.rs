@@ -1082,10 +1082,10 @@ fn conv2d<B: Backend>(b: &B) {
         let (xb, wb, bb, dyb) = (up(b, &x), up(b, &w), up(b, &bias), up(b, &dy));
         let tol = 1e-4 * (k as f64).sqrt();
         let mut got = poisoned(b, y.len());
-        b.conv2d(&xb, &wb, None, &mut got, &g, out_channels)
+        b.conv2d(&xb, &wb, None, false, &mut got, &g, out_channels)
             .unwrap();
         assert_close(&format!("{ctx} y"), &down(b, &got), &y, tol, tol);
-        b.conv2d(&xb, &wb, Some(&bb), &mut got, &g, out_channels)
+        b.conv2d(&xb, &wb, Some(&bb), false, &mut got, &g, out_channels)
             .unwrap();
         assert_close(
             &format!("{ctx} y + bias"),
@@ -1104,6 +1104,7 @@ fn conv2d<B: Backend>(b: &B) {
             &xb,
             &wb,
             &dyb,
+            None,
             &g,
             out_channels,
             Some(&mut gdx),
@@ -1117,8 +1118,18 @@ fn conv2d<B: Backend>(b: &B) {
         assert_close(&format!("{ctx} dbias"), &down(b, &gdb), &db, tol, tol);
         // Only the weight's gradient, as for a first layer.
         let mut only = poisoned(b, dw.len());
-        b.conv2d_backward(&xb, &wb, &dyb, &g, out_channels, None, &mut only, None)
-            .unwrap();
+        b.conv2d_backward(
+            &xb,
+            &wb,
+            &dyb,
+            None,
+            &g,
+            out_channels,
+            None,
+            &mut only,
+            None,
+        )
+        .unwrap();
         assert_close(
             &format!("{ctx} dweight alone"),
             &down(b, &only),
@@ -1126,18 +1137,82 @@ fn conv2d<B: Backend>(b: &B) {
             tol,
             tol,
         );
+        // With the ReLU: the output clamped, and dy masked by it before every gradient.
+        let clamped: Vec<f64> = biased.iter().map(|&v| v.max(0.0)).collect();
+        let mut relu_y = poisoned(b, y.len());
+        b.conv2d(&xb, &wb, Some(&bb), true, &mut relu_y, &g, out_channels)
+            .unwrap();
+        let tol_y = 1e-4 * (k as f64).sqrt();
+        let got_y = down(b, &relu_y);
+        assert_close(&format!("{ctx} relu y"), &got_y, &clamped, tol_y, tol_y);
+        // The reference gradients for dy masked where the computed output is zero.
+        let masked: Vec<f32> = dy
+            .iter()
+            .zip(&got_y)
+            .map(|(&d, &v)| if v > 0.0 { d } else { 0.0 })
+            .collect();
+        let (mut mdx, mut mdw, mut mdb) = (
+            poisoned(b, dx.len()),
+            poisoned(b, dw.len()),
+            poisoned(b, db.len()),
+        );
+        b.conv2d_backward(
+            &xb,
+            &wb,
+            &up(b, &masked),
+            None,
+            &g,
+            out_channels,
+            Some(&mut mdx),
+            &mut mdw,
+            Some(&mut mdb),
+        )
+        .unwrap();
+        let (mut rdx, mut rdw, mut rdb) = (
+            poisoned(b, dx.len()),
+            poisoned(b, dw.len()),
+            poisoned(b, db.len()),
+        );
+        b.conv2d_backward(
+            &xb,
+            &wb,
+            &dyb,
+            Some(&relu_y),
+            &g,
+            out_channels,
+            Some(&mut rdx),
+            &mut rdw,
+            Some(&mut rdb),
+        )
+        .unwrap();
+        // Masking inside the op is the same arithmetic as masking first: equal bits.
+        for (what, got, want) in [
+            ("dx", &rdx, &mdx),
+            ("dweight", &rdw, &mdw),
+            ("dbias", &rdb, &mdb),
+        ] {
+            let (got, want) = (down(b, got), down(b, want));
+            let same = got
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "{ctx} relu {what}: masked in the op differs from masked first"
+            );
+        }
     }
     let g = windows()[1];
     let (x, w) = (up(b, &[0.0; 210]), up(b, &[0.0; 27 * 2]));
     let mut y = poisoned(b, 2 * 2 * 35);
     assert_err(
         &format!("{} conv2d bias length", b.name()),
-        b.conv2d(&x, &w, Some(&up(b, &[0.0; 3])), &mut y, &g, 2),
+        b.conv2d(&x, &w, Some(&up(b, &[0.0; 3])), false, &mut y, &g, 2),
         &["conv2d", "bias", "2", "3"],
     );
     assert_err(
         &format!("{} conv2d weight length", b.name()),
-        b.conv2d(&x, &w, None, &mut y, &g, 3),
+        b.conv2d(&x, &w, None, false, &mut y, &g, 3),
         &["conv2d", "weight"],
     );
 }
@@ -1664,6 +1739,7 @@ fn convolution_outputs(b: &CpuBackend) -> Vec<Vec<f32>> {
         &up(b, &x),
         &up(b, &w),
         Some(&bias),
+        true,
         &mut fused,
         &g,
         out_channels,
@@ -1680,6 +1756,7 @@ fn convolution_outputs(b: &CpuBackend) -> Vec<Vec<f32>> {
         &xb,
         &wb,
         &fused,
+        Some(&fused),
         &g,
         out_channels,
         grads.0,

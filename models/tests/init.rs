@@ -175,7 +175,7 @@ fn layers_from_given_tensors_and_a_shared_weight() {
         Conv2dConfig {
             stride: 2,
             padding: 1,
-            bias: true,
+            ..Conv2dConfig::default()
         },
     )
     .unwrap();

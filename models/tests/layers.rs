@@ -42,6 +42,7 @@ fn conv2d_matches_a_direct_convolution_and_names_its_parameters() {
         stride: 2,
         padding: 1,
         bias: true,
+        relu: false,
     };
     let conv = Conv2d::new(3, 4, 3, config, &dev, &mut rng).unwrap();
     let names: Vec<(String, Vec<usize>)> = conv
@@ -88,6 +89,51 @@ fn conv2d_matches_a_direct_convolution_and_names_its_parameters() {
         }
     }
     close(&y.to_vec().unwrap(), &want, 1e-5, "conv2d");
+}
+
+/// `relu: true` runs the ReLU inside the convolution: the same values, bit for bit, and
+/// the same gradients as a ReLU op after a plain convolution.
+#[test]
+fn conv2d_with_its_relu_equals_conv2d_then_relu() {
+    let dev = cpu();
+    let config = Conv2dConfig {
+        padding: 1,
+        ..Conv2dConfig::default()
+    };
+    let plain = Conv2d::new(3, 5, 3, config, &dev, &mut rng_from_seed(4)).unwrap();
+    let fused = Conv2d::new(
+        3,
+        5,
+        3,
+        Conv2dConfig {
+            relu: true,
+            ..config
+        },
+        &dev,
+        &mut rng_from_seed(4),
+    )
+    .unwrap();
+    let x = randn(vec![4, 3, 9, 7], 5, &dev);
+    let a = plain.forward(&x).unwrap().relu().unwrap();
+    let b = fused.forward(&x).unwrap();
+    let bits =
+        |t: &Tensor| -> Vec<u32> { t.to_vec().unwrap().iter().map(|v| v.to_bits()).collect() };
+    assert_eq!(bits(&a), bits(&b));
+    assert!(a.to_vec().unwrap().contains(&0.0), "some outputs clamped");
+    let (ga, gb) = (
+        a.sqr().unwrap().sum_all().unwrap().backward().unwrap(),
+        b.sqr().unwrap().sum_all().unwrap().backward().unwrap(),
+    );
+    for (pa, pb) in plain.parameters().iter().zip(fused.parameters().iter()) {
+        let (da, db) = (ga.get(pa).unwrap(), gb.get(pb).unwrap());
+        let close = da
+            .to_vec()
+            .unwrap()
+            .iter()
+            .zip(db.to_vec().unwrap())
+            .all(|(u, v)| (u - v).abs() <= 1e-5 * u.abs().max(1.0));
+        assert!(close, "gradients differ");
+    }
 }
 
 #[test]

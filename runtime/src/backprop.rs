@@ -89,6 +89,8 @@ pub(crate) enum Op {
         x: Tensor,
         weight: Tensor,
         bias: Option<Tensor>,
+        /// A ReLU applied in the op (its gradient masked by the output).
+        relu: bool,
         geom: Window2d,
     },
     MaxPool2d {
@@ -488,8 +490,12 @@ fn input_grads(op: &Op, out: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>>
             x,
             weight,
             bias,
+            relu,
             geom,
-        } => window_ops::conv2d_grads(g, x, weight, bias.as_ref(), geom)?,
+        } => {
+            let relu_out = relu.then_some(out);
+            window_ops::conv2d_grads(g, x, weight, bias.as_ref(), relu_out, geom)?
+        }
         Op::MaxPool2d { x, argmax, geom } => {
             vec![Some(window_ops::max_pool2d_grad(g, argmax, x, geom)?)]
         }

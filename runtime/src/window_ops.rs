@@ -51,6 +51,30 @@ impl Tensor {
         stride: (usize, usize),
         padding: (usize, usize),
     ) -> Result<Tensor> {
+        self.conv2d_with(weight, bias, stride, padding, false)
+    }
+
+    /// [`Tensor::conv2d`] followed by a ReLU, as one op: the CPU clamps each image's output
+    /// while it is in cache, and backward masks the gradient there too, so neither pass
+    /// goes over memory on its own. The same values and gradients as `conv2d(..)?.relu()`.
+    pub fn conv2d_relu(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        stride: (usize, usize),
+        padding: (usize, usize),
+    ) -> Result<Tensor> {
+        self.conv2d_with(weight, bias, stride, padding, true)
+    }
+
+    fn conv2d_with(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        stride: (usize, usize),
+        padding: (usize, usize),
+        relu: bool,
+    ) -> Result<Tensor> {
         const OP: &str = "conv2d";
         same_device(OP, self, weight)?;
         let &[out_channels, in_channels, kh, kw] = weight.dims() else {
@@ -89,7 +113,8 @@ impl Tensor {
                 // Locking one storage twice could wait behind a writer; such a model is
                 // rare enough to take the unfused path.
                 let y = self.conv2d(weight, None, stride, padding)?;
-                return y.add(&b.reshape((out_channels, 1, 1))?);
+                let y = y.add(&b.reshape((out_channels, 1, 1))?)?;
+                return if relu { y.relu() } else { Ok(y) };
             }
         }
         let y = self.with_pair(weight, |x, w| {
@@ -97,7 +122,7 @@ impl Tensor {
             Ok(on_device!(self.device(), be => {
                 let mut y = be.alloc(g.batch * out_channels * g.out_h() * g.out_w())?;
                 let b = b.as_deref().map(|b| buf(be, b)).transpose()?;
-                be.conv2d(buf(be, x)?, buf(be, w)?, b, &mut y, &g, out_channels)?;
+                be.conv2d(buf(be, x)?, buf(be, w)?, b, relu, &mut y, &g, out_channels)?;
                 wrap(be, y)
             }))
         })?;
@@ -106,6 +131,7 @@ impl Tensor {
             x: self.clone(),
             weight: weight.clone(),
             bias: bias.cloned(),
+            relu,
             geom: g,
         });
         Ok(self.derived(y, output_shape(&g, out_channels), rec))
@@ -167,11 +193,13 @@ impl Tensor {
 
 /// The gradients of a convolution for its output gradient `dy`, for the inputs that want
 /// one: `[dx, dweight, dbias]` (the last only with a bias).
+/// `relu_out` is the op's output when it ran with its ReLU.
 pub(crate) fn conv2d_grads(
     dy: &Tensor,
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
+    relu_out: Option<&Tensor>,
     g: &Window2d,
 ) -> Result<Vec<Option<Tensor>>> {
     let out_channels = weight.dims()[0];
@@ -179,7 +207,9 @@ pub(crate) fn conv2d_grads(
     let want_db = bias.is_some_and(Tensor::tracks_grad);
     let (dx, dw, db) = x.with_pair(weight, |xs, ws| {
         let d = dy.read();
+        let y = relu_out.map(|y| y.read());
         Ok(on_device!(dy.device(), be => {
+            let y = y.as_deref().map(|y| buf(be, y)).transpose()?;
             let mut dx = want_dx.then(|| be.alloc(g.input_len())).transpose()?;
             let mut dw = be.alloc(out_channels * g.patch_len())?;
             let mut db = want_db.then(|| be.alloc(out_channels)).transpose()?;
@@ -187,6 +217,7 @@ pub(crate) fn conv2d_grads(
                 buf(be, xs)?,
                 buf(be, ws)?,
                 buf(be, &d)?,
+                y,
                 g,
                 out_channels,
                 dx.as_mut(),

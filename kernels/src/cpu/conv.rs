@@ -66,6 +66,30 @@ simd_fn! {
 }
 
 simd_fn! {
+    fn add_bias(y: &mut [f32], bias: &[f32], area: usize) {
+        for (row, &b) in y.chunks_mut(area).zip(bias) {
+            row.iter_mut().for_each(|v| *v += b);
+        }
+    }
+}
+
+simd_fn! {
+    /// ReLU as the unary op computes it: negatives to zero, NaN and -0.0 kept.
+    fn relu_in_place(y: &mut [f32]) {
+        y.iter_mut().for_each(|v| *v = if *v < 0.0 { 0.0 } else { *v });
+    }
+}
+
+simd_fn! {
+    /// `dy` where `y > 0`, else 0: ReLU's gradient from its output.
+    fn relu_mask(dy: &[f32], y: &[f32], out: &mut [f32]) {
+        for ((o, &d), &y) in out.iter_mut().zip(dy).zip(y) {
+            *o = if y > 0.0 { d } else { 0.0 };
+        }
+    }
+}
+
+simd_fn! {
     /// `dbias[o] += ` the sum of `dy`'s row `o`.
     fn add_row_sums(dy: &[f32], dbias: &mut [f32], area: usize) {
         for (s, row) in dbias.iter_mut().zip(dy.chunks_exact(area)) {
@@ -125,11 +149,13 @@ fn by_image(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn forward(
     simd: Simd,
     x: &[f32],
     weight: &[f32],
     bias: Option<&[f32]>,
+    relu: bool,
     y: &mut [f32],
     g: &Window2d,
     out_channels: usize,
@@ -143,16 +169,17 @@ pub(crate) fn forward(
             unfold(x, n, cols, g);
             if k <= SMALL_PATCH {
                 small_patch_forward(simd, weight, cols, bias, y, k, area);
-                return Ok(());
-            }
-            let w = MatRef::row_major(weight, out_channels, k, false);
-            let c = MatRef::row_major(cols, k, area, false);
-            gemm::sgemm(simd, out_channels, area, k, 1.0, w, c, 0.0, y, area)?;
-            // The bias while this image's output is still in cache.
-            if let Some(bias) = bias {
-                for (row, &b) in y.chunks_mut(area).zip(bias) {
-                    row.iter_mut().for_each(|v| *v += b);
+            } else {
+                let w = MatRef::row_major(weight, out_channels, k, false);
+                let c = MatRef::row_major(cols, k, area, false);
+                gemm::sgemm(simd, out_channels, area, k, 1.0, w, c, 0.0, y, area)?;
+                // The bias and the ReLU while this image's output is still in cache.
+                if let Some(bias) = bias {
+                    add_bias(simd, y, bias, area);
                 }
+            }
+            if relu {
+                relu_in_place(simd, y);
             }
             Ok(())
         })
@@ -165,18 +192,28 @@ struct Partial {
     dbias: Vec<f32>,
 }
 
+/// Where [`backward`] writes: the weight gradient always, the others where asked for.
+pub(crate) struct Grads<'a> {
+    pub dx: Option<&'a mut [f32]>,
+    pub dweight: &'a mut [f32],
+    pub dbias: Option<&'a mut [f32]>,
+}
+
+/// The gradients for `dy`; with `relu_out` (the output of a convolution run with its
+/// ReLU), `dy` is first masked where that output is not positive, image by image in
+/// cache.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward(
     simd: Simd,
     x: &[f32],
     weight: &[f32],
     dy: &[f32],
+    relu_out: Option<&[f32]>,
     g: &Window2d,
     out_channels: usize,
-    dx: Option<&mut [f32]>,
-    dweight: &mut [f32],
-    dbias: Option<&mut [f32]>,
+    grads: Grads<'_>,
 ) -> Result<()> {
+    let Grads { dx, dweight, dbias } = grads;
     let (batch, k, area) = (g.batch, g.patch_len(), g.out_h() * g.out_w());
     let per_group = batch.div_ceil(MAX_GROUPS).max(1);
     let groups = batch.div_ceil(per_group);
@@ -214,10 +251,15 @@ pub(crate) fn backward(
         } else {
             0
         };
+        let mut masked = vec![0.0f32; if relu_out.is_some() { per_out } else { 0 }];
         with_scratch(k * area, dcols_len, |cols, dcols| -> Result<()> {
             for (i, dx) in dxs.into_iter().enumerate() {
                 let n = group * per_group + i;
-                let dy_n = &dy[n * per_out..(n + 1) * per_out];
+                let mut dy_n = &dy[n * per_out..(n + 1) * per_out];
+                if let Some(y) = relu_out {
+                    relu_mask(simd, dy_n, &y[n * per_out..(n + 1) * per_out], &mut masked);
+                    dy_n = &masked;
+                }
                 unfold(x, n, cols, g);
                 // dW += dy_n cols^T: the group's images in order, one accumulating GEMM.
                 let dw = &mut part.dweight;

@@ -525,17 +525,19 @@ impl Backend for CpuBackend {
         x: &Vec<f32>,
         weight: &Vec<f32>,
         bias: Option<&Vec<f32>>,
+        relu: bool,
         y: &mut Vec<f32>,
         g: &Window2d,
         out_channels: usize,
     ) -> Result<()> {
         let _span = trace::span("cpu", "conv2d")
             .arg("geometry", || format!("{g:?}"))
-            .arg("out_channels", || out_channels);
+            .arg("out_channels", || out_channels)
+            .arg("relu", || u64::from(relu));
         let lens = (x.len(), weight.len(), y.len());
         validate::conv2d(g, out_channels, lens, bias.map(|b| b.len()))?;
         let bias = bias.map(|b| b.as_slice());
-        conv::forward(self.simd, x, weight, bias, y, g, out_channels)
+        conv::forward(self.simd, x, weight, bias, relu, y, g, out_channels)
     }
 
     fn conv2d_backward(
@@ -543,6 +545,7 @@ impl Backend for CpuBackend {
         x: &Vec<f32>,
         weight: &Vec<f32>,
         dy: &Vec<f32>,
+        relu_out: Option<&Vec<f32>>,
         g: &Window2d,
         out_channels: usize,
         dx: Option<&mut Vec<f32>>,
@@ -559,21 +562,16 @@ impl Backend for CpuBackend {
             dx.as_ref().map(|b| b.len()),
             dbias.as_ref().map(|b| b.len()),
         )?;
-        let (dx, dbias) = (
-            dx.map(|b| b.as_mut_slice()),
-            dbias.map(|b| b.as_mut_slice()),
-        );
-        conv::backward(
-            self.simd,
-            x,
-            weight,
-            dy,
-            g,
-            out_channels,
-            dx,
+        if let Some(y) = relu_out {
+            crate::error::check_len("conv2d_backward", "relu_out", dy.len(), y.len())?;
+        }
+        let grads = conv::Grads {
+            dx: dx.map(|b| b.as_mut_slice()),
             dweight,
-            dbias,
-        )
+            dbias: dbias.map(|b| b.as_mut_slice()),
+        };
+        let relu_out = relu_out.map(|y| y.as_slice());
+        conv::backward(self.simd, x, weight, dy, relu_out, g, out_channels, grads)
     }
 
     fn col2im(&self, cols: &Vec<f32>, x: &mut Vec<f32>, g: &Window2d) -> Result<()> {

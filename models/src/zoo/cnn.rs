@@ -31,8 +31,10 @@ impl Cnn {
                  {channels}x{height}x{width} -> {classes}"
             )));
         }
+        // The ReLU after each convolution runs inside it (the same values as a ReLU op).
         let same = Conv2dConfig {
             padding: 1,
+            relu: true,
             ..Conv2dConfig::default()
         };
         let features = 32 * (height / 4) * (width / 4);
@@ -61,16 +63,8 @@ impl Module for Cnn {
             });
         }
         let x = x.reshape(vec![batch, c, h, w])?;
-        let x = self
-            .conv1
-            .forward(&x)?
-            .relu()?
-            .max_pool2d((2, 2), (2, 2), (0, 0))?;
-        let x = self
-            .conv2
-            .forward(&x)?
-            .relu()?
-            .max_pool2d((2, 2), (2, 2), (0, 0))?;
+        let x = self.conv1.forward(&x)?.max_pool2d((2, 2), (2, 2), (0, 0))?;
+        let x = self.conv2.forward(&x)?.max_pool2d((2, 2), (2, 2), (0, 0))?;
         let features = x.elem_count() / batch.max(1);
         let x = self.fc1.forward(&x.reshape((batch, features))?)?.relu()?;
         self.fc2.forward(&x)

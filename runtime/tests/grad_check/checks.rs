@@ -646,6 +646,15 @@ fn grad_conv2d() {
     check_grads(&[input(73, &[1, 2, 7, 5]), input(74, &[3, 2, 2, 3])], |t| {
         t[0].conv2d(&t[1], None, (2, 1), (1, 0))
     });
+    // The ReLU inside the op, its gradient masked by the output: a bias far from the
+    // sums' range keeps every output away from the kink, where finite differences fail,
+    // with two channels all clamped and two all through (mixed masks: models' layer test
+    // against conv2d then relu).
+    check_grads(&[input(78, &[2, 3, 5, 6]), input(79, &[4, 3, 3, 3])], |t| {
+        let bias = Tensor::from_slice(&[20.0, -20.0, 20.0, -20.0], 4, &dev())?;
+        t[0].scale(0.1)?
+            .conv2d_relu(&t[1], Some(&bias), (1, 1), (1, 1))
+    });
 }
 
 #[test]
