@@ -148,16 +148,18 @@ pub(crate) fn col2im_plane(src: &[f32], out: &mut [f32], g: &Window2d) {
     }
 }
 
+/// 2x2 windows at stride 2 without padding, which have kernels of their own.
+fn halves(g: &Window2d) -> bool {
+    (
+        g.kernel_h, g.kernel_w, g.stride_h, g.stride_w, g.pad_h, g.pad_w,
+    ) == (2, 2, 2, 2, 0, 0)
+}
+
 pub(crate) fn max_pool2d(simd: Simd, x: &[f32], y: &mut [f32], argmax: &mut [f32], g: &Window2d) {
     let (oh, ow) = (g.out_h(), g.out_w());
     let (h, w) = (g.height, g.width);
     let plane_out = oh * ow;
-    let halving = g.kernel_h == 2
-        && g.kernel_w == 2
-        && g.stride_h == 2
-        && g.stride_w == 2
-        && g.pad_h == 0
-        && g.pad_w == 0;
+    let halving = halves(g);
     let run = |nc: usize, (ys, args): (&mut [f32], &mut [f32])| {
         let src = &x[nc * h * w..(nc + 1) * h * w];
         if halving {
@@ -261,12 +263,7 @@ fn max_pool_2x2_backward(dy: &[f32], argmax: &[f32], out: &mut [f32], w: usize, 
 pub(crate) fn max_pool2d_backward(dy: &[f32], argmax: &[f32], dx: &mut [f32], g: &Window2d) {
     let (oh, ow) = (g.out_h(), g.out_w());
     let w = g.width;
-    let halving = g.kernel_h == 2
-        && g.kernel_w == 2
-        && g.stride_h == 2
-        && g.stride_w == 2
-        && g.pad_h == 0
-        && g.pad_w == 0;
+    let halving = halves(g);
     by_plane(dx, g.height * w, |nc, out| {
         let at = nc * oh * ow;
         if halving {

@@ -40,6 +40,26 @@ struct Timestamps {
     period: f32,
 }
 
+impl Timestamps {
+    /// A query set for the start and end of `TIMED_PASSES` passes, and its resolve buffer.
+    fn new(shared: &Shared, label: &'static str) -> Self {
+        Timestamps {
+            set: shared.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some(label),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2 * TIMED_PASSES,
+            }),
+            resolved: shared.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: u64::from(2 * TIMED_PASSES) * 8,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            }),
+            period: shared.queue.get_timestamp_period(),
+        }
+    }
+}
+
 enum Command {
     Dispatch {
         pipeline: wgpu::ComputePipeline,
@@ -111,53 +131,20 @@ impl Context {
             mapped_at_creation: false,
         });
         let slot = u64::from(shared.limits.min_uniform_buffer_offset_alignment).max(16);
-        let timestamps = shared
+        let has_timestamps = shared
             .device
             .features()
-            .contains(wgpu::Features::TIMESTAMP_QUERY)
-            .then(|| Timestamps {
-                set: shared.device.create_query_set(&wgpu::QuerySetDescriptor {
-                    label: Some("ringtrain timing"),
-                    ty: wgpu::QueryType::Timestamp,
-                    count: 2 * TIMED_PASSES,
-                }),
-                resolved: shared.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("ringtrain timestamps"),
-                    size: u64::from(2 * TIMED_PASSES) * 8,
-                    usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-                    mapped_at_creation: false,
-                }),
-                period: shared.queue.get_timestamp_period(),
-            });
-        let trace_timestamps = shared
-            .device
-            .features()
-            .contains(wgpu::Features::TIMESTAMP_QUERY)
-            .then(|| {
-                let bytes = u64::from(2 * TIMED_PASSES) * 8;
-                TraceTimestamps {
-                    ts: Timestamps {
-                        set: shared.device.create_query_set(&wgpu::QuerySetDescriptor {
-                            label: Some("ringtrain trace timing"),
-                            ty: wgpu::QueryType::Timestamp,
-                            count: 2 * TIMED_PASSES,
-                        }),
-                        resolved: shared.device.create_buffer(&wgpu::BufferDescriptor {
-                            label: Some("ringtrain trace timestamps"),
-                            size: bytes,
-                            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-                            mapped_at_creation: false,
-                        }),
-                        period: shared.queue.get_timestamp_period(),
-                    },
-                    readback: shared.device.create_buffer(&wgpu::BufferDescriptor {
-                        label: Some("ringtrain trace readback"),
-                        size: bytes,
-                        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                        mapped_at_creation: false,
-                    }),
-                }
-            });
+            .contains(wgpu::Features::TIMESTAMP_QUERY);
+        let timestamps = has_timestamps.then(|| Timestamps::new(&shared, "ringtrain timing"));
+        let trace_timestamps = has_timestamps.then(|| TraceTimestamps {
+            ts: Timestamps::new(&shared, "ringtrain trace timing"),
+            readback: shared.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("ringtrain trace readback"),
+                size: u64::from(2 * TIMED_PASSES) * 8,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+        });
         Self {
             trace_timestamps,
             trace_track: "gpu".to_string(),
