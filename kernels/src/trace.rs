@@ -246,11 +246,12 @@ impl Recording {
     /// Starts recording spans on every thread.
     pub fn start() -> Result<Recording, AlreadyRecording> {
         epoch();
-        // Clear what a previous recording left in the buffers before switching on.
-        drain();
         RECORDING
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
             .map_err(|_| AlreadyRecording)?;
+        // Only now (a refused start must not wipe the live recording): what a previous
+        // recording's late spans left in the buffers.
+        drain();
         Ok(Recording { finished: false })
     }
 
@@ -274,7 +275,7 @@ impl Drop for Recording {
 }
 
 fn drain() -> Trace {
-    let threads = THREADS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut threads = THREADS.lock().unwrap_or_else(|e| e.into_inner());
     let mut trace = Trace::default();
     for t in threads.iter() {
         let mut events = t.events.lock().unwrap_or_else(|e| e.into_inner());
@@ -283,5 +284,7 @@ fn drain() -> Trace {
             trace.events.append(&mut events);
         }
     }
+    // Threads that have exited (a replica's per-step threads) hold no buffer any more.
+    threads.retain(|t| Arc::strong_count(&t.events) > 1);
     trace
 }

@@ -15,7 +15,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Runs `f` on a thread of rayon's pool while the pool's other workers wait for work by
 /// spinning rather than sleeping, and returns its result. Results do not change (only
-/// when work starts); the waiting workers burn their cores until `f` returns.
+/// when work starts); the waiting workers burn their cores until `f` returns. Meant for
+/// one caller at a time: a spinner runs whatever work the pool has, another caller's
+/// included, and cannot stop before that work ends, so two callers at once (two
+/// Trainers in one process) can hold each other's return back by one step.
 pub fn with_awake_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     let threads = rayon::current_num_threads();
     if threads <= 1 {

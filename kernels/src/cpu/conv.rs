@@ -6,9 +6,9 @@
 //! here backward unfolds each image again, which costs a copy from the input.
 //!
 //! The batch is cut into groups of images fixed by the batch size alone; a group sums its
-//! images' weight and bias gradients in order (its weight gradient is one GEMM whose
-//! inner dimension runs over the group's images), and the groups' sums are added in
-//! group order: the bits do not depend on the thread count.
+//! images' weight and bias gradients in order (one GEMM per image accumulating into the
+//! group's weight gradient, beta 1), and the groups' sums are added in group order: the
+//! bits do not depend on the thread count.
 
 use super::gemm::{self, MatRef};
 use super::isa::simd_fn;

@@ -369,6 +369,15 @@ impl Context {
             .map_async(wgpu::MapMode::Read, move |r| {
                 let _ = tx.send(r);
             });
+        // Unmapped however this ends (a pending map is cancelled): a buffer left mapped
+        // would fail the next traced submission's copy, and poison the device.
+        struct Unmap<'a>(&'a wgpu::Buffer);
+        impl Drop for Unmap<'_> {
+            fn drop(&mut self) {
+                self.0.unmap();
+            }
+        }
+        let unmap = Unmap(&tt.readback);
         self.shared
             .device
             .poll(wgpu::PollType::Wait {
@@ -393,7 +402,7 @@ impl Context {
                     .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
                     .collect()
             });
-        tt.readback.unmap();
+        drop(unmap);
         let ticks = ticks?;
         let period = f64::from(tt.ts.period);
         let first = ticks.first().copied().unwrap_or(0);

@@ -48,6 +48,11 @@ impl Layout {
         for &len in &self.bucket_lens {
             eat(&(len as u64).to_le_bytes());
         }
+        // Where each parameter sits, not just how long the buckets are.
+        for slot in &self.slots {
+            eat(&(slot.bucket as u64).to_le_bytes());
+            eat(&(slot.offset as u64).to_le_bytes());
+        }
         h
     }
 

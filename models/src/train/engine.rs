@@ -196,7 +196,7 @@ impl<M: Module + Send, O: Optimizer + Send> Replicas<M, O> {
                 optimizer,
                 device,
                 params,
-            } => on_pool(move || {
+            } => on_pool(matches!(device, Device::Gpu(_)), move || {
                 let mut grads = GradStore::default();
                 let mut total: Option<Tensor> = None;
                 for j in 0..plan.grad_accum {
@@ -250,6 +250,11 @@ impl<M: Module + Send, O: Optimizer + Send> Replicas<M, O> {
 /// microseconds, per op); from a pool thread they share it by work stealing. A training
 /// step is hundreds of ops, so it runs where they are cheap, with the other workers
 /// spinning for work meanwhile instead of falling asleep between ops.
-fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    ringtrain_runtime::with_awake_workers(f)
+fn on_pool<R: Send>(gpu: bool, f: impl FnOnce() -> R + Send) -> R {
+    if gpu {
+        // The host mostly waits for the device: no cores to keep spinning for it.
+        rayon::scope(|_| f())
+    } else {
+        ringtrain_runtime::with_awake_workers(f)
+    }
 }

@@ -120,7 +120,6 @@ impl Trainer {
         &self.devices
     }
 
-    /// Whether this process reports (rank 0).
     /// Where this process writes `path`'s trace: `path` itself, or `NAME.rankR.EXT`
     /// when the run has several processes.
     fn trace_path(&self, path: &std::path::Path) -> std::path::PathBuf {
@@ -135,6 +134,7 @@ impl Trainer {
         path.with_file_name(name)
     }
 
+    /// Whether this process reports (rank 0).
     pub fn is_root(&self) -> bool {
         self.cluster.is_root()
     }
@@ -342,7 +342,9 @@ impl Trainer {
                     })?;
                 if config.trace_steps > 0 && at.step >= trace_until {
                     if let Some(t) = trace.take() {
-                        say(&t.finish()?.to_string());
+                        // The step's last GPU work, submitted (and timed) inside the trace.
+                        replicas.device().synchronize()?;
+                        finish_trace(t, &say);
                     }
                 }
                 if !matches!(step, StepLoss::Skipped) {
@@ -472,7 +474,8 @@ impl Trainer {
         }
 
         if let Some(t) = trace.take() {
-            say(&t.finish()?.to_string());
+            replicas.device().synchronize()?;
+            finish_trace(t, &say);
         }
         let epochs = if at.batch == per_epoch {
             at.epoch
@@ -642,5 +645,14 @@ fn set_threads(n: usize) -> Result<()> {
              before the first parallel work",
             rayon::current_num_threads()
         ))),
+    }
+}
+
+/// Writes a finished trace and says where; a trace that cannot be written is a warning,
+/// not the end of the training run it describes.
+fn finish_trace(trace: TraceFile, say: &impl Fn(&str)) {
+    match trace.finish() {
+        Ok(summary) => say(&summary.to_string()),
+        Err(e) => eprintln!("warning: {e}"),
     }
 }
