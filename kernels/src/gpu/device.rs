@@ -378,13 +378,7 @@ impl Context {
             }
         }
         let unmap = Unmap(&tt.readback);
-        self.shared
-            .device
-            .poll(wgpu::PollType::Wait {
-                submission_index: None,
-                timeout: Some(SYNC_TIMEOUT),
-            })
-            .map_err(|e| KernelError::Device(format!("waiting for the GPU: {e}")))?;
+        self.poll_wait()?;
         let mapped = rx
             .recv_timeout(SYNC_TIMEOUT)
             .map_err(|_| KernelError::Device("the GPU never returned its timestamps".into()))?;
@@ -506,16 +500,23 @@ impl Context {
         Ok((value, Some(Duration::from_nanos(nanos as u64))))
     }
 
-    /// Submits everything recorded and blocks until the GPU has run it.
-    pub fn wait(&self) -> Result<()> {
-        self.flush()?;
+    /// Blocks until the GPU has run everything submitted (submits nothing: callable with
+    /// the stream locked).
+    fn poll_wait(&self) -> Result<()> {
         self.shared
             .device
             .poll(wgpu::PollType::Wait {
                 submission_index: None,
                 timeout: Some(SYNC_TIMEOUT),
             })
-            .map_err(|e| KernelError::Device(format!("waiting for the GPU: {e}")))?;
+            .map(|_| ())
+            .map_err(|e| KernelError::Device(format!("waiting for the GPU: {e}")))
+    }
+
+    /// Submits everything recorded and blocks until the GPU has run it.
+    pub fn wait(&self) -> Result<()> {
+        self.flush()?;
+        self.poll_wait()?;
         self.take_error()
     }
 
