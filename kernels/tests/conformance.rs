@@ -1680,6 +1680,7 @@ fn cpu_results_do_not_depend_on_isa_or_thread_count() {
     // instruction set and thread count.
     let mut reductions = Vec::new();
     let mut elementwise = Vec::new();
+    let mut attention = Vec::new();
     for simd in Simd::available() {
         let b = CpuBackend::with_simd(simd);
         for threads in [1, 2, 3] {
@@ -1688,11 +1689,62 @@ fn cpu_results_do_not_depend_on_isa_or_thread_count() {
                 name.clone(),
                 with_threads(threads, || reduction_outputs(&b)),
             ));
-            elementwise.push((name, with_threads(threads, || elementwise_outputs(&b))));
+            elementwise.push((
+                name.clone(),
+                with_threads(threads, || elementwise_outputs(&b)),
+            ));
+            attention.push((name, with_threads(threads, || attention_outputs(&b))));
         }
     }
     assert_all_bitwise_equal("elementwise", &elementwise);
     assert_all_bitwise_equal("reductions", &reductions);
+    assert_all_bitwise_equal("attention", &attention);
+}
+
+/// The fused attention and its gradients at head sizes with their own code paths (16,
+/// 64) and without (24), causal with an odd number of queries and several key blocks,
+/// and with dropout: rows are paired on AVX-512 only, which must not change the bits.
+fn attention_outputs(b: &CpuBackend) -> Vec<Vec<f32>> {
+    let mut outputs = Vec::new();
+    for (d, t, causal, dropout) in [
+        (16, 77, true, 0.0),
+        (64, 70, true, 0.2),
+        (24, 33, false, 0.0),
+    ] {
+        let spec = AttentionSpec {
+            batch: 3,
+            tq: t,
+            tk: t,
+            d,
+            scale: 1.0 / (d as f32).sqrt(),
+            causal,
+            dropout,
+            seed: 7,
+        };
+        let operand = |len: usize, seed: u64| up(b, &uniform(len, -2.0, 2.0, &mut rng(seed)));
+        let (q, k, v) = (
+            operand(spec.q_len(), 21),
+            operand(spec.kv_len(), 22),
+            operand(spec.kv_len(), 23),
+        );
+        let dout = operand(spec.q_len(), 24);
+        let (mut out, mut lse) = (
+            b.zeros(spec.q_len()).unwrap(),
+            b.zeros(spec.lse_len()).unwrap(),
+        );
+        b.attention(&spec, &q, &k, &v, &mut out, &mut lse).unwrap();
+        let (mut dq, mut dk, mut dv) = (
+            b.zeros(spec.q_len()).unwrap(),
+            b.zeros(spec.kv_len()).unwrap(),
+            b.zeros(spec.kv_len()).unwrap(),
+        );
+        b.attention_backward(
+            &spec, &q, &k, &v, &out, &lse, &dout, &mut dq, &mut dk, &mut dv,
+        )
+        .unwrap();
+        outputs.extend([out, lse, dq, dk, dv].iter().map(|x| down(b, x)));
+    }
+    outputs
 }
 
 /// A convolution's kernels on a batch big enough to be shared out: the per-image GEMMs

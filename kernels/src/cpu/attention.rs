@@ -7,7 +7,7 @@
 
 use super::isa::simd_fn;
 use super::math;
-use super::Simd;
+use super::{Isa, Simd};
 use crate::{dropout_hash, AttentionSpec};
 use rayon::prelude::*;
 
@@ -19,22 +19,100 @@ const BK: usize = 64;
 /// and L2 while dK and dV take their products.
 const BQ_BACKWARD: usize = 64;
 
-simd_fn! {
-    /// `s[c] = scale * (q . key c)` for a whole tile of `BK` keys, transposed in `kt`
-    /// (`[d, BK]`, zero past the block's keys): the trip counts are constants, so the
-    /// row's 64 sums stay in registers across the head dimension.
-    fn scores_row(q: &[f32], kt: &[f32], scale: f32, s: &mut [f32; BK]) {
-        let mut acc = [0f32; BK];
-        for (e, &qe) in q.iter().enumerate() {
-            let k: &[f32; BK] = kt[e * BK..(e + 1) * BK].try_into().expect("a BK-wide tile");
-            for c in 0..BK {
-                acc[c] += qe * k[c];
-            }
-        }
-        for c in 0..BK {
+/// `s[c] = scale * acc[c]`; returns the largest of the first `limit`, taken over the
+/// whole tile in 16 lanes with the rest masked off: constant trip counts, no scalar
+/// remainder, where a running maximum is a chain of dependent steps as long as the row.
+#[inline(always)]
+fn scale_and_max(acc: &[f32; BK], scale: f32, limit: usize, s: &mut [f32; BK]) -> f32 {
+    // Comparisons, not `f32::max` (a NaN test per step): NaNs are skipped either way.
+    let bigger = |m: f32, x: f32| if x > m { x } else { m };
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    for base in (0..BK).step_by(16) {
+        for i in 0..16 {
+            let c = base + i;
             s[c] = acc[c] * scale;
+            let x = if c < limit { s[c] } else { f32::NEG_INFINITY };
+            lanes[i] = bigger(lanes[i], x);
         }
     }
+    for width in [8, 4, 2, 1] {
+        for i in 0..width {
+            lanes[i] = bigger(lanes[i], lanes[i + width]);
+        }
+    }
+    lanes[0]
+}
+
+/// `acc[c] += q[e] * kt[e * BK + c]` over the head dimension `e`: one row's scores before
+/// scaling, against a tile of `BK` keys transposed (`[d, BK]`, zero past the block's
+/// keys). The trip counts are constants, so the 64 sums stay in registers.
+#[inline(always)]
+fn row_products(q: &[f32], kt: &[f32], acc: &mut [f32; BK]) {
+    for (&qe, k) in q.iter().zip(kt.chunks_exact(BK)) {
+        for c in 0..BK {
+            acc[c] += qe * k[c];
+        }
+    }
+}
+
+simd_fn! {
+    /// `s[c] = scale * (q . key c)` for a tile of `BK` keys transposed in `kt`; returns
+    /// the largest of the first `limit` scores.
+    fn scores_row(q: &[f32], kt: &[f32], scale: f32, limit: usize, s: &mut [f32; BK]) -> f32 {
+        let mut acc = [0f32; BK];
+        row_products(q, kt, &mut acc);
+        scale_and_max(&acc, scale, limit, s)
+    }
+}
+
+simd_fn! {
+    /// [`scores_row`] for two rows, each against its own tile, as AVX-512 takes them: one
+    /// row keeps four adds in flight, two keep eight, which two FMA ports at four cycles'
+    /// latency want. Each sum runs over the head in order, so the bits are those of two
+    /// single rows.
+    fn scores_row_pair(
+        q: [&[f32]; 2],
+        kt: [&[f32]; 2],
+        scale: [f32; 2],
+        limit: [usize; 2],
+        s: [&mut [f32; BK]; 2],
+    ) -> [f32; 2] {
+        let (mut a0, mut a1) = ([0f32; BK], [0f32; BK]);
+        let rows0 = q[0].iter().zip(kt[0].chunks_exact(BK));
+        let rows1 = q[1].iter().zip(kt[1].chunks_exact(BK));
+        for ((&q0, k0), (&q1, k1)) in rows0.zip(rows1) {
+            for c in 0..BK {
+                a0[c] += q0 * k0[c];
+                a1[c] += q1 * k1[c];
+            }
+        }
+        let [s0, s1] = s;
+        [
+            scale_and_max(&a0, scale[0], limit[0], s0),
+            scale_and_max(&a1, scale[1], limit[1], s1),
+        ]
+    }
+}
+
+/// Two rows of scores with their maxima, together where the registers hold both (AVX-512:
+/// 32 of them), one after the other elsewhere (AVX2's 16 registers hold one row's 64
+/// sums). Both give the same bits.
+fn two_score_rows(
+    simd: Simd,
+    q: [&[f32]; 2],
+    kt: [&[f32]; 2],
+    scale: [f32; 2],
+    limit: [usize; 2],
+    s: [&mut [f32; BK]; 2],
+) -> [f32; 2] {
+    if simd.isa() == Isa::Avx512 {
+        return scores_row_pair(simd, q, kt, scale, limit, s);
+    }
+    let [s0, s1] = s;
+    [
+        scores_row(simd, q[0], kt[0], scale[0], limit[0], s0),
+        scores_row(simd, q[1], kt[1], scale[1], limit[1], s1),
+    ]
 }
 
 simd_fn! {
@@ -56,29 +134,56 @@ simd_fn! {
     }
 }
 
-/// `acc = acc * keep + sum_c w[c] * rows[c]` over rows of `D` values, the accumulator
-/// in registers.
+/// `acc = acc * keep + sum_c w[c] * rows[c]` over rows of `D` values, in `G` partial
+/// sums (key `c` into sum `c % G`, added pairwise at the end) so that `G * D` values are
+/// in flight: with one accumulator a 16-wide head is one chain of dependent adds, one
+/// per key.
 #[inline(always)]
-fn weighted_rows_n<const D: usize>(acc: &mut [f32], keep: f32, w: &[f32], rows: &[f32]) {
+fn weighted_rows_n<const D: usize, const G: usize>(
+    acc: &mut [f32],
+    keep: f32,
+    w: &[f32],
+    rows: &[f32],
+) {
     let out: &mut [f32; D] = (&mut acc[..D]).try_into().expect("D values");
-    let mut a = *out;
-    a.iter_mut().for_each(|a| *a *= keep);
-    for (c, &wc) in w.iter().enumerate() {
-        let x: &[f32; D] = rows[c * D..(c + 1) * D].try_into().expect("D values");
-        for e in 0..D {
-            a[e] += wc * x[e];
+    let row = |c: usize| -> &[f32; D] { rows[c * D..(c + 1) * D].try_into().expect("D values") };
+    let mut part = [[0f32; D]; G];
+    let groups = w.len() / G;
+    for g in 0..groups {
+        for (j, p) in part.iter_mut().enumerate() {
+            let (wc, x) = (w[g * G + j], row(g * G + j));
+            for e in 0..D {
+                p[e] += wc * x[e];
+            }
         }
     }
-    *out = a;
+    for (j, p) in part.iter_mut().enumerate().take(w.len() - groups * G) {
+        let (wc, x) = (w[groups * G + j], row(groups * G + j));
+        for e in 0..D {
+            p[e] += wc * x[e];
+        }
+    }
+    let mut width = G / 2;
+    while width > 0 {
+        for j in 0..width {
+            for e in 0..D {
+                part[j][e] += part[j + width][e];
+            }
+        }
+        width /= 2;
+    }
+    for e in 0..D {
+        out[e] = out[e] * keep + part[0][e];
+    }
 }
 
 simd_fn! {
     /// `acc = acc * keep + sum_c w[c] * rows[c]` over rows of `d` values.
     fn weighted_rows(acc: &mut [f32], keep: f32, w: &[f32], rows: &[f32], d: usize) {
         match d {
-            16 => weighted_rows_n::<16>(acc, keep, w, rows),
-            32 => weighted_rows_n::<32>(acc, keep, w, rows),
-            64 => weighted_rows_n::<64>(acc, keep, w, rows),
+            16 => weighted_rows_n::<16, 4>(acc, keep, w, rows),
+            32 => weighted_rows_n::<32, 2>(acc, keep, w, rows),
+            64 => weighted_rows_n::<64, 1>(acc, keep, w, rows),
             _ => {
                 let acc = &mut acc[..d];
                 acc.iter_mut().for_each(|a| *a *= keep);
@@ -228,7 +333,7 @@ pub(crate) fn forward(
         let kv = head * tk * d..(head + 1) * tk * d;
         let (k, v) = (&k[kv.clone()], &v[kv]);
         let mut kt = vec![0f32; d * BK];
-        let (mut s, mut p) = ([0f32; BK], [0f32; BK]);
+        let (mut s0, mut s1, mut p) = ([0f32; BK], [0f32; BK], [0f32; BK]);
         let mut m = [f32::NEG_INFINITY; BQ];
         let mut l = [0f32; BQ];
         out.fill(0.0);
@@ -236,24 +341,33 @@ pub(crate) fn forward(
         for c0 in (0..end).step_by(BK) {
             let nk = BK.min(end - c0);
             transpose_block(k, c0, nk, d, &mut kt);
-            for r in 0..rows {
-                let i = i0 + r;
-                let limit = spec.key_end(i).saturating_sub(c0).min(nk);
-                if limit == 0 {
+            // Rows in pairs, whose scores are taken together (`two_score_rows`).
+            for r0 in (0..rows).step_by(2) {
+                let pair = [r0, (r0 + 1).min(rows - 1)];
+                let limit = pair.map(|r| spec.key_end(i0 + r).saturating_sub(c0).min(nk));
+                if limit == [0, 0] {
                     continue;
                 }
-                scores_row(simd, &q[r * d..(r + 1) * d], &kt, spec.scale, &mut s);
-                let block_max = s[..limit].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                let m_new = m[r].max(block_max);
-                let correction = math::exp(m[r] - m_new);
-                let row_sum = exp_row(simd, &s[..limit], m_new, &mut p);
-                if spec.dropout > 0.0 {
-                    apply_dropout(spec, head, i, c0, &mut p[..limit]);
+                let q_rows = pair.map(|r| &q[r * d..(r + 1) * d]);
+                let (kts, scale) = ([&kt[..]; 2], [spec.scale; 2]);
+                let block_max = two_score_rows(simd, q_rows, kts, scale, limit, [&mut s0, &mut s1]);
+                let rows_of_pair = if pair[0] == pair[1] { 1 } else { 2 };
+                for (j, s) in [&s0, &s1].into_iter().enumerate().take(rows_of_pair) {
+                    let (r, limit) = (pair[j], limit[j]);
+                    if limit == 0 {
+                        continue;
+                    }
+                    let m_new = m[r].max(block_max[j]);
+                    let correction = math::exp(m[r] - m_new);
+                    let row_sum = exp_row(simd, &s[..limit], m_new, &mut p);
+                    if spec.dropout > 0.0 {
+                        apply_dropout(spec, head, i0 + r, c0, &mut p[..limit]);
+                    }
+                    let acc = &mut out[r * d..(r + 1) * d];
+                    weighted_rows(simd, acc, correction, &p[..limit], &v[c0 * d..], d);
+                    l[r] = l[r] * correction + row_sum;
+                    m[r] = m_new;
                 }
-                let acc = &mut out[r * d..(r + 1) * d];
-                weighted_rows(simd, acc, correction, &p[..limit], &v[c0 * d..], d);
-                l[r] = l[r] * correction + row_sum;
-                m[r] = m_new;
             }
         }
         for r in 0..rows {
@@ -344,8 +458,8 @@ pub(crate) fn backward(
                         continue;
                     }
                     let (qi, gi) = (&q[i * d..(i + 1) * d], &go[i * d..(i + 1) * d]);
-                    scores_row(simd, qi, kt, spec.scale, &mut s);
-                    scores_row(simd, gi, vt, 1.0, &mut dp);
+                    let (kts, scale) = ([&kt[..], &vt[..]], [spec.scale, 1.0]);
+                    two_score_rows(simd, [qi, gi], kts, scale, [limit, 0], [&mut s, &mut dp]);
                     exp_row(simd, &s[..limit], lse[i], p);
                     let f = &mut keep[..limit];
                     if spec.dropout > 0.0 {
