@@ -28,11 +28,11 @@ fn scale_and_max(acc: &[f32; BK], scale: f32, limit: usize, s: &mut [f32; BK]) -
     let bigger = |m: f32, x: f32| if x > m { x } else { m };
     let mut lanes = [f32::NEG_INFINITY; 16];
     for base in (0..BK).step_by(16) {
-        for i in 0..16 {
+        for (i, lane) in lanes.iter_mut().enumerate() {
             let c = base + i;
             s[c] = acc[c] * scale;
             let x = if c < limit { s[c] } else { f32::NEG_INFINITY };
-            lanes[i] = bigger(lanes[i], x);
+            *lane = bigger(*lane, x);
         }
     }
     for width in [8, 4, 2, 1] {
@@ -165,9 +165,10 @@ fn weighted_rows_n<const D: usize, const G: usize>(
     }
     let mut width = G / 2;
     while width > 0 {
-        for j in 0..width {
-            for e in 0..D {
-                part[j][e] += part[j + width][e];
+        let (low, high) = part.split_at_mut(width);
+        for (p, q) in low.iter_mut().zip(&high[..width]) {
+            for (a, b) in p.iter_mut().zip(q) {
+                *a += b;
             }
         }
         width /= 2;
