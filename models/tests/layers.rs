@@ -4,8 +4,8 @@
 //! runs the same layers as the CPU and must agree (lavapipe where there is no GPU).
 
 use ringtrain_models::nn::{
-    AvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, Dropout, Embedding, Flatten, LayerNorm,
-    MaxPool2d, Module, ModuleState, Residual, Sequential, Unflatten,
+    AvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, Dropout, Embedding, Flatten, LayerNorm, Linear,
+    MaxPool2d, Module, ModuleState, Relu, Residual, Sequential, Unflatten,
 };
 use ringtrain_models::zoo::Cnn;
 use ringtrain_runtime::{no_grad, rng_from_seed, Device, Tensor, Var};
@@ -134,6 +134,87 @@ fn conv2d_with_its_relu_equals_conv2d_then_relu() {
             .all(|(u, v)| (u - v).abs() <= 1e-5 * u.abs().max(1.0));
         assert!(close, "gradients differ");
     }
+}
+
+/// A `Sequential` runs a layer followed by a `Relu` as the layer's `forward_relu`: the
+/// Linear's GEMM applies the ReLU in its epilogue, with the same values and gradients,
+/// bit for bit, as the two ops one after the other, on every backend.
+#[test]
+fn sequential_fuses_a_relu_into_the_linear_before_it() {
+    for dev in [Some(cpu()), gpu()].into_iter().flatten() {
+        let mut rng = rng_from_seed(8);
+        let model = Sequential::new()
+            .with(Linear::new(13, 17, &dev, &mut rng).unwrap())
+            .with(Relu)
+            .with(Linear::new(17, 5, &dev, &mut rng).unwrap());
+        let names: Vec<String> = model
+            .named_parameters()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, ["0.weight", "0.bias", "2.weight", "2.bias"]);
+        let x = randn(vec![9, 13], 9, &dev);
+        let fused = model.forward(&x).unwrap();
+        let params = model.parameters();
+        let (w0, b0, w1, b1) = (&params[0], &params[1], &params[2], &params[3]);
+        let hidden = x
+            .linear(w0.as_tensor(), Some(b0.as_tensor()))
+            .unwrap()
+            .relu()
+            .unwrap();
+        assert!(
+            hidden.to_vec().unwrap().contains(&0.0),
+            "some outputs clamped"
+        );
+        let apart = hidden.linear(w1.as_tensor(), Some(b1.as_tensor())).unwrap();
+        let bits =
+            |t: &Tensor| -> Vec<u32> { t.to_vec().unwrap().iter().map(|v| v.to_bits()).collect() };
+        assert_eq!(bits(&fused), bits(&apart), "outputs on {dev:?}");
+        let loss = |y: &Tensor| y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let (gf, ga) = (loss(&fused), loss(&apart));
+        for p in &params {
+            let (f, a) = (gf.get(p).unwrap(), ga.get(p).unwrap());
+            assert_eq!(bits(&f), bits(&a), "gradients on {dev:?}");
+        }
+    }
+}
+
+/// Which of a layer's two entry points `Sequential` calls: `forward_relu` exactly when a
+/// `Relu` follows, `forward` otherwise (a `Tanh` after it, or the last layer).
+#[test]
+fn sequential_calls_forward_relu_only_before_a_relu() {
+    use ringtrain_models::nn::Tanh;
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone, Default)]
+    struct Probe(Arc<Mutex<Vec<&'static str>>>);
+    impl ModuleState for Probe {}
+    impl Module for Probe {
+        fn forward(&self, x: &Tensor) -> ringtrain_runtime::Result<Tensor> {
+            self.0.lock().unwrap().push("forward");
+            Ok(x.clone())
+        }
+        fn forward_relu(&self, x: &Tensor) -> ringtrain_runtime::Result<Tensor> {
+            self.0.lock().unwrap().push("forward_relu");
+            x.relu()
+        }
+    }
+    let probe = Probe::default();
+    let model = Sequential::new()
+        .with(probe.clone())
+        .with(Relu)
+        .with(probe.clone())
+        .with(Tanh)
+        .with(probe.clone())
+        .with(Relu)
+        .with(Relu)
+        .with(probe.clone());
+    let x = Tensor::from_slice(&[-1.0f32, 2.0], (1, 2), &cpu()).unwrap();
+    let y = model.forward(&x).unwrap();
+    assert_eq!(y.to_vec().unwrap(), [0.0, 2.0f32.tanh()]);
+    assert_eq!(
+        *probe.0.lock().unwrap(),
+        ["forward_relu", "forward", "forward_relu", "forward"]
+    );
 }
 
 #[test]

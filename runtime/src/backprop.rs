@@ -28,6 +28,8 @@ pub(crate) enum Op {
         weight: Tensor,
         bias: Tensor,
         in_out: bool,
+        /// A ReLU applied in the op (its gradient masked by the output).
+        relu: bool,
     },
     /// A sum over some dimensions, kept as size 1.
     Sum(Tensor),
@@ -471,21 +473,32 @@ fn input_grads(op: &Op, out: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>>
             weight,
             bias,
             in_out,
-        } => vec![
-            wants(x)
-                .then(|| g.matmul_t(weight, false, *in_out))
-                .transpose()?,
-            wants(weight)
-                .then(|| {
-                    if *in_out {
-                        x.matmul_t(g, true, false)
-                    } else {
-                        g.matmul_t(x, true, false)
-                    }
-                })
-                .transpose()?,
-            wants(bias).then(|| g.sum_to(bias.shape())).transpose()?,
-        ],
+            relu,
+        } => {
+            // The output is positive exactly where the ReLU's input was, so it masks.
+            let masked;
+            let g = if *relu {
+                masked = unary_backward(UnaryOp::Relu, out, out, g)?;
+                &masked
+            } else {
+                g
+            };
+            vec![
+                wants(x)
+                    .then(|| g.matmul_t(weight, false, *in_out))
+                    .transpose()?,
+                wants(weight)
+                    .then(|| {
+                        if *in_out {
+                            x.matmul_t(g, true, false)
+                        } else {
+                            g.matmul_t(x, true, false)
+                        }
+                    })
+                    .transpose()?,
+                wants(bias).then(|| g.sum_to(bias.shape())).transpose()?,
+            ]
+        }
         Op::Conv2d {
             x,
             weight,

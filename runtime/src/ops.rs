@@ -205,18 +205,33 @@ impl Tensor {
     /// shape `[out, in]` (PyTorch's layout) and an optional `bias` of shape `[out]`. Runs as
     /// one GEMM whose epilogue adds the bias on backends that fuse it (the GPU).
     pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        self.linear_impl(weight, bias, false)
+        self.linear_impl(weight, bias, false, false)
+    }
+
+    /// `relu(self W^T + bias)` in one GEMM whose epilogue adds the bias and applies the
+    /// ReLU, on every backend: the same values as `linear(..)?.relu()` without the
+    /// second pass over the output, and a backward that masks its gradient by the
+    /// output. Without a bias the product and the ReLU run as two ops.
+    pub fn linear_relu(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        self.linear_impl(weight, bias, false, true)
     }
 
     /// `self W + bias` for `weight` stored `[in, out]` (GPT-2's `Conv1D` layout): the
     /// same fused GEMM as [`Tensor::linear`], reading the weight untransposed.
     pub fn linear_in_out(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        self.linear_impl(weight, bias, true)
+        self.linear_impl(weight, bias, true, false)
     }
 
-    fn linear_impl(&self, weight: &Tensor, bias: Option<&Tensor>, in_out: bool) -> Result<Tensor> {
+    fn linear_impl(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        in_out: bool,
+        relu: bool,
+    ) -> Result<Tensor> {
+        let unfused = |y: Result<Tensor>| if relu { y?.relu() } else { y };
         let Some(bias) = bias else {
-            return self.matmul_t(weight, false, !in_out);
+            return unfused(self.matmul_t(weight, false, !in_out));
         };
         same_device("linear", self, weight)?;
         same_device("linear", self, bias)?;
@@ -252,15 +267,16 @@ impl Tensor {
         if bias.shares_storage(self) || bias.shares_storage(weight) {
             // Locking one storage twice could wait behind a writer; such a model is
             // rare enough to take the unfused path.
-            return self.matmul_t(weight, false, !in_out)?.add(bias);
+            return unfused(self.matmul_t(weight, false, !in_out)?.add(bias));
         }
         let (m, k, n) = (xd[0], xd[1], w_out);
         let spec = GemmSpec::new(m, n, k, false, !in_out);
+        let act = relu.then_some(UnaryOp::Relu);
         let storage = self.with_pair(weight, |x, w| {
             let b = bias.read();
             Ok(on_device!(self.device(), be => {
                 let mut y = be.alloc(m * n)?;
-                be.gemm_bias_act(&spec, buf(be, x)?, buf(be, w)?, buf(be, &b)?, None, &mut y)?;
+                be.gemm_bias_act(&spec, buf(be, x)?, buf(be, w)?, buf(be, &b)?, act, &mut y)?;
                 wrap(be, y)
             }))
         })?;
@@ -269,6 +285,7 @@ impl Tensor {
             weight: weight.clone(),
             bias: bias.clone(),
             in_out,
+            relu,
         });
         Ok(self.derived(storage, Shape::from((m, n)), rec))
     }

@@ -2,7 +2,7 @@ use super::{Module, ModuleState};
 use ringtrain_runtime::{Result, Tensor};
 
 macro_rules! activation {
-    ($(#[$doc:meta])* $name:ident, $method:ident) => {
+    ($(#[$doc:meta])* $name:ident, $method:ident $(, $is_relu:literal)?) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, Default)]
         pub struct $name;
@@ -13,13 +13,18 @@ macro_rules! activation {
             fn forward(&self, x: &Tensor) -> Result<Tensor> {
                 x.$method()
             }
+            $(
+            fn is_relu(&self) -> bool {
+                $is_relu
+            }
+            )?
         }
     };
 }
 
 activation!(
     /// `max(x, 0)`.
-    Relu, relu
+    Relu, relu, true
 );
 activation!(
     /// GELU, tanh approximation.

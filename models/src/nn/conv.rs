@@ -132,4 +132,10 @@ impl Module for Conv2d {
             x.conv2d(&self.weight, bias, self.stride, self.padding)
         }
     }
+
+    fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
+        // A second ReLU after the op's own changes nothing.
+        let bias = self.bias.as_ref().map(Var::as_tensor);
+        x.conv2d_relu(&self.weight, bias, self.stride, self.padding)
+    }
 }

@@ -70,6 +70,16 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.apply(x, false)
+    }
+
+    fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
+        self.apply(x, true)
+    }
+}
+
+impl Linear {
+    fn apply(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
         let in_features = self.in_features();
         if x.dims().last() != Some(&in_features) {
             return Err(Error::InvalidShape {
@@ -81,9 +91,15 @@ impl Module for Linear {
             });
         }
         let rows = x.elem_count() / in_features;
-        let y = x
-            .reshape((rows, in_features))?
-            .linear(&self.weight, self.bias.as_ref().map(Var::as_tensor))?;
+        let (x2, bias) = (
+            x.reshape((rows, in_features))?,
+            self.bias.as_ref().map(Var::as_tensor),
+        );
+        let y = if relu {
+            x2.linear_relu(&self.weight, bias)?
+        } else {
+            x2.linear(&self.weight, bias)?
+        };
         if x.rank() == 2 {
             return Ok(y);
         }

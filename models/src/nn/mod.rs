@@ -129,6 +129,19 @@ pub fn unique_parameters(named: Vec<(String, Var)>) -> Vec<(String, Var)> {
 /// ```
 pub trait Module: ModuleState {
     fn forward(&self, x: &Tensor) -> Result<Tensor>;
+
+    /// `relu(self.forward(x))`. Layers whose op can apply the ReLU itself ([`Linear`],
+    /// [`Conv2d`]) override it to save the pass over their output; [`Sequential`] calls
+    /// it for a layer followed by [`Relu`].
+    fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward(x)?.relu()
+    }
+
+    /// Whether this module is a plain ReLU, which [`Sequential`] may fuse into the
+    /// layer before it.
+    fn is_relu(&self) -> bool {
+        false
+    }
 }
 
 /// A boxed module is a module, so that code can pick a model at run time
@@ -155,6 +168,14 @@ impl<M: ModuleState + ?Sized> ModuleState for Box<M> {
 impl<M: Module + ?Sized> Module for Box<M> {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         (**self).forward(x)
+    }
+
+    fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
+        (**self).forward_relu(x)
+    }
+
+    fn is_relu(&self) -> bool {
+        (**self).is_relu()
     }
 }
 

@@ -2,7 +2,8 @@ use super::{prefixed, Buffer, Module, ModuleState, RngStream};
 use ringtrain_runtime::{Result, Tensor, Var};
 
 /// Layers applied in order. Parameters are named `"{index}.{name}"`, as PyTorch's
-/// `nn.Sequential` names them.
+/// `nn.Sequential` names them. A layer followed by a [`Relu`](super::Relu) runs as
+/// [`Module::forward_relu`], which a `Linear` or `Conv2d` computes in one op.
 #[derive(Default)]
 pub struct Sequential {
     layers: Vec<Box<dyn Module + Send + Sync>>,
@@ -47,8 +48,13 @@ impl Sequential {
 impl Module for Sequential {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut x = x.clone();
-        for layer in &self.layers {
-            x = layer.forward(&x)?;
+        let mut layers = self.layers.iter().peekable();
+        while let Some(layer) = layers.next() {
+            x = if layers.next_if(|next| next.is_relu()).is_some() {
+                layer.forward_relu(&x)?
+            } else {
+                layer.forward(&x)?
+            };
         }
         Ok(x)
     }

@@ -66,7 +66,7 @@ impl Module for Cnn {
         let x = self.conv1.forward(&x)?.max_pool2d((2, 2), (2, 2), (0, 0))?;
         let x = self.conv2.forward(&x)?.max_pool2d((2, 2), (2, 2), (0, 0))?;
         let features = x.elem_count() / batch.max(1);
-        let x = self.fc1.forward(&x.reshape((batch, features))?)?.relu()?;
+        let x = self.fc1.forward_relu(&x.reshape((batch, features))?)?;
         self.fc2.forward(&x)
     }
 }

@@ -346,6 +346,21 @@ fn grad_linear_with_and_without_bias() {
 }
 
 #[test]
+fn grad_linear_relu() {
+    // The ReLU in the GEMM's epilogue, its gradient masked by the output. A bias far from
+    // the sums' range keeps every output away from the kink (where finite differences
+    // fail), with two outputs clamped and two through.
+    check_grads(&[input(65, &[5, 7]), input(66, &[4, 7])], |t| {
+        let bias = Tensor::from_slice(&[20.0, -20.0, -20.0, 20.0], 4, &dev())?;
+        t[0].scale(0.1)?.linear_relu(&t[1], Some(&bias))
+    });
+    // The bias's own gradient: magnitudes of 10 to 40 with random signs.
+    check_grads(&[input(67, &[3, 5]), input(68, &[4, 5]), nonzero(69, &[4])], |t| {
+        t[0].scale(0.1)?.linear_relu(&t[1], Some(&t[2].scale(20.0)?))
+    });
+}
+
+#[test]
 fn grad_matmul_batched_3d() {
     check_grads(&[input(32, &[2, 4, 5]), input(33, &[2, 5, 3])], |t| {
         t[0].matmul(&t[1])
