@@ -48,11 +48,11 @@ impl MicroKernel for Avx512 {
 }
 
 /// The kernel, with A's element `(i, p)` at `a[i * rs_a + p * cs_a]`, B's row `p` at
-/// `b[p * rs_b..]`, and the epilogue (`bias`, `relu`) of `MicroKernel::kernel`.
-#[inline]
+/// `b[p * rs_b..]`, and the epilogue (`bias`, `relu`) of `MicroKernel::kernel`; the
+/// strides of an operand whose flag is set are its packed ones, as constants.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn body(
+unsafe fn body<const PACKED_A: bool, const PACKED_B: bool>(
     kc: usize,
     a: *const f32,
     rs_a: usize,
@@ -66,6 +66,8 @@ unsafe fn body(
     bias: *const f32,
     relu: bool,
 ) {
+    let (rs_a, cs_a) = if PACKED_A { (1, MR) } else { (rs_a, cs_a) };
+    let rs_b = if PACKED_B { NR } else { rs_b };
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         // C is touched only after the loop: start fetching its rows now, so the misses
