@@ -3,11 +3,8 @@
 //! message per second (algorithm bandwidth). `cargo run --release --example allreduce`
 //! prints the full table with bus bandwidth and memcpy beside it.
 
-#[path = "support/collective.rs"]
-mod collective;
-
-use collective::all_reduce_iters;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use ringtrain::bench::collective::all_reduce_iters;
 use ringtrain::comm::{ring, star};
 use std::time::Duration;
 

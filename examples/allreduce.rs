@@ -14,12 +14,9 @@
 //!
 //!     mpirun -np 4 target/release/examples/allreduce --mpi --json-out ar-mpi.json
 
-#[path = "../benches/support/collective.rs"]
-mod collective;
-
 use clap::Parser;
-use collective::{bus_bandwidth, memcpy_bandwidth, time_all_reduce};
 use indicatif::{ProgressBar, ProgressStyle};
+use ringtrain::bench::collective::{bus_bandwidth, memcpy_bandwidth, time_all_reduce};
 use ringtrain::comm::{ring_with, star, RingConfig};
 use serde::Serialize;
 use std::error::Error;
@@ -233,7 +230,7 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
 #[cfg(feature = "mpi")]
 mod over_mpi {
     use super::*;
-    use collective::time_ranked;
+    use ringtrain::bench::collective::time_ranked;
     use ringtrain::comm::mpi::{Mpi, MpiAlgorithm, MpiComm, MpiConfig};
     use ringtrain::comm::Communicator;
 

@@ -1,6 +1,6 @@
 //! Single-precision GEMM throughput of the WGSL kernel on a GPU adapter, by size.
 //!
-//! Protocol (examples/support/gemm_protocol.rs, shared with bench/burn-matmul, which
+//! Protocol (`ringtrain::bench::protocol`, shared with bench/burn-matmul, which
 //! times burn's wgpu matmul the same way): 2 warm-up samples, then samples until at least
 //! 3 and `--min-time` seconds have passed; a sample is `--calls-per-sample` back-to-back
 //! GEMMs followed by a device sync, so per-call times include the GPU work and not one
@@ -9,11 +9,8 @@
 //!     cargo run --release --example gpu_gemm -- --sizes 1024,2048,4096 --peak-tflops 51
 //!     WGPU_BACKEND=vulkan cargo run --release --example gpu_gemm -- --sizes 128,256,512
 
-#[path = "support/gemm_protocol.rs"]
-mod gemm_protocol;
-
 use clap::Parser;
-use gemm_protocol::{operands, time_samples, verify, Report, Row};
+use ringtrain::bench::protocol::{operands, time_samples, verify, Report, Row};
 use ringtrain::kernels::gpu::GpuBackend;
 use ringtrain::kernels::{Backend, GemmSpec};
 use std::error::Error;

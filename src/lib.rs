@@ -6,7 +6,9 @@
 //!   are computed);
 //! - the runtime: [`Device`], [`Tensor`] with reverse-mode autograd, [`Var`], [`optim`];
 //! - the models: [`nn`] layers, the [`zoo`], [`data`] sets, [`eval`] and data
-//!   [`parallel`]ism (over the collectives of [`comm`]).
+//!   [`parallel`]ism (over the collectives of [`comm`]);
+//! - [`bench`]: this machine measured, every backend side by side (the figures of
+//!   docs/BENCHMARKS.md).
 //!
 //! ```
 //! use ringtrain::prelude::*;
@@ -22,6 +24,7 @@
 //! # }
 //! ```
 
+pub mod bench;
 pub use ringtrain_kernels as kernels;
 pub use ringtrain_models::{checkpoint, data, eval, nn, parallel, trace, train, zoo};
 pub use ringtrain_runtime::{comm, optim};

@@ -1,5 +1,5 @@
-//! Timing of collectives, shared by `examples/allreduce.rs` and `benches/allreduce.rs`
-//! (each includes this file with `#[path]`).
+//! Timing of collectives, for `examples/allreduce.rs`, `benches/allreduce.rs` and a
+//! user's own communicator.
 //!
 //! Protocol, after nccl-tests: every peer runs on its own thread with its own buffer;
 //! the peers line up on the group's barrier, each times `iters` back-to-back all-reduces
@@ -9,9 +9,7 @@
 //! each peer must send and receive in any all-reduce, so that it compares with a link's
 //! (here: memory's) bandwidth whatever the group size.
 
-#![allow(dead_code)] // each includer uses part of it
-
-use ringtrain::comm::{CommError, Communicator};
+use crate::comm::{CommError, Communicator};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

@@ -1,13 +1,15 @@
-//! The GEMM timing protocol shared by `examples/gpu_gemm.rs` and `bench/burn-matmul` (each
-//! includes this file with `#[path]`; it needs only std and serde), so that ringtrain's
-//! and burn's figures compare number for number: the same operands, the same check of the
-//! result, the same samples and statistics, the same JSON.
+//! The GEMM timing protocol of ringtrain's benchmarks (`examples/gpu_gemm.rs`, the
+//! backend comparison) and of the peer benchmarks `bench/burn-matmul` and
+//! `bench/gemm-crates` (which include this file with `#[path]`, so it needs only std,
+//! serde and serde_json): ringtrain's and the peers' figures compare number for number,
+//! with the same operands, the same check of the result, the same samples and
+//! statistics, the same JSON.
 //!
 //! Protocol: 2 warm-up samples, then samples until at least 3 and `min_time` seconds of
 //! calls have passed (at most 5000); a sample is `calls` back-to-back products followed by
 //! a device sync, timed by the caller and reported per call.
 
-#![allow(dead_code)] // each includer uses part of it
+#![allow(dead_code)] // the peer benchmarks that include this file use part of it
 
 use serde::Serialize;
 use std::error::Error;

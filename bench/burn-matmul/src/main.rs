@@ -1,7 +1,7 @@
 //! Single-precision matmul throughput of burn's wgpu backend, by size: the peer number beside
 //! ringtrain's WGSL GEMM (`examples/gpu_gemm.rs`) in docs/BENCHMARKS.md.
 //!
-//! Protocol (examples/support/gemm_protocol.rs, shared with examples/gpu_gemm.rs, so the
+//! Protocol (src/bench/protocol.rs, shared with examples/gpu_gemm.rs, so the
 //! two compare number for number):
 //! 2 warm-up samples, then samples until at least 3 and `--min-time` seconds have passed
 //! (at most 5000); a sample is `--calls-per-sample` back-to-back matmuls followed by a device
@@ -17,7 +17,7 @@
 //!     cargo build --release
 //!     WGPU_BACKEND=vulkan ./target/release/burn-matmul --sizes 128,256,512 --json-out /tmp/burn.json
 
-#[path = "../../../examples/support/gemm_protocol.rs"]
+#[path = "../../../src/bench/protocol.rs"]
 mod gemm_protocol;
 
 use burn::tensor::wgpu::WgpuBackend;

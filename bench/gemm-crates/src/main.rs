@@ -1,12 +1,12 @@
 //! Single-thread SGEMM of the `gemm` and `matrixmultiply` crates on square row-major
 //! matrices, timed as ringtrain's `examples/sgemm.rs` and `scripts/peers.py` time
-//! theirs: the same operands and result check (ringtrain's `gemm_protocol.rs`, included),
+//! theirs: the same operands and result check (ringtrain's `src/bench/protocol.rs`, included),
 //! 2 warm-up calls, then single calls until 0.5 s and 3 calls have passed; best and
 //! median.
 //!
 //!     cargo run --release -- --json-out gemm-crates.json
 
-#[path = "../../../examples/support/gemm_protocol.rs"]
+#[path = "../../../src/bench/protocol.rs"]
 mod gemm_protocol;
 
 use clap::Parser;
