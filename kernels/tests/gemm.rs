@@ -92,6 +92,10 @@ const SHAPES: &[(usize, usize, usize)] = &[
     // Wide enough that even a row-major A is packed (the driver reads A in place only
     // while B is narrow, see `reads_a_in_place`).
     (20, 1700, 30),
+    // Rows a multiple of 4 KiB apart (A, k = 1024) or of 512 bytes (B, n = 128): packed
+    // where they would otherwise be read in place, for L1's sets.
+    (20, 64, 1024),
+    (40, 128, 64),
 ];
 
 #[test]

@@ -521,9 +521,12 @@ fn run_task<K: MicroKernel>(
 /// rows stream from memory for every block of B. A transposed A (the weight gradient's
 /// `G^T`) gathers a cache line per step of k, which pays only when B is narrow or A short
 /// (1024 x 64 x 1024: 33 -> 47 GFLOP/s; 1024 x 256 x 1024: 54 -> 45).
+///
+/// Not when A's rows are a multiple of 4 KiB apart: the panel's MR rows then fall in the
+/// same sets of L1 and evict each other and B (see `reads_b_in_place` on L1's sets).
 fn reads_a_in_place<K: MicroKernel>(s: &Shape, a: &MatRef) -> bool {
     if a.cs == 1 {
-        s.n <= 4 * K::NC
+        s.n <= 4 * K::NC && !a.rs.is_multiple_of(1024)
     } else if a.rs == 1 {
         s.n <= 64 || (s.n <= 384 && s.m <= 512)
     } else {
@@ -536,8 +539,16 @@ fn reads_a_in_place<K: MicroKernel>(s: &Shape, a: &MatRef) -> bool {
 /// (the weight gradient's `X`, 1024 rows) costs as much as the product. Measured on Zen 2
 /// (`sgemm --shapes`): 15-25% faster up to m = 128 (64 x 64 x 1024: 60 -> 71 GFLOP/s;
 /// 94 x 384 x 1024: 67 -> 77), 5-8% slower from m = 192.
+///
+/// Not when B's rows are a multiple of 512 bytes apart: a panel's `kc` rows, one 64-byte
+/// line each, then fall in at most 8 of L1's 64 sets (64 lines), evict each other, and
+/// every call of the kernel reads them from L2 again; packed, the panel is contiguous
+/// and stays in L1 from one panel of A to the next. Measured on Zen 3, in place against
+/// packed: 128 x 512 x 256 (the MLP's input gradient, B rows 2 KiB apart) 40 against 52
+/// GFLOP/s, 94 x 384 x 1024 (1.5 KiB) 43 against 46; 64 x 64 x 1024 (256 bytes, 16 sets)
+/// 59 against 43.
 fn reads_b_in_place(s: &Shape, b: &MatRef) -> bool {
-    b.cs == 1 && s.m <= 128
+    b.cs == 1 && s.m <= 128 && !b.rs.is_multiple_of(128)
 }
 
 /// A kc x NR panel of B for the micro-kernel: row `p` at `ptr + p * rs`.
