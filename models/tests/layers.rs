@@ -168,7 +168,7 @@ fn sequential_fuses_a_relu_into_the_linear_before_it() {
         let (gf, ga) = (loss(&fused), loss(&apart));
         for p in &params {
             let (f, a) = (gf.get(p).unwrap(), ga.get(p).unwrap());
-            assert_eq!(bits(&f), bits(&a), "gradients on {dev:?}");
+            assert_eq!(bits(f), bits(a), "gradients on {dev:?}");
         }
     }
 }
