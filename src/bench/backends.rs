@@ -118,6 +118,8 @@ pub struct Comparison {
     pub cpu: String,
     pub threads: usize,
     pub gpu: Option<String>,
+    /// How GPU kernels were timed: "timestamp queries" or "wall clock" (a clock around
+    /// the calls and a device sync).
     pub gpu_timing: Option<&'static str>,
     pub peak_tflops: Option<f64>,
     /// The backends measured, in the order asked for.
@@ -306,7 +308,7 @@ pub fn compare_backends(config: &ComparisonConfig) -> Res<Comparison> {
             if g.has_timestamps() {
                 "timestamp queries"
             } else {
-                "a synchronized wall clock"
+                "wall clock"
             }
         }),
         peak_tflops: peak,
@@ -402,7 +404,10 @@ impl fmt::Display for Comparison {
             let peak = self
                 .peak_tflops
                 .map_or("unknown (--peak-tflops)".into(), |p| format!("{p} TFLOP/s"));
-            let timing = self.gpu_timing.unwrap_or("-");
+            let timing = match self.gpu_timing {
+                Some("wall clock") => "a synchronized wall clock",
+                other => other.unwrap_or("-"),
+            };
             writeln!(
                 f,
                 "GPU: {gpu} | kernels timed with {timing} | FP32 peak {peak}"
