@@ -96,6 +96,9 @@ const SHAPES: &[(usize, usize, usize)] = &[
     // where they would otherwise be read in place, for L1's sets.
     (20, 64, 1024),
     (40, 128, 64),
+    // Packed A of more rows than a block of A that one panel of B meets (MC), the last
+    // block and the last panel partial.
+    (400, 1100, 20),
 ];
 
 #[test]

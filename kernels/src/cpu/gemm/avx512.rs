@@ -18,6 +18,8 @@ impl MicroKernel for Avx512 {
     // client's 512 KiB) stream from L2.
     const KC: usize = 256;
     const NC: usize = 384;
+    // Not BLIS's order: a 256 x 32 panel of B is 32 KiB, all of Zen 4's L1.
+    const MC: usize = MR;
 
     const STRIDED_A: bool = true;
     const STRIDED_B: bool = true;

@@ -6,8 +6,9 @@
 //! busiest task does the least work, packing included), run in one parallel region. Each
 //! task walks k in KC-deep slices: it packs its rows of A for the slice (or reads A in
 //! place when B is narrow and packing would not pay), then, NC columns at a time, packs
-//! that KC x NC block of B and runs its tiles, so one MR x KC panel of A sits in L1 while
-//! the block of B streams from L2. Tasks write disjoint tiles and every element of C sums
+//! that KC x NC block of B and runs its tiles: each panel of B meets MC rows of A in turn,
+//! so one KC x NR panel of B sits in L1 while that block of A streams from L2 (or, where a
+//! kernel's MC is MR, one MR x KC panel of A sits in L1 while the block of B streams). Tasks write disjoint tiles and every element of C sums
 //! its slices in the same order whatever the grid, so results are bit-identical on any
 //! number of threads.
 
@@ -69,6 +70,10 @@ pub(crate) trait MicroKernel {
     const NR: usize;
     const KC: usize;
     const NC: usize;
+    /// Rows of packed A (a multiple of MR) that each panel of B meets in turn: MR keeps
+    /// one panel of A in L1 while the block of B streams from L2; more keeps a block of A
+    /// in L2 while one panel of B stays in L1 (BLIS's order).
+    const MC: usize;
 
     /// Whether `kernel` reads A at any strides; if not, A is always packed.
     const STRIDED_A: bool;
@@ -434,6 +439,9 @@ fn run_task<K: MicroKernel>(
     // than 384 + 384 + 16).
     let n_panels = task.cols.1 - task.cols.0;
     let nc_panels = n_panels.div_ceil(n_panels.div_ceil(K::NC / nr));
+    // A read in place has no block of its own to keep in L2: one panel at a time, which
+    // stays in L1 against the whole block of B.
+    let mc_panels = if direct_a { 1 } else { (K::MC / mr).max(1) };
     apack.resize(packed_a * mr * kc_max, 0.0);
     bpack.resize(nc_panels * nr * kc_max, 0.0);
     for pc in (0..s.k).step_by(kc_max) {
@@ -497,15 +505,17 @@ fn run_task<K: MicroKernel>(
                     }
                 }
             };
-            for ip in ip0..ip1 {
-                let a_panel = a_panel(ip);
+            for ib in (ip0..ip1).step_by(mc_panels) {
+                let ib_end = (ib + mc_panels).min(ip1);
                 for jp in jb..jb_end {
-                    // SAFETY: tasks cover disjoint tiles of C, which `sgemm` bounds-checked;
-                    // the operands' panels are in bounds (above).
-                    unsafe {
-                        let b_panel = b_panel(jp);
-                        tile::<K>(s, kc, a_panel, b_panel, c, ip * mr, jp * nr, beta, last)
-                    };
+                    let b_panel = b_panel(jp);
+                    for ip in ib..ib_end {
+                        // SAFETY: tasks cover disjoint tiles of C, which `sgemm`
+                        // bounds-checked; the operands' panels are in bounds (above).
+                        unsafe {
+                            tile::<K>(s, kc, a_panel(ip), b_panel, c, ip * mr, jp * nr, beta, last)
+                        };
+                    }
                 }
             }
         }

@@ -15,6 +15,7 @@ impl MicroKernel for Neon {
     const NR: usize = NR;
     const KC: usize = 256;
     const NC: usize = 512;
+    const MC: usize = MR;
 
     // A's rows are loaded as vectors, so its panel is always packed; B's rows are
     // contiguous either way.

@@ -13,6 +13,7 @@ impl MicroKernel for Portable {
     const NR: usize = NR;
     const KC: usize = 256;
     const NC: usize = 512;
+    const MC: usize = MR;
 
     const STRIDED_A: bool = true;
     const STRIDED_B: bool = true;
