@@ -483,7 +483,7 @@ fn run_task<K: MicroKernel>(
             if b.cs == 1 {
                 let j0 = b_packed_from * nr;
                 let cols = (jb_end * nr).min(s.n) - j0;
-                pack::pack_b_rows(bp, b, pc, kc, j0, cols, nr);
+                pack::pack_b_rows(bp, b, pc, kc, j0, cols, nr, s.avx_pack);
             } else {
                 for (idx, dst) in bp.chunks_mut(nr * kc).enumerate() {
                     let j0 = (b_packed_from + idx) * nr;
