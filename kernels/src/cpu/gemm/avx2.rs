@@ -1,7 +1,7 @@
 //! AVX2+FMA micro-kernel: the classic 6 x 16 tile, 12 ymm accumulators, two 8-wide loads
 //! of packed B and six broadcasts of packed A per step of k.
 
-use super::{with_packed_strides, MicroKernel};
+use super::{tiles_of_body, with_packed_strides, MicroKernel, Tiles};
 use std::arch::x86_64::*;
 
 pub(super) struct Avx2Fma;
@@ -49,12 +49,21 @@ impl MicroKernel for Avx2Fma {
             ))
         }
     }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tiles(t: &Tiles) {
+        // SAFETY: as for `tiles`.
+        unsafe { with_packed_strides!(tile_run(t)) }
+    }
 }
+
+tiles_of_body!();
 
 /// The kernel, with A's element `(i, p)` at `a[i * rs_a + p * cs_a]`, B's row `p` at
 /// `b[p * rs_b..]`, and the epilogue (`bias`, `relu`) of `MicroKernel::kernel`; the
 /// strides of an operand whose flag is set are its packed ones, as constants.
-#[target_feature(enable = "avx2,fma")]
+// Inlined into `kernel` and `tile_run`, which are compiled for avx2 and fma.
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn body<const PACKED_A: bool, const PACKED_B: bool>(
     kc: usize,

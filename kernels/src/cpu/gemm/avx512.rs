@@ -2,7 +2,7 @@
 //! k loads one 32-wide row of packed B (two zmm) and broadcasts 12 values of packed A,
 //! which the compiler folds into the FMAs as embedded broadcasts.
 
-use super::{with_packed_strides, MicroKernel};
+use super::{tiles_of_body, with_packed_strides, MicroKernel, Tiles};
 use std::arch::x86_64::*;
 
 pub(super) struct Avx512;
@@ -47,12 +47,21 @@ impl MicroKernel for Avx512 {
             ))
         }
     }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tiles(t: &Tiles) {
+        // SAFETY: as for `tiles`.
+        unsafe { with_packed_strides!(tile_run(t)) }
+    }
 }
+
+tiles_of_body!();
 
 /// The kernel, with A's element `(i, p)` at `a[i * rs_a + p * cs_a]`, B's row `p` at
 /// `b[p * rs_b..]`, and the epilogue (`bias`, `relu`) of `MicroKernel::kernel`; the
 /// strides of an operand whose flag is set are its packed ones, as constants.
-#[target_feature(enable = "avx512f")]
+// Inlined into `kernel` and `tile_run`, which are compiled for avx512f.
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn body<const PACKED_A: bool, const PACKED_B: bool>(
     kc: usize,
