@@ -274,6 +274,16 @@ unsafe fn transpose_avx(
         // SAFETY: 8 - width + 8 <= 16 values of LANES.
         let mask = unsafe { _mm256_loadu_si256(LANES[8 - width..].as_ptr().cast()) };
         for p in (0..full_k).step_by(8) {
+            // The rows of the next panel (the caller's next call), a line of each per two
+            // blocks: A's rows are read a slice of k at a time, too short a stream for the
+            // hardware's prefetchers, and the loads missed to memory at 1024^3. Only a
+            // hint: past the operand's end it does nothing.
+            if p % 16 == 0 {
+                for q in 0..block_rows {
+                    let next = src.wrapping_add((r0 + rows + rb + q) * stride + p0 + p);
+                    _mm_prefetch::<_MM_HINT_T0>(next.cast());
+                }
+            }
             // SAFETY: see the function's contract; rows past `block_rows` read as zero.
             unsafe {
                 let row = |q: usize| {
