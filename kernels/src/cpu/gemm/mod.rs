@@ -476,7 +476,11 @@ fn run<K: MicroKernel>(s: &Shape, a: &MatRef, b: &MatRef, c: &mut [f32]) {
 /// that gives the busiest task the least work. Each task packs what it reads (its columns
 /// of B, and its rows of A unless A is read in place), so a split along rows repeats B's
 /// packing and one along columns repeats A's; one packed value is costed as 16
-/// multiply-adds (about the ratio of the packing's speed to the kernel's).
+/// multiply-adds (about the ratio of the packing's speed to the kernel's). Of grids within
+/// 2% of the cheapest (a square's row split costs a little more, its MR-row panels not
+/// halving evenly), the one with the most row blocks: tasks then share B's blocks in L3
+/// and each writes whole rows of C (Zen 3, 2 threads, rows against columns alternated
+/// call by call: 1536^3 and 2048^3 3-7% faster, 1024^3 3%).
 fn task_grid(
     s: &Shape,
     m_panels: usize,
@@ -485,24 +489,27 @@ fn task_grid(
     (direct_a, direct_b): (bool, bool),
 ) -> (usize, usize) {
     const PACK_COST: usize = 16;
-    let mut best = (1, 1, usize::MAX);
-    for gm in 1..=threads {
-        if !threads.is_multiple_of(gm) {
-            continue;
-        }
-        let gn = threads / gm;
-        if gm > m_panels || gn > n_panels {
-            continue;
-        }
-        let rows = (m_panels.div_ceil(gm) * s.m.div_ceil(m_panels)).min(s.m);
-        let cols = (n_panels.div_ceil(gn) * s.n.div_ceil(n_panels)).min(s.n);
-        let packed = if direct_a { 0 } else { s.k * rows } + if direct_b { 0 } else { s.k * cols };
-        let cost = rows * cols * s.k + PACK_COST * packed;
-        if cost < best.2 {
-            best = (gm, gn, cost);
-        }
-    }
-    (best.0, best.1)
+    let grids = (1..=threads)
+        .filter(|&gm| threads.is_multiple_of(gm))
+        .map(|gm| (gm, threads / gm))
+        .filter(|&(gm, gn)| gm <= m_panels && gn <= n_panels);
+    let costed: Vec<_> = grids
+        .map(|(gm, gn)| {
+            let rows = (m_panels.div_ceil(gm) * s.m.div_ceil(m_panels)).min(s.m);
+            let cols = (n_panels.div_ceil(gn) * s.n.div_ceil(n_panels)).min(s.n);
+            let packed =
+                if direct_a { 0 } else { s.k * rows } + if direct_b { 0 } else { s.k * cols };
+            (gm, gn, rows * cols * s.k + PACK_COST * packed)
+        })
+        .collect();
+    let Some(cheapest) = costed.iter().map(|&(_, _, cost)| cost).min() else {
+        return (1, 1);
+    };
+    costed
+        .into_iter()
+        .filter(|&(_, _, cost)| cost <= cheapest + cheapest / 50)
+        .max_by_key(|&(gm, _, _)| gm)
+        .map_or((1, 1), |(gm, gn, _)| (gm, gn))
 }
 
 /// One task: for each slice of k, pack its rows of A (unless read in place), then for each
