@@ -8,9 +8,9 @@
 //! place when B is narrow and packing would not pay), then, NC columns at a time, packs
 //! that KC x NC block of B and runs its tiles: each panel of B meets MC rows of A in turn,
 //! so one KC x NR panel of B sits in L1 while that block of A streams from L2 (or, where a
-//! kernel's MC is MR, one MR x KC panel of A sits in L1 while the block of B streams). Tasks write disjoint tiles and every element of C sums
-//! its slices in the same order whatever the grid, so results are bit-identical on any
-//! number of threads.
+//! kernel's MC is MR, one MR x KC panel of A sits in L1 while the block of B streams).
+//! Tasks write disjoint tiles and every element of C sums its slices in the same order
+//! whatever the grid, so results are bit-identical on any number of threads.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
