@@ -68,34 +68,41 @@ pub(super) fn pack_b_rows(
     avx: bool,
 ) {
     debug_assert!(b.cs == 1 && dst.len() == cols.div_ceil(nr) * nr * kc);
+    let block = RowBlock {
+        b,
+        p0,
+        kc,
+        j0,
+        cols,
+    };
     #[cfg(target_arch = "x86_64")]
     if avx && cols >= nr && matches!(nr, 16 | 32) {
         // SAFETY: the caller vouches for AVX; the slices bound every access (checked below).
         unsafe {
             if nr == 16 {
-                pack_b_rows_avx::<2>(dst, b, p0, kc, j0, cols);
+                pack_b_rows_avx::<2>(dst, &block);
             } else {
-                pack_b_rows_avx::<4>(dst, b, p0, kc, j0, cols);
+                pack_b_rows_avx::<4>(dst, &block);
             }
         }
         return;
     }
     let _ = avx;
-    pack_b_rows_from(dst, b, p0, kc, j0, cols, nr, 0);
+    pack_b_rows_from(dst, &block, nr, 0);
 }
 
-/// [`pack_b_rows`] from panel `first` on, with copies of four floats.
-#[allow(clippy::too_many_arguments)]
-fn pack_b_rows_from(
-    dst: &mut [f32],
-    b: &MatRef,
+/// Rows `p0..p0+kc` x columns `j0..j0+cols` of a row-major B, for [`pack_b_rows`].
+struct RowBlock<'a> {
+    b: &'a MatRef<'a>,
     p0: usize,
     kc: usize,
     j0: usize,
     cols: usize,
-    nr: usize,
-    first: usize,
-) {
+}
+
+/// [`pack_b_rows`] from panel `first` on, with copies of four floats.
+fn pack_b_rows_from(dst: &mut [f32], block: &RowBlock, nr: usize, first: usize) {
+    let (b, p0, kc, j0, cols) = (block.b, block.p0, block.kc, block.j0, block.cols);
     // Eight rows at a time, panel by panel: each panel then takes 8 contiguous groups,
     // where one row at a time writes one group to each panel in turn, panels 16 KiB
     // apart, which all fall in one set of L1 (`perf annotate`: 80% of the time on the
@@ -123,15 +130,9 @@ const PACK_ROWS: usize = 8;
 /// run-time width is a copy that LLVM turns into a call of `memcpy`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
-fn pack_b_rows_avx<const VECS: usize>(
-    dst: &mut [f32],
-    b: &MatRef,
-    p0: usize,
-    kc: usize,
-    j0: usize,
-    cols: usize,
-) {
+fn pack_b_rows_avx<const VECS: usize>(dst: &mut [f32], block: &RowBlock) {
     use std::arch::x86_64::{_mm256_loadu_ps, _mm256_storeu_ps};
+    let (b, p0, kc, j0, cols) = (block.b, block.p0, block.kc, block.j0, block.cols);
     let nr = 8 * VECS;
     let full = cols / nr;
     // Every row's first element and a full panel's last: then each group's reads lie in
@@ -154,7 +155,7 @@ fn pack_b_rows_avx<const VECS: usize>(
         }
     }
     if full * nr < cols {
-        pack_b_rows_from(dst, b, p0, kc, j0, cols, nr, full);
+        pack_b_rows_from(dst, block, nr, full);
     }
 }
 
