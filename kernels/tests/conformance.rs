@@ -522,6 +522,8 @@ fn sum_axis<B: Backend>(b: &B) {
         (1, 8192, 10),
         (2000, 50, 3),
         (10, 5000, 2),
+        // Parallel across pieces of wide rows (summed by columns, not by blocks of rows).
+        (2, 3, 20000),
     ];
     for (outer, axis, inner) in cases {
         let ctx = format!("{name}: sum_axis outer {outer} axis {axis} inner {inner}");
@@ -1595,7 +1597,14 @@ fn reduction_outputs(b: &CpuBackend) -> Vec<Vec<f32>> {
     let labels: Vec<u32> = (0..3000).map(|i| (i * 7 % 70) as u32).collect();
     let xb = up(b, &x);
     let mut outs = Vec::new();
-    for (outer, axis, inner) in [(1, 300, 700), (300, 700, 1), (1, 21000, 10), (7000, 10, 3)] {
+    let shapes = [
+        (1, 300, 700),
+        (300, 700, 1),
+        (1, 21000, 10),
+        (7000, 10, 3),
+        (1, 21, 10000),
+    ];
+    for (outer, axis, inner) in shapes {
         let mut out = b.zeros(outer * inner).unwrap();
         b.sum_axis(&xb, &mut out, outer, axis, inner).unwrap();
         outs.push(down(b, &out));

@@ -85,31 +85,63 @@ pub(crate) fn sum_axis(
         }
         return;
     }
-    // Whole rows of `inner` accumulated in blocks of the axis, each block's sum a task,
-    // then the blocks added in order. The blocks depend on the shape alone, so the bits
-    // do not depend on the thread count. Splitting across `inner` instead read each row
-    // a piece at a time, strided, and ran slower on 2 threads than on 1 (a GPT step's
-    // bias gradients, [1024, 64..256]: 1.5x the time, Zen 3).
-    let rows = (PAR_CHUNK / inner).max(1);
-    let blocks = if x.len() < 2 * PAR_CHUNK {
-        1
-    } else {
-        axis.div_ceil(rows)
-    };
-    if blocks == 1 {
-        let slab = axis * inner;
-        let whole =
-            |(o, dst): (usize, &mut [f32])| column_sums(simd, &x[o * slab..(o + 1) * slab], dst);
-        if parallel(x.len()) {
-            out.par_chunks_mut(inner)
-                .enumerate()
-                .with_min_len(PAR_CHUNK / slab.max(1) + 1)
-                .for_each(whole);
-        } else {
-            out.chunks_mut(inner).enumerate().for_each(whole);
-        }
+    // A narrow `inner` over a long axis: whole rows accumulated in blocks of the axis,
+    // each block's sum a task, then the blocks added in order. The blocks depend on the
+    // shape alone, so the bits do not depend on the thread count. Splitting such rows
+    // across `inner` read each a piece of 64 floats at a time and ran slower on 2 threads
+    // than on 1 (a GPT step's bias gradients, [1024, 64..256]: 1.5x the time, Zen 3).
+    let rows = (PAR_CHUNK / inner).max(MIN_BLOCK_ROWS);
+    if x.len() >= 2 * PAR_CHUNK && inner < BLOCK_ROWS_MAX_INNER && axis > rows {
+        sum_axis_by_row_blocks(simd, x, out, axis, inner, rows);
         return;
     }
+    // Otherwise each column is summed over the whole axis in order, across pieces of the
+    // columns (contiguous runs of at least 1024 floats of each row) when in parallel.
+    let columns = |(start, dst): (usize, &mut [f32])| {
+        let (o, i0) = (start / inner, start % inner);
+        dst.fill(0.0);
+        for a in 0..axis {
+            let at = (o * axis + a) * inner + i0;
+            add_assign(simd, dst, &x[at..at + dst.len()]);
+        }
+    };
+    let piece = if parallel(x.len()) {
+        (PAR_CHUNK / axis.max(1)).max(1024).min(inner)
+    } else {
+        inner
+    };
+    let pieces: Vec<(usize, &mut [f32])> = out
+        .chunks_mut(inner)
+        .enumerate()
+        .flat_map(|(o, row)| {
+            row.chunks_mut(piece)
+                .enumerate()
+                .map(move |(p, c)| (o * inner + p * piece, c))
+        })
+        .collect();
+    if parallel(x.len()) {
+        pieces.into_par_iter().for_each(columns);
+    } else {
+        pieces.into_iter().for_each(columns);
+    }
+}
+
+/// Rows of the axis that one block of [`sum_axis_by_row_blocks`] takes at the least.
+const MIN_BLOCK_ROWS: usize = 16;
+/// The widest `inner` summed by blocks of rows: a block's sums (16 KiB) stay in L1.
+const BLOCK_ROWS_MAX_INNER: usize = 4096;
+
+/// [`sum_axis`] by blocks of `rows` whole rows of the axis, one task each.
+fn sum_axis_by_row_blocks(
+    simd: Simd,
+    x: &[f32],
+    out: &mut [f32],
+    axis: usize,
+    inner: usize,
+    rows: usize,
+) {
+    let blocks = axis.div_ceil(rows);
+    let outer = out.len() / inner;
     let mut partials = vec![0f32; outer * blocks * inner];
     let block_sum = |(t, dst): (usize, &mut [f32])| {
         let (o, b) = (t / blocks, t % blocks);
