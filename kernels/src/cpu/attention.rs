@@ -6,7 +6,7 @@
 //! `simd_fn!` kernel, so loops over a small head size vectorise without a call per key.
 
 use super::isa::simd_fn;
-use super::math;
+use super::{gemm, math};
 use super::{Isa, Simd};
 use crate::{dropout_hash, AttentionSpec};
 use rayon::prelude::*;
@@ -23,11 +23,16 @@ const BQ_BACKWARD: usize = 64;
 /// whole tile in 16 lanes with the rest masked off: constant trip counts, no scalar
 /// remainder, where a running maximum is a chain of dependent steps as long as the row.
 #[inline(always)]
-fn scale_and_max(acc: &[f32; BK], scale: f32, limit: usize, s: &mut [f32; BK]) -> f32 {
+fn scale_and_max<const W: usize>(
+    acc: &[f32; W],
+    scale: f32,
+    limit: usize,
+    s: &mut [f32; BK],
+) -> f32 {
     // Comparisons, not `f32::max` (a NaN test per step): NaNs are skipped either way.
     let bigger = |m: f32, x: f32| if x > m { x } else { m };
     let mut lanes = [f32::NEG_INFINITY; 16];
-    for base in (0..BK).step_by(16) {
+    for base in (0..W).step_by(16) {
         for (i, lane) in lanes.iter_mut().enumerate() {
             let c = base + i;
             s[c] = acc[c] * scale;
@@ -43,13 +48,14 @@ fn scale_and_max(acc: &[f32; BK], scale: f32, limit: usize, s: &mut [f32; BK]) -
     lanes[0]
 }
 
-/// `acc[c] += q[e] * kt[e * BK + c]` over the head dimension `e`: one row's scores before
-/// scaling, against a tile of `BK` keys transposed (`[d, BK]`, zero past the block's
-/// keys). The trip counts are constants, so the 64 sums stay in registers.
+/// `acc[c] += q[e] * kt[e * BK + c]` over the head dimension `e` for the tile's first `W`
+/// keys: one row's scores before scaling, against a tile of `BK` keys transposed (`[d,
+/// BK]`, zero past the block's keys). The trip counts are constants, so the sums stay in
+/// registers.
 #[inline(always)]
-fn row_products(q: &[f32], kt: &[f32], acc: &mut [f32; BK]) {
+fn row_products<const W: usize>(q: &[f32], kt: &[f32], acc: &mut [f32; W]) {
     for (&qe, k) in q.iter().zip(kt.chunks_exact(BK)) {
-        for c in 0..BK {
+        for c in 0..W {
             acc[c] += qe * k[c];
         }
     }
@@ -64,6 +70,38 @@ simd_fn! {
         scale_and_max(&acc, scale, limit, s)
     }
 }
+
+simd_fn! {
+    /// [`scores_row`] for two rows of the tile's first `HALF` keys only (later entries of
+    /// `s` are left as they were): a causal tile's early rows see no more, and AVX2's 16
+    /// registers hold both rows' 32 sums, so eight adds are in flight where one row of
+    /// 64 keeps eight for twice the work. The bits are those of the full rows.
+    fn scores_row_pair_half(
+        q: [&[f32]; 2],
+        kt: [&[f32]; 2],
+        scale: [f32; 2],
+        limit: [usize; 2],
+        s: [&mut [f32; BK]; 2],
+    ) -> [f32; 2] {
+        let (mut a0, mut a1) = ([0f32; HALF], [0f32; HALF]);
+        let rows0 = q[0].iter().zip(kt[0].chunks_exact(BK));
+        let rows1 = q[1].iter().zip(kt[1].chunks_exact(BK));
+        for ((&q0, k0), (&q1, k1)) in rows0.zip(rows1) {
+            for c in 0..HALF {
+                a0[c] += q0 * k0[c];
+                a1[c] += q1 * k1[c];
+            }
+        }
+        let [s0, s1] = s;
+        [
+            scale_and_max(&a0, scale[0], limit[0], s0),
+            scale_and_max(&a1, scale[1], limit[1], s1),
+        ]
+    }
+}
+
+/// Half a tile of keys: what [`scores_row_pair_half`] computes.
+const HALF: usize = BK / 2;
 
 simd_fn! {
     /// [`scores_row`] for two rows, each against its own tile, as AVX-512 takes them: one
@@ -94,19 +132,26 @@ simd_fn! {
     }
 }
 
-/// Two rows of scores with their maxima, together where the registers hold both (AVX-512:
-/// 32 of them), one after the other elsewhere (AVX2's 16 registers hold one row's 64
-/// sums). Both give the same bits.
+/// Two rows of scores with their maxima (of the first `limit` of each), at least the
+/// first `width` of each computed: together where the registers hold both (AVX-512's 32
+/// hold two rows of 64 sums, AVX2's 16 two rows of 32), one after the other elsewhere.
+/// All give the same bits.
+#[allow(clippy::too_many_arguments)]
 fn two_score_rows(
     simd: Simd,
     q: [&[f32]; 2],
     kt: [&[f32]; 2],
     scale: [f32; 2],
     limit: [usize; 2],
+    width: usize,
     s: [&mut [f32; BK]; 2],
 ) -> [f32; 2] {
+    debug_assert!(limit[0] <= width && limit[1] <= width);
     if simd.isa() == Isa::Avx512 {
         return scores_row_pair(simd, q, kt, scale, limit, s);
+    }
+    if width <= HALF {
+        return scores_row_pair_half(simd, q, kt, scale, limit, s);
     }
     let [s0, s1] = s;
     [
@@ -116,9 +161,11 @@ fn two_score_rows(
 }
 
 simd_fn! {
-    /// `p[c] = exp(s[c] - shift)`; returns their sum.
-    fn exp_row(s: &[f32], shift: f32, p: &mut [f32]) -> f32 {
-        let p = &mut p[..s.len()];
+    /// `p[c] = exp(s[c] - shift)` for the first `limit` keys; returns their sum. (Whole
+    /// chunks of 16 with the keys past `limit` masked off measured 2-3% slower at a
+    /// causal tile's lengths than this loop's vector body and remainder.)
+    fn exp_row(s: &[f32; BK], limit: usize, shift: f32, p: &mut [f32; BK]) -> f32 {
+        let (s, p) = (&s[..limit], &mut p[..limit]);
         for (p, &x) in p.iter_mut().zip(s) {
             *p = math::exp(x - shift);
         }
@@ -199,15 +246,18 @@ simd_fn! {
 }
 
 /// `out[c] += sum_r w[r * BK + c] * x[r]` over rows of `D` values, `G` keys' sums held in
-/// registers while the rows stream past (the keys left over, one at a time).
+/// registers while the rows stream past (the keys left over, one at a time). Row `r`'s
+/// weights are zero from key `limits[r]` on, and `limits` never decreases (`key_end`):
+/// each group of keys skips the rows before the first that sees it, half a causal tile.
 #[inline(always)]
 fn transposed_rows_n<const D: usize, const G: usize>(
     out: &mut [f32],
     w: &[f32],
     x: &[f32],
-    rows: usize,
+    limits: &[usize],
     nk: usize,
 ) {
+    let rows = limits.len();
     let row = |r: usize| -> &[f32; D] { x[r * D..(r + 1) * D].try_into().expect("D values") };
     let mut c = 0;
     while c + G <= nk {
@@ -217,7 +267,7 @@ fn transposed_rows_n<const D: usize, const G: usize>(
                 .try_into()
                 .expect("D values");
         }
-        for r in 0..rows {
+        for r in first_row_seeing(limits, c)..rows {
             let (xr, wr): (&[f32; D], &[f32; G]) = (
                 row(r),
                 w[r * BK + c..r * BK + c + G].try_into().expect("G weights"),
@@ -235,7 +285,7 @@ fn transposed_rows_n<const D: usize, const G: usize>(
     }
     for c in c..nk {
         let mut acc: [f32; D] = out[c * D..(c + 1) * D].try_into().expect("D values");
-        for r in 0..rows {
+        for r in first_row_seeing(limits, c)..rows {
             let (xr, wc) = (row(r), w[r * BK + c]);
             for e in 0..D {
                 acc[e] += wc * xr[e];
@@ -245,20 +295,27 @@ fn transposed_rows_n<const D: usize, const G: usize>(
     }
 }
 
+/// The first row whose weights reach key `c` (see [`transposed_rows_n`]).
+#[inline(always)]
+fn first_row_seeing(limits: &[usize], c: usize) -> usize {
+    limits.partition_point(|&limit| limit <= c)
+}
+
 simd_fn! {
     /// `out[c] += sum_r w[r * BK + c] * x[r]` for the block's `nk` keys, with `w` a tile
-    /// of `rows` rows of BK weights and `x` rows of `d` values: a tile's transposed
-    /// products (`P^T dO` into dV, `dS^T Q` into dK). Register-blocked over keys, where a
-    /// rank-1 update per query loaded and stored every key's row once per query.
-    fn transposed_rows(out: &mut [f32], w: &[f32], x: &[f32], rows: usize, nk: usize, d: usize) {
+    /// of `limits.len()` rows of BK weights, row `r`'s zero from key `limits[r]` on, and
+    /// `x` rows of `d` values: a tile's transposed products (`P^T dO` into dV, `dS^T Q`
+    /// into dK). Register-blocked over keys, where a rank-1 update per query loaded and
+    /// stored every key's row once per query.
+    fn transposed_rows(out: &mut [f32], w: &[f32], x: &[f32], limits: &[usize], nk: usize, d: usize) {
         match d {
-            16 => transposed_rows_n::<16, 4>(out, w, x, rows, nk),
-            32 => transposed_rows_n::<32, 2>(out, w, x, rows, nk),
-            64 => transposed_rows_n::<64, 1>(out, w, x, rows, nk),
+            16 => transposed_rows_n::<16, 4>(out, w, x, limits, nk),
+            32 => transposed_rows_n::<32, 2>(out, w, x, limits, nk),
+            64 => transposed_rows_n::<64, 1>(out, w, x, limits, nk),
             _ => {
                 for c in 0..nk {
                     let acc = &mut out[c * d..(c + 1) * d];
-                    for r in 0..rows {
+                    for r in first_row_seeing(limits, c)..limits.len() {
                         let wc = w[r * BK + c];
                         for (a, &xv) in acc.iter_mut().zip(&x[r * d..(r + 1) * d]) {
                             *a += wc * xv;
@@ -279,22 +336,35 @@ simd_fn! {
     }
 }
 
+/// `a . b` in 8 partial sums (element `e` into sum `e % 8`) added pairwise: one running
+/// sum was a chain of dependent adds as long as the head, once per query row.
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    let mut part = [0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a8
+        .remainder()
+        .iter()
+        .zip(b8.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a8.zip(b8) {
+        for e in 0..8 {
+            part[e] += x[e] * y[e];
+        }
+    }
+    for width in [4, 2, 1] {
+        for e in 0..width {
+            part[e] += part[e + width];
+        }
+    }
+    part[0] + tail
 }
 
 /// `kt[e * BK + c] = k[(c0 + c) * d + e]` for the block's `nk` keys, zero after: a key
-/// block, transposed.
-fn transpose_block(k: &[f32], c0: usize, nk: usize, d: usize, kt: &mut [f32]) {
-    if nk < BK {
-        kt.fill(0.0);
-    }
-    for c in 0..nk {
-        let row = &k[(c0 + c) * d..(c0 + c + 1) * d];
-        for (e, &v) in row.iter().enumerate() {
-            kt[e * BK + c] = v;
-        }
-    }
+/// block, transposed (by the GEMM's packing copy: a scalar loop here was 11% of a small
+/// head's backward pass).
+fn transpose_block(simd: Simd, k: &[f32], c0: usize, nk: usize, d: usize, kt: &mut [f32]) {
+    gemm::transpose_rows(simd, kt, k, d, c0, nk, 0, d, BK);
 }
 
 /// Multiplies each weight `(head, i, c0 + c)` by its dropout factor: 0 when dropped,
@@ -341,7 +411,7 @@ pub(crate) fn forward(
         let end = spec.key_end(i0 + rows - 1);
         for c0 in (0..end).step_by(BK) {
             let nk = BK.min(end - c0);
-            transpose_block(k, c0, nk, d, &mut kt);
+            transpose_block(simd, k, c0, nk, d, &mut kt);
             // Rows in pairs, whose scores are taken together (`two_score_rows`).
             for r0 in (0..rows).step_by(2) {
                 let pair = [r0, (r0 + 1).min(rows - 1)];
@@ -351,7 +421,9 @@ pub(crate) fn forward(
                 }
                 let q_rows = pair.map(|r| &q[r * d..(r + 1) * d]);
                 let (kts, scale) = ([&kt[..]; 2], [spec.scale; 2]);
-                let block_max = two_score_rows(simd, q_rows, kts, scale, limit, [&mut s0, &mut s1]);
+                let width = limit[0].max(limit[1]);
+                let pair_s = [&mut s0, &mut s1];
+                let block_max = two_score_rows(simd, q_rows, kts, scale, limit, width, pair_s);
                 let rows_of_pair = if pair[0] == pair[1] { 1 } else { 2 };
                 for (j, s) in [&s0, &s1].into_iter().enumerate().take(rows_of_pair) {
                     let (r, limit) = (pair[j], limit[j]);
@@ -360,7 +432,7 @@ pub(crate) fn forward(
                     }
                     let m_new = m[r].max(block_max[j]);
                     let correction = math::exp(m[r] - m_new);
-                    let row_sum = exp_row(simd, &s[..limit], m_new, &mut p);
+                    let row_sum = exp_row(simd, s, limit, m_new, &mut p);
                     if spec.dropout > 0.0 {
                         apply_dropout(spec, head, i0 + r, c0, &mut p[..limit]);
                     }
@@ -439,18 +511,22 @@ pub(crate) fn backward(
         let (mut s, mut dp, mut keep) = ([0f32; BK], [0f32; BK], [0f32; BK]);
         for c0 in (0..tk).step_by(BK) {
             let nk = BK.min(tk - c0);
-            transpose_block(k, c0, nk, d, kt);
-            transpose_block(v, c0, nk, d, vt);
+            transpose_block(simd, k, c0, nk, d, kt);
+            transpose_block(simd, v, c0, nk, d, vt);
             let keys = c0 * d..(c0 + nk) * d;
             // Queries before `first` see none of these keys (causal).
             let first = (0..tq).find(|&i| spec.key_end(i) > c0).unwrap_or(tq);
             for r0 in (first..tq).step_by(BQ_BACKWARD) {
                 let rows = BQ_BACKWARD.min(tq - r0);
+                let mut limits = [0; BQ_BACKWARD];
                 for r in 0..rows {
                     let i = r0 + r;
-                    let p = &mut p_tile[r * BK..(r + 1) * BK];
+                    let p: &mut [f32; BK] = (&mut p_tile[r * BK..(r + 1) * BK])
+                        .try_into()
+                        .expect("a row of BK");
                     let ds = &mut ds_tile[r * BK..(r + 1) * BK];
                     let limit = spec.key_end(i).saturating_sub(c0).min(nk);
+                    limits[r] = limit;
                     p[limit..].fill(0.0);
                     ds[limit..].fill(0.0);
                     if limit == 0 || !lse[i].is_finite() {
@@ -460,8 +536,9 @@ pub(crate) fn backward(
                     }
                     let (qi, gi) = (&q[i * d..(i + 1) * d], &go[i * d..(i + 1) * d]);
                     let (kts, scale) = ([&kt[..], &vt[..]], [spec.scale, 1.0]);
-                    two_score_rows(simd, [qi, gi], kts, scale, [limit, 0], [&mut s, &mut dp]);
-                    exp_row(simd, &s[..limit], lse[i], p);
+                    let pair_s = [&mut s, &mut dp];
+                    two_score_rows(simd, [qi, gi], kts, scale, [limit, 0], limit, pair_s);
+                    exp_row(simd, &s, limit, lse[i], p);
                     let f = &mut keep[..limit];
                     if spec.dropout > 0.0 {
                         // The same factor scales the weight and its gradient.
@@ -494,8 +571,9 @@ pub(crate) fn backward(
                     );
                 }
                 let (g_rows, q_rows) = (&go[r0 * d..], &q[r0 * d..]);
-                transposed_rows(simd, &mut dv[keys.clone()], p_tile, g_rows, rows, nk, d);
-                transposed_rows(simd, &mut dk[keys.clone()], ds_tile, q_rows, rows, nk, d);
+                let limits = &limits[..rows];
+                transposed_rows(simd, &mut dv[keys.clone()], p_tile, g_rows, limits, nk, d);
+                transposed_rows(simd, &mut dk[keys.clone()], ds_tile, q_rows, limits, nk, d);
             }
         }
     };

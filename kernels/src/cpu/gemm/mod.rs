@@ -229,6 +229,28 @@ use tiles_of_body;
 /// The largest MR * NR of any kernel, for the edge-tile scratch.
 const MAX_TILE: usize = 12 * 32;
 
+/// `dst[p * w + r] = data[(r0 + r) * stride + p0 + p]` for `rows` source rows of `kc`
+/// values, and zero for rows `rows..w`: the packing's transposing copy (8 x 8 blocks in
+/// registers on AVX2 and AVX-512), for other kernels' tiles.
+///
+/// # Panics
+/// If a read falls outside `data` or `dst` holds fewer than `kc * w` values.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn transpose_rows(
+    simd: Simd,
+    dst: &mut [f32],
+    data: &[f32],
+    stride: usize,
+    r0: usize,
+    rows: usize,
+    p0: usize,
+    kc: usize,
+    w: usize,
+) {
+    let avx = matches!(simd.isa(), Isa::Avx2Fma | Isa::Avx512);
+    pack::pack_transposing(dst, data, stride, r0, rows, p0, kc, w, avx);
+}
+
 /// Below this many multiply-adds the fork/join of rayon costs more than it saves.
 pub(crate) const PARALLEL_MIN_MACS: usize = 1 << 21;
 

@@ -205,7 +205,7 @@ fn copy_short(dst: &mut [f32], src: &[f32]) {
 /// contiguous along k and lands strided in the panel. `avx` allows the AVX path; the
 /// caller vouches that the CPU has AVX.
 #[allow(clippy::too_many_arguments)]
-fn pack_transposing(
+pub(super) fn pack_transposing(
     dst: &mut [f32],
     data: &[f32],
     stride: usize,
