@@ -71,43 +71,37 @@ simd_fn! {
     }
 }
 
-simd_fn! {
-    /// [`scores_row`] for two rows of the tile's first `HALF` keys only (later entries of
-    /// `s` are left as they were): a causal tile's early rows see no more, and AVX2's 16
-    /// registers hold both rows' 32 sums, so eight adds are in flight where one row of
-    /// 64 keeps eight for twice the work. The bits are those of the full rows.
-    fn scores_row_pair_half(
-        q: [&[f32]; 2],
-        kt: [&[f32]; 2],
-        scale: [f32; 2],
-        limit: [usize; 2],
-        s: [&mut [f32; BK]; 2],
-    ) -> [f32; 2] {
-        let (mut a0, mut a1) = ([0f32; HALF], [0f32; HALF]);
-        let rows0 = q[0].iter().zip(kt[0].chunks_exact(BK));
-        let rows1 = q[1].iter().zip(kt[1].chunks_exact(BK));
-        for ((&q0, k0), (&q1, k1)) in rows0.zip(rows1) {
-            for c in 0..HALF {
-                a0[c] += q0 * k0[c];
-                a1[c] += q1 * k1[c];
-            }
+/// Two rows' scores over the tile's first `W` keys, each row against its own tile, the
+/// two rows' sums interleaved so that twice the adds are in flight; each sum runs over the
+/// head in order, so the bits are those of two single rows. Entries of `s` from `W` on
+/// are left as they were.
+#[inline(always)]
+fn score_pair<const W: usize>(
+    q: [&[f32]; 2],
+    kt: [&[f32]; 2],
+    scale: [f32; 2],
+    limit: [usize; 2],
+    s: [&mut [f32; BK]; 2],
+) -> [f32; 2] {
+    let (mut a0, mut a1) = ([0f32; W], [0f32; W]);
+    let rows0 = q[0].iter().zip(kt[0].chunks_exact(BK));
+    let rows1 = q[1].iter().zip(kt[1].chunks_exact(BK));
+    for ((&q0, k0), (&q1, k1)) in rows0.zip(rows1) {
+        for c in 0..W {
+            a0[c] += q0 * k0[c];
+            a1[c] += q1 * k1[c];
         }
-        let [s0, s1] = s;
-        [
-            scale_and_max(&a0, scale[0], limit[0], s0),
-            scale_and_max(&a1, scale[1], limit[1], s1),
-        ]
     }
+    let [s0, s1] = s;
+    [
+        scale_and_max(&a0, scale[0], limit[0], s0),
+        scale_and_max(&a1, scale[1], limit[1], s1),
+    ]
 }
 
-/// Half a tile of keys: what [`scores_row_pair_half`] computes.
-const HALF: usize = BK / 2;
-
 simd_fn! {
-    /// [`scores_row`] for two rows, each against its own tile, as AVX-512 takes them: one
-    /// row keeps four adds in flight, two keep eight, which two FMA ports at four cycles'
-    /// latency want. Each sum runs over the head in order, so the bits are those of two
-    /// single rows.
+    /// [`score_pair`] over the whole tile, as AVX-512 takes rows: one row keeps four adds
+    /// in flight, two keep eight, which two FMA ports at four cycles' latency want.
     fn scores_row_pair(
         q: [&[f32]; 2],
         kt: [&[f32]; 2],
@@ -115,26 +109,40 @@ simd_fn! {
         limit: [usize; 2],
         s: [&mut [f32; BK]; 2],
     ) -> [f32; 2] {
-        let (mut a0, mut a1) = ([0f32; BK], [0f32; BK]);
-        let rows0 = q[0].iter().zip(kt[0].chunks_exact(BK));
-        let rows1 = q[1].iter().zip(kt[1].chunks_exact(BK));
-        for ((&q0, k0), (&q1, k1)) in rows0.zip(rows1) {
-            for c in 0..BK {
-                a0[c] += q0 * k0[c];
-                a1[c] += q1 * k1[c];
-            }
-        }
-        let [s0, s1] = s;
-        [
-            scale_and_max(&a0, scale[0], limit[0], s0),
-            scale_and_max(&a1, scale[1], limit[1], s1),
-        ]
+        score_pair::<BK>(q, kt, scale, limit, s)
+    }
+}
+
+simd_fn! {
+    /// [`score_pair`] over the tile's first 32 keys: AVX2's 16 registers hold both rows'
+    /// sums, eight adds in flight where one row of 64 keeps eight for twice the work.
+    fn scores_row_pair_32(
+        q: [&[f32]; 2],
+        kt: [&[f32]; 2],
+        scale: [f32; 2],
+        limit: [usize; 2],
+        s: [&mut [f32; BK]; 2],
+    ) -> [f32; 2] {
+        score_pair::<32>(q, kt, scale, limit, s)
+    }
+}
+
+simd_fn! {
+    /// [`score_pair`] over the tile's first 48 keys: twelve of AVX2's registers for sums.
+    fn scores_row_pair_48(
+        q: [&[f32]; 2],
+        kt: [&[f32]; 2],
+        scale: [f32; 2],
+        limit: [usize; 2],
+        s: [&mut [f32; BK]; 2],
+    ) -> [f32; 2] {
+        score_pair::<48>(q, kt, scale, limit, s)
     }
 }
 
 /// Two rows of scores with their maxima (of the first `limit` of each), at least the
 /// first `width` of each computed: together where the registers hold both (AVX-512's 32
-/// hold two rows of 64 sums, AVX2's 16 two rows of 32), one after the other elsewhere.
+/// hold two rows of 64 sums, AVX2's 16 two rows of up to 48), one after the other elsewhere.
 /// All give the same bits.
 #[allow(clippy::too_many_arguments)]
 fn two_score_rows(
@@ -150,8 +158,11 @@ fn two_score_rows(
     if simd.isa() == Isa::Avx512 {
         return scores_row_pair(simd, q, kt, scale, limit, s);
     }
-    if width <= HALF {
-        return scores_row_pair_half(simd, q, kt, scale, limit, s);
+    if width <= 32 {
+        return scores_row_pair_32(simd, q, kt, scale, limit, s);
+    }
+    if width <= 48 {
+        return scores_row_pair_48(simd, q, kt, scale, limit, s);
     }
     let [s0, s1] = s;
     [
@@ -163,7 +174,8 @@ fn two_score_rows(
 simd_fn! {
     /// `p[c] = exp(s[c] - shift)` for the first `limit` keys; returns their sum. (Whole
     /// chunks of 16 with the keys past `limit` masked off measured 2-3% slower at a
-    /// causal tile's lengths than this loop's vector body and remainder.)
+    /// causal tile's lengths than this loop's vector body and remainder, and a pair of
+    /// rows in one loop no faster.)
     fn exp_row(s: &[f32; BK], limit: usize, shift: f32, p: &mut [f32; BK]) -> f32 {
         let (s, p) = (&s[..limit], &mut p[..limit]);
         for (p, &x) in p.iter_mut().zip(s) {
