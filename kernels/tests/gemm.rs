@@ -459,3 +459,72 @@ fn epilogue_adds_the_bias_and_clamps_once_after_every_slice() {
     .to_string();
     assert!(err.contains("bias"), "{err}");
 }
+
+#[test]
+fn rows_of_c_a_multiple_of_4_kib_apart_give_the_bits_of_any_other_stride() {
+    // C's rows 2048 floats apart: AVX2 sums the slices of k in a buffer of its own
+    // (`stages_c`), the last slice writing C. 200 rows (more than one block of A, the last
+    // panel partial), 1100 columns (wide enough that A is packed, the last panel partial),
+    // k = 600 in three slices, with the bias and ReLU epilogue.
+    let (m, n, k) = (200, 1100, 600);
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let (a_data, b_data) = (random(m * k, &mut rng), random(k * n, &mut rng));
+    let bias = random(n, &mut rng);
+    let (a, b) = (
+        MatRef::row_major(&a_data, m, k, false),
+        MatRef::row_major(&b_data, k, n, false),
+    );
+    let epilogue = Epilogue {
+        bias: Some(&bias),
+        relu: true,
+    };
+    let run = |simd: Simd, threads: usize, ldc: usize, beta: f32, c0: &[f32]| {
+        let mut c = vec![7.0f32; (m - 1) * ldc + n];
+        for i in 0..m {
+            c[i * ldc..i * ldc + n].copy_from_slice(&c0[i * n..(i + 1) * n]);
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| sgemm_with(simd, m, n, k, 1.0, a, b, beta, &mut c, ldc, epilogue))
+            .unwrap();
+        for i in 0..m - 1 {
+            assert!(c[i * ldc + n..(i + 1) * ldc].iter().all(|&v| v == 7.0));
+        }
+        (0..m)
+            .flat_map(|i| c[i * ldc..i * ldc + n].to_vec())
+            .collect::<Vec<f32>>()
+    };
+    for simd in Simd::available() {
+        for beta in [0.0, 0.5] {
+            let c0 = random(m * n, &mut rng);
+            let want = reference(m, n, k, 1.0, &a, &b, beta, &c0);
+            let strided = run(simd, 1, 2048, beta, &c0);
+            for (idx, (&got, &z)) in strided.iter().zip(&want).enumerate() {
+                let z = z + f64::from(bias[idx % n]);
+                let z = if z < 0.0 { 0.0 } else { z };
+                assert!(
+                    (f64::from(got) - z).abs() < 1e-3,
+                    "{:?} beta={beta}: C[{idx}] = {got}, want {z}",
+                    simd.isa()
+                );
+            }
+            assert_eq!(
+                strided,
+                run(simd, 3, 2048, beta, &c0),
+                "{:?}: threads",
+                simd.isa()
+            );
+            if beta == 0.0 {
+                let dense = run(simd, 1, 1104, beta, &c0);
+                assert_eq!(
+                    strided,
+                    dense,
+                    "{:?}: the stride changed the bits",
+                    simd.isa()
+                );
+            }
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! AVX2+FMA micro-kernel: the classic 6 x 16 tile, 12 ymm accumulators, two 8-wide loads
 //! of packed B and six broadcasts of packed A per step of k.
 
-use super::{tiles_of_body, with_packed_strides, MicroKernel, Tiles};
+use super::{with_packed_strides, MicroKernel, Tiles};
 use std::arch::x86_64::*;
 
 pub(super) struct Avx2Fma;
@@ -25,6 +25,7 @@ impl MicroKernel for Avx2Fma {
 
     const STRIDED_A: bool = true;
     const STRIDED_B: bool = true;
+    const READS_C_APART: bool = true;
 
     // The CPU support is proved by the `Simd` this kernel was chosen through.
     #[target_feature(enable = "avx2,fma")]
@@ -45,7 +46,7 @@ impl MicroKernel for Avx2Fma {
         // SAFETY: as for `kernel`.
         unsafe {
             with_packed_strides!(body(
-                kc, a, rs_a, cs_a, b, rs_b, c, ldc, alpha, beta, bias, relu
+                kc, a, rs_a, cs_a, b, rs_b, c, ldc, c, ldc, alpha, beta, bias, relu
             ))
         }
     }
@@ -57,11 +58,43 @@ impl MicroKernel for Avx2Fma {
     }
 }
 
-tiles_of_body!();
+/// `tiles`' loop, inlined once per pair of packed-stride flags (`with_packed_strides`):
+/// as `tiles_of_body!`'s, with C read from the run's `c_in`.
+#[inline(always)]
+unsafe fn tile_run<const PACKED_A: bool, const PACKED_B: bool>(t: &Tiles) {
+    for i in 0..t.count {
+        // SAFETY: each tile of `t` satisfies `kernel`'s contract (`tiles`'s), its C read
+        // at `c_in` with `ldc_in`.
+        unsafe {
+            let bias = if t.bias.is_null() {
+                t.bias
+            } else {
+                t.bias.add(i * t.bias_step)
+            };
+            body::<PACKED_A, PACKED_B>(
+                t.kc,
+                t.a.add(i * t.a_step),
+                t.rs_a,
+                t.cs_a,
+                t.b.add(i * t.b_step),
+                t.rs_b,
+                t.c.add(i * t.c_step),
+                t.ldc,
+                t.c_in.add(i * t.c_in_step),
+                t.ldc_in,
+                t.alpha,
+                t.beta,
+                bias,
+                t.relu,
+            )
+        }
+    }
+}
 
 /// The kernel, with A's element `(i, p)` at `a[i * rs_a + p * cs_a]`, B's row `p` at
-/// `b[p * rs_b..]`, and the epilogue (`bias`, `relu`) of `MicroKernel::kernel`; the
-/// strides of an operand whose flag is set are its packed ones, as constants.
+/// `b[p * rs_b..]`, C read (when `beta != 0`) at `c_in` with row stride `ldc_in` and
+/// written at `c` with `ldc`, and the epilogue (`bias`, `relu`) of `MicroKernel::kernel`;
+/// the strides of an operand whose flag is set are its packed ones, as constants.
 // Inlined into `kernel` and `tile_run`, which are compiled for avx2 and fma.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -74,6 +107,8 @@ unsafe fn body<const PACKED_A: bool, const PACKED_B: bool>(
     rs_b: usize,
     c: *mut f32,
     ldc: usize,
+    c_in: *const f32,
+    ldc_in: usize,
     alpha: f32,
     beta: f32,
     bias: *const f32,
@@ -86,8 +121,14 @@ unsafe fn body<const PACKED_A: bool, const PACKED_B: bool>(
         // C is touched only after the loop: start fetching its rows now, so the misses
         // overlap the FMAs instead of stalling the stores.
         for i in 0..MR {
-            _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + 15) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(c_in.add(i * ldc_in) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(c_in.add(i * ldc_in + 15) as *const i8);
+        }
+        if !std::ptr::eq(c_in, c) {
+            for i in 0..MR {
+                _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + 15) as *const i8);
+            }
         }
         let (mut a, mut b) = (a, b);
         // One step of k: two 8-wide rows of packed B, six broadcasts of packed A. Packed
@@ -126,8 +167,9 @@ unsafe fn body<const PACKED_A: bool, const PACKED_B: bool>(
             let (mut r0, mut r1) = if beta == 0.0 {
                 (_mm256_mul_ps(alpha, row[0]), _mm256_mul_ps(alpha, row[1]))
             } else {
-                let c0 = _mm256_mul_ps(beta_v, _mm256_loadu_ps(out));
-                let c1 = _mm256_mul_ps(beta_v, _mm256_loadu_ps(out.add(8)));
+                let prior = c_in.add(i * ldc_in);
+                let c0 = _mm256_mul_ps(beta_v, _mm256_loadu_ps(prior));
+                let c1 = _mm256_mul_ps(beta_v, _mm256_loadu_ps(prior.add(8)));
                 (
                     _mm256_fmadd_ps(alpha, row[0], c0),
                     _mm256_fmadd_ps(alpha, row[1], c1),
