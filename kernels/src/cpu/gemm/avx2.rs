@@ -2,11 +2,14 @@
 //! of packed B and six broadcasts of packed A per step of k.
 
 use super::{with_packed_strides, MicroKernel, Tiles};
+use seq_macro::seq;
 use std::arch::x86_64::*;
 
 pub(super) struct Avx2Fma;
 
 const MR: usize = 6;
+// `seq!` below unrolls the loops over a tile's rows with this count written out.
+const _: () = assert!(MR == 6);
 const NR: usize = 16;
 
 impl MicroKernel for Avx2Fma {
@@ -139,11 +142,11 @@ unsafe fn body<const PACKED_A: bool, const PACKED_B: bool>(
                 _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(8 * rs_b) as *const i8);
                 let b0 = _mm256_loadu_ps(b);
                 let b1 = _mm256_loadu_ps(b.add(8));
-                for (i, row) in acc.iter_mut().enumerate() {
-                    let ai = _mm256_broadcast_ss(&*a.add(i * rs_a));
-                    row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
-                    row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
-                }
+                seq!(I in 0..6 {
+                    let ai = _mm256_broadcast_ss(&*a.add(I * rs_a));
+                    acc[I][0] = _mm256_fmadd_ps(ai, b0, acc[I][0]);
+                    acc[I][1] = _mm256_fmadd_ps(ai, b1, acc[I][1]);
+                });
                 a = a.add(cs_a);
                 b = b.add(rs_b);
             };
@@ -162,7 +165,8 @@ unsafe fn body<const PACKED_A: bool, const PACKED_B: bool>(
         let alpha = _mm256_set1_ps(alpha);
         let (beta_v, zero) = (_mm256_set1_ps(beta), _mm256_setzero_ps());
         let bias = (!bias.is_null()).then(|| (_mm256_loadu_ps(bias), _mm256_loadu_ps(bias.add(8))));
-        for (i, row) in acc.iter().enumerate() {
+        seq!(I in 0..6 {{
+            let (i, row) = (I, &acc[I]);
             let out = c.add(i * ldc);
             let (mut r0, mut r1) = if beta == 0.0 {
                 (_mm256_mul_ps(alpha, row[0]), _mm256_mul_ps(alpha, row[1]))
@@ -186,6 +190,6 @@ unsafe fn body<const PACKED_A: bool, const PACKED_B: bool>(
             }
             _mm256_storeu_ps(out, r0);
             _mm256_storeu_ps(out.add(8), r1);
-        }
+        }});
     }
 }

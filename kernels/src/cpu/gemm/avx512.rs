@@ -3,11 +3,14 @@
 //! which the compiler folds into the FMAs as embedded broadcasts.
 
 use super::{tiles_of_body, with_packed_strides, MicroKernel, Tiles};
+use seq_macro::seq;
 use std::arch::x86_64::*;
 
 pub(super) struct Avx512;
 
 const MR: usize = 12;
+// `seq!` below unrolls the loops over a tile's rows with this count written out.
+const _: () = assert!(MR == 12);
 const NR: usize = 32;
 
 impl MicroKernel for Avx512 {
@@ -97,11 +100,11 @@ unsafe fn body<const PACKED_A: bool, const PACKED_B: bool>(
                 _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(8 * rs_b + 16) as *const i8);
                 let b0 = _mm512_loadu_ps(b);
                 let b1 = _mm512_loadu_ps(b.add(16));
-                for (i, row) in acc.iter_mut().enumerate() {
-                    let ai = _mm512_set1_ps(*a.add(i * rs_a));
-                    row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
-                    row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
-                }
+                seq!(I in 0..12 {
+                    let ai = _mm512_set1_ps(*a.add(I * rs_a));
+                    acc[I][0] = _mm512_fmadd_ps(ai, b0, acc[I][0]);
+                    acc[I][1] = _mm512_fmadd_ps(ai, b1, acc[I][1]);
+                });
                 a = a.add(cs_a);
                 b = b.add(rs_b);
             };
@@ -120,7 +123,8 @@ unsafe fn body<const PACKED_A: bool, const PACKED_B: bool>(
         let (beta_v, zero) = (_mm512_set1_ps(beta), _mm512_setzero_ps());
         let bias =
             (!bias.is_null()).then(|| (_mm512_loadu_ps(bias), _mm512_loadu_ps(bias.add(16))));
-        for (i, row) in acc.iter().enumerate() {
+        seq!(I in 0..12 {{
+            let (i, row) = (I, &acc[I]);
             let out = c.add(i * ldc);
             let (mut r0, mut r1) = if beta == 0.0 {
                 (_mm512_mul_ps(alpha, row[0]), _mm512_mul_ps(alpha, row[1]))
@@ -143,6 +147,6 @@ unsafe fn body<const PACKED_A: bool, const PACKED_B: bool>(
             }
             _mm512_storeu_ps(out, r0);
             _mm512_storeu_ps(out.add(16), r1);
-        }
+        }});
     }
 }
