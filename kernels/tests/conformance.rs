@@ -1664,6 +1664,35 @@ fn elementwise_outputs(b: &CpuBackend) -> Vec<Vec<f32>> {
     b.binary(BinaryOp::Div, &layout, &xb, &xb, &mut out)
         .unwrap();
     outs.push(down(b, &out));
+    // Rows longer than one task's share, cut into pieces: a contiguous op (one row once
+    // collapsed), two rows that read the same right-hand row, and a copy of every other
+    // element from an offset (pieces must step through the source at its stride).
+    let half = BIG / 2;
+    let yb = up(b, &uniform(BIG, 0.1, 4.0, &mut rng(11)));
+    let long_rows = [
+        (vec![BIG], vec![1], vec![1]),
+        (vec![2, half], vec![half, 1], vec![0, 1]),
+    ];
+    for (shape, lhs_strides, rhs_strides) in long_rows {
+        let layout = BinaryLayout {
+            shape,
+            lhs_strides,
+            rhs_strides,
+        };
+        let mut out = b.zeros(layout.elem_count()).unwrap();
+        b.binary(BinaryOp::Sub, &layout, &xb, &yb, &mut out)
+            .unwrap();
+        outs.push(down(b, &out));
+    }
+    let src = up(b, &uniform(2 * BIG + 3, -1.0, 1.0, &mut rng(12)));
+    let every_other = StridedLayout {
+        shape: vec![BIG],
+        strides: vec![2],
+        offset: 3,
+    };
+    let mut copy = b.zeros(BIG).unwrap();
+    b.copy_strided(&src, &every_other, &mut copy).unwrap();
+    outs.push(down(b, &copy));
     outs
 }
 

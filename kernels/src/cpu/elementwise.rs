@@ -207,7 +207,9 @@ impl<'a, const N: usize> RowOffsets<'a, N> {
 
 /// Runs `run(offsets, row)` over the rows of `out` (the last dim of `shape`), with each
 /// row's start in every operand (see [`RowOffsets`]); rows are grouped into tasks of about
-/// PAR_CHUNK elements, on rayon's pool when the whole is large.
+/// PAR_CHUNK elements, on rayon's pool when the whole is large. A row longer than that (a
+/// contiguous op collapses to one row) is cut into pieces, each `run` with the offsets of
+/// its first element: a GPT's residual add of [1024, 64] had stayed on one thread.
 pub(crate) fn for_each_strided_row<const N: usize>(
     out: &mut [f32],
     shape: &[usize],
@@ -217,6 +219,20 @@ pub(crate) fn for_each_strided_row<const N: usize>(
 ) {
     let inner = *shape.last().unwrap_or(&1);
     if inner == 0 || out.is_empty() {
+        return;
+    }
+    if parallel(out.len()) && inner > PAR_CHUNK {
+        let piece = inner.div_ceil(inner.div_ceil(PAR_CHUNK));
+        let last: [usize; N] = std::array::from_fn(|k| *strides[k].last().unwrap_or(&0));
+        out.par_chunks_mut(inner).enumerate().for_each(|(r, row)| {
+            let start = RowOffsets::new(shape, strides, bases, r).get();
+            row.par_chunks_mut(piece).enumerate().for_each(|(p, part)| {
+                run(
+                    std::array::from_fn(|k| start[k] + p * piece * last[k]),
+                    part,
+                )
+            });
+        });
         return;
     }
     let rows_per_task = (PAR_CHUNK / inner).max(1);

@@ -74,7 +74,7 @@ pub(crate) fn layer_norm(
         y.par_chunks_mut(cols)
             .zip(x.par_chunks(cols))
             .zip(stats.par_chunks_mut(2))
-            .with_min_len(PAR_CHUNK / cols + 1)
+            .with_min_len((PAR_CHUNK / cols).max(1))
             .for_each(run);
     } else {
         y.chunks_mut(cols)
@@ -115,7 +115,7 @@ pub(crate) fn layer_norm_backward(
         dx.par_chunks_mut(cols)
             .zip(x.par_chunks(cols))
             .zip(dy.par_chunks(cols).zip(stats.par_chunks(2)))
-            .with_min_len(PAR_CHUNK / cols + 1)
+            .with_min_len((PAR_CHUNK / cols).max(1))
             .for_each(row);
         x.par_chunks(block)
             .zip(dy.par_chunks(block).zip(stats.par_chunks(2 * ROW_BLOCK)))
