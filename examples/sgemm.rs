@@ -12,7 +12,8 @@
 
 use clap::Parser;
 use ringtrain::kernels::cpu::gemm::{sgemm, MatRef};
-use ringtrain::kernels::cpu::Simd;
+use ringtrain::kernels::cpu::{CpuBackend, Simd};
+use ringtrain::kernels::Backend;
 use serde::Serialize;
 use std::error::Error;
 use std::path::PathBuf;
@@ -109,6 +110,7 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
         .num_threads(args.threads as usize)
         .build_global()?;
     let simd = Simd::detect();
+    let cpu = CpuBackend::with_simd(simd);
     let products: Vec<(Product, bool)> = if args.shapes.is_empty() {
         let square = |n| Product {
             m: n,
@@ -130,7 +132,10 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
         let b: Vec<f32> = (0..k * n)
             .map(|i| ((i * 5 + 2) % 11) as f32 * 0.01 - 0.05)
             .collect();
-        let mut c = vec![0f32; m * n];
+        // The operands as the CPU backend holds a model's tensors (large ones on huge
+        // pages, as numpy's arrays are), not as plain `Vec`s.
+        let (a, b) = (cpu.upload(&a)?, cpu.upload(&b)?);
+        let mut c = cpu.zeros(m * n)?;
         let mut call = || {
             let (ar, br) = (
                 MatRef::row_major(&a, m, k, p.a_transposed),

@@ -6,6 +6,7 @@ mod awake;
 mod conv;
 mod elementwise;
 pub mod gemm;
+mod huge_pages;
 mod index;
 mod isa;
 mod lanes;
@@ -59,6 +60,13 @@ impl CpuBackend {
     }
 }
 
+/// Room for `len` floats of host memory (on huge pages when large: `huge_pages`), or
+/// an error that says so.
+fn reserve(len: usize) -> Result<Vec<f32>> {
+    huge_pages::reserve(len)
+        .ok_or_else(|| KernelError::Device(format!("cannot allocate {len} floats of host memory")))
+}
+
 impl Backend for CpuBackend {
     type Buffer = Vec<f32>;
 
@@ -75,10 +83,7 @@ impl Backend for CpuBackend {
             buf.fill(0.0);
             return Ok(buf);
         }
-        let mut buf = Vec::new();
-        buf.try_reserve_exact(len).map_err(|_| {
-            KernelError::Device(format!("cannot allocate {len} floats of host memory"))
-        })?;
+        let mut buf = reserve(len)?;
         buf.resize(len, 0.0);
         Ok(buf)
     }
@@ -98,7 +103,11 @@ impl Backend for CpuBackend {
                 buf.copy_from_slice(data);
                 Ok(buf)
             }
-            None => Ok(data.to_vec()),
+            None => {
+                let mut buf = reserve(data.len())?;
+                buf.extend_from_slice(data);
+                Ok(buf)
+            }
         }
     }
 
