@@ -6,10 +6,13 @@
 //!   all-reduce, on every backend of this machine, with the size from which the GPU
 //!   beats the CPU ([`Comparison`] prints as tables);
 //! - [`protocol`]: the GEMM timing protocol ringtrain shares with its peer benchmarks;
-//! - [`collective`]: timing of collectives, after nccl-tests.
+//! - [`collective`]: timing of collectives, after nccl-tests;
+//! - [`op_threads`]: the CPU backend's memory-bound ops on one thread and on N, around
+//!   their parallel threshold.
 
 mod backends;
 pub mod collective;
+pub mod op_threads;
 pub mod protocol;
 
 pub use backends::{
