@@ -78,7 +78,7 @@ pub(crate) fn sum_axis(
         if parallel(x.len()) {
             out.par_iter_mut()
                 .enumerate()
-                .with_min_len(PAR_CHUNK / axis.max(1) + 1)
+                .with_min_len((PAR_CHUNK / axis.max(1)).max(1))
                 .for_each(row_sum);
         } else {
             out.iter_mut().enumerate().for_each(row_sum);
@@ -154,7 +154,10 @@ fn sum_axis_by_row_blocks(
         column_sums(simd, &x[a0 * inner..a1 * inner], &mut acc);
         dst.copy_from_slice(&acc);
     };
-    if parallel(x.len()) {
+    // Twice the elementwise threshold: a sum is one add per value, and [1024, 64] (5 us)
+    // ran 4-14% slower on 2 threads than on 1 (Zen 4, `op_threads`), its halves too
+    // short to pay for the hand-off; [2048, 64] ran 2.7-3.8x faster.
+    if parallel(x.len() / 2) {
         partials
             .par_chunks_mut(inner)
             .enumerate()

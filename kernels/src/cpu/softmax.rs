@@ -53,7 +53,7 @@ fn rows(x: &[f32], out: &mut [f32], cols: usize, f: impl Fn(usize, &[f32], &mut 
         out.par_chunks_mut(cols)
             .zip(x.par_chunks(cols))
             .enumerate()
-            .with_min_len(PAR_CHUNK / cols + 1)
+            .with_min_len((PAR_CHUNK / cols).max(1))
             .for_each(run);
     } else {
         out.chunks_mut(cols)
