@@ -64,7 +64,11 @@ fn main() {
     } else {
         println!("Slower on {} threads than on 1:", r.threads);
         for p in slower {
-            println!("  {} at {} elements: {:.2}x", p.op, p.elements, p.speedup());
+            let (lo, hi) = p.speedup_range;
+            println!(
+                "  {} at {} elements: {:.2}x ({lo:.2}-{hi:.2} over the turns)",
+                p.op, p.elements, p.speedup
+            );
         }
     }
 }

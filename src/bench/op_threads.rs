@@ -49,20 +49,17 @@ impl Default for OpThreadsConfig {
     }
 }
 
-/// One op at one size: median microseconds per call on each pool.
+/// One op at one size: median microseconds per call on each pool, and the speedup
+/// (one thread's time over N threads': above 1, the threads help) as the median and
+/// range over the turns, each turn's pair of medians taken side by side.
 #[derive(Debug, Clone, Serialize)]
 pub struct OpPoint {
     pub op: &'static str,
     pub elements: usize,
     pub one_thread_us: f64,
     pub many_threads_us: f64,
-}
-
-impl OpPoint {
-    /// One thread's time over N threads' (above 1: the threads help).
-    pub fn speedup(&self) -> f64 {
-        self.one_thread_us / self.many_threads_us
-    }
+    pub speedup: f64,
+    pub speedup_range: (f64, f64),
 }
 
 /// The measurement: every op at every size.
@@ -86,7 +83,7 @@ impl OpThreads {
     pub fn slower(&self, tolerance: f64) -> Vec<&OpPoint> {
         self.points
             .iter()
-            .filter(|p| p.elements >= PARALLEL_ELEMENTS && p.speedup() < 1.0 - tolerance)
+            .filter(|p| p.elements >= PARALLEL_ELEMENTS && p.speedup < 1.0 - tolerance)
             .collect()
     }
 }
@@ -103,17 +100,22 @@ impl fmt::Display for OpThreads {
             self.isa
         )?;
         writeln!(f)?;
-        writeln!(f, "| op | elements | 1 thread | {t} threads | speedup |")?;
+        writeln!(
+            f,
+            "| op | elements | 1 thread | {t} threads | speedup (range) |"
+        )?;
         writeln!(f, "| --- | ---: | ---: | ---: | ---: |")?;
         for p in &self.points {
             writeln!(
                 f,
-                "| {} | {} | {:.1} | {:.1} | {:.2}x |",
+                "| {} | {} | {:.1} | {:.1} | {:.2}x ({:.2}-{:.2}) |",
                 p.op,
                 p.elements,
                 p.one_thread_us,
                 p.many_threads_us,
-                p.speedup()
+                p.speedup,
+                p.speedup_range.0,
+                p.speedup_range.1
             )?;
         }
         Ok(())
@@ -146,21 +148,30 @@ pub fn op_threads(cfg: &OpThreadsConfig) -> Res<OpThreads> {
             // The pools take turns, a slice of the time each: this VM's speed drifts
             // by tens of percent within seconds, which two runs one after the other
             // would read as a difference between the pools.
-            let (mut ones, mut manys) = (Vec::new(), Vec::new());
+            let (mut ones, mut manys, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
             let slice = cfg.min_time / TURNS as f64;
             for _ in 0..TURNS {
-                for (pool, samples) in [(&one, &mut ones), (&many, &mut manys)] {
+                let mut turn = |pool: &rayon::ThreadPool, all: &mut Vec<f64>| -> Res<f64> {
                     let burst =
                         pool.install(|| with_awake_workers(|| samples_us(slice, || work.run(op))))?;
-                    samples.extend(burst);
-                }
+                    all.extend_from_slice(&burst);
+                    Ok(median(burst))
+                };
+                let t1 = turn(&one, &mut ones)?;
+                let tn = turn(&many, &mut manys)?;
+                ratios.push(t1 / tn);
             }
-            let (one_thread_us, many_threads_us) = (median(ones), median(manys));
+            let range = (
+                ratios.iter().copied().fold(f64::INFINITY, f64::min),
+                ratios.iter().copied().fold(0.0, f64::max),
+            );
             points.push(OpPoint {
                 op: op.name(),
                 elements,
-                one_thread_us,
-                many_threads_us,
+                one_thread_us: median(ones),
+                many_threads_us: median(manys),
+                speedup: median(ratios),
+                speedup_range: range,
             });
             bar.inc(1);
         }
@@ -408,13 +419,15 @@ mod tests {
                 elements: PARALLEL_ELEMENTS,
                 one_thread_us: 10.0,
                 many_threads_us: 12.0,
+                speedup: 0.83,
+                speedup_range: (0.8, 0.9),
             }],
         };
         assert_eq!(slow.slower(0.05).len(), 1);
         assert!(slow.slower(0.25).is_empty());
         assert!(slow
             .to_string()
-            .contains("| add | 65536 | 10.0 | 12.0 | 0.83x |"));
+            .contains("| add | 65536 | 10.0 | 12.0 | 0.83x (0.80-0.90) |"));
         let one = OpThreadsConfig { threads: 1, ..cfg };
         assert!(op_threads(&one).is_err());
     }
