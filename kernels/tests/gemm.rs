@@ -252,10 +252,13 @@ fn simd_paths_agree_with_portable_and_threads_do_not_change_bits() {
     // The second shape's 784 columns take several column blocks of every kernel (cut
     // into equal widths), and its k several slabs.
     // The third has a row-major B and few rows, so B is read in place.
+    // The fourth is 1024 or more on every side, which an AVX-512 CPU that runs 512-bit
+    // FMAs as two halves (Zen 4) gives to the AVX2 kernel, C staged (rows 4 KiB apart).
     for (m, n, k, tb) in [
         (200, 300, 520, true),
         (128, 784, 300, true),
         (90, 300, 1100, false),
+        (1024, 1024, 1030, false),
     ] {
         simd_paths_agree_at(m, n, k, tb);
     }

@@ -320,28 +320,11 @@ impl<'a> Work<'a> {
                 cpu.binary(BinaryOp::Add, &layout, &self.x, &self.row, &mut self.out)?
             }
             Op::SumRows => cpu.sum_axis(&self.dy, &mut self.row_out[0], 1, rows, COLS)?,
-            Op::LayerNorm => cpu.layer_norm(
-                &self.x,
-                &self.row,
-                &self.row,
-                &mut self.out,
-                &mut self.stats,
-                rows,
-                COLS,
-                1e-5,
-            )?,
+            Op::LayerNorm => self.layer_norm()?,
             Op::LayerNormBackward => {
+                // The forward pass first: it writes the statistics backward reads.
+                self.layer_norm()?;
                 let [dgamma, dbeta] = &mut self.row_out;
-                cpu.layer_norm(
-                    &self.x,
-                    &self.row,
-                    &self.row,
-                    &mut self.out,
-                    &mut self.stats,
-                    rows,
-                    COLS,
-                    1e-5,
-                )?;
                 cpu.layer_norm_backward(
                     &self.x,
                     &self.row,
@@ -387,6 +370,14 @@ impl<'a> Work<'a> {
                 cpu.adamw_step(&p, &mut self.out, &self.dy, m, v)?
             }
         }
+        Ok(())
+    }
+
+    fn layer_norm(&mut self) -> Res<()> {
+        let (x, row, rows) = (&self.x, &self.row, self.rows);
+        let (y, stats) = (&mut self.out, &mut self.stats);
+        self.cpu
+            .layer_norm(x, row, row, y, stats, rows, COLS, 1e-5)?;
         Ok(())
     }
 }

@@ -69,26 +69,10 @@ unsafe fn tile_run<const PACKED_A: bool, const PACKED_B: bool>(t: &Tiles) {
         // SAFETY: each tile of `t` satisfies `kernel`'s contract (`tiles`'s), its C read
         // at `c_in` with `ldc_in`.
         unsafe {
-            let bias = if t.bias.is_null() {
-                t.bias
-            } else {
-                t.bias.add(i * t.bias_step)
-            };
+            let p = t.at(i);
             body::<PACKED_A, PACKED_B>(
-                t.kc,
-                t.a.add(i * t.a_step),
-                t.rs_a,
-                t.cs_a,
-                t.b.add(i * t.b_step),
-                t.rs_b,
-                t.c.add(i * t.c_step),
-                t.ldc,
-                t.c_in.add(i * t.c_in_step),
-                t.ldc_in,
-                t.alpha,
-                t.beta,
-                bias,
-                t.relu,
+                t.kc, p.a, t.rs_a, t.cs_a, p.b, t.rs_b, p.c, t.ldc, p.c_in, t.ldc_in, t.alpha,
+                t.beta, p.bias, t.relu,
             )
         }
     }
