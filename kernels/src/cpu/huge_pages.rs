@@ -3,7 +3,9 @@
 //! pages; numpy advises every array of 4 MiB and more, so its BLAS works on huge pages
 //! while plain `Vec`s stay on 4 KiB ones. A GEMM whose operands span thousands of pages
 //! then misses the TLB: on Zen 4, one thread, 1024^3 to 2048^3 ran 2% faster with all
-//! three operands advised (alternated with unadvised runs, 5 pairs).
+//! three operands advised (alternated with unadvised runs, 5 pairs). The price is
+//! numpy's too: where the system's THP `defrag` setting is `madvise`, a first touch may
+//! wait for the kernel to compact memory into a free huge page.
 
 /// Buffers of at least this many bytes are advised (numpy's threshold).
 const MIN_ADVISED_BYTES: usize = 4 << 20;
