@@ -8,7 +8,7 @@
 //! measurement's noise; at and above it, a ratio under 1 is an op that more threads
 //! slow down ([`OpThreads::slower`]), which `docs/BENCHMARKS.md` records per machine.
 
-use crate::kernels::cpu::{with_awake_workers, CpuBackend};
+use crate::kernels::cpu::{with_awake_workers, CpuBackend, PARALLEL_MIN_ELEMENTS};
 use crate::kernels::{
     AdamWParams, Backend, BinaryLayout, BinaryOp, SgdParams, StridedLayout, UnaryOp,
 };
@@ -83,13 +83,10 @@ impl OpThreads {
     pub fn slower(&self, tolerance: f64) -> Vec<&OpPoint> {
         self.points
             .iter()
-            .filter(|p| p.elements >= PARALLEL_ELEMENTS && p.speedup < 1.0 - tolerance)
+            .filter(|p| p.elements >= PARALLEL_MIN_ELEMENTS && p.speedup < 1.0 - tolerance)
             .collect()
     }
 }
-
-/// The CPU backend's threshold for elementwise and row-wise ops (`cpu/elementwise.rs`).
-pub const PARALLEL_ELEMENTS: usize = 1 << 16;
 
 impl fmt::Display for OpThreads {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -128,9 +125,8 @@ pub fn op_threads(cfg: &OpThreadsConfig) -> Res<OpThreads> {
     if cfg.threads < 2 {
         return Err("op_threads compares one thread with several: threads must be >= 2".into());
     }
-    let pools = [1, cfg.threads].map(|t| rayon::ThreadPoolBuilder::new().num_threads(t).build());
-    let [one, many] = pools;
-    let (one, many) = (one?, many?);
+    let pool = |threads| rayon::ThreadPoolBuilder::new().num_threads(threads).build();
+    let (one, many) = (pool(1)?, pool(cfg.threads)?);
     let cpu = CpuBackend::new();
     let bar = if cfg.progress {
         ProgressBar::new((cfg.sizes.len() * OPS.len()) as u64).with_style(
@@ -407,7 +403,7 @@ mod tests {
             isa: "x".into(),
             points: vec![OpPoint {
                 op: "add",
-                elements: PARALLEL_ELEMENTS,
+                elements: PARALLEL_MIN_ELEMENTS,
                 one_thread_us: 10.0,
                 many_threads_us: 12.0,
                 speedup: 0.83,

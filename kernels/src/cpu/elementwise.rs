@@ -12,8 +12,11 @@ use rayon::prelude::*;
 /// Elements per parallel chunk: below this a fork/join costs more than the work.
 pub(crate) const PAR_CHUNK: usize = 1 << 15;
 
+/// The fewest elements an elementwise or row-wise op shares across threads.
+pub const PARALLEL_MIN_ELEMENTS: usize = 2 * PAR_CHUNK;
+
 pub(crate) fn parallel(len: usize) -> bool {
-    len >= 2 * PAR_CHUNK && rayon::current_num_threads() > 1
+    len >= PARALLEL_MIN_ELEMENTS && rayon::current_num_threads() > 1
 }
 
 simd_fn! {

@@ -20,6 +20,7 @@ mod softmax;
 mod window;
 
 pub use awake::with_awake_workers;
+pub use elementwise::PARALLEL_MIN_ELEMENTS;
 pub use isa::{Isa, Simd};
 pub use pool::{recycle, release_pooled, MIN_POOLED};
 
