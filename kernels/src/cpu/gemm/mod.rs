@@ -117,13 +117,15 @@ pub(crate) trait MicroKernel {
     /// # Safety
     /// Each tile of `t` satisfies [`kernel`](Self::kernel)'s contract.
     unsafe fn tiles(t: &Tiles) {
-        // SAFETY: as the caller guarantees.
-        unsafe {
-            for_each_tile(t, |a, b, c, bias| {
+        for i in 0..t.count {
+            // SAFETY: as the caller guarantees.
+            unsafe {
+                let p = t.at(i);
                 Self::kernel(
-                    t.kc, a, t.rs_a, t.cs_a, b, t.rs_b, c, t.ldc, t.alpha, t.beta, bias, t.relu,
+                    t.kc, p.a, t.rs_a, t.cs_a, p.b, t.rs_b, p.c, t.ldc, t.alpha, t.beta, p.bias,
+                    t.relu,
                 )
-            })
+            }
         }
     }
 }
@@ -192,22 +194,6 @@ impl Tiles {
     }
 }
 
-/// Calls `tile(a, b, c, bias)` with each tile's pointers of the run `t`.
-///
-/// # Safety
-/// The run's pointers stay inside their allocations for all `count` tiles.
-#[inline(always)]
-unsafe fn for_each_tile(
-    t: &Tiles,
-    mut tile: impl FnMut(*const f32, *const f32, *mut f32, *const f32),
-) {
-    for i in 0..t.count {
-        // SAFETY: as the caller guarantees.
-        let p = unsafe { t.at(i) };
-        tile(p.a, p.b, p.c, p.bias);
-    }
-}
-
 /// Calls a micro-kernel's `body::<PACKED_A, PACKED_B>(kc, a, rs_a, cs_a, b, rs_b, c, ldc,
 /// alpha, beta, ..)` (or, given one run of [`Tiles`], its `tile_run::<..>(t)`) with each
 /// flag set when that operand has its packed strides (A: 1 and MR; B: NR), so that four
@@ -239,8 +225,8 @@ use with_packed_strides;
 
 /// A kernel's [`MicroKernel::tiles`] as a loop over its `body::<PACKED_A, PACKED_B>`,
 /// which must be `#[inline(always)]` and is then inlined into the caller's instruction
-/// set, once per pair of flags (see [`with_packed_strides`]). A plain loop, not a closure
-/// through [`for_each_tile`]: a closure is a function of its own, without the caller's
+/// set, once per pair of flags (see [`with_packed_strides`]). A plain loop, not a call
+/// through a closure: a closure is a function of its own, without the caller's
 /// `target_feature`s, and once the unrolled body made it too large to inline, every
 /// intrinsic in it became a call (AVX-512 on Zen 4: 2 GFLOP/s).
 macro_rules! tiles_of_body {
