@@ -5,15 +5,18 @@
 //!
 //!     cargo run --release --example sgemm -- --threads 1 --json-out sgemm.json
 //!     cargo run --release --example sgemm -- --shapes 1024x192x64/nt,192x64x1024/tn
+//!     cargo run --release --example sgemm -- --dtype bf16
 //!
 //! `--shapes` takes `MxNxK` products, optionally `/ab` with `a`, `b` each `n` (row-major)
 //! or `t` (transposed): the layouts a layer's forward (`/nt`, X W^T) and backward (`/nn`
-//! for dX, `/tn` for dW) pass to the GEMM.
+//! for dX, `/tn` for dW) pass to the GEMM. `--dtype bf16|f16` times products whose inputs
+//! are rounded to that format and summed in f32 (`vdpbf16ps` on AVX512-BF16), as mixed
+//! precision computes them.
 
 use clap::Parser;
-use ringtrain::kernels::cpu::gemm::{sgemm, MatRef};
+use ringtrain::kernels::cpu::gemm::{gemm_mixed, Epilogue, MatRef};
 use ringtrain::kernels::cpu::{CpuBackend, Simd};
-use ringtrain::kernels::Backend;
+use ringtrain::kernels::{Backend, Precision};
 use serde::Serialize;
 use std::error::Error;
 use std::path::PathBuf;
@@ -31,6 +34,9 @@ struct Args {
     /// Worker threads.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     threads: u32,
+    /// The inputs' format: f32, or bf16 / f16 with f32 accumulation.
+    #[arg(long, default_value = "f32")]
+    dtype: Precision,
     /// Seconds of timed calls per size (at least 3 calls).
     #[arg(long, default_value_t = 0.5)]
     min_time: f64,
@@ -92,6 +98,7 @@ struct Row {
 #[derive(Serialize)]
 struct Report {
     isa: String,
+    dtype: String,
     threads: u32,
     gemm: Vec<Row>,
 }
@@ -141,7 +148,8 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
                 MatRef::row_major(&a, m, k, p.a_transposed),
                 MatRef::row_major(&b, k, n, p.b_transposed),
             );
-            sgemm(simd, m, n, k, 1.0, ar, br, 0.0, &mut c, n)
+            let none = Epilogue::default();
+            gemm_mixed(simd, args.dtype, m, n, k, 1.0, ar, br, 0.0, &mut c, n, none)
         };
         let min_time = args.min_time;
         let mut timed = move || -> Result<Vec<f64>, String> {
@@ -195,7 +203,8 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
         rows.push(row);
     }
     let report = Report {
-        isa: simd.isa().to_string(),
+        isa: simd.to_string(),
+        dtype: args.dtype.to_string(),
         threads: args.threads,
         gemm: rows,
     };

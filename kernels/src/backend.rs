@@ -3,8 +3,8 @@
 //! backend can enqueue each op without a round trip to the host.
 
 use crate::{
-    validate, AttentionSpec, BinaryLayout, CompareOp, DType, GatherSpec, Result, SelectLayout,
-    StridedLayout, Window2d,
+    validate, AttentionSpec, BinaryLayout, CompareOp, DType, GatherSpec, Precision, Result,
+    SelectLayout, StridedLayout, Window2d,
 };
 
 /// Elementwise functions with a closed-form derivative.
@@ -40,6 +40,8 @@ pub enum BinaryOp {
 /// `k x n`, stored `k x n` or `n x k`. C is `m x n`, contiguous. Consecutive products in a
 /// batch start `stride_a`/`stride_b`/`m*n` elements apart; a stride of 0 reuses one
 /// operand for the whole batch. With `beta == 0`, C is written without being read.
+/// `precision` is the format A's and B's values enter the product in (rounded to it,
+/// the products summed in f32; see [`Precision`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GemmSpec {
     pub m: usize,
@@ -52,6 +54,7 @@ pub struct GemmSpec {
     pub batch: usize,
     pub stride_a: usize,
     pub stride_b: usize,
+    pub precision: Precision,
 }
 
 impl GemmSpec {
@@ -68,7 +71,13 @@ impl GemmSpec {
             batch: 1,
             stride_a: m * k,
             stride_b: k * n,
+            precision: Precision::F32,
         }
+    }
+
+    /// The same product with its inputs in `precision`.
+    pub fn with_precision(self, precision: Precision) -> Self {
+        Self { precision, ..self }
     }
 
     /// Elements of A, B and C the spec reads or writes (`usize::MAX` where that
@@ -400,6 +409,11 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// Converts each element between dtypes: u32 to f32 by value, f32 to u32 truncating
     /// toward zero (negative and NaN to 0, saturating above).
     fn cast(&self, x: &Self::Buffer, from: DType, to: DType, out: &mut Self::Buffer) -> Result<()>;
+
+    /// `y[i] = precision.round(x[i])`: each value rounded to a 16-bit format and back (a
+    /// copy for f32), as mixed precision treats the inputs of the products it does not
+    /// run through [`Backend::gemm`] (convolutions, attention).
+    fn round_to(&self, precision: Precision, x: &Self::Buffer, y: &mut Self::Buffer) -> Result<()>;
 
     /// Index (u32) of the first largest value along the middle axis of `[outer, axis,
     /// inner]`; a NaN counts as largest.

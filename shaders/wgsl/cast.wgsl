@@ -1,5 +1,6 @@
 // Converts between dtypes: mode 0 is u32 -> f32 by value; mode 1 is f32 -> u32,
-// truncating toward zero, negative and NaN to 0, saturating at 2^32 - 1 (as Rust's `as`).
+// truncating toward zero, negative and NaN to 0, saturating at 2^32 - 1 (as Rust's `as`);
+// modes 2 and 3 round f32 to bfloat16 and to binary16 and back (`round_to`).
 
 struct Params {
     len: u32,
@@ -25,6 +26,8 @@ fn main(
     let w = x[i];
     if p.mode == 0u {
         out[i] = bitcast<u32>(f32(w));
+    } else if p.mode >= 2u {
+        out[i] = bitcast<u32>(round_to(p.mode - 1u, bitcast<f32>(w)));
     } else {
         let v = bitcast<f32>(w);
         var r = 0u;

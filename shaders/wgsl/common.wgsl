@@ -81,3 +81,44 @@ fn unary_grad_f(op: u32, x: f32, y: f32, dy: f32) -> f32 {
         default: { return dy; }
     }
 }
+
+// Input formats of mixed-precision products, in the order of `ringtrain_kernels::Precision`.
+const FORMAT_F32: u32 = 0u;
+const FORMAT_BF16: u32 = 1u;
+const FORMAT_F16: u32 = 2u;
+
+// x rounded to bfloat16 (nearest, ties to even) and back, on the bits, as the CPU does;
+// a NaN stays a NaN (its payload could otherwise round into infinity).
+fn round_bf16(x: f32) -> f32 {
+    let u = bitcast<u32>(x);
+    if (u & 0x7fffffffu) > 0x7f800000u {
+        return bitcast<f32>((u | 0x00400000u) & 0xffff0000u);
+    }
+    return bitcast<f32>((u + 0x7fffu + ((u >> 16u) & 1u)) & 0xffff0000u);
+}
+
+// x rounded to IEEE binary16 (nearest, ties to even) and back, without `enable f16`: 11
+// significant bits from 2^-14 up, steps of 2^-24 below, infinite from 65520 on. The
+// scalings are by powers of two (exact) and WGSL's `round` takes ties to even.
+fn round_f16(x: f32) -> f32 {
+    let u = bitcast<u32>(x);
+    if (u & 0x7f800000u) == 0x7f800000u {
+        return x;
+    }
+    let e = max(i32((u >> 23u) & 0xffu) - 127, -14);
+    let step = bitcast<f32>(u32(e - 10 + 127) << 23u);
+    let per_step = bitcast<f32>(u32(10 - e + 127) << 23u);
+    let r = round(x * per_step) * step;
+    if abs(r) > 65504.0 {
+        return bitcast<f32>((u & 0x80000000u) | 0x7f800000u);
+    }
+    return r;
+}
+
+fn round_to(format: u32, x: f32) -> f32 {
+    switch format {
+        case FORMAT_BF16: { return round_bf16(x); }
+        case FORMAT_F16: { return round_f16(x); }
+        default: { return x; }
+    }
+}

@@ -32,6 +32,25 @@ struct Params {
 // A is stored k x m instead of m x k; B is stored n x k instead of k x n.
 override TRANS_A: bool = false;
 override TRANS_B: bool = false;
+// The format A's and B's values enter the product in (FORMAT_*): rounded as they are
+// loaded, the products summed in f32.
+override INPUTS: u32 = 0u;
+
+fn load_a_in(off: u32, row: u32, col: u32, rows: u32, cols: u32) -> vec4<f32> {
+    let v = load_a(off, row, col, rows, cols);
+    if INPUTS == FORMAT_F32 {
+        return v;
+    }
+    return vec4<f32>(round_to(INPUTS, v.x), round_to(INPUTS, v.y), round_to(INPUTS, v.z), round_to(INPUTS, v.w));
+}
+
+fn load_b_in(off: u32, row: u32, col: u32, rows: u32, cols: u32) -> vec4<f32> {
+    let v = load_b(off, row, col, rows, cols);
+    if INPUTS == FORMAT_F32 {
+        return v;
+    }
+    return vec4<f32>(round_to(INPUTS, v.x), round_to(INPUTS, v.y), round_to(INPUTS, v.z), round_to(INPUTS, v.w));
+}
 
 const BM: u32 = 64u;
 const BN: u32 = 64u;
@@ -102,23 +121,23 @@ fn main(
             let wide_quad = q % 16u;
             if TRANS_A {
                 // Stored k x m: a quad runs along m, straight into As.
-                As[depth * 16u + wide_quad] = load_a(a_off, k0 + depth, m0 + 4u * wide_quad, p.k, p.m);
+                As[depth * 16u + wide_quad] = load_a_in(a_off, k0 + depth, m0 + 4u * wide_quad, p.k, p.m);
             } else {
                 // Stored m x k: a quad runs along k and is transposed into As.
-                let v = load_a(a_off, m0 + row_of_quad, k0 + 4u * k_quad, p.m, p.k);
+                let v = load_a_in(a_off, m0 + row_of_quad, k0 + 4u * k_quad, p.m, p.k);
                 for (var j = 0u; j < 4u; j++) {
                     As[(4u * k_quad + j) * 16u + row_of_quad / 4u][row_of_quad % 4u] = v[j];
                 }
             }
             if TRANS_B {
                 // Stored n x k: a quad runs along k and is transposed into Bs.
-                let v = load_b(b_off, n0 + row_of_quad, k0 + 4u * k_quad, p.n, p.k);
+                let v = load_b_in(b_off, n0 + row_of_quad, k0 + 4u * k_quad, p.n, p.k);
                 for (var j = 0u; j < 4u; j++) {
                     Bs[(4u * k_quad + j) * 16u + row_of_quad / 4u][row_of_quad % 4u] = v[j];
                 }
             } else {
                 // Stored k x n: a quad runs along n, straight into Bs.
-                Bs[depth * 16u + wide_quad] = load_b(b_off, k0 + depth, n0 + 4u * wide_quad, p.k, p.n);
+                Bs[depth * 16u + wide_quad] = load_b_in(b_off, k0 + depth, n0 + 4u * wide_quad, p.k, p.n);
             }
         }
         workgroupBarrier();

@@ -60,20 +60,31 @@ impl fmt::Display for Isa {
 }
 
 /// Proof that the CPU supports an [`Isa`]: the only way to select a SIMD code path, so no
-/// kernel can be asked to run instructions the CPU lacks.
+/// kernel can be asked to run instructions the CPU lacks. On AVX-512 it also says whether
+/// bf16 products run on AVX512-BF16's `vdpbf16ps` (`bf16_dot`), which `RINGTRAIN_ISA=avx512`
+/// turns off (`avx512-bf16` names the level with it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Simd(Isa);
+pub struct Simd {
+    isa: Isa,
+    bf16_dot: bool,
+}
 
 impl Simd {
     /// The best instruction set this CPU supports. The environment variable
-    /// `RINGTRAIN_ISA` (portable, avx2, avx512, neon) selects a lower one, for comparisons
-    /// and to work around a broken path; a name the CPU cannot run is ignored with a
-    /// warning on stderr.
+    /// `RINGTRAIN_ISA` (portable, avx2, avx512, avx512-bf16, neon) selects a lower one,
+    /// for comparisons and to work around a broken path; a name the CPU cannot run is
+    /// ignored with a warning on stderr.
     pub fn detect() -> Simd {
         let Ok(name) = std::env::var("RINGTRAIN_ISA") else {
             return Simd::best();
         };
-        match Isa::from_name(&name).map(|isa| (isa, Simd::new(isa))) {
+        if name.trim().eq_ignore_ascii_case(BF16_DOT_NAME) {
+            if let Some(simd) = Simd::new(Isa::Avx512).filter(|s| s.bf16_dot) {
+                return simd;
+            }
+        }
+        let plain = |isa| Simd::new(isa).map(Simd::without_bf16_dot);
+        match Isa::from_name(&name).map(|isa| (isa, plain(isa))) {
             Some((_, Some(simd))) => simd,
             found => {
                 // A typo in a tuning variable should not pass silently, nor stop the program.
@@ -81,7 +92,7 @@ impl Simd {
                 WARNED.call_once(|| {
                     let why = match found {
                         Some((isa, _)) => format!("this CPU cannot run {isa}"),
-                        None => "expected portable, avx2, avx512 or neon".to_string(),
+                        None => "expected portable, avx2, avx512, avx512-bf16 or neon".to_string(),
                     };
                     eprintln!("ringtrain: ignoring RINGTRAIN_ISA={name}: {why}");
                 });
@@ -95,25 +106,81 @@ impl Simd {
         [Isa::Avx512, Isa::Avx2Fma, Isa::Neon]
             .into_iter()
             .find_map(Simd::new)
-            .unwrap_or(Simd(Isa::Portable))
+            .unwrap_or(Simd::portable())
     }
 
-    /// `isa`, if this CPU supports it.
+    /// `isa`, if this CPU supports it, with `vdpbf16ps` for bf16 products when `isa` is
+    /// AVX-512 and the CPU has AVX512-BF16.
     pub fn new(isa: Isa) -> Option<Simd> {
-        isa.is_supported().then_some(Simd(isa))
+        isa.is_supported().then(|| Simd {
+            isa,
+            bf16_dot: isa == Isa::Avx512 && has_avx512_bf16(),
+        })
     }
 
     pub fn portable() -> Simd {
-        Simd(Isa::Portable)
+        Simd {
+            isa: Isa::Portable,
+            bf16_dot: false,
+        }
     }
 
-    /// Every instruction set this CPU supports, the portable one first.
+    /// The same instruction set, with bf16 products computed in f32 FMAs on operands
+    /// rounded while packing.
+    pub fn without_bf16_dot(self) -> Simd {
+        Simd {
+            bf16_dot: false,
+            ..self
+        }
+    }
+
+    /// Every code path this CPU supports, the portable one first: each instruction set,
+    /// and AVX-512 both with and without `vdpbf16ps` where the CPU has it.
     pub fn available() -> Vec<Simd> {
-        Isa::ALL.into_iter().filter_map(Simd::new).collect()
+        let mut all = Vec::new();
+        for simd in Isa::ALL.into_iter().filter_map(Simd::new) {
+            if simd.bf16_dot {
+                all.push(simd.without_bf16_dot());
+            }
+            all.push(simd);
+        }
+        all
     }
 
     pub fn isa(self) -> Isa {
-        self.0
+        self.isa
+    }
+
+    /// Whether GEMMs with bf16 inputs run on AVX512-BF16's `vdpbf16ps`.
+    pub fn bf16_dot(self) -> bool {
+        self.bf16_dot
+    }
+
+    /// The path's name as `RINGTRAIN_ISA` takes it: the ISA's, or `avx512-bf16`.
+    pub fn name(self) -> &'static str {
+        if self.bf16_dot {
+            BF16_DOT_NAME
+        } else {
+            self.isa.name()
+        }
+    }
+}
+
+/// `RINGTRAIN_ISA`'s name for AVX-512 with `vdpbf16ps`.
+const BF16_DOT_NAME: &str = "avx512-bf16";
+
+fn has_avx512_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512bf16") && is_x86_feature_detected!("avx512bw")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+impl fmt::Display for Simd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 

@@ -16,6 +16,7 @@ mod norm;
 mod optim;
 mod pool;
 mod reduce;
+mod round;
 mod softmax;
 mod window;
 
@@ -27,7 +28,8 @@ pub use pool::{recycle, release_pooled, MIN_POOLED};
 use crate::{trace, validate};
 use crate::{
     AdamWParams, AttentionSpec, Backend, BinaryLayout, BinaryOp, CompareOp, DType, GatherSpec,
-    GemmSpec, KernelError, Result, SelectLayout, SgdParams, StridedLayout, UnaryOp, Window2d,
+    GemmSpec, KernelError, Precision, Result, SelectLayout, SgdParams, StridedLayout, UnaryOp,
+    Window2d,
 };
 use gemm::MatRef;
 use index::words;
@@ -74,7 +76,7 @@ impl Backend for CpuBackend {
     fn name(&self) -> String {
         format!(
             "cpu ({}, {} threads)",
-            self.simd.isa(),
+            self.simd,
             rayon::current_num_threads()
         )
     }
@@ -132,7 +134,21 @@ impl Backend for CpuBackend {
         for_each_product(spec, c, |i, c| {
             let a = MatRef::row_major(&a[i * spec.stride_a..], m, k, spec.trans_a);
             let b = MatRef::row_major(&b[i * spec.stride_b..], k, n, spec.trans_b);
-            gemm::sgemm(self.simd, m, n, k, spec.alpha, a, b, spec.beta, c, n)
+            let (alpha, beta, none) = (spec.alpha, spec.beta, gemm::Epilogue::default());
+            gemm::gemm_mixed(
+                self.simd,
+                spec.precision,
+                m,
+                n,
+                k,
+                alpha,
+                a,
+                b,
+                beta,
+                c,
+                n,
+                none,
+            )
         })
     }
 
@@ -158,14 +174,25 @@ impl Backend for CpuBackend {
         for_each_product(spec, c, |i, c| {
             let a = MatRef::row_major(&a[i * spec.stride_a..], m, k, spec.trans_a);
             let b = MatRef::row_major(&b[i * spec.stride_b..], k, n, spec.trans_b);
-            let (alpha, beta) = (spec.alpha, spec.beta);
-            gemm::sgemm_with(self.simd, m, n, k, alpha, a, b, beta, c, n, epilogue)
+            let (alpha, beta, inputs) = (spec.alpha, spec.beta, spec.precision);
+            gemm::gemm_mixed(
+                self.simd, inputs, m, n, k, alpha, a, b, beta, c, n, epilogue,
+            )
         })?;
         if let Some(op) = act.filter(|_| !relu) {
             let mut y = self.alloc(c.len())?;
             self.unary(op, c, &mut y)?;
             *c = y;
         }
+        Ok(())
+    }
+
+    fn round_to(&self, precision: Precision, x: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
+        let _span = trace::span("cpu", "round_to")
+            .arg("to", || precision.name())
+            .arg("len", || x.len());
+        crate::error::check_len("round_to", "y", x.len(), y.len())?;
+        round::round_slice(self.simd, precision, x, y);
         Ok(())
     }
 

@@ -6,7 +6,7 @@ use super::shaders::Shader;
 use super::{check_rank, GpuBackend, GpuBuffer, WG};
 use crate::layout::collapse;
 use crate::{
-    validate, Backend, BinaryLayout, CompareOp, DType, GatherSpec, Result, SelectLayout,
+    validate, Backend, BinaryLayout, CompareOp, DType, GatherSpec, Precision, Result, SelectLayout,
     StridedLayout,
 };
 
@@ -222,6 +222,31 @@ impl GpuBackend {
         let p = params::Words4 {
             len: u32_of(OP, "len", out.len)?,
             a: mode,
+            b: 0,
+            _pad: 0,
+        };
+        self.dispatch(Shader::Cast, &p, &[x, &*out], self.grid(out.len, WG)?)
+    }
+
+    /// Each value rounded to `precision` and back: the cast kernel's modes 2 and 3.
+    pub(super) fn round_impl(
+        &self,
+        precision: Precision,
+        x: &GpuBuffer,
+        out: &mut GpuBuffer,
+    ) -> Result<()> {
+        const OP: &str = "round_to";
+        crate::error::check_len(OP, "out", x.len, out.len)?;
+        if out.len == 0 {
+            return Ok(());
+        }
+        if !precision.is_reduced() {
+            let layout = StridedLayout::contiguous(&[x.len]);
+            return self.copy_strided(x, &layout, out);
+        }
+        let p = params::Words4 {
+            len: u32_of(OP, "len", out.len)?,
+            a: 1 + super::shaders::format_code(precision),
             b: 0,
             _pad: 0,
         };

@@ -22,8 +22,8 @@ pub use pool::GpuBuffer;
 
 use crate::{
     trace, validate, AdamWParams, AttentionSpec, Backend, BinaryLayout, BinaryOp, CompareOp, DType,
-    GatherSpec, GemmSpec, KernelError, Result, SelectLayout, SgdParams, StridedLayout, UnaryOp,
-    Window2d,
+    GatherSpec, GemmSpec, KernelError, Precision, Result, SelectLayout, SgdParams, StridedLayout,
+    UnaryOp, Window2d,
 };
 use device::Context;
 use params::{u32_of, ACT_NONE, MAX_RANK, OP_AFFINE};
@@ -217,6 +217,7 @@ impl GpuBackend {
             trans_b: spec.trans_b,
             vec4_a: quads(if spec.trans_a { spec.m } else { spec.k }, spec.stride_a),
             vec4_b: quads(if spec.trans_b { spec.k } else { spec.n }, spec.stride_b),
+            inputs: spec.precision,
         };
         let max = self.ctx.shared.limits.max_compute_workgroups_per_dimension as usize;
         let (gx, gy) = (spec.n.div_ceil(TILE), spec.m.div_ceil(TILE));
@@ -720,6 +721,11 @@ impl Backend for GpuBackend {
     fn cast(&self, x: &GpuBuffer, from: DType, to: DType, out: &mut GpuBuffer) -> Result<()> {
         let _span = trace::span("gpu", "encode cast");
         self.cast_impl(x, from, to, out)
+    }
+
+    fn round_to(&self, precision: Precision, x: &GpuBuffer, y: &mut GpuBuffer) -> Result<()> {
+        let _span = trace::span("gpu", "encode round_to").arg("to", || precision.name());
+        self.round_impl(precision, x, y)
     }
 
     fn argmax_axis(

@@ -3,7 +3,7 @@
 //! kept: a kernel is compiled the first time an op needs it.
 
 use super::device::Shared;
-use crate::{KernelError, Result};
+use crate::{KernelError, Precision, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -65,6 +65,8 @@ pub(super) struct GemmVariant {
     pub trans_b: bool,
     pub vec4_a: bool,
     pub vec4_b: bool,
+    /// The format A's and B's values are rounded to as they are loaded.
+    pub inputs: Precision,
 }
 
 impl Shader {
@@ -147,9 +149,19 @@ impl Shader {
             Shader::Gemm(v) => vec![
                 ("TRANS_A", f64::from(u8::from(v.trans_a))),
                 ("TRANS_B", f64::from(u8::from(v.trans_b))),
+                ("INPUTS", f64::from(format_code(v.inputs))),
             ],
             _ => Vec::new(),
         }
+    }
+}
+
+/// The shaders' FORMAT_* code of an input precision (common.wgsl).
+pub(super) fn format_code(p: Precision) -> u32 {
+    match p {
+        Precision::F32 => 0,
+        Precision::Bf16 => 1,
+        Precision::F16 => 2,
     }
 }
 

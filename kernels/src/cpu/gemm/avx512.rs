@@ -13,6 +13,46 @@ const MR: usize = 12;
 const _: () = assert!(MR == 12);
 const NR: usize = 32;
 
+/// The epilogue of a 12 x 32 tile held in `acc` (`[[__m512; 2]; 12]`): `alpha * acc + beta
+/// * C`, plus `bias` (32 values, unless null), clamped at zero when `relu`, stored to C at
+/// row stride `ldc`. A macro, not a function, so each accumulator keeps a constant index
+/// in its caller's registers (see the module's `seq!`); shared with the bf16 kernel.
+macro_rules! store_tile {
+    ($acc:ident, $c:ident, $ldc:ident, $alpha:ident, $beta:ident, $bias:ident, $relu:ident) => {
+        let (acc, c, ldc, beta, relu) = (&$acc, $c, $ldc, $beta, $relu);
+        let alpha = _mm512_set1_ps($alpha);
+        let (beta_v, zero) = (_mm512_set1_ps(beta), _mm512_setzero_ps());
+        let bias =
+            (!$bias.is_null()).then(|| (_mm512_loadu_ps($bias), _mm512_loadu_ps($bias.add(16))));
+        seq!(I in 0..12 {{
+            let (i, row) = (I, &acc[I]);
+            let out = c.add(i * ldc);
+            let (mut r0, mut r1) = if beta == 0.0 {
+                (_mm512_mul_ps(alpha, row[0]), _mm512_mul_ps(alpha, row[1]))
+            } else {
+                let c0 = _mm512_mul_ps(beta_v, _mm512_loadu_ps(out));
+                let c1 = _mm512_mul_ps(beta_v, _mm512_loadu_ps(out.add(16)));
+                (
+                    _mm512_fmadd_ps(alpha, row[0], c0),
+                    _mm512_fmadd_ps(alpha, row[1], c1),
+                )
+            };
+            if let Some((b0, b1)) = bias {
+                r0 = _mm512_add_ps(r0, b0);
+                r1 = _mm512_add_ps(r1, b1);
+            }
+            if relu {
+                // max(0, x) returns its second operand when one is NaN: NaN passes.
+                r0 = _mm512_max_ps(zero, r0);
+                r1 = _mm512_max_ps(zero, r1);
+            }
+            _mm512_storeu_ps(out, r0);
+            _mm512_storeu_ps(out.add(16), r1);
+        }});
+    };
+}
+pub(super) use store_tile;
+
 impl MicroKernel for Avx512 {
     const MR: usize = MR;
     const NR: usize = NR;
@@ -119,34 +159,6 @@ unsafe fn body<const PACKED_A: bool, const PACKED_B: bool>(
         for _ in 0..kc % 4 {
             step!();
         }
-        let alpha = _mm512_set1_ps(alpha);
-        let (beta_v, zero) = (_mm512_set1_ps(beta), _mm512_setzero_ps());
-        let bias =
-            (!bias.is_null()).then(|| (_mm512_loadu_ps(bias), _mm512_loadu_ps(bias.add(16))));
-        seq!(I in 0..12 {{
-            let (i, row) = (I, &acc[I]);
-            let out = c.add(i * ldc);
-            let (mut r0, mut r1) = if beta == 0.0 {
-                (_mm512_mul_ps(alpha, row[0]), _mm512_mul_ps(alpha, row[1]))
-            } else {
-                let c0 = _mm512_mul_ps(beta_v, _mm512_loadu_ps(out));
-                let c1 = _mm512_mul_ps(beta_v, _mm512_loadu_ps(out.add(16)));
-                (
-                    _mm512_fmadd_ps(alpha, row[0], c0),
-                    _mm512_fmadd_ps(alpha, row[1], c1),
-                )
-            };
-            if let Some((b0, b1)) = bias {
-                r0 = _mm512_add_ps(r0, b0);
-                r1 = _mm512_add_ps(r1, b1);
-            }
-            if relu {
-                // max(0, x) returns its second operand when one is NaN: NaN passes.
-                r0 = _mm512_max_ps(zero, r0);
-                r1 = _mm512_max_ps(zero, r1);
-            }
-            _mm512_storeu_ps(out, r0);
-            _mm512_storeu_ps(out.add(16), r1);
-        }});
+        store_tile!(acc, c, ldc, alpha, beta, bias, relu);
     }
 }

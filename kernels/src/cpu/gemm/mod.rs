@@ -16,13 +16,15 @@
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod avx512_bf16;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 mod pack;
 mod portable;
 
-use super::{Isa, Simd};
-use crate::{trace, KernelError, Result};
+use super::{round, Isa, Simd};
+use crate::{trace, KernelError, Precision, Result};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -82,6 +84,9 @@ pub(crate) trait MicroKernel {
     /// Whether `tiles` reads C (when `beta != 0`) from [`Tiles::c_in`] rather than from
     /// where it writes: only such kernels stage C (see `stages_c`).
     const READS_C_APART: bool = false;
+    /// Whether the packed panels hold bf16 pairs along k (`avx512_bf16`) rather than
+    /// f32 values; the driver packs f32 and then converts each panel in place.
+    const PAIRS: bool = false;
 
     /// `C = alpha * A_panel * B_panel + beta * C` for one MR x NR tile (row stride `ldc`),
     /// with A's element `(i, p)` at `a[i * rs_a + p * cs_a]` (a packed panel: `kc` groups
@@ -327,6 +332,29 @@ pub fn sgemm_with(
     ldc: usize,
     epilogue: Epilogue,
 ) -> Result<()> {
+    let f32 = Precision::F32;
+    gemm_mixed(simd, f32, m, n, k, alpha, a, b, beta, c, ldc, epilogue)
+}
+
+/// [`sgemm_with`] with A's and B's values rounded to `inputs` (see [`Precision`]) as
+/// they are packed, the products summed in f32: bf16 inputs run on `vdpbf16ps` where
+/// `simd` has it ([`Simd::bf16_dot`]), every other case on the f32 kernels. Operands
+/// are then always packed, never read in place.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_mixed(
+    simd: Simd,
+    inputs: Precision,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: MatRef,
+    b: MatRef,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+    epilogue: Epilogue,
+) -> Result<()> {
     let mut span = trace::span("cpu", "gemm")
         .arg("m", || m)
         .arg("n", || n)
@@ -334,11 +362,20 @@ pub fn sgemm_with(
         .arg("layout", || {
             let t = |transposed: bool| if transposed { 't' } else { 'n' };
             format!("{}{}", t(a.rs == 1 && a.cs != 1), t(b.rs == 1 && b.cs != 1))
-        });
-    let result = sgemm_checked(simd, m, n, k, alpha, a, b, beta, c, ldc, epilogue);
+        })
+        .arg("inputs", || inputs.name());
+    let operands = Operands { a, b, inputs };
+    let result = sgemm_checked(simd, m, n, k, alpha, operands, beta, c, ldc, epilogue);
     let ns = span.elapsed_ns().max(1);
     span.set("gflops", || 2.0 * (m * n * k) as f64 / ns as f64);
     result
+}
+
+/// A GEMM's two operands and the precision their values enter it in.
+struct Operands<'a> {
+    a: MatRef<'a>,
+    b: MatRef<'a>,
+    inputs: Precision,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -348,8 +385,7 @@ fn sgemm_checked(
     n: usize,
     k: usize,
     alpha: f32,
-    a: MatRef,
-    b: MatRef,
+    Operands { a, b, inputs }: Operands,
     beta: f32,
     c: &mut [f32],
     ldc: usize,
@@ -416,8 +452,14 @@ fn sgemm_checked(
         epilogue,
         // Every x86 core with AVX2 or AVX-512 has AVX, which the transposing pack uses.
         avx_pack: matches!(simd.isa(), Isa::Avx2Fma | Isa::Avx512),
+        inputs,
+        simd,
     };
     match simd.isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if inputs == Precision::Bf16 && simd.bf16_dot() => {
+            run::<avx512_bf16::Avx512Bf16>(&shape, &a, &b, c)
+        }
         // An AVX-512 `Simd` proves AVX2 and FMA as well (`Isa::is_supported`).
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 if avx2_blocking_wins(&shape) => run::<avx2::Avx2Fma>(&shape, &a, &b, c),
@@ -442,7 +484,11 @@ fn sgemm_checked(
 /// thread count.
 #[cfg(target_arch = "x86_64")]
 fn avx2_blocking_wins(s: &Shape) -> bool {
-    s.m >= 1024 && s.n >= 1024 && s.k >= 1024 && avx512_runs_as_halves()
+    s.inputs == Precision::F32
+        && s.m >= 1024
+        && s.n >= 1024
+        && s.k >= 1024
+        && avx512_runs_as_halves()
 }
 
 /// Whether this CPU runs 512-bit FMAs as two 256-bit halves: AMD's family 19h (Zen 3,
@@ -471,6 +517,9 @@ struct Shape<'a> {
     parallel: bool,
     epilogue: Epilogue<'a>,
     avx_pack: bool,
+    /// What A's and B's values are rounded to as they are packed.
+    inputs: Precision,
+    simd: Simd,
 }
 
 impl Epilogue<'_> {
@@ -502,8 +551,10 @@ struct Task {
 
 fn run<K: MicroKernel>(s: &Shape, a: &MatRef, b: &MatRef, c: &mut [f32]) {
     let (m_panels, n_panels) = (s.m.div_ceil(K::MR), s.n.div_ceil(K::NR));
-    let direct_a = K::STRIDED_A && reads_a_in_place::<K>(s, a);
-    let direct_b = K::STRIDED_B && reads_b_in_place(s, b);
+    // Rounded inputs exist only in the packing.
+    let exact = !s.inputs.is_reduced();
+    let direct_a = K::STRIDED_A && exact && reads_a_in_place::<K>(s, a);
+    let direct_b = K::STRIDED_B && exact && reads_b_in_place(s, b);
     let direct = (direct_a, direct_b);
     let threads = if s.parallel {
         rayon::current_num_threads()
@@ -657,6 +708,7 @@ fn run_task<K: MicroKernel>(
         for (idx, dst) in ap.chunks_mut(mr * kc).enumerate() {
             let i0 = (first_packed + idx) * mr;
             pack::pack_a(dst, a, i0, mr.min(s.m - i0), pc, kc, mr, s.avx_pack);
+            finish_panel::<K>(s, dst, kc, mr);
         }
         let ap = &*ap;
         let a_panel = |ip: usize| {
@@ -706,6 +758,9 @@ fn run_task<K: MicroKernel>(
                     let j0 = (b_packed_from + idx) * nr;
                     pack::pack_b(dst, b, pc, kc, j0, nr.min(s.n - j0), nr, s.avx_pack);
                 }
+            }
+            for panel in bp.chunks_mut(nr * kc) {
+                finish_panel::<K>(s, panel, kc, nr);
             }
             let bp = &*bp;
             let b_panel = |jp: usize| {
@@ -818,6 +873,21 @@ fn run_task<K: MicroKernel>(
             }
         }
     }
+}
+
+/// Turns a freshly packed f32 panel of `kc` groups of `w` into what the kernel reads:
+/// bf16 pairs for a [pairs kernel](MicroKernel::PAIRS), else the values rounded to the
+/// product's input precision (nothing to do for f32).
+fn finish_panel<K: MicroKernel>(s: &Shape, panel: &mut [f32], kc: usize, w: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if K::PAIRS {
+        // SAFETY: a pairs kernel is chosen only through a `Simd` with `bf16_dot`, which
+        // proves AVX512-BF16 and AVX512BW; the panel holds `kc * w` values.
+        unsafe { avx512_bf16::to_pairs(panel, kc, w) };
+        return;
+    }
+    let _ = (kc, w);
+    round::round_in_place(s.simd, s.inputs, panel);
 }
 
 /// Whether a task sums its slices of k in a buffer of its own (the stage), at a row

@@ -1,0 +1,143 @@
+// The mixed-precision checks of the conformance suite (included by conformance.rs):
+// GEMMs whose inputs are rounded to bf16 or f16, and the `round_to` op, on every backend.
+
+use ringtrain_kernels::Precision;
+
+/// `|x|` summed over a product's terms, per element of C: what rounding errors scale with.
+fn gemm_abs_ref(s: &GemmSpec, a: &[f32], b: &[f32]) -> Vec<f64> {
+    let abs = |v: &[f32]| v.iter().map(|x| x.abs()).collect::<Vec<_>>();
+    let unit = GemmSpec {
+        alpha: 1.0,
+        beta: 0.0,
+        ..*s
+    };
+    gemm_ref(&unit, &abs(a), &abs(b), &[])
+}
+
+/// A GEMM with bf16 or f16 inputs against two f64 references. Against the product of
+/// the rounded inputs (exact in f64) it may differ only by f32 accumulation, `k * 2^-24`
+/// of the sum of |terms| (catches a wrong rounding, or none); against the product of the
+/// inputs as given, also by the inputs' rounding, `2u + u^2` with `u` the format's unit
+/// roundoff (the bound of a product of two rounded values).
+fn mixed_gemm<B: Backend>(b: &B) {
+    let name = b.name();
+    let mut r = rng(4242);
+    // Odd k (a bf16 pair padded with zero), k past one slice (512 on AVX512-BF16), edges
+    // of every tile size, above the CPU's threading threshold, and a batch.
+    let shapes = [
+        (1, 1, 1, 1),
+        (13, 33, 7, 1),
+        (12, 32, 64, 1),
+        (25, 70, 1030, 1),
+        (150, 130, 120, 1),
+        (5, 7, 9, 3),
+    ];
+    for precision in [Precision::Bf16, Precision::F16] {
+        let u = precision.unit_roundoff() as f64;
+        for (m, n, k, batch) in shapes {
+            for (trans_a, trans_b) in [(false, false), (false, true), (true, false)] {
+                for (alpha, beta) in [(1.0f32, 0.0f32), (-0.5, 0.75)] {
+                    let spec = GemmSpec {
+                        batch,
+                        alpha,
+                        beta,
+                        ..GemmSpec::new(m, n, k, trans_a, trans_b)
+                    }
+                    .with_precision(precision);
+                    let (la, lb, lc) = spec.buffer_lens();
+                    let a = uniform(la, -2.0, 2.0, &mut r);
+                    let bm = uniform(lb, -2.0, 2.0, &mut r);
+                    let c0 = if beta == 0.0 {
+                        vec![f32::NAN; lc]
+                    } else {
+                        uniform(lc, -1.0, 1.0, &mut r)
+                    };
+                    let mut c = up(b, &c0);
+                    b.gemm(&spec, &up(b, &a), &up(b, &bm), &mut c).unwrap();
+                    let got = down(b, &c);
+                    let round = |v: &[f32]| v.iter().map(|&x| precision.round(x)).collect::<Vec<_>>();
+                    let (ar, br) = (round(&a), round(&bm));
+                    let terms: Vec<f64> = gemm_abs_ref(&spec, &a, &bm)
+                        .iter()
+                        .map(|t| t * alpha.abs() as f64 + 1.0)
+                        .collect();
+                    let ctx = format!("{name}: {precision} gemm {spec:?}");
+                    let accumulation = (k as f64 + 2.0) * f32::EPSILON as f64;
+                    let tol: Vec<f64> = terms.iter().map(|t| t * accumulation).collect();
+                    let rounded_ref = gemm_ref(&spec, &ar, &br, &c0);
+                    assert_within(&format!("{ctx} (rounded inputs)"), &got, &rounded_ref, &tol);
+                    let tol: Vec<f64> = terms
+                        .iter()
+                        .map(|t| t * (accumulation + 2.0 * u + u * u))
+                        .collect();
+                    let exact_ref = gemm_ref(&spec, &a, &bm, &c0);
+                    assert_within(&format!("{ctx} (exact inputs)"), &got, &exact_ref, &tol);
+                }
+            }
+        }
+        // The fused epilogue keeps the rounding: ReLU(A B + bias), several slices of k.
+        let spec = GemmSpec::new(20, 40, 600, false, true).with_precision(precision);
+        let (la, lb, lc) = spec.buffer_lens();
+        let (a, bm, bias) = (
+            uniform(la, -1.0, 1.0, &mut r),
+            uniform(lb, -1.0, 1.0, &mut r),
+            uniform(40, -1.0, 1.0, &mut r),
+        );
+        let mut c = poisoned(b, lc);
+        let act = Some(UnaryOp::Relu);
+        b.gemm_bias_act(&spec, &up(b, &a), &up(b, &bm), &up(b, &bias), act, &mut c)
+            .unwrap();
+        let round = |v: &[f32]| v.iter().map(|&x| precision.round(x)).collect::<Vec<_>>();
+        let want: Vec<f64> = gemm_ref(&spec, &round(&a), &round(&bm), &vec![0.0; lc])
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (v + bias[i % 40] as f64).max(0.0))
+            .collect();
+        let ctx = format!("{name}: {precision} gemm_bias_act");
+        assert_close(&ctx, &down(b, &c), &want, 1e-5 * 602.0, 1e-5);
+    }
+    // f16's range: 300 * 300 is finite in f32, but 70000 is not an f16.
+    let spec = GemmSpec::new(1, 2, 1, false, false).with_precision(Precision::F16);
+    let mut c = b.zeros(2).unwrap();
+    b.gemm(&spec, &up(b, &[300.0]), &up(b, &[300.0, 70000.0]), &mut c)
+        .unwrap();
+    let got = down(b, &c);
+    assert_eq!(got[0], 90000.0, "{name}: f16 products sum in f32");
+    assert_eq!(got[1], f32::INFINITY, "{name}: an f16 input past 65504 is infinite");
+}
+
+/// `round_to` rounds exactly as `Precision::round`, ties, subnormals, overflow and NaN
+/// included.
+fn round_to<B: Backend>(b: &B) {
+    let name = b.name();
+    let mut x = vec![0.0f32, -0.0, 1.0, 65504.0, 65519.0, 65520.0, -1e6, 1e-8, 6e-8, 3e-5];
+    x.extend([f32::INFINITY, f32::NEG_INFINITY, f32::NAN, f32::MAX, f32::MIN_POSITIVE]);
+    let mut r = rng(99);
+    for _ in 0..3000 {
+        let bits: u32 = r.random();
+        x.push(f32::from_bits(bits));
+        // Exact ties of both formats.
+        x.push(f32::from_bits((bits & 0xffff_0000) | 0x8000));
+        x.push(f32::from_bits((bits & 0xffff_e000) | 0x1000));
+    }
+    x.extend(uniform(BIG, -3.0, 3.0, &mut r));
+    for precision in Precision::ALL {
+        let mut y = poisoned(b, x.len());
+        b.round_to(precision, &up(b, &x), &mut y).unwrap();
+        let got = down(b, &y);
+        for (i, (&xi, &g)) in x.iter().zip(&got).enumerate() {
+            let want = precision.round(xi);
+            assert!(
+                g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()),
+                "{name}: round_to {precision}: element {i}, {xi:e} ({:#x}) -> {g:e}, want {want:e}",
+                xi.to_bits()
+            );
+        }
+    }
+    let mut short = b.zeros(2).unwrap();
+    assert_err(
+        &format!("{name}: round_to length"),
+        b.round_to(Precision::Bf16, &up(b, &[1.0; 3]), &mut short),
+        &["round_to", "3", "2"],
+    );
+}
