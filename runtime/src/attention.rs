@@ -4,7 +4,7 @@
 use crate::backprop::Op;
 use crate::device::{buf, on_device, wrap};
 use crate::ops::{record, same_device};
-use crate::{Error, Result, Shape, Tensor};
+use crate::{compute_precision, with_precision, Error, Precision, Result, Shape, Tensor};
 use ringtrain_kernels::{AttentionSpec, Backend, DType};
 
 /// Dropout of the attention weights: each is kept with probability `1 - p` (and scaled
@@ -26,6 +26,26 @@ impl Tensor {
         v: &Tensor,
         causal: bool,
         dropout: Option<AttentionDropout>,
+    ) -> Result<Tensor> {
+        let precision = compute_precision();
+        if precision.is_reduced() {
+            let [q, k, v] = [q, k, v].map(|t| t.round_to(precision));
+            return with_precision(Precision::F32, || {
+                Self::attention_in(&q?, &k?, &v?, causal, dropout, precision)
+            });
+        }
+        Self::attention_in(q, k, v, causal, dropout, Precision::F32)
+    }
+
+    /// [`Tensor::scaled_dot_product_attention`] on inputs already rounded to
+    /// `precision`.
+    fn attention_in(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        causal: bool,
+        dropout: Option<AttentionDropout>,
+        precision: Precision,
     ) -> Result<Tensor> {
         const OP: &str = "scaled_dot_product_attention";
         same_device(OP, q, k)?;
@@ -86,6 +106,7 @@ impl Tensor {
             v: v.clone(),
             lse,
             spec,
+            precision,
         });
         Ok(q.typed(out, q.shape().clone(), DType::F32, None, rec))
     }

@@ -4,7 +4,7 @@
 
 use crate::device::{buf, on_device, wrap};
 use crate::window_ops;
-use crate::{no_grad, Error, Result, Tensor, TensorId, Var};
+use crate::{no_grad, with_precision, Error, Precision, Result, Tensor, TensorId, Var};
 use ringtrain_kernels::{trace, AttentionSpec, Backend, BinaryOp, GatherSpec, UnaryOp, Window2d};
 use std::collections::{HashMap, HashSet};
 
@@ -21,6 +21,8 @@ pub(crate) enum Op {
         b: Tensor,
         trans_a: bool,
         trans_b: bool,
+        /// The inputs' precision, which the gradient's products use too.
+        precision: Precision,
     },
     /// `x W^T + bias` (`x W + bias` when `in_out`), bias fused into the GEMM.
     Linear {
@@ -30,7 +32,11 @@ pub(crate) enum Op {
         in_out: bool,
         /// A ReLU applied in the op (its gradient masked by the output).
         relu: bool,
+        precision: Precision,
     },
+    /// A value rounded to a 16-bit format and back (mixed precision's cast), whose
+    /// gradient passes through unchanged.
+    RoundTo(Tensor),
     /// A sum over some dimensions, kept as size 1.
     Sum(Tensor),
     BroadcastAs(Tensor),
@@ -84,6 +90,9 @@ pub(crate) enum Op {
         v: Tensor,
         lse: Tensor,
         spec: AttentionSpec,
+        /// Its inputs were rounded to this; the backward pass rounds the incoming
+        /// gradient to it too.
+        precision: Precision,
     },
     /// Convolution with its bias, if any; the input's columns are not kept (backward
     /// unfolds the input again).
@@ -94,6 +103,8 @@ pub(crate) enum Op {
         /// A ReLU applied in the op (its gradient masked by the output).
         relu: bool,
         geom: Window2d,
+        /// As for attention.
+        precision: Precision,
     },
     MaxPool2d {
         x: Tensor,
@@ -112,6 +123,7 @@ impl Op {
             Op::Unary(_, x)
             | Op::Affine { x, .. }
             | Op::Sum(x)
+            | Op::RoundTo(x)
             | Op::BroadcastAs(x)
             | Op::Reshape(x)
             | Op::Transpose(x, ..)
@@ -390,6 +402,7 @@ impl Op {
             Op::Matmul { .. } => "grad matmul",
             Op::Linear { .. } => "grad linear",
             Op::Sum(..) => "grad sum",
+            Op::RoundTo(..) => "grad round_to",
             Op::BroadcastAs(..) => "grad broadcast_as",
             Op::Reshape(..) => "grad reshape",
             Op::Transpose(..) => "grad transpose",
@@ -448,7 +461,8 @@ fn input_grads(op: &Op, out: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>>
             b,
             trans_a,
             trans_b,
-        } => {
+            precision,
+        } => with_precision(*precision, || -> Result<_> {
             // With C = op(A) op(B): dop(A) = G op(B)^T and dop(B) = op(A)^T G, then undo
             // each op by choosing which operand the product reads transposed.
             let ga = || match (trans_a, trans_b) {
@@ -463,18 +477,19 @@ fn input_grads(op: &Op, out: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>>
                 (true, false) => a.matmul_t(g, false, false),
                 (true, true) => g.matmul_t(a, true, true),
             };
-            vec![
+            Ok(vec![
                 wants(a).then(ga).transpose()?,
                 wants(b).then(gb).transpose()?,
-            ]
-        }
+            ])
+        })?,
         Op::Linear {
             x,
             weight,
             bias,
             in_out,
             relu,
-        } => {
+            precision,
+        } => with_precision(*precision, || -> Result<_> {
             // The output is positive exactly where the ReLU's input was, so it masks.
             let masked;
             let g = if *relu {
@@ -483,7 +498,7 @@ fn input_grads(op: &Op, out: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>>
             } else {
                 g
             };
-            vec![
+            Ok(vec![
                 wants(x)
                     .then(|| g.matmul_t(weight, false, *in_out))
                     .transpose()?,
@@ -497,23 +512,37 @@ fn input_grads(op: &Op, out: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>>
                     })
                     .transpose()?,
                 wants(bias).then(|| g.sum_to(bias.shape())).transpose()?,
-            ]
-        }
+            ])
+        })?,
         Op::Conv2d {
             x,
             weight,
             bias,
             relu,
             geom,
+            precision,
         } => {
             let relu_out = relu.then_some(out);
-            window_ops::conv2d_grads(g, x, weight, bias.as_ref(), relu_out, geom)?
+            if precision.is_reduced() {
+                // The incoming gradient is a product's input too: masked by the ReLU,
+                // then rounded (the bias's gradient sums the rounded values, as a
+                // convolution over 16-bit tensors computes it).
+                let masked = match relu_out {
+                    Some(y) => unary_backward(UnaryOp::Relu, y, y, g)?,
+                    None => g.clone(),
+                };
+                let g = masked.round_to(*precision)?;
+                window_ops::conv2d_grads(&g, x, weight, bias.as_ref(), None, geom)?
+            } else {
+                window_ops::conv2d_grads(g, x, weight, bias.as_ref(), relu_out, geom)?
+            }
         }
         Op::MaxPool2d { x, argmax, geom } => {
             vec![Some(window_ops::max_pool2d_grad(g, argmax, x, geom)?)]
         }
         Op::AvgPool2d { x, geom } => vec![Some(window_ops::avg_pool2d_grad(g, x, geom)?)],
         Op::Sum(x) => vec![Some(g.broadcast_as(x.shape().clone())?)],
+        Op::RoundTo(_) => vec![Some(g.clone())],
         Op::BroadcastAs(x) => vec![Some(g.sum_to(x.shape())?)],
         Op::Reshape(x) => vec![Some(g.reshape(x.shape().clone())?)],
         Op::Transpose(_, d0, d1) => vec![Some(g.transpose(*d0, *d1)?)],
@@ -572,7 +601,15 @@ fn input_grads(op: &Op, out: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>>
             let [dx, dw, db] = Tensor::layer_norm_grads(x, weight, stats, g)?;
             vec![Some(dx), Some(dw), Some(db)]
         }
-        Op::Attention { q, k, v, lse, spec } => {
+        Op::Attention {
+            q,
+            k,
+            v,
+            lse,
+            spec,
+            precision,
+        } => {
+            let g = &g.round_to(*precision)?;
             let [dq, dk, dv] = Tensor::attention_grads(spec, [q, k, v, out, lse, g])?;
             vec![Some(dq), Some(dk), Some(dv)]
         }

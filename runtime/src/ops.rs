@@ -4,7 +4,7 @@
 use crate::backprop::Op;
 use crate::device::{buf, on_device, wrap, Storage};
 use crate::shape::{dim_indices, Dim};
-use crate::{Error, Result, Shape, Tensor};
+use crate::{compute_precision, Error, Precision, Result, Shape, Tensor};
 use ringtrain_kernels::{Backend, BinaryLayout, BinaryOp, DType, GemmSpec, StridedLayout, UnaryOp};
 
 pub(crate) fn same_device(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
@@ -201,6 +201,26 @@ impl Tensor {
         self.matmul_t(rhs, false, false)
     }
 
+    /// Each value rounded to `precision` and back (a copy of the values for f32): what
+    /// mixed precision does to the inputs of the products it does not run through a
+    /// GEMM. Its gradient is the identity, as a cast's.
+    pub fn round_to(&self, precision: Precision) -> Result<Tensor> {
+        self.expect_dtype(DType::F32, "round_to")?;
+        if !precision.is_reduced() {
+            return Ok(self.clone());
+        }
+        let storage = {
+            let x = self.read();
+            on_device!(self.device(), b => {
+                let mut y = b.alloc(self.elem_count())?;
+                b.round_to(precision, buf(b, &x)?, &mut y)?;
+                wrap(b, y)
+            })
+        };
+        let rec = record(&[self], || Op::RoundTo(self.clone()));
+        Ok(self.derived(storage, self.shape().clone(), rec))
+    }
+
     /// A linear layer: `self W^T + bias` for `self` of shape `[rows, in]`, `weight` of
     /// shape `[out, in]` (PyTorch's layout) and an optional `bias` of shape `[out]`. Runs as
     /// one GEMM whose epilogue adds the bias on backends that fuse it (the GPU).
@@ -270,7 +290,8 @@ impl Tensor {
             return unfused(self.matmul_t(weight, false, !in_out)?.add(bias));
         }
         let (m, k, n) = (xd[0], xd[1], w_out);
-        let spec = GemmSpec::new(m, n, k, false, !in_out);
+        let precision = compute_precision();
+        let spec = GemmSpec::new(m, n, k, false, !in_out).with_precision(precision);
         let act = relu.then_some(UnaryOp::Relu);
         let storage = self.with_pair(weight, |x, w| {
             let b = bias.read();
@@ -286,6 +307,7 @@ impl Tensor {
             bias: bias.clone(),
             in_out,
             relu,
+            precision,
         });
         Ok(self.derived(storage, Shape::from((m, n)), rec))
     }
@@ -381,10 +403,12 @@ impl Tensor {
         if k != kb {
             return Err(mismatch(" (inner dimensions differ)"));
         }
+        let precision = compute_precision();
         let spec = GemmSpec {
             batch,
             stride_a: m * k,
             stride_b: k * n,
+            precision,
             ..GemmSpec::new(m, n, k, trans_a, trans_b)
         };
         let shape = if r == 3 {
@@ -404,6 +428,7 @@ impl Tensor {
             b: rhs.clone(),
             trans_a,
             trans_b,
+            precision,
         });
         Ok(self.derived(storage, shape, rec))
     }

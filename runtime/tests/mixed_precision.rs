@@ -1,0 +1,127 @@
+//! Mixed precision as a model sees it (`with_precision`): products, convolutions and
+//! attention take inputs rounded to bf16 or f16 and sum in f32, their backward passes use
+//! the precision they recorded, and everything else stays f32. On the CPU and, where
+//! there is one (lavapipe in CI), the GPU.
+
+use ringtrain_runtime::{
+    compute_precision, rng_from_seed, with_precision, DType, Device, Precision, Result, Tensor, Var,
+};
+
+fn devices() -> Vec<Device> {
+    let mut d = vec![Device::cpu()];
+    d.extend(Device::test_gpu());
+    d
+}
+
+fn randn(seed: u64, dims: &[usize], dev: &Device) -> Tensor {
+    let mut rng = rng_from_seed(seed);
+    Tensor::randn(0.0, 1.0, dims, &mut rng, dev).unwrap()
+}
+
+/// The largest `|a - b|` over the largest `|b|`.
+fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let (a, b) = (a.to_vec().unwrap(), b.to_vec().unwrap());
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+    a.iter()
+        .zip(&b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+        / scale
+}
+
+/// Each op that mixed precision changes, on inputs `x` (`[8, 3, 9, 9]`, as images or a
+/// `[8, 243]` matrix) and weights `w`: all of them, summed into one output per op.
+fn ops(x: &Tensor, w: &Tensor, conv_w: &Tensor) -> Result<Vec<Tensor>> {
+    let flat = x.reshape((8, 243))?;
+    let b = Tensor::zeros(16, x.device())?;
+    let heads = x.reshape((2, 4, 27, 9))?;
+    Ok(vec![
+        flat.matmul_t(w, false, true)?,
+        flat.linear(w, Some(&b))?,
+        flat.linear_relu(w, Some(&b))?,
+        x.conv2d(conv_w, None, (1, 1), (1, 1))?,
+        Tensor::scaled_dot_product_attention(&heads, &heads, &heads, true, None)?,
+    ])
+}
+
+#[test]
+fn each_product_takes_rounded_inputs_and_sums_in_f32() {
+    for dev in devices() {
+        let x = randn(1, &[8, 3, 9, 9], &dev);
+        let w = randn(2, &[16, 243], &dev);
+        let conv_w = randn(3, &[4, 3, 3, 3], &dev);
+        let exact = ops(&x, &w, &conv_w).unwrap();
+        for p in [Precision::Bf16, Precision::F16] {
+            let mixed = with_precision(p, || ops(&x, &w, &conv_w)).unwrap();
+            assert_eq!(
+                compute_precision(),
+                Precision::F32,
+                "the scope restores f32"
+            );
+            let (xr, wr, cr) = (
+                x.round_to(p).unwrap(),
+                w.round_to(p).unwrap(),
+                conv_w.round_to(p).unwrap(),
+            );
+            let by_hand = ops(&xr, &wr, &cr).unwrap();
+            for (i, ((m, h), e)) in mixed.iter().zip(&by_hand).zip(&exact).enumerate() {
+                let ctx = format!("{} {p} op {i}", dev.name());
+                // The same rounded values in f32: only the order of the f32 sums may differ.
+                assert!(rel_diff(m, h) < 1e-5, "{ctx}: {}", rel_diff(m, h));
+                // Rounding happened: bf16 moves a product of 243 terms by about 2^-9.
+                let moved = rel_diff(m, e);
+                let u = p.unit_roundoff();
+                assert!(moved > u / 16.0 && moved < 16.0 * u, "{ctx}: moved {moved}");
+            }
+        }
+    }
+}
+
+#[test]
+fn backward_uses_the_precision_the_forward_pass_recorded() {
+    for dev in devices() {
+        let x = randn(4, &[8, 3, 9, 9], &dev);
+        let w = Var::from_tensor(&randn(5, &[16, 243], &dev)).unwrap();
+        let conv_w = Var::from_tensor(&randn(6, &[4, 3, 3, 3], &dev)).unwrap();
+        let loss = || -> Result<Tensor> {
+            let outs = ops(&x, w.as_tensor(), conv_w.as_tensor())?;
+            let mut total = Tensor::zeros((), &dev)?;
+            for o in outs {
+                total = total.add(&o.sqr()?.sum_all()?)?;
+            }
+            Ok(total)
+        };
+        let grads_f32 = loss().unwrap().backward().unwrap();
+        let inside = with_precision(Precision::Bf16, || loss()?.backward()).unwrap();
+        // Forward in the scope, backward after it: the ops recorded bf16.
+        let outside = with_precision(Precision::Bf16, loss)
+            .unwrap()
+            .backward()
+            .unwrap();
+        for var in [&w, &conv_w] {
+            let (a, b) = (inside.get(var).unwrap(), outside.get(var).unwrap());
+            assert_eq!(a.to_vec().unwrap(), b.to_vec().unwrap(), "{}", dev.name());
+            // bf16 gradients follow the f32 ones to about bf16's precision.
+            let off = rel_diff(a, grads_f32.get(var).unwrap());
+            assert!(off > 1e-5 && off < 0.05, "{}: {off}", dev.name());
+        }
+    }
+}
+
+#[test]
+fn rounding_passes_its_gradient_through_and_rejects_integers() {
+    for dev in devices() {
+        let x = Var::from_vec(vec![1.001, -3.3, 70000.0], 3, &dev).unwrap();
+        let w = Tensor::from_vec(vec![2.0, -1.0, 0.5], 3, &dev).unwrap();
+        let r = x.as_tensor().round_to(Precision::F16).unwrap();
+        assert_eq!(
+            r.to_vec().unwrap(),
+            vec![1.0009766, -3.3007812, f32::INFINITY]
+        );
+        let g = r.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
+        assert_eq!(g.get(&x).unwrap().to_vec().unwrap(), vec![2.0, -1.0, 0.5]);
+        let labels = x.as_tensor().to_dtype(DType::U32).unwrap();
+        let err = labels.round_to(Precision::Bf16).unwrap_err().to_string();
+        assert!(err.contains("round_to") && err.contains("u32"), "{err}");
+    }
+}
