@@ -197,6 +197,16 @@ impl GradStore {
         Ok(())
     }
 
+    /// Multiplies every gradient by `factor` (a loss scale undone, say). By a power of
+    /// two this is exact: the same bits as gradients computed without the scale, unless
+    /// a value over- or underflowed.
+    pub fn scale(&mut self, factor: f32) -> Result<()> {
+        for g in self.grads.values_mut() {
+            *g = g.scale(factor)?;
+        }
+        Ok(())
+    }
+
     pub fn len(&self) -> usize {
         self.grads.len()
     }

@@ -113,6 +113,10 @@ pub struct DataParallel<M, O> {
     clip_grad_norm: Option<f32>,
     skipped: u64,
     last_grad_norm: Option<f32>,
+    /// Each shard's loss is multiplied by this before backward and the averaged
+    /// gradients divided by it after (f16's dynamic loss scaling; 1 is none).
+    loss_scale: f32,
+    overflowed: bool,
 }
 
 struct Replica<M, O> {
@@ -281,6 +285,8 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
             clip_grad_norm: config.clip_grad_norm,
             skipped: 0,
             last_grad_norm: None,
+            loss_scale: 1.0,
+            overflowed: false,
         };
         run_on_replicas(&mut dp.replicas, &mut dp.failed, |r| {
             r.agree_on_layout(layout_hash)?;
@@ -394,7 +400,9 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
             batch_len,
             grad_accum: self.grad_accum,
             clip_grad_norm: self.clip_grad_norm,
+            loss_scale: self.loss_scale,
         };
+        self.overflowed = false;
         let outcomes = run_on_replicas(&mut self.replicas, &mut self.failed, |r| {
             let rows = shard(batch_len, r.comm.size(), r.comm.rank());
             r.step(layout, &settings, rows, loss)
@@ -405,6 +413,11 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
         let Some(what) = nonfinite else {
             return Ok(*global_loss);
         };
+        if self.loss_scale != 1.0 && global_loss.is_finite() {
+            // The scaled gradients overflowed: the loss scaler's to handle.
+            self.overflowed = true;
+            return Ok(*global_loss);
+        }
         match self.on_nonfinite {
             NonFinitePolicy::Skip => {
                 self.skipped += 1;
@@ -424,6 +437,26 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
     /// Steps skipped for non-finite values under [`NonFinitePolicy::Skip`].
     pub fn skipped_steps(&self) -> u64 {
         self.skipped
+    }
+
+    /// Multiplies each shard's loss by `scale` (a power of two: see
+    /// [`LossScaler`](ringtrain_runtime::optim::LossScaler)) before backward, and divides
+    /// the averaged gradients and loss by it after; 1 turns it off. A step whose loss is
+    /// finite but whose gradients are not then changes nothing and sets
+    /// [`DataParallel::last_step_overflowed`], whatever the non-finite policy.
+    pub fn set_loss_scale(&mut self, scale: f32) -> Result<()> {
+        if !(scale.is_finite() && scale > 0.0 && scale.to_bits() & 0x007f_ffff == 0) {
+            return Err(Error::InvalidArgument(format!(
+                "a loss scale must be a positive power of two, got {scale}"
+            )));
+        }
+        self.loss_scale = scale;
+        Ok(())
+    }
+
+    /// Whether the last step's scaled gradients overflowed (it was skipped).
+    pub fn last_step_overflowed(&self) -> bool {
+        self.overflowed
     }
 
     /// The global L2 norm of the last step's averaged gradient, before clipping (with
@@ -691,7 +724,13 @@ impl<M: Module + Send, O: Optimizer + Send> Replica<M, O> {
             Err(reason) => return Err(Error::Comm(CommError::PeerFailed { rank, reason })),
             Ok(r) => r?,
         };
-        let global_loss = tail[0];
+        let mut global_loss = tail[0];
+        if settings.loss_scale != 1.0 {
+            // A power of two: exact, and the same bits on every replica.
+            let inv = 1.0 / settings.loss_scale;
+            global_loss *= inv;
+            buckets.iter_mut().flatten().for_each(|g| *g *= inv);
+        }
         if let Some(bad) = NonFinite::find(global_loss, layout, buckets) {
             return Ok((global_loss, None, Some(bad)));
         }
@@ -717,6 +756,7 @@ struct StepSettings {
     batch_len: usize,
     grad_accum: usize,
     clip_grad_norm: Option<f32>,
+    loss_scale: f32,
 }
 
 /// Scales the averaged gradient (all buckets, as one vector) to an L2 norm of at most
@@ -818,10 +858,17 @@ where
             return Err(Error::NotScalar(piece_loss.shape().clone()));
         }
         let scaled = piece_loss.scale(weight)?;
-        if j + 1 < pieces.len() {
-            earlier.add(scaled.backward()?)?;
+        // The loss scale apart from the weight: a power of two, so the loss read back
+        // (divided by it) has the bits of an unscaled run's.
+        let backward_from = if settings.loss_scale == 1.0 {
+            scaled.clone()
         } else {
-            scaled.backward_with(|var, grad| {
+            scaled.scale(settings.loss_scale)?
+        };
+        if j + 1 < pieces.len() {
+            earlier.add(backward_from.backward()?)?;
+        } else {
+            backward_from.backward_with(|var, grad| {
                 let Some(&i) = index.get(&var.id()) else {
                     return Ok(()); // a variable that is not one of the model's parameters
                 };
@@ -840,7 +887,7 @@ where
                 Ok(())
             })?;
         }
-        let scaled = scaled.detach();
+        let scaled = backward_from.detach();
         share = Some(match share {
             Some(s) => s.add(&scaled)?,
             None => scaled,

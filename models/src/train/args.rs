@@ -8,8 +8,10 @@ use super::devices::{Backend, DeviceName, Devices};
 use super::schedule::Schedule;
 use crate::parallel::NonFinitePolicy;
 use clap::ValueEnum;
-use ringtrain_runtime::optim::{AdamW, AdamWConfig, Optimizer, ParamGroup, Sgd, SgdConfig};
-use ringtrain_runtime::{Error, Result};
+use ringtrain_runtime::optim::{
+    AdamW, AdamWConfig, LossScaler, Optimizer, ParamGroup, Sgd, SgdConfig,
+};
+use ringtrain_runtime::{Error, Precision, Result};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -217,6 +219,12 @@ pub struct TrainArgs {
     /// no wait; `skip` checks loss and gradients before every update.
     #[arg(long, value_enum, default_value = "stop")]
     pub on_nonfinite: NonFinitePolicy,
+    /// The input precision of the model's products (matrix products, convolutions,
+    /// attention): f32, or bf16 / f16 rounded inputs summed in f32, the weights, the
+    /// optimizer and every other op staying f32. f16 scales the loss dynamically (steps
+    /// whose gradients overflow are skipped and counted, the scale adapts).
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
     /// How often to evaluate and report: N or Nepochs, or Nsteps.
     #[arg(long, default_value = "1")]
     pub eval_every: Every,
@@ -296,6 +304,8 @@ impl TrainArgs {
             clip_grad_norm: self.clip_grad_norm,
             grad_accum: self.grad_accum as usize,
             on_nonfinite: self.on_nonfinite,
+            precision: self.precision,
+            loss_scaler: LossScaler::default(),
             checkpoint: self.checkpoint_dir.as_ref().map(|dir| CheckpointConfig {
                 dir: dir.clone(),
                 every: self.checkpoint_every,

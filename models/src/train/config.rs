@@ -4,7 +4,8 @@ use super::cluster::CommConfig;
 use super::devices::Devices;
 use super::schedule::Schedule;
 use crate::parallel::NonFinitePolicy;
-use ringtrain_runtime::{Error, Result};
+use ringtrain_runtime::optim::LossScaler;
+use ringtrain_runtime::{Error, Precision, Result};
 use std::path::PathBuf;
 use std::str::FromStr;
 
@@ -108,6 +109,13 @@ pub struct TrainConfig {
     /// their gradients (the same step, holding less at once).
     pub grad_accum: usize,
     pub on_nonfinite: NonFinitePolicy,
+    /// The input precision of the model's products (matmul, linear, conv2d, attention),
+    /// summed in f32; parameters, optimizer state and every other op stay f32 (see
+    /// `ringtrain_runtime::with_precision`).
+    pub precision: Precision,
+    /// The dynamic loss scaling of an f16 run: its starting scale and growth interval
+    /// (unused in f32 and bf16 runs, whose range is f32's).
+    pub loss_scaler: LossScaler,
     pub checkpoint: Option<CheckpointConfig>,
     /// Continue from the newest checkpoint of `checkpoint.dir`, which must have been
     /// written by a run of the same settings: the result is the uninterrupted run's.
@@ -144,6 +152,8 @@ impl Default for TrainConfig {
             clip_grad_norm: None,
             grad_accum: 1,
             on_nonfinite: NonFinitePolicy::default(),
+            precision: Precision::F32,
+            loss_scaler: LossScaler::default(),
             checkpoint: None,
             resume: false,
             eval_every: Every::Epochs(1),

@@ -8,7 +8,9 @@ use crate::nn::Module;
 use crate::parallel::{shard, DataParallel, DataParallelConfig, NonFinitePolicy};
 use ringtrain_runtime::comm::{Communicator, RingConfig};
 use ringtrain_runtime::optim::{clip_grad_norm, Optimizer};
-use ringtrain_runtime::{trace, Device, Error, GradStore, Result, Tensor, Var};
+use ringtrain_runtime::{
+    trace, with_precision, Device, Error, GradStore, Precision, Result, Tensor, Var,
+};
 
 pub(super) enum Replicas<M, O> {
     Single {
@@ -22,11 +24,13 @@ pub(super) enum Replicas<M, O> {
 }
 
 /// A step's mean loss: still on the device (read later, in groups), or on the host; or
-/// nothing, for a step skipped for non-finite values.
+/// nothing, for a step skipped for non-finite values, or for gradients that overflowed
+/// under loss scaling.
 pub(super) enum StepLoss {
     OnDevice(Tensor),
     Host(f32),
     Skipped,
+    Overflowed,
 }
 
 /// What one step does besides computing the loss.
@@ -36,6 +40,11 @@ pub(super) struct StepPlan {
     pub on_nonfinite: NonFinitePolicy,
     /// Multiply the loss of the batch's first rows by NaN (a fault put in on purpose).
     pub inject_nan: bool,
+    /// The input precision of the forward pass's products (and so of the backward's).
+    pub precision: Precision,
+    /// The loss is multiplied by this before backward and the gradients divided by it
+    /// after (f16's dynamic loss scaling), a step whose gradients overflow skipped.
+    pub loss_scale: Option<f32>,
 }
 
 impl<M: Module + Send, O: Optimizer + Send> Replicas<M, O> {
@@ -180,7 +189,8 @@ impl<M: Module + Send, O: Optimizer + Send> Replicas<M, O> {
                 data.batch(&indices[rows.clone()])?
             };
             let _span = trace::span("step", "forward").arg("rows", || rows.len());
-            let l = loss(model, device, &batch)?;
+            // The ops record the precision, so backward (run after) uses it too.
+            let l = with_precision(plan.precision, || loss(model, device, &batch))?;
             if l.elem_count() != 1 {
                 return Err(Error::NotScalar(l.shape().clone()));
             }
@@ -208,7 +218,10 @@ impl<M: Module + Send, O: Optimizer + Send> Replicas<M, O> {
                     if piece.len() != len {
                         l = l.scale(piece.len() as f32 / len as f32)?;
                     }
-                    grads.add(l.backward()?)?;
+                    grads.add(match plan.loss_scale {
+                        Some(s) => l.scale(s)?.backward()?,
+                        None => l.backward()?,
+                    })?;
                     let l = l.detach();
                     total = Some(match total {
                         Some(t) => t.add(&l)?,
@@ -216,6 +229,15 @@ impl<M: Module + Send, O: Optimizer + Send> Replicas<M, O> {
                     });
                 }
                 let total = total.expect("a batch has at least one row");
+                if let Some(s) = plan.loss_scale {
+                    grads.scale(1.0 / s)?;
+                    // An overflow is the scaler's to handle, unless the loss itself is
+                    // not finite (then the non-finite policy decides, below).
+                    let loss_finite = total.count_nonfinite()?.to_scalar()? == 0.0;
+                    if loss_finite && !grads.all_finite()? {
+                        return Ok(StepLoss::Overflowed);
+                    }
+                }
                 if let Some(max_norm) = plan.clip_grad_norm {
                     clip_grad_norm(params, &mut grads, max_norm)?;
                 }
@@ -234,8 +256,11 @@ impl<M: Module + Send, O: Optimizer + Send> Replicas<M, O> {
             }),
             Replicas::Parallel(dp) => {
                 let skipped = dp.skipped_steps();
+                dp.set_loss_scale(plan.loss_scale.unwrap_or(1.0))?;
                 let l = dp.step(len, rows_loss)?;
-                Ok(if dp.skipped_steps() > skipped {
+                Ok(if dp.last_step_overflowed() {
+                    StepLoss::Overflowed
+                } else if dp.skipped_steps() > skipped {
                     StepLoss::Skipped
                 } else {
                     StepLoss::Host(l)

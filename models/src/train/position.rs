@@ -9,7 +9,9 @@ use std::ops::ControlFlow;
 /// loss since the last report is the f64 sum of batch losses times batch sizes read back
 /// (as bits) over `seen` samples, plus the f32 sum still on the device, not yet read,
 /// over `unread_samples` (so a resumed run reads its losses in the same groups). Steps
-/// skipped for non-finite values: in the run, since the last report, and in a row.
+/// skipped for non-finite values: in the run, since the last report, and in a row. An
+/// f16 run's loss scaler: its scale (as bits) and good steps since it last changed (both
+/// 0 in other runs, and in checkpoints written before mixed precision existed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Position {
     pub epoch: u32,
@@ -22,6 +24,10 @@ pub struct Position {
     pub skipped: u64,
     pub window_skipped: u64,
     pub skipped_in_a_row: u64,
+    #[serde(default)]
+    pub loss_scale_bits: u32,
+    #[serde(default)]
+    pub loss_scale_good_steps: u32,
 }
 
 impl Position {
@@ -37,6 +43,8 @@ impl Position {
             skipped: 0,
             window_skipped: 0,
             skipped_in_a_row: 0,
+            loss_scale_bits: 0,
+            loss_scale_good_steps: 0,
         }
     }
 

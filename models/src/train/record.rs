@@ -26,11 +26,15 @@ pub struct Record {
     pub devices: usize,
     pub seconds: f64,
     pub lr: f32,
-    /// Steps skipped for non-finite values since the previous report.
+    /// Steps skipped for non-finite values since the previous report (those whose f16
+    /// gradients overflowed included).
     pub skipped_steps: u64,
+    /// An f16 run's loss scale at the report.
+    pub loss_scale: Option<f32>,
 }
 
-const FIXED: [&str; 10] = [
+const FIXED: [&str; 11] = [
+    "loss_scale",
     "epoch",
     "step",
     "epoch_end",
@@ -68,6 +72,9 @@ impl Record {
         m.insert("seconds".into(), number(self.seconds));
         m.insert("lr".into(), number(f64::from(self.lr)));
         m.insert("skipped_steps".into(), self.skipped_steps.into());
+        if let Some(s) = self.loss_scale {
+            m.insert("loss_scale".into(), number(f64::from(s)));
+        }
         for (name, v) in &self.scores {
             m.insert(name.clone(), number(*v));
         }
@@ -97,6 +104,7 @@ impl Record {
             seconds: f("seconds").unwrap_or(f64::NAN),
             lr: f("lr").unwrap_or(f64::NAN) as f32,
             skipped_steps: m.get("skipped_steps").and_then(Value::as_u64).unwrap_or(0),
+            loss_scale: f("loss_scale").map(|s| s as f32),
         })
     }
 
@@ -125,6 +133,9 @@ impl Record {
             0 => {}
             1 => s += "  1 step skipped (non-finite)",
             n => s += &format!("  {n} steps skipped (non-finite)"),
+        }
+        if let Some(scale) = self.loss_scale {
+            s += &format!("  loss scale {scale}");
         }
         s
     }

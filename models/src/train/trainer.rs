@@ -16,8 +16,8 @@ use crate::trace::TraceFile;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use ringtrain_runtime::optim::Optimizer;
-use ringtrain_runtime::{no_grad, Device, Error, Result, Tensor};
+use ringtrain_runtime::optim::{LossScaler, Optimizer};
+use ringtrain_runtime::{no_grad, Device, Error, Precision, Result, Tensor};
 use std::ops::ControlFlow;
 use std::time::Instant;
 
@@ -286,7 +286,7 @@ impl Trainer {
 
         let device_names = self.describe_devices(group);
         say(&format!(
-            "train: {} samples, {} parameters | lr {base_lr} ({}) | batch {batch_size}{}{}{} | {device_names}",
+            "train: {} samples, {} parameters | lr {base_lr} ({}) | batch {batch_size}{}{}{}{} | {device_names}",
             samples,
             replicas.model().num_parameters(),
             config.schedule.describe(),
@@ -302,6 +302,11 @@ impl Trainer {
                 NonFinitePolicy::Stop => "",
                 NonFinitePolicy::Skip => " | non-finite steps skipped",
             },
+            match config.precision {
+                Precision::F32 => "",
+                Precision::Bf16 => " | bf16 products",
+                Precision::F16 => " | f16 products, dynamic loss scale",
+            },
         ));
 
         let mut trace = match &config.trace_out {
@@ -312,6 +317,19 @@ impl Trainer {
         let started = Instant::now();
         let mut window = Window::start();
         let mut at = position;
+        // f16's dynamic loss scaling, from where a resumed run left it.
+        let mut scaler = match config.precision {
+            Precision::F16 if at.loss_scale_bits != 0 => Some(LossScaler::resumed(
+                f32::from_bits(at.loss_scale_bits),
+                config.loss_scaler.growth_interval(),
+                at.loss_scale_good_steps,
+            )?),
+            Precision::F16 => Some(config.loss_scaler),
+            _ => None,
+        };
+        if let Some(s) = &scaler {
+            at.loss_scale_bits = s.scale().to_bits();
+        }
         'epochs: loop {
             let epoch = at.epoch;
             let mut order: Vec<usize> = (0..samples).collect();
@@ -333,6 +351,8 @@ impl Trainer {
                     clip_grad_norm: config.clip_grad_norm,
                     on_nonfinite: config.on_nonfinite,
                     inject_nan: config.faults.nan_at_step == Some(at.step),
+                    precision: config.precision,
+                    loss_scale: scaler.as_ref().map(LossScaler::scale),
                 };
                 let step = replicas
                     .step(data, indices, &loss, &plan)
@@ -347,8 +367,13 @@ impl Trainer {
                         finish_trace(t, &say);
                     }
                 }
-                if !matches!(step, StepLoss::Skipped) {
+                if !matches!(step, StepLoss::Skipped | StepLoss::Overflowed) {
                     at.skipped_in_a_row = 0;
+                }
+                if let Some(s) = scaler.as_mut() {
+                    s.update(matches!(step, StepLoss::Overflowed));
+                    at.loss_scale_bits = s.scale().to_bits();
+                    at.loss_scale_good_steps = s.good_steps();
                 }
                 match step {
                     StepLoss::Host(l) => {
@@ -357,6 +382,19 @@ impl Trainer {
                         at.seen += indices.len();
                     }
                     StepLoss::OnDevice(l) => losses.push(&at, l, indices.len())?,
+                    StepLoss::Overflowed => {
+                        at.skipped += 1;
+                        at.window_skipped += 1;
+                        at.skipped_in_a_row += 1;
+                        if at.skipped_in_a_row == MAX_SKIPPED_IN_A_ROW {
+                            return Err(Error::Diverged(format!(
+                                "training diverged at step {} (epoch {}): the f16 gradients                                  overflowed {MAX_SKIPPED_IN_A_ROW} steps in a row, down to a                                  loss scale of {}; try a lower --lr, or --precision bf16",
+                                at.step,
+                                at.epoch,
+                                scaler.as_ref().map_or(1.0, LossScaler::scale)
+                            )));
+                        }
+                    }
                     StepLoss::Skipped => {
                         at.skipped += 1;
                         at.window_skipped += 1;
@@ -523,6 +561,11 @@ impl Trainer {
             "schedule_steps": matches!(c.schedule, Schedule::Cosine { total: None, .. })
                 .then_some(planned),
         });
+        let mut trainer = trainer;
+        if c.precision.is_reduced() {
+            // Only when set, so that f32 runs resume from checkpoints written before.
+            trainer["precision"] = c.precision.name().into();
+        }
         serde_json::json!({ "trainer": trainer, "program": c.settings }).to_string()
     }
 
@@ -610,6 +653,7 @@ impl Window {
             seconds: self.started.elapsed().as_secs_f64(),
             lr,
             skipped_steps: at.window_skipped,
+            loss_scale: (at.loss_scale_bits != 0).then(|| f32::from_bits(at.loss_scale_bits)),
         })
     }
 }

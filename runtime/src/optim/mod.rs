@@ -2,9 +2,11 @@
 //! parameters in place with one fused kernel per tensor.
 
 mod adamw;
+mod loss_scale;
 mod sgd;
 
 pub use adamw::{AdamW, AdamWConfig};
+pub use loss_scale::LossScaler;
 pub use sgd::{Sgd, SgdConfig};
 
 use crate::{Error, GradStore, Result, Tensor, TensorId, Var};
