@@ -495,6 +495,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
             batch: g.batch,
             stride_a: 0,
             stride_b: k * area,
+            precision: g.precision,
             ..GemmSpec::new(out_channels, area, k, false, false)
         };
         let Some(bias) = bias else {
@@ -561,6 +562,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
             batch,
             stride_a: out_channels * area,
             stride_b: k * area,
+            precision: g.precision,
             ..GemmSpec::new(out_channels, k, area, false, true)
         };
         let mut per_image = self.alloc(batch * out_channels * k)?;
@@ -576,6 +578,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
                 batch,
                 stride_a: 0,
                 stride_b: out_channels * area,
+                precision: g.precision,
                 ..GemmSpec::new(k, area, out_channels, true, false)
             };
             self.gemm(&spec, weight, dy, &mut cols)?;

@@ -2,10 +2,11 @@
 //! pooling share it.
 
 use crate::validate::invalid;
-use crate::Result;
+use crate::{Precision, Result};
 
 /// A `kernel_h x kernel_w` window sliding over `batch x channels x height x width` (NCHW,
-/// contiguous) with the given stride and zero padding on each side.
+/// contiguous) with the given stride and zero padding on each side. A convolution's
+/// products take their inputs in `precision` (see [`Precision`]; pooling ignores it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Window2d {
     pub batch: usize,
@@ -18,6 +19,7 @@ pub struct Window2d {
     pub stride_w: usize,
     pub pad_h: usize,
     pub pad_w: usize,
+    pub precision: Precision,
 }
 
 impl Window2d {
@@ -42,7 +44,13 @@ impl Window2d {
             stride_w: stride.1,
             pad_h: pad.0,
             pad_w: pad.1,
+            precision: Precision::F32,
         }
+    }
+
+    /// The same window, its convolution's products taking `precision` inputs.
+    pub fn with_precision(self, precision: Precision) -> Self {
+        Self { precision, ..self }
     }
 
     /// Output height: `(height + 2 pad - kernel) / stride + 1` (PyTorch's, rounding down).

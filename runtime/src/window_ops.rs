@@ -109,7 +109,7 @@ impl Tensor {
                 ),
             });
         };
-        let g = geometry(OP, self, (kh, kw), stride, padding)?;
+        let g = geometry(OP, self, (kh, kw), stride, padding)?.with_precision(precision);
         if in_channels != g.channels {
             return Err(Error::ShapeMismatch {
                 op: OP,

@@ -172,7 +172,7 @@ pub(crate) fn forward(
             } else {
                 let w = MatRef::row_major(weight, out_channels, k, false);
                 let c = MatRef::row_major(cols, k, area, false);
-                gemm::sgemm(simd, out_channels, area, k, 1.0, w, c, 0.0, y, area)?;
+                product(simd, g, (out_channels, area, k), w, c, 0.0, y)?;
                 // The bias and the ReLU while this image's output is still in cache.
                 if let Some(bias) = bias {
                     add_bias(simd, y, bias, area);
@@ -269,14 +269,14 @@ pub(crate) fn backward(
                     let a = MatRef::row_major(dy_n, out_channels, area, false);
                     let b = MatRef::row_major(cols, area, k, true);
                     let beta = if i == 0 { 0.0 } else { 1.0 };
-                    gemm::sgemm(simd, out_channels, k, area, 1.0, a, b, beta, dw, k)?;
+                    product(simd, g, (out_channels, k, area), a, b, beta, dw)?;
                 }
                 add_row_sums(simd, dy_n, &mut part.dbias, area);
                 if let Some(dx) = dx {
                     // dcols = W^T dy_n, folded back onto the image.
                     let wt = MatRef::row_major(weight, k, out_channels, true);
                     let d = MatRef::row_major(dy_n, out_channels, area, false);
-                    gemm::sgemm(simd, k, area, out_channels, 1.0, wt, d, 0.0, dcols, area)?;
+                    product(simd, g, (k, area, out_channels), wt, d, 0.0, dcols)?;
                     let rows = g.kernel_h * g.kernel_w * area;
                     let plane = g.height * g.width;
                     for (dcols_c, dx_c) in dcols.chunks(rows).zip(dx.chunks_mut(plane)) {
@@ -312,4 +312,18 @@ pub(crate) fn backward(
         }
     }
     Ok(())
+}
+
+/// `C = A B + beta C` for C row-major `m x n`, with the convolution's input precision.
+fn product(
+    simd: Simd,
+    g: &Window2d,
+    (m, n, k): (usize, usize, usize),
+    a: MatRef,
+    b: MatRef,
+    beta: f32,
+    c: &mut [f32],
+) -> Result<()> {
+    let none = gemm::Epilogue::default();
+    gemm::gemm_mixed(simd, g.precision, m, n, k, 1.0, a, b, beta, c, n, none)
 }
