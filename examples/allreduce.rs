@@ -4,6 +4,7 @@
 //!
 //!     cargo run --release --example allreduce
 //!     cargo run --release --example allreduce -- --peers 2,4 --sizes 1M,64M --json-out ar.json
+//!     cargo run --release --example allreduce -- --sizes 4M,64M --compression bf16
 //!
 //! Peers are threads; on a machine with fewer cores than peers they take turns, and
 //! bandwidth per peer falls accordingly (the table says how many cores there were).
@@ -16,8 +17,11 @@
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use ringtrain::bench::collective::{bus_bandwidth, memcpy_bandwidth, time_all_reduce};
-use ringtrain::comm::{ring_with, star, RingConfig};
+use ringtrain::bench::collective::{
+    bus_bandwidth, memcpy_bandwidth, time_all_reduce, time_all_reduce_as,
+};
+use ringtrain::comm::{ring, ring_with, star, Communicator, RingConfig};
+use ringtrain::Precision;
 use serde::Serialize;
 use std::error::Error;
 use std::path::PathBuf;
@@ -39,6 +43,10 @@ struct Args {
     /// The ring's chunk size in bytes.
     #[arg(long, value_parser = parse_bytes, default_value = "1M")]
     chunk_bytes: usize,
+    /// Also time the ring with values crossing the links as bf16 or f16 (half the
+    /// bytes), summed in f32, beside the f32 ring.
+    #[arg(long)]
+    compression: Option<Precision>,
     /// Skip the naive baseline (it is slow at large sizes).
     #[arg(long)]
     no_baseline: bool,
@@ -87,13 +95,42 @@ struct Row {
     baseline_algbw_gbs: Option<f64>,
     baseline_busbw_gbs: Option<f64>,
     memcpy_gbs: f64,
+    /// The ring with `--compression`, and the bytes one peer sent per all-reduce with it
+    /// and without.
+    compressed_time_us: Option<f64>,
+    compressed_bytes_sent: Option<u64>,
+    ring_bytes_sent: u64,
 }
 
 #[derive(Serialize)]
 struct Report {
     cores: usize,
     chunk_bytes: usize,
+    compression: Option<String>,
     rows: Vec<Row>,
+}
+
+/// Payload bytes one peer of a ring of `n` sends in one all-reduce of `len` values in
+/// `wire`'s format.
+fn bytes_per_all_reduce(n: usize, len: usize, wire: Precision) -> Result<u64, Box<dyn Error>> {
+    let mut peers = ring(n)?;
+    let sent = std::thread::scope(|s| {
+        let handles: Vec<_> = peers
+            .iter_mut()
+            .map(|p| {
+                s.spawn(move || -> Result<u64, ringtrain::comm::CommError> {
+                    let mut buf = vec![0.0f32; len];
+                    p.all_reduce_as(&mut buf, wire)?;
+                    Ok(p.bytes_sent().unwrap_or(0))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a peer panicked"))
+            .collect::<Result<Vec<u64>, _>>()
+    })?;
+    Ok(sent[0])
 }
 
 fn write_json(path: &std::path::Path, report: &impl Serialize) -> Result<(), Box<dyn Error>> {
@@ -161,6 +198,13 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
                 let peers = star(n, config.timeout)?;
                 Some(median(time_all_reduce(peers, len, 3, min_time)?))
             };
+            let compressed = match args.compression {
+                Some(wire) => {
+                    let peers = ring_with(n, config.clone())?;
+                    Some(median(time_all_reduce_as(peers, len, wire, 3, min_time)?))
+                }
+                None => None,
+            };
             let algbw = |t: f64| (len * 4) as f64 / t / 1e9;
             rows.push(Row {
                 peers: n,
@@ -172,6 +216,12 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
                 baseline_algbw_gbs: baseline.map(algbw),
                 baseline_busbw_gbs: baseline.map(|t| bus_bandwidth(algbw(t), n)),
                 memcpy_gbs: memcpy_bw / 1e9,
+                compressed_time_us: compressed.map(|t| t * 1e6),
+                compressed_bytes_sent: args
+                    .compression
+                    .map(|wire| bytes_per_all_reduce(n, len, wire))
+                    .transpose()?,
+                ring_bytes_sent: bytes_per_all_reduce(n, len, Precision::F32)?,
             });
             bar.inc(1);
         }
@@ -215,10 +265,34 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
                 .map_or("-".into(), |b| format!("{:.2}x", b / r.ring_time_us)),
         );
     }
+    if let Some(wire) = args.compression {
+        println!("\nthe ring with values sent as {wire} (summed in f32), per peer and all-reduce");
+        println!(
+            "{:>5} {:>6} | {:>10} {:>12} | {:>10} {:>12} | {:>9} {:>7}",
+            "peers", "size", "f32 us", "f32 bytes", "wire us", "wire bytes", "bytes", "time"
+        );
+        for r in &rows {
+            let (Some(t), Some(b)) = (r.compressed_time_us, r.compressed_bytes_sent) else {
+                continue;
+            };
+            println!(
+                "{:>5} {:>6} | {:>10.1} {:>12} | {:>10.1} {:>12} | {:>8.2}x {:>6.2}x",
+                r.peers,
+                human(r.bytes),
+                r.ring_time_us,
+                r.ring_bytes_sent,
+                t,
+                b,
+                b as f64 / r.ring_bytes_sent as f64,
+                t / r.ring_time_us,
+            );
+        }
+    }
     if let Some(path) = &args.json_out {
         let report = Report {
             cores,
             chunk_bytes: args.chunk_bytes,
+            compression: args.compression.map(|w| w.to_string()),
             rows,
         };
         write_json(path, &report)?;

@@ -171,6 +171,7 @@ fn run(args: &Args, cluster: &Cluster) -> ringtrain::Result<()> {
             timeout: args.comm.timeout(),
             ..RingConfig::default()
         },
+        grad_compression: args.comm.grad_compression,
         ..DataParallelConfig::default()
     };
     let devices: Vec<Device> = (0..local).map(|_| Device::cpu()).collect();

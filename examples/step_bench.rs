@@ -10,7 +10,12 @@
 //! cargo run --release --example step_bench -- --model cnn --threads 1
 //! cargo run --release --example step_bench -- --model gpt --d-model 384 --layers 6 --heads 6 --block 256 --batch 4
 //! cargo run --release --example step_bench -- --model mlp --device gpu --trace-out mlp.trace.json
+//! cargo run --release --example step_bench -- --model cnn --precision bf16
 //! ```
+//!
+//! `--precision bf16|f16` runs the step's products on rounded inputs, summed in f32 (as
+//! the Trainer's `--precision`; no loss scaling here), beside PyTorch's
+//! `torch.autocast("cpu", dtype=torch.bfloat16)` in step_peer.py.
 
 use clap::{Parser, ValueEnum};
 use rand::Rng as _;
@@ -49,6 +54,8 @@ struct Args {
     /// Write a Chrome trace of the timed steps (open it in https://ui.perfetto.dev).
     #[arg(long, value_name = "FILE")]
     trace_out: Option<std::path::PathBuf>,
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
     /// GPT: vocabulary size.
     #[arg(long, default_value_t = 94)]
     vocab: usize,
@@ -170,15 +177,17 @@ fn main() -> ringtrain::Result<()> {
     // On a pool thread, so the ops' parallel loops need no hand-off from outside the
     // pool, with the other workers spinning for work rather than sleeping, as the
     // Trainer runs a step.
+    let precision = a.precision;
     ringtrain::kernels::cpu::with_awake_workers(|| -> ringtrain::Result<()> {
+        let mut step = || with_precision(precision, || (bench.step)());
         for _ in 0..a.warmup {
-            (bench.step)()?;
+            step()?;
         }
         let trace = a.trace_out.as_ref().map(TraceFile::start).transpose()?;
         for _ in 0..a.steps.max(1) {
             let t0 = Instant::now();
             let _span = trace::span("step", "train step");
-            (bench.step)()?;
+            step()?;
             times.push(t0.elapsed().as_secs_f64());
         }
         if let Some(t) = trace {
@@ -193,6 +202,7 @@ fn main() -> ringtrain::Result<()> {
         "model": name,
         "device": device.name(),
         "threads": rayon::current_num_threads(),
+        "precision": precision.name(),
         "shape": bench.shape,
         "median_ms": median * 1e3,
         "best_ms": times[0] * 1e3,

@@ -9,13 +9,16 @@ writes every run as a JSON line and the ratios as an SVG plot.
     cargo build --release --example sgemm --example step_bench
     python3 scripts/compare.py                       # ~4 minutes on 2 cores, 3 rounds
     python3 scripts/compare.py --rounds 5 --threads 1,2,4 --works cnn,gpt
+    python3 scripts/compare.py --dtype bf16   # bf16 GEMM and steps against PyTorch's bf16
 
 Needs numpy and torch (scripts/requirements-peers.txt; matplotlib for the plot) in the
 Python that runs it. The machine should be otherwise idle: no builds running.
 
 A ratio is ringtrain's throughput over the peer's (above 1: ringtrain is faster), taken
 in each round from the two runs side by side; the table gives the median over rounds
-and the range.
+and the range. With --dtype bf16 (or f16) the peer is PyTorch in that dtype (torch.mm on
+bf16 tensors; training steps under torch.autocast), and each round also runs ringtrain
+in f32, for a second table: ringtrain's bf16 over its own f32.
 """
 
 import argparse
@@ -41,11 +44,12 @@ def run_json(cmd, env=None):
     return res.stdout
 
 
-def sgemm_ours(binary, threads, min_time):
+def sgemm_ours(binary, threads, min_time, dtype="f32"):
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "sgemm.json")
         run_json([binary, "--threads", str(threads), "--min-time", str(min_time),
-                  "--sizes", ",".join(map(str, SGEMM_SIZES)), "--json-out", path])
+                  "--sizes", ",".join(map(str, SGEMM_SIZES)), "--json-out", path,
+                  "--dtype", dtype])
         with open(path) as f:
             rows = json.load(f)["gemm"]
     return {row["n"]: row["gflops"] for row in rows}
@@ -63,8 +67,18 @@ def sgemm_numpy(python, threads, min_time):
     return {n: out[s][0] for n, s in zip(SGEMM_SIZES, shapes)}
 
 
-def step(cmd, work, threads):
-    line = json.loads(run_json(cmd + ["--model", work, "--threads", str(threads)] + STEPS[work]))
+def sgemm_torch(python, threads, min_time, dtype):
+    shapes = [f"{n}x{n}x{n}/nn" for n in SGEMM_SIZES]
+    code = ("import json, sys; sys.path.insert(0, %r); import gemm_shapes as g; "
+            "print(json.dumps(g.torch_gflops(%r, %d, %r, %r)))"
+            % (HERE, shapes, threads, min_time, dtype))
+    out = json.loads(run_json([python, "-c", code]))
+    return {n: out[s][0] for n, s in zip(SGEMM_SIZES, shapes)}
+
+
+def step(cmd, work, threads, precision="f32"):
+    line = json.loads(run_json(cmd + ["--model", work, "--threads", str(threads),
+                                      "--precision", precision] + STEPS[work]))
     return line["samples_per_sec"], line
 
 
@@ -114,34 +128,47 @@ def label(work):
         "gpt": "GPT step (d 64, 2 layers, block 64)"}[work]
 
 
-def peer_name(work):
+def peer_name(work, dtype="f32"):
+    if dtype != "f32":
+        return f"torch.mm {dtype}" if work.startswith("sgemm-") else f"PyTorch autocast {dtype}"
     return "numpy/OpenBLAS" if work.startswith("sgemm-") else "PyTorch"
 
 
-def report(rows, header, threads, svg):
-    ratios = {}  # (work, threads) -> [per-round ratio]
-    by_round = {}
-    for r in rows:
-        by_round.setdefault((r["work"], r["threads"], r["round"]), {})[r["impl"]] = r["value"]
-    for (work, t, _), pair in by_round.items():
-        if "ringtrain" in pair and "peer" in pair:
-            ratios.setdefault((work, t), []).append(pair["ringtrain"] / pair["peer"])
-    works = list(dict.fromkeys(r["work"] for r in rows))
-    print()
-    print(f"Commit {header['commit']}, {header['machine'].get('cpu', '?')} "
-          f"({header['machine']['cpus']} CPUs; {', '.join(header['machine'].get('isa', []))}), "
-          f"{header['date']}; peers: {', '.join(f'{k} {v}' for k, v in header['peers'].items() if v)}; "
-          f"{header['rounds']} interleaved rounds. Ratio = ringtrain's throughput / the peer's "
-          "(median over rounds, range in brackets).")
-    print()
-    print("| work | peer | " + " | ".join(f"{t} thread{'s' if t > 1 else ''}" for t in threads) + " |")
+def ratio_table(ratios, works, threads, name):
+    print("| work | against | " + " | ".join(f"{t} thread{'s' if t > 1 else ''}" for t in threads) + " |")
     print("| --- | --- |" + " ---: |" * len(threads))
     for w in works:
         cells = []
         for t in threads:
             v = ratios.get((w, t))
             cells.append(f"{statistics.median(v):.2f}x ({min(v):.2f}-{max(v):.2f})" if v else "")
-        print(f"| {label(w)} | {peer_name(w)} | " + " | ".join(cells) + " |")
+        print(f"| {label(w)} | {name(w)} | " + " | ".join(cells) + " |")
+
+
+def report(rows, header, threads, svg):
+    dtype = header.get("dtype", "f32")
+    ratios = {}  # (work, threads) -> [per-round ratio]
+    own = {}  # the same, ringtrain in `dtype` over ringtrain in f32
+    by_round = {}
+    for r in rows:
+        by_round.setdefault((r["work"], r["threads"], r["round"]), {})[r["impl"]] = r["value"]
+    for (work, t, _), pair in by_round.items():
+        if "ringtrain" in pair and "peer" in pair:
+            ratios.setdefault((work, t), []).append(pair["ringtrain"] / pair["peer"])
+        if "ringtrain" in pair and "ringtrain-f32" in pair:
+            own.setdefault((work, t), []).append(pair["ringtrain"] / pair["ringtrain-f32"])
+    works = list(dict.fromkeys(r["work"] for r in rows))
+    print()
+    print(f"Commit {header['commit']}, {header['machine'].get('cpu', '?')} "
+          f"({header['machine']['cpus']} CPUs; {', '.join(header['machine'].get('isa', []))}), "
+          f"{header['date']}; peers: {', '.join(f'{k} {v}' for k, v in header['peers'].items() if v)}; "
+          f"{header['rounds']} interleaved rounds; ringtrain in {dtype}. Ratio = ringtrain's "
+          "throughput / the other's (median over rounds, range in brackets).")
+    print()
+    ratio_table(ratios, works, threads, lambda w: peer_name(w, dtype))
+    if own:
+        print()
+        ratio_table(own, works, threads, lambda w: f"ringtrain f32")
     if svg:
         plot(ratios, works, threads, header, svg)
 
@@ -189,6 +216,8 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "bench", "compare.jsonl"))
     ap.add_argument("--svg", default=os.path.join(ROOT, "docs", "bench", "compare.svg"))
     ap.add_argument("--report-only", action="store_true", help="re-print the table of --out")
+    ap.add_argument("--dtype", default="f32", choices=["f32", "bf16", "f16"],
+                    help="ringtrain's GEMM inputs and training precision, and the peer's")
     a = ap.parse_args()
     threads = sorted({int(t) for t in a.threads.split(",")})
     works = a.works.split(",")
@@ -204,7 +233,9 @@ def main():
         if not os.path.exists(b):
             sys.exit(f"{b} not found: cargo build --release --example sgemm --example step_bench")
     header = {"commit": commit(), "machine": machine(), "peers": peer_versions(a.python),
-              "date": datetime.date.today().isoformat(), "rounds": a.rounds, "threads": threads}
+              "date": datetime.date.today().isoformat(), "rounds": a.rounds, "threads": threads,
+              "dtype": a.dtype}
+    half = a.dtype != "f32"
     rows = []
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     tmp_out = a.out + ".tmp"
@@ -223,16 +254,26 @@ def main():
             for t in threads:
                 for work in works:
                     if work == "sgemm":
-                        ours = sgemm_ours(sgemm_bin, t, a.min_time)
-                        peer = sgemm_numpy(a.python, t, a.min_time)
+                        ours = sgemm_ours(sgemm_bin, t, a.min_time, a.dtype)
+                        if half:
+                            peer = sgemm_torch(a.python, t, a.min_time, a.dtype)
+                            f32 = sgemm_ours(sgemm_bin, t, a.min_time)
+                        else:
+                            peer = sgemm_numpy(a.python, t, a.min_time)
                         for n in SGEMM_SIZES:
                             record(f"sgemm-{n}", "ringtrain", t, rnd, ours[n])
                             record(f"sgemm-{n}", "peer", t, rnd, peer[n])
+                            if half:
+                                record(f"sgemm-{n}", "ringtrain-f32", t, rnd, f32[n])
                     elif work in STEPS:
-                        v, d = step([step_bin], work, t)
+                        v, d = step([step_bin], work, t, a.dtype)
                         record(work, "ringtrain", t, rnd, v, d)
-                        v, d = step([a.python, os.path.join(HERE, "step_peer.py")], work, t)
+                        peer_cmd = [a.python, os.path.join(HERE, "step_peer.py")]
+                        v, d = step(peer_cmd, work, t, a.dtype)
                         record(work, "peer", t, rnd, v, d)
+                        if half:
+                            v, d = step([step_bin], work, t)
+                            record(work, "ringtrain-f32", t, rnd, v, d)
                     else:
                         sys.exit(f"unknown work {work!r}: sgemm, mlp, cnn or gpt")
                     print(f"round {rnd}/{a.rounds}, {t} thread(s): {work} done", file=sys.stderr)

@@ -65,6 +65,34 @@ def numpy_gflops(shapes, threads, min_time):
     return out
 
 
+def torch_gflops(shapes, threads, min_time, dtype):
+    """torch.mm's GFLOP/s (best, median) in `dtype` ("bf16", "f16" or "f32"), timed as
+    numpy_gflops times numpy's."""
+    import torch
+
+    torch.set_num_threads(threads)
+    dt = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}[dtype]
+    gen = torch.Generator().manual_seed(0)
+    out = {}
+    for shape in shapes:
+        m, n, k, ta, tb = parse(shape)
+        a = torch.rand((k, m) if ta else (m, k), generator=gen).to(dt)
+        b = torch.rand((n, k) if tb else (k, n), generator=gen).to(dt)
+        a, b = (a.T if ta else a), (b.T if tb else b)
+        for _ in range(2):
+            torch.mm(a, b)
+        times, total = [], 0.0
+        while len(times) < 3 or total < min_time:
+            start = time.perf_counter()
+            torch.mm(a, b)
+            dt_s = time.perf_counter() - start
+            times.append(dt_s)
+            total += dt_s
+        flops = 2.0 * m * n * k
+        out[shape] = (flops / min(times) / 1e9, flops / statistics.median(times) / 1e9)
+    return out
+
+
 def ringtrain_gflops(binary, shapes, threads, min_time):
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "sgemm.json")

@@ -15,8 +15,13 @@ scripts/compare.py and scripts/bench_gpt.sh, interleaved with ringtrain's own ru
   GELU tanh MLP, tied lm_head), trained with torch.optim.AdamW (lr 1e-3, weight decay 0.1
   on every parameter, as the bench does) on a fixed random batch.
 
-A step is forward, cross-entropy, backward, optimizer step, and reading the loss.
+A step is forward, cross-entropy, backward, optimizer step, and reading the loss. With
+`--precision bf16` the forward pass and the loss run under
+`torch.autocast("cpu", dtype=torch.bfloat16)` (the backward follows the forward's dtypes),
+as ringtrain's `--precision bf16` rounds the products' inputs.
 """
+
+import contextlib
 
 import argparse
 import json
@@ -63,7 +68,14 @@ class Gpt(nn.Module):
         return self.ln_f(x) @ self.wte.weight.T
 
 
-def classifier(model, batch):
+def autocast(precision):
+    if precision == "f32":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "f16": torch.float16}[precision]
+    return torch.autocast("cpu", dtype=dtype)
+
+
+def classifier(model, batch, precision):
     """The step of an image classifier on random rows, as step_bench's `classifier`."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(batch, 784)
@@ -71,7 +83,8 @@ def classifier(model, batch):
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), labels)
+        with autocast(precision):
+            loss = F.cross_entropy(model(x), labels)
         loss.backward()
         opt.step()
         return loss.item()
@@ -87,7 +100,8 @@ def gpt(a, batch):
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(ids).view(-1, a.vocab), targets.view(-1))
+        with autocast(a.precision):
+            loss = F.cross_entropy(model(ids).view(-1, a.vocab), targets.view(-1))
         loss.backward()
         opt.step()
         return loss.item()
@@ -113,6 +127,7 @@ def cnn_model():
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--model", choices=["mlp", "cnn", "gpt"], default="gpt")
+    p.add_argument("--precision", choices=["f32", "bf16", "f16"], default="f32")
     p.add_argument("--batch", type=int, default=None,
                    help="samples per step [default: 128 for mlp and cnn, 16 for gpt]")
     for name, default in [("threads", 1), ("vocab", 94), ("d-model", 64), ("layers", 2),
@@ -125,7 +140,7 @@ def main():
         step, shape, samples, tokens = gpt(a, a.batch or 16)
     else:
         model = mlp_model() if a.model == "mlp" else cnn_model()
-        step, shape, samples, tokens = classifier(model, a.batch or 128)
+        step, shape, samples, tokens = classifier(model, a.batch or 128, a.precision)
 
     for _ in range(a.warmup):
         step()
@@ -138,6 +153,7 @@ def main():
     median = times[len(times) // 2]
     line = {
         "impl": "pytorch", "version": torch.__version__, "model": a.model, "threads": a.threads,
+        "precision": a.precision,
         "shape": shape, "median_ms": median * 1e3, "best_ms": times[0] * 1e3,
         "samples_per_sec": samples / median,
     }

@@ -29,8 +29,9 @@ pub use ringtrain_kernels as kernels;
 pub use ringtrain_models::{checkpoint, data, eval, nn, parallel, trace, train, zoo};
 pub use ringtrain_runtime::{comm, optim};
 pub use ringtrain_runtime::{
-    no_grad, rng_from_seed, AttentionDropout, CompareOp, DType, Device, Error, GradStore, Isa,
-    Labels, Result, Rng, Shape, Simd, Tensor, TensorId, Var,
+    compute_precision, no_grad, rng_from_seed, with_precision, AttentionDropout, CompareOp, DType,
+    Device, Error, GradStore, Isa, Labels, Precision, Result, Rng, Shape, Simd, Tensor, TensorId,
+    Var,
 };
 
 /// The names most model code needs.
@@ -43,7 +44,9 @@ pub mod prelude {
     };
     pub use crate::optim::{AdamW, AdamWConfig, Optimizer, ParamGroup, Sgd, SgdConfig};
     pub use crate::train::{TrainArgs, TrainConfig, Trainer};
-    pub use crate::{no_grad, rng_from_seed, DType, Device, Rng, Shape, Tensor, Var};
+    pub use crate::{
+        no_grad, rng_from_seed, with_precision, DType, Device, Precision, Rng, Shape, Tensor, Var,
+    };
 }
 
 // Compiles and runs the README's code blocks as doctests, so the README cannot rot.

@@ -154,16 +154,17 @@ fn max_difference(a: &[f32], b: &[f32]) -> f32 {
 
 /// The in-process ring's result with `n` replicas.
 fn in_process(n: usize) -> Vec<f32> {
+    in_process_with(n, &[])
+}
+
+/// The in-process ring's result with `n` replicas and `extra` flags.
+fn in_process_with(n: usize, extra: &[&str]) -> Vec<f32> {
     let dir = tempfile::tempdir().unwrap();
-    let job = local(
-        "mpi_check",
-        &[
-            "--devices",
-            &n.to_string(),
-            "--params-out",
-            dir.path().to_str().unwrap(),
-        ],
-    );
+    let devices = n.to_string();
+    let mut args = vec!["--devices", &devices, "--params-out"];
+    args.push(dir.path().to_str().unwrap());
+    args.extend(extra);
+    let job = local("mpi_check", &args);
     ok(&job, "the in-process run");
     identical_ranks(dir.path(), n)
 }
@@ -214,6 +215,33 @@ fn native_mpi_all_reduce_matches_the_ring_within_rounding() {
         diff < 1e-4,
         "native all-reduce drifted {diff} from the ring"
     );
+}
+
+/// Gradients sent as bf16 over MPI: the in-process ring's schedule and roundings, so the
+/// same bits as three in-process replicas; MPI's own all-reduce cannot do it, and says so.
+#[test]
+fn compressed_gradients_over_mpi_match_the_in_process_ring() {
+    let n = 3;
+    let bf16 = ["--grad-compression", "bf16"];
+    let (_, over_mpi) = train_over_mpi(n, n, &["--comm", "mpi", bf16[0], bf16[1]]);
+    assert!(
+        bits(&over_mpi) == bits(&in_process_with(n, &bf16)),
+        "bf16 gradients over MPI differ from the in-process ring's"
+    );
+    assert!(max_difference(&over_mpi, &in_process(n)) < 1e-2);
+    let native = mpirun(
+        2,
+        "mpi_check",
+        &[
+            "--comm",
+            "mpi",
+            "--mpi-algorithm",
+            "native",
+            bf16[0],
+            bf16[1],
+        ],
+    );
+    failed_saying(&native, "--mpi-algorithm ring");
 }
 
 #[test]

@@ -52,6 +52,7 @@ impl Precision {
 
     /// `x` rounded to the format and back to f32 (nearest, ties to even; NaN stays NaN,
     /// f16 overflows to infinity). The reference every kernel's rounding matches.
+    #[inline]
     pub fn round(self, x: f32) -> f32 {
         match self {
             Precision::F32 => x,

@@ -12,7 +12,7 @@ use ringtrain_models::nn::{
     Sequential,
 };
 use ringtrain_models::zoo::{mlp, Activation};
-use ringtrain_runtime::{rng_from_seed, Device, Tensor};
+use ringtrain_runtime::{rng_from_seed, Device, Precision, Tensor};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 fn model(device: &Device, seed: u64, hidden: usize) -> Sequential {
@@ -153,6 +153,7 @@ fn truncated_corrupt_and_foreign_files_are_errors() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("`w` is F64"), "{err}");
+    assert!(err.contains("F32, F16 or BF16"), "{err}");
     // A missing file names itself.
     let missing = dir.path().join("nope.safetensors");
     let err = Checkpoint::load(&missing).unwrap_err().to_string();
@@ -161,6 +162,60 @@ fn truncated_corrupt_and_foreign_files_are_errors() {
     let mut lying = good.clone();
     lying[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
     assert!(Checkpoint::from_bytes(&lying, "lying").is_err());
+}
+
+/// A model exported as F16 or BF16 is half the file, loads back as the rounded values
+/// and restores into an f32 model; a value f16 cannot hold is an error, not an infinity.
+#[test]
+fn half_checkpoints_export_and_load_into_f32_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let trained = model(&Device::cpu(), 1, 64);
+    let c = Checkpoint::of_module(&trained).unwrap();
+    let full = dir.path().join("f32.safetensors");
+    c.save(&full).unwrap();
+    for precision in [Precision::Bf16, Precision::F16] {
+        let path = dir.path().join(format!("{precision}.safetensors"));
+        c.save_as(&path, precision).unwrap();
+        let (half_len, full_len) = (
+            std::fs::metadata(&path).unwrap().len(),
+            std::fs::metadata(&full).unwrap().len(),
+        );
+        assert!(
+            half_len * 10 < full_len * 6,
+            "{precision}: {half_len} of {full_len} bytes"
+        );
+        let loaded = Checkpoint::load(&path).unwrap();
+        for name in c.names() {
+            let (shape, values) = c.get(name).unwrap();
+            let (half_shape, half_values) = loaded.get(name).unwrap();
+            assert_eq!(shape, half_shape);
+            let rounded: Vec<f32> = values.iter().map(|&x| precision.round(x)).collect();
+            assert_eq!(half_values, &rounded[..], "{precision} {name}");
+        }
+        let fresh = model(&Device::cpu(), 2, 64);
+        loaded.restore(&fresh, "").unwrap();
+        let x = Tensor::ones((1, 6), &Device::cpu()).unwrap();
+        let (a, b) = (
+            trained.forward(&x).unwrap().to_vec().unwrap(),
+            fresh.forward(&x).unwrap().to_vec().unwrap(),
+        );
+        for (p, q) in a.iter().zip(&b) {
+            assert!(
+                (p - q).abs() < 0.05 * (1.0 + p.abs()),
+                "{precision}: {a:?} vs {b:?}"
+            );
+        }
+    }
+    let mut big = Checkpoint::new();
+    big.insert_values("w", vec![2], vec![1.0, 70000.0]).unwrap();
+    let err = big
+        .save_as(&dir.path().join("big.safetensors"), Precision::F16)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`w`") && err.contains("70000"), "{err}");
+    assert!(!dir.path().join("big.safetensors").exists());
+    big.save_as(&dir.path().join("big.safetensors"), Precision::Bf16)
+        .unwrap();
 }
 
 #[test]

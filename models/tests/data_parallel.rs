@@ -8,7 +8,7 @@ use ringtrain_models::parallel::{DataParallel, DataParallelConfig, NonFinitePoli
 use ringtrain_models::zoo::{mlp, Activation};
 use ringtrain_runtime::comm::{hierarchical, ring, Communicator};
 use ringtrain_runtime::optim::{Sgd, SgdConfig};
-use ringtrain_runtime::{rng_from_seed, Device, Result, Tensor};
+use ringtrain_runtime::{rng_from_seed, Device, Precision, Result, Tensor};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -607,6 +607,60 @@ fn gradient_accumulation_trains_like_one_piece() {
         ..plain
     };
     assert!(DataParallel::new(cpu_devices(1), |d| build(d, 7), zero).is_err());
+}
+
+/// Gradients sent as bf16 or f16: every replica holds the same bits after every step, the
+/// run follows the uncompressed one to the formats' precision, each step sends about half
+/// the bytes, and two CPU replicas and two GPU ones (lavapipe without a GPU) agree.
+#[test]
+fn compressed_gradients_keep_replicas_identical() {
+    let plain = DataParallelConfig {
+        first_bucket_bytes: 256,
+        bucket_bytes: 1024,
+        ..DataParallelConfig::default()
+    };
+    let bytes_per_step = |config: DataParallelConfig, devices: Vec<Device>| {
+        let set = data(10);
+        let mut dp = DataParallel::new(devices, |d| build(d, 7), config).unwrap();
+        step(&mut dp, &set, 0, 10).unwrap();
+        dp.last_step_bytes_sent().unwrap()
+    };
+    let (exact, _, exact_losses) = train_with(cpu_devices(3), plain.clone(), 5, 12);
+    let f32_bytes = bytes_per_step(plain.clone(), cpu_devices(3));
+    for wire in [Precision::Bf16, Precision::F16] {
+        let config = config_for(wire, &plain);
+        let (p, replicas, losses) = train_with(cpu_devices(3), config.clone(), 5, 12);
+        assert!(replicas.iter().all(|r| *r == replicas[0]), "{wire}");
+        let tol = 8.0 * wire.unit_roundoff();
+        assert_close(&p, &exact, tol, &format!("{wire} against f32"));
+        for (a, b) in losses.iter().zip(&exact_losses) {
+            assert!((a - b).abs() < tol, "{wire}: loss {a} vs {b}");
+        }
+        let sent = bytes_per_step(config.clone(), cpu_devices(3));
+        // Gradients halve; the loss and flags (a few words) stay f32.
+        assert!(
+            sent * 2 < f32_bytes + 200,
+            "{wire}: {sent} bytes against {f32_bytes}"
+        );
+        if let Some(gpus) = gpu_devices(2) {
+            let (gpu, gpu_replicas, _) = train_with(gpus, config, 5, 12);
+            assert!(
+                gpu_replicas.iter().all(|r| *r == gpu_replicas[0]),
+                "gpu {wire}"
+            );
+            let (cpu, _, _) = train_with(cpu_devices(2), config_for(wire, &plain), 5, 12);
+            // Two replicas, on either kind of device: the same ring, the same roundings.
+            assert_close(&gpu, &cpu, tol, &format!("gpu against cpu, {wire}"));
+        }
+    }
+}
+
+/// `plain` with gradients sent as `wire`.
+fn config_for(wire: Precision, plain: &DataParallelConfig) -> DataParallelConfig {
+    DataParallelConfig {
+        grad_compression: wire,
+        ..plain.clone()
+    }
 }
 
 /// The averaged gradient is clipped alike on every replica, as one device clips its own.

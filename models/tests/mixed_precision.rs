@@ -77,7 +77,10 @@ fn f16_loss_scaling_skips_exactly_the_overflowing_steps() {
         // Six good steps of gradient 1 (weight and bias), learning rate 1/8.
         let w = weights(&trained.model);
         for (got, want) in w.iter().zip([w0 - 0.75, b0 - 0.75]) {
-            assert!((got - want).abs() < 1e-6, "{name}: {w:?}, want {w0} - 0.75, {b0} - 0.75");
+            assert!(
+                (got - want).abs() < 1e-6,
+                "{name}: {w:?}, want {w0} - 0.75, {b0} - 0.75"
+            );
         }
     }
 }
@@ -94,7 +97,11 @@ fn bf16_and_f32_runs_need_no_scale() {
             .fit(build, &ones(18), mean_output)
             .unwrap();
         let last = trained.history.last().unwrap();
-        assert_eq!((last.skipped_steps, last.loss_scale), (0, None), "{precision}");
+        assert_eq!(
+            (last.skipped_steps, last.loss_scale),
+            (0, None),
+            "{precision}"
+        );
     }
 }
 
@@ -127,7 +134,10 @@ fn a_resumed_f16_run_keeps_its_loss_scale() {
         },
         ..with_checkpoints(2)
     };
-    assert!(Trainer::new(stopped).unwrap().fit(build, &data, mean_output).is_err());
+    assert!(Trainer::new(stopped)
+        .unwrap()
+        .fit(build, &data, mean_output)
+        .is_err());
     let resumed = Trainer::new(TrainConfig {
         resume: true,
         ..with_checkpoints(2)
@@ -136,7 +146,10 @@ fn a_resumed_f16_run_keeps_its_loss_scale() {
     .fit(build, &data, mean_output)
     .unwrap();
     assert_eq!(weights(&resumed.model), weights(&whole.model));
-    let (a, b) = (resumed.history.last().unwrap(), whole.history.last().unwrap());
+    let (a, b) = (
+        resumed.history.last().unwrap(),
+        whole.history.last().unwrap(),
+    );
     assert_eq!((a.step, a.loss_scale), (b.step, b.loss_scale));
     assert_eq!(a.train_loss.to_bits(), b.train_loss.to_bits());
 }

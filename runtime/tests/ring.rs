@@ -4,6 +4,7 @@
 //! it, within a bounded time.
 
 use ringtrain_runtime::comm::{ring_with, CommError, Communicator, RingComm, RingConfig};
+use ringtrain_runtime::Precision;
 use std::time::{Duration, Instant};
 
 /// Tiny chunks, so that even short buffers are cut into several pipelined messages.
@@ -60,6 +61,57 @@ fn all_reduce_sums_with_identical_bits_on_every_peer() {
                     .zip(&out[0])
                     .all(|(a, b)| a.to_bits() == b.to_bits());
                 assert!(same, "n {n} len {len}: peer {r} differs from peer 0");
+            }
+        }
+    }
+}
+
+/// Values sent as bf16 or f16 and summed in f32: every peer gets the same bits, each
+/// within `n` roundings of the exact sum (one per hop of the reduce-scatter, one for the
+/// finished sum), and half the bytes cross the links. A compressed all-reduce and a
+/// plain one alternate on one ring.
+#[test]
+fn compressed_all_reduce_sends_half_the_bytes_with_identical_bits() {
+    for wire in [Precision::Bf16, Precision::F16] {
+        for n in 1..=5usize {
+            for len in [0, 1, 7, 100, 3 * 3 * n + 1] {
+                let peers = ring_with(n, small_chunks()).unwrap();
+                let out = on_every_peer(peers, |mut p| {
+                    let mut x = input(p.rank(), len);
+                    p.all_reduce_as(&mut x, wire)?;
+                    let compressed = p.bytes_sent().unwrap();
+                    let mut y = input(p.rank(), len);
+                    p.all_reduce(&mut y)?;
+                    let plain = p.bytes_sent().unwrap() - compressed;
+                    Ok::<_, CommError>((x, compressed, plain))
+                });
+                let out: Vec<_> = out.into_iter().map(Result::unwrap).collect();
+                let u = f64::from(wire.unit_roundoff());
+                for (i, &got) in out[0].0.iter().enumerate() {
+                    let terms: Vec<f64> = (0..n).map(|r| f64::from(input(r, len)[i])).collect();
+                    let want: f64 = terms.iter().sum();
+                    let scale: f64 = terms.iter().map(|t| t.abs()).sum();
+                    assert!(
+                        (f64::from(got) - want).abs() <= (n as f64 + 1.0) * u * scale,
+                        "{wire} n {n} len {len} element {i}: {got} vs {want}"
+                    );
+                    if n > 1 {
+                        // A group of one sends nothing, and rounds nothing.
+                        assert_eq!(got, wire.round(got), "{wire}: the result is a {wire} value");
+                    }
+                }
+                for (r, (x, compressed, plain)) in out.iter().enumerate() {
+                    let same = x
+                        .iter()
+                        .zip(&out[0].0)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{wire} n {n} len {len}: peer {r} differs from peer 0");
+                    // Whole 4-byte words: an odd chunk rounds its half word up.
+                    assert!(
+                        2 * compressed <= plain + 4 * 2 * (n as u64) * (len as u64).div_ceil(3),
+                        "{wire} n {n} len {len}: {compressed} bytes against {plain}"
+                    );
+                }
             }
         }
     }

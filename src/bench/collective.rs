@@ -10,6 +10,7 @@
 //! (here: memory's) bandwidth whatever the group size.
 
 use crate::comm::{CommError, Communicator};
+use crate::Precision;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -19,6 +20,17 @@ use std::time::{Duration, Instant};
 pub fn time_all_reduce<C: Communicator>(
     peers: Vec<C>,
     len: usize,
+    min_samples: usize,
+    min_time: Duration,
+) -> Result<Vec<f64>, CommError> {
+    time_all_reduce_as(peers, len, Precision::F32, min_samples, min_time)
+}
+
+/// [`time_all_reduce`] of [`Communicator::all_reduce_as`] with values sent as `wire`.
+pub fn time_all_reduce_as<C: Communicator>(
+    peers: Vec<C>,
+    len: usize,
+    wire: Precision,
     min_samples: usize,
     min_time: Duration,
 ) -> Result<Vec<f64>, CommError> {
@@ -37,11 +49,11 @@ pub fn time_all_reduce<C: Communicator>(
                     let mut buf = vec![0.0f32; len];
                     let root = peer.rank() == 0;
                     for _ in 0..2 {
-                        peer.all_reduce(&mut buf)?; // warm-up: page faults, spare buffers
+                        peer.all_reduce_as(&mut buf, wire)?; // warm-up: page faults, spare buffers
                     }
                     peer.barrier()?;
                     let t = Instant::now();
-                    peer.all_reduce(&mut buf)?;
+                    peer.all_reduce_as(&mut buf, wire)?;
                     slowest.fetch_max(t.elapsed().as_nanos() as u64, Ordering::SeqCst);
                     peer.barrier()?;
                     if root {
@@ -54,7 +66,7 @@ pub fn time_all_reduce<C: Communicator>(
                         let k = iters.load(Ordering::SeqCst);
                         let t = Instant::now();
                         for _ in 0..k {
-                            peer.all_reduce(&mut buf)?;
+                            peer.all_reduce_as(&mut buf, wire)?;
                         }
                         slowest.fetch_max(t.elapsed().as_nanos() as u64, Ordering::SeqCst);
                         peer.barrier()?;

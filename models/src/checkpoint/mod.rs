@@ -9,8 +9,12 @@
 //! of the folder), so a crash at any moment leaves the previous checkpoint whole. Reading
 //! checks everything before trusting it: a truncated or corrupt file, a header that lies
 //! about sizes (capped by the safetensors crate, checked against the file's length), a
-//! dtype other than F32, or tensors that do not match the model are errors, never panics
-//! or huge allocations.
+//! dtype other than F32, F16 or BF16, or tensors that do not match the model are errors,
+//! never panics or huge allocations.
+//!
+//! F16 and BF16 tensors (a half-precision export, [`Checkpoint::save_as`], or a file
+//! PyTorch wrote from a half model) load as the f32 values they stand for, so a half
+//! checkpoint restores into an f32 model.
 //!
 //! ```
 //! use ringtrain_models::checkpoint::Checkpoint;
@@ -39,7 +43,7 @@ pub use dir::{CheckpointDir, Saved};
 
 use crate::nn::ModuleState;
 use ringtrain_runtime::optim::{Optimizer, StateTensor};
-use ringtrain_runtime::Tensor;
+use ringtrain_runtime::{Precision, Tensor};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 use std::collections::{BTreeMap, HashMap};
@@ -63,7 +67,9 @@ pub enum CheckpointError {
     },
     #[error("{origin} is not a valid safetensors checkpoint: {reason}")]
     Corrupt { origin: String, reason: String },
-    #[error("{origin}: tensor `{name}` is {dtype}; ringtrain checkpoints hold F32 tensors")]
+    #[error(
+        "{origin}: tensor `{name}` is {dtype}; ringtrain checkpoints hold F32, F16 or BF16 tensors"
+    )]
     Dtype {
         origin: String,
         name: String,
@@ -277,16 +283,28 @@ impl Checkpoint {
 
     /// The safetensors bytes of this checkpoint.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let bytes: Vec<(&String, Vec<u8>)> = self
-            .tensors
-            .iter()
-            .map(|(name, (_, v))| (name, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
-            .collect();
+        self.to_bytes_as(Precision::F32)
+    }
+
+    /// The safetensors bytes with every tensor stored as `precision` (F32, F16 or BF16,
+    /// each value rounded to nearest): half the size for a 16-bit format. A value that
+    /// the format cannot hold (beyond f16's 65504, or rounding to infinity in bf16) is an
+    /// error naming the tensor, not an infinity in the file.
+    pub fn to_bytes_as(&self, precision: Precision) -> Result<Vec<u8>> {
+        let mut bytes: Vec<(&String, Vec<u8>)> = Vec::with_capacity(self.tensors.len());
+        for (name, (_, v)) in &self.tensors {
+            bytes.push((name, encode(name, v, precision)?));
+        }
+        let dtype = match precision {
+            Precision::F32 => Dtype::F32,
+            Precision::F16 => Dtype::F16,
+            Precision::Bf16 => Dtype::BF16,
+        };
         let views = bytes
             .iter()
             .zip(self.tensors.values())
             .map(|((name, data), (shape, _))| {
-                TensorView::new(Dtype::F32, shape.clone(), data).map(|v| (name.as_str(), v))
+                TensorView::new(dtype, shape.clone(), data).map(|v| (name.as_str(), v))
             })
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| CheckpointError::Mismatch(e.to_string()))?;
@@ -307,18 +325,28 @@ impl Checkpoint {
         let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| corrupt(e.to_string()))?;
         let mut c = Self::new();
         for (name, view) in parsed.tensors() {
-            if view.dtype() != Dtype::F32 {
-                return Err(CheckpointError::Dtype {
-                    origin: origin.to_string(),
-                    name,
-                    dtype: format!("{:?}", view.dtype()),
-                });
-            }
-            let values = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
+            let data = view.data();
+            let values = match view.dtype() {
+                Dtype::F32 => data
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+                Dtype::F16 => data
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+                Dtype::BF16 => data
+                    .chunks_exact(2)
+                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+                other => {
+                    return Err(CheckpointError::Dtype {
+                        origin: origin.to_string(),
+                        name,
+                        dtype: format!("{other:?}"),
+                    })
+                }
+            };
             c.insert_values(&name, view.shape().to_vec(), values)
                 .map_err(|e| corrupt(e.to_string()))?;
         }
@@ -338,6 +366,17 @@ impl Checkpoint {
         })
     }
 
+    /// [`Checkpoint::save`] with every tensor stored as `precision` (see
+    /// [`Checkpoint::to_bytes_as`]): a model exported in half the bytes. Keep training
+    /// checkpoints f32: a resume from rounded weights is not the uninterrupted run.
+    pub fn save_as(&self, path: &Path, precision: Precision) -> Result<()> {
+        let bytes = self.to_bytes_as(precision)?;
+        write_atomically(path, |w| w.write_all(&bytes)).map_err(|source| CheckpointError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|source| CheckpointError::Read {
             path: path.to_path_buf(),
@@ -345,6 +384,30 @@ impl Checkpoint {
         })?;
         Self::from_bytes(&bytes, &path.display().to_string())
     }
+}
+
+/// `values` as little-endian bytes of `precision`, or an error naming `name` where a
+/// finite value would not stay finite.
+fn encode(name: &str, values: &[f32], precision: Precision) -> Result<Vec<u8>> {
+    if let Some(x) = values
+        .iter()
+        .find(|x| x.is_finite() && !precision.round(**x).is_finite())
+    {
+        return Err(CheckpointError::Mismatch(format!(
+            "tensor `{name}` holds {x}, which {precision} cannot (it would be infinite)"
+        )));
+    }
+    Ok(match precision {
+        Precision::F32 => values.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        Precision::F16 => values
+            .iter()
+            .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+            .collect(),
+        Precision::Bf16 => values
+            .iter()
+            .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+            .collect(),
+    })
 }
 
 /// Writes a file through `write`, atomically: into a temporary file beside `path`, synced

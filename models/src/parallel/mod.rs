@@ -20,7 +20,9 @@ use buckets::Layout;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use ringtrain_runtime::comm::{ring_with, CommError, Communicator, RingConfig};
 use ringtrain_runtime::optim::Optimizer;
-use ringtrain_runtime::{trace, Device, Error, GradStore, Result, Tensor, TensorId, Var};
+use ringtrain_runtime::{
+    trace, Device, Error, GradStore, Precision, Result, Tensor, TensorId, Var,
+};
 use std::collections::HashMap;
 use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -46,6 +48,11 @@ pub struct DataParallelConfig {
     /// Clips the averaged gradient to this global L2 norm before the update (PyTorch's
     /// `clip_grad_norm_`), on every replica alike: all hold the same averaged values.
     pub clip_grad_norm: Option<f32>,
+    /// The format gradients cross the links in: f32, or bf16 / f16 (half the bytes),
+    /// summed in f32 where they arrive (see [`Communicator::all_reduce_as`]); every
+    /// replica still ends each step with the same bits. The loss, and the parameters
+    /// broadcast at the start, always travel as f32.
+    pub grad_compression: Precision,
 }
 
 /// What a data-parallel step does when the averaged loss or gradients hold an infinity or
@@ -73,6 +80,7 @@ impl Default for DataParallelConfig {
             on_nonfinite: NonFinitePolicy::default(),
             grad_accum: 1,
             clip_grad_norm: None,
+            grad_compression: Precision::F32,
         }
     }
 }
@@ -117,6 +125,9 @@ pub struct DataParallel<M, O> {
     /// gradients divided by it after (f16's dynamic loss scaling; 1 is none).
     loss_scale: f32,
     overflowed: bool,
+    grad_compression: Precision,
+    /// Payload bytes replica 0 sent in the last step, where its communicator counts.
+    last_bytes_sent: Option<u64>,
 }
 
 struct Replica<M, O> {
@@ -287,6 +298,8 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
             last_grad_norm: None,
             loss_scale: 1.0,
             overflowed: false,
+            grad_compression: config.grad_compression,
+            last_bytes_sent: None,
         };
         run_on_replicas(&mut dp.replicas, &mut dp.failed, |r| {
             r.agree_on_layout(layout_hash)?;
@@ -401,12 +414,17 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
             grad_accum: self.grad_accum,
             clip_grad_norm: self.clip_grad_norm,
             loss_scale: self.loss_scale,
+            wire: self.grad_compression,
         };
         self.overflowed = false;
+        let bytes_before = self.replicas[0].comm.bytes_sent();
         let outcomes = run_on_replicas(&mut self.replicas, &mut self.failed, |r| {
             let rows = shard(batch_len, r.comm.size(), r.comm.rank());
             r.step(layout, &settings, rows, loss)
         })?;
+        self.last_bytes_sent = bytes_before
+            .zip(self.replicas[0].comm.bytes_sent())
+            .map(|(before, after)| after - before);
         // Every replica reduced the same values, so they agree on this.
         let (global_loss, grad_norm, nonfinite) = &outcomes[0];
         self.last_grad_norm = *grad_norm;
@@ -452,6 +470,12 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
         }
         self.loss_scale = scale;
         Ok(())
+    }
+
+    /// Payload bytes one replica sent in the last step (gradients, loss and flags), where
+    /// its communicator counts them (the ring, in process and over MPI).
+    pub fn last_step_bytes_sent(&self) -> Option<u64> {
+        self.last_bytes_sent
     }
 
     /// Whether the last step's scaled gradients overflowed (it was skipped).
@@ -700,7 +724,7 @@ impl<M: Module + Send, O: Optimizer + Send> Replica<M, O> {
             std::thread::Builder::new()
                 .name(format!("comm {rank}"))
                 .spawn_scoped(s, move || {
-                    reduce_in_order(comm.as_mut(), n_buckets, comm_in, comm_out)
+                    reduce_in_order(comm.as_mut(), n_buckets, settings.wire, comm_in, comm_out)
                 })
                 .expect("spawning the communication thread");
             let work = catch_unwind(AssertUnwindSafe(|| {
@@ -757,6 +781,7 @@ struct StepSettings {
     grad_accum: usize,
     clip_grad_norm: Option<f32>,
     loss_scale: f32,
+    wire: Precision,
 }
 
 /// Scales the averaged gradient (all buckets, as one vector) to an L2 norm of at most
@@ -928,6 +953,7 @@ where
 fn reduce_in_order(
     comm: &mut dyn Communicator,
     n_buckets: usize,
+    wire: Precision,
     from_worker: Receiver<ToComm>,
     to_worker: Sender<std::result::Result<FromComm, CommError>>,
 ) {
@@ -950,7 +976,11 @@ fn reduce_in_order(
                 bucket.map_or_else(|| "tail".to_string(), |b| b.to_string())
             })
             .arg("bytes", || 4 * buf.len());
-        let r = comm.all_reduce(buf);
+        // Gradients in the wire's format; the tail (loss, flags) exact.
+        let r = match bucket {
+            Some(_) => comm.all_reduce_as(buf, wire),
+            None => comm.all_reduce(buf),
+        };
         if let Err(e) = &r {
             comm.abort(&e.to_string());
         }

@@ -91,6 +91,11 @@ pub struct CommArgs {
     /// others wait).
     #[arg(long, default_value_t = 120.0, value_parser = parse_seconds)]
     pub comm_timeout: f64,
+    /// The format gradients cross the links between replicas in: f32, or bf16 / f16
+    /// (half the bytes), summed in f32 where they arrive; every replica still ends each
+    /// step with the same parameters. Over MPI it needs --mpi-algorithm ring.
+    #[arg(long, default_value = "f32")]
+    pub grad_compression: Precision,
 }
 
 impl CommArgs {
@@ -103,6 +108,7 @@ impl CommArgs {
             kind: self.comm,
             mpi_algorithm: self.mpi_algorithm,
             timeout: self.timeout(),
+            grad_compression: self.grad_compression,
         }
     }
 }

@@ -4,7 +4,7 @@
 //! feature; without it they are a clear error.
 
 use ringtrain_runtime::comm::Communicator;
-use ringtrain_runtime::{Error, Result};
+use ringtrain_runtime::{Error, Precision, Result};
 use std::time::Duration;
 
 /// How replicas communicate.
@@ -64,6 +64,9 @@ pub struct CommConfig {
     /// Keep it well above anything one rank does alone between steps (rank 0 evaluates
     /// while the others wait).
     pub timeout: Duration,
+    /// The format gradients cross the links in (f32, or bf16 / f16: half the bytes);
+    /// see `DataParallelConfig::grad_compression`.
+    pub grad_compression: Precision,
 }
 
 impl Default for CommConfig {
@@ -72,6 +75,7 @@ impl Default for CommConfig {
             kind: CommKind::Local,
             mpi_algorithm: MpiAlgorithm::Ring,
             timeout: Duration::from_secs(120),
+            grad_compression: Precision::F32,
         }
     }
 }

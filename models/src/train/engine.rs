@@ -75,6 +75,7 @@ impl<M: Module + Send, O: Optimizer + Send> Replicas<M, O> {
             on_nonfinite: config.on_nonfinite,
             grad_accum: config.grad_accum,
             clip_grad_norm: config.clip_grad_norm,
+            grad_compression: config.comm.grad_compression,
             ..DataParallelConfig::default()
         };
         let dp = match comms {
@@ -102,6 +103,15 @@ impl<M: Module + Send, O: Optimizer + Send> Replicas<M, O> {
         match self {
             Replicas::Single { device, .. } => device,
             Replicas::Parallel(dp) => dp.devices()[0],
+        }
+    }
+
+    /// Payload bytes one replica sent in the last step, where its communicator counts
+    /// them (none on one device).
+    pub fn last_step_bytes_sent(&self) -> Option<u64> {
+        match self {
+            Replicas::Single { .. } => None,
+            Replicas::Parallel(dp) => dp.last_step_bytes_sent(),
         }
     }
 

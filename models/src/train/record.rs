@@ -31,10 +31,14 @@ pub struct Record {
     pub skipped_steps: u64,
     /// An f16 run's loss scale at the report.
     pub loss_scale: Option<f32>,
+    /// Mean payload bytes one replica sent per step since the previous report (data
+    /// parallel runs whose communicator counts them).
+    pub bytes_sent_per_step: Option<f64>,
 }
 
-const FIXED: [&str; 11] = [
+const FIXED: [&str; 12] = [
     "loss_scale",
+    "bytes_sent_per_step",
     "epoch",
     "step",
     "epoch_end",
@@ -75,6 +79,9 @@ impl Record {
         if let Some(s) = self.loss_scale {
             m.insert("loss_scale".into(), number(f64::from(s)));
         }
+        if let Some(b) = self.bytes_sent_per_step {
+            m.insert("bytes_sent_per_step".into(), number(b));
+        }
         for (name, v) in &self.scores {
             m.insert(name.clone(), number(*v));
         }
@@ -105,6 +112,7 @@ impl Record {
             lr: f("lr").unwrap_or(f64::NAN) as f32,
             skipped_steps: m.get("skipped_steps").and_then(Value::as_u64).unwrap_or(0),
             loss_scale: f("loss_scale").map(|s| s as f32),
+            bytes_sent_per_step: f("bytes_sent_per_step"),
         })
     }
 
@@ -136,6 +144,9 @@ impl Record {
         }
         if let Some(scale) = self.loss_scale {
             s += &format!("  loss scale {scale}");
+        }
+        if let Some(b) = self.bytes_sent_per_step {
+            s += &format!("  {:.2} MB sent/step", b / 1e6);
         }
         s
     }

@@ -286,7 +286,7 @@ impl Trainer {
 
         let device_names = self.describe_devices(group);
         say(&format!(
-            "train: {} samples, {} parameters | lr {base_lr} ({}) | batch {batch_size}{}{}{}{} | {device_names}",
+            "train: {} samples, {} parameters | lr {base_lr} ({}) | batch {batch_size}{}{}{}{}{} | {device_names}",
             samples,
             replicas.model().num_parameters(),
             config.schedule.describe(),
@@ -306,6 +306,11 @@ impl Trainer {
                 Precision::F32 => "",
                 Precision::Bf16 => " | bf16 products",
                 Precision::F16 => " | f16 products, dynamic loss scale",
+            },
+            match config.comm.grad_compression {
+                Precision::F32 => String::new(),
+                wire if group > 1 => format!(" | gradients sent as {wire}"),
+                _ => String::new(),
             },
         ));
 
@@ -412,6 +417,10 @@ impl Trainer {
                     }
                 }
                 window.samples += indices.len();
+                if let Some(b) = replicas.last_step_bytes_sent() {
+                    window.bytes_sent += b;
+                    window.counted_steps += 1;
+                }
                 bar.inc(1);
                 if config.faults.crash_after_step == Some(at.step) {
                     eprintln!("simulated crash after step {}", at.step);
@@ -620,6 +629,9 @@ fn planned_steps(config: &TrainConfig, per_epoch: usize) -> u64 {
 struct Window {
     started: Instant,
     samples: usize,
+    /// Payload bytes one replica sent, over the steps that counted them.
+    bytes_sent: u64,
+    counted_steps: u64,
 }
 
 impl Window {
@@ -627,6 +639,8 @@ impl Window {
         Self {
             started: Instant::now(),
             samples: 0,
+            bytes_sent: 0,
+            counted_steps: 0,
         }
     }
 
@@ -654,6 +668,8 @@ impl Window {
             lr,
             skipped_steps: at.window_skipped,
             loss_scale: (at.loss_scale_bits != 0).then(|| f32::from_bits(at.loss_scale_bits)),
+            bytes_sent_per_step: (self.counted_steps > 0)
+                .then(|| self.bytes_sent as f64 / self.counted_steps as f64),
         })
     }
 }

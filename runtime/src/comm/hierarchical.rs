@@ -5,6 +5,7 @@
 //! touch the network, once per collective, whatever the number of devices per node.
 
 use super::{CommError, Communicator};
+use crate::Precision;
 use std::sync::{Arc, Mutex};
 
 /// One device's end of a two-level group; see the module documentation. Its rank is
@@ -182,8 +183,14 @@ impl Communicator for HierarchicalComm {
     }
 
     fn all_reduce(&mut self, data: &mut [f32]) -> Result<(), CommError> {
+        self.all_reduce_as(data, Precision::F32)
+    }
+
+    /// Compressed between nodes only: the local group's link is the fast one, and the
+    /// broadcast within the node copies the leaders' (rounded) bits.
+    fn all_reduce_as(&mut self, data: &mut [f32], wire: Precision) -> Result<(), CommError> {
         self.local_step(|c| c.all_reduce(data))?;
-        self.leader_step(|c| c.all_reduce(data))?;
+        self.leader_step(|c| c.all_reduce_as(data, wire))?;
         self.local_step(|c| c.broadcast(data, 0))
     }
 

@@ -13,11 +13,13 @@ pub mod mpi;
 mod ring;
 mod schedule;
 mod star;
+mod wire;
 
 pub use hierarchical::{hierarchical, HierarchicalComm};
 pub use ring::{ring, ring_with, RingComm, RingConfig};
 pub use star::{star, StarComm};
 
+use crate::Precision;
 use std::time::Duration;
 use thiserror::Error;
 
@@ -56,6 +58,26 @@ pub trait Communicator: Send {
     /// Replaces `data` on every peer by the element-wise sum over all peers. Every peer
     /// receives the same bits.
     fn all_reduce(&mut self, data: &mut [f32]) -> Result<(), CommError>;
+    /// [`Communicator::all_reduce`] with the values crossing every link as `wire` (bf16
+    /// or f16: half the bytes of f32) and summed in f32 where they arrive. Every peer
+    /// still receives the same bits: each finished sum is rounded to `wire` once, by the
+    /// peer that finished it, which keeps the rounded value too (a group of one sends
+    /// nothing and leaves the values as they are). A communicator that cannot compress
+    /// says so for a reduced `wire`; f32 is `all_reduce`.
+    fn all_reduce_as(&mut self, data: &mut [f32], wire: Precision) -> Result<(), CommError> {
+        if wire.is_reduced() {
+            return Err(CommError::InvalidArgument(format!(
+                "this communicator ({} peers) cannot send {wire} values",
+                self.size()
+            )));
+        }
+        self.all_reduce(data)
+    }
+    /// Bytes of collective payload this peer has sent so far, where the communicator
+    /// counts them.
+    fn bytes_sent(&self) -> Option<u64> {
+        None
+    }
     /// Copies `root`'s `data` into every other peer's.
     fn broadcast(&mut self, data: &mut [f32], root: usize) -> Result<(), CommError>;
     /// Returns once every peer has called it.

@@ -14,10 +14,12 @@
 
 use super::blame;
 use super::schedule::{all_reduce_steps, chunk, chunks_in, Combine, Step};
-use super::{CommError, Communicator};
+use super::{wire, CommError, Communicator};
+use crate::Precision;
 use crossbeam_channel::{
     bounded, unbounded, Receiver, RecvTimeoutError, SendTimeoutError, Sender, TryRecvError,
 };
+use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -133,6 +135,9 @@ pub struct RingComm {
     ops: u64,
     /// Set by the first error: the ring cannot be trusted after one.
     broken: Option<CommError>,
+    /// Payload bytes sent, and where a compressed chunk is decoded.
+    sent: Cell<u64>,
+    scratch: RefCell<Vec<f32>>,
 }
 
 /// `size` connected peers with the default [`RingConfig`]; give one to each thread.
@@ -180,6 +185,8 @@ pub fn ring_with(size: usize, config: RingConfig) -> Result<Vec<RingComm>, CommE
             link,
             ops: 0,
             broken: None,
+            sent: Cell::new(0),
+            scratch: RefCell::new(Vec::new()),
         });
     }
     peers.reverse();
@@ -271,7 +278,8 @@ impl RingComm {
         CommError::Timeout { rank: peer, waited }
     }
 
-    fn send(&self, total: usize, values: &[f32]) -> Result<(), CommError> {
+    /// Sends `values` (in `wire`'s format) to the successor.
+    fn send(&self, total: usize, values: &[f32], wire: Precision) -> Result<(), CommError> {
         let link = self.link();
         let mut data = match link.spare_from_next.try_recv() {
             Ok(buf) => buf,
@@ -279,8 +287,8 @@ impl RingComm {
                 Vec::with_capacity(self.chunk_elems)
             }
         };
-        data.clear();
-        data.extend_from_slice(values);
+        wire::encode(wire, values, &mut data);
+        self.sent.set(self.sent.get() + 4 * data.len() as u64);
         let mut chunk = Chunk {
             op: self.ops,
             total,
@@ -309,8 +317,15 @@ impl RingComm {
         }
     }
 
-    /// Receives the predecessor's next chunk into `dst`, which it must exactly fill.
-    fn recv(&self, total: usize, dst: &mut [f32], combine: Combine) -> Result<(), CommError> {
+    /// Receives the predecessor's next chunk (in `wire`'s format) into `dst`, which it
+    /// must exactly fill.
+    fn recv(
+        &self,
+        total: usize,
+        dst: &mut [f32],
+        combine: Combine,
+        wire: Precision,
+    ) -> Result<(), CommError> {
         let link = self.link();
         let start = Instant::now();
         let waiting = self.waiting_on(self.prev_rank());
@@ -333,7 +348,8 @@ impl RingComm {
             }
         };
         drop(waiting);
-        if chunk.op != self.ops || chunk.total != total || chunk.data.len() != dst.len() {
+        let words = wire::words(wire, dst.len());
+        if chunk.op != self.ops || chunk.total != total || chunk.data.len() != words {
             return Err(CommError::Mismatch(format!(
                 "peer {} is in collective {} over {} elements, peer {} in collective {} over {}",
                 self.prev_rank(),
@@ -344,14 +360,8 @@ impl RingComm {
                 total
             )));
         }
-        match combine {
-            Combine::Add => {
-                for (d, x) in dst.iter_mut().zip(&chunk.data) {
-                    *d += *x;
-                }
-            }
-            Combine::Copy => dst.copy_from_slice(&chunk.data),
-        }
+        let add = combine == Combine::Add;
+        wire::decode(wire, &chunk.data, dst, add, &mut self.scratch.borrow_mut());
         // The predecessor may be gone by now (it finished first); the buffer just drops.
         let _ = link.spare_to_prev.send(chunk.data);
         Ok(())
@@ -359,22 +369,29 @@ impl RingComm {
 
     /// One ring step, chunk by chunk: send chunk `c` of the outgoing segment, then
     /// receive chunk `c` of the incoming one (the link's queue lets sends run ahead).
-    fn ring_step(&self, data: &mut [f32], step: &Step) -> Result<(), CommError> {
+    fn ring_step(&self, data: &mut [f32], step: &Step, wire: Precision) -> Result<(), CommError> {
         let (total, ce) = (data.len(), self.chunk_elems);
         for c in 0..chunks_in(step, ce) {
             if let Some(out) = chunk(&step.out, ce, c) {
-                self.send(total, &data[out])?;
+                self.send(total, &data[out], wire)?;
             }
             if let Some(inc) = chunk(&step.inc, ce, c) {
-                self.recv(total, &mut data[inc], step.combine)?;
+                self.recv(total, &mut data[inc], step.combine, wire)?;
             }
         }
         Ok(())
     }
 
-    fn ring_all_reduce(&self, data: &mut [f32]) -> Result<(), CommError> {
+    fn ring_all_reduce(&self, data: &mut [f32], wire: Precision) -> Result<(), CommError> {
+        let mut gathering = false;
         for step in all_reduce_steps(data.len(), self.size, self.rank) {
-            self.ring_step(data, &step)?;
+            if step.combine == Combine::Copy && !gathering {
+                // This peer's finished segment, about to go round: it keeps what the
+                // others will receive.
+                wire::round(wire, &mut data[step.out.clone()]);
+                gathering = true;
+            }
+            self.ring_step(data, &step, wire)?;
         }
         Ok(())
     }
@@ -385,10 +402,10 @@ impl RingComm {
         for lo in (0..total).step_by(self.chunk_elems) {
             let hi = (lo + self.chunk_elems).min(total);
             if self.rank != root {
-                self.recv(total, &mut data[lo..hi], Combine::Copy)?;
+                self.recv(total, &mut data[lo..hi], Combine::Copy, Precision::F32)?;
             }
             if forwards {
-                self.send(total, &data[lo..hi])?;
+                self.send(total, &data[lo..hi], Precision::F32)?;
             }
         }
         Ok(())
@@ -405,7 +422,15 @@ impl Communicator for RingComm {
     }
 
     fn all_reduce(&mut self, data: &mut [f32]) -> Result<(), CommError> {
-        self.collective(|c| c.ring_all_reduce(data))
+        self.collective(|c| c.ring_all_reduce(data, Precision::F32))
+    }
+
+    fn all_reduce_as(&mut self, data: &mut [f32], wire: Precision) -> Result<(), CommError> {
+        self.collective(|c| c.ring_all_reduce(data, wire))
+    }
+
+    fn bytes_sent(&self) -> Option<u64> {
+        Some(self.sent.get())
     }
 
     fn broadcast(&mut self, data: &mut [f32], root: usize) -> Result<(), CommError> {

@@ -5,7 +5,8 @@ use super::notice::{self, Notice};
 use super::{Environment, MpiAlgorithm, MpiConfig};
 use crate::comm::blame::{self, Waiting};
 use crate::comm::schedule::{all_reduce_steps, chunk, chunks_in, Combine, Step};
-use crate::comm::{CommError, Communicator};
+use crate::comm::{wire, CommError, Communicator};
+use crate::Precision;
 use mpi::datatype::Equivalence;
 use mpi::ffi;
 use mpi::point_to_point::Status;
@@ -56,6 +57,9 @@ pub struct MpiComm {
     /// buffers this communicator owns, so abandoning an operation never leaves MPI
     /// holding a caller's slice.
     stage: (Vec<f32>, Vec<f32>),
+    /// Where a compressed chunk is decoded, and the payload bytes sent so far.
+    scratch: Vec<f32>,
+    sent: u64,
     /// What each peer reported waiting on when it timed out (`None`: no report).
     reports: Vec<Option<Waiting>>,
     /// Set by a failure: operations may have been abandoned in flight, so the buffers
@@ -116,6 +120,8 @@ impl MpiComm {
             recvs: Default::default(),
             native: Request::default(),
             stage: Default::default(),
+            scratch: Vec::new(),
+            sent: 0,
             reports: vec![None; size],
             leaked: false,
             env,
@@ -289,17 +295,23 @@ impl MpiComm {
         self.broken = Some(e.clone());
     }
 
-    /// Starts sending `data` to `peer` from send slot `slot`, once the slot's previous
-    /// send has completed.
-    fn start_send(&mut self, slot: usize, data: &[f32], peer: usize) -> Result<(), CommError> {
+    /// Starts sending `data` (in `wire`'s format) to `peer` from send slot `slot`, once
+    /// the slot's previous send has completed.
+    fn start_send(
+        &mut self,
+        slot: usize,
+        data: &[f32],
+        peer: usize,
+        wire: Precision,
+    ) -> Result<(), CommError> {
         let mut req = std::mem::take(&mut self.sends[slot]);
         let waited = self.wait(&mut req, Some(peer));
         self.sends[slot] = req;
         waited?;
         let (tag, comm) = (self.tag(), self.data.0.as_raw());
         let buf = &mut self.send_bufs[slot];
-        buf.clear();
-        buf.extend_from_slice(data);
+        wire::encode(wire, data, buf);
+        self.sent += 4 * buf.len() as u64;
         self.sends[slot].post(Kind::PointToPoint, |raw| unsafe {
             ffi::MPI_Isend(
                 buf.as_ptr().cast(),
@@ -331,37 +343,33 @@ impl MpiComm {
         })
     }
 
-    /// Completes the receive in `slot` and combines it into `dst`, which it must fill.
+    /// Completes the receive in `slot` (in `wire`'s format) and combines it into `dst`,
+    /// which it must fill.
     fn finish_recv(
         &mut self,
         slot: usize,
         peer: usize,
         dst: &mut [f32],
         combine: Combine,
+        wire: Precision,
     ) -> Result<(), CommError> {
         let mut req = std::mem::take(&mut self.recvs[slot]);
         let waited = self.wait(&mut req, Some(peer));
         self.recvs[slot] = req;
         let status = Status::from_raw(waited?);
         let got = status.count(f32::equivalent_datatype()).max(0) as usize;
-        if status.tag() != self.tag() || got != dst.len() {
+        let words = wire::words(wire, dst.len());
+        if status.tag() != self.tag() || got != words {
             return Err(CommError::Mismatch(format!(
-                "peer {peer} sent {got} elements of collective tag {}, peer {} expected {} of tag {}",
+                "peer {peer} sent {got} words of collective tag {}, peer {} expected {words} of tag {}",
                 status.tag(),
                 self.rank,
-                dst.len(),
                 self.tag()
             )));
         }
         let src = &self.recv_bufs[slot][..got];
-        match combine {
-            Combine::Add => {
-                for (d, x) in dst.iter_mut().zip(src) {
-                    *d += *x;
-                }
-            }
-            Combine::Copy => dst.copy_from_slice(src),
-        }
+        let add = combine == Combine::Add;
+        wire::decode(wire, src, dst, add, &mut self.scratch);
         Ok(())
     }
 
@@ -379,7 +387,12 @@ impl MpiComm {
 
     /// One ring step, pipelined two chunks deep: chunk `c + 1` is posted both ways
     /// before chunk `c` is combined.
-    fn ring_step(&mut self, data: &mut [f32], step: &Step) -> Result<(), CommError> {
+    fn ring_step(
+        &mut self,
+        data: &mut [f32],
+        step: &Step,
+        wire: Precision,
+    ) -> Result<(), CommError> {
         let (next, prev, ce) = (self.next_rank(), self.prev_rank(), self.chunk_elems);
         let n = chunks_in(step, ce);
         let start = |comm: &mut Self, c: usize, data: &[f32]| -> Result<(), CommError> {
@@ -387,7 +400,7 @@ impl MpiComm {
                 comm.start_recv(c % 2, prev)?;
             }
             if let Some(out) = chunk(&step.out, ce, c) {
-                comm.start_send(c % 2, &data[out], next)?;
+                comm.start_send(c % 2, &data[out], next, wire)?;
             }
             Ok(())
         };
@@ -399,15 +412,21 @@ impl MpiComm {
                 start(self, c + 1, data)?;
             }
             if let Some(inc) = chunk(&step.inc, ce, c) {
-                self.finish_recv(c % 2, prev, &mut data[inc], step.combine)?;
+                self.finish_recv(c % 2, prev, &mut data[inc], step.combine, wire)?;
             }
         }
         Ok(())
     }
 
-    fn ring_all_reduce(&mut self, data: &mut [f32]) -> Result<(), CommError> {
+    fn ring_all_reduce(&mut self, data: &mut [f32], wire: Precision) -> Result<(), CommError> {
+        let mut gathering = false;
         for step in all_reduce_steps(data.len(), self.size, self.rank) {
-            self.ring_step(data, &step)?;
+            if step.combine == Combine::Copy && !gathering {
+                // As the in-process ring: the owner keeps the rounded sums it sends.
+                wire::round(wire, &mut data[step.out.clone()]);
+                gathering = true;
+            }
+            self.ring_step(data, &step, wire)?;
         }
         self.drain_sends()
     }
@@ -422,10 +441,11 @@ impl MpiComm {
         while let Some(range) = chunk(&all, ce, c) {
             if self.rank != root {
                 self.start_recv(c % 2, prev)?;
-                self.finish_recv(c % 2, prev, &mut data[range.clone()], Combine::Copy)?;
+                let f32 = Precision::F32;
+                self.finish_recv(c % 2, prev, &mut data[range.clone()], Combine::Copy, f32)?;
             }
             if forwards {
-                self.start_send(c % 2, &data[range], next)?;
+                self.start_send(c % 2, &data[range], next, Precision::F32)?;
             }
             c += 1;
         }
@@ -496,13 +516,24 @@ impl Communicator for MpiComm {
     }
 
     fn all_reduce(&mut self, data: &mut [f32]) -> Result<(), CommError> {
+        self.all_reduce_as(data, Precision::F32)
+    }
+
+    fn all_reduce_as(&mut self, data: &mut [f32], wire: Precision) -> Result<(), CommError> {
         if self.size == 1 {
             return self.broken.clone().map_or(Ok(()), Err);
         }
         match self.config.algorithm {
-            MpiAlgorithm::Ring => self.collective(|c| c.ring_all_reduce(data)),
+            MpiAlgorithm::Ring => self.collective(|c| c.ring_all_reduce(data, wire)),
+            MpiAlgorithm::Native if wire.is_reduced() => Err(CommError::InvalidArgument(format!(
+                "{wire} gradients need --mpi-algorithm ring: MPI_Allreduce sums whole f32 values"
+            ))),
             MpiAlgorithm::Native => self.collective(|c| c.native_all_reduce(data)),
         }
+    }
+
+    fn bytes_sent(&self) -> Option<u64> {
+        (self.config.algorithm == MpiAlgorithm::Ring).then_some(self.sent)
     }
 
     fn broadcast(&mut self, data: &mut [f32], root: usize) -> Result<(), CommError> {
