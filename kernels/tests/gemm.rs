@@ -2,8 +2,9 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use ringtrain_kernels::cpu::gemm::{sgemm, sgemm_with, Epilogue, MatRef};
+use ringtrain_kernels::cpu::gemm::{gemm_mixed, sgemm, sgemm_with, Epilogue, MatRef};
 use ringtrain_kernels::cpu::{Isa, Simd};
+use ringtrain_kernels::Precision;
 
 fn random(len: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
     (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
@@ -527,6 +528,60 @@ fn rows_of_c_a_multiple_of_4_kib_apart_give_the_bits_of_any_other_stride() {
                     "{:?}: the stride changed the bits",
                     simd.isa()
                 );
+            }
+        }
+    }
+}
+
+/// bf16 and f16 inputs at every pair of operand layouts the packing distinguishes (k
+/// contiguous, lanes contiguous, neither), odd k, partial tiles, on every path (the
+/// AVX512-BF16 kernel packs each layout its own way): the product of the rounded inputs,
+/// to f32 accumulation.
+#[test]
+fn mixed_precision_inputs_at_any_strides() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let (m, n, k) = (14, 37, 23);
+    // (row stride, column stride) of an r x c operand stored in a buffer three times
+    // its size: row-major, column-major, and neither (every third element).
+    let layouts = |r: usize, c: usize| [(c, 1), (1, r), (3 * c, 3)];
+    let a_buf = random(3 * m * k, &mut rng);
+    let b_buf = random(3 * k * n, &mut rng);
+    for precision in [Precision::Bf16, Precision::F16] {
+        let round = |v: &[f32]| v.iter().map(|&x| precision.round(x)).collect::<Vec<_>>();
+        let (a_round, b_round) = (round(&a_buf), round(&b_buf));
+        for (a_rs, a_cs) in layouts(m, k) {
+            for (b_rs, b_cs) in layouts(k, n) {
+                let a = MatRef {
+                    data: &a_buf,
+                    rs: a_rs,
+                    cs: a_cs,
+                };
+                let b = MatRef {
+                    data: &b_buf,
+                    rs: b_rs,
+                    cs: b_cs,
+                };
+                let ar = MatRef {
+                    data: &a_round,
+                    ..a
+                };
+                let br = MatRef {
+                    data: &b_round,
+                    ..b
+                };
+                let want = reference(m, n, k, 1.0, &ar, &br, 0.0, &[]);
+                for simd in Simd::available() {
+                    let mut c = vec![f32::NAN; m * n];
+                    let none = Epilogue::default();
+                    gemm_mixed(simd, precision, m, n, k, 1.0, a, b, 0.0, &mut c, n, none).unwrap();
+                    for (i, (&got, &w)) in c.iter().zip(&want).enumerate() {
+                        assert!(
+                            (f64::from(got) - w).abs() < 1e-5 * (k as f64),
+                            "{precision} {simd} A ({a_rs}, {a_cs}) B ({b_rs}, {b_cs}): \
+                             element {i} is {got}, want {w}"
+                        );
+                    }
+                }
             }
         }
     }

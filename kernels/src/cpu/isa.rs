@@ -172,7 +172,9 @@ const BF16_DOT_NAME: &str = "avx512-bf16";
 fn has_avx512_bf16() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx512bf16") && is_x86_feature_detected!("avx512bw")
+        is_x86_feature_detected!("avx512bf16")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
     }
     #[cfg(not(target_arch = "x86_64"))]
     false

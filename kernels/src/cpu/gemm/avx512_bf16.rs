@@ -2,10 +2,9 @@
 //! bf16 values and adds both products to an f32 lane, so one instruction does 32
 //! multiply-adds where an f32 FMA does 16.
 //!
-//! Its panels hold pairs along k: after the driver packs an f32 panel (`kc` groups of
-//! `w` values), [`to_pairs`] rewrites it in place as `kc / 2` groups (rounded up) of `w`
-//! 32-bit words, word `r` of group `q` holding row `r`'s values at k = 2q (low half) and
-//! 2q + 1 (high half), rounded to bf16 (an odd `kc` pairs its last value with zero). The
+//! Its panels hold pairs along k, packed by `pairs.rs`: `kc / 2` groups (rounded up) of
+//! `w` 32-bit words, word `r` of group `q` holding row `r`'s values at k = 2q (low half)
+//! and 2q + 1 (high half), rounded to bf16 (an odd `kc` pairs its last value with zero). The
 //! 12 x 32 tile of C lives in 24 zmm accumulators, as in the f32 kernel; each step of the
 //! loop consumes two values of k: two zmm of B's pairs and twelve broadcast pairs of A.
 //!
@@ -118,45 +117,5 @@ unsafe fn body(
             step!();
         }
         store_tile!(acc, c, ldc, alpha, beta, bias, relu);
-    }
-}
-
-/// Rewrites a packed f32 panel of `kc` groups of `w` values (w = MR or NR) as groups of
-/// bf16 pairs along k, in place (see the module). Group `q` is written over values that
-/// groups `2q` and `2q + 1` were read from, each 16-word chunk after both its sources
-/// are loaded, so nothing is overwritten before it is read.
-///
-/// # Safety
-/// The CPU has AVX512-BF16 and AVX512BW, and `panel` holds at least `kc * w` values.
-#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-pub(super) unsafe fn to_pairs(panel: &mut [f32], kc: usize, w: usize) {
-    assert!(panel.len() >= kc * w);
-    let p = panel.as_mut_ptr();
-    for q in 0..kc.div_ceil(2) {
-        let (lo, hi) = (2 * q * w, (2 * q + 1) * w);
-        let has_hi = 2 * q + 1 < kc;
-        for r in (0..w).step_by(16) {
-            let mask: __mmask16 = if w - r >= 16 {
-                0xffff
-            } else {
-                (1u16 << (w - r)) - 1
-            };
-            // SAFETY: lanes under `mask` lie in the panel's `kc * w` values.
-            unsafe {
-                let x = _mm512_maskz_loadu_ps(mask, p.add(lo + r));
-                let y = if has_hi {
-                    _mm512_maskz_loadu_ps(mask, p.add(hi + r))
-                } else {
-                    _mm512_setzero_ps()
-                };
-                let x16: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(x));
-                let y16: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(y));
-                let words = _mm512_or_si512(
-                    _mm512_cvtepu16_epi32(x16),
-                    _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(y16)),
-                );
-                _mm512_mask_storeu_epi32(p.add(q * w + r).cast(), mask, words);
-            }
-        }
     }
 }

@@ -21,6 +21,8 @@ mod avx512_bf16;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 mod pack;
+#[cfg(target_arch = "x86_64")]
+mod pairs;
 mod portable;
 
 use super::{round, Isa, Simd};
@@ -84,8 +86,8 @@ pub(crate) trait MicroKernel {
     /// Whether `tiles` reads C (when `beta != 0`) from [`Tiles::c_in`] rather than from
     /// where it writes: only such kernels stage C (see `stages_c`).
     const READS_C_APART: bool = false;
-    /// Whether the packed panels hold bf16 pairs along k (`avx512_bf16`) rather than
-    /// f32 values; the driver packs f32 and then converts each panel in place.
+    /// Whether the packed panels hold bf16 pairs along k (`avx512_bf16`, packed by
+    /// `pairs.rs`) rather than f32 values.
     const PAIRS: bool = false;
 
     /// `C = alpha * A_panel * B_panel + beta * C` for one MR x NR tile (row stride `ldc`),
@@ -707,8 +709,16 @@ fn run_task<K: MicroKernel>(
         let ap = &mut apack[..packed_a * mr * kc];
         for (idx, dst) in ap.chunks_mut(mr * kc).enumerate() {
             let i0 = (first_packed + idx) * mr;
-            pack::pack_a(dst, a, i0, mr.min(s.m - i0), pc, kc, mr, s.avx_pack);
-            finish_panel::<K>(s, dst, kc, mr);
+            let rows = mr.min(s.m - i0);
+            #[cfg(target_arch = "x86_64")]
+            if K::PAIRS {
+                // SAFETY: a pairs kernel is chosen only through a `Simd` with
+                // `bf16_dot`, which proves the features `pairs` needs.
+                unsafe { pairs::pack_a(dst, a, i0, rows, pc, kc, mr, cstage) };
+                continue;
+            }
+            pack::pack_a(dst, a, i0, rows, pc, kc, mr, s.avx_pack);
+            round::round_in_place(s.simd, s.inputs, dst);
         }
         let ap = &*ap;
         let a_panel = |ip: usize| {
@@ -749,7 +759,21 @@ fn run_task<K: MicroKernel>(
                 jb
             };
             let bp = &mut bpack[..(jb_end - b_packed_from) * nr * kc];
-            if b.cs == 1 {
+            #[cfg(target_arch = "x86_64")]
+            let pairs_done = K::PAIRS && {
+                for (idx, dst) in bp.chunks_mut(nr * kc).enumerate() {
+                    let j0 = (b_packed_from + idx) * nr;
+                    let cols = nr.min(s.n - j0);
+                    // SAFETY: as for A's panels.
+                    unsafe { pairs::pack_b(dst, b, pc, kc, j0, cols, nr, cstage) };
+                }
+                true
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let pairs_done = false;
+            if pairs_done {
+                // Packed above.
+            } else if b.cs == 1 {
                 let j0 = b_packed_from * nr;
                 let cols = (jb_end * nr).min(s.n) - j0;
                 pack::pack_b_rows(bp, b, pc, kc, j0, cols, nr, s.avx_pack);
@@ -759,8 +783,8 @@ fn run_task<K: MicroKernel>(
                     pack::pack_b(dst, b, pc, kc, j0, nr.min(s.n - j0), nr, s.avx_pack);
                 }
             }
-            for panel in bp.chunks_mut(nr * kc) {
-                finish_panel::<K>(s, panel, kc, nr);
+            if !pairs_done {
+                round::round_in_place(s.simd, s.inputs, bp);
             }
             let bp = &*bp;
             let b_panel = |jp: usize| {
@@ -873,21 +897,6 @@ fn run_task<K: MicroKernel>(
             }
         }
     }
-}
-
-/// Turns a freshly packed f32 panel of `kc` groups of `w` into what the kernel reads:
-/// bf16 pairs for a [pairs kernel](MicroKernel::PAIRS), else the values rounded to the
-/// product's input precision (nothing to do for f32).
-fn finish_panel<K: MicroKernel>(s: &Shape, panel: &mut [f32], kc: usize, w: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if K::PAIRS {
-        // SAFETY: a pairs kernel is chosen only through a `Simd` with `bf16_dot`, which
-        // proves AVX512-BF16 and AVX512BW; the panel holds `kc * w` values.
-        unsafe { avx512_bf16::to_pairs(panel, kc, w) };
-        return;
-    }
-    let _ = (kc, w);
-    round::round_in_place(s.simd, s.inputs, panel);
 }
 
 /// Whether a task sums its slices of k in a buffer of its own (the stage), at a row
