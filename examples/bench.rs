@@ -22,6 +22,7 @@ mod bench_plot;
 
 use clap::Parser;
 use ringtrain::bench::{compare_backends, Backend, ComparisonConfig, Part};
+use ringtrain::Precision;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -56,6 +57,10 @@ struct Args {
     /// Also write every figure as JSON.
     #[arg(long)]
     json_out: Option<PathBuf>,
+    /// The GEMMs' input precision and the training step's: f32, or bf16 / f16 rounded
+    /// inputs summed in f32 (the naive loop stays f32).
+    #[arg(long, default_value = "f32")]
+    dtype: Precision,
 }
 
 fn main() {
@@ -78,6 +83,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         reps: args.reps as usize,
         peak_tflops: args.peak_tflops,
         progress: true,
+        precision: args.dtype,
     };
     let report = compare_backends(&config)?;
     for note in &report.notes {
@@ -86,7 +92,8 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     print!("{report}");
     if !report.gemm.is_empty() {
         let title = format!(
-            "GEMM, f32 | CPU: {}{}",
+            "GEMM, {} | CPU: {}{}",
+            report.precision,
             report.cpu,
             report
                 .gpu

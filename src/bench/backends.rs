@@ -4,13 +4,13 @@
 use super::collective::{bus_bandwidth, time_all_reduce};
 use super::protocol::{operands, time_at_least, verify, Res, Timed};
 use crate::comm::ring;
-use crate::kernels::cpu::gemm::{sgemm, MatRef};
+use crate::kernels::cpu::gemm::{gemm_mixed, Epilogue, MatRef};
 use crate::kernels::gpu::GpuBackend;
 use crate::kernels::{Backend as _, GemmSpec};
 use crate::nn::{Module, ModuleState};
 use crate::optim::{Optimizer, Sgd, SgdConfig};
 use crate::zoo::{mlp, Activation};
-use crate::{rng_from_seed, Device, Simd, Tensor};
+use crate::{rng_from_seed, with_precision, Device, Precision, Simd, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::fmt;
@@ -70,6 +70,9 @@ pub struct ComparisonConfig {
     pub peak_tflops: Option<f64>,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// The GEMMs' input precision and the training step's (see [`crate::Precision`]):
+    /// the naive loop stays f32.
+    pub precision: Precision,
 }
 
 impl Default for ComparisonConfig {
@@ -83,6 +86,7 @@ impl Default for ComparisonConfig {
             reps: 3,
             peak_tflops: None,
             progress: true,
+            precision: Precision::F32,
         }
     }
 }
@@ -116,6 +120,9 @@ pub struct ReducePoint {
 #[derive(Debug, Clone, Serialize)]
 pub struct Comparison {
     pub cpu: String,
+    /// The GEMMs' and the training step's input precision.
+    #[serde(serialize_with = "precision_name")]
+    pub precision: Precision,
     pub threads: usize,
     pub gpu: Option<String>,
     /// How GPU kernels were timed: "timestamp queries" or "wall clock" (a clock around
@@ -132,6 +139,10 @@ pub struct Comparison {
     /// Said once before measuring (e.g. why the GPU was left out).
     #[serde(skip)]
     pub notes: Vec<String>,
+}
+
+fn precision_name<S: serde::Serializer>(p: &Precision, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(p.name())
 }
 
 /// The MLP and batch of the training-step figure.
@@ -246,6 +257,7 @@ pub fn compare_backends(config: &ComparisonConfig) -> Res<Comparison> {
         min_time: config.min_time,
         one_thread: &one_thread,
         gpu: gpu.as_ref(),
+        precision: config.precision,
     };
     let mut gemm = Vec::new();
     for &(backend, n) in &gemm_runs {
@@ -297,11 +309,8 @@ pub fn compare_backends(config: &ComparisonConfig) -> Res<Comparison> {
     bar.finish_and_clear();
 
     Ok(Comparison {
-        cpu: format!(
-            "{} ({}, {threads} threads)",
-            cpu_name(),
-            Simd::detect().isa()
-        ),
+        cpu: format!("{} ({}, {threads} threads)", cpu_name(), Simd::detect()),
+        precision: config.precision,
         threads,
         gpu: gpu.as_ref().map(|g| g.adapter().to_string()),
         gpu_timing: gpu.as_ref().map(|g| {
@@ -400,6 +409,13 @@ impl Comparison {
 impl fmt::Display for Comparison {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "CPU: {}", self.cpu)?;
+        if self.precision.is_reduced() {
+            writeln!(
+                f,
+                "GEMM inputs and training step: {} (sums in f32)",
+                self.precision
+            )?;
+        }
         if let Some(gpu) = &self.gpu {
             let peak = self
                 .peak_tflops
@@ -469,6 +485,7 @@ struct Timing<'a> {
     /// A pool of one thread, for the single-threaded CPU figures.
     one_thread: &'a rayon::ThreadPool,
     gpu: Option<&'a GpuBackend>,
+    precision: Precision,
 }
 
 /// Seconds per GEMM of size `n` on `backend`, after checking the result.
@@ -478,10 +495,16 @@ fn time_gemm(timing: &Timing, backend: Backend, n: usize) -> Res<Timed> {
         min_time,
         one_thread,
         gpu,
+        precision,
     } = *timing;
     let (a, b) = operands(n);
     let mut c = vec![0.0f32; n * n];
     let simd = Simd::detect();
+    let inputs = if backend == Backend::Naive {
+        Precision::F32
+    } else {
+        precision
+    };
     let time_cpu = |c: &mut [f32]| {
         time_at_least(reps, 1, min_time, || {
             let t = Instant::now();
@@ -489,7 +512,8 @@ fn time_gemm(timing: &Timing, backend: Backend, n: usize) -> Res<Timed> {
                 MatRef::row_major(&a, n, n, false),
                 MatRef::row_major(&b, n, n, false),
             );
-            sgemm(simd, n, n, n, 1.0, a, b, 0.0, c, n)?;
+            let none = Epilogue::default();
+            gemm_mixed(simd, inputs, n, n, n, 1.0, a, b, 0.0, c, n, none)?;
             Ok(t.elapsed().as_secs_f64())
         })
     };
@@ -508,7 +532,7 @@ fn time_gemm(timing: &Timing, backend: Backend, n: usize) -> Res<Timed> {
             let gpu = gpu.ok_or("no GPU")?;
             let (ab, bb) = (gpu.upload(&a)?, gpu.upload(&b)?);
             let mut cb = gpu.alloc(n * n)?;
-            let spec = GemmSpec::new(n, n, n, false, false);
+            let spec = GemmSpec::new(n, n, n, false, false).with_precision(inputs);
             // Enough products per sample that launch overhead does not dominate small n.
             let calls = (((1u64 << 27) / (n as u64).pow(3)).clamp(1, 64)) as u32;
             let timed = time_at_least(reps, calls, min_time, || {
@@ -526,8 +550,9 @@ fn time_gemm(timing: &Timing, backend: Backend, n: usize) -> Res<Timed> {
             timed
         }
     };
-    // The last timed product's result.
-    verify(n, &a, &b, &c)?;
+    // The last timed product's result, against the product of the rounded inputs.
+    let round = |v: &[f32]| v.iter().map(|&x| inputs.round(x)).collect::<Vec<_>>();
+    verify(n, &round(&a), &round(&b), &c)?;
     Ok(timed)
 }
 
@@ -538,6 +563,7 @@ fn time_train_step(timing: &Timing, backend: Backend) -> Res<f64> {
         min_time,
         one_thread,
         gpu,
+        precision,
     } = *timing;
     let device = match backend {
         Backend::Gpu => {
@@ -560,7 +586,7 @@ fn time_train_step(timing: &Timing, backend: Backend) -> Res<f64> {
     let labels: Vec<u32> = (0..STEP_BATCH as u32).map(|i| i % 10).collect();
     let mut step = || -> Res<f64> {
         let t = Instant::now();
-        let loss = model.forward(&x)?.cross_entropy(&labels)?;
+        let loss = with_precision(precision, || model.forward(&x)?.cross_entropy(&labels))?;
         opt.step(&loss.backward()?)?;
         // Reading the loss waits for the device: a step is done when its loss is known.
         loss.to_scalar()?;

@@ -761,11 +761,18 @@ fn run_task<K: MicroKernel>(
             let bp = &mut bpack[..(jb_end - b_packed_from) * nr * kc];
             #[cfg(target_arch = "x86_64")]
             let pairs_done = K::PAIRS && {
-                for (idx, dst) in bp.chunks_mut(nr * kc).enumerate() {
-                    let j0 = (b_packed_from + idx) * nr;
-                    let cols = nr.min(s.n - j0);
+                let j0 = b_packed_from * nr;
+                if b.cs == 1 {
+                    let cols = (jb_end * nr).min(s.n) - j0;
                     // SAFETY: as for A's panels.
-                    unsafe { pairs::pack_b(dst, b, pc, kc, j0, cols, nr, cstage) };
+                    unsafe { pairs::pack_b_rows(bp, b, pc, kc, j0, cols, nr) };
+                } else {
+                    for (idx, dst) in bp.chunks_mut(nr * kc).enumerate() {
+                        let j0 = j0 + idx * nr;
+                        let cols = nr.min(s.n - j0);
+                        // SAFETY: as for A's panels.
+                        unsafe { pairs::pack_b(dst, b, pc, kc, j0, cols, nr, cstage) };
+                    }
                 }
                 true
             };
