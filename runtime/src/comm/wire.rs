@@ -40,9 +40,17 @@ pub(crate) fn encode(wire: Precision, src: &[f32], dst: &mut Vec<f32>) {
                 *h = (r >> 16) as u16;
             }
         }
-        _ => halves
-            .reinterpret_cast_mut::<f16>()
-            .convert_from_f32_slice(src),
+        _ => {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("f16c") {
+                // SAFETY: F16C (and the AVX it implies) was just detected.
+                unsafe { f16c::encode(src, halves) };
+                return;
+            }
+            halves
+                .reinterpret_cast_mut::<f16>()
+                .convert_from_f32_slice(src)
+        }
     }
 }
 
@@ -65,9 +73,7 @@ pub(crate) fn decode(
                     *v = f32::from_bits(u32::from(*h) << 16);
                 }
             }
-            _ => halves
-                .reinterpret_cast::<f16>()
-                .convert_to_f32_slice(scratch),
+            _ => f16_to_f32(halves, scratch),
         }
         &scratch[..]
     } else {
@@ -79,6 +85,54 @@ pub(crate) fn decode(
         }
     } else {
         dst.copy_from_slice(values);
+    }
+}
+
+fn f16_to_f32(halves: &[u16], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("f16c") {
+        // SAFETY: F16C (and the AVX it implies) was just detected.
+        unsafe { f16c::decode(halves, out) };
+        return;
+    }
+    halves.reinterpret_cast::<f16>().convert_to_f32_slice(out);
+}
+
+/// f16 conversions eight at a time (`half`'s slice conversions went value by value here:
+/// an f16 all-reduce of 64 MiB on 2 peers took 3.2x the f32 one, bf16's 1.3x).
+#[cfg(target_arch = "x86_64")]
+mod f16c {
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx,f16c")]
+    pub(super) fn encode(src: &[f32], dst: &mut [u16]) {
+        let (mut s, mut d) = (src.chunks_exact(8), dst.chunks_exact_mut(8));
+        for (x, h) in (&mut s).zip(&mut d) {
+            // SAFETY: eight values each way; AVX and F16C are enabled.
+            unsafe {
+                let v = _mm256_loadu_ps(x.as_ptr());
+                let packed = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+                _mm_storeu_si128(h.as_mut_ptr().cast(), packed);
+            }
+        }
+        for (x, h) in s.remainder().iter().zip(d.into_remainder()) {
+            *h = half::f16::from_f32(*x).to_bits();
+        }
+    }
+
+    #[target_feature(enable = "avx,f16c")]
+    pub(super) fn decode(src: &[u16], dst: &mut [f32]) {
+        let (mut s, mut d) = (src.chunks_exact(8), dst.chunks_exact_mut(8));
+        for (h, x) in (&mut s).zip(&mut d) {
+            // SAFETY: eight values each way; AVX and F16C are enabled.
+            unsafe {
+                let packed = _mm_loadu_si128(h.as_ptr().cast());
+                _mm256_storeu_ps(x.as_mut_ptr(), _mm256_cvtph_ps(packed));
+            }
+        }
+        for (h, x) in s.remainder().iter().zip(d.into_remainder()) {
+            *x = half::f16::from_bits(*h).to_f32();
+        }
     }
 }
 
