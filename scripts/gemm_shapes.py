@@ -51,18 +51,23 @@ def numpy_gflops(shapes, threads, min_time):
         a = rng.random((k, m) if ta else (m, k), dtype=np.float32)
         b = rng.random((n, k) if tb else (k, n), dtype=np.float32)
         a, b = (a.T if ta else a), (b.T if tb else b)
-        for _ in range(2):
-            a @ b
-        times, total = [], 0.0
-        while len(times) < 3 or total < min_time:
-            start = time.perf_counter()
-            a @ b
-            dt = time.perf_counter() - start
-            times.append(dt)
-            total += dt
-        flops = 2.0 * m * n * k
-        out[shape] = (flops / min(times) / 1e9, flops / statistics.median(times) / 1e9)
+        out[shape] = gflops(lambda: a @ b, 2.0 * m * n * k, min_time)
     return out
+
+
+def gflops(product, flops, min_time):
+    """(best, median) GFLOP/s of `product()`: 2 warm-up calls, then calls until 3 and
+    `min_time` seconds have been timed."""
+    for _ in range(2):
+        product()
+    times, total = [], 0.0
+    while len(times) < 3 or total < min_time:
+        start = time.perf_counter()
+        product()
+        dt = time.perf_counter() - start
+        times.append(dt)
+        total += dt
+    return (flops / min(times) / 1e9, flops / statistics.median(times) / 1e9)
 
 
 def torch_gflops(shapes, threads, min_time, dtype):
@@ -79,17 +84,7 @@ def torch_gflops(shapes, threads, min_time, dtype):
         a = torch.rand((k, m) if ta else (m, k), generator=gen).to(dt)
         b = torch.rand((n, k) if tb else (k, n), generator=gen).to(dt)
         a, b = (a.T if ta else a), (b.T if tb else b)
-        for _ in range(2):
-            torch.mm(a, b)
-        times, total = [], 0.0
-        while len(times) < 3 or total < min_time:
-            start = time.perf_counter()
-            torch.mm(a, b)
-            dt_s = time.perf_counter() - start
-            times.append(dt_s)
-            total += dt_s
-        flops = 2.0 * m * n * k
-        out[shape] = (flops / min(times) / 1e9, flops / statistics.median(times) / 1e9)
+        out[shape] = gflops(lambda: torch.mm(a, b), 2.0 * m * n * k, min_time)
     return out
 
 

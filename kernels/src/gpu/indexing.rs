@@ -219,8 +219,19 @@ impl GpuBackend {
                 return self.copy_strided(x, &layout, out);
             }
         };
+        self.cast_kernel(OP, x, out, mode)
+    }
+
+    /// The cast kernel (cast.wgsl) in `mode` over `out`'s elements.
+    fn cast_kernel(
+        &self,
+        op: &'static str,
+        x: &GpuBuffer,
+        out: &mut GpuBuffer,
+        mode: u32,
+    ) -> Result<()> {
         let p = params::Words4 {
-            len: u32_of(OP, "len", out.len)?,
+            len: u32_of(op, "len", out.len)?,
             a: mode,
             b: 0,
             _pad: 0,
@@ -244,13 +255,7 @@ impl GpuBackend {
             let layout = StridedLayout::contiguous(&[x.len]);
             return self.copy_strided(x, &layout, out);
         }
-        let p = params::Words4 {
-            len: u32_of(OP, "len", out.len)?,
-            a: 1 + super::shaders::format_code(precision),
-            b: 0,
-            _pad: 0,
-        };
-        self.dispatch(Shader::Cast, &p, &[x, &*out], self.grid(out.len, WG)?)
+        self.cast_kernel(OP, x, out, 1 + super::shaders::format_code(precision))
     }
 
     pub(super) fn argmax_impl(
