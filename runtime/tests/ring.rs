@@ -274,6 +274,22 @@ fn peers_disagreeing_on_the_length_get_an_error_not_a_hang() {
 }
 
 #[test]
+fn peers_disagreeing_on_the_wire_format_get_an_error() {
+    let peers = ring_with(3, small_chunks()).unwrap();
+    let out = on_every_peer(peers, |mut p| {
+        let wire = if p.rank() == 2 {
+            Precision::F16
+        } else {
+            Precision::Bf16
+        };
+        p.all_reduce_as(&mut [1.0; 30], wire)
+    });
+    assert!(out.iter().all(Result::is_err), "{out:?}");
+    let msg = out[0].as_ref().unwrap_err().to_string();
+    assert!(msg.contains("bf16") && msg.contains("f16"), "{msg}");
+}
+
+#[test]
 fn the_star_baseline_agrees_with_the_ring() {
     use ringtrain_runtime::comm::star;
     for n in 1..=4usize {

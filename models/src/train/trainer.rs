@@ -375,7 +375,11 @@ impl Trainer {
                 if !matches!(step, StepLoss::Skipped | StepLoss::Overflowed) {
                     at.skipped_in_a_row = 0;
                 }
-                if let Some(s) = scaler.as_mut() {
+                // A step skipped for a non-finite loss tells the scaler nothing.
+                if let Some(s) = scaler
+                    .as_mut()
+                    .filter(|_| !matches!(step, StepLoss::Skipped))
+                {
                     s.update(matches!(step, StepLoss::Overflowed));
                     at.loss_scale_bits = s.scale().to_bits();
                     at.loss_scale_good_steps = s.good_steps();

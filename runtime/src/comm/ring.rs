@@ -108,10 +108,12 @@ impl Group {
 }
 
 struct Chunk {
-    /// Which collective of the sender this belongs to, and that collective's length:
-    /// peers that disagree on either have called different collectives.
+    /// Which collective of the sender this belongs to, that collective's length, and the
+    /// format its values travel in: peers that disagree on any have called different
+    /// collectives.
     op: u64,
     total: usize,
+    wire: Precision,
     data: Vec<f32>,
 }
 
@@ -292,6 +294,7 @@ impl RingComm {
         let mut chunk = Chunk {
             op: self.ops,
             total,
+            wire,
             data,
         };
         let start = Instant::now();
@@ -349,15 +352,22 @@ impl RingComm {
         };
         drop(waiting);
         let words = wire::words(wire, dst.len());
-        if chunk.op != self.ops || chunk.total != total || chunk.data.len() != words {
+        if chunk.op != self.ops
+            || chunk.total != total
+            || chunk.wire != wire
+            || chunk.data.len() != words
+        {
             return Err(CommError::Mismatch(format!(
-                "peer {} is in collective {} over {} elements, peer {} in collective {} over {}",
+                "peer {} is in collective {} over {} {} elements, peer {} in collective {} \
+                 over {} {}",
                 self.prev_rank(),
                 chunk.op,
                 chunk.total,
+                chunk.wire,
                 self.rank,
                 self.ops,
-                total
+                total,
+                wire
             )));
         }
         let add = combine == Combine::Add;

@@ -486,11 +486,7 @@ fn sgemm_checked(
 /// thread count.
 #[cfg(target_arch = "x86_64")]
 fn avx2_blocking_wins(s: &Shape) -> bool {
-    s.inputs == Precision::F32
-        && s.m >= 1024
-        && s.n >= 1024
-        && s.k >= 1024
-        && avx512_runs_as_halves()
+    s.m >= 1024 && s.n >= 1024 && s.k >= 1024 && avx512_runs_as_halves()
 }
 
 /// Whether this CPU runs 512-bit FMAs as two 256-bit halves: AMD's family 19h (Zen 3,
