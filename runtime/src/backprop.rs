@@ -102,9 +102,8 @@ pub(crate) enum Op {
         bias: Option<Tensor>,
         /// A ReLU applied in the op (its gradient masked by the output).
         relu: bool,
+        /// Its `precision` is the products' inputs', forward and backward.
         geom: Window2d,
-        /// As for attention.
-        precision: Precision,
     },
     MaxPool2d {
         x: Tensor,
@@ -530,22 +529,10 @@ fn input_grads(op: &Op, out: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>>
             bias,
             relu,
             geom,
-            precision,
         } => {
+            // `geom` carries the forward pass's precision to the gradient's products.
             let relu_out = relu.then_some(out);
-            if precision.is_reduced() {
-                // The incoming gradient is a product's input too: masked by the ReLU,
-                // then rounded (the bias's gradient sums the rounded values, as a
-                // convolution over 16-bit tensors computes it).
-                let masked = match relu_out {
-                    Some(y) => unary_backward(UnaryOp::Relu, y, y, g)?,
-                    None => g.clone(),
-                };
-                let g = masked.round_to(*precision)?;
-                window_ops::conv2d_grads(&g, x, weight, bias.as_ref(), None, geom)?
-            } else {
-                window_ops::conv2d_grads(g, x, weight, bias.as_ref(), relu_out, geom)?
-            }
+            window_ops::conv2d_grads(g, x, weight, bias.as_ref(), relu_out, geom)?
         }
         Op::MaxPool2d { x, argmax, geom } => {
             vec![Some(window_ops::max_pool2d_grad(g, argmax, x, geom)?)]

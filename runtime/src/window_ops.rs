@@ -4,7 +4,7 @@
 use crate::backprop::Op;
 use crate::device::{buf, on_device, wrap};
 use crate::ops::{record, same_device};
-use crate::{compute_precision, with_precision, Error, Precision, Result, Shape, Tensor};
+use crate::{compute_precision, Error, Result, Shape, Tensor};
 use ringtrain_kernels::{Backend, Window2d};
 
 /// The window geometry of `op` over `x`, which must be `[batch, channels, height, width]`.
@@ -77,29 +77,6 @@ impl Tensor {
     ) -> Result<Tensor> {
         const OP: &str = "conv2d";
         same_device(OP, self, weight)?;
-        let precision = compute_precision();
-        if precision.is_reduced() {
-            // The convolution's inputs rounded (each a differentiable op of its own),
-            // then the op in f32 on them, recording the precision for its backward pass.
-            let (x, w) = (self.round_to(precision)?, weight.round_to(precision)?);
-            return with_precision(Precision::F32, || {
-                x.conv2d_in(&w, bias, stride, padding, relu, precision)
-            });
-        }
-        self.conv2d_in(weight, bias, stride, padding, relu, Precision::F32)
-    }
-
-    /// [`Tensor::conv2d_with`] on inputs already rounded to `precision`.
-    fn conv2d_in(
-        &self,
-        weight: &Tensor,
-        bias: Option<&Tensor>,
-        stride: (usize, usize),
-        padding: (usize, usize),
-        relu: bool,
-        precision: Precision,
-    ) -> Result<Tensor> {
-        const OP: &str = "conv2d";
         let &[out_channels, in_channels, kh, kw] = weight.dims() else {
             return Err(Error::InvalidShape {
                 op: OP,
@@ -109,6 +86,9 @@ impl Tensor {
                 ),
             });
         };
+        // The backend rounds the products' inputs, forward and backward (the geometry is
+        // recorded), to the precision `with_precision` set.
+        let precision = compute_precision();
         let g = geometry(OP, self, (kh, kw), stride, padding)?.with_precision(precision);
         if in_channels != g.channels {
             return Err(Error::ShapeMismatch {
@@ -156,7 +136,6 @@ impl Tensor {
             bias: bias.cloned(),
             relu,
             geom: g,
-            precision,
         });
         Ok(self.derived(y, output_shape(&g, out_channels), rec))
     }

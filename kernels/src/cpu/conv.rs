@@ -14,9 +14,10 @@ use super::gemm::{self, MatRef};
 use super::isa::simd_fn;
 use super::lanes;
 use super::window::{col2im_plane, im2col_plane};
-use super::Simd;
+use super::{round, Simd};
 use crate::{Result, Window2d};
 use rayon::prelude::*;
+use std::borrow::Cow;
 use std::cell::RefCell;
 
 /// Images per group: at most this many groups, so partial sums stay few and small.
@@ -164,11 +165,15 @@ pub(crate) fn forward(
     if area == 0 || out_channels == 0 {
         return Ok(());
     }
+    // The GEMM rounds reduced-precision inputs while packing; the small-patch path,
+    // which has none, rounds its weights here and its columns as it unfolds them.
+    let small_weight = small_patch_operand(simd, g, weight, k);
     by_image(y, out_channels * area, |n, y| {
         with_scratch(k * area, 0, |cols, _| {
             unfold(x, n, cols, g);
             if k <= SMALL_PATCH {
-                small_patch_forward(simd, weight, cols, bias, y, k, area);
+                round::round_in_place(simd, g.precision, cols);
+                small_patch_forward(simd, &small_weight, cols, bias, y, k, area);
             } else {
                 let w = MatRef::row_major(weight, out_channels, k, false);
                 let c = MatRef::row_major(cols, k, area, false);
@@ -252,6 +257,8 @@ pub(crate) fn backward(
             0
         };
         let mut masked = vec![0.0f32; if relu_out.is_some() { per_out } else { 0 }];
+        let small_reduced = k <= SMALL_PATCH && g.precision.is_reduced();
+        let mut rounded = vec![0.0f32; if small_reduced { per_out } else { 0 }];
         with_scratch(k * area, dcols_len, |cols, dcols| -> Result<()> {
             for (i, dx) in dxs.into_iter().enumerate() {
                 let n = group * per_group + i;
@@ -264,7 +271,17 @@ pub(crate) fn backward(
                 // dW += dy_n cols^T: the group's images in order, one accumulating GEMM.
                 let dw = &mut part.dweight;
                 if k <= SMALL_PATCH {
-                    small_patch_weight_grad(simd, dy_n, cols, dw, k, area);
+                    // The products' inputs rounded, as the GEMM's packing rounds them;
+                    // the bias's gradient below sums the f32 gradient.
+                    let dy_r = if small_reduced {
+                        rounded.copy_from_slice(dy_n);
+                        round::round_in_place(simd, g.precision, &mut rounded);
+                        round::round_in_place(simd, g.precision, cols);
+                        &rounded[..]
+                    } else {
+                        dy_n
+                    };
+                    small_patch_weight_grad(simd, dy_r, cols, dw, k, area);
                 } else {
                     let a = MatRef::row_major(dy_n, out_channels, area, false);
                     let b = MatRef::row_major(cols, area, k, true);
@@ -312,6 +329,23 @@ pub(crate) fn backward(
         }
     }
     Ok(())
+}
+
+/// The weights the small-patch path multiplies: rounded to the convolution's input
+/// precision (a copy of at most `out_channels x 32` values), or as they are.
+fn small_patch_operand<'a>(
+    simd: Simd,
+    g: &Window2d,
+    weight: &'a [f32],
+    k: usize,
+) -> Cow<'a, [f32]> {
+    if k <= SMALL_PATCH && g.precision.is_reduced() {
+        let mut w = weight.to_vec();
+        round::round_in_place(simd, g.precision, &mut w);
+        Cow::Owned(w)
+    } else {
+        Cow::Borrowed(weight)
+    }
 }
 
 /// `C = A B + beta C` for C row-major `m x n`, with the convolution's input precision.

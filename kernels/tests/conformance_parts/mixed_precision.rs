@@ -141,3 +141,100 @@ fn round_to<B: Backend>(b: &B) {
         &["round_to", "3", "2"],
     );
 }
+
+/// A convolution whose window asks for bf16 or f16 inputs, forward and backward, with
+/// and without the fused ReLU, on a patch the CPU multiplies without a GEMM (k = 27)
+/// and one it takes through the GEMM (k = 54): the products are those of the rounded
+/// input, weight and output gradient, summed in f32; the bias's gradient sums the
+/// gradient as given.
+fn conv2d_mixed<B: Backend>(b: &B) {
+    let mut r = rng(6464);
+    for precision in [Precision::Bf16, Precision::F16] {
+        for shape in [
+            Window2d::new(2, 3, (7, 5), (3, 3), (1, 1), (1, 1)),
+            Window2d::new(2, 6, (9, 8), (3, 3), (1, 1), (1, 1)),
+        ] {
+            let g = shape.with_precision(precision);
+            let ctx = format!("{} {precision} conv2d {g:?}", b.name());
+            let out_channels = 4;
+            let (k, area, ow) = (g.patch_len(), g.out_h() * g.out_w(), g.out_w());
+            let x = uniform(g.input_len(), -2.0, 2.0, &mut r);
+            let w = uniform(out_channels * k, -2.0, 2.0, &mut r);
+            let bias = uniform(out_channels, -1.0, 1.0, &mut r);
+            let dy = uniform(g.batch * out_channels * area, -2.0, 2.0, &mut r);
+            let rd = |v: f32| f64::from(precision.round(v));
+            let (mut y, mut dx, mut dw) = (
+                vec![0.0f64; g.batch * out_channels * area],
+                vec![0.0f64; g.input_len()],
+                vec![0.0f64; out_channels * k],
+            );
+            // With the ReLU, the gradient is masked by the output first, then rounded.
+            let (mut y_relu, mut dw_relu, mut db_relu) = (
+                vec![0.0f64; y.len()],
+                vec![0.0f64; out_channels * k],
+                vec![0.0f64; out_channels],
+            );
+            each_window_tap(&g, |plane, o, q, ki, kj, at| {
+                let (n, c) = (plane / g.channels, plane % g.channels);
+                let Some(i) = at else { return };
+                for oc in 0..out_channels {
+                    let tap = (c * g.kernel_h + ki) * g.kernel_w + kj;
+                    let out = (n * out_channels + oc) * area + o * ow + q;
+                    y[out] += rd(w[oc * k + tap]) * rd(x[i]);
+                    dx[i] += rd(w[oc * k + tap]) * rd(dy[out]);
+                    dw[oc * k + tap] += rd(x[i]) * rd(dy[out]);
+                }
+            });
+            for (i, v) in y.iter().enumerate() {
+                y_relu[i] = (v + f64::from(bias[(i / area) % out_channels])).max(0.0);
+            }
+            each_window_tap(&g, |plane, o, q, ki, kj, at| {
+                let (n, c) = (plane / g.channels, plane % g.channels);
+                let Some(i) = at else { return };
+                for oc in 0..out_channels {
+                    let tap = (c * g.kernel_h + ki) * g.kernel_w + kj;
+                    let out = (n * out_channels + oc) * area + o * ow + q;
+                    if y_relu[out] > 0.0 {
+                        dw_relu[oc * k + tap] += rd(x[i]) * rd(dy[out]);
+                    }
+                }
+            });
+            for (i, &d) in dy.iter().enumerate() {
+                if y_relu[i] > 0.0 {
+                    db_relu[(i / area) % out_channels] += f64::from(d);
+                }
+            }
+            let (xb, wb, bb, dyb) = (up(b, &x), up(b, &w), up(b, &bias), up(b, &dy));
+            let tol = 1e-5 * (k as f64) * 4.0;
+            let mut got = poisoned(b, y.len());
+            b.conv2d(&xb, &wb, None, false, &mut got, &g, out_channels).unwrap();
+            assert_close(&format!("{ctx} y"), &down(b, &got), &y, tol, 1e-5);
+            let (mut gdx, mut gdw) = (poisoned(b, dx.len()), poisoned(b, dw.len()));
+            b.conv2d_backward(&xb, &wb, &dyb, None, &g, out_channels, Some(&mut gdx), &mut gdw, None)
+                .unwrap();
+            let tol_b = 1e-5 * ((g.batch * area) as f64) * 4.0;
+            assert_close(&format!("{ctx} dx"), &down(b, &gdx), &dx, tol_b, 1e-5);
+            assert_close(&format!("{ctx} dweight"), &down(b, &gdw), &dw, tol_b, 1e-5);
+            // The fused bias and ReLU, and the backward that masks by the output.
+            let mut fused = poisoned(b, y.len());
+            b.conv2d(&xb, &wb, Some(&bb), true, &mut fused, &g, out_channels).unwrap();
+            let fused_host = down(b, &fused);
+            assert_close(&format!("{ctx} relu(y + bias)"), &fused_host, &y_relu, tol, 1e-5);
+            let (mut gdw, mut gdb) = (poisoned(b, dw.len()), poisoned(b, out_channels));
+            b.conv2d_backward(
+                &xb,
+                &wb,
+                &dyb,
+                Some(&fused),
+                &g,
+                out_channels,
+                None,
+                &mut gdw,
+                Some(&mut gdb),
+            )
+            .unwrap();
+            assert_close(&format!("{ctx} relu dweight"), &down(b, &gdw), &dw_relu, tol_b, 1e-5);
+            assert_close(&format!("{ctx} relu dbias"), &down(b, &gdb), &db_relu, tol_b, 1e-5);
+        }
+    }
+}
