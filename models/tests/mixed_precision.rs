@@ -153,3 +153,25 @@ fn a_resumed_f16_run_keeps_its_loss_scale() {
     assert_eq!((a.step, a.loss_scale), (b.step, b.loss_scale));
     assert_eq!(a.train_loss.to_bits(), b.train_loss.to_bits());
 }
+
+#[test]
+fn an_f16_run_whose_gradients_always_overflow_stops_and_says_why() {
+    // The output's gradient is 1e8 times the scale: beyond f16 until the scale is below
+    // 2^-10, which twenty halvings from 2^16 do not reach.
+    let huge = |model: &Linear, device: &Device, batch: &InMemoryBatch| {
+        mean_output(model, device, batch)?.scale(1e8)
+    };
+    let config = TrainConfig {
+        loss_scaler: LossScaler::default(),
+        epochs: Some(3),
+        ..config(Devices::of(Backend::Cpu, Some(1)))
+    };
+    let err = Trainer::new(config)
+        .unwrap()
+        .fit(build, &ones(18), huge)
+        .err()
+        .expect("the run must stop")
+        .to_string();
+    assert!(err.contains("overflowed 20 steps in a row"), "{err}");
+    assert!(err.contains("--precision bf16"), "{err}");
+}

@@ -78,27 +78,26 @@ impl Simd {
         let Ok(name) = std::env::var("RINGTRAIN_ISA") else {
             return Simd::best();
         };
-        if name.trim().eq_ignore_ascii_case(BF16_DOT_NAME) {
-            if let Some(simd) = Simd::new(Isa::Avx512).filter(|s| s.bf16_dot) {
-                return simd;
-            }
+        let bf16_dot = name.trim().eq_ignore_ascii_case(BF16_DOT_NAME);
+        let wanted = if bf16_dot {
+            Simd::new(Isa::Avx512).filter(|s| s.bf16_dot)
+        } else {
+            Isa::from_name(&name).and_then(|isa| Simd::new(isa).map(Simd::without_bf16_dot))
+        };
+        if let Some(simd) = wanted {
+            return simd;
         }
-        let plain = |isa| Simd::new(isa).map(Simd::without_bf16_dot);
-        match Isa::from_name(&name).map(|isa| (isa, plain(isa))) {
-            Some((_, Some(simd))) => simd,
-            found => {
-                // A typo in a tuning variable should not pass silently, nor stop the program.
-                static WARNED: std::sync::Once = std::sync::Once::new();
-                WARNED.call_once(|| {
-                    let why = match found {
-                        Some((isa, _)) => format!("this CPU cannot run {isa}"),
-                        None => "expected portable, avx2, avx512, avx512-bf16 or neon".to_string(),
-                    };
-                    eprintln!("ringtrain: ignoring RINGTRAIN_ISA={name}: {why}");
-                });
-                Simd::best()
-            }
-        }
+        // A typo in a tuning variable should not pass silently, nor stop the program.
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            let why = match Isa::from_name(&name) {
+                _ if bf16_dot => format!("this CPU cannot run {BF16_DOT_NAME}"),
+                Some(isa) => format!("this CPU cannot run {isa}"),
+                None => "expected portable, avx2, avx512, avx512-bf16 or neon".to_string(),
+            };
+            eprintln!("ringtrain: ignoring RINGTRAIN_ISA={name}: {why}");
+        });
+        Simd::best()
     }
 
     /// The best instruction set this CPU supports, ignoring the environment.

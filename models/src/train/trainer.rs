@@ -397,7 +397,9 @@ impl Trainer {
                         at.skipped_in_a_row += 1;
                         if at.skipped_in_a_row == MAX_SKIPPED_IN_A_ROW {
                             return Err(Error::Diverged(format!(
-                                "training diverged at step {} (epoch {}): the f16 gradients                                  overflowed {MAX_SKIPPED_IN_A_ROW} steps in a row, down to a                                  loss scale of {}; try a lower --lr, or --precision bf16",
+                                "training diverged at step {} (epoch {}): the f16 gradients \
+                                 overflowed {MAX_SKIPPED_IN_A_ROW} steps in a row, down to a \
+                                 loss scale of {}; try a lower --lr, or --precision bf16",
                                 at.step,
                                 at.epoch,
                                 scaler.as_ref().map_or(1.0, LossScaler::scale)
