@@ -37,16 +37,8 @@ pub(super) unsafe fn pack_a(
     mr: usize,
     scratch: &mut Vec<f32>,
 ) {
-    let panel = Panel {
-        data: a.data,
-        lane_stride: a.rs,
-        k_stride: a.cs,
-        lane0: i0,
-        lanes: rows,
-        p0,
-        kc,
-        w: mr,
-    };
+    // A's lanes are its rows.
+    let panel = Panel::new(a.data, (a.rs, a.cs), (i0, rows), (p0, kc), mr);
     // SAFETY: as the caller guarantees.
     unsafe { panel.pack(dst, scratch) }
 }
@@ -66,16 +58,8 @@ pub(super) unsafe fn pack_b(
     nr: usize,
     scratch: &mut Vec<f32>,
 ) {
-    let panel = Panel {
-        data: b.data,
-        lane_stride: b.cs,
-        k_stride: b.rs,
-        lane0: j0,
-        lanes: cols,
-        p0,
-        kc,
-        w: nr,
-    };
+    // B's lanes are its columns.
+    let panel = Panel::new(b.data, (b.cs, b.rs), (j0, cols), (p0, kc), nr);
     // SAFETY: as the caller guarantees.
     unsafe { panel.pack(dst, scratch) }
 }
@@ -158,7 +142,27 @@ struct Panel<'a> {
     w: usize,
 }
 
-impl Panel<'_> {
+impl<'a> Panel<'a> {
+    /// `(lane_stride, k_stride)`, lanes `(lane0, lanes)`, k `(p0, kc)`, `w` wide.
+    fn new(
+        data: &'a [f32],
+        (lane_stride, k_stride): (usize, usize),
+        (lane0, lanes): (usize, usize),
+        (p0, kc): (usize, usize),
+        w: usize,
+    ) -> Self {
+        Self {
+            data,
+            lane_stride,
+            k_stride,
+            lane0,
+            lanes,
+            p0,
+            kc,
+            w,
+        }
+    }
+
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     unsafe fn pack(&self, dst: &mut [f32], scratch: &mut Vec<f32>) {
         let groups = self.kc.div_ceil(2);
