@@ -244,6 +244,36 @@ fn compressed_gradients_over_mpi_match_the_in_process_ring() {
     failed_saying(&native, "--mpi-algorithm ring");
 }
 
+/// Two ranks launched with different `--grad-compression` (one MPMD job): the first
+/// compressed bucket's tag says which format it travels in, so both stop with a mismatch
+/// instead of reading one format as the other.
+#[test]
+fn ranks_sending_different_wire_formats_are_stopped() {
+    let other = example("mpi_check");
+    let other = other.to_str().unwrap();
+    let job = mpirun(
+        1,
+        "mpi_check",
+        &[
+            "--comm",
+            "mpi",
+            "--grad-compression",
+            "bf16",
+            ":",
+            "-np",
+            "1",
+            other,
+            "--comm",
+            "mpi",
+            "--grad-compression",
+            "f16",
+        ],
+    );
+    failed_saying(&job, "disagree");
+    // Both send 33 words per bucket: only the tag tells the formats apart.
+    assert!(job.stderr.contains("(f16)"), "{}", job.stderr);
+}
+
 #[test]
 fn hierarchical_ranks_match_one_ring_of_all_devices() {
     // 2 processes ("machines") of 2 replicas each.

@@ -18,9 +18,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Data messages are tagged with their collective's sequence number modulo this (MPI
-/// guarantees tags up to 32767), so a rank in another collective is caught at once.
-const TAG_SPAN: u64 = 32_000;
+/// Data messages are tagged with their collective's sequence number modulo this and the
+/// format their values travel in (three tags per collective: MPI guarantees tags up to
+/// 32767), so a rank in another collective, or sending another format, is caught at once.
+const TAG_SPAN: u64 = 10_000;
 /// `MPI_Iallreduce` pieces: bounds the staging buffers of the native algorithm.
 const NATIVE_PIECE_ELEMS: usize = 16 << 20;
 /// How long a rank that timed out listens for the other ranks' timeout reports before
@@ -168,8 +169,14 @@ impl MpiComm {
         (self.rank + self.size - 1) % self.size
     }
 
-    fn tag(&self) -> c_int {
-        2 + (self.ops % TAG_SPAN) as c_int
+    /// The tag of this collective's data sent as `wire`.
+    fn tag(&self, wire: Precision) -> c_int {
+        let format = match wire {
+            Precision::F32 => 0,
+            Precision::Bf16 => 1,
+            Precision::F16 => 2,
+        };
+        2 + 3 * (self.ops % TAG_SPAN) as c_int + format
     }
 
     /// Takes in the notices that have arrived: a peer's failure is returned as an error;
@@ -308,7 +315,7 @@ impl MpiComm {
         let waited = self.wait(&mut req, Some(peer));
         self.sends[slot] = req;
         waited?;
-        let (tag, comm) = (self.tag(), self.data.0.as_raw());
+        let (tag, comm) = (self.tag(wire), self.data.0.as_raw());
         let buf = &mut self.send_bufs[slot];
         wire::encode(wire, data, buf);
         self.sent += 4 * buf.len() as u64;
@@ -359,12 +366,13 @@ impl MpiComm {
         let status = Status::from_raw(waited?);
         let got = status.count(f32::equivalent_datatype()).max(0) as usize;
         let words = wire::words(wire, dst.len());
-        if status.tag() != self.tag() || got != words {
+        if status.tag() != self.tag(wire) || got != words {
             return Err(CommError::Mismatch(format!(
-                "peer {peer} sent {got} words of collective tag {}, peer {} expected {words} of tag {}",
+                "peer {peer} sent {got} words of collective tag {}, peer {} expected {words} of \
+                 tag {} ({wire})",
                 status.tag(),
                 self.rank,
-                self.tag()
+                self.tag(wire)
             )));
         }
         let src = &self.recv_bufs[slot][..got];
