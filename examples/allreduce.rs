@@ -16,16 +16,10 @@
 //!     mpirun -np 4 target/release/examples/allreduce --mpi --json-out ar-mpi.json
 
 use clap::Parser;
-use indicatif::{ProgressBar, ProgressStyle};
-use ringtrain::bench::collective::{
-    bus_bandwidth, memcpy_bandwidth, time_all_reduce, time_all_reduce_as,
-};
-use ringtrain::comm::{ring, ring_with, star, Communicator, RingConfig};
+use ringtrain::bench::{parse_bytes, ring_sweep, RingSweepConfig};
 use ringtrain::Precision;
-use serde::Serialize;
 use std::error::Error;
 use std::path::PathBuf;
-use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(about = "Measure the ring all-reduce against a naive baseline and memcpy")]
@@ -62,98 +56,6 @@ struct Args {
     rounds: usize,
 }
 
-fn parse_bytes(s: &str) -> Result<usize, String> {
-    let s = s.trim();
-    let (digits, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        Some((i, _)) => s.split_at(i),
-        None => (s, ""),
-    };
-    let n: usize = digits
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size such as 4096, 64K or 16M"))?;
-    let scale = match unit.to_ascii_uppercase().as_str() {
-        "" | "B" => 1,
-        "K" | "KB" | "KIB" => 1 << 10,
-        "M" | "MB" | "MIB" => 1 << 20,
-        "G" | "GB" | "GIB" => 1 << 30,
-        other => return Err(format!("unknown unit `{other}` in `{s}`")),
-    };
-    match n.checked_mul(scale) {
-        Some(b) if b >= 4 => Ok(b),
-        _ => Err(format!("`{s}`: sizes must be at least 4 bytes (one f32)")),
-    }
-}
-
-#[derive(Serialize)]
-struct Row {
-    peers: usize,
-    bytes: usize,
-    ring_time_us: f64,
-    ring_algbw_gbs: f64,
-    ring_busbw_gbs: f64,
-    baseline_time_us: Option<f64>,
-    baseline_algbw_gbs: Option<f64>,
-    baseline_busbw_gbs: Option<f64>,
-    memcpy_gbs: f64,
-    /// The ring with `--compression`, and the bytes one peer sent per all-reduce with it
-    /// and without.
-    compressed_time_us: Option<f64>,
-    compressed_bytes_sent: Option<u64>,
-    ring_bytes_sent: u64,
-}
-
-#[derive(Serialize)]
-struct Report {
-    cores: usize,
-    chunk_bytes: usize,
-    compression: Option<String>,
-    rows: Vec<Row>,
-}
-
-/// Payload bytes one peer of a ring of `n` sends in one all-reduce of `len` values in
-/// `wire`'s format.
-fn bytes_per_all_reduce(n: usize, len: usize, wire: Precision) -> Result<u64, Box<dyn Error>> {
-    let mut peers = ring(n)?;
-    let sent = std::thread::scope(|s| {
-        let handles: Vec<_> = peers
-            .iter_mut()
-            .map(|p| {
-                s.spawn(move || -> Result<u64, ringtrain::comm::CommError> {
-                    let mut buf = vec![0.0f32; len];
-                    p.all_reduce_as(&mut buf, wire)?;
-                    Ok(p.bytes_sent().unwrap_or(0))
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("a peer panicked"))
-            .collect::<Result<Vec<u64>, _>>()
-    })?;
-    Ok(sent[0])
-}
-
-fn write_json(path: &std::path::Path, report: &impl Serialize) -> Result<(), Box<dyn Error>> {
-    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(report)?)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn human(bytes: usize) -> String {
-    match bytes {
-        b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{}G", b >> 30),
-        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{}M", b >> 20),
-        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{}K", b >> 10),
-        b => format!("{b}"),
-    }
-}
-
 fn main() {
     if let Err(e) = run(&Args::parse()) {
         eprintln!("error: {e}");
@@ -168,134 +70,18 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
         #[cfg(not(feature = "mpi"))]
         return Err("--mpi needs a build with `--features mpi` (and an MPI library)".into());
     }
-    if args.peers.contains(&0) {
-        return Err("--peers: a group needs at least one peer".into());
-    }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let config = RingConfig {
+    let sweep = ring_sweep(&RingSweepConfig {
+        peers: args.peers.clone(),
+        sizes: args.sizes.clone(),
+        min_time: args.min_time,
         chunk_bytes: args.chunk_bytes,
-        ..RingConfig::default()
-    };
-    let min_time = Duration::from_secs_f64(args.min_time);
-    let bar = ProgressBar::new((args.peers.len() * args.sizes.len()) as u64).with_style(
-        ProgressStyle::with_template("[{bar:30}] {pos}/{len} {msg}")?,
-    );
-    let mut rows = Vec::new();
-    let memcpy: Vec<f64> = args.sizes.iter().map(|&b| memcpy_bandwidth(b)).collect();
-    for &n in &args.peers {
-        for (&bytes, &memcpy_bw) in args.sizes.iter().zip(&memcpy) {
-            bar.set_message(format!("{n} peers, {}", human(bytes)));
-            let len = bytes / 4;
-            let ring = median(time_all_reduce(
-                ring_with(n, config.clone())?,
-                len,
-                3,
-                min_time,
-            )?);
-            let baseline = if args.no_baseline {
-                None
-            } else {
-                let peers = star(n, config.timeout)?;
-                Some(median(time_all_reduce(peers, len, 3, min_time)?))
-            };
-            let compressed = match args.compression {
-                Some(wire) => {
-                    let peers = ring_with(n, config.clone())?;
-                    Some(median(time_all_reduce_as(peers, len, wire, 3, min_time)?))
-                }
-                None => None,
-            };
-            let algbw = |t: f64| (len * 4) as f64 / t / 1e9;
-            rows.push(Row {
-                peers: n,
-                bytes: len * 4,
-                ring_time_us: ring * 1e6,
-                ring_algbw_gbs: algbw(ring),
-                ring_busbw_gbs: bus_bandwidth(algbw(ring), n),
-                baseline_time_us: baseline.map(|t| t * 1e6),
-                baseline_algbw_gbs: baseline.map(algbw),
-                baseline_busbw_gbs: baseline.map(|t| bus_bandwidth(algbw(t), n)),
-                memcpy_gbs: memcpy_bw / 1e9,
-                compressed_time_us: compressed.map(|t| t * 1e6),
-                compressed_bytes_sent: args
-                    .compression
-                    .map(|wire| bytes_per_all_reduce(n, len, wire))
-                    .transpose()?,
-                ring_bytes_sent: bytes_per_all_reduce(n, len, Precision::F32)?,
-            });
-            bar.inc(1);
-        }
-    }
-    bar.finish_and_clear();
-
-    println!(
-        "all-reduce, f32 sum, in-process (threads on {cores} cores), ring chunks of {}; \
-         GB/s = 1e9 bytes/s; busbw = algbw x 2(n-1)/n",
-        human(args.chunk_bytes)
-    );
-    println!(
-        "{:>5} {:>6} | {:>10} {:>8} {:>8} | {:>10} {:>8} {:>8} | {:>7} {:>12}",
-        "peers",
-        "size",
-        "ring us",
-        "algbw",
-        "busbw",
-        "naive us",
-        "algbw",
-        "busbw",
-        "memcpy",
-        "ring/naive"
-    );
-    for r in &rows {
-        let base = |v: Option<f64>, w: usize, p: usize| {
-            v.map_or(format!("{:>w$}", "-"), |v| format!("{v:>w$.p$}"))
-        };
-        println!(
-            "{:>5} {:>6} | {:>10.1} {:>8.2} {:>8.2} | {} {} {} | {:>7.2} {:>12}",
-            r.peers,
-            human(r.bytes),
-            r.ring_time_us,
-            r.ring_algbw_gbs,
-            r.ring_busbw_gbs,
-            base(r.baseline_time_us, 10, 1),
-            base(r.baseline_algbw_gbs, 8, 2),
-            base(r.baseline_busbw_gbs, 8, 2),
-            r.memcpy_gbs,
-            r.baseline_time_us
-                .map_or("-".into(), |b| format!("{:.2}x", b / r.ring_time_us)),
-        );
-    }
-    if let Some(wire) = args.compression {
-        println!("\nthe ring with values sent as {wire} (summed in f32), per peer and all-reduce");
-        println!(
-            "{:>5} {:>6} | {:>10} {:>12} | {:>10} {:>12} | {:>9} {:>7}",
-            "peers", "size", "f32 us", "f32 bytes", "wire us", "wire bytes", "bytes", "time"
-        );
-        for r in &rows {
-            let (Some(t), Some(b)) = (r.compressed_time_us, r.compressed_bytes_sent) else {
-                continue;
-            };
-            println!(
-                "{:>5} {:>6} | {:>10.1} {:>12} | {:>10.1} {:>12} | {:>8.2}x {:>6.2}x",
-                r.peers,
-                human(r.bytes),
-                r.ring_time_us,
-                r.ring_bytes_sent,
-                t,
-                b,
-                b as f64 / r.ring_bytes_sent as f64,
-                t / r.ring_time_us,
-            );
-        }
-    }
+        baseline: !args.no_baseline,
+        compression: args.compression,
+        progress: true,
+    })?;
+    print!("{sweep}");
     if let Some(path) = &args.json_out {
-        let report = Report {
-            cores,
-            chunk_bytes: args.chunk_bytes,
-            compression: args.compression.map(|w| w.to_string()),
-            rows,
-        };
-        write_json(path, &report)?;
+        sweep.write_json(path)?;
     }
     Ok(())
 }
@@ -304,9 +90,13 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
 #[cfg(feature = "mpi")]
 mod over_mpi {
     use super::*;
-    use ringtrain::bench::collective::time_ranked;
+    use indicatif::{ProgressBar, ProgressStyle};
+    use ringtrain::bench::collective::{bus_bandwidth, median, time_ranked};
+    use ringtrain::bench::{human_bytes as human, write_json};
     use ringtrain::comm::mpi::{Mpi, MpiAlgorithm, MpiComm, MpiConfig};
     use ringtrain::comm::Communicator;
+    use serde::Serialize;
+    use std::time::Duration;
 
     #[derive(Serialize)]
     struct Row {

@@ -343,10 +343,7 @@ impl Comparison {
 
     /// Writes every figure as JSON, atomically (a temporary file, then a rename).
     pub fn write_json(&self, path: &Path) -> Res<()> {
-        let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
-        std::fs::rename(&tmp, path)?;
-        Ok(())
+        super::write_json(path, self)
     }
 
     /// The verdict: from which size the GPU beats the CPU on all threads, and so which

@@ -92,6 +92,12 @@ pub fn time_all_reduce_as<C: Communicator>(
     Ok(samples.into_inner().unwrap())
 }
 
+/// The median of `samples` (the upper one of an even count).
+pub fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
 /// Seconds per call of `op`, run in lockstep by every rank of `coord`'s group (ranks may
 /// be processes): the protocol of [`time_all_reduce`] with the ranks' clocks compared
 /// through `coord`, so every rank returns the same samples. `coord` only coordinates; it

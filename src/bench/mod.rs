@@ -7,6 +7,8 @@
 //!   beats the CPU ([`Comparison`] prints as tables);
 //! - [`protocol`]: the GEMM timing protocol ringtrain shares with its peer benchmarks;
 //! - [`collective`]: timing of collectives, after nccl-tests;
+//! - [`ring_sweep`]: the in-process ring over group and message sizes, beside the naive
+//!   group, memcpy and the ring with compressed values ([`RingSweep`] prints as tables);
 //! - [`op_threads`]: the CPU backend's memory-bound ops on one thread and on N, around
 //!   their parallel threshold.
 
@@ -14,8 +16,21 @@ mod backends;
 pub mod collective;
 pub mod op_threads;
 pub mod protocol;
+mod ring_sweep;
 
 pub use backends::{
     compare_backends, cpu_name, known_peak, Backend, Comparison, ComparisonConfig, GemmPoint, Part,
     ReducePoint, StepPoint,
 };
+pub use ring_sweep::{
+    bytes_per_all_reduce, human_bytes, parse_bytes, ring_sweep, RingPoint, RingSweep,
+    RingSweepConfig,
+};
+
+/// Writes `figures` as pretty JSON to `path`, atomically (a temporary file, then a
+/// rename), as every benchmark here writes its report.
+pub fn write_json(path: &std::path::Path, figures: &impl serde::Serialize) -> protocol::Res<()> {
+    let json = serde_json::to_vec_pretty(figures)?;
+    crate::checkpoint::write_atomically(path, |w| w.write_all(&json))?;
+    Ok(())
+}
