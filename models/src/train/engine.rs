@@ -242,10 +242,16 @@ impl<M: Module + Send, O: Optimizer + Send> Replicas<M, O> {
                 if let Some(s) = plan.loss_scale {
                     grads.scale(1.0 / s)?;
                     // An overflow is the scaler's to handle, unless the loss itself is
-                    // not finite (then the non-finite policy decides, below).
-                    let loss_finite = total.count_nonfinite()?.to_scalar()? == 0.0;
-                    if loss_finite && !grads.all_finite()? {
-                        return Ok(StepLoss::Overflowed);
+                    // not finite (then the non-finite policy decides, below). Both counts
+                    // come back in one read: a GPU step waits once.
+                    let loss_bad = total.count_nonfinite()?.reshape(1)?;
+                    if let Some(grads_bad) = grads.count_nonfinite()? {
+                        let counts = Tensor::cat(&[&loss_bad, &grads_bad.reshape(1)?], 0)?;
+                        if let [0.0, g] = counts.to_vec()?[..] {
+                            if g > 0.0 {
+                                return Ok(StepLoss::Overflowed);
+                            }
+                        }
                     }
                 }
                 if let Some(max_norm) = plan.clip_grad_norm {
