@@ -4,11 +4,12 @@
 //! without one); clipping gives the same parameters on one device and on two; gradient
 //! accumulation is the same step; schedules set each step's learning rate; non-finite
 //! steps stop or are skipped; resumes with other settings, and new runs over old
-//! checkpoints, are refused.
+//! checkpoints, are refused; local SGD resumes bit for bit too, and evaluates and saves
+//! the group's model.
 
 use ringtrain_models::data::{DataSource, InMemory, InMemoryBatch};
 use ringtrain_models::nn::{Dropout, Linear, Module, ModuleState};
-use ringtrain_models::parallel::NonFinitePolicy;
+use ringtrain_models::parallel::{LocalSgd, NonFinitePolicy, OuterOptimizer};
 use ringtrain_models::train::{
     Backend, CheckpointConfig, Devices, Every, Faults, Record, Schedule, Scores, TrainConfig,
     Trained, Trainer,
@@ -333,6 +334,63 @@ fn a_stopped_run_resumes_bit_for_bit_on_every_setup() {
     }
 }
 
+/// Local SGD with DiLoCo's outer momentum, synchronizing every 2 steps and before every
+/// report and checkpoint: a run stopped between synchronizations resumes from its last
+/// checkpoint (a synchronization) and ends as the uninterrupted run, bit for bit; the
+/// model it returns is the group's.
+#[test]
+fn a_local_sgd_run_resumes_bit_for_bit() {
+    let (train, val) = (classes(45, 2), classes(30, 3));
+    let local = LocalSgd::every(2).with_outer(OuterOptimizer::diloco());
+    for (name, devices) in setups().into_iter().filter(|(n, _)| n.ends_with("x2")) {
+        let tmp = tempfile::tempdir().unwrap();
+        let (whole_dir, split_dir) = (tmp.path().join("whole"), tmp.path().join("split"));
+        let config = |dir: &std::path::Path| TrainConfig {
+            local_sgd: Some(local),
+            ..resume_config(devices.clone(), dir)
+        };
+        let whole = fit(config(&whole_dir), &train, &val).unwrap();
+        assert_eq!(whole.steps, 10, "{name}");
+        let mut stopped = config(&split_dir);
+        stopped.faults = Faults {
+            stop_after_step: Some(7),
+            ..Faults::default()
+        };
+        let err = fit(stopped, &train, &val).err().expect("stopped");
+        assert!(err.to_string().contains("stopped after step 7"), "{err}");
+        let mut resumed = config(&split_dir);
+        resumed.resume = true;
+        let split = fit(resumed, &train, &val).unwrap();
+        assert_eq!(bits(&split.model), bits(&whole.model), "{name}: parameters");
+        assert_eq!(
+            exact(&split.history),
+            exact(&whole.history),
+            "{name}: reports"
+        );
+        // A resume under other local SGD settings is another run.
+        let mut other = config(&split_dir);
+        other.resume = true;
+        other.local_sgd = Some(LocalSgd::every(3));
+        let err = fit(other, &train, &val).err().expect("refused");
+        assert!(err.to_string().contains("local_sgd"), "{name}: {err}");
+        // Local SGD against gradient averaging: another trajectory, still training.
+        let averaged = fit(
+            resume_config(devices.clone(), &tmp.path().join("avg")),
+            &train,
+            &val,
+        )
+        .unwrap();
+        assert_ne!(bits(&averaged.model), bits(&whole.model), "{name}");
+    }
+    // One replica has nothing to average.
+    let one = TrainConfig {
+        local_sgd: Some(local),
+        ..quiet(Devices::of(Backend::Cpu, Some(1)))
+    };
+    let err = train_with(one, &train).err().expect("refused");
+    assert!(err.to_string().contains("--sync-every"), "{err}");
+}
+
 #[test]
 fn clipping_gives_the_same_parameters_on_one_device_and_on_two() {
     let train = classes(60, 4);
@@ -546,6 +604,10 @@ fn a_loss_no_parameter_reaches_and_bad_settings_are_errors() {
         },
         TrainConfig {
             resume: true,
+            ..TrainConfig::default()
+        },
+        TrainConfig {
+            local_sgd: Some(LocalSgd::every(0)),
             ..TrainConfig::default()
         },
         TrainConfig {

@@ -12,14 +12,21 @@
 //! on every replica) while backward goes on producing the next. When all buckets are
 //! back, every replica applies the same averaged gradients with its own optimizer, so all
 //! replicas keep bitwise-identical parameters.
+//!
+//! With [`DataParallelConfig::local_sgd`] set the replicas instead step apart on their
+//! shards and average their parameters every few steps (see [`LocalSgd`]).
 
 mod buckets;
+mod local_sgd;
 
 use crate::nn::Module;
 use buckets::Layout;
 use crossbeam_channel::{unbounded, Receiver, Sender};
+pub(crate) use local_sgd::backward_in_pieces;
+pub use local_sgd::{LocalSgd, OuterOptimizer};
+use local_sgd::{LocalStep, Outcome};
 use ringtrain_runtime::comm::{ring_with, CommError, Communicator, RingConfig};
-use ringtrain_runtime::optim::Optimizer;
+use ringtrain_runtime::optim::{Optimizer, StateTensor};
 use ringtrain_runtime::{
     trace, Device, Error, GradStore, Precision, Result, Tensor, TensorId, Var,
 };
@@ -53,6 +60,10 @@ pub struct DataParallelConfig {
     /// replica still ends each step with the same bits. The loss, and the parameters
     /// broadcast at the start, always travel as f32.
     pub grad_compression: Precision,
+    /// Local SGD instead of averaging gradients every step: replicas step apart and
+    /// average their parameters every [`LocalSgd::sync_every`] steps (the change crossing
+    /// the links in `grad_compression`'s format). `None` averages gradients every step.
+    pub local_sgd: Option<LocalSgd>,
 }
 
 /// What a data-parallel step does when the averaged loss or gradients hold an infinity or
@@ -81,6 +92,7 @@ impl Default for DataParallelConfig {
             grad_accum: 1,
             clip_grad_norm: None,
             grad_compression: Precision::F32,
+            local_sgd: None,
         }
     }
 }
@@ -128,6 +140,9 @@ pub struct DataParallel<M, O> {
     grad_compression: Precision,
     /// Payload bytes replica 0 sent in the last step, where its communicator counts.
     last_bytes_sent: Option<u64>,
+    local_sgd: Option<LocalSgd>,
+    /// Local steps taken since the replicas last synchronized (local SGD only).
+    since_sync: usize,
 }
 
 struct Replica<M, O> {
@@ -140,6 +155,11 @@ struct Replica<M, O> {
     comm: Box<dyn Communicator>,
     /// Host buffers of the buckets, kept from step to step.
     buckets: Vec<Vec<f32>>,
+    /// Local SGD: the parameters the replicas last agreed on, all of them in one vector
+    /// (`None` until the first local step after a start or a restore).
+    anchor: Option<Vec<f32>>,
+    /// Local SGD: the outer optimizer's momentum, like `anchor` (empty without).
+    outer_momentum: Vec<f32>,
 }
 
 /// From a replica's worker to its communication thread.
@@ -207,6 +227,9 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
                 )));
             }
         }
+        if let Some(local) = &config.local_sgd {
+            local.validate()?;
+        }
         if let Err(e) = check_group(devices.len(), &comms) {
             abort_all(comms, &e);
             return Err(e);
@@ -259,6 +282,8 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
                         .next()
                         .expect("one communicator per device, checked"),
                     buckets: Vec::new(),
+                    anchor: None,
+                    outer_momentum: Vec::new(),
                 });
             }
             Ok(())
@@ -300,6 +325,8 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
             overflowed: false,
             grad_compression: config.grad_compression,
             last_bytes_sent: None,
+            local_sgd: config.local_sgd,
+            since_sync: 0,
         };
         run_on_replicas(&mut dp.replicas, &mut dp.failed, |r| {
             r.agree_on_layout(layout_hash)?;
@@ -366,10 +393,14 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
 
     /// Every replica of this process, to change all alike (restore a checkpoint, say):
     /// replicas must stay identical, so whatever is done to one must be done to all.
+    /// Under local SGD, [`DataParallel::sync`] first: the parameters as they are
+    /// afterwards become the replicas' new common starting point.
     pub fn replicas_mut(&mut self) -> impl Iterator<Item = (&M, &mut O)> {
-        self.replicas
-            .iter_mut()
-            .map(|r| (&r.model, &mut r.optimizer))
+        self.since_sync = 0;
+        self.replicas.iter_mut().map(|r| {
+            r.anchor = None;
+            (&r.model, &mut r.optimizer)
+        })
     }
 
     /// Sets every replica's learning rate (a schedule).
@@ -395,6 +426,16 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
     /// stops), the step returns an error naming that replica, and so does every later
     /// step. If the averaged loss or gradients are not finite, no parameter changes and
     /// [`DataParallelConfig::on_nonfinite`] decides what the step returns.
+    ///
+    /// Under local SGD each replica instead steps on its own rows' mean loss with its own
+    /// optimizer, and the step synchronizes the replicas when it is the
+    /// [`LocalSgd::sync_every`]th since they last did. It returns the mean loss of this
+    /// process's rows (the whole batch's when every replica is in this process; 0 when
+    /// none of its replicas had rows). A replica whose loss or gradients are not finite
+    /// skips its update (and the others go on): under `Skip` the step is counted as
+    /// skipped, under `Stop` it returns [`Error::NonFinite`], the group still usable; a
+    /// replica whose scaled gradients overflowed sets
+    /// [`DataParallel::last_step_overflowed`].
     pub fn step<F>(&mut self, batch_len: usize, loss: F) -> Result<f32>
     where
         F: Fn(&M, &Device, Range<usize>) -> Result<Tensor> + Sync,
@@ -406,6 +447,9 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
         }
         if batch_len == 0 {
             return Err(Error::InvalidArgument("an empty batch has no loss".into()));
+        }
+        if let Some(local) = self.local_sgd {
+            return self.step_locally(batch_len, &loss, local);
         }
         let layout = &self.layout;
         let loss = &loss;
@@ -450,6 +494,105 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
                 Err(Error::NonFinite(what.describe(&names)))
             }
         }
+    }
+
+    fn step_locally<F>(&mut self, batch_len: usize, loss: &F, local: LocalSgd) -> Result<f32>
+    where
+        F: Fn(&M, &Device, Range<usize>) -> Result<Tensor> + Sync,
+    {
+        let settings = StepSettings {
+            batch_len,
+            grad_accum: self.grad_accum,
+            clip_grad_norm: self.clip_grad_norm,
+            loss_scale: self.loss_scale,
+            wire: self.grad_compression,
+        };
+        let policy = self.on_nonfinite;
+        self.overflowed = false;
+        self.last_grad_norm = None;
+        let bytes_before = self.replicas[0].comm.bytes_sent();
+        let steps: Vec<LocalStep> = run_on_replicas(&mut self.replicas, &mut self.failed, |r| {
+            let rows = shard(batch_len, r.comm.size(), r.comm.rank());
+            r.local_step(&settings, policy, rows, loss)
+        })?;
+        self.since_sync += 1;
+        if self.since_sync == local.sync_every {
+            self.sync()?;
+        }
+        self.last_bytes_sent = bytes_before
+            .zip(self.replicas[0].comm.bytes_sent())
+            .map(|(before, after)| after - before);
+        let rows: usize = steps.iter().map(|s| s.rows).sum();
+        let loss = if rows == 0 {
+            0.0
+        } else {
+            let sum: f64 = steps
+                .iter()
+                .map(|s| f64::from(s.loss) * s.rows as f64)
+                .sum();
+            (sum / rows as f64) as f32
+        };
+        let mut skipped = false;
+        for s in steps {
+            match s.outcome {
+                Outcome::Stepped => {}
+                Outcome::Skipped => skipped = true,
+                Outcome::Overflowed => self.overflowed = true,
+                Outcome::NonFinite(what) => return Err(Error::NonFinite(what)),
+            }
+        }
+        self.skipped += u64::from(skipped);
+        Ok(loss)
+    }
+
+    /// Under local SGD, synchronizes the replicas now (a collective: every process of
+    /// the group calls it at the same step) unless they are alike already; afterwards
+    /// every replica holds the same parameters and optimizer state, so that
+    /// [`DataParallel::model`] is the group's model. Call it before evaluating or saving.
+    /// Its bytes count into [`DataParallel::last_step_bytes_sent`]. Without local SGD it
+    /// does nothing: the replicas never differ.
+    pub fn sync(&mut self) -> Result<()> {
+        if let Some(reason) = &self.failed {
+            return Err(Error::InvalidArgument(format!(
+                "this data-parallel group stopped at an earlier failure: {reason}"
+            )));
+        }
+        let Some(local) = self.local_sgd else {
+            return Ok(());
+        };
+        if self.since_sync == 0 {
+            return Ok(());
+        }
+        let wire = self.grad_compression;
+        let before = self.replicas[0].comm.bytes_sent();
+        run_on_replicas(&mut self.replicas, &mut self.failed, |r| {
+            r.synchronize(&local.outer, wire)
+        })?;
+        self.since_sync = 0;
+        if let (Some(before), Some(after)) = (before, self.replicas[0].comm.bytes_sent()) {
+            *self.last_bytes_sent.get_or_insert(0) += after - before;
+        }
+        Ok(())
+    }
+
+    /// Local steps since the replicas last synchronized (always 0 without local SGD).
+    pub fn local_steps_since_sync(&self) -> usize {
+        self.since_sync
+    }
+
+    /// The local SGD outer optimizer's state (replica 0's; every replica holds the same
+    /// after a [`DataParallel::sync`]), for a checkpoint: empty without outer momentum.
+    pub fn outer_state(&self) -> Vec<StateTensor> {
+        self.replicas[0].outer_state()
+    }
+
+    /// Sets every replica's outer optimizer state, as [`DataParallel::outer_state`] gave
+    /// it for the same model (empty: none yet).
+    pub fn load_outer_state(&mut self, state: &[StateTensor]) -> Result<()> {
+        for r in &mut self.replicas {
+            r.load_outer_state(state)?;
+        }
+        Ok(())
     }
 
     /// Steps skipped for non-finite values under [`NonFinitePolicy::Skip`].
@@ -675,22 +818,34 @@ impl<M: Module + Send, O: Optimizer + Send> Replica<M, O> {
     }
 
     fn try_broadcast_parameters(&mut self) -> Result<()> {
-        let mut flat = Vec::new();
+        let mut flat = self.read_parameters()?;
+        self.comm.broadcast(&mut flat, 0)?;
+        if self.comm.rank() != 0 {
+            self.write_parameters(&flat)?;
+        }
+        Ok(())
+    }
+
+    /// Every parameter, in order, as one host vector.
+    fn read_parameters(&self) -> Result<Vec<f32>> {
+        let mut flat = Vec::with_capacity(self.params.iter().map(|p| p.elem_count()).sum());
         for p in &self.params {
             flat.extend(p.to_vec()?);
         }
-        self.comm.broadcast(&mut flat, 0)?;
-        if self.comm.rank() != 0 {
-            let mut at = 0;
-            for p in &self.params {
-                let n = p.elem_count();
-                p.set(&Tensor::from_slice(
-                    &flat[at..at + n],
-                    p.shape().clone(),
-                    &self.device,
-                )?)?;
-                at += n;
-            }
+        Ok(flat)
+    }
+
+    /// Sets every parameter from `flat`, as [`Replica::read_parameters`] lays it out.
+    fn write_parameters(&self, flat: &[f32]) -> Result<()> {
+        let mut at = 0;
+        for p in &self.params {
+            let n = p.elem_count();
+            p.set(&Tensor::from_slice(
+                &flat[at..at + n],
+                p.shape().clone(),
+                &self.device,
+            )?)?;
+            at += n;
         }
         Ok(())
     }
@@ -715,6 +870,7 @@ impl<M: Module + Send, O: Optimizer + Send> Replica<M, O> {
             index,
             comm,
             buckets,
+            ..
         } = self;
         let rank = comm.rank();
         let (to_comm, comm_in) = unbounded();

@@ -6,7 +6,7 @@ use super::cluster::{CommConfig, CommKind, MpiAlgorithm};
 use super::config::{CheckpointConfig, Every, Faults, TrainConfig};
 use super::devices::{Backend, DeviceName, Devices};
 use super::schedule::Schedule;
-use crate::parallel::NonFinitePolicy;
+use crate::parallel::{LocalSgd, NonFinitePolicy, OuterOptimizer};
 use clap::ValueEnum;
 use ringtrain_runtime::optim::{
     AdamW, AdamWConfig, LossScaler, Optimizer, ParamGroup, Sgd, SgdConfig,
@@ -231,6 +231,18 @@ pub struct TrainArgs {
     /// whose gradients overflow are skipped and counted, the scale adapts).
     #[arg(long, default_value = "f32")]
     pub precision: Precision,
+    /// Local SGD, for slow links: replicas take H steps apart, each on its shard, then
+    /// average their parameters (and optimizer state), instead of averaging gradients
+    /// every step; also before every evaluation and checkpoint. Several replicas only.
+    #[arg(long, value_name = "H", value_parser = clap::value_parser!(u32).range(1..))]
+    pub sync_every: Option<u32>,
+    /// Local SGD's outer learning rate, on the replicas' mean change since they last
+    /// synchronized (1 with no --outer-momentum: plain averaging; DiLoCo uses 0.7).
+    #[arg(long, default_value_t = 1.0, requires = "sync_every", value_parser = parse_positive_f32)]
+    pub outer_lr: f32,
+    /// Local SGD's outer Nesterov momentum (DiLoCo uses 0.9) [default: none].
+    #[arg(long, requires = "sync_every")]
+    pub outer_momentum: Option<f32>,
     /// How often to evaluate and report: N or Nepochs, or Nsteps.
     #[arg(long, default_value = "1")]
     pub eval_every: Every,
@@ -312,6 +324,13 @@ impl TrainArgs {
             on_nonfinite: self.on_nonfinite,
             precision: self.precision,
             loss_scaler: LossScaler::default(),
+            local_sgd: self.sync_every.map(|h| {
+                LocalSgd::every(h as usize).with_outer(OuterOptimizer {
+                    lr: self.outer_lr,
+                    momentum: self.outer_momentum.unwrap_or(0.0),
+                    nesterov: self.outer_momentum.is_some_and(|m| m > 0.0),
+                })
+            }),
             checkpoint: self.checkpoint_dir.as_ref().map(|dir| CheckpointConfig {
                 dir: dir.clone(),
                 every: self.checkpoint_every,

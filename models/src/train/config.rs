@@ -3,7 +3,7 @@
 use super::cluster::CommConfig;
 use super::devices::Devices;
 use super::schedule::Schedule;
-use crate::parallel::NonFinitePolicy;
+use crate::parallel::{LocalSgd, NonFinitePolicy};
 use ringtrain_runtime::optim::LossScaler;
 use ringtrain_runtime::{Error, Precision, Result};
 use std::path::PathBuf;
@@ -116,6 +116,10 @@ pub struct TrainConfig {
     /// The dynamic loss scaling of an f16 run: its starting scale and growth interval
     /// (unused in f32 and bf16 runs, whose range is f32's).
     pub loss_scaler: LossScaler,
+    /// Local SGD instead of averaging gradients every step (several replicas only): the
+    /// replicas also synchronize before every evaluation and checkpoint, so that those
+    /// see (and save) the group's model; see [`LocalSgd`].
+    pub local_sgd: Option<LocalSgd>,
     pub checkpoint: Option<CheckpointConfig>,
     /// Continue from the newest checkpoint of `checkpoint.dir`, which must have been
     /// written by a run of the same settings: the result is the uninterrupted run's.
@@ -154,6 +158,7 @@ impl Default for TrainConfig {
             on_nonfinite: NonFinitePolicy::default(),
             precision: Precision::F32,
             loss_scaler: LossScaler::default(),
+            local_sgd: None,
             checkpoint: None,
             resume: false,
             eval_every: Every::Epochs(1),
@@ -189,6 +194,9 @@ impl TrainConfig {
                     "the gradient norm to clip to must be finite and > 0, got {c}"
                 )));
             }
+        }
+        if let Some(local) = &self.local_sgd {
+            local.validate()?;
         }
         if self.resume && self.checkpoint.is_none() {
             return bad("--resume needs a checkpoint folder (--checkpoint-dir)");

@@ -5,12 +5,13 @@ use super::config::TrainConfig;
 use crate::checkpoint::Checkpoint;
 use crate::data::DataSource;
 use crate::nn::Module;
-use crate::parallel::{shard, DataParallel, DataParallelConfig, NonFinitePolicy};
+use crate::parallel::{backward_in_pieces, DataParallel, DataParallelConfig, NonFinitePolicy};
 use ringtrain_runtime::comm::{Communicator, RingConfig};
-use ringtrain_runtime::optim::{clip_grad_norm, Optimizer};
-use ringtrain_runtime::{
-    trace, with_precision, Device, Error, GradStore, Precision, Result, Tensor, Var,
-};
+use ringtrain_runtime::optim::{clip_grad_norm, Optimizer, StateTensor};
+use ringtrain_runtime::{trace, with_precision, Device, Error, Precision, Result, Tensor, Var};
+
+/// Where a checkpoint keeps local SGD's outer optimizer state.
+const OUTER: &str = "outer.";
 
 pub(super) enum Replicas<M, O> {
     Single {
@@ -57,6 +58,13 @@ impl<M: Module + Send, O: Optimizer + Send> Replicas<M, O> {
         config: &TrainConfig,
     ) -> Result<Self> {
         if devices.len() == 1 && comms.is_none() {
+            if config.local_sgd.is_some() {
+                return Err(Error::InvalidArgument(
+                    "local SGD (--sync-every) averages replicas, and this run has one: train \
+                     on several devices (--devices N), or leave --sync-every out"
+                        .into(),
+                ));
+            }
             let device = devices.into_iter().next().expect("one device");
             let (model, optimizer) = build(&device)?;
             let params = model.parameters();
@@ -76,6 +84,7 @@ impl<M: Module + Send, O: Optimizer + Send> Replicas<M, O> {
             grad_accum: config.grad_accum,
             clip_grad_norm: config.clip_grad_norm,
             grad_compression: config.comm.grad_compression,
+            local_sgd: config.local_sgd,
             ..DataParallelConfig::default()
         };
         let dp = match comms {
@@ -139,11 +148,26 @@ impl<M: Module + Send, O: Optimizer + Send> Replicas<M, O> {
         }
     }
 
-    /// The model and optimizer, as a checkpoint (replica 0's: all replicas are alike).
+    /// Under local SGD, makes the replicas alike (see [`DataParallel::sync`]): before
+    /// anything reads replica 0 as the run's model. A collective.
+    pub fn sync(&mut self) -> Result<()> {
+        match self {
+            Replicas::Single { .. } => Ok(()),
+            Replicas::Parallel(dp) => dp.sync(),
+        }
+    }
+
+    /// The model and optimizer (and local SGD's outer optimizer), as a checkpoint
+    /// (replica 0's: all replicas are alike, after [`Replicas::sync`]).
     pub fn checkpoint(&self) -> Result<Checkpoint> {
         let mut c = Checkpoint::new();
         c.insert_module("model.", self.model())?;
         c.insert_optimizer("optimizer.", self.optimizer())?;
+        if let Replicas::Parallel(dp) = self {
+            for (name, shape, values) in dp.outer_state() {
+                c.insert_values(&format!("{OUTER}{name}"), shape, values)?;
+            }
+        }
         Ok(c)
     }
 
@@ -158,9 +182,19 @@ impl<M: Module + Send, O: Optimizer + Send> Replicas<M, O> {
             Replicas::Single {
                 model, optimizer, ..
             } => restore_one(model, optimizer),
-            Replicas::Parallel(dp) => dp
-                .replicas_mut()
-                .try_for_each(|(model, optimizer)| restore_one(model, optimizer)),
+            Replicas::Parallel(dp) => {
+                dp.replicas_mut()
+                    .try_for_each(|(model, optimizer)| restore_one(model, optimizer))?;
+                let outer: Vec<StateTensor> = c
+                    .names()
+                    .filter_map(|name| name.strip_prefix(OUTER))
+                    .map(|name| {
+                        let (shape, values) = c.get(&format!("{OUTER}{name}")).expect("listed");
+                        (name.to_string(), shape.to_vec(), values.to_vec())
+                    })
+                    .collect();
+                dp.load_outer_state(&outer)
+            }
         }
     }
 
@@ -217,30 +251,15 @@ impl<M: Module + Send, O: Optimizer + Send> Replicas<M, O> {
                 device,
                 params,
             } => on_pool(matches!(device, Device::Gpu(_)), move || {
-                let mut grads = GradStore::default();
-                let mut total: Option<Tensor> = None;
-                for j in 0..plan.grad_accum {
-                    let piece = shard(len, plan.grad_accum, j);
-                    if piece.is_empty() {
-                        continue;
-                    }
-                    let mut l = rows_loss(model, device, piece.clone())?;
-                    if piece.len() != len {
-                        l = l.scale(piece.len() as f32 / len as f32)?;
-                    }
-                    grads.add(match plan.loss_scale {
-                        Some(s) => l.scale(s)?.backward()?,
-                        None => l.backward()?,
-                    })?;
-                    let l = l.detach();
-                    total = Some(match total {
-                        Some(t) => t.add(&l)?,
-                        None => l,
-                    });
-                }
-                let total = total.expect("a batch has at least one row");
-                if let Some(s) = plan.loss_scale {
-                    grads.scale(1.0 / s)?;
+                let (mut grads, total) = backward_in_pieces(
+                    model,
+                    device,
+                    0..len,
+                    plan.grad_accum,
+                    plan.loss_scale,
+                    &rows_loss,
+                )?;
+                if plan.loss_scale.is_some() {
                     // An overflow is the scaler's to handle, unless the loss itself is
                     // not finite (then the non-finite policy decides, below). Both counts
                     // come back in one read: a GPU step waits once.

@@ -307,12 +307,16 @@ impl Trainer {
                 Precision::Bf16 => " | bf16 products",
                 Precision::F16 => " | f16 products, dynamic loss scale",
             },
-            match config.comm.grad_compression {
-                Precision::F32 => String::new(),
-                wire if group > 1 => format!(" | gradients sent as {wire}"),
+            match (config.comm.grad_compression, &config.local_sgd) {
+                (Precision::F32, _) => String::new(),
+                (wire, None) if group > 1 => format!(" | gradients sent as {wire}"),
+                (wire, Some(_)) => format!(" | changes sent as {wire}"),
                 _ => String::new(),
             },
         ));
+        if let Some(local) = &config.local_sgd {
+            say(&format!("  {}", local.describe()));
+        }
 
         let mut trace = match &config.trace_out {
             Some(path) => Some(TraceFile::start(self.trace_path(path))?),
@@ -422,6 +426,21 @@ impl Trainer {
                         }
                     }
                 }
+                let epoch_done = at.batch == per_epoch;
+                let last =
+                    config.steps == Some(at.step) || (epoch_done && config.epochs == Some(epoch));
+                let report = last || config.eval_every.due(at.step, epoch, epoch_done);
+                let save = checkpoints.is_some()
+                    && (last
+                        || config
+                            .checkpoint
+                            .as_ref()
+                            .is_some_and(|c| c.every.due(at.step, epoch, epoch_done)));
+                if report || save {
+                    // Local SGD: what is evaluated and saved is the group's model. Every
+                    // rank decides this alike, so all of them join in.
+                    replicas.sync()?;
+                }
                 window.samples += indices.len();
                 if let Some(b) = replicas.last_step_bytes_sent() {
                     window.bytes_sent += b;
@@ -438,16 +457,6 @@ impl Trainer {
                         at.step
                     )));
                 }
-                let epoch_done = at.batch == per_epoch;
-                let last =
-                    config.steps == Some(at.step) || (epoch_done && config.epochs == Some(epoch));
-                let report = last || config.eval_every.due(at.step, epoch, epoch_done);
-                let save = checkpoints.is_some()
-                    && (last
-                        || config
-                            .checkpoint
-                            .as_ref()
-                            .is_some_and(|c| c.every.due(at.step, epoch, epoch_done)));
                 let read = report || epoch_done || at.batch.is_multiple_of(READ_LOSS_EVERY);
                 if !read && !save {
                     continue;
@@ -580,6 +589,14 @@ impl Trainer {
         if c.precision.is_reduced() {
             // Only when set, so that f32 runs resume from checkpoints written before.
             trainer["precision"] = c.precision.name().into();
+        }
+        if let Some(local) = &c.local_sgd {
+            trainer["local_sgd"] = serde_json::json!({
+                "sync_every": local.sync_every,
+                "outer_lr": local.outer.lr,
+                "outer_momentum": local.outer.momentum,
+                "outer_nesterov": local.outer.nesterov,
+            });
         }
         serde_json::json!({ "trainer": trainer, "program": c.settings }).to_string()
     }
