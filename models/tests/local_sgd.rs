@@ -7,7 +7,7 @@
 
 use ringtrain_models::nn::{Module, ModuleState, Sequential};
 use ringtrain_models::parallel::{
-    shard, DataParallel, DataParallelConfig, LocalSgd, NonFinitePolicy, OuterOptimizer,
+    shard, DataParallel, DataParallelConfig, InnerState, LocalSgd, NonFinitePolicy, OuterOptimizer,
 };
 use ringtrain_models::zoo::{mlp, Activation};
 use ringtrain_runtime::optim::{Optimizer, Sgd, SgdConfig, StateTensor};
@@ -151,15 +151,16 @@ fn replicas_drift_apart_between_syncs_and_agree_after_each() {
 }
 
 /// Local SGD written out with independent models: each steps on its own shard, and at
-/// every synchronization the mean change since the anchor goes through DiLoCo's outer
-/// Nesterov SGD, and the momentum buffers are averaged.
+/// every synchronization the mean change since the anchor goes through the outer
+/// optimizer, and the momentum buffers are averaged (or each replica keeps its own).
 fn by_hand(
     n: usize,
     h: usize,
     steps: usize,
-    outer: OuterOptimizer,
+    local: LocalSgd,
     set: &(Vec<f32>, Vec<u32>),
 ) -> Vec<Vec<f32>> {
+    let outer = local.outer;
     let device = Device::cpu();
     let mut replicas: Vec<(Sequential, Sgd)> =
         (0..n).map(|_| build(&device, 0.9).unwrap()).collect();
@@ -214,7 +215,9 @@ fn by_hand(
             .collect();
         for (model, opt) in &mut replicas {
             set_flat(model, &anchor);
-            opt.load_state(&mean).unwrap();
+            if local.inner_state == InnerState::Averaged {
+                opt.load_state(&mean).unwrap();
+            }
         }
     }
     replicas.iter().map(|(m, _)| flat(m)).collect()
@@ -223,9 +226,9 @@ fn by_hand(
 #[test]
 fn follows_local_sgd_written_out_by_hand() {
     let set = data(9 * BATCH);
-    for (n, h, outer) in [
-        (2, 2, OuterOptimizer::diloco()),
-        (3, 4, OuterOptimizer::default()),
+    for (n, h, outer, inner) in [
+        (2, 2, OuterOptimizer::diloco(), InnerState::Averaged),
+        (3, 4, OuterOptimizer::default(), InnerState::Averaged),
         (
             4,
             3,
@@ -234,15 +237,17 @@ fn follows_local_sgd_written_out_by_hand() {
                 momentum: 0.5,
                 nesterov: false,
             },
+            InnerState::Averaged,
         ),
+        (2, 3, OuterOptimizer::diloco(), InnerState::Local),
     ] {
         let steps = 2 * h + 1; // two synchronizations, and a local step after
-        let local = LocalSgd::every(h).with_outer(outer);
+        let local = LocalSgd::every(h).with_outer(outer).with_inner_state(inner);
         let mut dp = group(cpus(n), 0.9, Some(local), Precision::F32);
         for s in 0..steps {
             step(&mut dp, &set, s).unwrap();
         }
-        let expected = by_hand(n, h, steps, outer, &set);
+        let expected = by_hand(n, h, steps, local, &set);
         for (r, want) in expected.iter().enumerate() {
             let got = flat(dp.replica(r).unwrap());
             assert_close(&got, want, 2e-5, &format!("x{n}, H = {h}, replica {r}"));
@@ -251,6 +256,33 @@ fn follows_local_sgd_written_out_by_hand() {
         let outer_state = dp.outer_state();
         assert_eq!(outer_state.is_empty(), outer.momentum == 0.0);
     }
+}
+
+/// With momentum SGD, averaging the inner state sends its buffers too (twice the bytes
+/// of the change alone); keeping it per replica sends only the change.
+#[test]
+fn averaged_inner_state_costs_its_bytes_and_local_state_none() {
+    let set = data(4 * BATCH);
+    let sync_bytes = |momentum: f32, inner: InnerState| {
+        let local = LocalSgd::every(2).with_inner_state(inner);
+        let mut dp = group(cpus(2), momentum, Some(local), Precision::F32);
+        for s in 0..4 {
+            step(&mut dp, &set, s).unwrap();
+        }
+        dp.last_step_bytes_sent().unwrap() as f64
+    };
+    // Each also agrees on the state's size first: a few bytes.
+    let change_only = sync_bytes(0.0, InnerState::Averaged);
+    let averaged = sync_bytes(0.9, InnerState::Averaged);
+    let local = sync_bytes(0.9, InnerState::Local);
+    assert!(
+        (averaged - 2.0 * change_only).abs() <= 64.0,
+        "averaged: {averaged} bytes, the change alone {change_only}"
+    );
+    assert!(
+        local <= change_only && local >= change_only - 64.0,
+        "local: {local} bytes, the change alone {change_only}"
+    );
 }
 
 /// Plain SGD, one local step between synchronizations and plain averaging: the mean of

@@ -10,10 +10,14 @@
 //! - [`ring_sweep`]: the in-process ring over group and message sizes, beside the naive
 //!   group, memcpy and the ring with compressed values ([`RingSweep`] prints as tables);
 //! - [`op_threads`]: the CPU backend's memory-bound ops on one thread and on N, around
-//!   their parallel threshold.
+//!   their parallel threshold;
+//! - [`local_sgd_sweep`]: MNIST trained with local SGD at several synchronization
+//!   periods beside gradient averaging, accuracy against bytes sent ([`LocalSgdSweep`]
+//!   prints as a table).
 
 mod backends;
 pub mod collective;
+mod local_sgd;
 pub mod op_threads;
 pub mod protocol;
 mod ring_sweep;
@@ -22,6 +26,7 @@ pub use backends::{
     compare_backends, cpu_name, known_peak, Backend, Comparison, ComparisonConfig, GemmPoint, Part,
     ReducePoint, StepPoint,
 };
+pub use local_sgd::{local_sgd_sweep, LocalSgdSweep, LocalSgdSweepConfig, SweepRun};
 pub use ring_sweep::{
     bytes_per_all_reduce, human_bytes, parse_bytes, ring_sweep, RingPoint, RingSweep,
     RingSweepConfig,

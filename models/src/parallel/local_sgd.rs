@@ -5,14 +5,20 @@
 //! before an evaluation or a checkpoint) the replicas all-reduce how far each moved from
 //! the parameters they last agreed on, the *anchor*, and apply an outer optimizer to the
 //! average of those changes (DiLoCo's outer loop; with the default outer learning rate
-//! of 1 and no momentum this is plain parameter averaging). The inner optimizers' state
-//! is averaged too, so that after a synchronization every replica holds the same bits,
-//! parameters and optimizer alike: a checkpoint taken there is the whole run's state,
-//! and a resumed run continues exactly.
+//! of 1 and no momentum this is plain parameter averaging).
 //!
-//! What it trades: gradients cross the links once per `H` steps instead of every step
-//! (plus the optimizer state, in f32), at the price of replicas that drift apart in
-//! between, which costs accuracy as `H` grows.
+//! The inner optimizers' state (momentum, Adam's moments) is averaged too by default
+//! ([`InnerState::Averaged`]), so that after a synchronization every replica holds the
+//! same bits, parameters and optimizer alike: a checkpoint taken there is the whole
+//! run's state, and a resumed run continues exactly. [`InnerState::Local`] keeps each
+//! replica's own, as DiLoCo does, and sends only the parameters' change; a checkpoint
+//! then holds replica 0's inner state, which a resumed run gives every replica, so a
+//! resume is a close continuation rather than the same run.
+//!
+//! What it trades: the parameters' change crosses the links once per `H` steps instead
+//! of the gradients every step (plus, averaged, the optimizer state in f32: as many
+//! values again for momentum SGD, twice as many for AdamW), at the price of replicas that
+//! drift apart in between, which costs accuracy as `H` grows.
 
 use super::{NonFinitePolicy, Replica, StepSettings};
 use crate::nn::Module;
@@ -28,6 +34,19 @@ pub struct LocalSgd {
     pub sync_every: usize,
     /// What is done with the averaged change at a synchronization.
     pub outer: OuterOptimizer,
+    /// Whether the inner optimizers' state is averaged at a synchronization.
+    pub inner_state: InnerState,
+}
+
+/// What becomes of the inner optimizers' state at a synchronization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum InnerState {
+    /// Averaged over the replicas (sent in f32): every replica alike afterwards, so a
+    /// checkpoint is exact.
+    #[default]
+    Averaged,
+    /// Each replica keeps its own (DiLoCo): only the parameters' change is sent.
+    Local,
 }
 
 impl LocalSgd {
@@ -36,11 +55,17 @@ impl LocalSgd {
         Self {
             sync_every,
             outer: OuterOptimizer::default(),
+            inner_state: InnerState::default(),
         }
     }
 
     pub fn with_outer(mut self, outer: OuterOptimizer) -> Self {
         self.outer = outer;
+        self
+    }
+
+    pub fn with_inner_state(mut self, inner_state: InnerState) -> Self {
+        self.inner_state = inner_state;
         self
     }
 
@@ -66,8 +91,12 @@ impl LocalSgd {
                 if o.nesterov { " (Nesterov)" } else { "" }
             )
         };
+        let inner = match self.inner_state {
+            InnerState::Averaged => "optimizer state averaged",
+            InnerState::Local => "optimizer state kept per replica",
+        };
         format!(
-            "local SGD, synchronized every {} steps, {outer}",
+            "local SGD, synchronized every {} steps: {outer}, {inner}",
             self.sync_every
         )
     }
@@ -263,17 +292,19 @@ impl<M: Module + Send, O: Optimizer + Send> Replica<M, O> {
     }
 
     /// Averages the replicas' progress since the anchor through the outer optimizer, and
-    /// the inner optimizers' state: afterwards every replica holds the same bits. A
-    /// failure aborts the group, so that no peer waits for this replica.
-    pub(super) fn synchronize(&mut self, outer: &OuterOptimizer, wire: Precision) -> Result<()> {
-        let result = self.try_synchronize(outer, wire);
+    /// (as `local` says) the inner optimizers' state: afterwards every replica holds the
+    /// same parameters. A failure aborts the group, so that no peer waits for this
+    /// replica.
+    pub(super) fn synchronize(&mut self, local: &LocalSgd, wire: Precision) -> Result<()> {
+        let result = self.try_synchronize(local, wire);
         if let Err(e) = &result {
             self.comm.abort(&e.to_string());
         }
         result
     }
 
-    fn try_synchronize(&mut self, outer: &OuterOptimizer, wire: Precision) -> Result<()> {
+    fn try_synchronize(&mut self, local: &LocalSgd, wire: Precision) -> Result<()> {
+        let outer = &local.outer;
         let Some(mut anchor) = self.anchor.take() else {
             // No local step since the last synchronization, on any replica (they step
             // together): the replicas are alike already.
@@ -307,7 +338,10 @@ impl<M: Module + Send, O: Optimizer + Send> Replica<M, O> {
         }
         self.write_parameters(&anchor)?;
         self.anchor = Some(anchor);
-        self.average_optimizer_state()
+        match local.inner_state {
+            InnerState::Averaged => self.average_optimizer_state(),
+            InnerState::Local => Ok(()),
+        }
     }
 
     /// Replaces the optimizer's state by its mean over the replicas, summed in f32 on

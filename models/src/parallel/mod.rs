@@ -23,7 +23,7 @@ use crate::nn::Module;
 use buckets::Layout;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 pub(crate) use local_sgd::backward_in_pieces;
-pub use local_sgd::{LocalSgd, OuterOptimizer};
+pub use local_sgd::{InnerState, LocalSgd, OuterOptimizer};
 use local_sgd::{LocalStep, Outcome};
 use ringtrain_runtime::comm::{ring_with, CommError, Communicator, RingConfig};
 use ringtrain_runtime::optim::{Optimizer, StateTensor};
@@ -566,7 +566,7 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
         let wire = self.grad_compression;
         let before = self.replicas[0].comm.bytes_sent();
         run_on_replicas(&mut self.replicas, &mut self.failed, |r| {
-            r.synchronize(&local.outer, wire)
+            r.synchronize(&local, wire)
         })?;
         self.since_sync = 0;
         if let (Some(before), Some(after)) = (before, self.replicas[0].comm.bytes_sent()) {

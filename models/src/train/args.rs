@@ -6,7 +6,7 @@ use super::cluster::{CommConfig, CommKind, MpiAlgorithm};
 use super::config::{CheckpointConfig, Every, Faults, TrainConfig};
 use super::devices::{Backend, DeviceName, Devices};
 use super::schedule::Schedule;
-use crate::parallel::{LocalSgd, NonFinitePolicy, OuterOptimizer};
+use crate::parallel::{InnerState, LocalSgd, NonFinitePolicy, OuterOptimizer};
 use clap::ValueEnum;
 use ringtrain_runtime::optim::{
     AdamW, AdamWConfig, LossScaler, Optimizer, ParamGroup, Sgd, SgdConfig,
@@ -243,6 +243,11 @@ pub struct TrainArgs {
     /// Local SGD's outer Nesterov momentum (DiLoCo uses 0.9) [default: none].
     #[arg(long, requires = "sync_every")]
     pub outer_momentum: Option<f32>,
+    /// Local SGD: average the inner optimizers' state at each synchronization (exact
+    /// resumes; more bytes), or keep each replica's own (DiLoCo; only the parameters'
+    /// change is sent).
+    #[arg(long, value_enum, default_value = "averaged", requires = "sync_every")]
+    pub inner_state: InnerState,
     /// How often to evaluate and report: N or Nepochs, or Nsteps.
     #[arg(long, default_value = "1")]
     pub eval_every: Every,
@@ -325,11 +330,13 @@ impl TrainArgs {
             precision: self.precision,
             loss_scaler: LossScaler::default(),
             local_sgd: self.sync_every.map(|h| {
-                LocalSgd::every(h as usize).with_outer(OuterOptimizer {
-                    lr: self.outer_lr,
-                    momentum: self.outer_momentum.unwrap_or(0.0),
-                    nesterov: self.outer_momentum.is_some_and(|m| m > 0.0),
-                })
+                LocalSgd::every(h as usize)
+                    .with_outer(OuterOptimizer {
+                        lr: self.outer_lr,
+                        momentum: self.outer_momentum.unwrap_or(0.0),
+                        nesterov: self.outer_momentum.is_some_and(|m| m > 0.0),
+                    })
+                    .with_inner_state(self.inner_state)
             }),
             checkpoint: self.checkpoint_dir.as_ref().map(|dir| CheckpointConfig {
                 dir: dir.clone(),

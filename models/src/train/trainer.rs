@@ -596,6 +596,7 @@ impl Trainer {
                 "outer_lr": local.outer.lr,
                 "outer_momentum": local.outer.momentum,
                 "outer_nesterov": local.outer.nesterov,
+                "inner_state": format!("{:?}", local.inner_state),
             });
         }
         serde_json::json!({ "trainer": trainer, "program": c.settings }).to_string()
