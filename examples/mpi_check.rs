@@ -14,7 +14,7 @@
 
 use clap::Parser;
 use ringtrain::comm::RingConfig;
-use ringtrain::parallel::{DataParallel, DataParallelConfig};
+use ringtrain::parallel::{DataParallel, DataParallelConfig, LocalSgd, OuterOptimizer};
 use ringtrain::prelude::*;
 use ringtrain::train::{Cluster, CommArgs, CommKind};
 use ringtrain::zoo::{mlp, Activation};
@@ -50,6 +50,10 @@ struct Args {
     /// Process RANK builds a wider model than the others (to see the layout check).
     #[arg(long)]
     mismatch_rank: Option<usize>,
+    /// Local SGD with DiLoCo's outer optimizer, synchronizing every H steps (and once
+    /// more at the end) instead of averaging gradients every step.
+    #[arg(long, value_name = "H")]
+    sync_every: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -172,6 +176,9 @@ fn run(args: &Args, cluster: &Cluster) -> ringtrain::Result<()> {
             ..RingConfig::default()
         },
         grad_compression: args.comm.grad_compression,
+        local_sgd: args
+            .sync_every
+            .map(|h| LocalSgd::every(h).with_outer(OuterOptimizer::diloco())),
         ..DataParallelConfig::default()
     };
     let devices: Vec<Device> = (0..local).map(|_| Device::cpu()).collect();
@@ -216,6 +223,7 @@ fn run(args: &Args, cluster: &Cluster) -> ringtrain::Result<()> {
         })?;
         losses.push(loss);
     }
+    dp.sync()?;
 
     let replicas: Vec<Vec<f32>> = (0..dp.size())
         .map(|i| flat_parameters(dp.replica(i).expect("local replica")))

@@ -244,6 +244,24 @@ fn compressed_gradients_over_mpi_match_the_in_process_ring() {
     failed_saying(&native, "--mpi-algorithm ring");
 }
 
+/// Local SGD over MPI (DiLoCo's outer optimizer, the change sent as bf16): the ranks
+/// agree after every synchronization, bit for bit with three in-process replicas.
+#[test]
+fn local_sgd_over_mpi_matches_the_in_process_ring() {
+    let n = 3;
+    let local = ["--sync-every", "4", "--grad-compression", "bf16"];
+    let mut args = vec!["--comm", "mpi"];
+    args.extend(local);
+    let (job, over_mpi) = train_over_mpi(n, n, &args);
+    assert!(job.stdout.contains("hold identical parameters"), "{}", job.stdout);
+    assert!(
+        bits(&over_mpi) == bits(&in_process_with(n, &local)),
+        "local SGD over MPI differs from the in-process ring's"
+    );
+    // Another algorithm than gradient averaging: another result.
+    assert!(bits(&over_mpi) != bits(&in_process(n)));
+}
+
 /// Two ranks launched with different `--grad-compression` (one MPMD job): the first
 /// compressed bucket's tag says which format it travels in, so both stop with a mismatch
 /// instead of reading one format as the other.
