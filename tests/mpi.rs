@@ -253,7 +253,11 @@ fn local_sgd_over_mpi_matches_the_in_process_ring() {
     let mut args = vec!["--comm", "mpi"];
     args.extend(local);
     let (job, over_mpi) = train_over_mpi(n, n, &args);
-    assert!(job.stdout.contains("hold identical parameters"), "{}", job.stdout);
+    assert!(
+        job.stdout.contains("hold identical parameters"),
+        "{}",
+        job.stdout
+    );
     assert!(
         bits(&over_mpi) == bits(&in_process_with(n, &local)),
         "local SGD over MPI differs from the in-process ring's"

@@ -2,7 +2,7 @@
 //! optimizer, bad combinations are errors naming the flag.
 
 use clap::Parser;
-use ringtrain_models::parallel::NonFinitePolicy;
+use ringtrain_models::parallel::{InnerState, LocalSgd, NonFinitePolicy, OuterOptimizer};
 use ringtrain_models::train::{
     Backend, CommKind, DeviceName, Devices, Every, OptimizerKind, Schedule, TrainArgs,
 };
@@ -158,9 +158,35 @@ fn bad_combinations_are_errors_naming_the_flag() {
         &["--checkpoint-every", "3weeks"],
         &["--epochs", "0"],
         &["--comm-timeout", "nan"],
+        &["--sync-every", "0"],
+        &["--outer-lr", "0.5"],
+        &["--inner-state", "local"],
+        &["--sync-every", "4", "--outer-lr", "0"],
     ] {
         assert!(parse(args).is_err(), "{args:?} must be refused");
     }
+    assert!(config_err(&["--sync-every", "4", "--outer-momentum", "1"]).contains("momentum"));
+}
+
+#[test]
+fn local_sgd_flags_reach_the_config() {
+    let config = |args: &[&str]| parse(args).unwrap().train.config().unwrap().local_sgd;
+    assert_eq!(config(&[]), None);
+    assert_eq!(config(&["--sync-every", "8"]), Some(LocalSgd::every(8)));
+    let diloco = config(&[
+        "--sync-every",
+        "500",
+        "--outer-lr",
+        "0.7",
+        "--outer-momentum",
+        "0.9",
+        "--inner-state",
+        "local",
+    ]);
+    let expected = LocalSgd::every(500)
+        .with_outer(OuterOptimizer::diloco())
+        .with_inner_state(InnerState::Local);
+    assert_eq!(diloco, Some(expected));
 }
 
 #[test]
