@@ -1,6 +1,7 @@
 //! Specs of the indexing, masking and attention kernels: element types, gathers by an
 //! index buffer, three-operand selects, comparisons and fused attention. Every buffer is
-//! a run of 4-byte words; what a word means (f32 or u32) is the op's to say.
+//! a run of 4-byte words; what a word means (f32, u32, or two 16-bit values) is the op's
+//! to say.
 
 use crate::error::check_len;
 use crate::validate::invalid;
@@ -12,6 +13,12 @@ pub enum DType {
     F32,
     /// Indices, labels and masks (0 or 1).
     U32,
+    /// IEEE binary16, two to a word: element `2i` in the low half of word `i`, `2i + 1`
+    /// in the high half (the little-endian layout of a `u16` array), an odd count's last
+    /// high half zero.
+    F16,
+    /// bfloat16 (the high half of an f32), laid out as [`DType::F16`].
+    Bf16,
 }
 
 impl DType {
@@ -19,13 +26,68 @@ impl DType {
         match self {
             DType::F32 => "f32",
             DType::U32 => "u32",
+            DType::F16 => "f16",
+            DType::Bf16 => "bf16",
         }
     }
 
     /// Bytes per element.
     pub fn size(self) -> usize {
-        4
+        match self {
+            DType::F32 | DType::U32 => 4,
+            DType::F16 | DType::Bf16 => 2,
+        }
     }
+
+    /// Words a buffer of `n` elements of this type takes.
+    pub fn words(self, n: usize) -> usize {
+        match self.size() {
+            2 => n.div_ceil(2),
+            _ => n,
+        }
+    }
+
+    /// The 16-bit floating-point format this type stores, if it is one.
+    pub fn half(self) -> Option<crate::Precision> {
+        match self {
+            DType::F16 => Some(crate::Precision::F16),
+            DType::Bf16 => Some(crate::Precision::Bf16),
+            DType::F32 | DType::U32 => None,
+        }
+    }
+}
+
+impl From<crate::Precision> for DType {
+    /// The storage type of a precision's values.
+    fn from(p: crate::Precision) -> DType {
+        match p {
+            crate::Precision::F32 => DType::F32,
+            crate::Precision::F16 => DType::F16,
+            crate::Precision::Bf16 => DType::Bf16,
+        }
+    }
+}
+
+/// Checks a cast's buffers and returns its element count: the same number of words for
+/// f32 and u32 each way, or f32 to and from a 16-bit type (half as many words, rounded
+/// up), whose count is the f32 side's. Casts between two 16-bit types, and between u32
+/// and one, are not kernels: they go through f32.
+pub fn cast(x_len: usize, from: DType, to: DType, out_len: usize) -> Result<usize> {
+    const OP: &str = "cast";
+    let n = match (from.half(), to.half()) {
+        (None, None) => x_len,
+        (None, Some(_)) if from == DType::F32 => x_len,
+        (Some(_), None) if to == DType::F32 => out_len,
+        _ => {
+            return Err(invalid(
+                OP,
+                format!("no kernel casts {from} to {to}; go through f32"),
+            ))
+        }
+    };
+    check_len(OP, "x", from.words(n), x_len)?;
+    check_len(OP, "out", to.words(n), out_len)?;
+    Ok(n)
 }
 
 impl std::fmt::Display for DType {
@@ -172,7 +234,19 @@ impl SelectLayout {
     }
 }
 
-pub(crate) fn compare(layout: &BinaryLayout, lhs: usize, rhs: usize, out: usize) -> Result<()> {
+pub(crate) fn compare(
+    dtype: DType,
+    layout: &BinaryLayout,
+    lhs: usize,
+    rhs: usize,
+    out: usize,
+) -> Result<()> {
+    if dtype.half().is_some() {
+        return Err(invalid(
+            "compare",
+            format!("compares f32 or u32 words, not {dtype}"),
+        ));
+    }
     crate::validate::binary(layout, lhs, rhs, out).map_err(|e| match e {
         crate::KernelError::InvalidArgument { reason, .. } => invalid("compare", reason),
         other => other,

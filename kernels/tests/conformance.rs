@@ -1542,7 +1542,7 @@ macro_rules! conformance_suite {
                 binary, copy_strided, sum_axis, log_softmax, softmax_cross_entropy,
                 sgd_step, adamw_step, gemm, gemm_bias_act, im2col, conv2d, pooling, errors,
                 gather, copy_into, select, compare, triangle, arange_and_cast, argmax,
-                attention, layer_norm, mixed_gemm, round_to, conv2d_mixed);
+                attention, layer_norm, mixed_gemm, round_to, half_storage, conv2d_mixed);
         }
     };
     (@tests $backends:expr; $($check:ident),*) => {

@@ -12,7 +12,7 @@ use ringtrain_models::nn::{
     Sequential,
 };
 use ringtrain_models::zoo::{mlp, Activation};
-use ringtrain_runtime::{rng_from_seed, Device, Precision, Tensor};
+use ringtrain_runtime::{rng_from_seed, DType, Device, Precision, Tensor};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 fn model(device: &Device, seed: u64, hidden: usize) -> Sequential {
@@ -216,6 +216,60 @@ fn half_checkpoints_export_and_load_into_f32_models() {
     assert!(!dir.path().join("big.safetensors").exists());
     big.save_as(&dir.path().join("big.safetensors"), Precision::Bf16)
         .unwrap();
+}
+
+/// f16 and bf16 tensors are stored in their own formats beside f32 ones (what a mixed
+/// export holds: 16-bit weights, f32 norms), keep them through a file, and come back as
+/// tensors of their dtype on any device; loading a half file keeps each tensor's format.
+#[test]
+fn half_tensors_keep_their_format_through_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Device::cpu();
+    let w = Tensor::randn(0.0, 1.0, (5, 7), &mut rng_from_seed(3), &dev).unwrap();
+    let mut c = Checkpoint::new();
+    c.insert("w.bf16", &w.to_dtype(DType::Bf16).unwrap())
+        .unwrap();
+    c.insert("w.f16", &w.to_dtype(DType::F16).unwrap()).unwrap();
+    c.insert("w.f32", &w).unwrap();
+    assert_eq!(c.format("w.bf16"), Some(Precision::Bf16));
+    assert_eq!(c.format("w.f32"), Some(Precision::F32));
+    assert_eq!(c.format("missing"), None);
+    let path = dir.path().join("mixed.safetensors");
+    c.save(&path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let parsed = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    for (name, dtype, len) in [
+        ("w.bf16", "BF16", 70),
+        ("w.f16", "F16", 70),
+        ("w.f32", "F32", 140),
+    ] {
+        let view = parsed.tensor(name).unwrap();
+        let got = (format!("{:?}", view.dtype()), view.data().len());
+        assert_eq!(got, (dtype.to_string(), len), "{name}");
+    }
+    let loaded = Checkpoint::load(&path).unwrap();
+    assert_eq!(loaded, c);
+    let mut devices = vec![dev.clone()];
+    devices.extend(Device::test_gpu());
+    for d in &devices {
+        for (name, dtype) in [
+            ("w.bf16", DType::Bf16),
+            ("w.f16", DType::F16),
+            ("w.f32", DType::F32),
+        ] {
+            let t = loaded.tensor(name, d).unwrap();
+            assert_eq!(t.dtype(), dtype, "{name}");
+            let want = w.to_dtype(dtype).unwrap().to_vec().unwrap();
+            assert_eq!(t.to_vec().unwrap(), want, "{name} on {d:?}");
+        }
+    }
+    // Replacing a tensor with f32 values stores it as f32 again.
+    let mut replaced = loaded.clone();
+    replaced
+        .insert_values("w.bf16", vec![1], vec![0.1])
+        .unwrap();
+    assert_eq!(replaced.format("w.bf16"), Some(Precision::F32));
+    assert!(loaded.tensor("nothing", &dev).is_err());
 }
 
 #[test]

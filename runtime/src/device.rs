@@ -165,6 +165,11 @@ impl fmt::Debug for Device {
 pub(crate) enum Storage {
     Cpu(Vec<f32>),
     Gpu(GpuBuffer),
+    /// 16-bit values, two to a word (an f16 or bf16 tensor). Only casts and what is
+    /// built on them read it ([`DeviceBackend::half_buffer`]); any other op asking for
+    /// its buffer gets an error saying to cast, where it would otherwise read pairs of
+    /// halves as f32 words.
+    Half(Box<Storage>),
 }
 
 impl Drop for Storage {
@@ -182,17 +187,35 @@ fn wrong_storage(want: &str) -> Error {
     ))
 }
 
+fn half_storage() -> Error {
+    Error::InvalidArgument(
+        "this op takes f32 (or u32) tensors, and this tensor holds 16-bit values: widen it \
+         with `to_dtype(DType::F32)` first (only casts, matrix products and reading values \
+         back take f16 and bf16 tensors)"
+            .into(),
+    )
+}
+
 /// A backend as the runtime drives it: the kernels plus a way in and out of [`Storage`].
 pub(crate) trait DeviceBackend: Backend {
     fn buffer(s: &Storage) -> Result<&Self::Buffer>;
     fn buffer_mut(s: &mut Storage) -> Result<&mut Self::Buffer>;
     fn wrap(buf: Self::Buffer) -> Storage;
+
+    /// The words of a 16-bit tensor's storage.
+    fn half_buffer(s: &Storage) -> Result<&Self::Buffer> {
+        match s {
+            Storage::Half(inner) => Self::buffer(inner),
+            _ => Err(wrong_storage("16-bit values")),
+        }
+    }
 }
 
 impl DeviceBackend for CpuBackend {
     fn buffer(s: &Storage) -> Result<&Vec<f32>> {
         match s {
             Storage::Cpu(b) => Ok(b),
+            Storage::Half(_) => Err(half_storage()),
             _ => Err(wrong_storage("host memory")),
         }
     }
@@ -200,6 +223,7 @@ impl DeviceBackend for CpuBackend {
     fn buffer_mut(s: &mut Storage) -> Result<&mut Vec<f32>> {
         match s {
             Storage::Cpu(b) => Ok(b),
+            Storage::Half(_) => Err(half_storage()),
             _ => Err(wrong_storage("host memory")),
         }
     }
@@ -213,6 +237,7 @@ impl DeviceBackend for GpuBackend {
     fn buffer(s: &Storage) -> Result<&GpuBuffer> {
         match s {
             Storage::Gpu(b) => Ok(b),
+            Storage::Half(_) => Err(half_storage()),
             _ => Err(wrong_storage("GPU memory")),
         }
     }
@@ -220,6 +245,7 @@ impl DeviceBackend for GpuBackend {
     fn buffer_mut(s: &mut Storage) -> Result<&mut GpuBuffer> {
         match s {
             Storage::Gpu(b) => Ok(b),
+            Storage::Half(_) => Err(half_storage()),
             _ => Err(wrong_storage("GPU memory")),
         }
     }
@@ -244,6 +270,11 @@ pub(crate) use on_device;
 /// The backend buffer inside `storage`, typed by the backend `b` (for `on_device!` bodies).
 pub(crate) fn buf<'a, B: DeviceBackend>(_: &B, storage: &'a Storage) -> Result<&'a B::Buffer> {
     B::buffer(storage)
+}
+
+/// The words of a 16-bit tensor's `storage`, typed by the backend `b`.
+pub(crate) fn half_buf<'a, B: DeviceBackend>(_: &B, storage: &'a Storage) -> Result<&'a B::Buffer> {
+    B::half_buffer(storage)
 }
 
 pub(crate) fn buf_mut<'a, B: DeviceBackend>(

@@ -32,7 +32,7 @@ pub enum Error {
         lhs: String,
         rhs: String,
     },
-    #[error("{op}: expected a {expected} tensor, got {got}")]
+    #[error("{op}: expected a {expected} tensor, got {got}{}", widen_hint(*got))]
     DTypeMismatch {
         op: &'static str,
         expected: ringtrain_kernels::DType,
@@ -121,3 +121,12 @@ impl From<Box<dyn std::error::Error + Send + Sync + 'static>> for Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+fn widen_hint(got: ringtrain_kernels::DType) -> &'static str {
+    if got.half().is_some() {
+        " (only casts, matrix products and reading values back take 16-bit tensors: widen it \
+         with `to_dtype(DType::F32)`)"
+    } else {
+        ""
+    }
+}

@@ -4,7 +4,7 @@
 use crate::backprop::Op;
 use crate::device::{buf, on_device, wrap, Storage};
 use crate::shape::{dim_indices, Dim};
-use crate::{compute_precision, Error, Precision, Result, Shape, Tensor};
+use crate::{compute_precision, with_precision, Error, Precision, Result, Shape, Tensor};
 use ringtrain_kernels::{Backend, BinaryLayout, BinaryOp, DType, GemmSpec, StridedLayout, UnaryOp};
 
 pub(crate) fn same_device(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
@@ -253,6 +253,14 @@ impl Tensor {
         let Some(bias) = bias else {
             return unfused(self.matmul_t(weight, false, !in_out));
         };
+        if [self, weight, bias]
+            .iter()
+            .any(|t| t.dtype().half().is_some())
+        {
+            return widened(&[self, weight, bias], |t| {
+                t[0].linear_impl(&t[1], Some(&t[2]), in_out, relu)
+            });
+        }
         same_device("linear", self, weight)?;
         same_device("linear", self, bias)?;
         for t in [self, weight, bias] {
@@ -315,8 +323,17 @@ impl Tensor {
     /// `op(self) x op(rhs)` where `op` transposes the last two dimensions when asked,
     /// without copying: the GEMM reads the operand transposed (`q.matmul_t(&k, false,
     /// true)` is `q k^T`). Batch dimensions broadcast as in [`Tensor::matmul`].
+    ///
+    /// Either operand may be an f16 or bf16 tensor: it is widened to f32 for the product
+    /// (exactly; the copy lives for the product only), and when both are in one 16-bit
+    /// format and no [`crate::with_precision`] says otherwise the product runs in that
+    /// precision (rounding such values changes nothing, and a CPU with AVX512-BF16 then
+    /// runs its bf16 kernel). The result is f32.
     pub fn matmul_t(&self, rhs: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
         same_device("matmul", self, rhs)?;
+        if self.dtype().half().is_some() || rhs.dtype().half().is_some() {
+            return widened(&[self, rhs], |t| t[0].matmul_t(&t[1], trans_a, trans_b));
+        }
         self.expect_dtype(DType::F32, "matmul")?;
         rhs.expect_dtype(DType::F32, "matmul")?;
         let (ra, rb) = (self.rank(), rhs.rank());
@@ -767,5 +784,21 @@ impl Labels for &Vec<u32> {
 impl<const N: usize> Labels for &[u32; N] {
     fn into_labels(self, device: &crate::Device) -> Result<Tensor> {
         self.as_slice().into_labels(device)
+    }
+}
+
+/// Runs the product `f` on `operands` with each f16 or bf16 one widened to f32, in the
+/// operands' own 16-bit precision when all are in one format and the thread asks for
+/// f32 (rounding values already in that format changes nothing).
+fn widened(operands: &[&Tensor], f: impl FnOnce(&[Tensor]) -> Result<Tensor>) -> Result<Tensor> {
+    let formats: Vec<_> = operands.iter().map(|t| t.dtype().half()).collect();
+    let wide = operands
+        .iter()
+        .map(|t| t.to_dtype(DType::F32))
+        .collect::<Result<Vec<_>>>()?;
+    let shared = formats[0].filter(|p| formats.iter().all(|f| *f == Some(*p)));
+    match shared {
+        Some(p) if compute_precision() == Precision::F32 => with_precision(p, || f(&wide)),
+        _ => f(&wide),
     }
 }

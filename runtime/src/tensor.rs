@@ -262,8 +262,12 @@ impl Tensor {
         }
     }
 
-    /// Copies the values to host memory (a sync point on asynchronous devices).
+    /// Copies the values to host memory (a sync point on asynchronous devices); those of
+    /// an f16 or bf16 tensor widened to f32 (exactly).
     pub fn to_vec(&self) -> Result<Vec<f32>> {
+        if self.dtype().half().is_some() {
+            return self.to_dtype(DType::F32)?.to_vec();
+        }
         self.expect_dtype(DType::F32, "to_vec")?;
         let storage = self.read();
         on_device!(&self.0.device, b => Ok(b.download(buf(b, &storage)?)?))
@@ -278,6 +282,8 @@ impl Tensor {
         match self.dtype() {
             DType::F32 => Tensor::from_vec(self.to_vec()?, self.shape().clone(), device),
             DType::U32 => Tensor::from_u32(self.to_vec_u32()?, self.shape().clone(), device),
+            // Widened and narrowed again: exact.
+            half => Tensor::from_vec(self.to_vec()?, self.shape().clone(), device)?.to_dtype(half),
         }
     }
 

@@ -125,3 +125,131 @@ fn rounding_passes_its_gradient_through_and_rejects_integers() {
         assert!(err.contains("round_to") && err.contains("u32"), "{err}");
     }
 }
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    t.to_vec().unwrap().iter().map(|v| v.to_bits()).collect()
+}
+
+/// f16 and bf16 tensors: a cast rounds as the precision does and widens back exactly, on
+/// every device and across devices; reshapes keep the dtype.
+#[test]
+fn half_tensors_round_trip_on_every_device() {
+    for dev in devices() {
+        let x = randn(5, &[7, 9], &dev).affine(300.0, 0.0).unwrap();
+        for dtype in [DType::Bf16, DType::F16] {
+            let p = dtype.half().unwrap();
+            let h = x.to_dtype(dtype).unwrap();
+            assert_eq!((h.dtype(), h.dims()), (dtype, &[7usize, 9][..]));
+            let want: Vec<u32> = x
+                .to_vec()
+                .unwrap()
+                .iter()
+                .map(|&v| p.round(v).to_bits())
+                .collect();
+            assert_eq!(bits(&h), want, "{dev:?} {dtype}: to_vec widens");
+            assert_eq!(
+                bits(&h.to_dtype(DType::F32).unwrap()),
+                want,
+                "{dev:?} {dtype}"
+            );
+            assert_eq!(
+                bits(&h.reshape(63).unwrap()),
+                want,
+                "{dev:?} {dtype}: reshape"
+            );
+            let moved = h.to_device(&Device::cpu()).unwrap();
+            assert_eq!((moved.dtype(), bits(&moved)), (dtype, want.clone()));
+            // Between the two formats, and to u32, through f32.
+            let other = if dtype == DType::F16 {
+                DType::Bf16
+            } else {
+                DType::F16
+            };
+            let q = other.half().unwrap();
+            let via: Vec<u32> = want
+                .iter()
+                .map(|&w| q.round(f32::from_bits(w)).to_bits())
+                .collect();
+            assert_eq!(
+                bits(&h.to_dtype(other).unwrap()),
+                via,
+                "{dev:?} {dtype} -> {other}"
+            );
+            let ids = Tensor::from_vec(vec![3.0, 70000.0], 2, &dev).unwrap();
+            assert_eq!(
+                ids.to_dtype(dtype)
+                    .unwrap()
+                    .to_dtype(DType::U32)
+                    .unwrap()
+                    .to_vec_u32()
+                    .unwrap(),
+                if dtype == DType::F16 {
+                    vec![3, u32::MAX]
+                } else {
+                    vec![3, 70144]
+                }
+            );
+        }
+    }
+}
+
+/// A product of 16-bit tensors is the product in that precision of their values, bit for
+/// bit; with an f32 operand it is the f32 product of the widened values, and gradients
+/// reach the f32 operand (a frozen 16-bit weight under a trained input).
+#[test]
+fn products_take_half_tensors() {
+    for dev in devices() {
+        let x = Var::from_tensor(&randn(1, &[6, 40], &dev)).unwrap();
+        let w = randn(2, &[24, 40], &dev);
+        let bias = randn(3, &[24], &dev);
+        for dtype in [DType::Bf16, DType::F16] {
+            let p = dtype.half().unwrap();
+            let (xh, wh) = (x.to_dtype(dtype).unwrap(), w.to_dtype(dtype).unwrap());
+            let (xr, wr) = (
+                xh.to_dtype(DType::F32).unwrap(),
+                wh.to_dtype(DType::F32).unwrap(),
+            );
+            let both = xh.matmul_t(&wh, false, true).unwrap();
+            assert_eq!(both.dtype(), DType::F32);
+            let want = with_precision(p, || xr.matmul_t(&wr, false, true)).unwrap();
+            assert_eq!(bits(&both), bits(&want), "{dev:?} {dtype}: both 16-bit");
+            let lin = xh
+                .linear(&wh, Some(&bias.to_dtype(dtype).unwrap()))
+                .unwrap();
+            let br = bias.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap();
+            let want = with_precision(p, || xr.linear(&wr, Some(&br))).unwrap();
+            assert_eq!(bits(&lin), bits(&want), "{dev:?} {dtype}: linear");
+
+            let y = x.linear(&wh, Some(&bias)).unwrap();
+            let want = x.linear(&wr, Some(&bias)).unwrap();
+            assert_eq!(bits(&y), bits(&want), "{dev:?} {dtype}: an f32 input");
+            let grads = y.sum_all().unwrap().backward().unwrap();
+            let g = grads.get(&x).expect("the f32 input gets its gradient");
+            let g_want = want.sum_all().unwrap().backward().unwrap();
+            assert_eq!(bits(g), bits(g_want.get(&x).unwrap()), "{dev:?} {dtype}");
+        }
+    }
+}
+
+/// Every other op refuses a 16-bit tensor with an error saying to widen it.
+#[test]
+fn other_ops_refuse_half_tensors_clearly() {
+    for dev in devices() {
+        let h = randn(4, &[3, 4], &dev).to_dtype(DType::Bf16).unwrap();
+        let f = randn(5, &[3, 4], &dev);
+        for (what, result) in [
+            ("relu", h.relu()),
+            ("add", f.add(&h)),
+            ("sum", h.sum_all()),
+            ("transpose", h.t()),
+        ] {
+            let err = result
+                .err()
+                .unwrap_or_else(|| panic!("{what} took a bf16 tensor"));
+            assert!(
+                err.to_string().contains("to_dtype"),
+                "{dev:?} {what}: {err}"
+            );
+        }
+    }
+}

@@ -192,6 +192,7 @@ pub(crate) fn compare(
             let t = match dtype {
                 DType::F32 => op.eval(lhs[li], rhs[ri]),
                 DType::U32 => op.eval(lw[li], rw[ri]),
+                DType::F16 | DType::Bf16 => unreachable!("index::compare refuses 16-bit types"),
             };
             *o = u32::from(t);
         }
@@ -228,9 +229,12 @@ pub(crate) fn arange(out: &mut [f32], start: u32, step: u32) {
     }
 }
 
+/// Every cast [`crate::index::cast`] allows, on buffers it checked.
 pub(crate) fn cast(x: &[f32], from: DType, to: DType, out: &mut [f32]) {
     match (from, to) {
-        (DType::F32, DType::F32) | (DType::U32, DType::U32) => out.copy_from_slice(x),
+        (DType::F32, DType::F16 | DType::Bf16) => super::half::pack(x, to, out),
+        (DType::F16 | DType::Bf16, DType::F32) => super::half::unpack(x, from, out),
+        (a, b) if a == b => out.copy_from_slice(x),
         (DType::U32, DType::F32) => {
             for (o, &w) in out.iter_mut().zip(words(x)) {
                 *o = w as f32;
@@ -242,6 +246,7 @@ pub(crate) fn cast(x: &[f32], from: DType, to: DType, out: &mut [f32]) {
                 *o = v as u32;
             }
         }
+        (from, to) => unreachable!("index::cast refuses {from} to {to}"),
     }
 }
 

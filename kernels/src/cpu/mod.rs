@@ -6,6 +6,7 @@ mod awake;
 mod conv;
 mod elementwise;
 pub mod gemm;
+mod half;
 mod huge_pages;
 mod index;
 mod isa;
@@ -459,7 +460,7 @@ impl Backend for CpuBackend {
         out: &mut Vec<f32>,
     ) -> Result<()> {
         let _span = trace::span("cpu", "compare");
-        crate::index::compare(layout, lhs.len(), rhs.len(), out.len())?;
+        crate::index::compare(dtype, layout, lhs.len(), rhs.len(), out.len())?;
         index::compare(op, dtype, layout, lhs, rhs, out);
         Ok(())
     }
@@ -486,7 +487,7 @@ impl Backend for CpuBackend {
 
     fn cast(&self, x: &Vec<f32>, from: DType, to: DType, out: &mut Vec<f32>) -> Result<()> {
         let _span = trace::span("cpu", "cast").arg("len", || x.len());
-        crate::error::check_len("cast", "out", x.len(), out.len())?;
+        crate::index::cast(x.len(), from, to, out.len())?;
         index::cast(x, from, to, out);
         Ok(())
     }

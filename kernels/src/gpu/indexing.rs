@@ -136,7 +136,7 @@ impl GpuBackend {
         out: &mut GpuBuffer,
     ) -> Result<()> {
         const OP: &str = "compare";
-        crate::index::compare(layout, lhs.len, rhs.len, out.len)?;
+        crate::index::compare(dtype, layout, lhs.len, rhs.len, out.len)?;
         if out.len == 0 {
             return Ok(());
         }
@@ -207,33 +207,38 @@ impl GpuBackend {
         out: &mut GpuBuffer,
     ) -> Result<()> {
         const OP: &str = "cast";
-        crate::error::check_len(OP, "out", x.len, out.len)?;
+        let n = crate::index::cast(x.len, from, to, out.len)?;
         if out.len == 0 {
             return Ok(());
         }
         let mode = match (from, to) {
             (DType::U32, DType::F32) => 0,
             (DType::F32, DType::U32) => 1,
+            (DType::F32, DType::Bf16) => 4,
+            (DType::F32, DType::F16) => 5,
+            (DType::Bf16, DType::F32) => 6,
+            (DType::F16, DType::F32) => 7,
             _ => {
                 let layout = StridedLayout::contiguous(&[x.len]);
                 return self.copy_strided(x, &layout, out);
             }
         };
-        self.cast_kernel(OP, x, out, mode)
+        self.cast_kernel(OP, x, out, mode, u32_of(OP, "elements", n)?)
     }
 
-    /// The cast kernel (cast.wgsl) in `mode` over `out`'s elements.
+    /// The cast kernel (cast.wgsl) in `mode` over `out`'s words, of `n` elements.
     fn cast_kernel(
         &self,
         op: &'static str,
         x: &GpuBuffer,
         out: &mut GpuBuffer,
         mode: u32,
+        n: u32,
     ) -> Result<()> {
         let p = params::Words4 {
             len: u32_of(op, "len", out.len)?,
             a: mode,
-            b: 0,
+            b: n,
             _pad: 0,
         };
         self.dispatch(Shader::Cast, &p, &[x, &*out], self.grid(out.len, WG)?)
@@ -255,7 +260,8 @@ impl GpuBackend {
             let layout = StridedLayout::contiguous(&[x.len]);
             return self.copy_strided(x, &layout, out);
         }
-        self.cast_kernel(OP, x, out, 1 + super::shaders::format_code(precision))
+        let n = u32_of(OP, "len", x.len)?;
+        self.cast_kernel(OP, x, out, 1 + super::shaders::format_code(precision), n)
     }
 
     pub(super) fn argmax_impl(

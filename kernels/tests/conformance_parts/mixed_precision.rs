@@ -1,5 +1,6 @@
 // The mixed-precision checks of the conformance suite (included by conformance.rs):
-// GEMMs whose inputs are rounded to bf16 or f16, and the `round_to` op, on every backend.
+// GEMMs whose inputs are rounded to bf16 or f16, the `round_to` op, and 16-bit storage
+// (casts packing two values to a word), on every backend.
 
 use ringtrain_kernels::Precision;
 
@@ -139,6 +140,84 @@ fn round_to<B: Backend>(b: &B) {
         &format!("{name}: round_to length"),
         b.round_to(Precision::Bf16, &up(b, &[1.0; 3]), &mut short),
         &["round_to", "3", "2"],
+    );
+}
+
+/// Casts from f32 to bf16 and f16 storage and back: the 16-bit bits are the `half` crate's
+/// (round to nearest, ties to even; NaN quiet; overflow to infinity; subnormals), two to
+/// a word, element 2i low; an odd count's spare half is zero; the way back is exact. Casts
+/// no kernel does, and buffers of the wrong size, are errors.
+fn half_storage<B: Backend>(b: &B) {
+    let name = b.name();
+    let mut x = vec![0.0f32, -0.0, 1.0, 65504.0, 65519.0, 65520.0, -1e6, 1e-8, 6e-8, 3e-5];
+    x.extend([f32::INFINITY, f32::NEG_INFINITY, f32::NAN, f32::MAX, f32::MIN_POSITIVE]);
+    x.push(f32::from_bits(0xffc0_1234)); // a negative NaN with a payload
+    let mut r = rng(77);
+    for _ in 0..3000 {
+        let bits: u32 = r.random();
+        x.push(f32::from_bits(bits));
+        x.push(f32::from_bits((bits & 0xffff_0000) | 0x8000));
+        x.push(f32::from_bits((bits & 0xffff_e000) | 0x1000));
+    }
+    x.extend(uniform(BIG, -3.0, 3.0, &mut r));
+    for len in [1, 2, 5, x.len()] {
+        let x = &x[..len];
+        for dtype in [DType::Bf16, DType::F16] {
+            let want: Vec<u16> = x
+                .iter()
+                .map(|&v| match dtype {
+                    DType::F16 => half::f16::from_f32(v).to_bits(),
+                    _ => half::bf16::from_f32(v).to_bits(),
+                })
+                .collect();
+            let mut packed = poisoned(b, dtype.words(len));
+            b.cast(&up(b, x), DType::F32, dtype, &mut packed).unwrap();
+            let words: Vec<u32> = down(b, &packed).iter().map(|w| w.to_bits()).collect();
+            for (i, &w) in want.iter().enumerate() {
+                let got = (words[i / 2] >> (16 * (i % 2))) as u16;
+                assert_eq!(
+                    got,
+                    w,
+                    "{name}: {dtype} of element {i} ({:e}, {:#x}): {got:#06x}, want {w:#06x}",
+                    x[i],
+                    x[i].to_bits()
+                );
+            }
+            if len % 2 == 1 {
+                assert_eq!(words[len / 2] >> 16, 0, "{name}: {dtype}: the spare half");
+            }
+            let mut back = poisoned(b, len);
+            b.cast(&packed, dtype, DType::F32, &mut back).unwrap();
+            let back = down(b, &back);
+            for (i, (&v, &w)) in back.iter().zip(&want).enumerate() {
+                let exact = match dtype {
+                    DType::F16 => half::f16::from_bits(w).to_f32(),
+                    _ => half::bf16::from_bits(w).to_f32(),
+                };
+                assert!(
+                    v.to_bits() == exact.to_bits(),
+                    "{name}: {dtype} back to f32, element {i}: {v:e}, want {exact:e}"
+                );
+            }
+        }
+    }
+    let three = up(b, &[1.0; 3]);
+    let mut one_word = b.zeros(1).unwrap();
+    assert_err(
+        &format!("{name}: a bf16 buffer too short"),
+        b.cast(&three, DType::F32, DType::Bf16, &mut one_word),
+        &["cast", "2", "1"],
+    );
+    let mut two_words = b.zeros(2).unwrap();
+    assert_err(
+        &format!("{name}: bf16 to f16"),
+        b.cast(&up(b, &[0.0; 2]), DType::Bf16, DType::F16, &mut two_words),
+        &["bf16", "f16", "f32"],
+    );
+    assert_err(
+        &format!("{name}: u32 to bf16"),
+        b.cast(&up(b, &[0.0; 4]), DType::U32, DType::Bf16, &mut two_words),
+        &["u32", "bf16"],
     );
 }
 

@@ -98,10 +98,13 @@ impl From<CheckpointError> for ringtrain_runtime::Error {
 /// Metadata key prefix of random-stream positions: `ringtrain.rng.model.3.masks`.
 const RNG_KEY: &str = "ringtrain.rng.";
 
-/// Named f32 tensors on the host, and string metadata.
+/// Named tensors on the host (their values as f32, each stored as f32, f16 or bf16), and
+/// string metadata.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Checkpoint {
     tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    /// The 16-bit format a tensor is stored in, for those not stored as f32.
+    formats: BTreeMap<String, Precision>,
     metadata: BTreeMap<String, String>,
 }
 
@@ -141,12 +144,39 @@ impl Checkpoint {
         Ok(())
     }
 
-    /// Adds (or replaces) tensor `name`, copied to the host.
+    /// Adds (or replaces) tensor `name`, copied to the host; an f16 or bf16 tensor is
+    /// stored in its format (safetensors F16 or BF16), any other as f32.
     pub fn insert(&mut self, name: &str, tensor: &Tensor) -> Result<()> {
-        self.insert_values(name, tensor.dims().to_vec(), tensor.to_vec()?)
+        self.insert_values(name, tensor.dims().to_vec(), tensor.to_vec()?)?;
+        if let Some(p) = tensor.dtype().half() {
+            self.formats.insert(name.to_string(), p);
+        }
+        Ok(())
     }
 
-    /// Adds (or replaces) tensor `name` from its shape and row-major values.
+    /// The format tensor `name` is stored in (F32 unless it came from an f16 or bf16
+    /// tensor or file).
+    pub fn format(&self, name: &str) -> Option<Precision> {
+        self.tensors
+            .contains_key(name)
+            .then(|| self.formats.get(name).copied().unwrap_or(Precision::F32))
+    }
+
+    /// Tensor `name` on `device`, in the dtype it is stored in (an f16 or bf16 tensor for
+    /// a 16-bit one, whose values the format holds exactly).
+    pub fn tensor(&self, name: &str, device: &ringtrain_runtime::Device) -> Result<Tensor> {
+        let (shape, values) = self
+            .get(name)
+            .ok_or_else(|| CheckpointError::Mismatch(format!("no tensor `{name}`")))?;
+        let t = Tensor::from_slice(values, shape.to_vec(), device)?;
+        Ok(match self.formats.get(name) {
+            Some(p) => t.to_dtype((*p).into())?,
+            None => t,
+        })
+    }
+
+    /// Adds (or replaces) tensor `name` from its shape and row-major values, stored as
+    /// f32.
     pub fn insert_values(&mut self, name: &str, shape: Vec<usize>, values: Vec<f32>) -> Result<()> {
         let count = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
         if count != Some(values.len()) {
@@ -156,6 +186,7 @@ impl Checkpoint {
             )));
         }
         self.tensors.insert(name.to_string(), (shape, values));
+        self.formats.remove(name);
         Ok(())
     }
 
@@ -281,9 +312,10 @@ impl Checkpoint {
         Ok(())
     }
 
-    /// The safetensors bytes of this checkpoint.
+    /// The safetensors bytes of this checkpoint, each tensor in the format it is stored
+    /// in ([`Checkpoint::format`]).
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        self.to_bytes_as(Precision::F32)
+        self.serialize(|name| self.formats.get(name).copied().unwrap_or(Precision::F32))
     }
 
     /// The safetensors bytes with every tensor stored as `precision` (F32, F16 or BF16,
@@ -291,11 +323,16 @@ impl Checkpoint {
     /// the format cannot hold (beyond f16's 65504, or rounding to infinity in bf16) is an
     /// error naming the tensor, not an infinity in the file.
     pub fn to_bytes_as(&self, precision: Precision) -> Result<Vec<u8>> {
-        let mut bytes: Vec<(&String, Vec<u8>)> = Vec::with_capacity(self.tensors.len());
+        self.serialize(|_| precision)
+    }
+
+    fn serialize(&self, format: impl Fn(&str) -> Precision) -> Result<Vec<u8>> {
+        let mut bytes: Vec<(&String, Precision, Vec<u8>)> = Vec::with_capacity(self.tensors.len());
         for (name, (_, v)) in &self.tensors {
-            bytes.push((name, encode(name, v, precision)?));
+            let p = format(name);
+            bytes.push((name, p, encode(name, v, p)?));
         }
-        let dtype = match precision {
+        let dtype = |p: Precision| match p {
             Precision::F32 => Dtype::F32,
             Precision::F16 => Dtype::F16,
             Precision::Bf16 => Dtype::BF16,
@@ -303,8 +340,8 @@ impl Checkpoint {
         let views = bytes
             .iter()
             .zip(self.tensors.values())
-            .map(|((name, data), (shape, _))| {
-                TensorView::new(dtype, shape.clone(), data).map(|v| (name.as_str(), v))
+            .map(|((name, p, data), (shape, _))| {
+                TensorView::new(dtype(*p), shape.clone(), data).map(|v| (name.as_str(), v))
             })
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| CheckpointError::Mismatch(e.to_string()))?;
@@ -349,6 +386,11 @@ impl Checkpoint {
             };
             c.insert_values(&name, view.shape().to_vec(), values)
                 .map_err(|e| corrupt(e.to_string()))?;
+            match view.dtype() {
+                Dtype::F16 => c.formats.insert(name, Precision::F16),
+                Dtype::BF16 => c.formats.insert(name, Precision::Bf16),
+                _ => None,
+            };
         }
         if let Some(m) = header.metadata() {
             c.metadata = m.clone().into_iter().collect();

@@ -63,7 +63,7 @@ impl Module for Embedding {
     fn forward(&self, indices: &Tensor) -> Result<Tensor> {
         let ids = match indices.dtype() {
             DType::U32 => indices.clone(),
-            DType::F32 => {
+            DType::F32 | DType::F16 | DType::Bf16 => {
                 let values = indices.to_vec()?;
                 let vocab = self.vocab();
                 if let Some(row) = values
