@@ -1581,6 +1581,74 @@ fn gpu_backends() -> Vec<GpuBackend> {
         .collect()
 }
 
+/// f16 GEMMs on a device with `enable f16` stage their tiles as f16: the same bits as the
+/// f32 tiles the kernel keeps without it, on every layout, odd sizes, a batch, beta and
+/// the fused bias. Lavapipe on x86 has `SHADER_F16`, so CI runs both; without it the
+/// test says so and checks that the backend does not claim the kernel.
+#[test]
+fn gpu_f16_tiles_give_the_f32_tiles_bits() {
+    let Some(b) = gpu_backends().into_iter().next() else {
+        return;
+    };
+    if !b.has_shader_f16() {
+        assert!(!b.f16_kernels());
+        eprintln!("{}: no SHADER_F16, f16 GEMMs keep f32 tiles", b.name());
+        return;
+    }
+    assert!(b.f16_kernels());
+    let plain = b.without_f16_kernels();
+    assert!(!plain.f16_kernels());
+    let mut r = rng(1616);
+    for (m, n, k, batch) in [
+        (1, 1, 1, 1),
+        (70, 33, 45, 1),
+        (64, 64, 64, 2),
+        (5, 130, 17, 3),
+    ] {
+        for (trans_a, trans_b) in [(false, false), (true, false), (false, true), (true, true)] {
+            let spec = GemmSpec {
+                batch,
+                alpha: 0.5,
+                beta: 0.25,
+                ..GemmSpec::new(m, n, k, trans_a, trans_b)
+            }
+            .with_precision(Precision::F16);
+            let (la, lb, lc) = spec.buffer_lens();
+            let (a, bm, c0) = (
+                uniform(la, -3.0, 3.0, &mut r),
+                uniform(lb, -3.0, 3.0, &mut r),
+                uniform(lc, -1.0, 1.0, &mut r),
+            );
+            let bias = uniform(n, -1.0, 1.0, &mut r);
+            let run = |be: &GpuBackend| {
+                let mut c = up(be, &c0);
+                be.gemm(&spec, &up(be, &a), &up(be, &bm), &mut c).unwrap();
+                let mut d = up(be, &c0);
+                let act = Some(UnaryOp::Relu);
+                be.gemm_bias_act(
+                    &spec,
+                    &up(be, &a),
+                    &up(be, &bm),
+                    &up(be, &bias),
+                    act,
+                    &mut d,
+                )
+                .unwrap();
+                (down(be, &c), down(be, &d))
+            };
+            let (f16_tiles, f32_tiles) = (run(&b), run(&plain));
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let what = format!("{m}x{n}x{k} batch {batch}, trans {trans_a} {trans_b}");
+            assert_eq!(bits(&f16_tiles.0), bits(&f32_tiles.0), "gemm {what}");
+            assert_eq!(
+                bits(&f16_tiles.1),
+                bits(&f32_tiles.1),
+                "gemm_bias_act {what}"
+            );
+        }
+    }
+}
+
 // ---- CPU-specific promises ------------------------------------------------------------------
 
 /// Runs `f` on a dedicated rayon pool of `threads` threads.

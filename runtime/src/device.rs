@@ -136,6 +136,16 @@ impl Device {
         }
     }
 
+    /// A GPU whose f16 products stage their tiles in f16 (WGSL's `enable f16`, where the
+    /// adapter has `SHADER_F16`); `None` for the CPU. Either way the results are the
+    /// same bits: without it the GPU rounds on the bits and keeps f32 tiles.
+    pub fn gpu_f16_kernels(&self) -> Option<bool> {
+        match self {
+            Device::Cpu(_) => None,
+            Device::Gpu(g) => Some(g.f16_kernels()),
+        }
+    }
+
     /// A description such as `cpu (avx2, 2 threads)`.
     pub fn name(&self) -> String {
         match self {

@@ -13,6 +13,11 @@
 // of the stored matrix along its contiguous dimension, as one vec4 load when that
 // dimension is a multiple of four and element by element otherwise; anything outside the
 // matrix reads as zero, so M, N and K are arbitrary.
+//
+// The tiles hold `TileElem` (declared by the host): f32, or f16 for f16 inputs on a
+// device with `enable f16`. The values staged are already rounded to f16 then, so the
+// f16 tiles hold them exactly, in half the workgroup memory; they are widened to f32 as
+// they are read, and the products and sums stay f32: the same bits either way.
 
 struct Params {
     m: u32,
@@ -63,8 +68,8 @@ const BK: u32 = 16u;
 
 // As[k * 16 + i] holds rows 4i..4i+3 of the A tile at depth k; Bs[k * 16 + j] holds
 // columns 4j..4j+3 of the B tile at depth k.
-var<workgroup> As: array<vec4<f32>, 256>;
-var<workgroup> Bs: array<vec4<f32>, 256>;
+var<workgroup> As: array<vec4<TileElem>, 256>;
+var<workgroup> Bs: array<vec4<TileElem>, 256>;
 
 fn store_quad(batch: u32, row: u32, col: u32, v: vec4<f32>) {
     if row >= p.m {
@@ -121,31 +126,31 @@ fn main(
             let wide_quad = q % 16u;
             if TRANS_A {
                 // Stored k x m: a quad runs along m, straight into As.
-                As[depth * 16u + wide_quad] = load_a_in(a_off, k0 + depth, m0 + 4u * wide_quad, p.k, p.m);
+                As[depth * 16u + wide_quad] = vec4<TileElem>(load_a_in(a_off, k0 + depth, m0 + 4u * wide_quad, p.k, p.m));
             } else {
                 // Stored m x k: a quad runs along k and is transposed into As.
                 let v = load_a_in(a_off, m0 + row_of_quad, k0 + 4u * k_quad, p.m, p.k);
                 for (var j = 0u; j < 4u; j++) {
-                    As[(4u * k_quad + j) * 16u + row_of_quad / 4u][row_of_quad % 4u] = v[j];
+                    As[(4u * k_quad + j) * 16u + row_of_quad / 4u][row_of_quad % 4u] = TileElem(v[j]);
                 }
             }
             if TRANS_B {
                 // Stored n x k: a quad runs along k and is transposed into Bs.
                 let v = load_b_in(b_off, n0 + row_of_quad, k0 + 4u * k_quad, p.n, p.k);
                 for (var j = 0u; j < 4u; j++) {
-                    Bs[(4u * k_quad + j) * 16u + row_of_quad / 4u][row_of_quad % 4u] = v[j];
+                    Bs[(4u * k_quad + j) * 16u + row_of_quad / 4u][row_of_quad % 4u] = TileElem(v[j]);
                 }
             } else {
                 // Stored k x n: a quad runs along n, straight into Bs.
-                Bs[depth * 16u + wide_quad] = load_b_in(b_off, k0 + depth, n0 + 4u * wide_quad, p.k, p.n);
+                Bs[depth * 16u + wide_quad] = vec4<TileElem>(load_b_in(b_off, k0 + depth, n0 + 4u * wide_quad, p.k, p.n));
             }
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            let a0 = As[kk * 16u + lid.y];
-            let a1 = As[kk * 16u + lid.y + 8u];
-            let b0 = Bs[kk * 16u + lid.x];
-            let b1 = Bs[kk * 16u + lid.x + 8u];
+            let a0 = vec4<f32>(As[kk * 16u + lid.y]);
+            let a1 = vec4<f32>(As[kk * 16u + lid.y + 8u]);
+            let b0 = vec4<f32>(Bs[kk * 16u + lid.x]);
+            let b1 = vec4<f32>(Bs[kk * 16u + lid.x + 8u]);
             acc00 = fma(vec4<f32>(a0.x), b0, acc00); acc01 = fma(vec4<f32>(a0.x), b1, acc01);
             acc10 = fma(vec4<f32>(a0.y), b0, acc10); acc11 = fma(vec4<f32>(a0.y), b1, acc11);
             acc20 = fma(vec4<f32>(a0.z), b0, acc20); acc21 = fma(vec4<f32>(a0.z), b1, acc21);

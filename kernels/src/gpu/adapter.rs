@@ -135,7 +135,9 @@ pub(super) fn open(adapter: wgpu::Adapter) -> Result<(Context, AdapterSummary)> 
         )));
     }
     // Timestamp queries where the adapter has them: benchmarks time kernels on the GPU.
-    let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+    // f16 in shaders where it has that: the f16 GEMM stages its tiles as f16.
+    let features =
+        adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16);
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
         label: Some("ringtrain"),
         required_features: features,

@@ -168,6 +168,14 @@ impl Context {
         }
     }
 
+    /// Whether the device was opened with `SHADER_F16`.
+    pub fn shader_f16(&self) -> bool {
+        self.shared
+            .device
+            .features()
+            .contains(wgpu::Features::SHADER_F16)
+    }
+
     pub fn kernel(&self, shader: Shader) -> Result<Kernel> {
         self.pipelines.get(&self.shared, shader)
     }

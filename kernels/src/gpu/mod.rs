@@ -43,6 +43,9 @@ const FEW_OUTPUTS: usize = 2048;
 pub struct GpuBackend {
     ctx: Arc<Context>,
     adapter: Arc<AdapterSummary>,
+    /// f16 GEMMs stage their tiles as f16 (`enable f16`); set where the device has
+    /// `SHADER_F16`.
+    f16_kernels: bool,
 }
 
 impl PartialEq for GpuBackend {
@@ -82,10 +85,34 @@ impl GpuBackend {
         static OPENED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         ctx.trace_track = format!("GPU device {n}: {summary}");
+        let f16_kernels = ctx.shader_f16();
         Ok(Self {
             ctx: Arc::new(ctx),
             adapter: Arc::new(summary),
+            f16_kernels,
         })
+    }
+
+    /// Whether the device runs WGSL's `enable f16` (wgpu's `SHADER_F16`): then GEMMs
+    /// with f16 inputs hold their workgroup tiles as f16, half the workgroup memory and
+    /// its traffic, and still sum in f32. Without it they round the inputs on the bits
+    /// and keep f32 tiles: the same results, bit for bit.
+    pub fn has_shader_f16(&self) -> bool {
+        self.ctx.shader_f16()
+    }
+
+    /// Whether this handle's f16 GEMMs use the `enable f16` kernel.
+    pub fn f16_kernels(&self) -> bool {
+        self.f16_kernels
+    }
+
+    /// A handle on the same device whose f16 GEMMs keep f32 tiles (as on a device
+    /// without `SHADER_F16`): to compare the two.
+    pub fn without_f16_kernels(&self) -> Self {
+        Self {
+            f16_kernels: false,
+            ..self.clone()
+        }
     }
 
     /// The best hardware GPU, or `None` where there is only a software implementation
@@ -218,6 +245,7 @@ impl GpuBackend {
             vec4_a: quads(if spec.trans_a { spec.m } else { spec.k }, spec.stride_a),
             vec4_b: quads(if spec.trans_b { spec.k } else { spec.n }, spec.stride_b),
             inputs: spec.precision,
+            f16_tiles: spec.precision == Precision::F16 && self.f16_kernels,
         };
         let max = self.ctx.shared.limits.max_compute_workgroups_per_dimension as usize;
         let (gx, gy) = (spec.n.div_ceil(TILE), spec.m.div_ceil(TILE));

@@ -67,6 +67,9 @@ pub(super) struct GemmVariant {
     pub vec4_b: bool,
     /// The format A's and B's values are rounded to as they are loaded.
     pub inputs: Precision,
+    /// Workgroup tiles of f16 (`enable f16`; f16 inputs on a device with `SHADER_F16`),
+    /// else of f32.
+    pub f16_tiles: bool,
 }
 
 impl Shader {
@@ -116,7 +119,12 @@ impl Shader {
 
     fn source(self) -> String {
         let (body, _, reduce) = self.file();
-        let mut src = String::from(common::COMMON);
+        // `enable` directives come before anything else in a module.
+        let mut src = match self {
+            Shader::Gemm(v) if v.f16_tiles => String::from("enable f16;\n"),
+            _ => String::new(),
+        };
+        src.push_str(common::COMMON);
         if reduce {
             src.push_str(common::REDUCE);
         }
@@ -138,6 +146,8 @@ impl Shader {
         if let Shader::Gemm(v) = self {
             src.push_str(&gemm_loader("a", 1, v.vec4_a));
             src.push_str(&gemm_loader("b", 2, v.vec4_b));
+            let elem = if v.f16_tiles { "f16" } else { "f32" };
+            src.push_str(&format!("alias TileElem = {elem};\n"));
         }
         src.push_str(body);
         src

@@ -317,6 +317,18 @@ impl Trainer {
         if let Some(local) = &config.local_sgd {
             say(&format!("  {}", local.describe()));
         }
+        if config.precision == Precision::F16
+            && self
+                .devices
+                .iter()
+                .any(|d| d.gpu_f16_kernels() == Some(false))
+        {
+            say(
+                "  f16: this GPU has no SHADER_F16 (WGSL's `enable f16`), so its products \
+                 round their inputs to f16 on the bits and keep f32 tiles: the same results, \
+                 in twice the workgroup memory",
+            );
+        }
 
         let mut trace = match &config.trace_out {
             Some(path) => Some(TraceFile::start(self.trace_path(path))?),
