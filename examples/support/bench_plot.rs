@@ -5,14 +5,9 @@ use plotters::prelude::*;
 use std::error::Error;
 use std::path::Path;
 
-/// Distinguishable on white and in greyscale (matplotlib's first four, darkened).
-const COLORS: [RGBColor; 5] = [
-    RGBColor(31, 119, 180),
-    RGBColor(214, 96, 0),
-    RGBColor(34, 139, 34),
-    RGBColor(200, 30, 40),
-    RGBColor(110, 70, 160),
-];
+#[path = "palette.rs"]
+mod palette;
+use palette::COLORS;
 
 /// One backend's measurements: (n, GFLOP/s).
 pub struct Line {

@@ -4,17 +4,9 @@ use plotters::prelude::*;
 use std::error::Error;
 use std::path::Path;
 
-/// Distinguishable on white (matplotlib's palette, darkened).
-const COLORS: [RGBColor; 8] = [
-    RGBColor(31, 119, 180),
-    RGBColor(214, 96, 0),
-    RGBColor(34, 139, 34),
-    RGBColor(200, 30, 40),
-    RGBColor(110, 70, 160),
-    RGBColor(140, 86, 75),
-    RGBColor(200, 80, 170),
-    RGBColor(90, 90, 90),
-];
+#[path = "palette.rs"]
+mod palette;
+use palette::COLORS;
 
 pub struct Curve {
     pub label: String,

@@ -453,13 +453,7 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
         }
         let layout = &self.layout;
         let loss = &loss;
-        let settings = StepSettings {
-            batch_len,
-            grad_accum: self.grad_accum,
-            clip_grad_norm: self.clip_grad_norm,
-            loss_scale: self.loss_scale,
-            wire: self.grad_compression,
-        };
+        let settings = self.settings(batch_len);
         self.overflowed = false;
         let bytes_before = self.replicas[0].comm.bytes_sent();
         let outcomes = run_on_replicas(&mut self.replicas, &mut self.failed, |r| {
@@ -496,17 +490,21 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
         }
     }
 
-    fn step_locally<F>(&mut self, batch_len: usize, loss: &F, local: LocalSgd) -> Result<f32>
-    where
-        F: Fn(&M, &Device, Range<usize>) -> Result<Tensor> + Sync,
-    {
-        let settings = StepSettings {
+    fn settings(&self, batch_len: usize) -> StepSettings {
+        StepSettings {
             batch_len,
             grad_accum: self.grad_accum,
             clip_grad_norm: self.clip_grad_norm,
             loss_scale: self.loss_scale,
             wire: self.grad_compression,
-        };
+        }
+    }
+
+    fn step_locally<F>(&mut self, batch_len: usize, loss: &F, local: LocalSgd) -> Result<f32>
+    where
+        F: Fn(&M, &Device, Range<usize>) -> Result<Tensor> + Sync,
+    {
+        let settings = self.settings(batch_len);
         let policy = self.on_nonfinite;
         self.overflowed = false;
         self.last_grad_norm = None;
