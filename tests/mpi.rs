@@ -331,6 +331,32 @@ fn a_rank_whose_step_fails_stops_every_rank_with_its_reason() {
     assert!(job.took < JOB_LIMIT);
 }
 
+/// Under local SGD a rank fails between synchronizations, when nothing is being sent:
+/// the job still ends at once with the reason, not after the 60 s timeout.
+#[test]
+fn a_rank_failing_between_local_sgd_syncs_stops_every_rank_with_its_reason() {
+    let job = mpirun(
+        2,
+        "mpi_check",
+        &[
+            "--comm",
+            "mpi",
+            "--sync-every",
+            "8",
+            "--comm-timeout",
+            "60",
+            "--inject-fault",
+            "1:3:error",
+        ],
+    );
+    failed_saying(
+        &job,
+        "rank 1: error: peer 1 failed: injected failure at step 3",
+    );
+    failed_saying(&job, "injected failure at step 3");
+    assert!(job.took < Duration::from_secs(30), "took {:?}", job.took);
+}
+
 #[test]
 fn a_failing_rank_is_named_in_mpi_iallreduce_mode_too() {
     let job = mpirun(

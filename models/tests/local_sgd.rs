@@ -471,3 +471,60 @@ fn a_non_finite_local_step_stops_or_is_skipped() {
         assert!(flat(dp.model()).iter().all(|x| x.is_finite()));
     }
 }
+
+/// Two "processes" (threads with a group each, one replica apiece, on one ring with a
+/// long timeout): the first fails in a local step, when nothing is being sent. It aborts
+/// the ring at once, so the other stops at its next synchronization naming the failure,
+/// long before the timeout.
+#[test]
+fn a_replica_failing_between_syncs_stops_its_peers_at_once() {
+    use ringtrain_runtime::comm::{ring_with, Communicator, RingConfig};
+    use std::time::{Duration, Instant};
+    let set = data(8 * BATCH);
+    let config = RingConfig {
+        timeout: Duration::from_secs(60),
+        ..RingConfig::default()
+    };
+    let comms = ring_with(2, config).unwrap();
+    let started = Instant::now();
+    let errors: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = comms
+            .into_iter()
+            .enumerate()
+            .map(|(p, comm)| {
+                let set = &set;
+                s.spawn(move || {
+                    let config = DataParallelConfig {
+                        local_sgd: Some(LocalSgd::every(4)),
+                        ..DataParallelConfig::default()
+                    };
+                    let comms = vec![Box::new(comm) as Box<dyn Communicator>];
+                    let mut dp =
+                        DataParallel::with_communicators(cpus(1), comms, |d| build(d, 0.9), config)
+                            .unwrap();
+                    for s in 0..8 {
+                        let at = s * BATCH;
+                        let result = dp.step(BATCH, |model, device, rows| {
+                            if p == 0 && s == 1 {
+                                return Err(Error::InvalidArgument("the loader broke".into()));
+                            }
+                            loss_of(model, device, set, at + rows.start, at + rows.end)
+                        });
+                        if let Err(e) = result {
+                            return e.to_string();
+                        }
+                    }
+                    "no error".to_string()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(errors[0].contains("the loader broke"), "{}", errors[0]);
+    assert!(errors[1].contains("the loader broke"), "{}", errors[1]);
+}

@@ -511,7 +511,13 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
         let bytes_before = self.replicas[0].comm.bytes_sent();
         let steps: Vec<LocalStep> = run_on_replicas(&mut self.replicas, &mut self.failed, |r| {
             let rows = shard(batch_len, r.comm.size(), r.comm.rank());
-            r.local_step(&settings, policy, rows, loss)
+            let stepped = r.local_step(&settings, policy, rows, loss);
+            if let Err(e) = &stepped {
+                // Peers in other processes would otherwise learn of it only when the
+                // next synchronization times out.
+                r.comm.abort(&e.to_string());
+            }
+            stepped
         })?;
         self.since_sync += 1;
         if self.since_sync == local.sync_every {
