@@ -445,7 +445,7 @@ fn a_non_finite_local_step_stops_or_is_skipped() {
         let result = step(&mut dp, &set, 2);
         match policy {
             NonFinitePolicy::Stop => {
-                let err = result.err().expect("a NaN loss stops");
+                let err = result.expect_err("a NaN loss stops");
                 assert!(matches!(err, Error::NonFinite(_)), "{err}");
                 assert!(err.to_string().contains("replica 0"), "{err}");
             }
