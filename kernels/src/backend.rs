@@ -407,7 +407,9 @@ pub trait Backend: Clone + Send + Sync + 'static {
     fn arange(&self, out: &mut Self::Buffer, start: u32, step: u32) -> Result<()>;
 
     /// Converts each element between dtypes: u32 to f32 by value, f32 to u32 truncating
-    /// toward zero (negative and NaN to 0, saturating above).
+    /// toward zero (negative and NaN to 0, saturating above), f32 to f16 or bf16 rounding
+    /// to nearest even (packed two to a word: `out` holds `n.div_ceil(2)` words), and
+    /// back exactly. `index::cast` says which casts exist and checks the lengths.
     fn cast(&self, x: &Self::Buffer, from: DType, to: DType, out: &mut Self::Buffer) -> Result<()>;
 
     /// `y[i] = precision.round(x[i])`: each value rounded to a 16-bit format and back (a
