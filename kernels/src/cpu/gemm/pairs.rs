@@ -191,8 +191,12 @@ impl<'a> Panel<'a> {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     unsafe fn k_contiguous(&self, dst: &mut [f32], scratch: &mut Vec<f32>) {
         let groups = self.kc.div_ceil(2);
-        scratch.clear();
-        scratch.resize(self.lanes * groups, 0.0);
+        // Every half below `kc` of each lane is written by the loop; only an odd `kc`'s
+        // spare half needs a zero, so the scratch is not cleared (it had been a write of
+        // the whole panel, once more, per panel).
+        if scratch.len() < self.lanes * groups {
+            scratch.resize(self.lanes * groups, 0.0);
+        }
         let halves = scratch.as_mut_ptr().cast::<u16>();
         for l in 0..self.lanes {
             let src = self.data[(self.lane0 + l) * self.lane_stride + self.p0..].as_ptr();
@@ -205,6 +209,10 @@ impl<'a> Panel<'a> {
                     let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(x));
                     _mm256_mask_storeu_epi16(halves.add(2 * l * groups + c).cast(), mask, h);
                 }
+            }
+            if self.kc % 2 == 1 {
+                // SAFETY: half `kc < 2 * groups` of the lane, inside the scratch.
+                unsafe { *halves.add(2 * l * groups + self.kc) = 0 };
             }
         }
         pack_transposing(dst, scratch, groups, 0, self.lanes, 0, groups, self.w, true);
