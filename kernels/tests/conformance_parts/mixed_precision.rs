@@ -107,13 +107,15 @@ fn mixed_gemm<B: Backend>(b: &B) {
     assert_eq!(got[1], f32::INFINITY, "{name}: an f16 input past 65504 is infinite");
 }
 
-/// `round_to` rounds exactly as `Precision::round`, ties, subnormals, overflow and NaN
-/// included.
-fn round_to<B: Backend>(b: &B) {
-    let name = b.name();
+/// Values that test a rounding to bf16 or f16: zeros, the edges of f16's range,
+/// subnormals of both, infinities, NaNs (one negative with a payload), random bit
+/// patterns with exact ties of both formats beside them, and a long ordinary run (above
+/// the CPU's threading threshold).
+fn hard_to_round(seed: u64) -> Vec<f32> {
     let mut x = vec![0.0f32, -0.0, 1.0, 65504.0, 65519.0, 65520.0, -1e6, 1e-8, 6e-8, 3e-5];
     x.extend([f32::INFINITY, f32::NEG_INFINITY, f32::NAN, f32::MAX, f32::MIN_POSITIVE]);
-    let mut r = rng(99);
+    x.push(f32::from_bits(0xffc0_1234));
+    let mut r = rng(seed);
     for _ in 0..3000 {
         let bits: u32 = r.random();
         x.push(f32::from_bits(bits));
@@ -122,6 +124,14 @@ fn round_to<B: Backend>(b: &B) {
         x.push(f32::from_bits((bits & 0xffff_e000) | 0x1000));
     }
     x.extend(uniform(BIG, -3.0, 3.0, &mut r));
+    x
+}
+
+/// `round_to` rounds exactly as `Precision::round`, ties, subnormals, overflow and NaN
+/// included.
+fn round_to<B: Backend>(b: &B) {
+    let name = b.name();
+    let x = hard_to_round(99);
     for precision in Precision::ALL {
         let mut y = poisoned(b, x.len());
         b.round_to(precision, &up(b, &x), &mut y).unwrap();
@@ -149,17 +159,7 @@ fn round_to<B: Backend>(b: &B) {
 /// no kernel does, and buffers of the wrong size, are errors.
 fn half_storage<B: Backend>(b: &B) {
     let name = b.name();
-    let mut x = vec![0.0f32, -0.0, 1.0, 65504.0, 65519.0, 65520.0, -1e6, 1e-8, 6e-8, 3e-5];
-    x.extend([f32::INFINITY, f32::NEG_INFINITY, f32::NAN, f32::MAX, f32::MIN_POSITIVE]);
-    x.push(f32::from_bits(0xffc0_1234)); // a negative NaN with a payload
-    let mut r = rng(77);
-    for _ in 0..3000 {
-        let bits: u32 = r.random();
-        x.push(f32::from_bits(bits));
-        x.push(f32::from_bits((bits & 0xffff_0000) | 0x8000));
-        x.push(f32::from_bits((bits & 0xffff_e000) | 0x1000));
-    }
-    x.extend(uniform(BIG, -3.0, 3.0, &mut r));
+    let x = hard_to_round(77);
     for len in [1, 2, 5, x.len()] {
         let x = &x[..len];
         for dtype in [DType::Bf16, DType::F16] {

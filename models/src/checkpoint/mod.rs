@@ -214,16 +214,21 @@ impl Checkpoint {
     /// Adds an optimizer's state (see [`Optimizer::state`]) under `prefix`, e.g.
     /// `"optimizer."`.
     pub fn insert_optimizer(&mut self, prefix: &str, optimizer: &dyn Optimizer) -> Result<()> {
-        for (name, shape, values) in optimizer.state()? {
+        self.insert_state(prefix, optimizer.state()?)
+    }
+
+    /// Adds named host tensors (an optimizer's state, say) under `prefix`.
+    pub fn insert_state(&mut self, prefix: &str, state: Vec<StateTensor>) -> Result<()> {
+        for (name, shape, values) in state {
             self.insert_values(&format!("{prefix}{name}"), shape, values)?;
         }
         Ok(())
     }
 
-    /// Loads the tensors under `prefix` into `optimizer` as its state (all or nothing).
-    pub fn restore_optimizer(&self, prefix: &str, optimizer: &mut dyn Optimizer) -> Result<()> {
-        let state: Vec<StateTensor> = self
-            .tensors
+    /// The tensors under `prefix`, named without it, as [`Checkpoint::insert_state`]
+    /// took them.
+    pub fn state(&self, prefix: &str) -> Vec<StateTensor> {
+        self.tensors
             .range(prefix.to_string()..)
             .take_while(|(name, _)| name.starts_with(prefix))
             .map(|(name, (shape, values))| {
@@ -233,9 +238,13 @@ impl Checkpoint {
                     values.clone(),
                 )
             })
-            .collect();
+            .collect()
+    }
+
+    /// Loads the tensors under `prefix` into `optimizer` as its state (all or nothing).
+    pub fn restore_optimizer(&self, prefix: &str, optimizer: &mut dyn Optimizer) -> Result<()> {
         optimizer
-            .load_state(&state)
+            .load_state(&self.state(prefix))
             .map_err(|e| CheckpointError::Mismatch(e.to_string()))
     }
 

@@ -7,7 +7,7 @@ use crate::data::DataSource;
 use crate::nn::Module;
 use crate::parallel::{backward_in_pieces, DataParallel, DataParallelConfig, NonFinitePolicy};
 use ringtrain_runtime::comm::{Communicator, RingConfig};
-use ringtrain_runtime::optim::{clip_grad_norm, Optimizer, StateTensor};
+use ringtrain_runtime::optim::{clip_grad_norm, Optimizer};
 use ringtrain_runtime::{trace, with_precision, Device, Error, Precision, Result, Tensor, Var};
 
 /// Where a checkpoint keeps local SGD's outer optimizer state.
@@ -164,9 +164,7 @@ impl<M: Module + Send, O: Optimizer + Send> Replicas<M, O> {
         c.insert_module("model.", self.model())?;
         c.insert_optimizer("optimizer.", self.optimizer())?;
         if let Replicas::Parallel(dp) = self {
-            for (name, shape, values) in dp.outer_state() {
-                c.insert_values(&format!("{OUTER}{name}"), shape, values)?;
-            }
+            c.insert_state(OUTER, dp.outer_state())?;
         }
         Ok(c)
     }
@@ -185,15 +183,7 @@ impl<M: Module + Send, O: Optimizer + Send> Replicas<M, O> {
             Replicas::Parallel(dp) => {
                 dp.replicas_mut()
                     .try_for_each(|(model, optimizer)| restore_one(model, optimizer))?;
-                let outer: Vec<StateTensor> = c
-                    .names()
-                    .filter_map(|name| name.strip_prefix(OUTER))
-                    .map(|name| {
-                        let (shape, values) = c.get(&format!("{OUTER}{name}")).expect("listed");
-                        (name.to_string(), shape.to_vec(), values.to_vec())
-                    })
-                    .collect();
-                dp.load_outer_state(&outer)
+                dp.load_outer_state(&c.state(OUTER))
             }
         }
     }

@@ -584,7 +584,7 @@ impl Trainer {
     /// What a resumed run must share with the run that wrote its checkpoint.
     fn settings(&self, samples: usize, replicas: usize, lr: f32, planned: u64) -> String {
         let c = &self.config;
-        let trainer = serde_json::json!({
+        let mut trainer = serde_json::json!({
             "batch_size": c.batch_size,
             "seed": c.seed,
             "samples": samples,
@@ -597,7 +597,6 @@ impl Trainer {
             "schedule_steps": matches!(c.schedule, Schedule::Cosine { total: None, .. })
                 .then_some(planned),
         });
-        let mut trainer = trainer;
         if c.precision.is_reduced() {
             // Only when set, so that f32 runs resume from checkpoints written before.
             trainer["precision"] = c.precision.name().into();
