@@ -3,8 +3,8 @@
 //! backend can enqueue each op without a round trip to the host.
 
 use crate::{
-    validate, AttentionSpec, BinaryLayout, CompareOp, DType, GatherSpec, Precision, Result,
-    SelectLayout, StridedLayout, Window2d,
+    validate, AttentionSpec, BinaryLayout, CompareOp, DType, GatherSpec, Int8Rows, Precision,
+    Q8Spec, Result, SelectLayout, StridedLayout, Window2d,
 };
 
 /// Elementwise functions with a closed-form derivative.
@@ -411,6 +411,38 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// to nearest even (packed two to a word: `out` holds `n.div_ceil(2)` words), and
     /// back exactly. `index::cast` says which casts exist and checks the lengths.
     fn cast(&self, x: &Self::Buffer, from: DType, to: DType, out: &mut Self::Buffer) -> Result<()>;
+
+    /// Int8 weights in this backend's layout for [`Backend::linear_q8`]: the packed
+    /// values and the `n` scales.
+    fn pack_q8(&self, w: &Int8Rows) -> Result<(Self::Buffer, Self::Buffer)>;
+
+    /// The int8 values of a weight [`Backend::pack_q8`] packed, `[n, k]` row-major.
+    fn unpack_q8(&self, packed: &Self::Buffer, n: usize, k: usize) -> Result<Vec<i8>>;
+
+    /// A linear layer over int8 weights (see [`Q8Spec`]): `x` `[m, k]` f32, the weight
+    /// as [`Backend::pack_q8`] packed it, an optional bias of `n` values, `out` `[m, n]`.
+    /// The CPU quantizes each row of `x` to int8 on the fly (integer dot products); the
+    /// GPU dequantizes the weights in its loads and multiplies in f32.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_q8(
+        &self,
+        spec: &Q8Spec,
+        x: &Self::Buffer,
+        packed: &Self::Buffer,
+        scales: &Self::Buffer,
+        bias: Option<&Self::Buffer>,
+        out: &mut Self::Buffer,
+    ) -> Result<()>;
+
+    /// `out[n, k] = q[n, k] * scale[n]`: the f32 values of a packed int8 weight.
+    fn dequantize_q8(
+        &self,
+        n: usize,
+        k: usize,
+        packed: &Self::Buffer,
+        scales: &Self::Buffer,
+        out: &mut Self::Buffer,
+    ) -> Result<()>;
 
     /// `y[i] = precision.round(x[i])`: each value rounded to a 16-bit format and back (a
     /// copy for f32), as mixed precision treats the inputs of the products it does not

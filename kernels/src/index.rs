@@ -47,6 +47,15 @@ impl DType {
         }
     }
 
+    /// The type that stores values of `precision`.
+    pub fn from_precision(precision: crate::Precision) -> DType {
+        match precision {
+            crate::Precision::F32 => DType::F32,
+            crate::Precision::Bf16 => DType::Bf16,
+            crate::Precision::F16 => DType::F16,
+        }
+    }
+
     /// The 16-bit floating-point format this type stores, if it is one.
     pub fn half(self) -> Option<crate::Precision> {
         match self {

@@ -1529,6 +1529,7 @@ fn errors<B: Backend>(b: &B) {
 
 include!("conformance_parts/indexing.rs");
 include!("conformance_parts/mixed_precision.rs");
+include!("conformance_parts/quantized.rs");
 
 /// Defines a module of tests running the whole suite on each backend `$backends`
 /// evaluates to (a `Vec`, so one line can cover a family such as every SIMD level; an
@@ -1542,7 +1543,8 @@ macro_rules! conformance_suite {
                 binary, copy_strided, sum_axis, log_softmax, softmax_cross_entropy,
                 sgd_step, adamw_step, gemm, gemm_bias_act, im2col, conv2d, pooling, errors,
                 gather, copy_into, select, compare, triangle, arange_and_cast, argmax,
-                attention, layer_norm, mixed_gemm, round_to, half_storage, conv2d_mixed);
+                attention, layer_norm, mixed_gemm, round_to, half_storage, conv2d_mixed,
+                linear_q8);
         }
     };
     (@tests $backends:expr; $($check:ident),*) => {

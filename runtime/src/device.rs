@@ -180,6 +180,9 @@ pub(crate) enum Storage {
     /// its buffer gets an error saying to cast, where it would otherwise read pairs of
     /// halves as f32 words.
     Half(Box<Storage>),
+    /// A weight stored compactly for inference (int8 or 16-bit) under an f32 tensor:
+    /// see [`crate::quantized`]. Only the ops that know it read it.
+    Packed(Box<crate::quantized::Packed>),
 }
 
 impl Drop for Storage {
@@ -195,6 +198,15 @@ fn wrong_storage(want: &str) -> Error {
     Error::InvalidArgument(format!(
         "a tensor's memory is not where its device says ({want} expected)"
     ))
+}
+
+fn packed_storage() -> Error {
+    Error::InvalidArgument(
+        "this tensor is a weight quantized for inference (int8, f16 or bf16 storage): only \
+         linear layers, products, convolutions and reading values back take it; use \
+         `dequantized()` for a plain f32 copy, or `Var::set` to store f32 values again"
+            .into(),
+    )
 }
 
 fn half_storage() -> Error {
@@ -226,6 +238,7 @@ impl DeviceBackend for CpuBackend {
         match s {
             Storage::Cpu(b) => Ok(b),
             Storage::Half(_) => Err(half_storage()),
+            Storage::Packed(_) => Err(packed_storage()),
             _ => Err(wrong_storage("host memory")),
         }
     }
@@ -234,6 +247,7 @@ impl DeviceBackend for CpuBackend {
         match s {
             Storage::Cpu(b) => Ok(b),
             Storage::Half(_) => Err(half_storage()),
+            Storage::Packed(_) => Err(packed_storage()),
             _ => Err(wrong_storage("host memory")),
         }
     }
@@ -248,6 +262,7 @@ impl DeviceBackend for GpuBackend {
         match s {
             Storage::Gpu(b) => Ok(b),
             Storage::Half(_) => Err(half_storage()),
+            Storage::Packed(_) => Err(packed_storage()),
             _ => Err(wrong_storage("GPU memory")),
         }
     }
@@ -256,6 +271,7 @@ impl DeviceBackend for GpuBackend {
         match s {
             Storage::Gpu(b) => Ok(b),
             Storage::Half(_) => Err(half_storage()),
+            Storage::Packed(_) => Err(packed_storage()),
             _ => Err(wrong_storage("GPU memory")),
         }
     }

@@ -249,6 +249,12 @@ impl Tensor {
         in_out: bool,
         relu: bool,
     ) -> Result<Tensor> {
+        if weight.quantization().is_some() {
+            if let Some(y) = self.linear_int8(weight, bias, in_out, relu) {
+                return y;
+            }
+            return self.linear_impl(&weight.dequantized()?, bias, in_out, relu);
+        }
         let unfused = |y: Result<Tensor>| if relu { y?.relu() } else { y };
         let Some(bias) = bias else {
             return unfused(self.matmul_t(weight, false, !in_out));
@@ -320,6 +326,61 @@ impl Tensor {
         Ok(self.derived(storage, Shape::from((m, n)), rec))
     }
 
+    /// A linear layer on an int8 weight through the backend's int8 product, when that
+    /// applies: a weight stored `[out, in]`, f32 inputs `[rows, in]`, no gradient being
+    /// recorded (a quantized weight is for inference; a recorded product widens it), an
+    /// inner dimension the integer sums hold. `None` leaves it to the widening path,
+    /// which also reports any shape error.
+    fn linear_int8(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        in_out: bool,
+        relu: bool,
+    ) -> Option<Result<Tensor>> {
+        let recording =
+            crate::tensor::grad_enabled() && [self, weight].iter().any(|t| t.tracks_grad());
+        let plain = |t: &Tensor| t.dtype() == DType::F32 && t.quantization().is_none();
+        if in_out || recording || !plain(self) || !bias.is_none_or(plain) {
+            return None;
+        }
+        let &[m, k] = self.dims() else { return None };
+        let &[n, wk] = weight.dims() else { return None };
+        let fits = wk == k
+            && k <= ringtrain_kernels::Q8_MAX_K
+            && bias.is_none_or(|b| b.dims() == [n])
+            && self.device().same_kind(weight.device())
+            && bias.is_none_or(|b| self.device().same_kind(b.device()));
+        if !fits {
+            return None;
+        }
+        let spec = ringtrain_kernels::Q8Spec { m, n, k, relu };
+        let x = self.read();
+        let b = bias.map(|b| b.read());
+        let storage = weight.with_int8(|values, scales, _, _| {
+            Ok(on_device!(self.device(), be => {
+                let mut y = be.alloc(m * n)?;
+                let bias = match &b {
+                    Some(b) => Some(buf(be, b)?),
+                    None => None,
+                };
+                be.linear_q8(
+                    &spec,
+                    buf(be, &x)?,
+                    crate::quantized::inner(be, values)?,
+                    crate::quantized::inner(be, scales)?,
+                    bias,
+                    &mut y,
+                )?;
+                wrap(be, y)
+            }))
+        })?;
+        Some(
+            storage
+                .map(|s| Tensor::from_storage(s, Shape::from((m, n)), self.device().clone(), None)),
+        )
+    }
+
     /// `op(self) x op(rhs)` where `op` transposes the last two dimensions when asked,
     /// without copying: the GEMM reads the operand transposed (`q.matmul_t(&k, false,
     /// true)` is `q k^T`). Batch dimensions broadcast as in [`Tensor::matmul`].
@@ -331,6 +392,11 @@ impl Tensor {
     /// runs its bf16 kernel). The result is f32.
     pub fn matmul_t(&self, rhs: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
         same_device("matmul", self, rhs)?;
+        if self.quantization().is_some() || rhs.quantization().is_some() {
+            return self
+                .dequantized()?
+                .matmul_t(&rhs.dequantized()?, trans_a, trans_b);
+        }
         if self.dtype().half().is_some() || rhs.dtype().half().is_some() {
             return widened(&[self, rhs], |t| t[0].matmul_t(&t[1], trans_a, trans_b));
         }

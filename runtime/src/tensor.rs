@@ -265,6 +265,9 @@ impl Tensor {
     /// Copies the values to host memory (a sync point on asynchronous devices); those of
     /// an f16 or bf16 tensor widened to f32 (exactly).
     pub fn to_vec(&self) -> Result<Vec<f32>> {
+        if self.quantization().is_some() {
+            return self.dequantized()?.to_vec();
+        }
         if self.dtype().half().is_some() {
             return self.to_dtype(DType::F32)?.to_vec();
         }

@@ -1,6 +1,6 @@
 //! Trainable parameters.
 
-use crate::device::{buf_mut, on_device, wrap};
+use crate::device::{on_device, wrap};
 use crate::{Device, Error, Result, Shape, Tensor};
 use ringtrain_kernels::Backend;
 
@@ -51,8 +51,9 @@ impl Var {
         // `detach()`ed snapshot, a reshape), and holding both locks would deadlock.
         let data = values.to_vec()?;
         let mut dst = self.0.write();
+        // The whole storage is replaced: a quantized weight becomes f32 again.
         on_device!(self.0.device(), b => {
-            *buf_mut(b, &mut dst)? = b.upload(&data)?;
+            *dst = wrap(b, b.upload(&data)?);
         });
         Ok(())
     }

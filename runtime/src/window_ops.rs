@@ -77,6 +77,9 @@ impl Tensor {
     ) -> Result<Tensor> {
         const OP: &str = "conv2d";
         same_device(OP, self, weight)?;
+        if weight.quantization().is_some() {
+            return self.conv2d_with(&weight.dequantized()?, bias, stride, padding, relu);
+        }
         let &[out_channels, in_channels, kh, kw] = weight.dims() else {
             return Err(Error::InvalidShape {
                 op: OP,

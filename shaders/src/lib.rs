@@ -81,6 +81,13 @@ pub mod gemm {
     pub const LOAD_SCALAR: &str = include_str!("../wgsl/gemm_load_scalar.wgsl");
 }
 
+/// Int8 weights for inference: the linear layer that dequantizes them in its loads, and
+/// their f32 values.
+pub mod quant {
+    pub const LINEAR_Q8: &str = include_str!("../wgsl/linear_q8.wgsl");
+    pub const DEQUANTIZE_Q8: &str = include_str!("../wgsl/dequantize_q8.wgsl");
+}
+
 /// Sliding-window kernels over NCHW images: im2col and its adjoint, pooling.
 pub mod window {
     /// The window geometry helpers every kernel of this family starts with.

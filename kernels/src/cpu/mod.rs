@@ -16,6 +16,7 @@ mod max_pool_2x2;
 mod norm;
 mod optim;
 mod pool;
+pub mod q8;
 mod reduce;
 mod round;
 mod softmax;
@@ -29,8 +30,8 @@ pub use pool::{recycle, release_pooled, MIN_POOLED};
 use crate::{trace, validate};
 use crate::{
     AdamWParams, AttentionSpec, Backend, BinaryLayout, BinaryOp, CompareOp, DType, GatherSpec,
-    GemmSpec, KernelError, Precision, Result, SelectLayout, SgdParams, StridedLayout, UnaryOp,
-    Window2d,
+    GemmSpec, Int8Rows, KernelError, Precision, Q8Spec, Result, SelectLayout, SgdParams,
+    StridedLayout, UnaryOp, Window2d,
 };
 use gemm::MatRef;
 use index::words;
@@ -184,6 +185,63 @@ impl Backend for CpuBackend {
             let mut y = self.alloc(c.len())?;
             self.unary(op, c, &mut y)?;
             *c = y;
+        }
+        Ok(())
+    }
+
+    fn pack_q8(&self, w: &Int8Rows) -> Result<(Vec<f32>, Vec<f32>)> {
+        Ok((q8::pack(w), self.upload(w.scales())?))
+    }
+
+    fn unpack_q8(&self, packed: &Vec<f32>, n: usize, k: usize) -> Result<Vec<i8>> {
+        crate::error::check_len("unpack_q8", "packed", q8::packed_len(n, k), packed.len())?;
+        Ok(q8::unpack(packed, n, k))
+    }
+
+    fn linear_q8(
+        &self,
+        spec: &Q8Spec,
+        x: &Vec<f32>,
+        packed: &Vec<f32>,
+        scales: &Vec<f32>,
+        bias: Option<&Vec<f32>>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let path = q8::Q8Path::for_simd(self.simd);
+        let _span = trace::span("cpu", "linear_q8")
+            .arg("shape", || format!("{}x{}x{}", spec.m, spec.n, spec.k))
+            .arg("path", || path.name());
+        spec.check(x.len(), bias.map(Vec::len), out.len())?;
+        crate::error::check_len(
+            "linear_q8",
+            "packed",
+            q8::packed_len(spec.n, spec.k),
+            packed.len(),
+        )?;
+        crate::error::check_len("linear_q8", "scales", spec.n, scales.len())?;
+        q8::linear(path, spec, x, packed, scales, bias.map(Vec::as_slice), out);
+        Ok(())
+    }
+
+    fn dequantize_q8(
+        &self,
+        n: usize,
+        k: usize,
+        packed: &Vec<f32>,
+        scales: &Vec<f32>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        crate::error::check_len("dequantize_q8", "scales", n, scales.len())?;
+        crate::error::check_len("dequantize_q8", "out", n * k, out.len())?;
+        let values = self.unpack_q8(packed, n, k)?;
+        for ((out, q), &s) in out
+            .chunks_exact_mut(k)
+            .zip(values.chunks_exact(k))
+            .zip(scales)
+        {
+            for (o, &q) in out.iter_mut().zip(q) {
+                *o = f32::from(q) * s;
+            }
         }
         Ok(())
     }

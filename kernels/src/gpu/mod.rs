@@ -14,6 +14,7 @@ mod indexing;
 mod norm;
 mod params;
 mod pool;
+mod quant;
 mod shaders;
 pub mod testing;
 
@@ -22,8 +23,8 @@ pub use pool::GpuBuffer;
 
 use crate::{
     trace, validate, AdamWParams, AttentionSpec, Backend, BinaryLayout, BinaryOp, CompareOp, DType,
-    GatherSpec, GemmSpec, KernelError, Precision, Result, SelectLayout, SgdParams, StridedLayout,
-    UnaryOp, Window2d,
+    GatherSpec, GemmSpec, Int8Rows, KernelError, Precision, Q8Spec, Result, SelectLayout,
+    SgdParams, StridedLayout, UnaryOp, Window2d,
 };
 use device::Context;
 use params::{u32_of, ACT_NONE, MAX_RANK, OP_AFFINE};
@@ -749,6 +750,39 @@ impl Backend for GpuBackend {
     fn cast(&self, x: &GpuBuffer, from: DType, to: DType, out: &mut GpuBuffer) -> Result<()> {
         let _span = trace::span("gpu", "encode cast");
         self.cast_impl(x, from, to, out)
+    }
+
+    fn pack_q8(&self, w: &Int8Rows) -> Result<(GpuBuffer, GpuBuffer)> {
+        self.pack_q8_impl(w)
+    }
+
+    fn unpack_q8(&self, packed: &GpuBuffer, n: usize, k: usize) -> Result<Vec<i8>> {
+        self.unpack_q8_impl(packed, n, k)
+    }
+
+    fn linear_q8(
+        &self,
+        spec: &Q8Spec,
+        x: &GpuBuffer,
+        packed: &GpuBuffer,
+        scales: &GpuBuffer,
+        bias: Option<&GpuBuffer>,
+        out: &mut GpuBuffer,
+    ) -> Result<()> {
+        let _span = trace::span("gpu", "encode linear_q8");
+        self.linear_q8_impl(spec, x, packed, scales, bias, out)
+    }
+
+    fn dequantize_q8(
+        &self,
+        n: usize,
+        k: usize,
+        packed: &GpuBuffer,
+        scales: &GpuBuffer,
+        out: &mut GpuBuffer,
+    ) -> Result<()> {
+        let _span = trace::span("gpu", "encode dequantize_q8");
+        self.dequantize_q8_impl(n, k, packed, scales, out)
     }
 
     fn round_to(&self, precision: Precision, x: &GpuBuffer, y: &mut GpuBuffer) -> Result<()> {

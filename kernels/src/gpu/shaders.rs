@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use ringtrain_shaders::{
-    attention, common, elementwise, gemm, index, loss, norm, optim, reduce, window,
+    attention, common, elementwise, gemm, index, loss, norm, optim, quant, reduce, window,
 };
 
 /// One compute kernel, and the variant of it an op needs.
@@ -46,6 +46,8 @@ pub(super) enum Shader {
     Arange,
     Cast,
     Argmax,
+    LinearQ8,
+    DequantizeQ8,
     /// The attention kernels, compiled per head size.
     Attention(AttentionKernel, u32),
 }
@@ -108,6 +110,8 @@ impl Shader {
             Shader::Arange => (index::ARANGE, "main", false),
             Shader::Cast => (index::CAST, "main", false),
             Shader::Argmax => (index::ARGMAX, "main", false),
+            Shader::LinearQ8 => (quant::LINEAR_Q8, "main", false),
+            Shader::DequantizeQ8 => (quant::DEQUANTIZE_Q8, "main", false),
             Shader::Attention(kernel, _) => match kernel {
                 AttentionKernel::Forward => (attention::FORWARD, "main", false),
                 AttentionKernel::Dsum => (attention::DSUM, "main", false),

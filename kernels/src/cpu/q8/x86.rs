@@ -1,0 +1,155 @@
+//! The int8 dot products on x86-64: AVX512-VNNI's `vpdpbusd` (unsigned activations times
+//! signed weights, four products summed into each 32-bit lane), and AVX2's `vpmaddwd`
+//! on both operands widened to 16 bits (exact: no saturating `vpmaddubsw`).
+
+use super::{Tile, BLOCK, TASK_WIDTH};
+use std::arch::x86_64::*;
+
+/// Rows a VNNI tile keeps in registers: 4 rows x 4 blocks = 16 accumulators.
+const VNNI_ROWS: usize = 4;
+
+/// # Safety
+/// The CPU has AVX512F, AVX512BW and AVX512-VNNI.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub(super) unsafe fn vnni_tile(t: &Tile, sums: &mut [i32]) {
+    let rows = t.rows();
+    let mut r = 0;
+    while r < rows {
+        let mr = VNNI_ROWS.min(rows - r);
+        match (mr, t.blocks) {
+            (4, 4) => vnni::<4, 4>(t, r, sums),
+            (3, 4) => vnni::<3, 4>(t, r, sums),
+            (2, 4) => vnni::<2, 4>(t, r, sums),
+            (1, 4) => vnni::<1, 4>(t, r, sums),
+            (mr, blocks) => {
+                // The last task's 1-3 blocks: one at a time.
+                for b in 0..blocks {
+                    let one = Tile {
+                        first_block: t.first_block + b,
+                        blocks: 1,
+                        ..*t
+                    };
+                    let sums = &mut sums[b * BLOCK..];
+                    match mr {
+                        4 => vnni::<4, 1>(&one, r, sums),
+                        3 => vnni::<3, 1>(&one, r, sums),
+                        2 => vnni::<2, 1>(&one, r, sums),
+                        _ => vnni::<1, 1>(&one, r, sums),
+                    }
+                }
+            }
+        }
+        r += mr;
+    }
+}
+
+/// Rows `r0..r0 + MR` by blocks `first_block..first_block + NB`, written at
+/// `sums[row * TASK_WIDTH + block * 16]` (relative to the tile's first block).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn vnni<const MR: usize, const NB: usize>(t: &Tile, r0: usize, sums: &mut [i32]) {
+    let mut acc = [[_mm512_setzero_si512(); NB]; MR];
+    let blocks: [&[u8]; NB] = std::array::from_fn(|j| t.block(t.first_block + j));
+    let rows: [&[u8]; MR] = std::array::from_fn(|i| t.row(r0 + i));
+    for g in 0..t.groups {
+        let mut w = [_mm512_setzero_si512(); NB];
+        for j in 0..NB {
+            // SAFETY: a block holds `groups * 64` bytes.
+            w[j] = unsafe { _mm512_loadu_si512(blocks[j].as_ptr().add(g * 64).cast()) };
+        }
+        for i in 0..MR {
+            // SAFETY: a row holds `groups * 4` bytes.
+            let quad = unsafe { rows[i].as_ptr().add(g * 4).cast::<i32>().read_unaligned() };
+            let a = _mm512_set1_epi32(quad);
+            for j in 0..NB {
+                acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], a, w[j]);
+            }
+        }
+    }
+    for j in 0..NB {
+        let first = (t.first_block + j) * BLOCK;
+        // SAFETY: `corrections` holds 16 values per block.
+        let correction = unsafe { _mm512_loadu_si512(t.corrections.as_ptr().add(first).cast()) };
+        for i in 0..MR {
+            let out = &mut sums[(r0 + i) * TASK_WIDTH + j * BLOCK..][..BLOCK];
+            let exact = _mm512_sub_epi32(acc[i][j], correction);
+            // SAFETY: `out` holds 16 values.
+            unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), exact) };
+        }
+    }
+}
+
+/// Rows an AVX2 tile keeps in registers: 2 rows x 4 registers of a block's sums.
+const AVX2_ROWS: usize = 2;
+
+/// # Safety
+/// The CPU has AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn avx2_tile(t: &Tile, sums: &mut [i32]) {
+    let rows = t.rows();
+    // Activations back to signed 16-bit values, a row at a time per tile of rows.
+    let k = t.groups * 4;
+    let mut r = 0;
+    while r < rows {
+        let mr = AVX2_ROWS.min(rows - r);
+        let signed: Vec<i16> = (r..r + mr)
+            .flat_map(|row| t.row(row).iter().map(|&u| i16::from((u ^ 0x80) as i8)))
+            .collect();
+        for b in 0..t.blocks {
+            let block = t.block(t.first_block + b);
+            let out = &mut sums[b * BLOCK..];
+            match mr {
+                2 => avx2::<2>(block, &signed, k, t.groups, r, out),
+                _ => avx2::<1>(block, &signed, k, t.groups, r, out),
+            }
+        }
+        r += mr;
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn avx2<const MR: usize>(
+    block: &[u8],
+    signed: &[i16],
+    k: usize,
+    groups: usize,
+    r0: usize,
+    sums: &mut [i32],
+) {
+    // acc[i][q]: outputs 4q..4q + 4 of row i, as pairs of partial sums.
+    let mut acc = [[_mm256_setzero_si256(); 4]; MR];
+    for g in 0..groups {
+        let mut w = [_mm256_setzero_si256(); 4];
+        for (q, w) in w.iter_mut().enumerate() {
+            // SAFETY: a block holds `groups * 64` bytes.
+            let bytes = unsafe { _mm_loadu_si128(block.as_ptr().add(g * 64 + q * 16).cast()) };
+            *w = _mm256_cvtepi8_epi16(bytes);
+        }
+        for (i, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: each row holds `k = groups * 4` values.
+            let quad = unsafe {
+                signed
+                    .as_ptr()
+                    .add(i * k + g * 4)
+                    .cast::<i64>()
+                    .read_unaligned()
+            };
+            let a = _mm256_set1_epi64x(quad);
+            for q in 0..4 {
+                acc[q] = _mm256_add_epi32(acc[q], _mm256_madd_epi16(w[q], a));
+            }
+        }
+    }
+    for (i, acc) in acc.iter().enumerate() {
+        let out = &mut sums[(r0 + i) * TASK_WIDTH..][..BLOCK];
+        for (q, v) in acc.iter().enumerate() {
+            let mut lanes = [0i32; 8];
+            // SAFETY: `lanes` holds 8 values.
+            unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), *v) };
+            for p in 0..4 {
+                out[q * 4 + p] = lanes[2 * p] + lanes[2 * p + 1];
+            }
+        }
+    }
+}
