@@ -19,7 +19,7 @@ use ringtrain::data::Mnist;
 use ringtrain::eval::evaluate;
 use ringtrain::prelude::*;
 use ringtrain::train::{Cluster, OptimizerKind};
-use ringtrain::zoo::{mlp, Activation, Cnn};
+use ringtrain::zoo::{Activation, ModelSpec, ZooModel};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -74,18 +74,7 @@ fn default_lr(kind: OptimizerKind) -> f32 {
     }
 }
 
-type Model = Box<dyn Module + Send + Sync>;
-
 fn run(args: &Args, cluster: &Cluster) -> ringtrain::Result<()> {
-    let mut config = args.train.config()?;
-    // What a resumed run must share with the one that wrote its checkpoint.
-    config.settings.extend([
-        ("model".into(), format!("{:?}", args.model).into()),
-        ("hidden".into(), serde_json::json!(args.hidden)),
-        ("activation".into(), format!("{:?}", args.activation).into()),
-    ]);
-    let mut trainer = Trainer::with_cluster(config, cluster.clone())?;
-
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     let mut mnist = Mnist::load(&data_dir)?;
     if let Some(n) = args.train_limit {
@@ -95,48 +84,37 @@ fn run(args: &Args, cluster: &Cluster) -> ringtrain::Result<()> {
         train.labels.truncate(train.len);
     }
     let (train, test) = (&mnist.train, &mnist.test);
-    let model_name = match args.model {
-        ModelKind::Mlp => {
-            let widths: Vec<String> = std::iter::once(train.features())
-                .chain(args.hidden.iter().copied())
-                .chain([train.num_classes])
-                .map(|w| w.to_string())
-                .collect();
-            format!("mlp {}", widths.join("-"))
-        }
-        ModelKind::Cnn => format!(
-            "cnn 1x{}x{} -> {}",
-            train.rows, train.cols, train.num_classes
-        ),
+    let spec = match args.model {
+        ModelKind::Mlp => ModelSpec::Mlp {
+            inputs: train.features(),
+            hidden: args.hidden.clone(),
+            outputs: train.num_classes,
+            activation: args.activation,
+        },
+        ModelKind::Cnn => ModelSpec::Cnn {
+            channels: 1,
+            height: train.rows,
+            width: train.cols,
+            classes: train.num_classes,
+        },
     };
+    // The checkpoints name the model, so that `infer` rebuilds it from a file alone.
+    let mut config = args.train.config()?;
+    config.model = Some(spec.clone());
+    let mut trainer = Trainer::with_cluster(config, cluster.clone())?;
     trainer.println(format!(
-        "mnist: {} train / {} test digits from {} | model {model_name} | {:?}",
+        "mnist: {} train / {} test digits from {} | model {} | {:?}",
         train.len,
         test.len,
         data_dir.display(),
+        spec.describe(),
         args.train.optimizer,
     ));
 
     // Every replica is built from the same seed (data parallelism also broadcasts replica
     // 0's parameters), so one device and N devices start from the same weights.
-    let build = |device: &Device| -> ringtrain::Result<(Model, Box<dyn Optimizer + Send>)> {
-        let mut rng = rng_from_seed(args.train.seed);
-        let model: Model = match args.model {
-            ModelKind::Mlp => Box::new(mlp(
-                train.features(),
-                &args.hidden,
-                train.num_classes,
-                args.activation,
-                device,
-                &mut rng,
-            )?),
-            ModelKind::Cnn => Box::new(Cnn::new(
-                (1, train.rows, train.cols),
-                train.num_classes,
-                device,
-                &mut rng,
-            )?),
-        };
+    let build = |device: &Device| -> ringtrain::Result<(ZooModel, Box<dyn Optimizer + Send>)> {
+        let model = spec.build(device, &mut rng_from_seed(args.train.seed))?;
         let optimizer = args
             .train
             .optimizer(vec![ParamGroup::new(model.parameters())], default_lr)?;

@@ -7,6 +7,8 @@
 //! - the runtime: [`Device`], [`Tensor`] with reverse-mode autograd, [`Var`], [`optim`];
 //! - the models: [`nn`] layers, the [`zoo`], [`data`] sets, [`eval`] and data
 //!   [`parallel`]ism (over the collectives of [`comm`]);
+//! - [`infer`]: a trained model (or an ensemble) scoring streams of rows, from files or
+//!   TCP clients, with int8, f16 or bf16 weights;
 //! - [`bench`]: this machine measured, every backend side by side (the figures of
 //!   docs/BENCHMARKS.md).
 //!
@@ -26,12 +28,13 @@
 
 pub mod bench;
 pub use ringtrain_kernels as kernels;
+pub mod infer;
 pub use ringtrain_models::{checkpoint, data, eval, nn, parallel, trace, train, zoo};
 pub use ringtrain_runtime::{comm, optim};
 pub use ringtrain_runtime::{
     compute_precision, no_grad, rng_from_seed, with_precision, AttentionDropout, CompareOp, DType,
-    Device, Error, GradStore, Isa, Labels, Precision, Result, Rng, Shape, Simd, Tensor, TensorId,
-    Var,
+    Device, Error, GradStore, Int8Rows, Isa, Labels, Precision, Quantization, Result, Rng, Shape,
+    Simd, Tensor, TensorId, Var,
 };
 
 /// The names most model code needs.

@@ -7,6 +7,7 @@ extern crate self as ringtrain_models;
 pub mod checkpoint;
 pub mod data;
 pub mod eval;
+pub mod infer;
 pub mod nn;
 pub mod parallel;
 pub mod trace;

@@ -27,7 +27,7 @@ pub use precision::{compute_precision, with_precision};
 pub use quantized::Quantization;
 pub use ringtrain_kernels::Int8Rows;
 pub use shape::{Dim, Shape};
-pub use tensor::{no_grad, rng_from_seed, Rng, Tensor, TensorId};
+pub use tensor::{grad_enabled, no_grad, rng_from_seed, with_grad, Rng, Tensor, TensorId};
 pub use var::Var;
 
 pub use ringtrain_kernels::cpu::{with_awake_workers, Isa, Simd};

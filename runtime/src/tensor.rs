@@ -57,7 +57,16 @@ thread_local! {
 
 /// Runs `f` without recording ops for backward (evaluation, and the backward pass itself).
 pub fn no_grad<T>(f: impl FnOnce() -> T) -> T {
-    let prev = GRAD_ENABLED.with(|g| g.replace(false));
+    with_grad(false, f)
+}
+
+/// Runs `f` recording ops for backward or not, as `enabled` says, whatever the thread
+/// was doing: what work handed to another thread runs under, so that it records as its
+/// caller would. The mode is per thread, and a pool thread that steals a job while it
+/// waits inside a `no_grad` region of its own would otherwise run the job without
+/// recording.
+pub fn with_grad<T>(enabled: bool, f: impl FnOnce() -> T) -> T {
+    let prev = GRAD_ENABLED.with(|g| g.replace(enabled));
     struct Restore(bool);
     impl Drop for Restore {
         fn drop(&mut self) {
@@ -68,7 +77,8 @@ pub fn no_grad<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
-pub(crate) fn grad_enabled() -> bool {
+/// Whether ops on this thread are recorded for backward (not inside [`no_grad`]).
+pub fn grad_enabled() -> bool {
     GRAD_ENABLED.with(|g| g.get())
 }
 

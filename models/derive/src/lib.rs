@@ -10,7 +10,10 @@
 //! - `#[module(skip)]`: not part of the module's state (a hyper-parameter, a cache);
 //! - `#[module(rename = "c_attn")]`: the name the field takes in parameter names;
 //! - `#[module(flatten)]`: a module field's names without its own in front (a wrapper
-//!   that keeps its inner module's names).
+//!   that keeps its inner module's names);
+//! - `#[module(quantize)]`: a weight that products read (a linear layer's, a
+//!   convolution's), which inference may store as int8, f16 or bf16
+//!   (`named_quantizable`).
 //!
 //! The generated code names the library through the crate the user depends on
 //! (`ringtrain` or `ringtrain-models`, however renamed), found in the user's Cargo.toml.
@@ -34,6 +37,7 @@ struct Field {
     access: TokenStream2,
     name: String,
     ty: syn::Type,
+    quantize: bool,
 }
 
 fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
@@ -66,6 +70,14 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
     let parameters = collect("collect_parameters");
     let buffers = collect("collect_buffers");
     let streams = collect("collect_rng_streams");
+    let quantizable = fields.iter().map(|f| {
+        let (access, name) = (&f.access, &f.name);
+        if f.quantize {
+            quote! { #nn::ModuleField::collect_parameters(&self.#access, #name, &mut out); }
+        } else {
+            quote! { #nn::ModuleField::collect_quantizable(&self.#access, #name, &mut out); }
+        }
+    });
     let set_training = fields.iter().map(|f| {
         let access = &f.access;
         quote! { #nn::ModuleField::set_training(&self.#access, training); }
@@ -82,6 +94,11 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
                 &self,
             ) -> ::std::vec::Vec<(::std::string::String, #nn::RngStream)> {
                 #streams
+            }
+            fn named_quantizable(&self) -> ::std::vec::Vec<(::std::string::String, #nn::Var)> {
+                let mut out = ::std::vec::Vec::new();
+                #(#quantizable)*
+                out
             }
             #[allow(unused_variables)]
             fn set_training(&self, training: bool) {
@@ -110,6 +127,7 @@ fn state_fields(input: &DeriveInput) -> syn::Result<Vec<Field>> {
         let mut skip = false;
         let mut rename = None;
         let mut flatten = false;
+        let mut quantize = false;
         for attr in field.attrs.iter().filter(|a| a.path().is_ident("module")) {
             attr.parse_nested_meta(|meta| {
                 if meta.path.is_ident("skip") {
@@ -125,10 +143,13 @@ fn state_fields(input: &DeriveInput) -> syn::Result<Vec<Field>> {
                 } else if meta.path.is_ident("flatten") {
                     flatten = true;
                     Ok(())
+                } else if meta.path.is_ident("quantize") {
+                    quantize = true;
+                    Ok(())
                 } else {
                     Err(meta.error(
-                        "expected #[module(skip)], #[module(rename = \"...\")] or \
-                         #[module(flatten)]",
+                        "expected #[module(skip)], #[module(rename = \"...\")], \
+                         #[module(flatten)] or #[module(quantize)]",
                     ))
                 }
             })?;
@@ -159,6 +180,7 @@ fn state_fields(input: &DeriveInput) -> syn::Result<Vec<Field>> {
                 rename.unwrap_or(own_name)
             },
             ty: field.ty.clone(),
+            quantize,
         });
     }
     Ok(out)

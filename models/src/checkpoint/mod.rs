@@ -16,6 +16,11 @@
 //! PyTorch wrote from a half model) load as the f32 values they stand for, so a half
 //! checkpoint restores into an f32 model.
 //!
+//! Int8 weights ([`Checkpoint::quantize`]) are an I8 tensor `name` beside an F32 tensor
+//! `name_scale` of one scale per row of its first dimension (the layout of Hugging Face's
+//! compressed-tensors `weight_scale`): they too load as the f32 values they stand for,
+//! and [`Checkpoint::int8`] gives the int8 values themselves.
+//!
 //! ```
 //! use ringtrain_models::checkpoint::Checkpoint;
 //! use ringtrain_models::zoo::{mlp, Activation};
@@ -43,7 +48,7 @@ pub use dir::{CheckpointDir, Saved};
 
 use crate::nn::ModuleState;
 use ringtrain_runtime::optim::{Optimizer, StateTensor};
-use ringtrain_runtime::{Precision, Tensor};
+use ringtrain_runtime::{Int8Rows, Precision, Quantization, Tensor};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 use std::collections::{BTreeMap, HashMap};
@@ -105,6 +110,9 @@ pub struct Checkpoint {
     tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
     /// The 16-bit format a tensor is stored in, for those not stored as f32.
     formats: BTreeMap<String, Precision>,
+    /// The int8 values of the tensors stored as int8 (whose `tensors` entry holds the
+    /// values they stand for).
+    int8: BTreeMap<String, Int8Rows>,
     metadata: BTreeMap<String, String>,
 }
 
@@ -187,6 +195,79 @@ impl Checkpoint {
         }
         self.tensors.insert(name.to_string(), (shape, values));
         self.formats.remove(name);
+        self.int8.remove(name);
+        Ok(())
+    }
+
+    /// Adds (or replaces) tensor `name` of `shape` stored as the int8 weight `w`, whose
+    /// rows are `shape[0]` and columns the rest.
+    pub fn insert_int8(&mut self, name: &str, shape: Vec<usize>, w: Int8Rows) -> Result<()> {
+        let cols = shape
+            .iter()
+            .skip(1)
+            .try_fold(1usize, |n, &d| n.checked_mul(d));
+        if shape.len() < 2 || shape[0] != w.rows() || cols != Some(w.cols()) {
+            return Err(CheckpointError::Mismatch(format!(
+                "tensor `{name}` of shape {shape:?} cannot hold an int8 weight of {}x{}",
+                w.rows(),
+                w.cols()
+            )));
+        }
+        self.insert_values(name, shape, w.dequantize())?;
+        self.int8.insert(name.to_string(), w);
+        Ok(())
+    }
+
+    /// The int8 values and scales of tensor `name`, if it is stored as int8.
+    pub fn int8(&self, name: &str) -> Option<&Int8Rows> {
+        self.int8.get(name)
+    }
+
+    /// The compact format tensor `name` is stored in: int8, f16 or bf16, or `None` for
+    /// f32 (and for a tensor it does not have).
+    pub fn quantization(&self, name: &str) -> Option<Quantization> {
+        if self.int8.contains_key(name) {
+            return Some(Quantization::Int8);
+        }
+        match self.formats.get(name)? {
+            Precision::F16 => Some(Quantization::F16),
+            Precision::Bf16 => Some(Quantization::Bf16),
+            Precision::F32 => None,
+        }
+    }
+
+    /// Stores each tensor of `names` in `format` (int8 row by row; f16 or bf16 rounded
+    /// to nearest), in place: what `save` then writes, and the values they now stand for.
+    /// A value the format cannot hold is an error naming the tensor, and nothing after
+    /// it is changed.
+    pub fn quantize<'a>(
+        &mut self,
+        names: impl IntoIterator<Item = &'a str>,
+        format: Quantization,
+    ) -> Result<()> {
+        for name in names {
+            let (shape, values) = self
+                .tensors
+                .get(name)
+                .ok_or_else(|| {
+                    CheckpointError::Mismatch(format!("no tensor `{name}` to quantize"))
+                })?
+                .clone();
+            match format.half() {
+                Some(precision) => {
+                    encode(name, &values, precision)?;
+                    let rounded = values.iter().map(|&v| precision.round(v)).collect();
+                    self.insert_values(name, shape, rounded)?;
+                    self.formats.insert(name.to_string(), precision);
+                }
+                None => {
+                    let rows = shape.first().copied().unwrap_or(0);
+                    let w = Int8Rows::quantize(&values, rows, values.len() / rows.max(1))
+                        .map_err(|e| CheckpointError::Mismatch(format!("tensor `{name}`: {e}")))?;
+                    self.insert_int8(name, shape, w)?;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -335,22 +416,38 @@ impl Checkpoint {
         self.serialize(|_| precision)
     }
 
+    /// Int8 tensors are written as int8 (with their scales) whatever `format` says.
     fn serialize(&self, format: impl Fn(&str) -> Precision) -> Result<Vec<u8>> {
-        let mut bytes: Vec<(&String, Precision, Vec<u8>)> = Vec::with_capacity(self.tensors.len());
-        for (name, (_, v)) in &self.tensors {
-            let p = format(name);
-            bytes.push((name, p, encode(name, v, p)?));
-        }
         let dtype = |p: Precision| match p {
             Precision::F32 => Dtype::F32,
             Precision::F16 => Dtype::F16,
             Precision::Bf16 => Dtype::BF16,
         };
-        let views = bytes
+        // (name, dtype, shape, bytes) of every tensor the file holds.
+        let mut entries: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> =
+            Vec::with_capacity(self.tensors.len());
+        for (name, (shape, v)) in &self.tensors {
+            if let Some(w) = self.int8.get(name) {
+                let scale_name = format!("{name}{SCALE_SUFFIX}");
+                if self.tensors.contains_key(&scale_name) {
+                    return Err(CheckpointError::Mismatch(format!(
+                        "int8 tensor `{name}` needs the name `{scale_name}` for its scales, \
+                         and the checkpoint has a tensor of that name"
+                    )));
+                }
+                let values = w.values().iter().map(|&q| q as u8).collect();
+                entries.push((name.clone(), Dtype::I8, shape.clone(), values));
+                let scales = encode(&scale_name, w.scales(), Precision::F32)?;
+                entries.push((scale_name, Dtype::F32, vec![w.rows()], scales));
+                continue;
+            }
+            let p = format(name);
+            entries.push((name.clone(), dtype(p), shape.clone(), encode(name, v, p)?));
+        }
+        let views = entries
             .iter()
-            .zip(self.tensors.values())
-            .map(|((name, p, data), (shape, _))| {
-                TensorView::new(dtype(*p), shape.clone(), data).map(|v| (name.as_str(), v))
+            .map(|(name, dtype, shape, data)| {
+                TensorView::new(*dtype, shape.clone(), data).map(|v| (name.as_str(), v))
             })
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| CheckpointError::Mismatch(e.to_string()))?;
@@ -372,6 +469,18 @@ impl Checkpoint {
         let mut c = Self::new();
         for (name, view) in parsed.tensors() {
             let data = view.data();
+            if let Some(weight) = name.strip_suffix(SCALE_SUFFIX) {
+                if parsed.tensor(weight).is_ok_and(|w| w.dtype() == Dtype::I8) {
+                    continue; // read with its int8 weight
+                }
+            }
+            if view.dtype() == Dtype::I8 {
+                let shape = view.shape().to_vec();
+                let w = read_int8(&parsed, &name, &shape, data).map_err(corrupt)?;
+                c.insert_int8(&name, shape, w)
+                    .map_err(|e| corrupt(e.to_string()))?;
+                continue;
+            }
             let values = match view.dtype() {
                 Dtype::F32 => data
                     .chunks_exact(4)
@@ -435,6 +544,41 @@ impl Checkpoint {
         })?;
         Self::from_bytes(&bytes, &path.display().to_string())
     }
+}
+
+/// The suffix of an int8 tensor's scales: `fc1.weight_scale` beside `fc1.weight`.
+pub const SCALE_SUFFIX: &str = "_scale";
+
+/// The int8 weight `name` of a file: its values `data` and the scales beside it, checked.
+fn read_int8(
+    parsed: &SafeTensors,
+    name: &str,
+    shape: &[usize],
+    data: &[u8],
+) -> std::result::Result<Int8Rows, String> {
+    let scale_name = format!("{name}{SCALE_SUFFIX}");
+    let scales = parsed
+        .tensor(&scale_name)
+        .map_err(|_| format!("int8 tensor `{name}` has no `{scale_name}` scales beside it"))?;
+    if scales.dtype() != Dtype::F32 {
+        return Err(format!("`{scale_name}` is {:?}, not F32", scales.dtype()));
+    }
+    let rows = shape.first().copied().unwrap_or(0);
+    if shape.len() < 2 || scales.shape() != [rows] {
+        return Err(format!(
+            "int8 tensor `{name}` of shape {shape:?} needs {rows} scales and two or more \
+             dimensions; `{scale_name}` has shape {:?}",
+            scales.shape()
+        ));
+    }
+    let values: Vec<i8> = data.iter().map(|&b| b as i8).collect();
+    let scales: Vec<f32> = scales
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let cols = values.len() / rows.max(1);
+    Int8Rows::new(rows, cols, values, scales).map_err(|e| format!("int8 tensor `{name}`: {e}"))
 }
 
 /// `values` as little-endian bytes of `precision`, or an error naming `name` where a

@@ -17,7 +17,7 @@ pub use idx::{parse_idx, read_idx, IdxArray, MAX_IDX_BYTES};
 pub use loader::{Batch, Batches};
 pub use mnist::{normalise_pixel, Dataset, Mnist, MNIST_CLASSES, MNIST_MEAN, MNIST_STD};
 pub use sequence::{Addition, CharVocab, TextCorpus, TokenBatch, TokenWindows};
-pub use source::{DataSource, InMemory, InMemoryBatch, Targets};
+pub use source::{DataSource, InMemory, InMemoryBatch, Shard, Targets};
 
 /// Everything that can go wrong while reading or batching a dataset.
 ///

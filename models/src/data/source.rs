@@ -296,3 +296,56 @@ impl DataSource for Dataset {
         })
     }
 }
+
+/// One member's part of a bag (bagging: `members` models, each trained on its own part
+/// of the data, with no communication, whose predictions are then averaged): the
+/// samples at positions `member, member + members, ..` of one seeded shuffle of `data`.
+/// The members' parts are disjoint and together hold every sample; a part's size is
+/// `len / members`, rounded up for the first `len % members` members.
+pub struct Shard<'a, D> {
+    data: &'a D,
+    indices: Vec<usize>,
+}
+
+impl<'a, D: DataSource> Shard<'a, D> {
+    /// Member `member` (from 0) of `members`; every member must use the same `seed`.
+    pub fn new(data: &'a D, member: usize, members: usize, seed: u64) -> Result<Self> {
+        if members == 0 || member >= members {
+            return Err(Error::InvalidArgument(format!(
+                "a bag member is one of the members: got member {member} of {members}"
+            )));
+        }
+        if data.len() < members {
+            return Err(Error::InvalidArgument(format!(
+                "{} samples cannot be shared among {members} bag members",
+                data.len()
+            )));
+        }
+        use rand::seq::SliceRandom;
+        use rand::SeedableRng;
+        let mut order: Vec<usize> = (0..data.len()).collect();
+        order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
+            seed ^ 0xba6_0f5a,
+        ));
+        let indices = order.into_iter().skip(member).step_by(members).collect();
+        Ok(Shard { data, indices })
+    }
+
+    /// The positions in `data` of this member's samples.
+    pub fn indices(&self) -> &[usize] {
+        &self.indices
+    }
+}
+
+impl<D: DataSource> DataSource for Shard<'_, D> {
+    type Batch = D::Batch;
+
+    fn len(&self) -> usize {
+        self.indices.len()
+    }
+
+    fn batch(&self, indices: &[usize]) -> Result<D::Batch> {
+        let mapped: Vec<usize> = indices.iter().map(|&i| self.indices[i]).collect();
+        self.data.batch(&mapped)
+    }
+}

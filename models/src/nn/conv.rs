@@ -7,6 +7,7 @@ use ringtrain_runtime::{Device, Error, Result, Rng, Tensor, Var};
 /// GEMMs on every backend (on the CPU image by image, in cache).
 #[derive(Module)]
 pub struct Conv2d {
+    #[module(quantize)]
     weight: Var,
     bias: Option<Var>,
     #[module(skip)]

@@ -7,6 +7,7 @@ use ringtrain_runtime::{Device, Error, Result, Rng, Tensor, Var};
 /// inputs; the bias is fused into the GEMM. Parameters `weight` and `bias`.
 #[derive(Module)]
 pub struct Conv1D {
+    #[module(quantize)]
     weight: Var,
     bias: Var,
 }

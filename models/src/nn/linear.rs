@@ -5,6 +5,7 @@ use ringtrain_runtime::{Device, Error, Result, Rng, Tensor, Var};
 /// between the two unchanged. Accepts `[.., in]` inputs. Parameters `weight` and `bias`.
 #[derive(Module)]
 pub struct Linear {
+    #[module(quantize)]
     weight: Var,
     bias: Option<Var>,
 }

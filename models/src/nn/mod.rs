@@ -64,6 +64,14 @@ pub trait ModuleState {
         Vec::new()
     }
 
+    /// The weights that products read (linear layers', convolutions', attention
+    /// projections'), named as parameters are: what inference may store as int8, f16 or
+    /// bf16 ([`crate::infer`]). `#[derive(Module)]` lists the fields marked
+    /// `#[module(quantize)]` and its modules' own.
+    fn named_quantizable(&self) -> Vec<(String, Var)> {
+        Vec::new()
+    }
+
     /// Switches between training and evaluation behaviour (dropout, batch statistics);
     /// containers pass it on to their layers. Layers that behave the same in both ignore
     /// it. Modules start in training mode.
@@ -160,6 +168,10 @@ impl<M: ModuleState + ?Sized> ModuleState for Box<M> {
         (**self).named_rng_streams()
     }
 
+    fn named_quantizable(&self) -> Vec<(String, Var)> {
+        (**self).named_quantizable()
+    }
+
     fn set_training(&self, training: bool) {
         (**self).set_training(training)
     }
@@ -208,6 +220,7 @@ pub trait ModuleField {
     fn collect_parameters(&self, _name: &str, _out: &mut Vec<(String, Var)>) {}
     fn collect_buffers(&self, _name: &str, _out: &mut Vec<(String, Buffer)>) {}
     fn collect_rng_streams(&self, _name: &str, _out: &mut Vec<(String, RngStream)>) {}
+    fn collect_quantizable(&self, _name: &str, _out: &mut Vec<(String, Var)>) {}
     fn set_training(&self, _training: bool) {}
 }
 
@@ -235,6 +248,10 @@ impl<M: ModuleState + ?Sized> ModuleField for M {
 
     fn collect_rng_streams(&self, name: &str, out: &mut Vec<(String, RngStream)>) {
         push_prefixed(name, self.named_rng_streams(), out);
+    }
+
+    fn collect_quantizable(&self, name: &str, out: &mut Vec<(String, Var)>) {
+        push_prefixed(name, self.named_quantizable(), out);
     }
 
     fn set_training(&self, training: bool) {
@@ -275,6 +292,12 @@ impl<T: ModuleField> ModuleField for Vec<T> {
         }
     }
 
+    fn collect_quantizable(&self, name: &str, out: &mut Vec<(String, Var)>) {
+        for (i, item) in self.iter().enumerate() {
+            item.collect_quantizable(&join(name, &i.to_string()), out);
+        }
+    }
+
     fn set_training(&self, training: bool) {
         for item in self {
             item.set_training(training);
@@ -298,6 +321,12 @@ impl<T: ModuleField> ModuleField for Option<T> {
     fn collect_rng_streams(&self, name: &str, out: &mut Vec<(String, RngStream)>) {
         if let Some(x) = self {
             x.collect_rng_streams(name, out);
+        }
+    }
+
+    fn collect_quantizable(&self, name: &str, out: &mut Vec<(String, Var)>) {
+        if let Some(x) = self {
+            x.collect_quantizable(name, out);
         }
     }
 

@@ -78,4 +78,8 @@ impl ModuleState for Sequential {
     fn named_rng_streams(&self) -> Vec<(String, RngStream)> {
         self.children(|l| l.named_rng_streams())
     }
+
+    fn named_quantizable(&self) -> Vec<(String, Var)> {
+        self.children(|l| l.named_quantizable())
+    }
 }

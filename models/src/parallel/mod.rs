@@ -679,6 +679,8 @@ fn run_on_replicas<M: Send, O: Send, T: Send>(
     f: impl Fn(&mut Replica<M, O>) -> Result<T> + Sync,
 ) -> Result<Vec<T>> {
     let f = &f;
+    // Each replica's thread records as this one does.
+    let grad = ringtrain_runtime::grad_enabled();
     let ranks: Vec<usize> = replicas.iter().map(|r| r.comm.rank()).collect();
     let results: Vec<Result<T>> = std::thread::scope(|s| {
         let handles: Vec<_> = replicas
@@ -694,7 +696,9 @@ fn run_on_replicas<M: Send, O: Send, T: Send>(
                 };
                 spawn(move || {
                     // A panic must not leave this replica's peers waiting on it.
-                    let out = catch_unwind(AssertUnwindSafe(|| f(&mut *r)));
+                    let out = catch_unwind(AssertUnwindSafe(|| {
+                        ringtrain_runtime::with_grad(grad, || f(&mut *r))
+                    }));
                     out.unwrap_or_else(|p| {
                         let reason = panic_message(&p);
                         r.comm.abort(&reason);

@@ -3,7 +3,7 @@
 //! `--devices`, `--epochs`, `--lr`, `--checkpoint-dir`, `--resume`, ...).
 
 use super::cluster::{CommConfig, CommKind, MpiAlgorithm};
-use super::config::{CheckpointConfig, Every, Faults, TrainConfig};
+use super::config::{Bagging, CheckpointConfig, Every, Faults, TrainConfig};
 use super::devices::{Backend, DeviceName, Devices};
 use super::schedule::Schedule;
 use crate::parallel::{InnerState, LocalSgd, NonFinitePolicy, OuterOptimizer};
@@ -248,6 +248,15 @@ pub struct TrainArgs {
     /// change is sent).
     #[arg(long, value_enum, default_value = "averaged", requires = "sync_every")]
     pub inner_state: InnerState,
+    /// Bagging: train K models, each on its own 1/K of the training data (a seeded
+    /// split), with no communication, into member-I folders of --checkpoint-dir: the
+    /// models `infer --ensemble` averages.
+    #[arg(long, value_name = "K", requires = "checkpoint_dir", value_parser = clap::value_parser!(u32).range(2..))]
+    pub bag: Option<u32>,
+    /// With --bag K: train member I only (0..K), into --checkpoint-dir itself (one site
+    /// of several, each training its own member with the same --seed).
+    #[arg(long, value_name = "I", requires = "bag")]
+    pub bag_member: Option<u32>,
     /// How often to evaluate and report: N or Nepochs, or Nsteps.
     #[arg(long, default_value = "1")]
     pub eval_every: Every,
@@ -338,6 +347,11 @@ impl TrainArgs {
                     })
                     .with_inner_state(self.inner_state)
             }),
+            bagging: self.bag.map(|k| Bagging {
+                members: k as usize,
+                only: self.bag_member.map(|m| m as usize),
+            }),
+            model: None,
             checkpoint: self.checkpoint_dir.as_ref().map(|dir| CheckpointConfig {
                 dir: dir.clone(),
                 every: self.checkpoint_every,

@@ -4,6 +4,7 @@ use super::cluster::CommConfig;
 use super::devices::Devices;
 use super::schedule::Schedule;
 use crate::parallel::{LocalSgd, NonFinitePolicy};
+use crate::zoo::ModelSpec;
 use ringtrain_runtime::optim::LossScaler;
 use ringtrain_runtime::{Error, Precision, Result};
 use std::path::PathBuf;
@@ -51,6 +52,41 @@ impl Every {
         match *self {
             Every::Epochs(n) => epoch_done && epoch.is_multiple_of(n),
             Every::Steps(n) => step.is_multiple_of(n),
+        }
+    }
+}
+
+/// A bag of `members` models (see [`TrainConfig::bagging`]): all of them, one after the
+/// other, each into `member-I` under the checkpoint folder (and its metrics into
+/// `NAME.member-I.EXT`); or `only` one, as a site training its own member does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bagging {
+    pub members: usize,
+    pub only: Option<usize>,
+}
+
+impl Bagging {
+    pub fn validate(&self) -> Result<()> {
+        if self.members < 2 {
+            return Err(Error::InvalidArgument(format!(
+                "a bag has at least 2 members, got {}",
+                self.members
+            )));
+        }
+        match self.only {
+            Some(m) if m >= self.members => Err(Error::InvalidArgument(format!(
+                "bag member {m} is not one of 0..{}",
+                self.members
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The members this run trains.
+    pub fn members(&self) -> Vec<usize> {
+        match self.only {
+            Some(m) => vec![m],
+            None => (0..self.members).collect(),
         }
     }
 }
@@ -120,6 +156,15 @@ pub struct TrainConfig {
     /// replicas also synchronize before every evaluation and checkpoint, so that those
     /// see (and save) the group's model; see [`LocalSgd`].
     pub local_sgd: Option<LocalSgd>,
+    /// Train a bag of models, each on its own part of the data ([`Shard`]), with no
+    /// communication between them: the models an ensemble averages.
+    ///
+    /// [`Shard`]: crate::data::Shard
+    pub bagging: Option<Bagging>,
+    /// The zoo model this run trains: written into every checkpoint's metadata
+    /// (`ringtrain.model`), so that a [`Predictor`](crate::infer::Predictor) rebuilds it
+    /// from the file alone.
+    pub model: Option<ModelSpec>,
     pub checkpoint: Option<CheckpointConfig>,
     /// Continue from the newest checkpoint of `checkpoint.dir`, which must have been
     /// written by a run of the same settings: the result is the uninterrupted run's.
@@ -159,6 +204,8 @@ impl Default for TrainConfig {
             precision: Precision::F32,
             loss_scaler: LossScaler::default(),
             local_sgd: None,
+            bagging: None,
+            model: None,
             checkpoint: None,
             resume: false,
             eval_every: Every::Epochs(1),
@@ -197,6 +244,15 @@ impl TrainConfig {
         }
         if let Some(local) = &self.local_sgd {
             local.validate()?;
+        }
+        if let Some(bag) = &self.bagging {
+            bag.validate()?;
+            if self.checkpoint.is_none() {
+                return bad(
+                    "bagging keeps each member's model in its checkpoints: set a \
+                            checkpoint folder (--checkpoint-dir)",
+                );
+            }
         }
         if self.resume && self.checkpoint.is_none() {
             return bad("--resume needs a checkpoint folder (--checkpoint-dir)");

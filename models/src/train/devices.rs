@@ -57,6 +57,17 @@ impl std::str::FromStr for DeviceName {
     }
 }
 
+impl DeviceName {
+    /// The device this names.
+    pub fn open(&self) -> Result<Device> {
+        match self {
+            DeviceName::Cpu => Ok(Device::cpu()),
+            DeviceName::Gpu(None) => Device::gpu(),
+            DeviceName::Gpu(Some(k)) => Device::gpu_adapter(*k),
+        }
+    }
+}
+
 /// The devices of a run: a backend and how many replicas of it (by default every
 /// hardware GPU, or one CPU), or an explicit list such as `gpu:0,gpu:1` or `cpu,cpu`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,14 +162,7 @@ fn open_list(names: &[DeviceName], cluster: &Cluster) -> Result<Vec<Device>> {
             "--comm mpi trains one device per process: name one, or use --comm hierarchical".into(),
         ));
     }
-    names
-        .iter()
-        .map(|name| match name {
-            DeviceName::Cpu => Ok(Device::cpu()),
-            DeviceName::Gpu(None) => Device::gpu(),
-            DeviceName::Gpu(Some(k)) => Device::gpu_adapter(*k),
-        })
-        .collect()
+    names.iter().map(DeviceName::open).collect()
 }
 
 /// Several devices of one name as `4 x name`, else the names.

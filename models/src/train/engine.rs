@@ -300,7 +300,12 @@ impl<M: Module + Send, O: Optimizer + Send> Replicas<M, O> {
 /// microseconds, per op); from a pool thread they share it by work stealing. A training
 /// step is hundreds of ops, so it runs where they are cheap, with the other workers
 /// spinning for work meanwhile instead of falling asleep between ops.
+///
+/// The step records as the calling thread would (see `with_grad`): the pool thread that
+/// runs it may be one waiting inside another job's `no_grad` region.
 fn on_pool<R: Send>(gpu: bool, f: impl FnOnce() -> R + Send) -> R {
+    let grad = ringtrain_runtime::grad_enabled();
+    let f = move || ringtrain_runtime::with_grad(grad, f);
     if gpu {
         // The host mostly waits for the device: no cores to keep spinning for it.
         rayon::scope(|_| f())

@@ -57,7 +57,7 @@ mod trainer;
 
 pub use args::{CommArgs, DevicesArg, OptimizerKind, ScheduleKind, TrainArgs};
 pub use cluster::{Cluster, CommConfig, CommKind, Communicators, MpiAlgorithm};
-pub use config::{CheckpointConfig, Every, Faults, TrainConfig};
+pub use config::{Bagging, CheckpointConfig, Every, Faults, TrainConfig};
 pub use devices::{describe as describe_devices, Backend, DeviceName, Devices};
 pub use position::Position;
 pub use record::{format_scores, Record, Scores};
@@ -65,4 +65,4 @@ pub use resume::{
     checkpoint_settings, latest_settings, restore_model, HISTORY, POSITION, SETTINGS,
 };
 pub use schedule::Schedule;
-pub use trainer::{Trained, Trainer};
+pub use trainer::{set_threads, Trained, Trainer, BAG_KEY};

@@ -1,7 +1,7 @@
 //! The training loop.
 
 use super::cluster::Cluster;
-use super::config::TrainConfig;
+use super::config::{Bagging, TrainConfig};
 use super::devices::describe;
 use super::engine::{Replicas, StepLoss, StepPlan};
 use super::position::{Position, UnreadLosses};
@@ -9,10 +9,11 @@ use super::record::{format_scores, write_jsonl, Record, Scores};
 use super::resume;
 use super::schedule::Schedule;
 use crate::checkpoint::CheckpointDir;
-use crate::data::DataSource;
+use crate::data::{DataSource, Shard};
 use crate::nn::Module;
 use crate::parallel::NonFinitePolicy;
 use crate::trace::TraceFile;
+use crate::zoo::MODEL_KEY;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -20,6 +21,19 @@ use ringtrain_runtime::optim::{LossScaler, Optimizer};
 use ringtrain_runtime::{no_grad, Device, Error, Precision, Result, Tensor};
 use std::ops::ControlFlow;
 use std::time::Instant;
+
+/// The metadata key of a bag member's checkpoints: `member/members`.
+pub const BAG_KEY: &str = "ringtrain.bag";
+
+/// `NAME.member-I.EXT` beside `path`.
+fn member_path(path: &std::path::Path, member: usize) -> std::path::PathBuf {
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}.member-{member}.{}", ext.to_string_lossy()),
+        None => format!("{stem}.member-{member}"),
+    };
+    path.with_file_name(name)
+}
 
 /// Steps between two readbacks of a device's losses (and checks of its parameters).
 const READ_LOSS_EVERY: usize = 20;
@@ -178,7 +192,10 @@ impl Trainer {
         L: Fn(&M, &Device, &D::Batch) -> Result<Tensor> + Sync,
         E: FnMut(&M, &Device) -> Result<Scores>,
     {
-        let result = self.run(build, data, loss, eval);
+        let result = match self.config.bagging {
+            Some(bag) => self.run_bag(bag, build, data, loss, eval),
+            None => self.run(build, data, loss, eval),
+        };
         if let Err(e) = &result {
             if self.cluster.processes > 1 {
                 // Peers may wait for this rank: the job ends when the cluster goes.
@@ -190,6 +207,71 @@ impl Trainer {
             }
         }
         result
+    }
+
+    /// The members of a bag, one after the other, each a whole run on its own
+    /// [`Shard`] of `data`, with its own seed (the run's plus its index), checkpoint
+    /// folder and metrics file (when it trains them all). Returns the last member's.
+    fn run_bag<M, O, D, B, L, E>(
+        &mut self,
+        bag: Bagging,
+        mut build: B,
+        data: &D,
+        loss: L,
+        mut eval: E,
+    ) -> Result<Trained<M, O>>
+    where
+        M: Module + Send,
+        O: Optimizer + Send,
+        D: DataSource,
+        B: FnMut(&Device) -> Result<(M, O)>,
+        L: Fn(&M, &Device, &D::Batch) -> Result<Tensor> + Sync,
+        E: FnMut(&M, &Device) -> Result<Scores>,
+    {
+        let base = self.config.clone();
+        let mut last = None;
+        for member in bag.members() {
+            let shard = Shard::new(data, member, bag.members, base.seed)?;
+            let mut config = base.clone();
+            config.seed = base.seed.wrapping_add(member as u64);
+            config.bagging = Some(Bagging {
+                only: Some(member),
+                ..bag
+            });
+            if bag.only.is_none() {
+                if let Some(c) = &mut config.checkpoint {
+                    c.dir = c.dir.join(format!("member-{member}"));
+                    if self.is_root() {
+                        std::fs::create_dir_all(&c.dir).map_err(|e| {
+                            Error::msg(format!("cannot create {}: {e}", c.dir.display()))
+                        })?;
+                    }
+                    let started = !CheckpointDir::new(&c.dir, c.keep).list()?.is_empty();
+                    if config.resume && !started {
+                        // A member the interrupted run had not reached starts afresh.
+                        config.resume = false;
+                    } else if !config.resume && started {
+                        return Err(Error::msg(format!(
+                            "{} already holds a member's checkpoints: add --resume to \
+                             continue the bag, or give a new --checkpoint-dir",
+                            c.dir.display()
+                        )));
+                    }
+                }
+                config.metrics_out = config.metrics_out.map(|p| member_path(&p, member));
+            }
+            self.println(format!(
+                "bag member {member} of 0..{}: {} of {} samples",
+                bag.members,
+                shard.len(),
+                data.len()
+            ));
+            self.config = config;
+            let result = self.run(&mut build, &shard, &loss, &mut eval);
+            self.config = base.clone();
+            last = Some(result?);
+        }
+        last.ok_or_else(|| Error::msg("a bag has members"))
     }
 
     fn run<M, O, D, B, L, E>(
@@ -227,7 +309,7 @@ impl Trainer {
         let batch_size = config.batch_size;
         let per_epoch = samples.div_ceil(batch_size);
         let planned = planned_steps(&config, per_epoch);
-        let settings = self.settings(samples, group, base_lr, planned);
+        let settings = self.settings(samples, group, base_lr, planned)?;
         let checkpoints = config
             .checkpoint
             .as_ref()
@@ -536,7 +618,18 @@ impl Trainer {
                 }
                 if save && root {
                     let dir = checkpoints.as_ref().expect("save implies a folder");
-                    resume::save(dir, &at, &settings, &history, replicas.checkpoint()?)?;
+                    let mut checkpoint = replicas.checkpoint()?;
+                    if let Some(spec) = &config.model {
+                        checkpoint.set_metadata(MODEL_KEY, spec.to_json());
+                    }
+                    if let Some(Bagging {
+                        members,
+                        only: Some(member),
+                    }) = config.bagging
+                    {
+                        checkpoint.set_metadata(BAG_KEY, format!("{member}/{members}"));
+                    }
+                    resume::save(dir, &at, &settings, &history, checkpoint)?;
                 }
                 if last {
                     bar.finish_and_clear();
@@ -582,7 +675,7 @@ impl Trainer {
     }
 
     /// What a resumed run must share with the run that wrote its checkpoint.
-    fn settings(&self, samples: usize, replicas: usize, lr: f32, planned: u64) -> String {
+    fn settings(&self, samples: usize, replicas: usize, lr: f32, planned: u64) -> Result<String> {
         let c = &self.config;
         let mut trainer = serde_json::json!({
             "batch_size": c.batch_size,
@@ -601,6 +694,12 @@ impl Trainer {
             // Only when set, so that f32 runs resume from checkpoints written before.
             trainer["precision"] = c.precision.name().into();
         }
+        if let Some(spec) = &c.model {
+            trainer["model"] = serde_json::from_str(&spec.to_json()).map_err(Error::msg)?;
+        }
+        if let Some(bag) = &c.bagging {
+            trainer["bag"] = serde_json::json!({ "members": bag.members, "member": bag.only });
+        }
         if let Some(local) = &c.local_sgd {
             trainer["local_sgd"] = serde_json::json!({
                 "sync_every": local.sync_every,
@@ -610,7 +709,7 @@ impl Trainer {
                 "inner_state": format!("{:?}", local.inner_state),
             });
         }
-        serde_json::json!({ "trainer": trainer, "program": c.settings }).to_string()
+        Ok(serde_json::json!({ "trainer": trainer, "program": c.settings }).to_string())
     }
 
     fn describe_devices(&self, group: usize) -> String {
@@ -721,9 +820,9 @@ fn diverged(at: &Position, what: &str, policy: NonFinitePolicy) -> Error {
     ))
 }
 
-/// Sets the CPU backend's thread count for the process (rayon's global pool, which can
-/// be set once).
-fn set_threads(n: usize) -> Result<()> {
+/// Sets the CPU thread count of this process (rayon's global pool): once, before the first
+/// parallel work; asking again for the count it has is not an error.
+pub fn set_threads(n: usize) -> Result<()> {
     if n == 0 {
         return Err(Error::InvalidArgument(
             "--threads must be at least 1".into(),

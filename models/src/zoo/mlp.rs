@@ -12,6 +12,17 @@ pub enum Activation {
     Sigmoid,
 }
 
+impl Activation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Relu => "relu",
+            Activation::Gelu => "gelu",
+            Activation::Tanh => "tanh",
+            Activation::Sigmoid => "sigmoid",
+        }
+    }
+}
+
 impl FromStr for Activation {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
