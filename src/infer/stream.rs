@@ -92,7 +92,7 @@ pub fn run_stream(
             }
             Ok(())
         })();
-        drop(submit);
+        // Every row's sender gone, the writer ends after the last answer.
         drop(tx);
         let written = writer
             .join()

@@ -245,7 +245,7 @@ impl Predictor {
 
     /// The model's output tensor for `rows`, on the device.
     pub fn forward(&self, rows: &[f32]) -> Result<Tensor> {
-        if rows.is_empty() || rows.len() % self.inputs != 0 {
+        if rows.is_empty() || !rows.len().is_multiple_of(self.inputs) {
             return Err(Error::InvalidArgument(format!(
                 "a predictor of {} features takes whole rows of them, got {} values",
                 self.inputs,
