@@ -100,6 +100,10 @@ const SHAPES: &[(usize, usize, usize)] = &[
     // Packed A of more rows than a block of A that one panel of B meets (MC), the last
     // block and the last panel partial.
     (400, 1100, 20),
+    // One row: with B's columns contiguous (tb), dot products that read B in place, k's
+    // SIMD tails and, past the threading threshold, columns split across threads.
+    (1, 70, 17),
+    (1, 2100, 1000),
 ];
 
 #[test]
@@ -260,6 +264,7 @@ fn simd_paths_agree_with_portable_and_threads_do_not_change_bits() {
         (128, 784, 300, true),
         (90, 300, 1100, false),
         (1024, 1024, 1030, false),
+        (1, 2100, 1000, true),
     ] {
         simd_paths_agree_at(m, n, k, tb);
     }

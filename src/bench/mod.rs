@@ -11,12 +11,15 @@
 //!   group, memcpy and the ring with compressed values ([`RingSweep`] prints as tables);
 //! - [`op_threads`]: the CPU backend's memory-bound ops on one thread and on N, around
 //!   their parallel threshold;
+//! - [`infer`]: a predictor's latency and throughput per batch size, and peak memory,
+//!   timed as the peer script times PyTorch and onnxruntime;
 //! - [`local_sgd_sweep`]: MNIST trained with local SGD at several synchronization
 //!   periods beside gradient averaging, accuracy against bytes sent ([`LocalSgdSweep`]
 //!   prints as a table).
 
 mod backends;
 pub mod collective;
+pub mod infer;
 mod local_sgd;
 pub mod op_threads;
 pub mod protocol;

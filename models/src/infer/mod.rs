@@ -54,6 +54,9 @@ use ringtrain_runtime::{no_grad, rng_from_seed, Device, Error, Quantization, Res
 use std::collections::HashSet;
 use std::path::Path;
 
+/// Rows from which a CPU forward pass runs with the pool's workers kept awake.
+const AWAKE_MIN_ROWS: usize = 8;
+
 /// The metadata key of an exported checkpoint's weight format (`int8`, `f16`, `bf16`).
 pub const QUANTIZATION_KEY: &str = "ringtrain.quantization";
 
@@ -253,14 +256,25 @@ impl Predictor {
             )));
         }
         let n = rows.len() / self.inputs;
-        no_grad(|| {
-            let x = Tensor::from_slice(rows, (n, self.inputs), &self.device)?;
-            let y = self.model.forward(&x)?;
-            match y.dims() {
-                [m, _] if *m == n => Ok(y),
-                _ => y.reshape((n, y.elem_count() / n.max(1))),
-            }
-        })
+        let call = || {
+            no_grad(|| {
+                let x = Tensor::from_slice(rows, (n, self.inputs), &self.device)?;
+                let y = self.model.forward(&x)?;
+                match y.dims() {
+                    [m, _] if *m == n => Ok(y),
+                    _ => y.reshape((n, y.elem_count() / n.max(1))),
+                }
+            })
+        };
+        match self.device {
+            // A batch's ops are too small for the pool then: spinning costs more.
+            Device::Cpu(_) if n < AWAKE_MIN_ROWS => call(),
+            // As a training step runs: on a pool thread, the other workers spinning for
+            // the ops' parallel loops instead of being woken for each (tens of
+            // microseconds an op, more than a small batch's whole product).
+            Device::Cpu(_) => ringtrain_runtime::with_awake_workers(call),
+            _ => call(),
+        }
     }
 
     /// Features per input row.

@@ -18,6 +18,7 @@ mod avx2;
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod avx512_bf16;
+mod gemv;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 mod pack;
@@ -440,6 +441,10 @@ fn sgemm_checked(
                 *v = epilogue.apply(z, j);
             }
         }
+        return Ok(());
+    }
+    if m == 1 && inputs == Precision::F32 && a.cs == 1 && b.rs == 1 {
+        gemv::row_times_columns(simd, n, k, alpha, a.data, b.data, b.cs, beta, c, epilogue);
         return Ok(());
     }
     let parallel = m * n * k >= PARALLEL_MIN_MACS && rayon::current_num_threads() > 1;

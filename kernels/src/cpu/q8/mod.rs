@@ -138,11 +138,13 @@ pub fn unpack(packed: &[f32], n: usize, k: usize) -> Vec<i8> {
 /// them) with the padding to a whole group as 128 (zero), and each row's scale.
 struct Activations {
     values: Vec<u8>,
+    /// The same values as signed 16-bit integers, for the AVX2 path's `vpmaddwd`.
+    widened: Vec<i16>,
     scales: Vec<f32>,
     padded_k: usize,
 }
 
-fn quantize_rows(x: &[f32], m: usize, k: usize, padded_k: usize) -> Activations {
+fn quantize_rows(x: &[f32], m: usize, k: usize, padded_k: usize, widen: bool) -> Activations {
     let mut values = vec![128u8; m * padded_k];
     let mut scales = vec![0f32; m];
     for ((row, out), scale) in x
@@ -163,14 +165,33 @@ fn quantize_rows(x: &[f32], m: usize, k: usize, padded_k: usize) -> Activations 
         *scale = amax / 127.0;
         let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
         for (o, &v) in out.iter_mut().zip(row) {
-            *o = ((v * inv).round() as i32 + 128) as u8;
+            *o = (round_small(v * inv) as i32 + 128) as u8;
         }
     }
+    let widened = if widen {
+        values
+            .iter()
+            .map(|&u| i16::from((u ^ 0x80) as i8))
+            .collect()
+    } else {
+        Vec::new()
+    };
     Activations {
         values,
+        widened,
         scales,
         padded_k,
     }
+}
+
+/// `v` (at most 2^22 in magnitude) rounded to the nearest integer, ties to even, by
+/// adding and taking away 1.5 * 2^23: no call to libm's `roundf`, which the baseline
+/// x86-64 target makes of `f32::round` (SSE4.1's `roundss` not being assumed), and which
+/// cost more than the integer products of a batch.
+#[inline(always)]
+fn round_small(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (v + MAGIC) - MAGIC
 }
 
 /// `out = act(x w^T * scale + bias)` (see [`Q8Spec`]); `spec` is checked by the caller.
@@ -185,7 +206,7 @@ pub fn linear(
 ) {
     let Q8Spec { m, n, k, relu } = *spec;
     let p = Packed::of(n, k);
-    let acts = quantize_rows(x, m, k, p.padded_k());
+    let acts = quantize_rows(x, m, k, p.padded_k(), path == Q8Path::Avx2);
     let (weights, corrections) = packed.split_at(p.weight_words());
     let weights: &[u8] = bytemuck::cast_slice(weights);
     let corrections: &[i32] = bytemuck::cast_slice(corrections);
@@ -286,6 +307,12 @@ impl Tile<'_> {
 
     fn rows(&self) -> usize {
         self.acts.scales.len()
+    }
+
+    /// Activation row `r` as signed 16-bit values (the AVX2 path).
+    fn widened_row(&self, r: usize) -> &[i16] {
+        let k = self.acts.padded_k;
+        &self.acts.widened[r * k..(r + 1) * k]
     }
 }
 

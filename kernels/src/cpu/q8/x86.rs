@@ -87,20 +87,15 @@ const AVX2_ROWS: usize = 2;
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn avx2_tile(t: &Tile, sums: &mut [i32]) {
     let rows = t.rows();
-    // Activations back to signed 16-bit values, a row at a time per tile of rows.
-    let k = t.groups * 4;
     let mut r = 0;
     while r < rows {
         let mr = AVX2_ROWS.min(rows - r);
-        let signed: Vec<i16> = (r..r + mr)
-            .flat_map(|row| t.row(row).iter().map(|&u| i16::from((u ^ 0x80) as i8)))
-            .collect();
         for b in 0..t.blocks {
             let block = t.block(t.first_block + b);
             let out = &mut sums[b * BLOCK..];
             match mr {
-                2 => avx2::<2>(block, &signed, k, t.groups, r, out),
-                _ => avx2::<1>(block, &signed, k, t.groups, r, out),
+                2 => avx2::<2>(t, block, r, out),
+                _ => avx2::<1>(t, block, r, out),
             }
         }
         r += mr;
@@ -109,32 +104,20 @@ pub(super) unsafe fn avx2_tile(t: &Tile, sums: &mut [i32]) {
 
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn avx2<const MR: usize>(
-    block: &[u8],
-    signed: &[i16],
-    k: usize,
-    groups: usize,
-    r0: usize,
-    sums: &mut [i32],
-) {
+unsafe fn avx2<const MR: usize>(t: &Tile, block: &[u8], r0: usize, sums: &mut [i32]) {
+    let rows: [&[i16]; MR] = std::array::from_fn(|i| t.widened_row(r0 + i));
     // acc[i][q]: outputs 4q..4q + 4 of row i, as pairs of partial sums.
     let mut acc = [[_mm256_setzero_si256(); 4]; MR];
-    for g in 0..groups {
+    for g in 0..t.groups {
         let mut w = [_mm256_setzero_si256(); 4];
         for (q, w) in w.iter_mut().enumerate() {
             // SAFETY: a block holds `groups * 64` bytes.
             let bytes = unsafe { _mm_loadu_si128(block.as_ptr().add(g * 64 + q * 16).cast()) };
             *w = _mm256_cvtepi8_epi16(bytes);
         }
-        for (i, acc) in acc.iter_mut().enumerate() {
-            // SAFETY: each row holds `k = groups * 4` values.
-            let quad = unsafe {
-                signed
-                    .as_ptr()
-                    .add(i * k + g * 4)
-                    .cast::<i64>()
-                    .read_unaligned()
-            };
+        for (row, acc) in rows.iter().zip(acc.iter_mut()) {
+            // SAFETY: each row holds `groups * 4` values.
+            let quad = unsafe { row.as_ptr().add(g * 4).cast::<i64>().read_unaligned() };
             let a = _mm256_set1_epi64x(quad);
             for q in 0..4 {
                 acc[q] = _mm256_add_epi32(acc[q], _mm256_madd_epi16(w[q], a));
