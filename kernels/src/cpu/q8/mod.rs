@@ -15,6 +15,7 @@ mod x86;
 use super::Simd;
 use crate::quant::{Int8Rows, Q8Spec};
 use rayon::prelude::*;
+use std::cell::RefCell;
 
 /// Outputs per block: one 512-bit register of i32 sums.
 pub(super) const BLOCK: usize = 16;
@@ -144,38 +145,52 @@ struct Activations {
     padded_k: usize,
 }
 
-fn quantize_rows(x: &[f32], m: usize, k: usize, padded_k: usize, widen: bool) -> Activations {
-    let mut values = vec![128u8; m * padded_k];
+/// Buffers a call reuses from the last on the same thread: fresh ones each call meant
+/// `mmap`s and page faults costing as much as the products of a batch.
+#[derive(Default)]
+struct Scratch {
+    values: Vec<u8>,
+    widened: Vec<i16>,
+    sums: Vec<i32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+fn quantize_rows(
+    x: &[f32],
+    (m, k, padded_k): (usize, usize, usize),
+    path: Q8Path,
+    scratch: &mut Scratch,
+) -> Activations {
+    let widen = path == Q8Path::Avx2;
+    let quantize_row = |row: &[f32], out: &mut [u8]| match path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the VNNI path is picked only where the CPU has AVX512F and AVX512BW.
+        Q8Path::Vnni512 => unsafe { x86::quantize_row_avx512(row, out) },
+        _ => quantize_row(row, out),
+    };
+    let mut values = std::mem::take(&mut scratch.values);
+    values.clear();
+    values.resize(m * padded_k, 128);
     let mut scales = vec![0f32; m];
-    for ((row, out), scale) in x
-        .chunks_exact(k)
-        .zip(values.chunks_exact_mut(padded_k))
-        .zip(&mut scales)
-    {
-        let amax = row.iter().fold(0f32, |a, v| a.max(v.abs()));
-        if !amax.is_finite() {
-            // NaN (max ignores it) or infinite: the row's outputs become NaN.
-            *scale = f32::NAN;
-            continue;
-        }
-        if row.iter().any(|v| v.is_nan()) {
-            *scale = f32::NAN;
-            continue;
-        }
-        *scale = amax / 127.0;
-        let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-        for (o, &v) in out.iter_mut().zip(row) {
-            *o = (round_small(v * inv) as i32 + 128) as u8;
+    if m * k >= PARALLEL_MIN_MACS / 16 {
+        x.par_chunks_exact(k)
+            .zip(values.par_chunks_exact_mut(padded_k))
+            .zip(scales.par_iter_mut())
+            .for_each(|((row, out), scale)| *scale = quantize_row(row, out));
+    } else {
+        let rows = x.chunks_exact(k).zip(values.chunks_exact_mut(padded_k));
+        for ((row, out), scale) in rows.zip(&mut scales) {
+            *scale = quantize_row(row, out);
         }
     }
-    let widened = if widen {
-        values
-            .iter()
-            .map(|&u| i16::from((u ^ 0x80) as i8))
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let mut widened = std::mem::take(&mut scratch.widened);
+    widened.clear();
+    if widen {
+        widened.extend(values.iter().map(|&u| i16::from((u ^ 0x80) as i8)));
+    }
     Activations {
         values,
         widened,
@@ -184,12 +199,42 @@ fn quantize_rows(x: &[f32], m: usize, k: usize, padded_k: usize, widen: bool) ->
     }
 }
 
+/// One row of activations as `q + 128`, and its scale: NaN for a row holding a NaN or
+/// an infinity (its outputs become NaN). The reference the SIMD versions match.
+fn quantize_row(row: &[f32], out: &mut [u8]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let mut nan = false;
+    let chunks = row.chunks_exact(16);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            let a = v.abs();
+            *l = if a > *l { a } else { *l };
+            nan |= v.is_nan();
+        }
+    }
+    for &v in tail {
+        let a = v.abs();
+        lanes[0] = if a > lanes[0] { a } else { lanes[0] };
+        nan |= v.is_nan();
+    }
+    let amax = lanes.iter().fold(0f32, |m, &l| if l > m { l } else { m });
+    if nan || !amax.is_finite() {
+        return f32::NAN;
+    }
+    let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+    for (o, &v) in out.iter_mut().zip(row) {
+        *o = (round_small(v * inv) as i32 + 128) as u8;
+    }
+    amax / 127.0
+}
+
 /// `v` (at most 2^22 in magnitude) rounded to the nearest integer, ties to even, by
 /// adding and taking away 1.5 * 2^23: no call to libm's `roundf`, which the baseline
 /// x86-64 target makes of `f32::round` (SSE4.1's `roundss` not being assumed), and which
 /// cost more than the integer products of a batch.
 #[inline(always)]
-fn round_small(v: f32) -> f32 {
+pub(super) fn round_small(v: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0;
     (v + MAGIC) - MAGIC
 }
@@ -204,16 +249,38 @@ pub fn linear(
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => linear_with(path, spec, (x, packed, scales, bias), out, &mut scratch),
+        // Re-entered on this thread (a rayon join of this call ran a task of another):
+        // fresh buffers.
+        Err(_) => {
+            let fresh = &mut Scratch::default();
+            linear_with(path, spec, (x, packed, scales, bias), out, fresh)
+        }
+    })
+}
+
+type Operands<'a> = (&'a [f32], &'a [f32], &'a [f32], Option<&'a [f32]>);
+
+fn linear_with(
+    path: Q8Path,
+    spec: &Q8Spec,
+    (x, packed, scales, bias): Operands,
+    out: &mut [f32],
+    scratch: &mut Scratch,
+) {
     let Q8Spec { m, n, k, relu } = *spec;
     let p = Packed::of(n, k);
-    let acts = quantize_rows(x, m, k, p.padded_k(), path == Q8Path::Avx2);
+    let acts = quantize_rows(x, (m, k, p.padded_k()), path, scratch);
     let (weights, corrections) = packed.split_at(p.weight_words());
     let weights: &[u8] = bytemuck::cast_slice(weights);
     let corrections: &[i32] = bytemuck::cast_slice(corrections);
     // Integer sums, one `[m, TASK_WIDTH]` run per task (BLOCKS_PER_TASK blocks of
     // outputs), so that tasks write disjoint slices.
     let tasks = p.blocks.div_ceil(BLOCKS_PER_TASK);
-    let mut sums = vec![0i32; tasks * m * TASK_WIDTH];
+    let mut sums = std::mem::take(&mut scratch.sums);
+    sums.clear();
+    sums.resize(tasks * m * TASK_WIDTH, 0);
     let task = |t: usize, sums: &mut [i32]| {
         let first_block = t * BLOCKS_PER_TASK;
         let tile = Tile {
@@ -227,7 +294,8 @@ pub fn linear(
         tile.run(path, sums);
     };
     let chunk = (m * TASK_WIDTH).max(1);
-    if tasks > 1 && m * n * k >= PARALLEL_MIN_MACS {
+    let parallel = m * n * k >= PARALLEL_MIN_MACS;
+    if tasks > 1 && parallel {
         sums.par_chunks_mut(chunk)
             .enumerate()
             .for_each(|(t, s)| task(t, s));
@@ -236,10 +304,24 @@ pub fn linear(
             .enumerate()
             .for_each(|(t, s)| task(t, s));
     }
-    finish(&sums, &acts.scales, scales, bias, relu, n, out);
+    finish(
+        &sums,
+        &acts.scales,
+        scales,
+        bias,
+        relu,
+        n,
+        out,
+        parallel && m > 1,
+    );
+    scratch.sums = sums;
+    scratch.values = acts.values;
+    scratch.widened = acts.widened;
 }
 
-/// The f32 outputs from the integer sums: the same scalar arithmetic on every path.
+/// The f32 outputs from the integer sums: the same scalar arithmetic on every path, a
+/// row at a time (rows in parallel for a large product).
+#[allow(clippy::too_many_arguments)]
 fn finish(
     sums: &[i32],
     row_scales: &[f32],
@@ -248,18 +330,30 @@ fn finish(
     relu: bool,
     n: usize,
     out: &mut [f32],
+    parallel: bool,
 ) {
     let m = row_scales.len();
-    for (r, (&sx, out)) in row_scales.iter().zip(out.chunks_exact_mut(n)).enumerate() {
-        for (j, o) in out.iter_mut().enumerate() {
-            let (t, col) = (j / TASK_WIDTH, j % TASK_WIDTH);
-            let sum = sums[(t * m + r) * TASK_WIDTH + col];
-            let mut y = sum as f32 * (sx * scales[j]);
-            if let Some(b) = bias {
-                y += b[j];
+    let row = |r: usize, out: &mut [f32]| {
+        let sx = row_scales[r];
+        for (t, out) in out.chunks_mut(TASK_WIDTH).enumerate() {
+            let first = t * TASK_WIDTH;
+            let sums = &sums[(t * m + r) * TASK_WIDTH..][..out.len()];
+            let scales = &scales[first..first + out.len()];
+            for (j, (o, (&sum, &s))) in out.iter_mut().zip(sums.iter().zip(scales)).enumerate() {
+                let mut y = sum as f32 * (sx * s);
+                if let Some(b) = bias {
+                    y += b[first + j];
+                }
+                *o = if relu && y < 0.0 { 0.0 } else { y };
             }
-            *o = if relu && y < 0.0 { 0.0 } else { y };
         }
+    };
+    if parallel {
+        out.par_chunks_mut(n)
+            .enumerate()
+            .for_each(|(r, o)| row(r, o));
+    } else {
+        out.chunks_mut(n).enumerate().for_each(|(r, o)| row(r, o));
     }
 }
 
