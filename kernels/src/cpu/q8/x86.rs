@@ -72,6 +72,9 @@ pub(super) unsafe fn vnni_tile(t: &Tile, sums: &mut [i32]) {
 /// Rows `r0..r0 + MR` by blocks `first_block..first_block + NB` over the k slice,
 /// accumulated in `sums[row * TASK_WIDTH + block * 16]` (relative to the tile's first
 /// block).
+// The tile of accumulators is walked by rows in one loop and by blocks in another;
+// plain indices keep the two alike.
+#[allow(clippy::needless_range_loop)]
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn vnni<const MR: usize, const NB: usize>(t: &Tile, r0: usize, k: KSlice, sums: &mut [i32]) {
