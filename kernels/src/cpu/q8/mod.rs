@@ -31,6 +31,9 @@ const PARALLEL_MIN_MACS: usize = 1 << 20;
 pub enum Q8Path {
     /// `vpdpbusd` on 512-bit registers: 64 multiply-adds an instruction.
     Vnni512,
+    /// AVX-VNNI's `vpdpbusd` on 256-bit registers (Alder Lake and later, Zen 5): for
+    /// CPUs with the VEX form and no AVX-512.
+    AvxVnni,
     /// `vpmaddwd` on int8 values widened to 16 bits.
     Avx2,
     Portable,
@@ -50,6 +53,9 @@ impl Q8Path {
                 return Q8Path::Vnni512;
             }
             if matches!(isa, Isa::Avx512 | Isa::Avx2Fma) {
+                if is_x86_feature_detected!("avxvnni") {
+                    return Q8Path::AvxVnni;
+                }
                 return Q8Path::Avx2;
             }
         }
@@ -57,9 +63,40 @@ impl Q8Path {
         Q8Path::Portable
     }
 
+    pub const ALL: [Q8Path; 4] = [
+        Q8Path::Vnni512,
+        Q8Path::AvxVnni,
+        Q8Path::Avx2,
+        Q8Path::Portable,
+    ];
+
+    /// Whether this CPU can run the path.
+    pub fn is_supported(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match self {
+                Q8Path::Vnni512 => {
+                    is_x86_feature_detected!("avx512vnni")
+                        && is_x86_feature_detected!("avx512bw")
+                        && is_x86_feature_detected!("avx512f")
+                }
+                Q8Path::AvxVnni => {
+                    is_x86_feature_detected!("avxvnni") && is_x86_feature_detected!("avx2")
+                }
+                Q8Path::Avx2 => is_x86_feature_detected!("avx2"),
+                Q8Path::Portable => true,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Q8Path::Portable
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Q8Path::Vnni512 => "avx512-vnni",
+            Q8Path::AvxVnni => "avx-vnni",
             Q8Path::Avx2 => "avx2",
             Q8Path::Portable => "portable",
         }
@@ -377,6 +414,11 @@ impl Tile<'_> {
                 // SAFETY: `Q8Path::for_simd` picks this path only where the CPU has
                 // AVX512-VNNI and AVX512-BW.
                 unsafe { x86::vnni_tile(self, sums) }
+            }
+            #[cfg(target_arch = "x86_64")]
+            Q8Path::AvxVnni => {
+                // SAFETY: picked only where the CPU has AVX-VNNI and AVX2.
+                unsafe { x86::avx_vnni_tile(self, sums) }
             }
             #[cfg(target_arch = "x86_64")]
             Q8Path::Avx2 => {

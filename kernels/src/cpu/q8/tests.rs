@@ -16,12 +16,16 @@ fn values(len: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// Every path this CPU runs (AVX-VNNI where the CPU has it, which no CPU with
+/// AVX512-VNNI's path gets by `for_simd`), and that `for_simd` picks one of them.
 fn paths() -> Vec<Q8Path> {
-    let mut paths: Vec<Q8Path> = Simd::available()
+    let paths: Vec<Q8Path> = Q8Path::ALL
         .into_iter()
-        .map(Q8Path::for_simd)
+        .filter(|p| p.is_supported())
         .collect();
-    paths.dedup();
+    for simd in Simd::available() {
+        assert!(paths.contains(&Q8Path::for_simd(simd)));
+    }
     paths
 }
 

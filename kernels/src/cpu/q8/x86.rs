@@ -1,6 +1,7 @@
 //! The int8 dot products on x86-64: AVX512-VNNI's `vpdpbusd` (unsigned activations times
-//! signed weights, four products summed into each 32-bit lane), and AVX2's `vpmaddwd`
-//! on both operands widened to 16 bits (exact: no saturating `vpmaddubsw`).
+//! signed weights, four products summed into each 32-bit lane), its 256-bit AVX-VNNI
+//! form, and AVX2's `vpmaddwd` on both operands widened to 16 bits (exact: no
+//! saturating `vpmaddubsw`).
 
 use super::{Tile, BLOCK, TASK_WIDTH};
 use std::arch::x86_64::*;
@@ -117,6 +118,84 @@ unsafe fn vnni<const MR: usize, const NB: usize>(t: &Tile, r0: usize, k: KSlice,
             };
             // SAFETY: each row of `sums` holds TASK_WIDTH values, 16 per block.
             unsafe { _mm512_storeu_si512(sums.as_mut_ptr().add(at(i, j)).cast(), v) };
+        }
+    }
+}
+
+/// Rows an AVX-VNNI tile keeps in registers: 2 rows x 2 blocks x 2 halves = 8 of the 16
+/// ymm registers.
+const AVX_VNNI_ROWS: usize = 2;
+
+/// # Safety
+/// The CPU has AVX-VNNI and AVX2.
+#[target_feature(enable = "avx2,avxvnni")]
+pub(super) unsafe fn avx_vnni_tile(t: &Tile, sums: &mut [i32]) {
+    let rows = t.rows();
+    let mut r = 0;
+    while r < rows {
+        let mr = AVX_VNNI_ROWS.min(rows - r);
+        let mut b = 0;
+        while b < t.blocks {
+            let nb = 2.min(t.blocks - b);
+            let sums = &mut sums[b * BLOCK..];
+            match (mr, nb) {
+                (2, 2) => avx_vnni::<2, 2>(t, t.first_block + b, r, sums),
+                (2, _) => avx_vnni::<2, 1>(t, t.first_block + b, r, sums),
+                (_, 2) => avx_vnni::<1, 2>(t, t.first_block + b, r, sums),
+                _ => avx_vnni::<1, 1>(t, t.first_block + b, r, sums),
+            }
+            b += nb;
+        }
+        r += mr;
+    }
+}
+
+/// Rows `r0..r0 + MR` by blocks `block..block + NB`, each block two ymm halves (outputs
+/// 0-7 and 8-15), written at `sums[row * TASK_WIDTH + j * 16]`.
+#[allow(clippy::needless_range_loop)]
+#[inline]
+#[target_feature(enable = "avx2,avxvnni")]
+unsafe fn avx_vnni<const MR: usize, const NB: usize>(
+    t: &Tile,
+    block: usize,
+    r0: usize,
+    sums: &mut [i32],
+) {
+    let mut acc = [[[_mm256_setzero_si256(); 2]; NB]; MR];
+    let blocks: [&[u8]; NB] = std::array::from_fn(|j| t.block(block + j));
+    let rows: [&[u8]; MR] = std::array::from_fn(|i| t.row(r0 + i));
+    for g in 0..t.groups {
+        let mut w = [[_mm256_setzero_si256(); 2]; NB];
+        for j in 0..NB {
+            for h in 0..2 {
+                // SAFETY: a block holds `groups * 64` bytes.
+                w[j][h] =
+                    unsafe { _mm256_loadu_si256(blocks[j].as_ptr().add(g * 64 + h * 32).cast()) };
+            }
+        }
+        for i in 0..MR {
+            // SAFETY: a row holds `groups * 4` bytes.
+            let quad = unsafe { rows[i].as_ptr().add(g * 4).cast::<i32>().read_unaligned() };
+            let a = _mm256_set1_epi32(quad);
+            for j in 0..NB {
+                for h in 0..2 {
+                    acc[i][j][h] = _mm256_dpbusd_avx_epi32(acc[i][j][h], a, w[j][h]);
+                }
+            }
+        }
+    }
+    for j in 0..NB {
+        for h in 0..2 {
+            let first = (block + j) * BLOCK + h * 8;
+            // SAFETY: `corrections` holds 16 values per block.
+            let correction =
+                unsafe { _mm256_loadu_si256(t.corrections.as_ptr().add(first).cast()) };
+            for i in 0..MR {
+                let out = &mut sums[(r0 + i) * TASK_WIDTH + j * BLOCK + h * 8..][..8];
+                let exact = _mm256_sub_epi32(acc[i][j][h], correction);
+                // SAFETY: `out` holds 8 values.
+                unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), exact) };
+            }
         }
     }
 }
