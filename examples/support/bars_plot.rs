@@ -31,18 +31,36 @@ pub fn write_svg(path: &Path, title: &str, axis: &str, bars: &[Bar]) -> Result<(
             .caption(title, ("sans-serif", 15))
             .margin(16)
             .x_label_area_size(40)
-            .y_label_area_size(260)
-            .build_cartesian_2d((min / 2.0..max * 2.0).log_scale(), 0..bars.len())?;
+            .y_label_area_size(220)
+            .build_cartesian_2d(
+                (min / 2.0..max * 2.0).log_scale(),
+                (0..bars.len()).into_segmented(),
+            )?;
         chart
             .configure_mesh()
             .x_desc(axis)
+            .x_labels(6)
+            .x_label_formatter(&|x| format!("{x:.0}"))
             .y_labels(bars.len())
-            .y_label_formatter(&|i| bars.get(*i).map(|b| b.label.clone()).unwrap_or_default())
+            .y_label_formatter(&|v| match v {
+                SegmentValue::CenterOf(i) => {
+                    bars.get(*i).map(|b| b.label.clone()).unwrap_or_default()
+                }
+                _ => String::new(),
+            })
             .light_line_style(WHITE)
             .draw()?;
         chart.draw_series(bars.iter().enumerate().map(|(i, b)| {
             let color = COLORS[b.group % COLORS.len()].filled();
-            Rectangle::new([(min / 2.0, i), (b.value, i + 1)], color)
+            let mut bar = Rectangle::new(
+                [
+                    (min / 2.0, SegmentValue::Exact(i)),
+                    (b.value, SegmentValue::Exact(i + 1)),
+                ],
+                color,
+            );
+            bar.set_margin(3, 3, 0, 0);
+            bar
         }))?;
         root.present()?;
     }
