@@ -282,3 +282,36 @@ fn the_server_answers_every_request_of_many_clients_once() {
     );
     eprintln!("server load test: {}", stats.summary());
 }
+
+/// Output that refuses every write, as a closed pipe does.
+struct ClosedPipe;
+
+impl Write for ClosedPipe {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::ErrorKind::BrokenPipe.into())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Err(std::io::ErrorKind::BrokenPipe.into())
+    }
+}
+
+/// Rows of an endless source: the reader stops once nobody reads the answers.
+struct Endless(Vec<u8>);
+
+impl std::io::Read for Endless {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.0.len());
+        buf[..n].copy_from_slice(&self.0[..n]);
+        Ok(n)
+    }
+}
+
+#[test]
+fn a_closed_output_ends_the_stream_with_its_error() {
+    let b = batcher(8, Output::Class);
+    let line = format!("{}\n", csv(&row(1)));
+    let input = BufReader::new(Endless(line.repeat(64).into_bytes()));
+    let err = run_stream(input, config(RowFormat::Csv), &b.sender(), ClosedPipe).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::BrokenPipe);
+    b.finish();
+}

@@ -155,7 +155,13 @@ impl Q8Spec {
                 ),
             });
         }
-        let want = [(x, m * k, "inputs"), (out, m * n, "outputs")];
+        let (Some(mk), Some(mn)) = (m.checked_mul(k), m.checked_mul(n)) else {
+            return Err(KernelError::InvalidArgument {
+                op: OP,
+                reason: format!("linear_q8: {m} rows of {k} -> {n} overflow the address space"),
+            });
+        };
+        let want = [(x, mk, "inputs"), (out, mn, "outputs")];
         for (got, want, what) in want {
             if got != want {
                 return Err(KernelError::InvalidArgument {

@@ -220,3 +220,44 @@ fn the_optimizer_comes_from_the_flags() {
         .unwrap();
     assert!(state.iter().any(|(n, _, _)| n == "step.0"), "an AdamW");
 }
+
+#[test]
+fn bagging_flags_make_a_bag_and_bad_ones_are_refused() {
+    use ringtrain_models::train::Bagging;
+    let c = parse(&["--bag", "3", "--checkpoint-dir", "runs/bag"])
+        .unwrap()
+        .train
+        .config()
+        .unwrap();
+    assert_eq!(
+        c.bagging,
+        Some(Bagging {
+            members: 3,
+            only: None
+        })
+    );
+    let c = parse(&["--bag", "3", "--bag-member", "2", "--checkpoint-dir", "x"])
+        .unwrap()
+        .train
+        .config()
+        .unwrap();
+    assert_eq!(
+        c.bagging,
+        Some(Bagging {
+            members: 3,
+            only: Some(2)
+        })
+    );
+    assert_eq!(c.bagging.unwrap().members(), vec![2]);
+    // A bag of one, a member past the bag, a member without a bag, no folder to keep it.
+    assert!(parse(&["--bag", "1", "--checkpoint-dir", "x"]).is_err());
+    let past = parse(&["--bag", "3", "--bag-member", "3", "--checkpoint-dir", "x"]).unwrap();
+    assert!(past
+        .train
+        .config()
+        .unwrap_err()
+        .to_string()
+        .contains("bag member 3"));
+    assert!(parse(&["--bag-member", "0", "--checkpoint-dir", "x"]).is_err());
+    assert!(parse(&["--bag", "2"]).is_err());
+}

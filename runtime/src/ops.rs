@@ -344,6 +344,10 @@ impl Tensor {
         if in_out || recording || !plain(self) || !bias.is_none_or(plain) {
             return None;
         }
+        if bias.is_some_and(|b| b.shares_storage(self)) {
+            // Two read locks on one storage could wait behind a writer (as above).
+            return None;
+        }
         let &[m, k] = self.dims() else { return None };
         let &[n, wk] = weight.dims() else { return None };
         let fits = wk == k

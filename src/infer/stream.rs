@@ -6,6 +6,7 @@ use super::rows::{read_line, Line, RowFormat, RowSpec};
 use crossbeam_channel::Sender;
 use std::collections::BTreeMap;
 use std::io::{BufRead, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 /// Rows read and answered.
@@ -38,8 +39,14 @@ pub fn run_stream(
     out: impl Write + Send,
 ) -> std::io::Result<StreamCounts> {
     let (tx, rx) = crossbeam_channel::unbounded::<(u64, Answer, Option<serde_json::Value>)>();
+    // Set when the writer stops (its reader went away): reading on would be for nothing.
+    let stopped = AtomicBool::new(false);
     std::thread::scope(|scope| {
-        let writer = scope.spawn(move || write_in_order(out, rx));
+        let writer = scope.spawn(|| {
+            let result = write_in_order(out, rx);
+            stopped.store(true, Ordering::Relaxed);
+            result
+        });
         let mut counts = StreamCounts::default();
         let mut seq = 0u64;
         let mut submit = |row: Result<super::rows::Row, String>| {
@@ -85,6 +92,9 @@ pub fn run_stream(
                 return Ok(());
             }
             while let Some(line) = read_line(&mut input, config.max_line_bytes)? {
+                if stopped.load(Ordering::Relaxed) {
+                    break;
+                }
                 match line {
                     Line::Text(text) => submit(config.rows.line(config.format, &text)),
                     Line::Bad(why) => submit(Err(why)),

@@ -44,6 +44,8 @@
 
 mod ensemble;
 
+/// The CPU thread count of this process: once, before the first parallel work.
+pub use crate::train::set_threads;
 pub use ensemble::Ensemble;
 
 use crate::checkpoint::{Checkpoint, CheckpointDir};
