@@ -150,7 +150,12 @@ fn json_rows_carry_their_ids_and_vectors_come_back_whole() {
             .iter()
             .map(|x| x.as_f64().unwrap() as f32)
             .collect();
-        assert_eq!(got, want);
+        // Batched with other rows here, alone there: the same values to f32 rounding
+        // (a one-row product sums in its own order).
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0), "{g} vs {w}");
+        }
     }
     assert!(lines[20]["error"].is_string() && lines[21]["error"].is_string());
 }
