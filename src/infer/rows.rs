@@ -152,43 +152,64 @@ pub enum Line {
 /// The next line of `reader` without its newline, reading at most `limit` bytes of it
 /// into memory (a longer line is consumed and reported), or `None` at the end.
 pub fn read_line(reader: &mut impl BufRead, limit: usize) -> std::io::Result<Option<Line>> {
-    let mut bytes = Vec::new();
-    let mut oversized = false;
-    let mut any = false;
+    let mut line = PartLine::new(limit);
     loop {
         let chunk = reader.fill_buf()?;
-        if chunk.is_empty() {
-            break;
-        }
-        any = true;
-        let (part, done) = match chunk.iter().position(|&b| b == b'\n') {
-            Some(i) => (&chunk[..i], Some(i + 1)),
-            None => (chunk, None),
-        };
-        if !oversized {
-            if bytes.len() + part.len() > limit {
-                oversized = true;
-                bytes = Vec::new();
-            } else {
-                bytes.extend_from_slice(part);
-            }
-        }
-        let used = done.unwrap_or(chunk.len());
+        let (used, done) = line.take(chunk);
         reader.consume(used);
-        if done.is_some() {
-            break;
+        if done {
+            return Ok(line.finish());
         }
     }
-    Ok(finish_line(bytes, any, oversized, limit))
+}
+
+/// A line being read a buffer's worth at a time, by [`read_line`] and its asynchronous
+/// twin in the server.
+pub(crate) struct PartLine {
+    bytes: Vec<u8>,
+    limit: usize,
+    any: bool,
+    oversized: bool,
+}
+
+impl PartLine {
+    pub(crate) fn new(limit: usize) -> Self {
+        PartLine {
+            bytes: Vec::new(),
+            limit,
+            any: false,
+            oversized: false,
+        }
+    }
+
+    /// Takes what of `chunk` belongs to the line: the bytes used, and whether the line
+    /// is over (a newline, or the end of the input: an empty chunk).
+    pub(crate) fn take(&mut self, chunk: &[u8]) -> (usize, bool) {
+        if chunk.is_empty() {
+            return (0, true);
+        }
+        self.any = true;
+        let newline = chunk.iter().position(|&b| b == b'\n');
+        let part = &chunk[..newline.unwrap_or(chunk.len())];
+        if !self.oversized {
+            if self.bytes.len() + part.len() > self.limit {
+                self.oversized = true;
+                self.bytes = Vec::new();
+            } else {
+                self.bytes.extend_from_slice(part);
+            }
+        }
+        (newline.map_or(chunk.len(), |i| i + 1), newline.is_some())
+    }
+
+    /// The line read, or `None` where the input had ended before it.
+    pub(crate) fn finish(self) -> Option<Line> {
+        finish_line(self.bytes, self.any, self.oversized, self.limit)
+    }
 }
 
 /// The line `bytes` hold (without its newline; a trailing `\r` dropped), once read.
-pub(crate) fn finish_line(
-    mut bytes: Vec<u8>,
-    any: bool,
-    oversized: bool,
-    limit: usize,
-) -> Option<Line> {
+fn finish_line(mut bytes: Vec<u8>, any: bool, oversized: bool, limit: usize) -> Option<Line> {
     if !any {
         return None;
     }

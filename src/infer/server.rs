@@ -5,7 +5,7 @@
 //! connection goes on; a client that goes away loses only its own answers.
 
 use super::batcher::{Answer, Request};
-use super::rows::Line;
+use super::rows::{Line, PartLine};
 use super::stream::StreamConfig;
 use crossbeam_channel::Sender;
 use std::future::Future;
@@ -146,29 +146,13 @@ async fn read_line(
     reader: &mut (impl AsyncBufRead + Unpin),
     limit: usize,
 ) -> std::io::Result<Option<Line>> {
-    let mut bytes = Vec::new();
-    let (mut oversized, mut any) = (false, false);
+    let mut line = PartLine::new(limit);
     loop {
         let chunk = reader.fill_buf().await?;
-        if chunk.is_empty() {
-            break;
-        }
-        any = true;
-        let newline = chunk.iter().position(|&b| b == b'\n');
-        let part = &chunk[..newline.unwrap_or(chunk.len())];
-        if !oversized {
-            if bytes.len() + part.len() > limit {
-                oversized = true;
-                bytes = Vec::new();
-            } else {
-                bytes.extend_from_slice(part);
-            }
-        }
-        let used = newline.map_or(chunk.len(), |i| i + 1);
+        let (used, done) = line.take(chunk);
         reader.consume(used);
-        if newline.is_some() {
-            break;
+        if done {
+            return Ok(line.finish());
         }
     }
-    Ok(super::rows::finish_line(bytes, any, oversized, limit))
 }
