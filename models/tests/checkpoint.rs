@@ -547,3 +547,18 @@ fn a_checkpoint_folder_orders_by_step_prunes_and_leaves_other_files_alone() {
         "{err}"
     );
 }
+
+/// A checkpoint without tensors (metadata alone, or nothing) writes bytes that read
+/// back: safetensors 0.8 writes `{},"__metadata__":..}` for it (the fuzzer found it).
+#[test]
+fn a_checkpoint_without_tensors_reads_back() {
+    let mut c = Checkpoint::new();
+    assert_eq!(
+        Checkpoint::from_bytes(&c.to_bytes().unwrap(), "empty").unwrap(),
+        c
+    );
+    c.set_metadata("note", "no tensors \" quoted");
+    let back = Checkpoint::from_bytes(&c.to_bytes().unwrap(), "metadata only").unwrap();
+    assert_eq!(back, c);
+    assert_eq!(back.metadata("note"), Some("no tensors \" quoted"));
+}

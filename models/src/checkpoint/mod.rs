@@ -444,6 +444,9 @@ impl Checkpoint {
             let p = format(name);
             entries.push((name.clone(), dtype(p), shape.clone(), encode(name, v, p)?));
         }
+        if entries.is_empty() {
+            return Ok(self.header_only());
+        }
         let views = entries
             .iter()
             .map(|(name, dtype, shape, data)| {
@@ -456,6 +459,22 @@ impl Checkpoint {
             origin: "a checkpoint being written".into(),
             reason: e.to_string(),
         })
+    }
+
+    /// The safetensors bytes of a checkpoint with no tensors: its header by hand, since
+    /// `safetensors::serialize` 0.8 writes `{},"__metadata__":{..}}` for one (a leading
+    /// `{}` and a stray comma), which no reader parses.
+    fn header_only(&self) -> Vec<u8> {
+        let mut header = serde_json::json!({});
+        if !self.metadata.is_empty() {
+            header["__metadata__"] = serde_json::json!(self.metadata);
+        }
+        let mut json = header.to_string().into_bytes();
+        // The data that follows starts 8-byte aligned, the header padded with spaces.
+        json.resize(json.len().div_ceil(8) * 8, b' ');
+        let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(&json);
+        bytes
     }
 
     /// Parses safetensors bytes; `origin` names them in errors.
