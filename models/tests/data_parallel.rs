@@ -3,6 +3,8 @@
 //! replicas with global batch B train like one device with batch B; runs reproduce from
 //! their seed; a failing replica is an error naming it, never a hang.
 
+mod support;
+
 use ringtrain_models::nn::{Module, ModuleState, Sequential};
 use ringtrain_models::parallel::{DataParallel, DataParallelConfig, NonFinitePolicy};
 use ringtrain_models::zoo::{mlp, Activation};
@@ -15,20 +17,9 @@ use std::time::{Duration, Instant};
 const FEATURES: usize = 12;
 const CLASSES: usize = 5;
 
-/// A fixed synthetic classification set: `rows` inputs and labels.
+/// A fixed synthetic classification set of `rows` rows.
 fn data(rows: usize) -> (Vec<f32>, Vec<u32>) {
-    let mut rng = rng_from_seed(42);
-    let x = Tensor::rand_uniform(-1.0, 1.0, (rows, FEATURES), &mut rng, &Device::cpu())
-        .unwrap()
-        .to_vec()
-        .unwrap();
-    let labels = (0..rows)
-        .map(|r| {
-            let s: f32 = x[r * FEATURES..(r + 1) * FEATURES].iter().take(4).sum();
-            ((s + 4.0) * CLASSES as f32 / 8.0).clamp(0.0, CLASSES as f32 - 1.0) as u32
-        })
-        .collect();
-    (x, labels)
+    support::classification(rows, FEATURES, CLASSES, 4, 42)
 }
 
 /// Replica `device`'s model and optimizer; the seed makes the initial weights, though

@@ -5,6 +5,8 @@
 //! synchronizations send bytes; runs reproduce; bad settings and non-finite steps are
 //! errors, not garbage.
 
+mod support;
+
 use ringtrain_models::nn::{Module, ModuleState, Sequential};
 use ringtrain_models::parallel::{
     shard, DataParallel, DataParallelConfig, InnerState, LocalSgd, NonFinitePolicy, OuterOptimizer,
@@ -19,18 +21,7 @@ const BATCH: usize = 12;
 
 /// A fixed synthetic classification set of `rows` rows.
 fn data(rows: usize) -> (Vec<f32>, Vec<u32>) {
-    let mut rng = rng_from_seed(3);
-    let x = Tensor::rand_uniform(-1.0, 1.0, (rows, FEATURES), &mut rng, &Device::cpu())
-        .unwrap()
-        .to_vec()
-        .unwrap();
-    let labels = (0..rows)
-        .map(|r| {
-            let s: f32 = x[r * FEATURES..(r + 1) * FEATURES].iter().take(3).sum();
-            ((s + 3.0) * CLASSES as f32 / 6.0).clamp(0.0, CLASSES as f32 - 1.0) as u32
-        })
-        .collect();
-    (x, labels)
+    support::classification(rows, FEATURES, CLASSES, 3, 3)
 }
 
 fn build(device: &Device, momentum: f32) -> Result<(Sequential, Sgd)> {
