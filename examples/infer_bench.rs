@@ -84,8 +84,12 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         println!("{}", serde_json::to_string(&run)?);
         return Ok(());
     }
-    let temp = tempfile_dir()?;
-    let dir = args.work_dir.clone().unwrap_or_else(|| temp.clone());
+    // Removed when it goes out of scope.
+    let temp = tempfile::tempdir()?;
+    let dir = args
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| temp.path().to_path_buf());
     std::fs::create_dir_all(&dir)?;
     let inputs = prepare(&dir)?;
     let mut runs = Vec::new();
@@ -153,20 +157,11 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         let title = format!("Batch-1 latency (median), {threads} threads, lower is better");
         bars_plot::write_svg(path, &title, "microseconds per call", &bars)?;
     }
-    if args.work_dir.is_none() {
-        let _ = std::fs::remove_dir_all(&temp);
-    }
     Ok(())
 }
 
 fn path(p: &Path) -> &str {
     p.to_str().expect("a UTF-8 path")
-}
-
-fn tempfile_dir() -> std::io::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("ringtrain-infer-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
 }
 
 fn parse_run(out: &std::process::Output) -> Result<Run, Box<dyn std::error::Error>> {
@@ -230,8 +225,7 @@ fn prepare(dir: &Path) -> Result<PathBuf, Box<dyn std::error::Error>> {
                         SgdConfig {
                             lr: 0.05,
                             momentum: 0.9,
-                            weight_decay: 0.0,
-                            nesterov: false,
+                            ..SgdConfig::default()
                         },
                     )?;
                     Ok((model, sgd))

@@ -42,8 +42,7 @@ fn sgd(model: &ZooModel) -> Result<Sgd> {
     let config = SgdConfig {
         lr: 0.05,
         momentum: 0.9,
-        weight_decay: 0.0,
-        nesterov: false,
+        ..SgdConfig::default()
     };
     Sgd::new(model.parameters(), config)
 }

@@ -182,8 +182,8 @@ impl Var {
                     format,
                     values,
                     scales: None,
-                    rows: 0,
-                    cols: 0,
+                    rows: 1,
+                    cols: self.elem_count(),
                 })
             }
             None => {
@@ -235,10 +235,7 @@ impl Var {
         })
     }
 
-    fn set_packed(&self, mut packed: Packed) -> Result<()> {
-        if packed.format != Quantization::Int8 {
-            (packed.rows, packed.cols) = (1, self.elem_count());
-        }
+    fn set_packed(&self, packed: Packed) -> Result<()> {
         *self.as_tensor().write() = Storage::Packed(Box::new(packed));
         Ok(())
     }

@@ -5,7 +5,7 @@
 
 use ringtrain_runtime::optim::{Optimizer, Sgd, SgdConfig};
 use ringtrain_runtime::{
-    no_grad, rng_from_seed, DType, Device, Int8Rows, Precision, Quantization, Tensor, Var,
+    no_grad, rng_from_seed, DType, Device, Int8Rows, Quantization, Tensor, Var,
 };
 
 fn devices() -> Vec<Device> {
@@ -156,7 +156,6 @@ fn half_weights_give_the_rounded_weights_product_bit_for_bit() {
             assert_eq!(bits(&got), bits(&want), "{dev:?} {format}");
             assert_eq!(w.int8().unwrap(), None);
         }
-        let _ = Precision::F32;
     }
 }
 
@@ -169,9 +168,7 @@ fn writes_are_refused_and_set_makes_a_weight_f32_again() {
         w.quantize(Quantization::Int8).unwrap();
         let config = SgdConfig {
             lr: 0.1,
-            momentum: 0.0,
-            weight_decay: 0.0,
-            nesterov: false,
+            ..SgdConfig::default()
         };
         let mut sgd = Sgd::new(vec![w.clone()], config).unwrap();
         let err = sgd.step(&grads).unwrap_err().to_string();

@@ -156,7 +156,10 @@ impl Batcher {
     /// Waits until every request sent has been answered, and says what was done.
     pub fn finish(mut self) -> BatchStats {
         drop(self.tx.take());
-        self.thread.join().unwrap_or_else(|_| BatchStats::new())
+        // A model that panicked is the caller's panic too, not an empty report.
+        self.thread
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
 }
 
@@ -198,7 +201,7 @@ fn score(scorer: &dyn Scorer, output: Output, batch: Vec<Request>, stats: &mut B
             .chunks_exact(width)
             .map(|row| match output {
                 Output::Class => {
-                    let (class, probability) = ringtrain_models::infer::best_classes(row, width)[0];
+                    let (class, probability) = ringtrain_models::infer::best_class(row);
                     Answer::Class { class, probability }
                 }
                 Output::Vector => Answer::Vector(row.to_vec()),

@@ -319,20 +319,20 @@ impl Predictor {
 
 /// Each row's largest value's index and the value (first on ties).
 pub fn best_classes(probs: &[f32], width: usize) -> Vec<(u32, f32)> {
-    probs
-        .chunks(width.max(1))
-        .map(|row| {
-            row.iter()
-                .enumerate()
-                .fold((0u32, f32::NEG_INFINITY), |best, (i, &p)| {
-                    if p > best.1 {
-                        (i as u32, p)
-                    } else {
-                        best
-                    }
-                })
+    probs.chunks(width.max(1)).map(best_class).collect()
+}
+
+/// The largest value's index in `row` and the value (first on ties).
+pub fn best_class(row: &[f32]) -> (u32, f32) {
+    row.iter()
+        .enumerate()
+        .fold((0u32, f32::NEG_INFINITY), |best, (i, &p)| {
+            if p > best.1 {
+                (i as u32, p)
+            } else {
+                best
+            }
         })
-        .collect()
 }
 
 /// A checkpoint file, or the newest checkpoint in a folder a Trainer wrote.

@@ -695,7 +695,7 @@ impl Trainer {
             trainer["precision"] = c.precision.name().into();
         }
         if let Some(spec) = &c.model {
-            trainer["model"] = serde_json::from_str(&spec.to_json()).map_err(Error::msg)?;
+            trainer["model"] = serde_json::to_value(spec).map_err(Error::msg)?;
         }
         if let Some(bag) = &c.bagging {
             trainer["bag"] = serde_json::json!({ "members": bag.members, "member": bag.only });

@@ -42,25 +42,16 @@ pub enum Q8Path {
 impl Q8Path {
     /// The fastest path `simd` allows on this CPU.
     pub fn for_simd(simd: Simd) -> Q8Path {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use super::Isa;
-            let isa = simd.isa();
-            if isa == Isa::Avx512
-                && is_x86_feature_detected!("avx512vnni")
-                && is_x86_feature_detected!("avx512bw")
-            {
-                return Q8Path::Vnni512;
-            }
-            if matches!(isa, Isa::Avx512 | Isa::Avx2Fma) {
-                if is_x86_feature_detected!("avxvnni") {
-                    return Q8Path::AvxVnni;
-                }
-                return Q8Path::Avx2;
-            }
-        }
-        let _ = simd;
-        Q8Path::Portable
+        use super::Isa;
+        let allowed = |path: Q8Path| match path {
+            Q8Path::Vnni512 => simd.isa() == Isa::Avx512,
+            Q8Path::AvxVnni | Q8Path::Avx2 => matches!(simd.isa(), Isa::Avx512 | Isa::Avx2Fma),
+            Q8Path::Portable => true,
+        };
+        Q8Path::ALL
+            .into_iter()
+            .find(|&p| allowed(p) && p.is_supported())
+            .unwrap_or(Q8Path::Portable)
     }
 
     pub const ALL: [Q8Path; 4] = [
