@@ -3,7 +3,9 @@
 //! ranks, sums and broadcasts with the same bits on every device, nodes of different
 //! sizes, and failures that reach every device of every node.
 
-use ringtrain_runtime::comm::{hierarchical, ring, CommError, Communicator, HierarchicalComm};
+use ringtrain_runtime::comm::{
+    hierarchical, hierarchical_rails, ring, CommError, Communicator, HierarchicalComm,
+};
 use std::time::{Duration, Instant};
 
 /// Nodes with `counts[k]` devices each, their leaders joined by a ring; the
@@ -28,6 +30,41 @@ fn nodes(counts: &[usize]) -> Vec<HierarchicalComm> {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     per_node.into_iter().flatten().collect()
+}
+
+/// `counts.len()` nodes, device `i` of each linked to device `i` of the others by a rail
+/// (a ring of the nodes); the communicators in global rank order, or each node's error.
+fn rail_nodes(counts: &[usize]) -> Vec<Result<Vec<HierarchicalComm>, CommError>> {
+    let max = counts.iter().copied().max().unwrap_or(0);
+    let mut rails: Vec<Vec<Option<Box<dyn Communicator>>>> =
+        (0..counts.len()).map(|_| Vec::new()).collect();
+    for _ in 0..max {
+        for (k, c) in ring(counts.len()).unwrap().into_iter().enumerate() {
+            rails[k].push(Some(Box::new(c)));
+        }
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = rails
+            .into_iter()
+            .zip(counts)
+            .map(|(mut rails, &n)| {
+                s.spawn(move || {
+                    let local = ring(n)
+                        .unwrap()
+                        .into_iter()
+                        .map(|c| Box::new(c) as Box<dyn Communicator>)
+                        .collect();
+                    let rails = rails
+                        .iter_mut()
+                        .take(n)
+                        .map(|r| r.take().unwrap())
+                        .collect();
+                    hierarchical_rails(local, rails)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
 }
 
 fn on_every_device<T: Send>(
@@ -175,4 +212,69 @@ fn a_failing_leader_stops_every_node() {
             other => panic!("{other:?}"),
         }
     }
+}
+
+/// Rails: a local reduce-scatter, an all-reduce of each part along its rail, a local
+/// all-gather. The same sums, the same bits on every device, and the same bits as the
+/// leaders' path would not give (another order), within rounding of it.
+#[test]
+fn rails_sum_with_identical_bits_on_every_device() {
+    for counts in [&[1usize, 1][..], &[2, 2], &[3, 3, 3]] {
+        let size: usize = counts.iter().sum();
+        for len in [0, 1, 5, 1000] {
+            let comms: Vec<_> = rail_nodes(counts)
+                .into_iter()
+                .flat_map(Result::unwrap)
+                .collect();
+            assert!(comms.iter().all(|c| c.has_rails()));
+            let out = on_every_device(comms, |mut c| {
+                let mut data = input(c.rank(), len);
+                c.all_reduce(&mut data).unwrap();
+                let mut b = input(c.rank(), 9);
+                c.broadcast(&mut b, size - 1).unwrap();
+                (data, b)
+            });
+            for i in 0..len {
+                let want: f64 = (0..size).map(|r| f64::from(input(r, len)[i])).sum();
+                assert!(
+                    (f64::from(out[0].0[i]) - want).abs() < 1e-4,
+                    "{counts:?} len {len}"
+                );
+            }
+            for (data, b) in &out {
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(data), bits(&out[0].0), "{counts:?} len {len}");
+                assert_eq!(b, &input(size - 1, 9));
+            }
+        }
+    }
+}
+
+#[test]
+fn rails_refuse_nodes_of_different_sizes_on_every_node() {
+    for r in rail_nodes(&[2, 1]) {
+        let err = r.err().expect("refused");
+        assert!(err.to_string().contains("same number of devices"), "{err}");
+    }
+}
+
+#[test]
+fn a_failing_device_on_a_rail_stops_every_node() {
+    let comms: Vec<_> = rail_nodes(&[2, 2])
+        .into_iter()
+        .flat_map(Result::unwrap)
+        .collect();
+    let started = Instant::now();
+    let out = on_every_device(comms, |mut c| {
+        if c.rank() == 3 {
+            c.abort("rail down");
+            return None;
+        }
+        Some(c.all_reduce(&mut vec![1.0; 100]))
+    });
+    for r in out.into_iter().flatten() {
+        let err = r.expect_err("stopped");
+        assert!(err.to_string().contains("rail down"), "{err}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(20));
 }

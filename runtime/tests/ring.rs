@@ -3,18 +3,37 @@
 //! that fails, leaves, hangs or disagrees makes every other peer return an error naming
 //! it, within a bounded time.
 
-use ringtrain_runtime::comm::{ring_with, CommError, Communicator, RingComm, RingConfig};
+use ringtrain_runtime::comm::{
+    even_parts, ring_with, Algorithm, CommError, Communicator, RingComm, RingConfig, Thresholds,
+};
 use ringtrain_runtime::Precision;
 use std::time::{Duration, Instant};
 
-/// Tiny chunks, so that even short buffers are cut into several pipelined messages.
+/// Tiny chunks, so that even short buffers are cut into several pipelined messages, and
+/// the ring for every size.
 fn small_chunks() -> RingConfig {
+    with_algorithm(Algorithm::Ring)
+}
+
+/// Tiny chunks, and thresholds that make every all-reduce run `algorithm`.
+fn with_algorithm(algorithm: Algorithm) -> RingConfig {
+    let (direct_below, doubling_below) = match algorithm {
+        Algorithm::Ring => (0, 0),
+        Algorithm::Doubling => (0, usize::MAX),
+        Algorithm::Direct => (usize::MAX, usize::MAX),
+    };
     RingConfig {
         chunk_bytes: 12,
         queue_depth: 2,
         timeout: Duration::from_secs(30),
+        thresholds: Thresholds {
+            direct_below,
+            doubling_below,
+        },
     }
 }
+
+const ALGORITHMS: [Algorithm; 3] = [Algorithm::Ring, Algorithm::Doubling, Algorithm::Direct];
 
 /// Runs `f(peer)` on one thread per peer and returns what each returned, by rank.
 fn on_every_peer<T: Send>(peers: Vec<RingComm>, f: impl Fn(RingComm) -> T + Sync) -> Vec<T> {
@@ -40,9 +59,12 @@ fn input(rank: usize, len: usize) -> Vec<f32> {
 
 #[test]
 fn all_reduce_sums_with_identical_bits_on_every_peer() {
-    for n in 1..=5usize {
+    for (algorithm, n) in ALGORITHMS
+        .into_iter()
+        .flat_map(|a| (1..=6usize).map(move |n| (a, n)))
+    {
         for len in [0, 1, 2, n.saturating_sub(1), n, 7, 100, 3 * 3 * n + 2] {
-            let peers = ring_with(n, small_chunks()).unwrap();
+            let peers = ring_with(n, with_algorithm(algorithm)).unwrap();
             let out = on_every_peer(peers, |mut p| {
                 let mut x = input(p.rank(), len);
                 p.all_reduce(&mut x).map(|_| x)
@@ -52,7 +74,7 @@ fn all_reduce_sums_with_identical_bits_on_every_peer() {
                 let want: f64 = (0..n).map(|r| input(r, len)[i] as f64).sum();
                 assert!(
                     (got as f64 - want).abs() <= 1e-5 * want.abs().max(1.0),
-                    "n {n} len {len} element {i}: {got} vs {want}"
+                    "{algorithm:?} n {n} len {len} element {i}: {got} vs {want}"
                 );
             }
             for (r, o) in out.iter().enumerate() {
@@ -60,7 +82,10 @@ fn all_reduce_sums_with_identical_bits_on_every_peer() {
                     .iter()
                     .zip(&out[0])
                     .all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "n {n} len {len}: peer {r} differs from peer 0");
+                assert!(
+                    same,
+                    "{algorithm:?} n {n} len {len}: peer {r} differs from peer 0"
+                );
             }
         }
     }
@@ -72,10 +97,13 @@ fn all_reduce_sums_with_identical_bits_on_every_peer() {
 /// plain one alternate on one ring.
 #[test]
 fn compressed_all_reduce_sends_half_the_bytes_with_identical_bits() {
-    for wire in [Precision::Bf16, Precision::F16] {
+    for (wire, algorithm) in [Precision::Bf16, Precision::F16]
+        .into_iter()
+        .flat_map(|w| ALGORITHMS.map(|a| (w, a)))
+    {
         for n in 1..=5usize {
             for len in [0, 1, 7, 100, 3 * 3 * n + 1] {
-                let peers = ring_with(n, small_chunks()).unwrap();
+                let peers = ring_with(n, with_algorithm(algorithm)).unwrap();
                 let out = on_every_peer(peers, |mut p| {
                     let mut x = input(p.rank(), len);
                     p.all_reduce_as(&mut x, wire)?;
@@ -93,7 +121,7 @@ fn compressed_all_reduce_sends_half_the_bytes_with_identical_bits() {
                     let scale: f64 = terms.iter().map(|t| t.abs()).sum();
                     assert!(
                         (f64::from(got) - want).abs() <= (n as f64 + 1.0) * u * scale,
-                        "{wire} n {n} len {len} element {i}: {got} vs {want}"
+                        "{wire} {algorithm:?} n {n} len {len} element {i}: {got} vs {want}"
                     );
                     if n > 1 {
                         // A group of one sends nothing, and rounds nothing.
@@ -105,7 +133,10 @@ fn compressed_all_reduce_sends_half_the_bytes_with_identical_bits() {
                         .iter()
                         .zip(&out[0].0)
                         .all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(same, "{wire} n {n} len {len}: peer {r} differs from peer 0");
+                    assert!(
+                        same,
+                        "{wire} {algorithm:?} n {n} len {len}: peer {r} differs"
+                    );
                     // Whole 4-byte words: an odd chunk rounds its half word up.
                     assert!(
                         2 * compressed <= plain + 4 * 2 * (n as u64) * (len as u64).div_ceil(3),
@@ -119,7 +150,15 @@ fn compressed_all_reduce_sends_half_the_bytes_with_identical_bits() {
 
 #[test]
 fn repeated_collectives_on_one_ring() {
-    let peers = ring_with(3, small_chunks()).unwrap();
+    // Each size crossing from the direct algorithm to doubling to the ring.
+    let config = RingConfig {
+        thresholds: Thresholds {
+            direct_below: 4 * 14,
+            doubling_below: 4 * 22,
+        },
+        ..small_chunks()
+    };
+    let peers = ring_with(3, config).unwrap();
     let out = on_every_peer(peers, |mut p| {
         let mut results = Vec::new();
         for round in 0..20 {
@@ -138,16 +177,23 @@ fn repeated_collectives_on_one_ring() {
 
 #[test]
 fn broadcast_copies_the_roots_buffer_from_any_root() {
-    for n in 1..=4 {
+    for (algorithm, n) in ALGORITHMS
+        .into_iter()
+        .flat_map(|a| (1..=4usize).map(move |n| (a, n)))
+    {
         for root in 0..n {
             for len in [0, 1, 5, 40] {
-                let peers = ring_with(n, small_chunks()).unwrap();
+                let peers = ring_with(n, with_algorithm(algorithm)).unwrap();
                 let out = on_every_peer(peers, |mut p| {
                     let mut x = input(p.rank(), len);
                     p.broadcast(&mut x, root).map(|_| x)
                 });
                 for (r, o) in out.into_iter().enumerate() {
-                    assert_eq!(o.unwrap(), input(root, len), "n {n} root {root} peer {r}");
+                    assert_eq!(
+                        o.unwrap(),
+                        input(root, len),
+                        "{algorithm:?} n {n} root {root} peer {r}"
+                    );
                 }
             }
         }
@@ -167,7 +213,7 @@ fn bad_arguments_are_errors() {
     assert!(ring_with(2, bad).is_err());
     let mut peers = ring_with(2, RingConfig::default()).unwrap();
     let err = peers[0].broadcast(&mut [1.0], 2).unwrap_err();
-    assert!(err.to_string().contains("peer 2"), "{err}");
+    assert!(err.to_string().contains("rank 2"), "{err}");
 }
 
 /// Every peer but `culprit` must fail naming `culprit`, quickly.
@@ -258,24 +304,114 @@ fn a_hung_peer_times_out_with_its_name() {
 
 #[test]
 fn peers_disagreeing_on_the_length_get_an_error_not_a_hang() {
-    let peers = ring_with(3, small_chunks()).unwrap();
-    let started = Instant::now();
+    for algorithm in ALGORITHMS {
+        let peers = ring_with(3, with_algorithm(algorithm)).unwrap();
+        let started = Instant::now();
+        let out = on_every_peer(peers, |mut p| {
+            let mut x = vec![1.0; if p.rank() == 1 { 31 } else { 30 }];
+            p.all_reduce(&mut x)
+        });
+        assert!(out.iter().all(Result::is_err), "{algorithm:?}: {out:?}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let msg = out[0].as_ref().unwrap_err().to_string();
+        assert!(
+            msg.contains("disagree") || msg.contains("collective"),
+            "{msg}"
+        );
+    }
+}
+
+/// `reduce`, `reduce_scatter` and `all_gather`, with parts of any size (empty ones too),
+/// against sums in f64: the right values where the collective defines them, the same
+/// bits on every peer that holds a sum, for every algorithm the sizes pick.
+#[test]
+fn reduce_reduce_scatter_and_all_gather_sum_and_copy_their_parts() {
+    for algorithm in ALGORITHMS {
+        for n in 1..=5usize {
+            for len in [0, 1, 9, 41] {
+                // Uneven parts: peer p's part grows with p; the first is often empty.
+                let mut parts: Vec<usize> = (0..=n).map(|p| p * p * len / (n * n)).collect();
+                parts[n] = len;
+                let want: Vec<f64> = (0..len)
+                    .map(|i| (0..n).map(|r| f64::from(input(r, len)[i])).sum())
+                    .collect();
+                let close = |got: f32, i: usize| {
+                    (f64::from(got) - want[i]).abs() <= 1e-5 * want[i].abs().max(1.0)
+                };
+                for root in [0, n - 1] {
+                    let peers = ring_with(n, with_algorithm(algorithm)).unwrap();
+                    let parts = &parts;
+                    let out = on_every_peer(peers, |mut p| {
+                        let mut reduced = input(p.rank(), len);
+                        p.reduce(&mut reduced, root)?;
+                        let mut scattered = input(p.rank(), len);
+                        p.reduce_scatter(&mut scattered, parts)?;
+                        // Each peer's own part, marked, gathered into everyone's buffer.
+                        let mut gathered = vec![-1.0f32; len];
+                        let r = p.rank();
+                        for (i, g) in gathered[parts[r]..parts[r + 1]].iter_mut().enumerate() {
+                            *g = (r * 1000 + i) as f32;
+                        }
+                        p.all_gather(&mut gathered, parts)?;
+                        Ok::<_, CommError>((reduced, scattered, gathered))
+                    });
+                    let out: Vec<_> = out.into_iter().map(Result::unwrap).collect();
+                    let what = format!("{algorithm:?} n {n} len {len} root {root}");
+                    for (i, &got) in out[root].0.iter().enumerate() {
+                        assert!(close(got, i), "{what}: reduce element {i}: {got}");
+                    }
+                    for (p, (_, scattered, gathered)) in out.iter().enumerate() {
+                        for i in parts[p]..parts[p + 1] {
+                            assert!(close(scattered[i], i), "{what}: peer {p} element {i}");
+                        }
+                        for q in 0..n {
+                            for (j, &g) in gathered[parts[q]..parts[q + 1]].iter().enumerate() {
+                                assert_eq!(g, (q * 1000 + j) as f32, "{what}: peer {p} part {q}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Parts that do not cut the buffer are refused before anything is sent.
+    let mut peers = ring_with(2, RingConfig::default()).unwrap();
+    let err = peers[0].reduce_scatter(&mut [1.0; 4], &[0, 3]).unwrap_err();
+    assert!(matches!(err, CommError::InvalidArgument(_)), "{err}");
+    assert_eq!(even_parts(10, 4), vec![0, 2, 5, 7, 10]);
+}
+
+/// A ring's reduce-scatter leaves each peer the bits its all-reduce would have given for
+/// that part when the parts are the even segments: one schedule, one summation order.
+#[test]
+fn all_reduce_is_reduce_scatter_then_all_gather() {
+    let (n, len) = (4, 103);
+    let parts = even_parts(len, n);
+    let peers = ring_with(n, small_chunks()).unwrap();
     let out = on_every_peer(peers, |mut p| {
-        let mut x = vec![1.0; if p.rank() == 1 { 31 } else { 30 }];
-        p.all_reduce(&mut x)
+        let mut a = input(p.rank(), len);
+        p.all_reduce(&mut a).unwrap();
+        let mut b = input(p.rank(), len);
+        p.reduce_scatter(&mut b, &parts).unwrap();
+        p.all_gather(&mut b, &parts).unwrap();
+        (a, b)
     });
-    assert!(out.iter().all(Result::is_err), "{out:?}");
-    assert!(started.elapsed() < Duration::from_secs(10));
-    let msg = out[0].as_ref().unwrap_err().to_string();
-    assert!(
-        msg.contains("disagree") || msg.contains("collective"),
-        "{msg}"
-    );
+    for (a, b) in &out {
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{x} vs {y}");
+        }
+    }
+    for (_, b) in &out {
+        assert!(b
+            .iter()
+            .zip(&out[0].1)
+            .all(|(x, y)| x.to_bits() == y.to_bits()));
+    }
 }
 
 #[test]
 fn peers_disagreeing_on_the_wire_format_get_an_error() {
-    let peers = ring_with(3, small_chunks()).unwrap();
+    let peers = ring_with(3, with_algorithm(Algorithm::Direct)).unwrap();
     let out = on_every_peer(peers, |mut p| {
         let wire = if p.rank() == 2 {
             Precision::F16

@@ -184,7 +184,9 @@ impl Cluster {
             #[cfg(feature = "mpi")]
             kind => {
                 use ringtrain_runtime::comm::mpi::{self as rmpi, MpiConfig};
-                use ringtrain_runtime::comm::{hierarchical, ring_with, RingConfig};
+                use ringtrain_runtime::comm::{
+                    hierarchical, hierarchical_rails, ring_with, RingConfig,
+                };
                 let mpi = self.mpi.as_ref().expect("started for MPI");
                 let config = MpiConfig {
                     algorithm: match self.config.mpi_algorithm {
@@ -194,7 +196,7 @@ impl Cluster {
                     timeout: self.config.timeout,
                     ..MpiConfig::default()
                 };
-                let comm = Box::new(mpi.communicator(config)?);
+                let comm = Box::new(mpi.communicator(config.clone())?);
                 if kind == CommKind::Mpi {
                     if local_devices != 1 {
                         return Err(Error::InvalidArgument(format!(
@@ -217,8 +219,27 @@ impl Cluster {
                 .into_iter()
                 .map(|c| Box::new(c) as Box<dyn Communicator>)
                 .collect();
-                Ok(Some(
+                // Rails (one link between nodes per device) where every node has as many
+                // devices, so that each device moves 1 / devices of the buffer between
+                // nodes; otherwise through the leaders.
+                let mut comm: Box<dyn Communicator> = comm;
+                let mut counts = vec![0.0f32; comm.size()];
+                counts[comm.rank()] = local_devices as f32;
+                if let Err(e) = comm.all_reduce(&mut counts) {
+                    comm.abort(&e.to_string());
+                    return Err(e.into());
+                }
+                let joined = if counts.iter().all(|&c| c == local_devices as f32) {
+                    let mut rails = vec![comm];
+                    for _ in 1..local_devices {
+                        rails.push(Box::new(mpi.communicator(config.clone())?));
+                    }
+                    hierarchical_rails(local, rails)?
+                } else {
                     hierarchical(local, comm)?
+                };
+                Ok(Some(
+                    joined
                         .into_iter()
                         .map(|c| Box::new(c) as Box<dyn Communicator>)
                         .collect(),

@@ -1,9 +1,19 @@
-//! Two-level collectives for several devices per machine and several machines: the
-//! devices of a node reduce among themselves over a fast local group (the in-process
-//! ring), one leader per node all-reduces the node sums with the other leaders (over
-//! MPI), and each leader broadcasts the result back within its node. Only the leaders
-//! touch the network, once per collective, whatever the number of devices per node.
+//! Two-level collectives for several devices per machine and several machines: a fast
+//! local group joins the devices of a node (the in-process group), and slower links
+//! (MPI) join the nodes. Two shapes, as NCCL and Horovod build them:
+//!
+//! - **Rails** ([`hierarchical_rails`], every node with the same number of devices):
+//!   device `i` of every node is linked to device `i` of every other. An all-reduce is a
+//!   local reduce-scatter (device `i` ends with its node's sum of part `i`), an
+//!   all-reduce of each part along its rail, all rails at once, and a local all-gather:
+//!   each device moves `1 / devices` of the buffer between nodes.
+//! - **Leaders** ([`hierarchical`], nodes of any sizes): only local rank 0 links to the
+//!   other nodes. An all-reduce is a local reduce to the leader, an all-reduce among the
+//!   leaders, and a local broadcast.
+//!
+//! Broadcasts and barriers take the leaders' path in both shapes.
 
+use super::schedule::even_parts;
 use super::{CommError, Communicator};
 use crate::Precision;
 use std::sync::{Arc, Mutex};
@@ -12,13 +22,15 @@ use std::sync::{Arc, Mutex};
 /// global: the ranks of node `k` follow those of nodes `0..k`.
 pub struct HierarchicalComm {
     local: Box<dyn Communicator>,
-    /// The link to the other nodes' leaders; only local rank 0 has one.
-    leader: Option<Box<dyn Communicator>>,
+    /// This device's link to the other nodes: local rank 0's, the leaders' link, in
+    /// both shapes; every device's, its rail, in the rails shape.
+    rail: Option<Box<dyn Communicator>>,
+    rails: bool,
     node: usize,
     /// `offsets[k]` is the first global rank of node `k`; the last entry is the size.
     offsets: Arc<[usize]>,
-    /// A failure among the leaders, kept so that every device of this node reports it
-    /// (the local group only knows that its leader stopped).
+    /// A failure between nodes, kept so that every device of this node reports it (the
+    /// local group only knows that a device stopped).
     remote_failure: Arc<Mutex<Option<CommError>>>,
 }
 
@@ -28,26 +40,67 @@ pub struct HierarchicalComm {
 /// may differ). Hand `result[i]` to the thread that drives local device `i`.
 pub fn hierarchical(
     local: Vec<Box<dyn Communicator>>,
-    mut leader: Box<dyn Communicator>,
+    leader: Box<dyn Communicator>,
 ) -> Result<Vec<HierarchicalComm>, CommError> {
-    let n = local.len();
-    if n == 0
-        || local
-            .iter()
-            .enumerate()
-            .any(|(i, c)| c.rank() != i || c.size() != n)
-    {
+    join(local, vec![leader], false)
+}
+
+/// Joins a node's local group to the other nodes by rails: `rails[i]` links local device
+/// `i` to device `i` of every other node, its ranks the nodes. Every node must have the
+/// same number of devices (checked: an error on every node otherwise; [`hierarchical`]
+/// takes nodes of any sizes). Every node calls this at the same time.
+pub fn hierarchical_rails(
+    local: Vec<Box<dyn Communicator>>,
+    rails: Vec<Box<dyn Communicator>>,
+) -> Result<Vec<HierarchicalComm>, CommError> {
+    if rails.len() != local.len() {
         return Err(CommError::InvalidArgument(format!(
-            "a node's local communicators must have ranks 0..{n} in a group of that size"
+            "{} local devices need a rail each, got {}",
+            local.len(),
+            rails.len()
         )));
     }
-    let (node, nodes) = (leader.rank(), leader.size());
+    join(local, rails, true)
+}
+
+fn join(
+    local: Vec<Box<dyn Communicator>>,
+    mut rails: Vec<Box<dyn Communicator>>,
+    by_rails: bool,
+) -> Result<Vec<HierarchicalComm>, CommError> {
+    let n = local.len();
+    if n == 0 || rails.is_empty() {
+        return Err(CommError::InvalidArgument(
+            "a node needs at least one device and one link to the other nodes".into(),
+        ));
+    }
+    let bad_local = local
+        .iter()
+        .enumerate()
+        .any(|(i, c)| c.rank() != i || c.size() != n);
+    let (node, nodes) = (rails[0].rank(), rails[0].size());
+    let bad_rails = rails.iter().any(|r| r.rank() != node || r.size() != nodes);
+    if bad_local || bad_rails {
+        let e = CommError::InvalidArgument(format!(
+            "a node's local communicators must have ranks 0..{n} in a group of that size, \
+             and its links to other nodes the node's rank in groups of the node count"
+        ));
+        rails.iter_mut().for_each(|r| r.abort(&e.to_string()));
+        return Err(e);
+    }
     let mut counts = vec![0.0f32; nodes];
     // f32 holds device counts exactly (below 2^24).
     counts[node] = n as f32;
-    if let Err(e) = leader.all_reduce(&mut counts) {
-        leader.abort(&e.to_string());
+    if let Err(e) = rails[0].all_reduce(&mut counts) {
+        rails.iter_mut().for_each(|r| r.abort(&e.to_string()));
         return Err(e);
+    }
+    if by_rails && counts.iter().any(|&c| c != n as f32) {
+        // Every node sees the same counts, so every node refuses alike.
+        return Err(CommError::InvalidArgument(format!(
+            "rails need the same number of devices on every node, got {counts:?}; \
+             join nodes of different sizes through their leaders"
+        )));
     }
     let mut offsets = Vec::with_capacity(nodes + 1);
     let mut total = 0usize;
@@ -58,15 +111,16 @@ pub fn hierarchical(
     offsets.push(total);
     let offsets: Arc<[usize]> = offsets.into();
     let remote_failure = Arc::new(Mutex::new(None));
-    let mut leader = Some(leader);
+    let mut rails = rails.into_iter();
     Ok(local
         .into_iter()
         .map(|local| HierarchicalComm {
-            leader: if local.rank() == 0 {
-                leader.take()
+            rail: if by_rails || local.rank() == 0 {
+                rails.next()
             } else {
                 None
             },
+            rails: by_rails,
             local,
             node,
             offsets: offsets.clone(),
@@ -85,9 +139,14 @@ impl HierarchicalComm {
         self.offsets.len() - 1
     }
 
-    /// Whether this device links its node to the others.
+    /// Whether this device is its node's leader (local rank 0).
     pub fn is_leader(&self) -> bool {
-        self.leader.is_some()
+        self.local.rank() == 0
+    }
+
+    /// Whether every device has its own link to the other nodes.
+    pub fn has_rails(&self) -> bool {
+        self.rails
     }
 
     fn global(&self, local_rank: usize) -> usize {
@@ -120,9 +179,11 @@ impl HierarchicalComm {
         }
     }
 
-    /// The leaders' error, in global ranks (a node is named by its leader).
-    fn leaders_error(&self, e: CommError) -> CommError {
-        let leader_of = |node: usize| self.offsets.get(node).copied().unwrap_or(node);
+    /// An error between nodes, in global ranks: a node is named by this device's
+    /// counterpart there (its leader, on the leaders' link).
+    fn remote_error(&self, e: CommError) -> CommError {
+        let local = self.local.rank();
+        let leader_of = |node: usize| self.offsets.get(node).map_or(node, |&first| first + local);
         match e {
             CommError::PeerFailed { rank, reason } => CommError::PeerFailed {
                 rank: leader_of(rank),
@@ -146,8 +207,8 @@ impl HierarchicalComm {
         f: impl FnOnce(&mut dyn Communicator) -> Result<(), CommError>,
     ) -> Result<(), CommError> {
         let result = f(self.local.as_mut()).map_err(|e| self.local_error(e));
-        if let (Err(e), Some(leader)) = (&result, self.leader.as_mut()) {
-            leader.abort(&format!("its node failed: {e}"));
+        if let (Err(e), Some(rail)) = (&result, self.rail.as_mut()) {
+            rail.abort(&format!("its node failed: {e}"));
         }
         result
     }
@@ -158,10 +219,22 @@ impl HierarchicalComm {
         &mut self,
         f: impl FnOnce(&mut dyn Communicator) -> Result<(), CommError>,
     ) -> Result<(), CommError> {
-        let Some(leader) = self.leader.as_mut() else {
+        if !self.is_leader() {
+            return Ok(());
+        }
+        self.rail_step(f)
+    }
+
+    /// Runs a step on this device's link to the other nodes, if it has one; if it fails,
+    /// the node's devices are told.
+    fn rail_step(
+        &mut self,
+        f: impl FnOnce(&mut dyn Communicator) -> Result<(), CommError>,
+    ) -> Result<(), CommError> {
+        let Some(rail) = self.rail.as_mut() else {
             return Ok(());
         };
-        let result = f(leader.as_mut()).map_err(|e| self.leaders_error(e));
+        let result = f(rail.as_mut()).map_err(|e| self.remote_error(e));
         if let Err(e) = &result {
             *self
                 .remote_failure
@@ -187,11 +260,18 @@ impl Communicator for HierarchicalComm {
     }
 
     /// Compressed between nodes only: the local group's link is the fast one, and the
-    /// broadcast within the node copies the leaders' (rounded) bits.
+    /// local all-gather (or broadcast) copies the (rounded) bits that crossed.
     fn all_reduce_as(&mut self, data: &mut [f32], wire: Precision) -> Result<(), CommError> {
-        self.local_step(|c| c.all_reduce(data))?;
-        self.leader_step(|c| c.all_reduce_as(data, wire))?;
-        self.local_step(|c| c.broadcast(data, 0))
+        if !self.rails {
+            self.local_step(|c| c.reduce(data, 0))?;
+            self.leader_step(|c| c.all_reduce_as(data, wire))?;
+            return self.local_step(|c| c.broadcast(data, 0));
+        }
+        let parts = even_parts(data.len(), self.local.size());
+        let own = parts[self.local.rank()]..parts[self.local.rank() + 1];
+        self.local_step(|c| c.reduce_scatter(data, &parts))?;
+        self.rail_step(|c| c.all_reduce_as(&mut data[own], wire))?;
+        self.local_step(|c| c.all_gather(data, &parts))
     }
 
     fn broadcast(&mut self, data: &mut [f32], root: usize) -> Result<(), CommError> {
@@ -221,10 +301,10 @@ impl Communicator for HierarchicalComm {
 
     fn abort(&mut self, reason: &str) {
         self.local.abort(reason);
-        // A non-leader's failure reaches the other nodes through its leader, whose next
+        // A device without a link reaches the other nodes through its leader, whose next
         // local step fails.
-        if let Some(leader) = self.leader.as_mut() {
-            leader.abort(reason);
+        if let Some(rail) = self.rail.as_mut() {
+            rail.abort(reason);
         }
     }
 }
@@ -233,12 +313,13 @@ impl std::fmt::Debug for HierarchicalComm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "HierarchicalComm(rank {} of {}, node {} of {}{})",
+            "HierarchicalComm(rank {} of {}, node {} of {}{}{})",
             self.rank(),
             self.size(),
             self.node,
             self.nodes(),
-            if self.is_leader() { ", leader" } else { "" }
+            if self.is_leader() { ", leader" } else { "" },
+            if self.rails { ", rails" } else { "" }
         )
     }
 }

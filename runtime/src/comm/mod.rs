@@ -15,13 +15,24 @@ mod schedule;
 mod star;
 mod wire;
 
-pub use hierarchical::{hierarchical, HierarchicalComm};
+pub use hierarchical::{hierarchical, hierarchical_rails, HierarchicalComm};
 pub use ring::{ring, ring_with, RingComm, RingConfig};
+pub use schedule::{even_parts, Algorithm, Thresholds};
 pub use star::{star, StarComm};
 
 use crate::Precision;
 use std::time::Duration;
 use thiserror::Error;
+
+/// An error unless `root` is a rank of a group of `size`.
+fn check_root(root: usize, size: usize, what: &str) -> Result<(), CommError> {
+    if root >= size {
+        return Err(CommError::InvalidArgument(format!(
+            "{what} at rank {root} in a group of {size}"
+        )));
+    }
+    Ok(())
+}
 
 /// Why a collective did not complete. Every variant names the peer at fault where one is
 /// known, so that a failure on one replica reads the same from all of them.
@@ -77,6 +88,31 @@ pub trait Communicator: Send {
     /// counts them.
     fn bytes_sent(&self) -> Option<u64> {
         None
+    }
+    /// Sums `data` over all peers into `root`'s; the other peers' `data` is left
+    /// unspecified. The default all-reduces.
+    fn reduce(&mut self, data: &mut [f32], root: usize) -> Result<(), CommError> {
+        check_root(root, self.size(), "reduce")?;
+        self.all_reduce(data)
+    }
+    /// `parts` (`size + 1` non-decreasing offsets from 0 to `data.len()`, as
+    /// [`even_parts`] makes) cuts `data` into one part per peer; afterwards part `r` of
+    /// peer `r`'s `data` holds the sum over all peers of that part, and the rest of its
+    /// `data` is unspecified. Parts may differ in size, and be empty. The default
+    /// all-reduces.
+    fn reduce_scatter(&mut self, data: &mut [f32], parts: &[usize]) -> Result<(), CommError> {
+        schedule::check_parts(data.len(), self.size(), parts)?;
+        self.all_reduce(data)
+    }
+    /// The inverse: part `r` of peer `r`'s `data` (cut by `parts`, as for
+    /// [`Communicator::reduce_scatter`]) is copied into every other peer's. The default
+    /// all-reduces with the other parts zeroed (`x + 0` is `x`, bit for bit).
+    fn all_gather(&mut self, data: &mut [f32], parts: &[usize]) -> Result<(), CommError> {
+        schedule::check_parts(data.len(), self.size(), parts)?;
+        let r = self.rank();
+        data[..parts[r]].fill(0.0);
+        data[parts[r + 1]..].fill(0.0);
+        self.all_reduce(data)
     }
     /// Copies `root`'s `data` into every other peer's.
     fn broadcast(&mut self, data: &mut [f32], root: usize) -> Result<(), CommError>;

@@ -1,20 +1,25 @@
-//! The in-process ring: peer `r` sends to `r + 1` and receives from `r - 1` (mod `size`)
-//! over bounded channels.
+//! The in-process group: peers are threads of one process, each pair joined by bounded
+//! channels, and its all-reduce a ring for large messages (peer `r` sends to `r + 1` and
+//! receives from `r - 1`, mod `size`) and a latency-bound algorithm for small ones (see
+//! [`schedule`](super::schedule) for the three and which sums each makes).
 //!
-//! All-reduce is reduce-scatter then all-gather, `2 (size - 1)` steps: the buffer is cut
-//! into `size` segments, and at each step every peer sends one segment to its successor
-//! while receiving another from its predecessor, so each link carries `1 / size` of the
-//! data per step and all links are busy at once. Segments are cut further into chunks
-//! that are sent one by one, so a peer adds (or copies) one chunk while the next is in
-//! flight. Emptied chunk buffers travel back to their sender to be filled again: after
-//! the first collective, a collective allocates nothing.
+//! The ring's all-reduce is reduce-scatter then all-gather, `2 (size - 1)` steps: the
+//! buffer is cut into `size` segments, and at each step every peer sends one segment to
+//! its successor while receiving another from its predecessor, so each link carries
+//! `1 / size` of the data per step and all links are busy at once. Segments are cut
+//! further into chunks that are sent one by one, so a peer adds (or copies) one chunk
+//! while the next is in flight. Emptied chunk buffers travel back to their sender to be
+//! filled again: after the first collective, a collective allocates nothing.
 //!
-//! Segment `j` is summed in the fixed order `x[j] + x[j+1] + ...` (ring order from peer
-//! `j`) by one peer, and then copied to the others, so every peer ends with the same bits.
+//! Every sum is made in a fixed order and either made by one peer and copied to the
+//! others or made alike by each, so every peer ends with the same bits.
 
 use super::blame;
-use super::schedule::{all_reduce_steps, chunk, chunks_in, Combine, Step};
-use super::{wire, CommError, Communicator};
+use super::schedule::{
+    all_gather_steps, all_reduce_steps, check_parts, chunk, chunks_in, doubling, even_parts,
+    part_segment, reduce_scatter_steps, Algorithm, Combine, Step, Thresholds,
+};
+use super::{check_root, wire, CommError, Communicator};
 use crate::Precision;
 use crossbeam_channel::{
     bounded, unbounded, Receiver, RecvTimeoutError, SendTimeoutError, Sender, TryRecvError,
@@ -38,6 +43,9 @@ pub struct RingConfig {
     /// fails or drops its communicator is noticed at once; this bounds the wait for one
     /// that is alive but stuck.
     pub timeout: Duration,
+    /// Message sizes below which all-reduce (and reduce, broadcast) take the
+    /// latency-bound algorithms instead of the ring.
+    pub thresholds: Thresholds,
 }
 
 impl Default for RingConfig {
@@ -46,6 +54,7 @@ impl Default for RingConfig {
             chunk_bytes: 1 << 20,
             queue_depth: 4,
             timeout: Duration::from_secs(120),
+            thresholds: Thresholds::default(),
         }
     }
 }
@@ -117,29 +126,33 @@ struct Chunk {
     data: Vec<f32>,
 }
 
-struct Link {
-    to_next: Sender<Chunk>,
-    from_prev: Receiver<Chunk>,
-    /// Buffers the successor has emptied, to fill again.
-    spare_from_next: Receiver<Vec<f32>>,
-    /// Buffers of the predecessor's that this peer has emptied.
-    spare_to_prev: Sender<Vec<f32>>,
+/// A peer's channels to and from every other peer (`None` at its own index): the ring
+/// uses its neighbours', the small-message algorithms and roots any pair's.
+struct Links {
+    to: Vec<Option<Sender<Chunk>>>,
+    from: Vec<Option<Receiver<Chunk>>>,
+    /// Buffers peer `q` has emptied of this peer's chunks, to fill again.
+    spare_from: Vec<Option<Receiver<Vec<f32>>>>,
+    /// Where buffers of peer `q`'s that this peer has emptied go back.
+    spare_to: Vec<Option<Sender<Vec<f32>>>>,
 }
 
-/// One peer of an in-process ring; see [`ring`].
+/// One peer of an in-process group; see [`ring`].
 pub struct RingComm {
     rank: usize,
     size: usize,
     config: RingConfig,
     chunk_elems: usize,
     group: Arc<Group>,
-    link: Option<Link>,
+    links: Links,
     ops: u64,
-    /// Set by the first error: the ring cannot be trusted after one.
+    /// Set by the first error: the group cannot be trusted after one.
     broken: Option<CommError>,
     /// Payload bytes sent, and where a compressed chunk is decoded.
     sent: Cell<u64>,
     scratch: RefCell<Vec<f32>>,
+    /// Where the small-message algorithms sum.
+    acc: Vec<f32>,
 }
 
 /// `size` connected peers with the default [`RingConfig`]; give one to each thread.
@@ -161,38 +174,42 @@ pub fn ring_with(size: usize, config: RingConfig) -> Result<Vec<RingComm>, CommE
         )));
     }
     let group = Arc::new(Group::new(size));
-    // Channel i carries data from peer i to peer i + 1, spare channel i the emptied
-    // buffers back from i + 1 to i.
-    let (mut data_tx, mut data_rx): (Vec<_>, Vec<_>) =
-        (0..size).map(|_| bounded(config.queue_depth)).unzip();
-    let (mut spare_tx, mut spare_rx): (Vec<_>, Vec<_>) = (0..size).map(|_| unbounded()).unzip();
-    // Peer r receives on channel r - 1; rotate so that index r holds it.
-    data_rx.rotate_right(1);
-    spare_tx.rotate_right(1);
+    let empty = |_| Links {
+        to: (0..size).map(|_| None).collect(),
+        from: (0..size).map(|_| None).collect(),
+        spare_from: (0..size).map(|_| None).collect(),
+        spare_to: (0..size).map(|_| None).collect(),
+    };
+    let mut links: Vec<Links> = (0..size).map(empty).collect();
+    for p in 0..size {
+        for q in (0..size).filter(|&q| q != p) {
+            // Data from p to q, and p's emptied buffers back from q.
+            let (tx, rx) = bounded(config.queue_depth);
+            let (spare_tx, spare_rx) = unbounded();
+            links[p].to[q] = Some(tx);
+            links[q].from[p] = Some(rx);
+            links[q].spare_to[p] = Some(spare_tx);
+            links[p].spare_from[q] = Some(spare_rx);
+        }
+    }
     let chunk_elems = config.chunk_bytes / 4;
-    let mut peers = Vec::with_capacity(size);
-    for rank in (0..size).rev() {
-        let link = (size > 1).then(|| Link {
-            to_next: data_tx.pop().expect("one per peer"),
-            from_prev: data_rx.pop().expect("one per peer"),
-            spare_from_next: spare_rx.pop().expect("one per peer"),
-            spare_to_prev: spare_tx.pop().expect("one per peer"),
-        });
-        peers.push(RingComm {
+    Ok(links
+        .into_iter()
+        .enumerate()
+        .map(|(rank, links)| RingComm {
             rank,
             size,
             config: config.clone(),
             chunk_elems,
             group: group.clone(),
-            link,
+            links,
             ops: 0,
             broken: None,
             sent: Cell::new(0),
             scratch: RefCell::new(Vec::new()),
-        });
-    }
-    peers.reverse();
-    Ok(peers)
+            acc: Vec::new(),
+        })
+        .collect())
 }
 
 /// Marks its peer as waiting on another until dropped.
@@ -222,12 +239,6 @@ impl RingComm {
 
     fn prev_rank(&self) -> usize {
         (self.rank + self.size - 1) % self.size
-    }
-
-    fn link(&self) -> &Link {
-        self.link
-            .as_ref()
-            .expect("peers of a ring of 2 or more have links")
     }
 
     /// Runs one collective: refuses if an earlier one failed, and after a failure
@@ -264,7 +275,7 @@ impl RingComm {
         result
     }
 
-    /// After waiting `waited` on `peer`: records the peer holding the ring up as the
+    /// After waiting `waited` on `peer`: records the peer holding the group up as the
     /// group's failure. Called while this peer still counts as waiting, so that a peer
     /// timing out at the same moment follows the chain through this one instead of
     /// taking it for the culprit.
@@ -273,20 +284,28 @@ impl RingComm {
         self.group.fail(
             culprit,
             format!(
-                "it sent nothing for {:.0} s, holding up the ring",
+                "it sent nothing for {:.0} s, holding up the group",
                 waited.as_secs_f64()
             ),
         );
         CommError::Timeout { rank: peer, waited }
     }
 
-    /// Sends `values` (in `wire`'s format) to the successor.
-    fn send(&self, total: usize, values: &[f32], wire: Precision) -> Result<(), CommError> {
-        let link = self.link();
-        let mut data = match link.spare_from_next.try_recv() {
+    /// Sends `values` (in `wire`'s format) to peer `to`.
+    fn send(
+        &self,
+        to: usize,
+        total: usize,
+        values: &[f32],
+        wire: Precision,
+    ) -> Result<(), CommError> {
+        let (Some(tx), Some(spare)) = (&self.links.to[to], &self.links.spare_from[to]) else {
+            unreachable!("peer {} has no link to itself", self.rank);
+        };
+        let mut data = match spare.try_recv() {
             Ok(buf) => buf,
             Err(TryRecvError::Empty | TryRecvError::Disconnected) => {
-                Vec::with_capacity(self.chunk_elems)
+                Vec::with_capacity(self.chunk_elems.min(values.len()))
             }
         };
         wire::encode(wire, values, &mut data);
@@ -298,55 +317,54 @@ impl RingComm {
             data,
         };
         let start = Instant::now();
-        let _waiting = self.waiting_on(self.next_rank());
+        let _waiting = self.waiting_on(to);
         loop {
             if let Some(e) = self.group.failure() {
                 return Err(e);
             }
-            match link.to_next.send_timeout(chunk, POLL) {
+            match tx.send_timeout(chunk, POLL) {
                 Ok(()) => return Ok(()),
                 Err(SendTimeoutError::Timeout(c)) => {
                     chunk = c;
                     if start.elapsed() > self.config.timeout {
-                        return Err(self.timed_out(self.next_rank(), start.elapsed()));
+                        return Err(self.timed_out(to, start.elapsed()));
                     }
                 }
                 Err(SendTimeoutError::Disconnected(_)) => {
-                    return Err(CommError::PeerLeft {
-                        rank: self.next_rank(),
-                    })
+                    return Err(CommError::PeerLeft { rank: to })
                 }
             }
         }
     }
 
-    /// Receives the predecessor's next chunk (in `wire`'s format) into `dst`, which it
-    /// must exactly fill.
+    /// Receives peer `from`'s next chunk (in `wire`'s format) into `dst`, which it must
+    /// exactly fill.
     fn recv(
         &self,
+        from: usize,
         total: usize,
         dst: &mut [f32],
         combine: Combine,
         wire: Precision,
     ) -> Result<(), CommError> {
-        let link = self.link();
+        let (Some(rx), Some(spare)) = (&self.links.from[from], &self.links.spare_to[from]) else {
+            unreachable!("peer {} has no link to itself", self.rank);
+        };
         let start = Instant::now();
-        let waiting = self.waiting_on(self.prev_rank());
+        let waiting = self.waiting_on(from);
         let chunk = loop {
             if let Some(e) = self.group.failure() {
                 return Err(e);
             }
-            match link.from_prev.recv_timeout(POLL) {
+            match rx.recv_timeout(POLL) {
                 Ok(c) => break c,
                 Err(RecvTimeoutError::Timeout) => {
                     if start.elapsed() > self.config.timeout {
-                        return Err(self.timed_out(self.prev_rank(), start.elapsed()));
+                        return Err(self.timed_out(from, start.elapsed()));
                     }
                 }
                 Err(RecvTimeoutError::Disconnected) => {
-                    return Err(CommError::PeerLeft {
-                        rank: self.prev_rank(),
-                    })
+                    return Err(CommError::PeerLeft { rank: from })
                 }
             }
         };
@@ -358,22 +376,15 @@ impl RingComm {
             || chunk.data.len() != words
         {
             return Err(CommError::Mismatch(format!(
-                "peer {} is in collective {} over {} {} elements, peer {} in collective {} \
+                "peer {from} is in collective {} over {} {} elements, peer {} in collective {} \
                  over {} {}",
-                self.prev_rank(),
-                chunk.op,
-                chunk.total,
-                chunk.wire,
-                self.rank,
-                self.ops,
-                total,
-                wire
+                chunk.op, chunk.total, chunk.wire, self.rank, self.ops, total, wire
             )));
         }
         let add = combine == Combine::Add;
         wire::decode(wire, &chunk.data, dst, add, &mut self.scratch.borrow_mut());
-        // The predecessor may be gone by now (it finished first); the buffer just drops.
-        let _ = link.spare_to_prev.send(chunk.data);
+        // The sender may be gone by now (it finished first); the buffer just drops.
+        let _ = spare.send(chunk.data);
         Ok(())
     }
 
@@ -381,41 +392,189 @@ impl RingComm {
     /// receive chunk `c` of the incoming one (the link's queue lets sends run ahead).
     fn ring_step(&self, data: &mut [f32], step: &Step, wire: Precision) -> Result<(), CommError> {
         let (total, ce) = (data.len(), self.chunk_elems);
+        let (next, prev) = (self.next_rank(), self.prev_rank());
         for c in 0..chunks_in(step, ce) {
             if let Some(out) = chunk(&step.out, ce, c) {
-                self.send(total, &data[out], wire)?;
+                self.send(next, total, &data[out], wire)?;
             }
             if let Some(inc) = chunk(&step.inc, ce, c) {
-                self.recv(total, &mut data[inc], step.combine, wire)?;
+                self.recv(prev, total, &mut data[inc], step.combine, wire)?;
             }
         }
         Ok(())
     }
 
-    fn ring_all_reduce(&self, data: &mut [f32], wire: Precision) -> Result<(), CommError> {
+    fn ring_steps(
+        &self,
+        data: &mut [f32],
+        steps: &[Step],
+        wire: Precision,
+    ) -> Result<(), CommError> {
         let mut gathering = false;
-        for step in all_reduce_steps(data.len(), self.size, self.rank) {
+        for step in steps {
             if step.combine == Combine::Copy && !gathering {
                 // This peer's finished segment, about to go round: it keeps what the
                 // others will receive.
                 wire::round(wire, &mut data[step.out.clone()]);
                 gathering = true;
             }
-            self.ring_step(data, &step, wire)?;
+            self.ring_step(data, step, wire)?;
         }
         Ok(())
     }
 
-    fn ring_broadcast(&self, data: &mut [f32], root: usize) -> Result<(), CommError> {
+    fn all_reduce_with(&mut self, data: &mut [f32], wire: Precision) -> Result<(), CommError> {
+        let (n, r) = (self.size, self.rank);
+        match Algorithm::pick(4 * data.len(), n, self.config.thresholds) {
+            Algorithm::Direct => self.direct(data, wire, None),
+            Algorithm::Doubling => self.doubling(data, wire),
+            Algorithm::Ring => self.ring_steps(data, &all_reduce_steps(data.len(), n, r), wire),
+        }
+    }
+
+    /// The direct algorithm: every peer's whole buffer to every other peer (or to `root`
+    /// only), summed in rank order where it arrives.
+    fn direct(
+        &mut self,
+        data: &mut [f32],
+        wire: Precision,
+        root: Option<usize>,
+    ) -> Result<(), CommError> {
+        let (n, me, total) = (self.size, self.rank, data.len());
+        // Every peer sums the values the others receive: its own rounded to the wire.
+        wire::round(wire, data);
+        for q in (0..n).filter(|&q| q != me && root.is_none_or(|r| r == q)) {
+            self.send(q, total, data, wire)?;
+        }
+        if root.is_some_and(|r| r != me) {
+            return Ok(());
+        }
+        let mut acc = std::mem::take(&mut self.acc);
+        acc.clear();
+        acc.resize(total, 0.0);
+        for q in 0..n {
+            let combine = if q == 0 { Combine::Copy } else { Combine::Add };
+            let got = if q == me {
+                match combine {
+                    Combine::Copy => acc.copy_from_slice(data),
+                    Combine::Add => acc.iter_mut().zip(data.iter()).for_each(|(a, x)| *a += *x),
+                }
+                Ok(())
+            } else {
+                self.recv(q, total, &mut acc, combine, wire)
+            };
+            if let Err(e) = got {
+                self.acc = acc;
+                return Err(e);
+            }
+        }
+        data.copy_from_slice(&acc);
+        self.acc = acc;
+        wire::round(wire, data);
+        Ok(())
+    }
+
+    /// Recursive doubling; see [`schedule`](super::schedule).
+    fn doubling(&mut self, data: &mut [f32], wire: Precision) -> Result<(), CommError> {
+        let plan = doubling(self.size, self.rank);
         let total = data.len();
+        wire::round(wire, data);
+        let exchange = |c: &Self, peer: usize, data: &mut [f32]| -> Result<(), CommError> {
+            c.send(peer, total, data, wire)?;
+            c.recv(peer, total, data, Combine::Add, wire)?;
+            wire::round(wire, data);
+            Ok(())
+        };
+        match plan.fold {
+            Some((q, true)) => {
+                self.send(q, total, data, wire)?;
+                return self.recv(q, total, data, Combine::Copy, wire);
+            }
+            Some((q, false)) => {
+                self.recv(q, total, data, Combine::Add, wire)?;
+                wire::round(wire, data);
+            }
+            None => {}
+        }
+        for &peer in &plan.partners {
+            exchange(self, peer, data)?;
+        }
+        if let Some((q, false)) = plan.fold {
+            self.send(q, total, data, wire)?;
+        }
+        Ok(())
+    }
+
+    fn reduce_scatter_with(&mut self, data: &mut [f32], parts: &[usize]) -> Result<(), CommError> {
+        let (n, r) = (self.size, self.rank);
+        let steps = reduce_scatter_steps(n, r, |j| part_segment(parts, j));
+        self.ring_steps(data, &steps, Precision::F32)
+    }
+
+    fn all_gather_with(&mut self, data: &mut [f32], parts: &[usize]) -> Result<(), CommError> {
+        let (n, r) = (self.size, self.rank);
+        let steps = all_gather_steps(n, r, |j| part_segment(parts, j));
+        self.ring_steps(data, &steps, Precision::F32)
+    }
+
+    /// Small: straight to the root. Large: a ring reduce-scatter, then every peer sends
+    /// its finished part to the root.
+    fn reduce_with(&mut self, data: &mut [f32], root: usize) -> Result<(), CommError> {
+        let (n, total) = (self.size, data.len());
+        if Algorithm::pick(4 * total, n, self.config.thresholds) != Algorithm::Ring {
+            return self.direct(data, Precision::F32, Some(root));
+        }
+        let parts = even_parts(total, n);
+        self.reduce_scatter_with(data, &parts)?;
+        let ce = self.chunk_elems;
+        if self.rank == root {
+            for q in (0..n).filter(|&q| q != root) {
+                let part = parts[q]..parts[q + 1];
+                let mut c = 0;
+                while let Some(piece) = chunk(&part, ce, c) {
+                    self.recv(q, total, &mut data[piece], Combine::Copy, Precision::F32)?;
+                    c += 1;
+                }
+            }
+        } else {
+            let part = parts[self.rank]..parts[self.rank + 1];
+            let mut c = 0;
+            while let Some(piece) = chunk(&part, ce, c) {
+                self.send(root, total, &data[piece], Precision::F32)?;
+                c += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Small: the root sends to every peer. Large: chunks pass round the ring from the
+    /// root, pipelined.
+    fn broadcast_with(&self, data: &mut [f32], root: usize) -> Result<(), CommError> {
+        let total = data.len();
+        let f32 = Precision::F32;
+        if 4 * total < self.config.thresholds.direct_below {
+            if self.rank == root {
+                for q in (0..self.size).filter(|&q| q != root) {
+                    self.send(q, total, data, f32)?;
+                }
+                return Ok(());
+            }
+            return self.recv(root, total, data, Combine::Copy, f32);
+        }
         let forwards = self.next_rank() != root;
         for lo in (0..total).step_by(self.chunk_elems) {
             let hi = (lo + self.chunk_elems).min(total);
             if self.rank != root {
-                self.recv(total, &mut data[lo..hi], Combine::Copy, Precision::F32)?;
+                self.recv(
+                    self.prev_rank(),
+                    total,
+                    &mut data[lo..hi],
+                    Combine::Copy,
+                    f32,
+                )?;
             }
             if forwards {
-                self.send(total, &data[lo..hi], Precision::F32)?;
+                self.send(self.next_rank(), total, &data[lo..hi], f32)?;
             }
         }
         Ok(())
@@ -432,11 +591,26 @@ impl Communicator for RingComm {
     }
 
     fn all_reduce(&mut self, data: &mut [f32]) -> Result<(), CommError> {
-        self.collective(|c| c.ring_all_reduce(data, Precision::F32))
+        self.collective(|c| c.all_reduce_with(data, Precision::F32))
     }
 
     fn all_reduce_as(&mut self, data: &mut [f32], wire: Precision) -> Result<(), CommError> {
-        self.collective(|c| c.ring_all_reduce(data, wire))
+        self.collective(|c| c.all_reduce_with(data, wire))
+    }
+
+    fn reduce(&mut self, data: &mut [f32], root: usize) -> Result<(), CommError> {
+        check_root(root, self.size, "reduce")?;
+        self.collective(|c| c.reduce_with(data, root))
+    }
+
+    fn reduce_scatter(&mut self, data: &mut [f32], parts: &[usize]) -> Result<(), CommError> {
+        check_parts(data.len(), self.size, parts)?;
+        self.collective(|c| c.reduce_scatter_with(data, parts))
+    }
+
+    fn all_gather(&mut self, data: &mut [f32], parts: &[usize]) -> Result<(), CommError> {
+        check_parts(data.len(), self.size, parts)?;
+        self.collective(|c| c.all_gather_with(data, parts))
     }
 
     fn bytes_sent(&self) -> Option<u64> {
@@ -444,18 +618,13 @@ impl Communicator for RingComm {
     }
 
     fn broadcast(&mut self, data: &mut [f32], root: usize) -> Result<(), CommError> {
-        if root >= self.size {
-            return Err(CommError::InvalidArgument(format!(
-                "broadcast from peer {root} in a group of {}",
-                self.size
-            )));
-        }
-        self.collective(|c| c.ring_broadcast(data, root))
+        check_root(root, self.size, "broadcast")?;
+        self.collective(|c| c.broadcast_with(data, root))
     }
 
     fn barrier(&mut self) -> Result<(), CommError> {
-        // One element per segment: every peer sends and receives at every step, so none
-        // gets through before all have arrived.
+        // Every peer hears from every other (directly, or through the ring's steps), so
+        // none gets through before all have arrived.
         let mut token = vec![0.0; self.size];
         self.all_reduce(&mut token)
     }

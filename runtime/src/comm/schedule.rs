@@ -1,14 +1,138 @@
-//! The ring all-reduce's schedule, shared by every transport that runs it (threads of one
-//! process, MPI processes): which segment a peer sends and which it receives at each step,
-//! and how a segment is cut into chunks. The same schedule everywhere means the same
-//! summation order, so a ring over MPI gives the bits a ring of threads gives.
+//! The schedules of the collectives, shared by every transport that runs them (threads
+//! of one process, MPI processes): who sends what to whom at each step, and in which
+//! order values are summed. The same schedule everywhere means the same summation
+//! order, so a group over MPI gives the bits a group of threads of the same size gives.
+//!
+//! Three all-reduce algorithms, picked by message size ([`Algorithm::pick`]):
+//!
+//! - **Direct** (small messages): every peer sends its whole buffer to every other peer
+//!   and sums the `n` buffers itself, in rank order `x0 + x1 + ... + x(n-1)`. One hop of
+//!   latency, `(n - 1)` buffers sent per peer.
+//! - **Recursive doubling** (medium): `log2 n` rounds; in round `k` peers whose ranks
+//!   differ in bit `k` swap their partial sums and both add them (IEEE addition is
+//!   commutative, so both get the same bits). For `n` not a power of two, the first
+//!   `2 (n - p)` peers (`p` the largest power of two below `n`) pair up first: the even
+//!   one hands its buffer to the odd one, which sums `x(2i) + x(2i+1)`, takes part in
+//!   the rounds, and hands the result back. The sum is a fixed balanced tree.
+//! - **Ring** (large): reduce-scatter then all-gather, `2 (n - 1)` steps of `1 / n` of
+//!   the buffer each; segment `j` is summed in ring order `x[j] + x[j+1] + ...`.
+//!
+//! All three leave every peer with the same bits, but not the same bits as each other:
+//! each sums in its own order, so a buffer whose size crosses a threshold rounds
+//! differently (well within f32's rounding of the sum, and never between peers).
 
+use super::CommError;
 use std::ops::Range;
 
 /// Which part of a `len`-element buffer is segment `i` of `n`.
 pub(super) fn segment(len: usize, n: usize, i: usize) -> Range<usize> {
     let at = |i: usize| ((i as u128 * len as u128) / n as u128) as usize;
     at(i)..at(i + 1)
+}
+
+/// The even cut of `len` elements into `n` parts (sizes differing by at most one), as
+/// the `n + 1` offsets [`Communicator::reduce_scatter`](super::Communicator::reduce_scatter)
+/// and `all_gather` take.
+pub fn even_parts(len: usize, n: usize) -> Vec<usize> {
+    (0..=n)
+        .map(|i| ((i as u128 * len as u128) / n.max(1) as u128) as usize)
+        .collect()
+}
+
+/// Checks that `parts` cuts a buffer of `len` elements into one part per peer of `n`:
+/// `n + 1` non-decreasing offsets from 0 to `len`.
+pub(crate) fn check_parts(len: usize, n: usize, parts: &[usize]) -> Result<(), CommError> {
+    let ok = parts.len() == n + 1
+        && parts.first() == Some(&0)
+        && parts.last() == Some(&len)
+        && parts.windows(2).all(|w| w[0] <= w[1]);
+    if ok {
+        Ok(())
+    } else {
+        Err(CommError::InvalidArgument(format!(
+            "parts {parts:?} do not cut {len} elements into {n} parts (n + 1 non-decreasing \
+             offsets from 0 to the length)"
+        )))
+    }
+}
+
+/// The all-reduce algorithm for a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    Direct,
+    Doubling,
+    Ring,
+}
+
+/// Message sizes (bytes of f32 payload) below which the latency-bound algorithms run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    /// Below this, [`Algorithm::Direct`].
+    pub direct_below: usize,
+    /// Below this (and from `direct_below`), [`Algorithm::Doubling`]; the ring above.
+    pub doubling_below: usize,
+}
+
+/// Where groups switch algorithm, in process and over MPI alike (so that both give the
+/// same bits), from `allreduce --algorithms` on a 2-vCPU Zen 4 VM (docs/BENCHMARKS.md).
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self {
+            direct_below: 64 << 10,
+            doubling_below: 64 << 10,
+        }
+    }
+}
+
+impl Algorithm {
+    /// What a group of `n` runs on `bytes` of payload. Depends only on the size, the
+    /// group and the thresholds, which every peer shares, so all peers pick alike.
+    pub fn pick(bytes: usize, n: usize, t: Thresholds) -> Algorithm {
+        if n <= 1 || bytes >= t.doubling_below.max(t.direct_below) {
+            Algorithm::Ring
+        } else if bytes < t.direct_below {
+            Algorithm::Direct
+        } else {
+            Algorithm::Doubling
+        }
+    }
+}
+
+/// Peer `r`'s part in recursive doubling over `n` peers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Doubling {
+    /// For `n` not a power of two: the peer this one pairs with before and after the
+    /// rounds, and whether this one sits out (hands its buffer over and waits for the
+    /// result) or stays in.
+    pub fold: Option<(usize, bool)>,
+    /// The partner of each round (none for a peer that sits out).
+    pub partners: Vec<usize>,
+}
+
+pub(super) fn doubling(n: usize, r: usize) -> Doubling {
+    let p = if n.is_power_of_two() {
+        n
+    } else {
+        n.next_power_of_two() / 2
+    };
+    let extra = n - p;
+    let real = |v: usize| if v < extra { 2 * v + 1 } else { v + extra };
+    let (fold, virtual_rank) = if r < 2 * extra {
+        if r % 2 == 0 {
+            (Some((r + 1, true)), None)
+        } else {
+            (Some((r - 1, false)), Some(r / 2))
+        }
+    } else {
+        (None, Some(r - extra))
+    };
+    let partners = match virtual_rank {
+        None => Vec::new(),
+        Some(v) => (0..p.trailing_zeros())
+            .map(|bit| real(v ^ (1 << bit)))
+            .collect(),
+    };
+    Doubling { fold, partners }
 }
 
 /// What a peer does with a received chunk.
@@ -27,21 +151,54 @@ pub(super) struct Step {
     pub combine: Combine,
 }
 
-/// The `2 (n - 1)` steps of peer `r`'s all-reduce of `len` elements: reduce-scatter, after
-/// which peer `r` holds the full sum of segment `r + 1` (summed in ring order starting at
-/// the segment's index: `x[j] + x[j+1] + ...`), then all-gather of the finished segments.
-pub(super) fn all_reduce_steps(len: usize, n: usize, r: usize) -> impl Iterator<Item = Step> {
-    let reduce = (0..n.saturating_sub(1)).map(move |s| Step {
-        out: segment(len, n, (r + n - s) % n),
-        inc: segment(len, n, (r + 2 * n - s - 1) % n),
-        combine: Combine::Add,
-    });
-    let gather = (0..n.saturating_sub(1)).map(move |s| Step {
-        out: segment(len, n, (r + 1 + n - s) % n),
-        inc: segment(len, n, (r + n - s) % n),
-        combine: Combine::Copy,
-    });
-    reduce.chain(gather)
+/// The ring's `n - 1` reduce-scatter steps for peer `r`, segment `j` of the buffer being
+/// `seg(j)`: afterwards peer `r` holds the full sum of segment `r + 1`, summed in ring
+/// order from the segment's index: `x[j] + x[j+1] + ...`.
+pub(super) fn reduce_scatter_steps(
+    n: usize,
+    r: usize,
+    seg: impl Fn(usize) -> Range<usize>,
+) -> Vec<Step> {
+    (0..n.saturating_sub(1))
+        .map(|s| Step {
+            out: seg((r + n - s) % n),
+            inc: seg((r + 2 * n - s - 1) % n),
+            combine: Combine::Add,
+        })
+        .collect()
+}
+
+/// The ring's `n - 1` all-gather steps for peer `r`, which holds segment `r + 1`: every
+/// finished segment travels round to every peer.
+pub(super) fn all_gather_steps(
+    n: usize,
+    r: usize,
+    seg: impl Fn(usize) -> Range<usize>,
+) -> Vec<Step> {
+    (0..n.saturating_sub(1))
+        .map(|s| Step {
+            out: seg((r + 1 + n - s) % n),
+            inc: seg((r + n - s) % n),
+            combine: Combine::Copy,
+        })
+        .collect()
+}
+
+/// The `2 (n - 1)` steps of peer `r`'s ring all-reduce of `len` elements, in even
+/// segments.
+pub(super) fn all_reduce_steps(len: usize, n: usize, r: usize) -> Vec<Step> {
+    let seg = |j| segment(len, n, j);
+    let mut steps = reduce_scatter_steps(n, r, seg);
+    steps.extend(all_gather_steps(n, r, seg));
+    steps
+}
+
+/// Ring segment `j` when the buffer is cut into `parts` (one per peer): part
+/// `j - 1`, so that peer `p` ends a reduce-scatter holding its own part `p`.
+pub(super) fn part_segment(parts: &[usize], j: usize) -> Range<usize> {
+    let n = parts.len() - 1;
+    let p = (j + n - 1) % n;
+    parts[p]..parts[p + 1]
 }
 
 /// Chunk `c` of `range` cut into chunks of `chunk` elements, if there is one.
@@ -62,42 +219,128 @@ pub(super) fn chunks_in(step: &Step, chunk: usize) -> usize {
 mod tests {
     use super::*;
 
-    /// Simulates the schedule on `n` peers with exact integer "floats": every peer ends
-    /// with the full sum, and each segment is summed once, in ring order.
+    /// Runs a ring schedule on `n` peers with exact integer "floats".
+    fn simulate(bufs: &mut [Vec<f64>], steps: &[Vec<Step>]) {
+        let n = bufs.len();
+        for s in 0..steps[0].len() {
+            let sent: Vec<Vec<f64>> = (0..n)
+                .map(|r| bufs[r][steps[r][s].out.clone()].to_vec())
+                .collect();
+            for r in 0..n {
+                let prev = (r + n - 1) % n;
+                let st = &steps[r][s];
+                assert_eq!(st.inc.len(), sent[prev].len());
+                for (d, x) in bufs[r][st.inc.clone()].iter_mut().zip(&sent[prev]) {
+                    match st.combine {
+                        Combine::Add => *d += x,
+                        Combine::Copy => *d = *x,
+                    }
+                }
+            }
+        }
+    }
+
+    fn inputs(n: usize, len: usize) -> Vec<Vec<f64>> {
+        (0..n)
+            .map(|p| (0..len).map(|i| (p * 100 + i) as f64).collect())
+            .collect()
+    }
+
+    fn sums(n: usize, len: usize) -> Vec<f64> {
+        (0..len)
+            .map(|i| (0..n).map(|p| (p * 100 + i) as f64).sum())
+            .collect()
+    }
+
     #[test]
     fn all_reduce_schedule_sums_every_segment() {
         for n in 1..6 {
             for len in [0, 1, 5, 17] {
-                let mut bufs: Vec<Vec<f64>> = (0..n)
-                    .map(|p| (0..len).map(|i| (p * 100 + i) as f64).collect())
-                    .collect();
-                let steps: Vec<Vec<Step>> = (0..n)
-                    .map(|r| all_reduce_steps(len, n, r).collect())
-                    .collect();
-                for s in 0..2 * (n - 1) {
-                    let sent: Vec<Vec<f64>> = (0..n)
-                        .map(|r| bufs[r][steps[r][s].out.clone()].to_vec())
-                        .collect();
-                    for r in 0..n {
-                        let prev = (r + n - 1) % n;
-                        let st = &steps[r][s];
-                        assert_eq!(st.inc.len(), sent[prev].len());
-                        for (d, x) in bufs[r][st.inc.clone()].iter_mut().zip(&sent[prev]) {
-                            match st.combine {
-                                Combine::Add => *d += x,
-                                Combine::Copy => *d = *x,
-                            }
-                        }
-                    }
-                }
-                let want: Vec<f64> = (0..len)
-                    .map(|i| (0..n).map(|p| (p * 100 + i) as f64).sum())
-                    .collect();
+                let mut bufs = inputs(n, len);
+                let steps: Vec<_> = (0..n).map(|r| all_reduce_steps(len, n, r)).collect();
+                simulate(&mut bufs, &steps);
                 for b in &bufs {
-                    assert_eq!(b, &want, "n {n} len {len}");
+                    assert_eq!(b, &sums(n, len), "n {n} len {len}");
                 }
             }
         }
+    }
+
+    #[test]
+    fn reduce_scatter_leaves_each_peer_its_own_part() {
+        for n in 1..6 {
+            let len = 23;
+            // Uneven parts, some empty.
+            let mut parts: Vec<usize> = (0..=n).map(|i| (i * i * len) / (n * n)).collect();
+            parts[n] = len;
+            check_parts(len, n, &parts).unwrap();
+            let mut bufs = inputs(n, len);
+            let seg = |j| part_segment(&parts, j);
+            let rs: Vec<_> = (0..n).map(|r| reduce_scatter_steps(n, r, seg)).collect();
+            simulate(&mut bufs, &rs);
+            let want = sums(n, len);
+            for (p, b) in bufs.iter().enumerate() {
+                let own = parts[p]..parts[p + 1];
+                assert_eq!(b[own.clone()], want[own], "n {n} peer {p}");
+            }
+            let ag: Vec<_> = (0..n).map(|r| all_gather_steps(n, r, seg)).collect();
+            simulate(&mut bufs, &ag);
+            for b in &bufs {
+                assert_eq!(b, &want, "n {n}");
+            }
+        }
+    }
+
+    /// Every peer of every group size takes part in the same rounds as its partners, and
+    /// the simulated sums are complete.
+    #[test]
+    fn recursive_doubling_pairs_up_and_sums_all() {
+        for n in 1..=13 {
+            let plans: Vec<Doubling> = (0..n).map(|r| doubling(n, r)).collect();
+            let mut vals: Vec<u64> = (0..n).map(|r| 1 << r).collect();
+            for (r, p) in plans.iter().enumerate() {
+                if let Some((q, sits_out)) = p.fold {
+                    assert_eq!(plans[q].fold, Some((r, !sits_out)), "n {n}");
+                    if sits_out {
+                        assert!(p.partners.is_empty());
+                    }
+                }
+            }
+            for r in 0..n {
+                if let Some((q, false)) = plans[r].fold {
+                    vals[r] |= vals[q];
+                }
+            }
+            let rounds = plans.iter().map(|p| p.partners.len()).max().unwrap();
+            for k in 0..rounds {
+                let before = vals.clone();
+                for r in 0..n {
+                    if let Some(&q) = plans[r].partners.get(k) {
+                        assert_eq!(plans[q].partners[k], r, "n {n} round {k}");
+                        vals[r] = before[r] | before[q];
+                    }
+                }
+            }
+            for r in 0..n {
+                if let Some((q, true)) = plans[r].fold {
+                    vals[r] = vals[q];
+                }
+            }
+            assert!(vals.iter().all(|&v| v == (1 << n) - 1), "n {n}: {vals:?}");
+        }
+    }
+
+    #[test]
+    fn algorithms_switch_at_the_thresholds() {
+        let t = Thresholds {
+            direct_below: 100,
+            doubling_below: 1000,
+        };
+        assert_eq!(Algorithm::pick(99, 4, t), Algorithm::Direct);
+        assert_eq!(Algorithm::pick(100, 4, t), Algorithm::Doubling);
+        assert_eq!(Algorithm::pick(1000, 4, t), Algorithm::Ring);
+        assert_eq!(Algorithm::pick(4, 1, t), Algorithm::Ring);
+        assert_eq!(even_parts(10, 3), vec![0, 3, 6, 10]);
     }
 
     #[test]

@@ -112,6 +112,14 @@ impl Request {
         Ok(Some(status))
     }
 
+    /// Asks MPI to cancel a point-to-point operation still in flight; it then completes
+    /// (cancelled, or done after all), which [`Request::test`] reports.
+    pub fn cancel(&mut self) {
+        if let (true, Some(raw)) = (self.is_active(), self.raw.as_mut()) {
+            call(|| unsafe { ffi::MPI_Cancel(raw) });
+        }
+    }
+
     /// Gives up on an operation after a failure. A point-to-point operation is cancelled
     /// and freed, so MPI completes it on its own; a collective's handle is just dropped.
     /// Returns whether the operation was still in flight: then MPI may still use its

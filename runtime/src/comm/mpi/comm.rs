@@ -4,8 +4,11 @@ use super::call::{call, check, f32_type, Backoff, Kind, Request};
 use super::notice::{self, Notice};
 use super::{Environment, MpiAlgorithm, MpiConfig};
 use crate::comm::blame::{self, Waiting};
-use crate::comm::schedule::{all_reduce_steps, chunk, chunks_in, Combine, Step};
-use crate::comm::{wire, CommError, Communicator};
+use crate::comm::schedule::{
+    all_gather_steps, all_reduce_steps, check_parts, chunk, chunks_in, doubling, even_parts,
+    part_segment, reduce_scatter_steps, Algorithm, Combine, Step,
+};
+use crate::comm::{check_root, wire, CommError, Communicator};
 use crate::Precision;
 use mpi::datatype::Equivalence;
 use mpi::ffi;
@@ -13,6 +16,7 @@ use mpi::point_to_point::Status;
 use mpi::raw::AsRaw;
 use mpi::topology::SimpleCommunicator;
 use std::mem::ManuallyDrop;
+use std::ops::Range;
 use std::os::raw::c_int;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -24,6 +28,10 @@ use std::time::{Duration, Instant};
 const TAG_SPAN: u64 = 10_000;
 /// `MPI_Iallreduce` pieces: bounds the staging buffers of the native algorithm.
 const NATIVE_PIECE_ELEMS: usize = 16 << 20;
+/// How long a failed collective waits for a send from (or a receive into) the caller's
+/// buffer to complete or be cancelled before it ends the job instead: it must not return
+/// while MPI may still touch that memory.
+const RELEASE_GRACE: Duration = Duration::from_secs(2);
 /// How long a rank that timed out listens for the other ranks' timeout reports before
 /// deciding whom to blame. Ranks waiting on one hung peer time out within moments of each
 /// other (their waits started one ring step apart).
@@ -48,18 +56,28 @@ pub struct MpiComm {
     chunk_elems: usize,
     ops: u64,
     broken: Option<CommError>,
-    /// Two chunks in flight each way per link: one moves while the other is combined.
-    send_bufs: [Vec<f32>; 2],
-    recv_bufs: [Vec<f32>; 2],
-    sends: [Request; 2],
-    recvs: [Request; 2],
+    /// Operations in flight: a ring keeps `pipeline_depth` chunks moving each way per
+    /// link, the small-message algorithms one message per peer.
+    sends: Vec<Request>,
+    recvs: Vec<Request>,
+    /// The part of the caller's buffer each send reads, when it sends from there (f32
+    /// values) rather than from its own buffer (encoded ones): nothing may write there
+    /// until it completes.
+    send_reads: Vec<Option<Range<usize>>>,
+    /// The part of the caller's buffer each receive writes, when it receives there.
+    recv_writes: Vec<Option<Range<usize>>>,
+    /// Receives go straight into the caller's buffer where the values are copied as they
+    /// come (f32, all-gather and broadcast); the others land here first.
+    send_bufs: Vec<Vec<f32>>,
+    recv_bufs: Vec<Vec<f32>>,
     native: Request,
     /// The native algorithm's send and receive staging: MPI reads and writes only
     /// buffers this communicator owns, so abandoning an operation never leaves MPI
     /// holding a caller's slice.
     stage: (Vec<f32>, Vec<f32>),
-    /// Where a compressed chunk is decoded, and the payload bytes sent so far.
+    /// Where a compressed chunk is decoded, and where the direct algorithm sums.
     scratch: Vec<f32>,
+    acc: Vec<f32>,
     sent: u64,
     /// What each peer reported waiting on when it timed out (`None`: no report).
     reports: Vec<Option<Waiting>>,
@@ -86,6 +104,8 @@ impl Drop for MpiComm {
             std::mem::forget(std::mem::take(&mut self.send_bufs));
             std::mem::forget(std::mem::take(&mut self.recv_bufs));
             std::mem::forget(std::mem::take(&mut self.stage));
+            std::mem::forget(std::mem::take(&mut self.sends));
+            std::mem::forget(std::mem::take(&mut self.recvs));
         } else {
             // SAFETY: dropped once, here; nothing is in flight on them.
             call(|| unsafe {
@@ -106,6 +126,8 @@ impl MpiComm {
     ) -> Self {
         use mpi::topology::Communicator as _;
         let (rank, size) = (data.rank() as usize, data.size() as usize);
+        let slots = config.pipeline_depth.max(size.saturating_sub(1)).max(1);
+        let some = |n: usize| -> Vec<Vec<f32>> { (0..n).map(|_| Vec::new()).collect() };
         Self {
             data: ManuallyDrop::new(SendComm(data)),
             notices: ManuallyDrop::new(SendComm(notices)),
@@ -115,13 +137,16 @@ impl MpiComm {
             config,
             ops: 0,
             broken: None,
-            send_bufs: Default::default(),
-            recv_bufs: Default::default(),
-            sends: Default::default(),
-            recvs: Default::default(),
+            sends: (0..slots).map(|_| Request::default()).collect(),
+            recvs: (0..slots).map(|_| Request::default()).collect(),
+            send_reads: vec![None; slots],
+            recv_writes: vec![None; slots],
+            send_bufs: some(slots),
+            recv_bufs: some(slots),
             native: Request::default(),
             stage: Default::default(),
             scratch: Vec::new(),
+            acc: Vec::new(),
             sent: 0,
             reports: vec![None; size],
             leaked: false,
@@ -270,15 +295,6 @@ impl MpiComm {
     }
 
     fn fail(&mut self, e: &CommError) {
-        for r in self
-            .sends
-            .iter_mut()
-            .chain(&mut self.recvs)
-            .chain(std::iter::once(&mut self.native))
-        {
-            r.abandon();
-        }
-        self.leaked = true;
         let tell = match e {
             // A peer told us, or (a stall) every rank sees it for itself.
             CommError::PeerFailed { .. } | CommError::Stalled { .. } => None,
@@ -299,30 +315,136 @@ impl MpiComm {
             notice::send_all(self.notices.0.as_raw(), self.rank, self.size, &n);
         }
         self.env.failed.store(true, Ordering::Release);
+        self.release_callers_buffer(e);
+        for r in self
+            .sends
+            .iter_mut()
+            .chain(&mut self.recvs)
+            .chain(std::iter::once(&mut self.native))
+        {
+            r.abandon();
+        }
+        self.leaked = true;
         self.broken = Some(e.clone());
     }
 
-    /// Starts sending `data` (in `wire`'s format) to `peer` from send slot `slot`, once
-    /// the slot's previous send has completed.
+    /// Finishes (cancelled or done) every operation on the caller's buffer before the
+    /// failed collective returns it; one that will not finish ends the job, since MPI
+    /// could otherwise read or write that memory after the caller has moved on.
+    fn release_callers_buffer(&mut self, e: &CommError) {
+        let borrowed: Vec<(bool, usize)> = (0..self.sends.len())
+            .filter(|&i| self.send_reads[i].is_some())
+            .map(|i| (true, i))
+            .chain(
+                (0..self.recvs.len())
+                    .filter(|&i| self.recv_writes[i].is_some())
+                    .map(|i| (false, i)),
+            )
+            .collect();
+        let until = Instant::now() + RELEASE_GRACE;
+        for (is_send, i) in borrowed {
+            let req = if is_send {
+                &mut self.sends[i]
+            } else {
+                &mut self.recvs[i]
+            };
+            req.cancel();
+            loop {
+                match req.test() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < until => {
+                        std::thread::sleep(Duration::from_millis(1))
+                    }
+                    _ => {
+                        eprintln!(
+                            "ringtrain: rank {}: {e}; an MPI operation on the caller's buffer \
+                             would not finish, so the job ends here (MPI_Abort)",
+                            self.rank
+                        );
+                        call(|| unsafe { ffi::MPI_Abort(self.data.0.as_raw(), 1) });
+                        unreachable!("MPI_Abort returned");
+                    }
+                }
+            }
+            if is_send {
+                self.send_reads[i] = None;
+            } else {
+                self.recv_writes[i] = None;
+            }
+        }
+    }
+
+    /// Waits for `req` (which waits on `peer`), putting it back where it was.
+    fn wait_slot(
+        &mut self,
+        sends: bool,
+        slot: usize,
+        peer: usize,
+    ) -> Result<ffi::MPI_Status, CommError> {
+        let mut req = std::mem::take(if sends {
+            &mut self.sends[slot]
+        } else {
+            &mut self.recvs[slot]
+        });
+        let waited = self.wait(&mut req, Some(peer));
+        if sends {
+            self.sends[slot] = req;
+        } else {
+            self.recvs[slot] = req;
+        }
+        let status = waited?;
+        if sends {
+            self.send_reads[slot] = None;
+        } else {
+            self.recv_writes[slot] = None;
+        }
+        Ok(status)
+    }
+
+    /// Waits for the sends still reading any of `range` of the caller's buffer, before
+    /// it is written.
+    fn wait_readers(&mut self, range: &Range<usize>) -> Result<(), CommError> {
+        for slot in 0..self.sends.len() {
+            let overlaps = self.send_reads[slot]
+                .as_ref()
+                .is_some_and(|r| r.start < range.end && range.start < r.end);
+            if overlaps {
+                // The peer is unknown here; the send's own wait names the right one
+                // through the timeout chain.
+                let next = self.next_rank();
+                self.wait_slot(true, slot, next)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts sending `data[range]` (in `wire`'s format) to `peer` from send slot `slot`,
+    /// once the slot's previous send has completed: f32 values straight from `data`,
+    /// others encoded into the slot's buffer.
     fn start_send(
         &mut self,
         slot: usize,
         data: &[f32],
+        range: Range<usize>,
         peer: usize,
         wire: Precision,
     ) -> Result<(), CommError> {
-        let mut req = std::mem::take(&mut self.sends[slot]);
-        let waited = self.wait(&mut req, Some(peer));
-        self.sends[slot] = req;
-        waited?;
+        self.wait_slot(true, slot, peer)?;
         let (tag, comm) = (self.tag(wire), self.data.0.as_raw());
-        let buf = &mut self.send_bufs[slot];
-        wire::encode(wire, data, buf);
-        self.sent += 4 * buf.len() as u64;
+        let (ptr, len) = if wire.is_reduced() {
+            let buf = &mut self.send_bufs[slot];
+            wire::encode(wire, &data[range], buf);
+            (buf.as_ptr(), buf.len())
+        } else {
+            let values = &data[range.clone()];
+            self.send_reads[slot] = Some(range);
+            (values.as_ptr(), values.len())
+        };
+        self.sent += 4 * len as u64;
         self.sends[slot].post(Kind::PointToPoint, |raw| unsafe {
             ffi::MPI_Isend(
-                buf.as_ptr().cast(),
-                buf.len() as c_int,
+                ptr.cast(),
+                len as c_int,
                 f32_type(),
                 peer as c_int,
                 tag,
@@ -332,15 +454,35 @@ impl MpiComm {
         })
     }
 
-    /// Starts receiving up to one chunk from `peer` into receive slot `slot`.
-    fn start_recv(&mut self, slot: usize, peer: usize) -> Result<(), CommError> {
+    /// Starts receiving `words` words from `peer` in receive slot `slot`: into
+    /// `data[range]` itself when `into` holds them (f32 values to be copied), otherwise
+    /// into the slot's buffer, sized to take a longer message than expected, so that a
+    /// peer in another collective is reported as such.
+    fn start_recv(
+        &mut self,
+        slot: usize,
+        peer: usize,
+        words: usize,
+        into: Option<(&mut [f32], Range<usize>)>,
+    ) -> Result<(), CommError> {
         let comm = self.data.0.as_raw();
-        let buf = &mut self.recv_bufs[slot];
-        buf.resize(self.chunk_elems, 0.0);
+        let (ptr, len) = match into {
+            Some((data, range)) => {
+                self.wait_readers(&range)?;
+                let dst = &mut data[range.clone()];
+                self.recv_writes[slot] = Some(range);
+                (dst.as_mut_ptr(), dst.len())
+            }
+            None => {
+                let buf = &mut self.recv_bufs[slot];
+                buf.resize(words.max(self.chunk_elems) + 1, 0.0);
+                (buf.as_mut_ptr(), buf.len())
+            }
+        };
         self.recvs[slot].post(Kind::PointToPoint, |raw| unsafe {
             ffi::MPI_Irecv(
-                buf.as_mut_ptr().cast(),
-                buf.len() as c_int,
+                ptr.cast(),
+                len as c_int,
                 f32_type(),
                 peer as c_int,
                 ffi::RSMPI_ANY_TAG,
@@ -350,22 +492,21 @@ impl MpiComm {
         })
     }
 
-    /// Completes the receive in `slot` (in `wire`'s format) and combines it into `dst`,
-    /// which it must fill.
+    /// Completes the receive in `slot` of `words` words (`wire`'s format) and, when it
+    /// landed in the slot's buffer, combines it into `dst`, whose place in the caller's
+    /// buffer is `guard`, if it is there.
+    #[allow(clippy::too_many_arguments)]
     fn finish_recv(
         &mut self,
         slot: usize,
         peer: usize,
-        dst: &mut [f32],
+        words: usize,
+        dst: Option<(&mut [f32], Option<Range<usize>>)>,
         combine: Combine,
         wire: Precision,
     ) -> Result<(), CommError> {
-        let mut req = std::mem::take(&mut self.recvs[slot]);
-        let waited = self.wait(&mut req, Some(peer));
-        self.recvs[slot] = req;
-        let status = Status::from_raw(waited?);
+        let status = Status::from_raw(self.wait_slot(false, slot, peer)?);
         let got = status.count(f32::equivalent_datatype()).max(0) as usize;
-        let words = wire::words(wire, dst.len());
         if status.tag() != self.tag(wire) || got != words {
             return Err(CommError::Mismatch(format!(
                 "peer {peer} sent {got} words of collective tag {}, peer {} expected {words} of \
@@ -375,26 +516,29 @@ impl MpiComm {
                 self.tag(wire)
             )));
         }
-        let src = &self.recv_bufs[slot][..got];
-        let add = combine == Combine::Add;
-        wire::decode(wire, src, dst, add, &mut self.scratch);
-        Ok(())
-    }
-
-    /// Waits for both send slots, so that nothing is in flight between collectives.
-    fn drain_sends(&mut self) -> Result<(), CommError> {
-        let next = self.next_rank();
-        for slot in 0..2 {
-            let mut req = std::mem::take(&mut self.sends[slot]);
-            let waited = self.wait(&mut req, Some(next));
-            self.sends[slot] = req;
-            waited?;
+        if let Some((dst, guard)) = dst {
+            if let Some(range) = guard {
+                self.wait_readers(&range)?;
+            }
+            let src = &self.recv_bufs[slot][..got];
+            let add = combine == Combine::Add;
+            wire::decode(wire, src, dst, add, &mut self.scratch);
         }
         Ok(())
     }
 
-    /// One ring step, pipelined two chunks deep: chunk `c + 1` is posted both ways
-    /// before chunk `c` is combined.
+    /// Waits for every send, so that nothing reads the caller's buffer once a collective
+    /// returns.
+    fn drain_sends(&mut self) -> Result<(), CommError> {
+        let next = self.next_rank();
+        for slot in 0..self.sends.len() {
+            self.wait_slot(true, slot, next)?;
+        }
+        Ok(())
+    }
+
+    /// One ring step, pipelined `pipeline_depth` chunks deep: chunks are posted both ways
+    /// that far ahead of the one being combined.
     fn ring_step(
         &mut self,
         data: &mut [f32],
@@ -402,58 +546,243 @@ impl MpiComm {
         wire: Precision,
     ) -> Result<(), CommError> {
         let (next, prev, ce) = (self.next_rank(), self.prev_rank(), self.chunk_elems);
+        let depth = self.config.pipeline_depth;
         let n = chunks_in(step, ce);
-        let start = |comm: &mut Self, c: usize, data: &[f32]| -> Result<(), CommError> {
-            if chunk(&step.inc, ce, c).is_some() {
-                comm.start_recv(c % 2, prev)?;
+        let direct = step.combine == Combine::Copy && !wire.is_reduced();
+        let start = |comm: &mut Self, c: usize, data: &mut [f32]| -> Result<(), CommError> {
+            if let Some(inc) = chunk(&step.inc, ce, c) {
+                let words = wire::words(wire, inc.len());
+                let into = direct.then_some((&mut *data, inc));
+                comm.start_recv(c % depth, prev, words, into)?;
             }
             if let Some(out) = chunk(&step.out, ce, c) {
-                comm.start_send(c % 2, &data[out], next, wire)?;
+                comm.start_send(c % depth, data, out, next, wire)?;
             }
             Ok(())
         };
-        if n > 0 {
-            start(self, 0, data)?;
+        for c in 0..n.min(depth - 1) {
+            start(self, c, data)?;
         }
         for c in 0..n {
-            if c + 1 < n {
-                start(self, c + 1, data)?;
+            if c + depth - 1 < n {
+                start(self, c + depth - 1, data)?;
             }
             if let Some(inc) = chunk(&step.inc, ce, c) {
-                self.finish_recv(c % 2, prev, &mut data[inc], step.combine, wire)?;
+                let words = wire::words(wire, inc.len());
+                let dst = (!direct).then(|| (&mut data[inc.clone()], Some(inc)));
+                // `dst` borrows `data` while `finish_recv` may wait on sends from it:
+                // sends only read, and MPI reads through its own pointer.
+                self.finish_recv(c % depth, prev, words, dst, step.combine, wire)?;
             }
         }
         Ok(())
     }
 
-    fn ring_all_reduce(&mut self, data: &mut [f32], wire: Precision) -> Result<(), CommError> {
+    fn ring_steps(
+        &mut self,
+        data: &mut [f32],
+        steps: &[Step],
+        wire: Precision,
+    ) -> Result<(), CommError> {
         let mut gathering = false;
-        for step in all_reduce_steps(data.len(), self.size, self.rank) {
+        for step in steps {
             if step.combine == Combine::Copy && !gathering {
                 // As the in-process ring: the owner keeps the rounded sums it sends.
-                wire::round(wire, &mut data[step.out.clone()]);
+                let out = step.out.clone();
+                self.wait_readers(&out)?;
+                wire::round(wire, &mut data[out]);
                 gathering = true;
             }
-            self.ring_step(data, &step, wire)?;
+            self.ring_step(data, step, wire)?;
         }
         self.drain_sends()
     }
 
-    /// Chunks pass from `root` round the ring; each rank forwards a chunk as soon as it
-    /// has it, so the chunks travel pipelined.
-    fn ring_broadcast(&mut self, data: &mut [f32], root: usize) -> Result<(), CommError> {
+    fn all_reduce_with(&mut self, data: &mut [f32], wire: Precision) -> Result<(), CommError> {
+        let (n, r) = (self.size, self.rank);
+        match Algorithm::pick(4 * data.len(), n, self.config.thresholds) {
+            Algorithm::Direct => self.direct(data, wire, None),
+            Algorithm::Doubling => self.doubling(data, wire),
+            Algorithm::Ring => self.ring_steps(data, &all_reduce_steps(data.len(), n, r), wire),
+        }
+    }
+
+    /// The direct algorithm, as in process: every rank's buffer to every other rank (or
+    /// to `root` only), summed in rank order where it arrives.
+    fn direct(
+        &mut self,
+        data: &mut [f32],
+        wire: Precision,
+        root: Option<usize>,
+    ) -> Result<(), CommError> {
+        let (n, me, total) = (self.size, self.rank, data.len());
+        let words = wire::words(wire, total);
+        wire::round(wire, data);
+        let sums = root.is_none_or(|r| r == me);
+        // Slot of peer q's messages: q, less one past this rank.
+        let slot = |q: usize| if q < me { q } else { q - 1 };
+        if sums {
+            for q in (0..n).filter(|&q| q != me) {
+                self.start_recv(slot(q), q, words, None)?;
+            }
+        }
+        for q in (0..n).filter(|&q| q != me && root.is_none_or(|r| r == q)) {
+            self.start_send(slot(q), data, 0..total, q, wire)?;
+        }
+        if sums {
+            let mut acc = std::mem::take(&mut self.acc);
+            acc.clear();
+            acc.resize(total, 0.0);
+            let summed = (|| {
+                for q in 0..n {
+                    let combine = if q == 0 { Combine::Copy } else { Combine::Add };
+                    if q == me {
+                        match combine {
+                            Combine::Copy => acc.copy_from_slice(data),
+                            Combine::Add => {
+                                acc.iter_mut().zip(data.iter()).for_each(|(a, x)| *a += *x)
+                            }
+                        }
+                    } else {
+                        self.finish_recv(slot(q), q, words, Some((&mut acc, None)), combine, wire)?;
+                    }
+                }
+                self.drain_sends()
+            })();
+            if summed.is_ok() {
+                data.copy_from_slice(&acc);
+                wire::round(wire, data);
+            }
+            self.acc = acc;
+            return summed;
+        }
+        self.drain_sends()
+    }
+
+    /// Recursive doubling, as in process.
+    fn doubling(&mut self, data: &mut [f32], wire: Precision) -> Result<(), CommError> {
+        let plan = doubling(self.size, self.rank);
+        let total = data.len();
+        let words = wire::words(wire, total);
+        let all = 0..total;
+        wire::round(wire, data);
+        // Swaps buffers with `peer` and adds its values.
+        let exchange = |c: &mut Self, peer: usize, data: &mut [f32]| -> Result<(), CommError> {
+            c.start_recv(0, peer, words, None)?;
+            c.start_send(0, data, 0..total, peer, wire)?;
+            c.finish_recv(
+                0,
+                peer,
+                words,
+                Some((data, Some(0..total))),
+                Combine::Add,
+                wire,
+            )?;
+            wire::round(wire, data);
+            Ok(())
+        };
+        match plan.fold {
+            Some((q, true)) => {
+                self.start_send(0, data, all.clone(), q, wire)?;
+                if wire.is_reduced() {
+                    self.start_recv(0, q, words, None)?;
+                    self.finish_recv(0, q, words, Some((data, Some(all))), Combine::Copy, wire)?;
+                } else {
+                    self.start_recv(0, q, words, Some((&mut *data, all)))?;
+                    self.finish_recv(0, q, words, None, Combine::Copy, wire)?;
+                }
+                return self.drain_sends();
+            }
+            Some((q, false)) => {
+                self.start_recv(0, q, words, None)?;
+                self.finish_recv(
+                    0,
+                    q,
+                    words,
+                    Some((&mut *data, Some(all.clone()))),
+                    Combine::Add,
+                    wire,
+                )?;
+                wire::round(wire, data);
+            }
+            None => {}
+        }
+        for &peer in &plan.partners {
+            exchange(self, peer, data)?;
+        }
+        if let Some((q, false)) = plan.fold {
+            self.start_send(0, data, all, q, wire)?;
+        }
+        self.drain_sends()
+    }
+
+    /// Small: straight to the root. Large: a ring reduce-scatter, then every rank sends
+    /// its finished part to the root.
+    fn reduce_with(&mut self, data: &mut [f32], root: usize) -> Result<(), CommError> {
+        let (n, total) = (self.size, data.len());
+        if Algorithm::pick(4 * total, n, self.config.thresholds) != Algorithm::Ring {
+            return self.direct(data, Precision::F32, Some(root));
+        }
+        let parts = even_parts(total, n);
+        let seg = |j| part_segment(&parts, j);
+        self.ring_steps(
+            data,
+            &reduce_scatter_steps(n, self.rank, seg),
+            Precision::F32,
+        )?;
+        let (ce, f32) = (self.chunk_elems, Precision::F32);
+        if self.rank == root {
+            for q in (0..n).filter(|&q| q != root) {
+                let part = parts[q]..parts[q + 1];
+                let mut c = 0;
+                while let Some(piece) = chunk(&part, ce, c) {
+                    let len = piece.len();
+                    self.start_recv(0, q, len, Some((&mut *data, piece)))?;
+                    self.finish_recv(0, q, len, None, Combine::Copy, f32)?;
+                    c += 1;
+                }
+            }
+        } else {
+            let part = parts[self.rank]..parts[self.rank + 1];
+            let depth = self.config.pipeline_depth;
+            let mut c = 0;
+            while let Some(piece) = chunk(&part, ce, c) {
+                self.start_send(c % depth, data, piece, root, f32)?;
+                c += 1;
+            }
+        }
+        self.drain_sends()
+    }
+
+    /// Small: the root sends to every rank. Large: chunks pass from `root` round the
+    /// ring; each rank forwards a chunk as soon as it has it, so the chunks travel
+    /// pipelined.
+    fn broadcast_with(&mut self, data: &mut [f32], root: usize) -> Result<(), CommError> {
+        let (n, me, total, f32) = (self.size, self.rank, data.len(), Precision::F32);
+        if 4 * total < self.config.thresholds.direct_below {
+            if me == root {
+                for (slot, q) in (0..n).filter(|&q| q != root).enumerate() {
+                    self.start_send(slot, data, 0..total, q, f32)?;
+                }
+            } else {
+                self.start_recv(0, root, total, Some((&mut *data, 0..total)))?;
+                self.finish_recv(0, root, total, None, Combine::Copy, f32)?;
+            }
+            return self.drain_sends();
+        }
         let (next, prev, ce) = (self.next_rank(), self.prev_rank(), self.chunk_elems);
-        let all = 0..data.len();
+        let depth = self.config.pipeline_depth;
+        let all = 0..total;
         let forwards = next != root;
         let mut c = 0;
         while let Some(range) = chunk(&all, ce, c) {
-            if self.rank != root {
-                self.start_recv(c % 2, prev)?;
-                let f32 = Precision::F32;
-                self.finish_recv(c % 2, prev, &mut data[range.clone()], Combine::Copy, f32)?;
+            if me != root {
+                let len = range.len();
+                self.start_recv(c % depth, prev, len, Some((&mut *data, range.clone())))?;
+                self.finish_recv(c % depth, prev, len, None, Combine::Copy, f32)?;
             }
             if forwards {
-                self.start_send(c % 2, &data[range], next, Precision::F32)?;
+                self.start_send(c % depth, data, range, next, f32)?;
             }
             c += 1;
         }
@@ -514,6 +843,20 @@ impl MpiComm {
     }
 }
 
+impl MpiComm {
+    /// Runs `f` as one collective on a group of two or more; a group of one has nothing
+    /// to exchange.
+    fn group_collective(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<(), CommError>,
+    ) -> Result<(), CommError> {
+        if self.size == 1 {
+            return self.broken.clone().map_or(Ok(()), Err);
+        }
+        self.collective(f)
+    }
+}
+
 impl Communicator for MpiComm {
     fn rank(&self) -> usize {
         self.rank
@@ -528,15 +871,51 @@ impl Communicator for MpiComm {
     }
 
     fn all_reduce_as(&mut self, data: &mut [f32], wire: Precision) -> Result<(), CommError> {
-        if self.size == 1 {
-            return self.broken.clone().map_or(Ok(()), Err);
-        }
         match self.config.algorithm {
-            MpiAlgorithm::Ring => self.collective(|c| c.ring_all_reduce(data, wire)),
+            MpiAlgorithm::Ring => self.group_collective(|c| c.all_reduce_with(data, wire)),
             MpiAlgorithm::Native if wire.is_reduced() => Err(CommError::InvalidArgument(format!(
                 "{wire} gradients need --mpi-algorithm ring: MPI_Allreduce sums whole f32 values"
             ))),
-            MpiAlgorithm::Native => self.collective(|c| c.native_all_reduce(data)),
+            MpiAlgorithm::Native => self.group_collective(|c| c.native_all_reduce(data)),
+        }
+    }
+
+    /// In native mode, an all-reduce (`MPI_Iallreduce`).
+    fn reduce(&mut self, data: &mut [f32], root: usize) -> Result<(), CommError> {
+        check_root(root, self.size, "reduce")?;
+        match self.config.algorithm {
+            MpiAlgorithm::Ring => self.group_collective(|c| c.reduce_with(data, root)),
+            MpiAlgorithm::Native => self.group_collective(|c| c.native_all_reduce(data)),
+        }
+    }
+
+    /// In native mode, an all-reduce (`MPI_Iallreduce`).
+    fn reduce_scatter(&mut self, data: &mut [f32], parts: &[usize]) -> Result<(), CommError> {
+        check_parts(data.len(), self.size, parts)?;
+        let (n, r) = (self.size, self.rank);
+        match self.config.algorithm {
+            MpiAlgorithm::Ring => self.group_collective(|c| {
+                let steps = reduce_scatter_steps(n, r, |j| part_segment(parts, j));
+                c.ring_steps(data, &steps, Precision::F32)
+            }),
+            MpiAlgorithm::Native => self.group_collective(|c| c.native_all_reduce(data)),
+        }
+    }
+
+    /// In native mode, an all-reduce (`MPI_Iallreduce`) with the other parts zeroed.
+    fn all_gather(&mut self, data: &mut [f32], parts: &[usize]) -> Result<(), CommError> {
+        check_parts(data.len(), self.size, parts)?;
+        let (n, r) = (self.size, self.rank);
+        match self.config.algorithm {
+            MpiAlgorithm::Ring => self.group_collective(|c| {
+                let steps = all_gather_steps(n, r, |j| part_segment(parts, j));
+                c.ring_steps(data, &steps, Precision::F32)
+            }),
+            MpiAlgorithm::Native => {
+                data[..parts[r]].fill(0.0);
+                data[parts[r + 1]..].fill(0.0);
+                self.group_collective(|c| c.native_all_reduce(data))
+            }
         }
     }
 
@@ -545,18 +924,10 @@ impl Communicator for MpiComm {
     }
 
     fn broadcast(&mut self, data: &mut [f32], root: usize) -> Result<(), CommError> {
-        if root >= self.size {
-            return Err(CommError::InvalidArgument(format!(
-                "broadcast from rank {root} in a group of {}",
-                self.size
-            )));
-        }
-        if self.size == 1 {
-            return self.broken.clone().map_or(Ok(()), Err);
-        }
+        check_root(root, self.size, "broadcast")?;
         match self.config.algorithm {
-            MpiAlgorithm::Ring => self.collective(|c| c.ring_broadcast(data, root)),
-            MpiAlgorithm::Native => self.collective(|c| c.native_broadcast(data, root)),
+            MpiAlgorithm::Ring => self.group_collective(|c| c.broadcast_with(data, root)),
+            MpiAlgorithm::Native => self.group_collective(|c| c.native_broadcast(data, root)),
         }
     }
 

@@ -48,7 +48,7 @@ mod notice;
 
 pub use comm::MpiComm;
 
-use super::CommError;
+use super::{CommError, Thresholds};
 use call::{call, check};
 use mpi::environment::{Threading, Universe};
 use mpi::ffi;
@@ -92,6 +92,13 @@ pub struct MpiConfig {
     pub chunk_bytes: usize,
     /// How long a collective waits without progress before declaring a peer hung.
     pub timeout: Duration,
+    /// Chunks a ring keeps in flight each way per link (at least 2): one is combined
+    /// while the others move.
+    pub pipeline_depth: usize,
+    /// Message sizes below which the latency-bound algorithms run; the same as the
+    /// in-process group's by default, so that a group over MPI gives the bits a group of
+    /// threads of the same size gives.
+    pub thresholds: Thresholds,
 }
 
 impl Default for MpiConfig {
@@ -100,6 +107,8 @@ impl Default for MpiConfig {
             algorithm: MpiAlgorithm::Ring,
             chunk_bytes: 1 << 20,
             timeout: Duration::from_secs(120),
+            pipeline_depth: 4,
+            thresholds: Thresholds::default(),
         }
     }
 }
@@ -236,7 +245,13 @@ impl Mpi {
     /// communicators (duplicates of `MPI_COMM_WORLD`), so its messages never meet the
     /// application's own MPI traffic.
     pub fn communicator(&self, config: MpiConfig) -> Result<MpiComm, CommError> {
-        if config.chunk_bytes < 4 || config.chunk_bytes / 4 > i32::MAX as usize {
+        if config.pipeline_depth < 2 {
+            return Err(CommError::InvalidArgument(format!(
+                "an MPI ring needs a pipeline at least 2 chunks deep (pipeline_depth {})",
+                config.pipeline_depth
+            )));
+        }
+        if config.chunk_bytes < 4 || config.chunk_bytes / 4 >= i32::MAX as usize {
             return Err(CommError::InvalidArgument(format!(
                 "MPI chunks must hold between 1 and 2^31 - 1 f32s (chunk_bytes {})",
                 config.chunk_bytes
