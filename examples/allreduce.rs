@@ -17,6 +17,7 @@
 
 use clap::Parser;
 use ringtrain::bench::{parse_bytes, ring_sweep, RingSweepConfig};
+use ringtrain::comm::{Algorithm, Thresholds};
 use ringtrain::Precision;
 use std::error::Error;
 use std::path::PathBuf;
@@ -41,6 +42,10 @@ struct Args {
     /// bytes), summed in f32, beside the f32 ring.
     #[arg(long)]
     compression: Option<Precision>,
+    /// Run this all-reduce algorithm at every size (direct, doubling or ring) instead
+    /// of switching at the default thresholds: how the thresholds are chosen.
+    #[arg(long)]
+    algorithm: Option<Algorithm>,
     /// Skip the naive baseline (it is slow at large sizes).
     #[arg(long)]
     no_baseline: bool,
@@ -77,6 +82,7 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
         chunk_bytes: args.chunk_bytes,
         baseline: !args.no_baseline,
         compression: args.compression,
+        thresholds: thresholds(args),
         progress: true,
     })?;
     print!("{sweep}");
@@ -84,6 +90,11 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
         sweep.write_json(path)?;
     }
     Ok(())
+}
+
+fn thresholds(args: &Args) -> Thresholds {
+    args.algorithm
+        .map_or_else(Thresholds::default, Thresholds::only)
 }
 
 /// `--mpi`: the same sizes across processes, three all-reduces side by side.
@@ -146,6 +157,7 @@ mod over_mpi {
         let config = |algorithm| MpiConfig {
             algorithm,
             chunk_bytes: args.chunk_bytes,
+            thresholds: thresholds(args),
             ..MpiConfig::default()
         };
         // Communicators are created collectively, in the same order on every rank.

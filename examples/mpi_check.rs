@@ -128,7 +128,7 @@ fn run(args: &Args, cluster: &Cluster) -> ringtrain::Result<()> {
     #[cfg(feature = "mpi")]
     if cluster.config.kind != CommKind::Local {
         check_collectives(args, cluster)?;
-        say("collectives: all-reduce, broadcast and barrier give exact results".into());
+        say("collectives: all-reduce (every algorithm, f32 and bf16), reduce, reduce-scatter, all-gather, broadcast and barrier give exact results".into());
     }
 
     let local = args.devices as usize;
@@ -285,38 +285,78 @@ fn write_atomically(path: &Path, values: &[f32]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// All-reduce, broadcast and barrier over every process, on values whose results are
-/// exact in f32, with a length that spans several messages.
+/// Every collective over every process, with each all-reduce algorithm forced in turn
+/// and with MPI's own, on values whose results are exact in f32 (and bf16), at lengths of
+/// one eager piece and of several messages: all-reduce (f32 and bf16 on the wire),
+/// reduce, reduce-scatter and all-gather with uneven parts, broadcast and barrier.
 #[cfg(feature = "mpi")]
 fn check_collectives(args: &Args, cluster: &Cluster) -> ringtrain::Result<()> {
     use ringtrain::comm::mpi::{MpiAlgorithm, MpiConfig};
-    use ringtrain::comm::Communicator;
+    use ringtrain::comm::{Algorithm, Communicator, Thresholds};
     let (p, r) = (cluster.processes, cluster.rank);
-    for algorithm in [MpiAlgorithm::Ring, MpiAlgorithm::Native] {
+    let ours = [
+        Algorithm::Ring,
+        Algorithm::Doubling,
+        Algorithm::Tree,
+        Algorithm::Direct,
+    ];
+    let modes = ours
+        .map(|a| (MpiAlgorithm::Ring, Thresholds::only(a)))
+        .into_iter()
+        .chain([(MpiAlgorithm::Native, Thresholds::default())]);
+    for (algorithm, thresholds) in modes {
+        let what = format!("{algorithm:?} {thresholds:?}");
         let mut comm = cluster.world(MpiConfig {
             algorithm,
             chunk_bytes: 4 << 10,
             timeout: args.comm.timeout(),
+            thresholds,
+            ..MpiConfig::default()
         })?;
-        let len = 10_007;
-        let mut data: Vec<f32> = (0..len).map(|i| ((r + 1) * (i % 7)) as f32).collect();
-        comm.all_reduce(&mut data)?;
         let total = (p * (p + 1) / 2) as f32;
-        if let Some(i) = (0..len).find(|&i| data[i] != total * (i % 7) as f32) {
-            return Err(format!(
-                "{algorithm:?} all-reduce: element {i} is {}, expected {}",
-                data[i],
-                total * (i % 7) as f32
-            )
-            .into());
+        for len in [5, 10_007] {
+            let input = |i: usize| ((r + 1) * (i % 7)) as f32;
+            let expect = |i: usize| total * (i % 7) as f32;
+            let check = |data: &[f32], range: std::ops::Range<usize>, op: &str| match range
+                .clone()
+                .find(|&i| data[i] != expect(i))
+            {
+                Some(i) => Err(format!(
+                    "{what} {op} of {len}: element {i} is {}, expected {}",
+                    data[i],
+                    expect(i)
+                )),
+                None => Ok(()),
+            };
+            for wire in [Precision::F32, Precision::Bf16] {
+                if wire.is_reduced() && algorithm == MpiAlgorithm::Native {
+                    continue;
+                }
+                let mut data: Vec<f32> = (0..len).map(input).collect();
+                comm.all_reduce_as(&mut data, wire)?;
+                check(&data, 0..len, &format!("{wire} all-reduce"))?;
+            }
+            let root = p - 1;
+            let mut data: Vec<f32> = (0..len).map(input).collect();
+            comm.reduce(&mut data, root)?;
+            if r == root {
+                check(&data, 0..len, "reduce")?;
+            }
+            // Rank q's part grows with q; rank 0's is empty.
+            let mut parts: Vec<usize> = (0..=p).map(|q| q * q * len / (p * p)).collect();
+            parts[p] = len;
+            let mut data: Vec<f32> = (0..len).map(input).collect();
+            comm.reduce_scatter(&mut data, &parts)?;
+            check(&data, parts[r]..parts[r + 1], "reduce-scatter")?;
+            comm.all_gather(&mut data, &parts)?;
+            check(&data, 0..len, "reduce-scatter then all-gather")?;
+            let mut data: Vec<f32> = (0..len).map(|i| (r * len + i) as f32).collect();
+            comm.broadcast(&mut data, root)?;
+            if let Some(i) = (0..len).find(|&i| data[i] != (root * len + i) as f32) {
+                return Err(format!("{what} broadcast from {root}: element {i} differs").into());
+            }
+            comm.barrier()?;
         }
-        let root = p - 1;
-        let mut data: Vec<f32> = (0..len).map(|i| (r * len + i) as f32).collect();
-        comm.broadcast(&mut data, root)?;
-        if let Some(i) = (0..len).find(|&i| data[i] != (root * len + i) as f32) {
-            return Err(format!("{algorithm:?} broadcast from {root}: element {i} differs").into());
-        }
-        comm.barrier()?;
     }
     Ok(())
 }

@@ -187,7 +187,7 @@ fn mpi_ranks_end_identical_and_match_the_in_process_ring() {
         let (job, over_mpi) = train_over_mpi(n, n, &["--comm", "mpi"]);
         assert!(
             job.stdout
-                .contains("collectives: all-reduce, broadcast and barrier give exact results"),
+                .contains("reduce-scatter, all-gather, broadcast and barrier give exact results"),
             "{}",
             job.stdout
         );

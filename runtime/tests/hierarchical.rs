@@ -253,7 +253,7 @@ fn rails_sum_with_identical_bits_on_every_device() {
 #[test]
 fn rails_refuse_nodes_of_different_sizes_on_every_node() {
     for r in rail_nodes(&[2, 1]) {
-        let err = r.err().expect("refused");
+        let err = r.expect_err("refused");
         assert!(err.to_string().contains("same number of devices"), "{err}");
     }
 }

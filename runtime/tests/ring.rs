@@ -17,23 +17,20 @@ fn small_chunks() -> RingConfig {
 
 /// Tiny chunks, and thresholds that make every all-reduce run `algorithm`.
 fn with_algorithm(algorithm: Algorithm) -> RingConfig {
-    let (direct_below, doubling_below) = match algorithm {
-        Algorithm::Ring => (0, 0),
-        Algorithm::Doubling => (0, usize::MAX),
-        Algorithm::Direct => (usize::MAX, usize::MAX),
-    };
     RingConfig {
         chunk_bytes: 12,
         queue_depth: 2,
         timeout: Duration::from_secs(30),
-        thresholds: Thresholds {
-            direct_below,
-            doubling_below,
-        },
+        thresholds: Thresholds::only(algorithm),
     }
 }
 
-const ALGORITHMS: [Algorithm; 3] = [Algorithm::Ring, Algorithm::Doubling, Algorithm::Direct];
+const ALGORITHMS: [Algorithm; 4] = [
+    Algorithm::Ring,
+    Algorithm::Doubling,
+    Algorithm::Tree,
+    Algorithm::Direct,
+];
 
 /// Runs `f(peer)` on one thread per peer and returns what each returned, by rank.
 fn on_every_peer<T: Send>(peers: Vec<RingComm>, f: impl Fn(RingComm) -> T + Sync) -> Vec<T> {
@@ -150,10 +147,11 @@ fn compressed_all_reduce_sends_half_the_bytes_with_identical_bits() {
 
 #[test]
 fn repeated_collectives_on_one_ring() {
-    // Each size crossing from the direct algorithm to doubling to the ring.
+    // Each size crossing from one algorithm to the next.
     let config = RingConfig {
         thresholds: Thresholds {
-            direct_below: 4 * 14,
+            direct_below: 4 * 13,
+            tree_below: 4 * 17,
             doubling_below: 4 * 22,
         },
         ..small_chunks()
@@ -361,8 +359,9 @@ fn reduce_reduce_scatter_and_all_gather_sum_and_copy_their_parts() {
                         assert!(close(got, i), "{what}: reduce element {i}: {got}");
                     }
                     for (p, (_, scattered, gathered)) in out.iter().enumerate() {
-                        for i in parts[p]..parts[p + 1] {
-                            assert!(close(scattered[i], i), "{what}: peer {p} element {i}");
+                        let own = parts[p]..parts[p + 1];
+                        for (i, &x) in own.clone().zip(&scattered[own]) {
+                            assert!(close(x, i), "{what}: peer {p} element {i}");
                         }
                         for q in 0..n {
                             for (j, &g) in gathered[parts[q]..parts[q + 1]].iter().enumerate() {

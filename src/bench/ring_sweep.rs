@@ -7,7 +7,7 @@ use super::collective::{
     bus_bandwidth, median, memcpy_bandwidth, time_all_reduce, time_all_reduce_as,
 };
 use super::protocol::Res;
-use crate::comm::{ring_with, star, CommError, Communicator, RingConfig};
+use crate::comm::{ring_with, star, CommError, Communicator, RingConfig, Thresholds};
 use crate::Precision;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -30,6 +30,9 @@ pub struct RingSweepConfig {
     pub baseline: bool,
     /// Also time the ring with values sent as this (bf16 or f16), summed in f32.
     pub compression: Option<Precision>,
+    /// Where the group switches from its small-message algorithms to the ring
+    /// ([`Thresholds::only`] times one algorithm at every size).
+    pub thresholds: Thresholds,
     /// Show a progress bar on stderr.
     pub progress: bool,
 }
@@ -71,6 +74,7 @@ pub fn ring_sweep(config: &RingSweepConfig) -> Res<RingSweep> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let ring = RingConfig {
         chunk_bytes: config.chunk_bytes,
+        thresholds: config.thresholds,
         ..RingConfig::default()
     };
     let min_time = Duration::from_secs_f64(config.min_time);
@@ -113,9 +117,9 @@ pub fn ring_sweep(config: &RingSweepConfig) -> Res<RingSweep> {
                 compressed_time_us: compressed.map(|t| t * 1e6),
                 compressed_bytes_sent: config
                     .compression
-                    .map(|wire| bytes_per_all_reduce(n, len, wire))
+                    .map(|wire| bytes_per_all_reduce(n, len, wire, config.thresholds))
                     .transpose()?,
-                ring_bytes_sent: bytes_per_all_reduce(n, len, Precision::F32)?,
+                ring_bytes_sent: bytes_per_all_reduce(n, len, Precision::F32, config.thresholds)?,
             });
             bar.inc(1);
         }
@@ -212,10 +216,19 @@ impl fmt::Display for RingSweep {
     }
 }
 
-/// Payload bytes one peer of an in-process ring of `n` sends in one all-reduce of `len`
-/// values in `wire`'s format (every peer sends as many).
-pub fn bytes_per_all_reduce(n: usize, len: usize, wire: Precision) -> Result<u64, CommError> {
-    let mut peers = ring_with(n, RingConfig::default())?;
+/// Payload bytes peer 0 of an in-process group of `n` switching algorithm at
+/// `thresholds` sends in one all-reduce of `len` values in `wire`'s format.
+pub fn bytes_per_all_reduce(
+    n: usize,
+    len: usize,
+    wire: Precision,
+    thresholds: Thresholds,
+) -> Result<u64, CommError> {
+    let config = RingConfig {
+        thresholds,
+        ..RingConfig::default()
+    };
+    let mut peers = ring_with(n, config)?;
     let sent = std::thread::scope(|s| {
         let handles: Vec<_> = peers
             .iter_mut()
@@ -295,6 +308,7 @@ mod tests {
             chunk_bytes: 1024,
             baseline: true,
             compression: Some(Precision::Bf16),
+            thresholds: Thresholds::only(crate::comm::Algorithm::Ring),
             progress: false,
         })
         .unwrap();
@@ -320,6 +334,7 @@ mod tests {
                 chunk_bytes: 1024,
                 baseline: false,
                 compression: None,
+                thresholds: Thresholds::default(),
                 progress: false,
             }
         })

@@ -31,6 +31,8 @@ use std::time::{Duration, Instant};
 
 /// How often a peer waiting on a channel looks whether the group has failed.
 const POLL: Duration = Duration::from_millis(20);
+/// How long a waiting peer yields its core before it parks.
+const YIELD_FOR: Duration = Duration::from_micros(50);
 
 /// Tuning and failure detection of a ring.
 #[derive(Debug, Clone)]
@@ -352,7 +354,23 @@ impl RingComm {
         };
         let start = Instant::now();
         let waiting = self.waiting_on(from);
+        // Yield before parking: a message is usually a few microseconds away, and waking
+        // a parked thread costs more than that where peers outnumber cores.
+        let mut early = None;
+        while start.elapsed() < YIELD_FOR {
+            match rx.try_recv() {
+                Ok(c) => {
+                    early = Some(c);
+                    break;
+                }
+                Err(TryRecvError::Empty) => std::thread::yield_now(),
+                Err(TryRecvError::Disconnected) => break,
+            }
+        }
         let chunk = loop {
+            if let Some(c) = early.take() {
+                break c;
+            }
             if let Some(e) = self.group.failure() {
                 return Err(e);
             }
@@ -427,6 +445,10 @@ impl RingComm {
         let (n, r) = (self.size, self.rank);
         match Algorithm::pick(4 * data.len(), n, self.config.thresholds) {
             Algorithm::Direct => self.direct(data, wire, None),
+            Algorithm::Tree => {
+                self.direct(data, wire, Some(0))?;
+                self.fan_out(data, 0, wire)
+            }
             Algorithm::Doubling => self.doubling(data, wire),
             Algorithm::Ring => self.ring_steps(data, &all_reduce_steps(data.len(), n, r), wire),
         }
@@ -547,19 +569,26 @@ impl RingComm {
         Ok(())
     }
 
+    /// The root sends its `data` (in `wire`'s format, which its values must be) to every
+    /// other peer.
+    fn fan_out(&self, data: &mut [f32], root: usize, wire: Precision) -> Result<(), CommError> {
+        let total = data.len();
+        if self.rank == root {
+            for q in (0..self.size).filter(|&q| q != root) {
+                self.send(q, total, data, wire)?;
+            }
+            return Ok(());
+        }
+        self.recv(root, total, data, Combine::Copy, wire)
+    }
+
     /// Small: the root sends to every peer. Large: chunks pass round the ring from the
     /// root, pipelined.
     fn broadcast_with(&self, data: &mut [f32], root: usize) -> Result<(), CommError> {
         let total = data.len();
         let f32 = Precision::F32;
-        if 4 * total < self.config.thresholds.direct_below {
-            if self.rank == root {
-                for q in (0..self.size).filter(|&q| q != root) {
-                    self.send(q, total, data, f32)?;
-                }
-                return Ok(());
-            }
-            return self.recv(root, total, data, Combine::Copy, f32);
+        if Algorithm::pick(4 * total, self.size, self.config.thresholds) != Algorithm::Ring {
+            return self.fan_out(data, root, f32);
         }
         let forwards = self.next_rank() != root;
         for lo in (0..total).step_by(self.chunk_elems) {

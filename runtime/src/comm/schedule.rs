@@ -3,11 +3,14 @@
 //! order values are summed. The same schedule everywhere means the same summation
 //! order, so a group over MPI gives the bits a group of threads of the same size gives.
 //!
-//! Three all-reduce algorithms, picked by message size ([`Algorithm::pick`]):
+//! Four all-reduce algorithms, picked by message size ([`Algorithm::pick`]):
 //!
 //! - **Direct** (small messages): every peer sends its whole buffer to every other peer
 //!   and sums the `n` buffers itself, in rank order `x0 + x1 + ... + x(n-1)`. One hop of
 //!   latency, `(n - 1)` buffers sent per peer.
+//! - **Tree** (small): a flat tree; every peer sends its buffer to peer 0, which sums
+//!   them in rank order and sends the sum back: two hops, the least data moved and the
+//!   fewest messages (`2 (n - 1)`), all through peer 0.
 //! - **Recursive doubling** (medium): `log2 n` rounds; in round `k` peers whose ranks
 //!   differ in bit `k` swap their partial sums and both add them (IEEE addition is
 //!   commutative, so both get the same bits). For `n` not a power of two, the first
@@ -60,26 +63,67 @@ pub(crate) fn check_parts(len: usize, n: usize, parts: &[usize]) -> Result<(), C
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {
     Direct,
+    Tree,
     Doubling,
     Ring,
 }
 
 /// Message sizes (bytes of f32 payload) below which the latency-bound algorithms run.
+/// Below `direct_below`, the direct algorithm; below both the tree's and doubling's
+/// bounds, whichever of the two takes fewer hops in the group (doubling in a group of
+/// two, where it is one exchange; the tree's two hops otherwise); below one of them,
+/// that one; the ring above.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Thresholds {
-    /// Below this, [`Algorithm::Direct`].
     pub direct_below: usize,
-    /// Below this (and from `direct_below`), [`Algorithm::Doubling`]; the ring above.
+    pub tree_below: usize,
     pub doubling_below: usize,
 }
 
 /// Where groups switch algorithm, in process and over MPI alike (so that both give the
-/// same bits), from `allreduce --algorithms` on a 2-vCPU Zen 4 VM (docs/BENCHMARKS.md).
+/// same bits), from `allreduce --algorithm` on a 2-vCPU Zen 4 VM (docs/BENCHMARKS.md):
+/// the tree (doubling for two peers) is ahead of the ring up to 64 KiB on 2-8 threads
+/// and on 2-4 processes, the ring from 256 KiB; the direct exchange was never ahead.
 impl Default for Thresholds {
     fn default() -> Self {
         Self {
-            direct_below: 64 << 10,
-            doubling_below: 64 << 10,
+            direct_below: 0,
+            tree_below: 128 << 10,
+            doubling_below: 128 << 10,
+        }
+    }
+}
+
+impl Thresholds {
+    /// Thresholds under which every all-reduce runs `algorithm`, for tests and
+    /// benchmarks that compare the algorithms.
+    pub fn only(algorithm: Algorithm) -> Thresholds {
+        let mut t = Thresholds {
+            direct_below: 0,
+            tree_below: 0,
+            doubling_below: 0,
+        };
+        match algorithm {
+            Algorithm::Direct => t.direct_below = usize::MAX,
+            Algorithm::Tree => t.tree_below = usize::MAX,
+            Algorithm::Doubling => t.doubling_below = usize::MAX,
+            Algorithm::Ring => {}
+        }
+        t
+    }
+}
+
+impl std::str::FromStr for Algorithm {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "direct" => Ok(Self::Direct),
+            "tree" => Ok(Self::Tree),
+            "doubling" => Ok(Self::Doubling),
+            "ring" => Ok(Self::Ring),
+            _ => Err(format!(
+                "unknown algorithm `{s}` (direct, tree, doubling or ring)"
+            )),
         }
     }
 }
@@ -88,14 +132,30 @@ impl Algorithm {
     /// What a group of `n` runs on `bytes` of payload. Depends only on the size, the
     /// group and the thresholds, which every peer shares, so all peers pick alike.
     pub fn pick(bytes: usize, n: usize, t: Thresholds) -> Algorithm {
-        if n <= 1 || bytes >= t.doubling_below.max(t.direct_below) {
+        let (tree, doubles) = (bytes < t.tree_below, bytes < t.doubling_below);
+        if n <= 1 {
             Algorithm::Ring
         } else if bytes < t.direct_below {
             Algorithm::Direct
-        } else {
+        } else if doubles && (!tree || doubling_rounds(n) < 2) {
             Algorithm::Doubling
+        } else if tree {
+            Algorithm::Tree
+        } else {
+            Algorithm::Ring
         }
     }
+}
+
+/// Hops of recursive doubling in a group of `n`: `log2 p` rounds, and two more to fold
+/// in and out the peers beyond `p`, the largest power of two not above `n`.
+fn doubling_rounds(n: usize) -> u32 {
+    let p = if n.is_power_of_two() {
+        n
+    } else {
+        n.next_power_of_two() / 2
+    };
+    p.trailing_zeros() + if p == n { 0 } else { 2 }
 }
 
 /// Peer `r`'s part in recursive doubling over `n` peers.
@@ -118,7 +178,7 @@ pub(super) fn doubling(n: usize, r: usize) -> Doubling {
     let extra = n - p;
     let real = |v: usize| if v < extra { 2 * v + 1 } else { v + extra };
     let (fold, virtual_rank) = if r < 2 * extra {
-        if r % 2 == 0 {
+        if r.is_multiple_of(2) {
             (Some((r + 1, true)), None)
         } else {
             (Some((r - 1, false)), Some(r / 2))
@@ -334,12 +394,30 @@ mod tests {
     fn algorithms_switch_at_the_thresholds() {
         let t = Thresholds {
             direct_below: 100,
+            tree_below: 500,
             doubling_below: 1000,
         };
         assert_eq!(Algorithm::pick(99, 4, t), Algorithm::Direct);
-        assert_eq!(Algorithm::pick(100, 4, t), Algorithm::Doubling);
+        // Both apply: doubling where it is one exchange, the tree's two hops elsewhere.
+        assert_eq!(Algorithm::pick(100, 4, t), Algorithm::Tree);
+        assert_eq!(Algorithm::pick(100, 2, t), Algorithm::Doubling);
+        assert_eq!(Algorithm::pick(500, 4, t), Algorithm::Doubling);
         assert_eq!(Algorithm::pick(1000, 4, t), Algorithm::Ring);
         assert_eq!(Algorithm::pick(4, 1, t), Algorithm::Ring);
+        for a in [
+            Algorithm::Direct,
+            Algorithm::Tree,
+            Algorithm::Doubling,
+            Algorithm::Ring,
+        ] {
+            for n in 2..9 {
+                assert_eq!(Algorithm::pick(12345, n, Thresholds::only(a)), a);
+            }
+        }
+        assert_eq!(
+            (1..10).map(doubling_rounds).collect::<Vec<_>>(),
+            vec![0, 1, 3, 2, 4, 4, 4, 3, 5]
+        );
         assert_eq!(even_parts(10, 3), vec![0, 3, 6, 10]);
     }
 

@@ -28,10 +28,12 @@ use std::time::{Duration, Instant};
 const TAG_SPAN: u64 = 10_000;
 /// `MPI_Iallreduce` pieces: bounds the staging buffers of the native algorithm.
 const NATIVE_PIECE_ELEMS: usize = 16 << 20;
+/// How often a rank looks for notices while collectives run.
+const NOTICE_EVERY: Duration = Duration::from_micros(100);
 /// How long a failed collective waits for a send from (or a receive into) the caller's
 /// buffer to complete or be cancelled before it ends the job instead: it must not return
 /// while MPI may still touch that memory.
-const RELEASE_GRACE: Duration = Duration::from_secs(2);
+const RELEASE_GRACE: Duration = Duration::from_millis(200);
 /// How long a rank that timed out listens for the other ranks' timeout reports before
 /// deciding whom to blame. Ranks waiting on one hung peer time out within moments of each
 /// other (their waits started one ring step apart).
@@ -81,6 +83,8 @@ pub struct MpiComm {
     sent: u64,
     /// What each peer reported waiting on when it timed out (`None`: no report).
     reports: Vec<Option<Waiting>>,
+    /// When notices were last looked for.
+    notices_read: Instant,
     /// Set by a failure: operations may have been abandoned in flight, so the buffers
     /// and communicators are never freed (the process aborts the job on exit).
     leaked: bool,
@@ -149,6 +153,7 @@ impl MpiComm {
             acc: Vec::new(),
             sent: 0,
             reports: vec![None; size],
+            notices_read: Instant::now(),
             leaked: false,
             env,
         }
@@ -225,6 +230,17 @@ impl MpiComm {
         Ok(())
     }
 
+    /// [`MpiComm::read_notices`] unless it ran within the last [`NOTICE_EVERY`]: each
+    /// look is an `MPI_Iprobe`, a pass of MPI's progress engine, as dear as the test of
+    /// the operation waited on, and a failure can wait that long to be noticed.
+    fn look_for_notices(&mut self) -> Result<(), CommError> {
+        if self.notices_read.elapsed() < NOTICE_EVERY {
+            return Ok(());
+        }
+        self.notices_read = Instant::now();
+        self.read_notices()
+    }
+
     /// Polls `req` to completion, watching for failure notices and the timeout. `peer`
     /// is the rank the operation waits on, if one.
     fn wait(
@@ -238,7 +254,7 @@ impl MpiComm {
             if let Some(status) = req.test()? {
                 return Ok(status);
             }
-            self.read_notices()?;
+            self.look_for_notices()?;
             let waited = start.elapsed();
             if waited > self.config.timeout {
                 return Err(self.blame(peer, waited));
@@ -282,7 +298,7 @@ impl MpiComm {
         if let Some(e) = &self.broken {
             return Err(e.clone());
         }
-        if let Err(e) = self.read_notices() {
+        if let Err(e) = self.look_for_notices() {
             self.fail(&e);
             return Err(e);
         }
@@ -342,6 +358,7 @@ impl MpiComm {
             )
             .collect();
         let until = Instant::now() + RELEASE_GRACE;
+        let mut stuck = false;
         for (is_send, i) in borrowed {
             let req = if is_send {
                 &mut self.sends[i]
@@ -356,13 +373,8 @@ impl MpiComm {
                         std::thread::sleep(Duration::from_millis(1))
                     }
                     _ => {
-                        eprintln!(
-                            "ringtrain: rank {}: {e}; an MPI operation on the caller's buffer \
-                             would not finish, so the job ends here (MPI_Abort)",
-                            self.rank
-                        );
-                        call(|| unsafe { ffi::MPI_Abort(self.data.0.as_raw(), 1) });
-                        unreachable!("MPI_Abort returned");
+                        stuck = true;
+                        break;
                     }
                 }
             }
@@ -371,6 +383,19 @@ impl MpiComm {
             } else {
                 self.recv_writes[i] = None;
             }
+        }
+        if stuck {
+            // Said here, as the examples say an error, since the caller will never
+            // hear of it; then the peers get a moment to say theirs.
+            eprintln!("rank {}: error: {e}", self.rank);
+            eprintln!(
+                "rank {}: an MPI send from the caller's buffer could not be withdrawn, so \
+                 the job ends here (MPI_Abort)",
+                self.rank
+            );
+            std::thread::sleep(super::ABORT_GRACE);
+            call(|| unsafe { ffi::MPI_Abort(self.data.0.as_raw(), 1) });
+            unreachable!("MPI_Abort returned");
         }
     }
 
@@ -474,8 +499,11 @@ impl MpiComm {
                 (dst.as_mut_ptr(), dst.len())
             }
             None => {
+                // Room for f32 values where `wire` halves them: a peer sending another
+                // format is reported as such, not as a truncated message.
+                let room = (2 * words).max(self.chunk_elems.min(words.max(1) * 2)) + 1;
                 let buf = &mut self.recv_bufs[slot];
-                buf.resize(words.max(self.chunk_elems) + 1, 0.0);
+                buf.resize(room.max(words + 1), 0.0);
                 (buf.as_mut_ptr(), buf.len())
             }
         };
@@ -602,9 +630,88 @@ impl MpiComm {
         let (n, r) = (self.size, self.rank);
         match Algorithm::pick(4 * data.len(), n, self.config.thresholds) {
             Algorithm::Direct => self.direct(data, wire, None),
+            Algorithm::Tree => {
+                self.direct(data, wire, Some(0))?;
+                self.fan_out(data, 0, wire)
+            }
             Algorithm::Doubling => self.doubling(data, wire),
             Algorithm::Ring => self.ring_steps(data, &all_reduce_steps(data.len(), n, r), wire),
         }
+    }
+
+    /// The pieces a small algorithm's message of `len` values travels in: each below
+    /// [`MpiConfig::eager_bytes`], so that MPI sends it eagerly (a larger message waits
+    /// for the receiver's handshake and a copy across processes, several microseconds
+    /// where the whole all-reduce takes two).
+    fn pieces(&self, len: usize) -> Vec<Range<usize>> {
+        let per = (self.config.eager_bytes / 4).max(1);
+        let all = 0..len;
+        (0..len.div_ceil(per).max(1))
+            .map(|c| chunk(&all, per, c).unwrap_or(0..0))
+            .collect()
+    }
+
+    /// Makes sure there are at least `n` slots of operations.
+    fn ensure_slots(&mut self, n: usize) {
+        while self.sends.len() < n {
+            self.sends.push(Request::default());
+            self.recvs.push(Request::default());
+            self.send_reads.push(None);
+            self.recv_writes.push(None);
+            self.send_bufs.push(Vec::new());
+            self.recv_bufs.push(Vec::new());
+        }
+    }
+
+    /// Posts the receives of a whole message from `peer`, piece `i` in slot `base + i`.
+    fn post_recvs(
+        &mut self,
+        base: usize,
+        peer: usize,
+        pieces: &[Range<usize>],
+        wire: Precision,
+    ) -> Result<(), CommError> {
+        for (i, piece) in pieces.iter().enumerate() {
+            self.start_recv(base + i, peer, wire::words(wire, piece.len()), None)?;
+        }
+        Ok(())
+    }
+
+    /// Posts the sends of all of `data` to `peer`, piece `i` from slot `base + i`.
+    fn post_sends(
+        &mut self,
+        base: usize,
+        data: &[f32],
+        peer: usize,
+        pieces: &[Range<usize>],
+        wire: Precision,
+    ) -> Result<(), CommError> {
+        for (i, piece) in pieces.iter().enumerate() {
+            self.start_send(base + i, data, piece.clone(), peer, wire)?;
+        }
+        Ok(())
+    }
+
+    /// Completes the receives [`MpiComm::post_recvs`] posted and combines them into
+    /// `dst`, which is the caller's buffer when `callers` says so.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_recvs(
+        &mut self,
+        base: usize,
+        peer: usize,
+        pieces: &[Range<usize>],
+        dst: &mut [f32],
+        callers: bool,
+        combine: Combine,
+        wire: Precision,
+    ) -> Result<(), CommError> {
+        for (i, piece) in pieces.iter().enumerate() {
+            let words = wire::words(wire, piece.len());
+            let guard = callers.then(|| piece.clone());
+            let into = Some((&mut dst[piece.clone()], guard));
+            self.finish_recv(base + i, peer, words, into, combine, wire)?;
+        }
+        Ok(())
     }
 
     /// The direct algorithm, as in process: every rank's buffer to every other rank (or
@@ -616,93 +723,72 @@ impl MpiComm {
         root: Option<usize>,
     ) -> Result<(), CommError> {
         let (n, me, total) = (self.size, self.rank, data.len());
-        let words = wire::words(wire, total);
+        let pieces = self.pieces(total);
+        let np = pieces.len();
+        self.ensure_slots((n - 1) * np);
         wire::round(wire, data);
         let sums = root.is_none_or(|r| r == me);
-        // Slot of peer q's messages: q, less one past this rank.
-        let slot = |q: usize| if q < me { q } else { q - 1 };
+        // Slots of peer q's messages: its index among the others, times the pieces.
+        let base = |q: usize| np * if q < me { q } else { q - 1 };
         if sums {
             for q in (0..n).filter(|&q| q != me) {
-                self.start_recv(slot(q), q, words, None)?;
+                self.post_recvs(base(q), q, &pieces, wire)?;
             }
         }
         for q in (0..n).filter(|&q| q != me && root.is_none_or(|r| r == q)) {
-            self.start_send(slot(q), data, 0..total, q, wire)?;
+            self.post_sends(base(q), data, q, &pieces, wire)?;
         }
-        if sums {
-            let mut acc = std::mem::take(&mut self.acc);
-            acc.clear();
-            acc.resize(total, 0.0);
-            let summed = (|| {
-                for q in 0..n {
-                    let combine = if q == 0 { Combine::Copy } else { Combine::Add };
-                    if q == me {
-                        match combine {
-                            Combine::Copy => acc.copy_from_slice(data),
-                            Combine::Add => {
-                                acc.iter_mut().zip(data.iter()).for_each(|(a, x)| *a += *x)
-                            }
-                        }
-                    } else {
-                        self.finish_recv(slot(q), q, words, Some((&mut acc, None)), combine, wire)?;
-                    }
+        if !sums {
+            return self.drain_sends();
+        }
+        let mut acc = std::mem::take(&mut self.acc);
+        acc.clear();
+        acc.resize(total, 0.0);
+        let summed = (|| {
+            for q in 0..n {
+                let combine = if q == 0 { Combine::Copy } else { Combine::Add };
+                if q != me {
+                    self.finish_recvs(base(q), q, &pieces, &mut acc, false, combine, wire)?;
+                } else if combine == Combine::Copy {
+                    acc.copy_from_slice(data);
+                } else {
+                    acc.iter_mut().zip(data.iter()).for_each(|(a, x)| *a += *x);
                 }
-                self.drain_sends()
-            })();
-            if summed.is_ok() {
-                data.copy_from_slice(&acc);
-                wire::round(wire, data);
             }
-            self.acc = acc;
-            return summed;
+            self.drain_sends()
+        })();
+        if summed.is_ok() {
+            data.copy_from_slice(&acc);
+            wire::round(wire, data);
         }
-        self.drain_sends()
+        self.acc = acc;
+        summed
     }
 
     /// Recursive doubling, as in process.
     fn doubling(&mut self, data: &mut [f32], wire: Precision) -> Result<(), CommError> {
         let plan = doubling(self.size, self.rank);
-        let total = data.len();
-        let words = wire::words(wire, total);
-        let all = 0..total;
+        let pieces = self.pieces(data.len());
+        self.ensure_slots(pieces.len());
         wire::round(wire, data);
         // Swaps buffers with `peer` and adds its values.
         let exchange = |c: &mut Self, peer: usize, data: &mut [f32]| -> Result<(), CommError> {
-            c.start_recv(0, peer, words, None)?;
-            c.start_send(0, data, 0..total, peer, wire)?;
-            c.finish_recv(
-                0,
-                peer,
-                words,
-                Some((data, Some(0..total))),
-                Combine::Add,
-                wire,
-            )?;
+            c.post_recvs(0, peer, &pieces, wire)?;
+            c.post_sends(0, data, peer, &pieces, wire)?;
+            c.finish_recvs(0, peer, &pieces, data, true, Combine::Add, wire)?;
             wire::round(wire, data);
             Ok(())
         };
         match plan.fold {
             Some((q, true)) => {
-                self.start_send(0, data, all.clone(), q, wire)?;
-                if wire.is_reduced() {
-                    self.start_recv(0, q, words, None)?;
-                    self.finish_recv(0, q, words, Some((data, Some(all))), Combine::Copy, wire)?;
-                } else {
-                    self.start_recv(0, q, words, Some((&mut *data, all)))?;
-                    self.finish_recv(0, q, words, None, Combine::Copy, wire)?;
-                }
+                self.post_sends(0, data, q, &pieces, wire)?;
+                self.post_recvs(0, q, &pieces, wire)?;
+                self.finish_recvs(0, q, &pieces, data, true, Combine::Copy, wire)?;
                 return self.drain_sends();
             }
             Some((q, false)) => {
-                self.start_recv(0, q, words, None)?;
-                self.finish_recv(
-                    0,
-                    q,
-                    words,
-                    Some((&mut *data, Some(all.clone()))),
-                    Combine::Add,
-                    wire,
-                )?;
+                self.post_recvs(0, q, &pieces, wire)?;
+                self.finish_recvs(0, q, &pieces, data, true, Combine::Add, wire)?;
                 wire::round(wire, data);
             }
             None => {}
@@ -711,7 +797,7 @@ impl MpiComm {
             exchange(self, peer, data)?;
         }
         if let Some((q, false)) = plan.fold {
-            self.start_send(0, data, all, q, wire)?;
+            self.post_sends(0, data, q, &pieces, wire)?;
         }
         self.drain_sends()
     }
@@ -754,21 +840,31 @@ impl MpiComm {
         self.drain_sends()
     }
 
+    /// The root sends its `data` (in `wire`'s format, which its values must be) to every
+    /// other rank.
+    fn fan_out(&mut self, data: &mut [f32], root: usize, wire: Precision) -> Result<(), CommError> {
+        let n = self.size;
+        let pieces = self.pieces(data.len());
+        let np = pieces.len();
+        self.ensure_slots((n - 1) * np);
+        if self.rank == root {
+            for (i, q) in (0..n).filter(|&q| q != root).enumerate() {
+                self.post_sends(i * np, data, q, &pieces, wire)?;
+            }
+        } else {
+            self.post_recvs(0, root, &pieces, wire)?;
+            self.finish_recvs(0, root, &pieces, data, true, Combine::Copy, wire)?;
+        }
+        self.drain_sends()
+    }
+
     /// Small: the root sends to every rank. Large: chunks pass from `root` round the
     /// ring; each rank forwards a chunk as soon as it has it, so the chunks travel
     /// pipelined.
     fn broadcast_with(&mut self, data: &mut [f32], root: usize) -> Result<(), CommError> {
         let (n, me, total, f32) = (self.size, self.rank, data.len(), Precision::F32);
-        if 4 * total < self.config.thresholds.direct_below {
-            if me == root {
-                for (slot, q) in (0..n).filter(|&q| q != root).enumerate() {
-                    self.start_send(slot, data, 0..total, q, f32)?;
-                }
-            } else {
-                self.start_recv(0, root, total, Some((&mut *data, 0..total)))?;
-                self.finish_recv(0, root, total, None, Combine::Copy, f32)?;
-            }
-            return self.drain_sends();
+        if Algorithm::pick(4 * total, n, self.config.thresholds) != Algorithm::Ring {
+            return self.fan_out(data, root, f32);
         }
         let (next, prev, ce) = (self.next_rank(), self.prev_rank(), self.chunk_elems);
         let depth = self.config.pipeline_depth;

@@ -95,6 +95,10 @@ pub struct MpiConfig {
     /// Chunks a ring keeps in flight each way per link (at least 2): one is combined
     /// while the others move.
     pub pipeline_depth: usize,
+    /// The largest message the latency-bound algorithms send in one piece: below MPI's
+    /// eager limit, so that a piece is delivered without a handshake (Open MPI's
+    /// shared-memory transport: 4096 bytes, header included).
+    pub eager_bytes: usize,
     /// Message sizes below which the latency-bound algorithms run; the same as the
     /// in-process group's by default, so that a group over MPI gives the bits a group of
     /// threads of the same size gives.
@@ -108,6 +112,7 @@ impl Default for MpiConfig {
             chunk_bytes: 1 << 20,
             timeout: Duration::from_secs(120),
             pipeline_depth: 4,
+            eager_bytes: 4000,
             thresholds: Thresholds::default(),
         }
     }
