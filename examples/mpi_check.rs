@@ -54,6 +54,9 @@ struct Args {
     /// more at the end) instead of averaging gradients every step.
     #[arg(long, value_name = "H")]
     sync_every: Option<usize>,
+    /// ZeRO stage: 1 shards the optimizer state across the replicas.
+    #[arg(long, default_value_t = 0)]
+    zero: u8,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -179,6 +182,7 @@ fn run(args: &Args, cluster: &Cluster) -> ringtrain::Result<()> {
         local_sgd: args
             .sync_every
             .map(|h| LocalSgd::every(h).with_outer(OuterOptimizer::diloco())),
+        zero: args.zero,
         ..DataParallelConfig::default()
     };
     let devices: Vec<Device> = (0..local).map(|_| Device::cpu()).collect();

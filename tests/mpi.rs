@@ -266,6 +266,28 @@ fn local_sgd_over_mpi_matches_the_in_process_ring() {
     assert!(bits(&over_mpi) != bits(&in_process(n)));
 }
 
+/// ZeRO-1 over MPI: the ranks end identical, with the bits of an in-process sharded
+/// group of the same size (one schedule), and within rounding of plain averaging; on
+/// rails between two processes of two devices each too.
+#[test]
+fn zero1_over_mpi_matches_the_in_process_group() {
+    let n = 3;
+    let (job, over_mpi) = train_over_mpi(n, n, &["--comm", "mpi", "--zero", "1"]);
+    assert!(
+        job.stdout.contains("hold identical parameters"),
+        "{}",
+        job.stdout
+    );
+    assert!(
+        bits(&over_mpi) == bits(&in_process_with(n, &["--zero", "1"])),
+        "ZeRO-1 over MPI differs from the in-process group's"
+    );
+    assert!(max_difference(&over_mpi, &in_process(n)) < 1e-4);
+    let args = ["--comm", "hierarchical", "--devices", "2", "--zero", "1"];
+    let (_, hierarchical) = train_over_mpi(2, 4, &args);
+    assert!(max_difference(&hierarchical, &in_process(4)) < 1e-4);
+}
+
 /// Two ranks launched with different `--grad-compression` (one MPMD job): the first
 /// compressed bucket's tag says which format it travels in, so both stop with a mismatch
 /// instead of reading one format as the other.

@@ -334,6 +334,52 @@ fn a_stopped_run_resumes_bit_for_bit_on_every_setup() {
     }
 }
 
+/// ZeRO-1 on two replicas: the optimizer state gathered into each checkpoint resumes
+/// the sharded run bit for bit, and a run without sharding resumes from it too (the
+/// checkpoint holds the whole state; sums differ only in order).
+#[test]
+fn a_zero1_run_resumes_bit_for_bit_and_unsharded() {
+    let (train, val) = (classes(45, 2), classes(30, 3));
+    for (name, devices) in setups().into_iter().filter(|(n, _)| n.ends_with("x2")) {
+        let tmp = tempfile::tempdir().unwrap();
+        let (whole_dir, split_dir) = (tmp.path().join("whole"), tmp.path().join("split"));
+        let config = |dir: &std::path::Path, zero: u8| TrainConfig {
+            zero,
+            ..resume_config(devices.clone(), dir)
+        };
+        let whole = fit(config(&whole_dir, 1), &train, &val).unwrap();
+        let plain = fit(config(&tmp.path().join("plain"), 0), &train, &val).unwrap();
+        let close = |a: &Net, b: &Net| {
+            values(a)
+                .iter()
+                .zip(values(b))
+                .all(|(x, y)| (x - y).abs() <= 1e-4 * x.abs().max(1.0))
+        };
+        assert!(
+            close(&whole.model, &plain.model),
+            "{name}: ZeRO-1 against plain"
+        );
+        let mut stopped = config(&split_dir, 1);
+        stopped.faults = Faults {
+            stop_after_step: Some(7),
+            ..Faults::default()
+        };
+        fit(stopped, &train, &val).err().expect("stopped");
+        let mut resumed = config(&split_dir, 1);
+        resumed.resume = true;
+        let split = fit(resumed, &train, &val).unwrap();
+        assert_eq!(bits(&split.model), bits(&whole.model), "{name}: parameters");
+        assert_eq!(exact(&split.history), exact(&whole.history), "{name}");
+        let mut unsharded = config(&split_dir, 0);
+        unsharded.resume = true;
+        let other = fit(unsharded, &train, &val).unwrap();
+        assert!(
+            close(&other.model, &whole.model),
+            "{name}: resumed unsharded"
+        );
+    }
+}
+
 /// Local SGD with DiLoCo's outer momentum, synchronizing every 2 steps and before every
 /// report and checkpoint: a run stopped between synchronizations resumes from its last
 /// checkpoint (a synchronization) and ends as the uninterrupted run, bit for bit; the

@@ -18,6 +18,7 @@
 
 mod buckets;
 mod local_sgd;
+mod zero;
 
 use crate::nn::Module;
 use buckets::Layout;
@@ -33,6 +34,7 @@ use ringtrain_runtime::{
 use std::collections::HashMap;
 use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use zero::Sharding;
 
 /// How gradients are grouped and moved.
 #[derive(Debug, Clone)]
@@ -64,6 +66,12 @@ pub struct DataParallelConfig {
     /// average their parameters every [`LocalSgd::sync_every`] steps (the change crossing
     /// the links in `grad_compression`'s format). `None` averages gradients every step.
     pub local_sgd: Option<LocalSgd>,
+    /// ZeRO stage: 0, every replica holds the whole optimizer state; 1, each holds the
+    /// state of its own share of the parameters (about `1 / N`, see
+    /// [`DataParallel::optimizer_state`]), gradients reduce-scattered and parameters
+    /// all-gathered. Stage 1 needs gradients averaged every step in f32 (no local SGD,
+    /// no compression).
+    pub zero: u8,
 }
 
 /// What a data-parallel step does when the averaged loss or gradients hold an infinity or
@@ -93,6 +101,7 @@ impl Default for DataParallelConfig {
             clip_grad_norm: None,
             grad_compression: Precision::F32,
             local_sgd: None,
+            zero: 0,
         }
     }
 }
@@ -143,6 +152,8 @@ pub struct DataParallel<M, O> {
     local_sgd: Option<LocalSgd>,
     /// Local steps taken since the replicas last synchronized (local SGD only).
     since_sync: usize,
+    /// ZeRO-1: which replica updates which parameter.
+    sharding: Option<Sharding>,
 }
 
 struct Replica<M, O> {
@@ -230,6 +241,30 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
         if let Some(local) = &config.local_sgd {
             local.validate()?;
         }
+        match config.zero {
+            0 => {}
+            1 if config.local_sgd.is_some() => {
+                return Err(Error::InvalidArgument(
+                    "ZeRO-1 shards the state of an optimizer that steps on averaged \
+                     gradients; local SGD steps each replica apart: use one or the other"
+                        .into(),
+                ))
+            }
+            1 if config.grad_compression.is_reduced() => {
+                return Err(Error::InvalidArgument(format!(
+                    "ZeRO-1 reduce-scatters gradients in f32; {} gradient compression is \
+                     for the all-reduce of plain data parallelism",
+                    config.grad_compression
+                )))
+            }
+            1 => {}
+            z => {
+                return Err(Error::InvalidArgument(format!(
+                    "ZeRO stage {z} is not built: stage 1 shards the optimizer state; stages \
+                     2 and 3 (sharded gradients and parameters) are not in ringtrain"
+                )))
+            }
+        }
         if let Err(e) = check_group(devices.len(), &comms) {
             abort_all(comms, &e);
             return Err(e);
@@ -311,7 +346,12 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
         for r in &mut replicas {
             r.buckets = layout.bucket_lens.iter().map(|&n| vec![0.0; n]).collect();
         }
-        let layout_hash = layout.hash(&names);
+        let mut layout_hash = layout.hash(&names);
+        let sharding = (config.zero == 1).then(|| {
+            // Ranks that disagree on sharding would scatter buffers differently.
+            layout_hash ^= 0x5a5a_0001;
+            Sharding::new(&layout, replicas[0].comm.size())
+        });
         let mut dp = Self {
             replicas,
             layout,
@@ -327,6 +367,7 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
             last_bytes_sent: None,
             local_sgd: config.local_sgd,
             since_sync: 0,
+            sharding,
         };
         run_on_replicas(&mut dp.replicas, &mut dp.failed, |r| {
             r.agree_on_layout(layout_hash)?;
@@ -375,9 +416,66 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
         &self.replicas[0].model
     }
 
-    /// Replica 0's optimizer, e.g. to save its state (all replicas hold the same).
+    /// Replica 0's optimizer, e.g. to save its state (all replicas hold the same,
+    /// except under ZeRO-1: see [`DataParallel::optimizer_state`]).
     pub fn optimizer(&self) -> &O {
         &self.replicas[0].optimizer
+    }
+
+    /// Replica `i`'s optimizer (under ZeRO-1, it holds the state of its own parameters
+    /// only).
+    pub fn replica_optimizer(&self, i: usize) -> Option<&O> {
+        self.replicas.get(i).map(|r| &r.optimizer)
+    }
+
+    /// Whether the optimizer state is sharded (ZeRO-1).
+    pub fn is_sharded(&self) -> bool {
+        self.sharding.is_some()
+    }
+
+    /// The whole optimizer state, for a checkpoint: replica 0's, or under ZeRO-1 every
+    /// replica's share gathered into what one optimizer of plain data parallelism would
+    /// hold (the same names and shapes; values within rounding). Under ZeRO-1 this is a
+    /// collective: every process of the group calls it at the same step.
+    ///
+    /// ZeRO-1 gives each parameter to one replica, whose optimizer alone updates it and
+    /// holds its state; the parameters are cut into `N` contiguous runs of about equal
+    /// size (whole parameters, as PyTorch's `ZeroRedundancyOptimizer` shards), so each
+    /// replica holds about `1 / N` of the state, or the largest parameter's where that is
+    /// more.
+    pub fn optimizer_state(&mut self) -> Result<Vec<StateTensor>> {
+        if let Some(reason) = &self.failed {
+            return Err(Error::InvalidArgument(format!(
+                "this data-parallel group stopped at an earlier failure: {reason}"
+            )));
+        }
+        let Some(sharding) = &self.sharding else {
+            return self.replicas[0].optimizer.state();
+        };
+        let mut states = run_on_replicas(&mut self.replicas, &mut self.failed, |r| {
+            let gathered = zero::gather_state(r.comm.as_mut(), &r.optimizer, sharding);
+            if let Err(e) = &gathered {
+                r.comm.abort(&e.to_string());
+            }
+            gathered
+        })?;
+        Ok(states.swap_remove(0))
+    }
+
+    /// Sets every replica's optimizer state from `state` (as
+    /// [`DataParallel::optimizer_state`] gave it, from a group of any size, sharded or
+    /// not); under ZeRO-1 each replica keeps its own parameters' share.
+    pub fn load_optimizer_state(&mut self, state: &[StateTensor]) -> Result<()> {
+        for r in &mut self.replicas {
+            match &self.sharding {
+                Some(sharding) => {
+                    let own = zero::own_state(&r.optimizer, state, sharding, r.comm.rank());
+                    r.optimizer.load_state(&own)?;
+                }
+                None => r.optimizer.load_state(state)?,
+            }
+        }
+        Ok(())
     }
 
     /// Replica 0's model and optimizer, the group given up (the other replicas and the
@@ -452,13 +550,14 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
             return self.step_locally(batch_len, &loss, local);
         }
         let layout = &self.layout;
+        let sharding = self.sharding.as_ref();
         let loss = &loss;
         let settings = self.settings(batch_len);
         self.overflowed = false;
         let bytes_before = self.replicas[0].comm.bytes_sent();
         let outcomes = run_on_replicas(&mut self.replicas, &mut self.failed, |r| {
             let rows = shard(batch_len, r.comm.size(), r.comm.rank());
-            r.step(layout, &settings, rows, loss)
+            r.step(layout, sharding, &settings, rows, loss)
         })?;
         self.last_bytes_sent = bytes_before
             .zip(self.replicas[0].comm.bytes_sent())
@@ -863,6 +962,7 @@ impl<M: Module + Send, O: Optimizer + Send> Replica<M, O> {
     fn step<F>(
         &mut self,
         layout: &Layout,
+        sharding: Option<&Sharding>,
         settings: &StepSettings,
         rows: Range<usize>,
         loss: &F,
@@ -885,11 +985,16 @@ impl<M: Module + Send, O: Optimizer + Send> Replica<M, O> {
         let (comm_out, from_comm) = unbounded();
         let reduced = std::thread::scope(|s| {
             let n_buckets = layout.buckets();
+            let scatter = sharding.map(|sh| sh.parts.as_slice());
+            let how = Reduction {
+                n_buckets,
+                wire: settings.wire,
+                scatter,
+            };
+            let comm: &mut dyn Communicator = comm.as_mut();
             std::thread::Builder::new()
                 .name(format!("comm {rank}"))
-                .spawn_scoped(s, move || {
-                    reduce_in_order(comm.as_mut(), n_buckets, settings.wire, comm_in, comm_out)
-                })
+                .spawn_scoped(s, move || reduce_in_order(comm, how, comm_in, comm_out))
                 .expect("spawning the communication thread");
             let work = catch_unwind(AssertUnwindSafe(|| {
                 forward_backward(
@@ -913,28 +1018,59 @@ impl<M: Module + Send, O: Optimizer + Send> Replica<M, O> {
             Ok(r) => r?,
         };
         let mut global_loss = tail[0];
+        // Under ZeRO-1 a replica holds the summed gradients of its own parameters only.
+        let own = |b: usize, len: usize| sharding.map_or(0..len, |sh| sh.own(rank, b));
         if settings.loss_scale != 1.0 {
             // A power of two: exact, and the same bits on every replica.
             let inv = 1.0 / settings.loss_scale;
             global_loss *= inv;
-            buckets.iter_mut().flatten().for_each(|g| *g *= inv);
+            for (b, buf) in buckets.iter_mut().enumerate() {
+                let mine = own(b, buf.len());
+                buf[mine].iter_mut().for_each(|g| *g *= inv);
+            }
         }
-        if let Some(bad) = NonFinite::find(global_loss, layout, buckets) {
+        let (nonfinite, squares) = match sharding {
+            None => (NonFinite::find(global_loss, layout, buckets), None),
+            Some(sh) => {
+                let check = zero::check_group(comm.as_mut(), layout, sh, buckets)?;
+                let bad = (check.nonfinite > 0 || !global_loss.is_finite()).then_some(NonFinite {
+                    loss: global_loss,
+                    count: check.nonfinite,
+                    first: check.first,
+                });
+                (bad, Some(check.squares))
+            }
+        };
+        if let Some(bad) = nonfinite {
             return Ok((global_loss, None, Some(bad)));
         }
-        let grad_norm = settings
-            .clip_grad_norm
-            .map(|max_norm| clip_buckets(buckets, max_norm));
+        let grad_norm = settings.clip_grad_norm.map(|max_norm| {
+            let squares = squares.unwrap_or_else(|| sum_of_squares(buckets));
+            let coef = clip_coefficient(squares, max_norm);
+            if let Some(coef) = coef {
+                for (b, buf) in buckets.iter_mut().enumerate() {
+                    let mine = own(b, buf.len());
+                    buf[mine].iter_mut().for_each(|g| *g *= coef);
+                }
+            }
+            squares.sqrt() as f32
+        });
         // A parameter no replica's backward reached has no gradient, as on one device:
         // the optimizer leaves it alone (no decay, no momentum).
         let mut grads = GradStore::default();
-        for ((p, slot), &reached) in params.iter().zip(&layout.slots).zip(&tail[1..]) {
-            if reached > 0.0 {
+        for (i, ((p, slot), &reached)) in
+            params.iter().zip(&layout.slots).zip(&tail[1..]).enumerate()
+        {
+            let mine = sharding.is_none_or(|sh| sh.owner[i] == rank);
+            if reached > 0.0 && mine {
                 let g = &buckets[slot.bucket][slot.offset..slot.offset + slot.len];
                 grads.insert(p, Tensor::from_slice(g, slot.shape.clone(), device)?);
             }
         }
         optimizer.step(&grads)?;
+        if let Some(sh) = sharding {
+            zero::gather_parameters(comm.as_mut(), params, device, layout, sh, buckets)?;
+        }
         Ok((global_loss, grad_norm, None))
     }
 }
@@ -948,25 +1084,22 @@ struct StepSettings {
     wire: Precision,
 }
 
-/// Scales the averaged gradient (all buckets, as one vector) to an L2 norm of at most
-/// `max_norm`, as [`clip_grad_norm`](ringtrain_runtime::optim::clip_grad_norm) does on a
-/// device; returns the norm before. Summed in f64 in bucket order: every replica holds the
-/// same bits, so every replica scales alike.
-fn clip_buckets(buckets: &mut [Vec<f32>], max_norm: f32) -> f32 {
-    let squares: f64 = buckets
+/// The averaged gradient's squared L2 norm (all buckets, as one vector), summed in f64
+/// in bucket order: every replica holds the same bits, so every replica gets the same.
+fn sum_of_squares(buckets: &[Vec<f32>]) -> f64 {
+    buckets
         .iter()
         .flat_map(|b| b.iter())
         .map(|&g| f64::from(g) * f64::from(g))
-        .sum();
-    let norm = squares.sqrt();
-    let coef = f64::from(max_norm) / (norm + 1e-6);
-    if coef < 1.0 {
-        let coef = coef as f32;
-        for g in buckets.iter_mut().flat_map(|b| b.iter_mut()) {
-            *g *= coef;
-        }
-    }
-    norm as f32
+        .sum()
+}
+
+/// What scales a gradient of squared norm `squares` to an L2 norm of at most
+/// `max_norm`, as [`clip_grad_norm`](ringtrain_runtime::optim::clip_grad_norm) does on a
+/// device: `None` where it is within it already.
+fn clip_coefficient(squares: f64, max_norm: f32) -> Option<f32> {
+    let coef = f64::from(max_norm) / (squares.sqrt() + 1e-6);
+    (coef < 1.0).then_some(coef as f32)
 }
 
 /// What of a step's averaged values is infinite or NaN.
@@ -1111,13 +1244,22 @@ where
     Ok(())
 }
 
-/// The communication thread: all-reduces buckets in index order (the same order on every
-/// replica, whatever order backward finished them in), then the loss. A worker that
-/// reports a failure, or goes away, aborts the group so that no peer waits for it.
-fn reduce_in_order(
-    comm: &mut dyn Communicator,
+/// How the communication thread reduces a step's buckets.
+#[derive(Clone, Copy)]
+struct Reduction<'a> {
     n_buckets: usize,
     wire: Precision,
+    /// ZeRO-1: each bucket reduce-scattered by these parts instead of all-reduced.
+    scatter: Option<&'a [Vec<usize>]>,
+}
+
+/// The communication thread: all-reduces (or reduce-scatters) buckets in index order
+/// (the same order on every replica, whatever order backward finished them in), then
+/// the loss. A worker that reports a failure, or goes away, aborts the group so that no
+/// peer waits for it.
+fn reduce_in_order(
+    comm: &mut dyn Communicator,
+    how: Reduction<'_>,
     from_worker: Receiver<ToComm>,
     to_worker: Sender<std::result::Result<FromComm, CommError>>,
 ) {
@@ -1132,7 +1274,7 @@ fn reduce_in_order(
     }
     let guard = AbortOnPanic(comm);
     let comm = &mut *guard.0;
-    let mut ready: Vec<Option<Vec<f32>>> = (0..n_buckets).map(|_| None).collect();
+    let mut ready: Vec<Option<Vec<f32>>> = (0..how.n_buckets).map(|_| None).collect();
     let (mut next, mut tail) = (0, None::<Vec<f32>>);
     let reduce = |comm: &mut dyn Communicator, buf: &mut [f32], bucket: Option<usize>| {
         let _span = trace::span("comm", "all_reduce")
@@ -1141,9 +1283,10 @@ fn reduce_in_order(
             })
             .arg("bytes", || 4 * buf.len());
         // Gradients in the wire's format; the tail (loss, flags) exact.
-        let r = match bucket {
-            Some(_) => comm.all_reduce_as(buf, wire),
-            None => comm.all_reduce(buf),
+        let r = match (bucket, how.scatter) {
+            (Some(b), Some(parts)) => comm.reduce_scatter(buf, &parts[b]),
+            (Some(_), None) => comm.all_reduce_as(buf, how.wire),
+            (None, _) => comm.all_reduce(buf),
         };
         if let Err(e) = &r {
             comm.abort(&e.to_string());
@@ -1151,7 +1294,7 @@ fn reduce_in_order(
         r
     };
     loop {
-        while next < n_buckets {
+        while next < how.n_buckets {
             let Some(mut buf) = ready[next].take() else {
                 break;
             };
@@ -1162,7 +1305,7 @@ fn reduce_in_order(
             let _ = to_worker.send(Ok(FromComm::Bucket(next, buf)));
             next += 1;
         }
-        if next == n_buckets {
+        if next == how.n_buckets {
             if let Some(mut t) = tail.take() {
                 let reduced = reduce(comm, &mut t, None).map(|_| FromComm::Tail(t));
                 let _ = to_worker.send(reduced);

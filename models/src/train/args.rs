@@ -200,6 +200,10 @@ pub struct TrainArgs {
     /// less memory.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub grad_accum: u32,
+    /// ZeRO stage over several replicas: 1 shards the optimizer state (each replica
+    /// holds about 1/N of it), 0 keeps all of it on every replica.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub zero: u8,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Save checkpoints (model, optimizer, where the run stands, metrics so far) into
@@ -335,6 +339,7 @@ impl TrainArgs {
             schedule,
             clip_grad_norm: self.clip_grad_norm,
             grad_accum: self.grad_accum as usize,
+            zero: self.zero,
             on_nonfinite: self.on_nonfinite,
             precision: self.precision,
             loss_scaler: LossScaler::default(),

@@ -144,6 +144,10 @@ pub struct TrainConfig {
     /// Each replica computes its share of a batch in this many micro-batches, summing
     /// their gradients (the same step, holding less at once).
     pub grad_accum: usize,
+    /// ZeRO stage over several replicas (see `DataParallelConfig::zero`): 1 shards the
+    /// optimizer state; checkpoints still hold all of it, and resume on any number of
+    /// replicas, sharded or not.
+    pub zero: u8,
     pub on_nonfinite: NonFinitePolicy,
     /// The input precision of the model's products (matmul, linear, conv2d, attention),
     /// summed in f32; parameters, optimizer state and every other op stay f32 (see
@@ -200,6 +204,7 @@ impl Default for TrainConfig {
             schedule: Schedule::default(),
             clip_grad_norm: None,
             grad_accum: 1,
+            zero: 0,
             on_nonfinite: NonFinitePolicy::default(),
             precision: Precision::F32,
             loss_scaler: LossScaler::default(),

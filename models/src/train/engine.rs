@@ -2,7 +2,7 @@
 //! [`DataParallel`], which moves gradients through the host every step.
 
 use super::config::TrainConfig;
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::data::DataSource;
 use crate::nn::Module;
 use crate::parallel::{backward_in_pieces, DataParallel, DataParallelConfig, NonFinitePolicy};
@@ -21,7 +21,7 @@ pub(super) enum Replicas<M, O> {
         /// The optimizer's variables, in the model's order (clipping sums over them).
         params: Vec<Var>,
     },
-    Parallel(DataParallel<M, O>),
+    Parallel(Box<DataParallel<M, O>>),
 }
 
 /// A step's mean loss: still on the device (read later, in groups), or on the host; or
@@ -85,13 +85,14 @@ impl<M: Module + Send, O: Optimizer + Send> Replicas<M, O> {
             clip_grad_norm: config.clip_grad_norm,
             grad_compression: config.comm.grad_compression,
             local_sgd: config.local_sgd,
+            zero: config.zero,
             ..DataParallelConfig::default()
         };
         let dp = match comms {
             None => DataParallel::new(devices, &mut build, dp_config)?,
             Some(comms) => DataParallel::with_communicators(devices, comms, &mut build, dp_config)?,
         };
-        Ok(Replicas::Parallel(dp))
+        Ok(Replicas::Parallel(Box::new(dp)))
     }
 
     pub fn model(&self) -> &M {
@@ -158,15 +159,25 @@ impl<M: Module + Send, O: Optimizer + Send> Replicas<M, O> {
     }
 
     /// The model and optimizer (and local SGD's outer optimizer), as a checkpoint
-    /// (replica 0's: all replicas are alike, after [`Replicas::sync`]).
-    pub fn checkpoint(&self) -> Result<Checkpoint> {
+    /// (replica 0's: all replicas are alike, after [`Replicas::sync`]; under ZeRO-1 the
+    /// optimizer state gathered from all of them, which makes this a collective that
+    /// every process calls).
+    pub fn checkpoint(&mut self) -> Result<Checkpoint> {
         let mut c = Checkpoint::new();
         c.insert_module("model.", self.model())?;
-        c.insert_optimizer("optimizer.", self.optimizer())?;
-        if let Replicas::Parallel(dp) = self {
-            c.insert_state(OUTER, dp.outer_state())?;
+        match self {
+            Replicas::Parallel(dp) => {
+                c.insert_state("optimizer.", dp.optimizer_state()?)?;
+                c.insert_state(OUTER, dp.outer_state())?;
+            }
+            Replicas::Single { optimizer, .. } => c.insert_optimizer("optimizer.", optimizer)?,
         }
         Ok(c)
+    }
+
+    /// Whether [`Replicas::checkpoint`] is a collective (ZeRO-1's gather).
+    pub fn checkpoint_is_collective(&self) -> bool {
+        matches!(self, Replicas::Parallel(dp) if dp.is_sharded())
     }
 
     /// Sets the model and optimizer (every replica's) from `c`.
@@ -182,7 +193,9 @@ impl<M: Module + Send, O: Optimizer + Send> Replicas<M, O> {
             } => restore_one(model, optimizer),
             Replicas::Parallel(dp) => {
                 dp.replicas_mut()
-                    .try_for_each(|(model, optimizer)| restore_one(model, optimizer))?;
+                    .try_for_each(|(model, _)| c.restore(model, "model."))?;
+                dp.load_optimizer_state(&c.state("optimizer."))
+                    .map_err(|e| CheckpointError::Mismatch(e.to_string()))?;
                 dp.load_outer_state(&c.state(OUTER))
             }
         }

@@ -616,9 +616,18 @@ impl Trainer {
                     at = at.new_window();
                     window = Window::start();
                 }
+                // Under ZeRO-1 every rank takes part in gathering the optimizer state.
+                let gathered = if save && replicas.checkpoint_is_collective() {
+                    Some(replicas.checkpoint()?)
+                } else {
+                    None
+                };
                 if save && root {
                     let dir = checkpoints.as_ref().expect("save implies a folder");
-                    let mut checkpoint = replicas.checkpoint()?;
+                    let mut checkpoint = match gathered {
+                        Some(c) => c,
+                        None => replicas.checkpoint()?,
+                    };
                     if let Some(spec) = &config.model {
                         checkpoint.set_metadata(MODEL_KEY, spec.to_json());
                     }

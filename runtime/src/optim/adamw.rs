@@ -148,6 +148,10 @@ impl Optimizer for AdamW {
         Ok(out)
     }
 
+    fn state_var(&self, name: &str) -> Option<usize> {
+        super::state_var_of(name, &["m", "v", "t"])
+    }
+
     fn load_state(&mut self, state: &[StateTensor]) -> Result<()> {
         let n = self.vars.len();
         let mut parts: Vec<[Option<&[f32]>; 3]> = vec![[None; 3]; n];

@@ -28,6 +28,22 @@ pub trait Optimizer {
     /// variables. Unknown names, wrong shapes or indices are errors, and leave the state
     /// as it was.
     fn load_state(&mut self, state: &[StateTensor]) -> Result<()>;
+    /// The variable (its index in the list the optimizer was built with) whose update
+    /// the state tensor `name` of [`Optimizer::state`] serves, or `None` for the
+    /// optimizer's own (step counts, the learning rate, groups). Sharded optimizer state
+    /// (ZeRO) keeps a variable's tensors on the replica that updates it. The default
+    /// claims none for a variable: then every replica keeps all of it, which is correct,
+    /// and saves nothing.
+    fn state_var(&self, name: &str) -> Option<usize> {
+        let _ = name;
+        None
+    }
+}
+
+/// The index `i` of a state tensor named `{kind}.{i}` for one of `kinds`.
+pub(crate) fn state_var_of(name: &str, kinds: &[&str]) -> Option<usize> {
+    let (kind, index) = name.rsplit_once('.')?;
+    kinds.contains(&kind).then(|| index.parse().ok()).flatten()
 }
 
 /// Scales the gradients of `vars` so that their global L2 norm (all of them as one
@@ -317,6 +333,10 @@ impl<T: Optimizer + ?Sized> Optimizer for Box<T> {
 
     fn load_state(&mut self, state: &[StateTensor]) -> Result<()> {
         (**self).load_state(state)
+    }
+
+    fn state_var(&self, name: &str) -> Option<usize> {
+        (**self).state_var(name)
     }
 }
 

@@ -118,6 +118,10 @@ impl Optimizer for Sgd {
         Ok(out)
     }
 
+    fn state_var(&self, name: &str) -> Option<usize> {
+        super::state_var_of(name, &["momentum"])
+    }
+
     fn load_state(&mut self, state: &[StateTensor]) -> Result<()> {
         let groups = self.groups.load(state)?;
         let mut momentum: Vec<Option<Storage>> = self.vars.iter().map(|_| None).collect();
