@@ -7,12 +7,13 @@
 //! checkpoints, are refused; local SGD resumes bit for bit too, and evaluates and saves
 //! the group's model.
 
+use ringtrain_models::checkpoint::Checkpoint;
 use ringtrain_models::data::{DataSource, InMemory, InMemoryBatch};
 use ringtrain_models::nn::{Dropout, Linear, Module, ModuleState};
-use ringtrain_models::parallel::{LocalSgd, NonFinitePolicy, OuterOptimizer};
+use ringtrain_models::parallel::{Balance, LocalSgd, NonFinitePolicy, OuterOptimizer};
 use ringtrain_models::train::{
-    Backend, CheckpointConfig, Devices, Every, Faults, Record, Schedule, Scores, TrainConfig,
-    Trained, Trainer,
+    Backend, CheckpointConfig, DeviceName, Devices, Every, Faults, Record, Schedule, Scores,
+    TrainConfig, Trained, Trainer, BALANCE_KEY,
 };
 use ringtrain_runtime::optim::{AdamW, AdamWConfig, Optimizer, ParamGroup, Sgd, SgdConfig};
 use ringtrain_runtime::{no_grad, rng_from_seed, Device, Error, Result, Tensor};
@@ -378,6 +379,51 @@ fn a_zero1_run_resumes_bit_for_bit_and_unsharded() {
             "{name}: resumed unsharded"
         );
     }
+}
+
+/// Auto-balancing on a CPU and a GPU replica (lavapipe without a GPU; two CPUs where
+/// there is none): the measured weights go into every checkpoint, and a resumed run
+/// takes them up instead of timing again.
+#[test]
+fn an_auto_balanced_run_keeps_its_weights_across_a_resume() {
+    let (train, val) = (classes(45, 2), classes(30, 3));
+    let second = match ringtrain_runtime::Device::test_gpu() {
+        Some(_) => DeviceName::Gpu(None),
+        None => DeviceName::Cpu,
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let config = || TrainConfig {
+        balance: Balance::Auto { steps: 2 },
+        ..resume_config(Devices::List(vec![DeviceName::Cpu, second]), tmp.path())
+    };
+    let newest = || {
+        let mut files: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+            .collect();
+        files.sort();
+        let c = Checkpoint::load(files.last().unwrap()).unwrap();
+        let weights: Vec<f64> = serde_json::from_str(c.metadata(BALANCE_KEY).unwrap()).unwrap();
+        weights
+    };
+    let mut stopped = config();
+    stopped.faults = Faults {
+        stop_after_step: Some(7),
+        ..Faults::default()
+    };
+    fit(stopped, &train, &val).err().expect("stopped");
+    let measured = newest();
+    assert_eq!(measured.len(), 2);
+    assert!(
+        measured.iter().all(|w| w.is_finite() && *w > 0.0),
+        "{measured:?}"
+    );
+    let mut resumed = config();
+    resumed.resume = true;
+    let done = fit(resumed, &train, &val).unwrap();
+    assert_eq!(done.steps, 10);
+    assert_eq!(newest(), measured, "the resumed run timed again");
 }
 
 /// Local SGD with DiLoCo's outer momentum, synchronizing every 2 steps and before every

@@ -16,11 +16,14 @@
 //! With [`DataParallelConfig::local_sgd`] set the replicas instead step apart on their
 //! shards and average their parameters every few steps (see [`LocalSgd`]).
 
+mod balance;
 mod buckets;
 mod local_sgd;
 mod zero;
 
 use crate::nn::Module;
+use balance::Calibration;
+pub use balance::{weighted_shard, Balance};
 use buckets::Layout;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 pub(crate) use local_sgd::backward_in_pieces;
@@ -34,6 +37,7 @@ use ringtrain_runtime::{
 use std::collections::HashMap;
 use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
 use zero::Sharding;
 
 /// How gradients are grouped and moved.
@@ -72,6 +76,9 @@ pub struct DataParallelConfig {
     /// all-gathered. Stage 1 needs gradients averaged every step in f32 (no local SGD,
     /// no compression).
     pub zero: u8,
+    /// How each batch is shared among the replicas: equally, or (for replicas that
+    /// differ in speed) by weights or by throughput measured on the first steps.
+    pub balance: Balance,
 }
 
 /// What a data-parallel step does when the averaged loss or gradients hold an infinity or
@@ -102,6 +109,7 @@ impl Default for DataParallelConfig {
             grad_compression: Precision::F32,
             local_sgd: None,
             zero: 0,
+            balance: Balance::Equal,
         }
     }
 }
@@ -154,6 +162,10 @@ pub struct DataParallel<M, O> {
     since_sync: usize,
     /// ZeRO-1: which replica updates which parameter.
     sharding: Option<Sharding>,
+    /// Each replica's share of a batch, where not equal (by rank).
+    weights: Option<Vec<f64>>,
+    /// Auto-balancing, while it times the first steps.
+    calibration: Option<Calibration>,
 }
 
 struct Replica<M, O> {
@@ -265,10 +277,23 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
                 )))
             }
         }
-        if let Err(e) = check_group(devices.len(), &comms) {
+        let group = comms.first().map_or(0, |c| c.size());
+        let checked = check_group(devices.len(), &comms).and_then(|_| {
+            config.balance.validate(group)?;
+            if config.local_sgd.is_some() && matches!(config.balance, Balance::Auto { .. }) {
+                return Err(Error::InvalidArgument(
+                    "auto-balancing times gradient-averaging steps; under local SGD give \
+                     the weights (--balance W1,W2,...)"
+                        .into(),
+                ));
+            }
+            Ok(())
+        });
+        if let Err(e) = checked {
             abort_all(comms, &e);
             return Err(e);
         }
+        let devices_len = devices.len();
         let mut pending = comms.into_iter();
         let mut replicas: Vec<Replica<M, O>> = Vec::with_capacity(devices.len());
         let mut names = None;
@@ -368,6 +393,14 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
             local_sgd: config.local_sgd,
             since_sync: 0,
             sharding,
+            weights: match &config.balance {
+                Balance::Weights(w) => Some(w.clone()),
+                _ => None,
+            },
+            calibration: match config.balance {
+                Balance::Auto { steps } => Some(Calibration::start(steps, devices_len)),
+                _ => None,
+            },
         };
         run_on_replicas(&mut dp.replicas, &mut dp.failed, |r| {
             r.agree_on_layout(layout_hash)?;
@@ -551,19 +584,28 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
         }
         let layout = &self.layout;
         let sharding = self.sharding.as_ref();
+        let weights = self.weights.as_deref();
         let loss = &loss;
         let settings = self.settings(batch_len);
         self.overflowed = false;
         let bytes_before = self.replicas[0].comm.bytes_sent();
         let outcomes = run_on_replicas(&mut self.replicas, &mut self.failed, |r| {
-            let rows = shard(batch_len, r.comm.size(), r.comm.rank());
+            let rows = rows_of(batch_len, weights, r.comm.size(), r.comm.rank());
             r.step(layout, sharding, &settings, rows, loss)
         })?;
+        if self.calibration.is_some() {
+            self.calibrate(batch_len, &outcomes)?;
+        }
         self.last_bytes_sent = bytes_before
             .zip(self.replicas[0].comm.bytes_sent())
             .map(|(before, after)| after - before);
         // Every replica reduced the same values, so they agree on this.
-        let (global_loss, grad_norm, nonfinite) = &outcomes[0];
+        let StepOutcome {
+            loss: global_loss,
+            grad_norm,
+            nonfinite,
+            ..
+        } = &outcomes[0];
         self.last_grad_norm = *grad_norm;
         let Some(what) = nonfinite else {
             return Ok(*global_loss);
@@ -589,6 +631,70 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
         }
     }
 
+    /// Auto-balancing: adds this step's timings, and after the last timed step agrees
+    /// with the group on every replica's throughput, which weights the shards from now
+    /// on (a collective, at the same step on every process).
+    fn calibrate(&mut self, batch_len: usize, outcomes: &[StepOutcome]) -> Result<()> {
+        let Some(calibration) = self.calibration.as_mut() else {
+            return Ok(());
+        };
+        let rows: Vec<usize> = self
+            .replicas
+            .iter()
+            .map(|r| rows_of(batch_len, None, r.comm.size(), r.comm.rank()).len())
+            .collect();
+        let times: Vec<_> = outcomes.iter().map(|o| o.compute).collect();
+        if !calibration.record(&rows, &times) {
+            return Ok(());
+        }
+        let throughputs = calibration.throughputs();
+        let ranks: Vec<usize> = self.ranks();
+        let measured = run_on_replicas(&mut self.replicas, &mut self.failed, |r| {
+            let me = ranks
+                .iter()
+                .position(|&k| k == r.comm.rank())
+                .expect("a rank here");
+            // Each replica its own slot: a sum of one value and zeros is that value.
+            let mut all = vec![0.0f32; r.comm.size()];
+            all[r.comm.rank()] = throughputs[me] as f32;
+            let agreed = r.comm.all_reduce(&mut all).map_err(Error::Comm);
+            if let Err(e) = &agreed {
+                r.comm.abort(&e.to_string());
+            }
+            agreed.map(|_| all)
+        })?;
+        self.weights = Some(measured[0].iter().map(|&t| f64::from(t)).collect());
+        self.calibration = Some(Calibration::Done);
+        Ok(())
+    }
+
+    /// Each replica's share of a batch (rows per second where auto-balancing measured
+    /// it), by rank; `None` while the shards are equal (auto-balancing not done yet).
+    pub fn balance_weights(&self) -> Option<&[f64]> {
+        self.weights.as_deref()
+    }
+
+    /// Fixes the shards' weights (one per replica of the group, in rank order), as
+    /// [`DataParallel::balance_weights`] gave them: a resumed run takes up the
+    /// calibrated balance of the run it continues, instead of timing again.
+    pub fn set_balance_weights(&mut self, weights: Vec<f64>) -> Result<()> {
+        let balance = Balance::Weights(weights);
+        balance.validate(self.group_size())?;
+        let Balance::Weights(w) = balance else {
+            unreachable!("built above")
+        };
+        self.weights = Some(w);
+        if self.calibration.is_some() {
+            self.calibration = Some(Calibration::Done);
+        }
+        Ok(())
+    }
+
+    /// The rows of a batch of `batch_len` that rank `rank` computes.
+    pub fn rows_of(&self, batch_len: usize, rank: usize) -> Range<usize> {
+        rows_of(batch_len, self.weights.as_deref(), self.group_size(), rank)
+    }
+
     fn settings(&self, batch_len: usize) -> StepSettings {
         StepSettings {
             batch_len,
@@ -608,8 +714,9 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
         self.overflowed = false;
         self.last_grad_norm = None;
         let bytes_before = self.replicas[0].comm.bytes_sent();
+        let weights = self.weights.as_deref();
         let steps: Vec<LocalStep> = run_on_replicas(&mut self.replicas, &mut self.failed, |r| {
-            let rows = shard(batch_len, r.comm.size(), r.comm.rank());
+            let rows = rows_of(batch_len, weights, r.comm.size(), r.comm.rank());
             let stepped = r.local_step(&settings, policy, rows, loss);
             if let Err(e) = &stepped {
                 // Peers in other processes would otherwise learn of it only when the
@@ -867,6 +974,24 @@ pub fn shard(len: usize, n: usize, i: usize) -> Range<usize> {
     (i * len / n)..((i + 1) * len / n)
 }
 
+/// Rank `rank`'s rows of a batch of `len` in a group of `n`: by `weights` where given,
+/// else equal.
+fn rows_of(len: usize, weights: Option<&[f64]>, n: usize, rank: usize) -> Range<usize> {
+    match weights {
+        Some(w) => weighted_shard(len, w, rank),
+        None => shard(len, n, rank),
+    }
+}
+
+/// What one replica's part of a step came to.
+struct StepOutcome {
+    loss: f32,
+    grad_norm: Option<f32>,
+    nonfinite: Option<NonFinite>,
+    /// Forward and backward on this replica (not waiting on communication).
+    compute: Duration,
+}
+
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
     let msg = p
         .downcast_ref::<&str>()
@@ -966,7 +1091,7 @@ impl<M: Module + Send, O: Optimizer + Send> Replica<M, O> {
         settings: &StepSettings,
         rows: Range<usize>,
         loss: &F,
-    ) -> Result<(f32, Option<f32>, Option<NonFinite>)>
+    ) -> Result<StepOutcome>
     where
         F: Fn(&M, &Device, Range<usize>) -> Result<Tensor> + Sync,
     {
@@ -983,6 +1108,7 @@ impl<M: Module + Send, O: Optimizer + Send> Replica<M, O> {
         let rank = comm.rank();
         let (to_comm, comm_in) = unbounded();
         let (comm_out, from_comm) = unbounded();
+        let mut compute = Duration::ZERO;
         let reduced = std::thread::scope(|s| {
             let n_buckets = layout.buckets();
             let scatter = sharding.map(|sh| sh.parts.as_slice());
@@ -996,11 +1122,13 @@ impl<M: Module + Send, O: Optimizer + Send> Replica<M, O> {
                 .name(format!("comm {rank}"))
                 .spawn_scoped(s, move || reduce_in_order(comm, how, comm_in, comm_out))
                 .expect("spawning the communication thread");
+            let started = Instant::now();
             let work = catch_unwind(AssertUnwindSafe(|| {
                 forward_backward(
                     model, device, params, index, layout, buckets, settings, rows, loss, &to_comm,
                 )
             }));
+            compute = started.elapsed();
             let failure = match work {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(e.to_string()),
@@ -1042,7 +1170,12 @@ impl<M: Module + Send, O: Optimizer + Send> Replica<M, O> {
             }
         };
         if let Some(bad) = nonfinite {
-            return Ok((global_loss, None, Some(bad)));
+            return Ok(StepOutcome {
+                loss: global_loss,
+                grad_norm: None,
+                nonfinite: Some(bad),
+                compute,
+            });
         }
         let grad_norm = settings.clip_grad_norm.map(|max_norm| {
             let squares = squares.unwrap_or_else(|| sum_of_squares(buckets));
@@ -1071,7 +1204,12 @@ impl<M: Module + Send, O: Optimizer + Send> Replica<M, O> {
         if let Some(sh) = sharding {
             zero::gather_parameters(comm.as_mut(), params, device, layout, sh, buckets)?;
         }
-        Ok((global_loss, grad_norm, None))
+        Ok(StepOutcome {
+            loss: global_loss,
+            grad_norm,
+            nonfinite: None,
+            compute,
+        })
     }
 }
 

@@ -6,7 +6,7 @@ use super::cluster::{CommConfig, CommKind, MpiAlgorithm};
 use super::config::{Bagging, CheckpointConfig, Every, Faults, TrainConfig};
 use super::devices::{Backend, DeviceName, Devices};
 use super::schedule::Schedule;
-use crate::parallel::{InnerState, LocalSgd, NonFinitePolicy, OuterOptimizer};
+use crate::parallel::{Balance, InnerState, LocalSgd, NonFinitePolicy, OuterOptimizer};
 use clap::ValueEnum;
 use ringtrain_runtime::optim::{
     AdamW, AdamWConfig, LossScaler, Optimizer, ParamGroup, Sgd, SgdConfig,
@@ -204,6 +204,11 @@ pub struct TrainArgs {
     /// holds about 1/N of it), 0 keeps all of it on every replica.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
     pub zero: u8,
+    /// How each batch is shared among replicas of different speeds: equal, auto
+    /// (shards sized by the throughput measured on the first steps, then fixed), auto:N
+    /// (N timed steps), or weights W1,W2,... (one per replica, in rank order).
+    #[arg(long, default_value = "equal")]
+    pub balance: Balance,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Save checkpoints (model, optimizer, where the run stands, metrics so far) into
@@ -340,6 +345,7 @@ impl TrainArgs {
             clip_grad_norm: self.clip_grad_norm,
             grad_accum: self.grad_accum as usize,
             zero: self.zero,
+            balance: self.balance.clone(),
             on_nonfinite: self.on_nonfinite,
             precision: self.precision,
             loss_scaler: LossScaler::default(),

@@ -3,7 +3,7 @@
 use super::cluster::CommConfig;
 use super::devices::Devices;
 use super::schedule::Schedule;
-use crate::parallel::{LocalSgd, NonFinitePolicy};
+use crate::parallel::{Balance, LocalSgd, NonFinitePolicy};
 use crate::zoo::ModelSpec;
 use ringtrain_runtime::optim::LossScaler;
 use ringtrain_runtime::{Error, Precision, Result};
@@ -148,6 +148,10 @@ pub struct TrainConfig {
     /// optimizer state; checkpoints still hold all of it, and resume on any number of
     /// replicas, sharded or not.
     pub zero: u8,
+    /// How each batch is shared among replicas of different speeds (see
+    /// `DataParallelConfig::balance`); auto-balanced weights are saved in checkpoints
+    /// and a resumed run takes them up again.
+    pub balance: Balance,
     pub on_nonfinite: NonFinitePolicy,
     /// The input precision of the model's products (matmul, linear, conv2d, attention),
     /// summed in f32; parameters, optimizer state and every other op stay f32 (see
@@ -205,6 +209,7 @@ impl Default for TrainConfig {
             clip_grad_norm: None,
             grad_accum: 1,
             zero: 0,
+            balance: Balance::Equal,
             on_nonfinite: NonFinitePolicy::default(),
             precision: Precision::F32,
             loss_scaler: LossScaler::default(),

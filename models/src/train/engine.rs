@@ -12,6 +12,8 @@ use ringtrain_runtime::{trace, with_precision, Device, Error, Precision, Result,
 
 /// Where a checkpoint keeps local SGD's outer optimizer state.
 const OUTER: &str = "outer.";
+/// The checkpoint metadata that holds the shards' weights (JSON, one per replica).
+pub const BALANCE_KEY: &str = "ringtrain.balance";
 
 pub(super) enum Replicas<M, O> {
     Single {
@@ -86,6 +88,7 @@ impl<M: Module + Send, O: Optimizer + Send> Replicas<M, O> {
             grad_compression: config.comm.grad_compression,
             local_sgd: config.local_sgd,
             zero: config.zero,
+            balance: config.balance.clone(),
             ..DataParallelConfig::default()
         };
         let dp = match comms {
@@ -169,10 +172,21 @@ impl<M: Module + Send, O: Optimizer + Send> Replicas<M, O> {
             Replicas::Parallel(dp) => {
                 c.insert_state("optimizer.", dp.optimizer_state()?)?;
                 c.insert_state(OUTER, dp.outer_state())?;
+                if let Some(w) = dp.balance_weights() {
+                    c.set_metadata(BALANCE_KEY, serde_json::to_string(w).map_err(Error::msg)?);
+                }
             }
             Replicas::Single { optimizer, .. } => c.insert_optimizer("optimizer.", optimizer)?,
         }
         Ok(c)
+    }
+
+    /// The shards' weights, where not equal (auto-balancing done, or given).
+    pub fn balance_weights(&self) -> Option<&[f64]> {
+        match self {
+            Replicas::Single { .. } => None,
+            Replicas::Parallel(dp) => dp.balance_weights(),
+        }
     }
 
     /// Whether [`Replicas::checkpoint`] is a collective (ZeRO-1's gather).
@@ -196,6 +210,12 @@ impl<M: Module + Send, O: Optimizer + Send> Replicas<M, O> {
                     .try_for_each(|(model, _)| c.restore(model, "model."))?;
                 dp.load_optimizer_state(&c.state("optimizer."))
                     .map_err(|e| CheckpointError::Mismatch(e.to_string()))?;
+                if let Some(json) = c.metadata(BALANCE_KEY) {
+                    let weights: Vec<f64> = serde_json::from_str(json).map_err(|e| {
+                        CheckpointError::Mismatch(format!("{BALANCE_KEY} is not weights: {e}"))
+                    })?;
+                    dp.set_balance_weights(weights)?;
+                }
                 dp.load_outer_state(&c.state(OUTER))
             }
         }

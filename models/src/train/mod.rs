@@ -13,6 +13,9 @@
 //!   resume with other settings;
 //! - evaluation every N steps or epochs through a closure, metrics as JSON lines, and
 //!   progress (a bar on a terminal, report lines always);
+//! - sharded optimizer state (ZeRO-1: `--zero 1`, [`TrainConfig::zero`]) and replicas of
+//!   different speeds sharing each batch by measured throughput (`--devices cpu,gpu
+//!   --balance auto`, [`TrainConfig::balance`]), the weights kept in checkpoints;
 //! - faults put in on purpose for tests ([`Faults`]).
 //!
 //! [`TrainArgs`] gives a program the same command line as every example.
@@ -59,6 +62,7 @@ pub use args::{CommArgs, DevicesArg, OptimizerKind, ScheduleKind, TrainArgs};
 pub use cluster::{Cluster, CommConfig, CommKind, Communicators, MpiAlgorithm};
 pub use config::{Bagging, CheckpointConfig, Every, Faults, TrainConfig};
 pub use devices::{describe as describe_devices, Backend, DeviceName, Devices};
+pub use engine::BALANCE_KEY;
 pub use position::Position;
 pub use record::{format_scores, Record, Scores};
 pub use resume::{

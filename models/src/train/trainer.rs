@@ -11,7 +11,7 @@ use super::schedule::Schedule;
 use crate::checkpoint::CheckpointDir;
 use crate::data::{DataSource, Shard};
 use crate::nn::Module;
-use crate::parallel::NonFinitePolicy;
+use crate::parallel::{Balance, NonFinitePolicy};
 use crate::trace::TraceFile;
 use crate::zoo::MODEL_KEY;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -433,6 +433,7 @@ impl Trainer {
         if let Some(s) = &scaler {
             at.loss_scale_bits = s.scale().to_bits();
         }
+        let mut balance_said = false;
         'epochs: loop {
             let epoch = at.epoch;
             let mut order: Vec<usize> = (0..samples).collect();
@@ -463,6 +464,15 @@ impl Trainer {
                         Error::NonFinite(what) => diverged(&at, &what, config.on_nonfinite),
                         e => e,
                     })?;
+                if !balance_said && root {
+                    if let Some(w) = replicas.balance_weights() {
+                        let shown: Vec<String> = w.iter().map(|x| format!("{x:.4}")).collect();
+                        bar.suspend(|| {
+                            say(&format!("balance: shards weighted [{}]", shown.join(", ")))
+                        });
+                        balance_said = true;
+                    }
+                }
                 if config.trace_steps > 0 && at.step >= trace_until {
                     if let Some(t) = trace.take() {
                         // The step's last GPU work, submitted (and timed) inside the trace.
@@ -708,6 +718,9 @@ impl Trainer {
         }
         if let Some(bag) = &c.bagging {
             trainer["bag"] = serde_json::json!({ "members": bag.members, "member": bag.only });
+        }
+        if c.balance != Balance::Equal {
+            trainer["balance"] = format!("{:?}", c.balance).into();
         }
         if let Some(local) = &c.local_sgd {
             trainer["local_sgd"] = serde_json::json!({
