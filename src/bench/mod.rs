@@ -15,13 +15,16 @@
 //!   timed as the peer script times PyTorch and onnxruntime;
 //! - [`local_sgd_sweep`]: MNIST trained with local SGD at several synchronization
 //!   periods beside gradient averaging, accuracy against bytes sent ([`LocalSgdSweep`]
-//!   prints as a table).
+//!   prints as a table);
+//! - [`parallel_bench`]: ZeRO-1 beside plain data parallelism (state per replica, step
+//!   time), and a CPU beside a GPU with equal and auto-balanced shards.
 
 mod backends;
 pub mod collective;
 pub mod infer;
 mod local_sgd;
 pub mod op_threads;
+mod parallel;
 pub mod protocol;
 mod ring_sweep;
 
@@ -30,6 +33,7 @@ pub use backends::{
     ReducePoint, StepPoint,
 };
 pub use local_sgd::{local_sgd_sweep, LocalSgdSweep, LocalSgdSweepConfig, SweepRun};
+pub use parallel::{parallel_bench, HeteroPoint, ParallelBench, ParallelBenchConfig, ZeroPoint};
 pub use ring_sweep::{
     bytes_per_all_reduce, human_bytes, parse_bytes, ring_sweep, RingPoint, RingSweep,
     RingSweepConfig,

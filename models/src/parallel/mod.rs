@@ -164,8 +164,10 @@ pub struct DataParallel<M, O> {
     sharding: Option<Sharding>,
     /// Each replica's share of a batch, where not equal (by rank).
     weights: Option<Vec<f64>>,
-    /// Auto-balancing, while it times the first steps.
+    /// Auto-balancing, while it times the first steps, and what its first phase
+    /// measured (rows and seconds per step, by rank).
     calibration: Option<Calibration>,
+    balance_first: Vec<balance::Point>,
 }
 
 struct Replica<M, O> {
@@ -401,6 +403,7 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
                 Balance::Auto { steps } => Some(Calibration::start(steps, devices_len)),
                 _ => None,
             },
+            balance_first: Vec::new(),
         };
         run_on_replicas(&mut dp.replicas, &mut dp.failed, |r| {
             r.agree_on_layout(layout_hash)?;
@@ -631,46 +634,66 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
         }
     }
 
-    /// Auto-balancing: adds this step's timings, and after the last timed step agrees
-    /// with the group on every replica's throughput, which weights the shards from now
-    /// on (a collective, at the same step on every process).
+    /// Auto-balancing: adds this step's timings, and at the end of each phase agrees
+    /// with the group on every replica's rows and seconds per step (a collective, at the
+    /// same step on every process): after the first, shards proportional to the
+    /// throughputs; after the second, the shards that make the slowest replica fastest,
+    /// fixed from then on.
     fn calibrate(&mut self, batch_len: usize, outcomes: &[StepOutcome]) -> Result<()> {
         let Some(calibration) = self.calibration.as_mut() else {
             return Ok(());
         };
+        let weights = self.weights.as_deref();
         let rows: Vec<usize> = self
             .replicas
             .iter()
-            .map(|r| rows_of(batch_len, None, r.comm.size(), r.comm.rank()).len())
+            .map(|r| rows_of(batch_len, weights, r.comm.size(), r.comm.rank()).len())
             .collect();
         let times: Vec<_> = outcomes.iter().map(|o| o.compute).collect();
-        if !calibration.record(&rows, &times) {
+        let Some((phase, local)) = calibration.record(&rows, &times) else {
             return Ok(());
-        }
-        let throughputs = calibration.throughputs();
+        };
         let ranks: Vec<usize> = self.ranks();
-        let measured = run_on_replicas(&mut self.replicas, &mut self.failed, |r| {
+        let agreed = run_on_replicas(&mut self.replicas, &mut self.failed, |r| {
             let me = ranks
                 .iter()
                 .position(|&k| k == r.comm.rank())
-                .expect("a rank here");
-            // Each replica its own slot: a sum of one value and zeros is that value.
-            let mut all = vec![0.0f32; r.comm.size()];
-            all[r.comm.rank()] = throughputs[me] as f32;
-            let agreed = r.comm.all_reduce(&mut all).map_err(Error::Comm);
-            if let Err(e) = &agreed {
+                .expect("a rank");
+            // Each replica its own slots: a sum of one value and zeros is that value.
+            let mut all = vec![0.0f32; 2 * r.comm.size()];
+            all[2 * r.comm.rank()] = local[me].0 as f32;
+            all[2 * r.comm.rank() + 1] = local[me].1 as f32;
+            let reduced = r.comm.all_reduce(&mut all).map_err(Error::Comm);
+            if let Err(e) = &reduced {
                 r.comm.abort(&e.to_string());
             }
-            agreed.map(|_| all)
+            reduced.map(|_| all)
         })?;
-        self.weights = Some(measured[0].iter().map(|&t| f64::from(t)).collect());
-        self.calibration = Some(Calibration::Done);
+        let points: Vec<balance::Point> = agreed[0]
+            .chunks(2)
+            .map(|p| (f64::from(p[0]), f64::from(p[1])))
+            .collect();
+        if phase == 0 {
+            self.weights = Some(balance::proportional(&points));
+            self.balance_first = points;
+            return Ok(());
+        }
+        let costs: Vec<(f64, f64)> = self
+            .balance_first
+            .iter()
+            .zip(&points)
+            .map(|(&a, &b)| balance::fit(a, b))
+            .collect();
+        self.weights = Some(balance::plan(&costs, batch_len as f64));
         Ok(())
     }
 
-    /// Each replica's share of a batch (rows per second where auto-balancing measured
-    /// it), by rank; `None` while the shards are equal (auto-balancing not done yet).
+    /// Each replica's share of a batch, by rank: the weights given, or those
+    /// auto-balancing measured (`None` while it measures, and for equal shards).
     pub fn balance_weights(&self) -> Option<&[f64]> {
+        if matches!(self.calibration, Some(Calibration::Running { .. })) {
+            return None;
+        }
         self.weights.as_deref()
     }
 
