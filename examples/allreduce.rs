@@ -56,7 +56,7 @@ struct Args {
     /// ringtrain's ring over MPI and MPI_Iallreduce mode beside MPI_Allreduce itself.
     #[arg(long)]
     mpi: bool,
-    /// Timing rounds in --mpi mode; the candidates take turns within each round.
+    /// Timing rounds; the candidates take turns within each round.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
 }
@@ -83,6 +83,7 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
         baseline: !args.no_baseline,
         compression: args.compression,
         thresholds: thresholds(args),
+        rounds: args.rounds,
         progress: true,
     })?;
     print!("{sweep}");

@@ -33,6 +33,10 @@ pub struct RingSweepConfig {
     /// Where the group switches from its small-message algorithms to the ring
     /// ([`Thresholds::only`] times one algorithm at every size).
     pub thresholds: Thresholds,
+    /// Rounds per point: the ring and the baseline take turns within each, and each
+    /// figure is the median over all rounds' samples, so that a drift of the machine
+    /// (another job, a frequency change) weighs on both alike.
+    pub rounds: usize,
     /// Show a progress bar on stderr.
     pub progress: bool,
 }
@@ -95,13 +99,17 @@ pub fn ring_sweep(config: &RingSweepConfig) -> Res<RingSweep> {
                 let peers = ring_with(n, ring.clone())?;
                 Ok(median(time_all_reduce_as(peers, len, wire, 3, min_time)?))
             };
-            let ring_t = time(Precision::F32)?;
-            let baseline = if config.baseline {
-                let peers = star(n, ring.timeout)?;
-                Some(median(time_all_reduce(peers, len, 3, min_time)?))
-            } else {
-                None
-            };
+            let (mut ring_samples, mut star_samples) = (Vec::new(), Vec::new());
+            for _ in 0..config.rounds.max(1) {
+                let peers = ring_with(n, ring.clone())?;
+                ring_samples.extend(time_all_reduce(peers, len, 3, min_time)?);
+                if config.baseline {
+                    let peers = star(n, ring.timeout)?;
+                    star_samples.extend(time_all_reduce(peers, len, 3, min_time)?);
+                }
+            }
+            let ring_t = median(ring_samples);
+            let baseline = config.baseline.then(|| median(star_samples));
             let compressed = config.compression.map(time).transpose()?;
             let algbw = |t: f64| (len * 4) as f64 / t / 1e9;
             rows.push(RingPoint {
@@ -309,6 +317,7 @@ mod tests {
             baseline: true,
             compression: Some(Precision::Bf16),
             thresholds: Thresholds::only(crate::comm::Algorithm::Ring),
+            rounds: 1,
             progress: false,
         })
         .unwrap();
@@ -335,6 +344,7 @@ mod tests {
                 baseline: false,
                 compression: None,
                 thresholds: Thresholds::default(),
+                rounds: 1,
                 progress: false,
             }
         })

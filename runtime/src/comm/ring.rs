@@ -125,7 +125,24 @@ struct Chunk {
     op: u64,
     total: usize,
     wire: Precision,
-    data: Vec<f32>,
+    data: Payload,
+}
+
+/// A chunk's words: a buffer of the sender's, which goes back to it once read, or one
+/// the root of a fan-out shares among all the peers it sends to (one copy, not one per
+/// peer).
+enum Payload {
+    Owned(Vec<f32>),
+    Shared(Arc<Vec<f32>>),
+}
+
+impl Payload {
+    fn words(&self) -> &[f32] {
+        match self {
+            Payload::Owned(v) => v,
+            Payload::Shared(v) => v,
+        }
+    }
 }
 
 /// A peer's channels to and from every other peer (`None` at its own index): the ring
@@ -301,7 +318,7 @@ impl RingComm {
         values: &[f32],
         wire: Precision,
     ) -> Result<(), CommError> {
-        let (Some(tx), Some(spare)) = (&self.links.to[to], &self.links.spare_from[to]) else {
+        let Some(spare) = &self.links.spare_from[to] else {
             unreachable!("peer {} has no link to itself", self.rank);
         };
         let mut data = match spare.try_recv() {
@@ -311,7 +328,33 @@ impl RingComm {
             }
         };
         wire::encode(wire, values, &mut data);
-        self.sent.set(self.sent.get() + 4 * data.len() as u64);
+        self.push(to, total, wire, Payload::Owned(data))
+    }
+
+    /// Sends `words` (already in `wire`'s format) to peer `to`, shared with whoever
+    /// else gets them.
+    fn send_shared(
+        &self,
+        to: usize,
+        total: usize,
+        words: &Arc<Vec<f32>>,
+        wire: Precision,
+    ) -> Result<(), CommError> {
+        self.push(to, total, wire, Payload::Shared(words.clone()))
+    }
+
+    fn push(
+        &self,
+        to: usize,
+        total: usize,
+        wire: Precision,
+        data: Payload,
+    ) -> Result<(), CommError> {
+        let Some(tx) = &self.links.to[to] else {
+            unreachable!("peer {} has no link to itself", self.rank);
+        };
+        self.sent
+            .set(self.sent.get() + 4 * data.words().len() as u64);
         let mut chunk = Chunk {
             op: self.ops,
             total,
@@ -391,7 +434,7 @@ impl RingComm {
         if chunk.op != self.ops
             || chunk.total != total
             || chunk.wire != wire
-            || chunk.data.len() != words
+            || chunk.data.words().len() != words
         {
             return Err(CommError::Mismatch(format!(
                 "peer {from} is in collective {} over {} {} elements, peer {} in collective {} \
@@ -400,9 +443,12 @@ impl RingComm {
             )));
         }
         let add = combine == Combine::Add;
-        wire::decode(wire, &chunk.data, dst, add, &mut self.scratch.borrow_mut());
-        // The sender may be gone by now (it finished first); the buffer just drops.
-        let _ = spare.send(chunk.data);
+        let words = chunk.data.words();
+        wire::decode(wire, words, dst, add, &mut self.scratch.borrow_mut());
+        if let Payload::Owned(buf) = chunk.data {
+            // The sender may be gone by now (it finished first); the buffer just drops.
+            let _ = spare.send(buf);
+        }
         Ok(())
     }
 
@@ -465,10 +511,21 @@ impl RingComm {
         let (n, me, total) = (self.size, self.rank, data.len());
         // Every peer sums the values the others receive: its own rounded to the wire.
         wire::round(wire, data);
+        let mut words = Vec::new();
+        wire::encode(wire, data, &mut words);
+        let words = Arc::new(words);
         for q in (0..n).filter(|&q| q != me && root.is_none_or(|r| r == q)) {
-            self.send(q, total, data, wire)?;
+            self.send_shared(q, total, &words, wire)?;
         }
         if root.is_some_and(|r| r != me) {
+            return Ok(());
+        }
+        if me == 0 {
+            // First in the summation order: sum in place.
+            for q in 1..n {
+                self.recv(q, total, data, Combine::Add, wire)?;
+            }
+            wire::round(wire, data);
             return Ok(());
         }
         let mut acc = std::mem::take(&mut self.acc);
@@ -477,10 +534,7 @@ impl RingComm {
         for q in 0..n {
             let combine = if q == 0 { Combine::Copy } else { Combine::Add };
             let got = if q == me {
-                match combine {
-                    Combine::Copy => acc.copy_from_slice(data),
-                    Combine::Add => acc.iter_mut().zip(data.iter()).for_each(|(a, x)| *a += *x),
-                }
+                acc.iter_mut().zip(data.iter()).for_each(|(a, x)| *a += *x);
                 Ok(())
             } else {
                 self.recv(q, total, &mut acc, combine, wire)
@@ -574,8 +628,11 @@ impl RingComm {
     fn fan_out(&self, data: &mut [f32], root: usize, wire: Precision) -> Result<(), CommError> {
         let total = data.len();
         if self.rank == root {
+            let mut words = Vec::new();
+            wire::encode(wire, data, &mut words);
+            let words = Arc::new(words);
             for q in (0..self.size).filter(|&q| q != root) {
-                self.send(q, total, data, wire)?;
+                self.send_shared(q, total, &words, wire)?;
             }
             return Ok(());
         }
