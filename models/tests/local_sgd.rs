@@ -12,6 +12,7 @@ use ringtrain_models::parallel::{
     shard, DataParallel, DataParallelConfig, InnerState, LocalSgd, NonFinitePolicy, OuterOptimizer,
 };
 use ringtrain_models::zoo::{mlp, Activation};
+use ringtrain_runtime::comm::{Algorithm, RingConfig, Thresholds};
 use ringtrain_runtime::optim::{Optimizer, Sgd, SgdConfig, StateTensor};
 use ringtrain_runtime::{rng_from_seed, Device, Error, Precision, Result, Tensor};
 
@@ -297,8 +298,18 @@ fn only_synchronizations_send_bytes() {
     let n = 4;
     let mut sent = Vec::new();
     for wire in [Precision::F32, Precision::Bf16] {
-        // No momentum: only the parameters' change crosses the links.
-        let mut dp = group(cpus(n), 0.0, Some(LocalSgd::every(4)), wire);
+        // No momentum: only the parameters' change crosses the links, by the ring at
+        // every size, so that it costs the ring's `2 (n - 1) / n` of it.
+        let config = DataParallelConfig {
+            local_sgd: Some(LocalSgd::every(4)),
+            grad_compression: wire,
+            ring: RingConfig {
+                thresholds: Thresholds::only(Algorithm::Ring),
+                ..RingConfig::default()
+            },
+            ..DataParallelConfig::default()
+        };
+        let mut dp = DataParallel::new(cpus(n), |d| build(d, 0.0), config).unwrap();
         let params = flat(dp.model()).len() as u64;
         let mut per_step = Vec::new();
         for s in 0..8 {

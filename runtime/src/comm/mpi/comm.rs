@@ -499,11 +499,11 @@ impl MpiComm {
                 (dst.as_mut_ptr(), dst.len())
             }
             None => {
-                // Room for f32 values where `wire` halves them: a peer sending another
-                // format is reported as such, not as a truncated message.
-                let room = (2 * words).max(self.chunk_elems.min(words.max(1) * 2)) + 1;
+                // Room for twice the words expected, and one more: a peer sending f32
+                // values where this rank expects 16-bit ones, or a longer chunk of another
+                // collective, is reported as a mismatch, not as a truncated message.
                 let buf = &mut self.recv_bufs[slot];
-                buf.resize(room.max(words + 1), 0.0);
+                buf.resize(2 * words + 1, 0.0);
                 (buf.as_mut_ptr(), buf.len())
             }
         };
