@@ -5,11 +5,11 @@
 
 mod support;
 
-use ringtrain_models::nn::{Module, ModuleState, Sequential};
+use ringtrain_models::nn::{ModuleState, Sequential};
 use ringtrain_models::parallel::{Balance, DataParallel, DataParallelConfig};
 use ringtrain_models::zoo::{mlp, Activation};
 use ringtrain_runtime::optim::{Sgd, SgdConfig};
-use ringtrain_runtime::{rng_from_seed, Device, Result, Tensor};
+use ringtrain_runtime::{rng_from_seed, Device, Result};
 use std::ops::Range;
 use std::time::Duration;
 
@@ -45,7 +45,7 @@ fn group(devices: Vec<Device>, balance: Balance) -> DataParallel<Sequential, Sgd
 /// Steps `steps` (batches of one fixed set); `slow` makes every replica whose rows do
 /// not start the batch sleep per row (a slower device, as far as timing can tell).
 fn train(dp: &mut DataParallel<Sequential, Sgd>, steps: Range<usize>, batch: usize, slow: bool) {
-    let (x, labels) = support::classification(steps.end * batch, FEATURES, CLASSES, 3, 5);
+    let set = support::classification(steps.end * batch, FEATURES, CLASSES, 3, 5);
     for s in steps {
         let at = s * batch;
         dp.step(
@@ -54,13 +54,13 @@ fn train(dp: &mut DataParallel<Sequential, Sgd>, steps: Range<usize>, batch: usi
                 if slow && rows.start > 0 {
                     std::thread::sleep(Duration::from_micros(400) * rows.len() as u32);
                 }
-                let (lo, hi) = (at + rows.start, at + rows.end);
-                let xs = Tensor::from_slice(
-                    &x[lo * FEATURES..hi * FEATURES],
-                    (hi - lo, FEATURES),
+                support::rows_loss(
+                    model,
                     device,
-                )?;
-                model.forward(&xs)?.cross_entropy(&labels[lo..hi])
+                    &set,
+                    FEATURES,
+                    at + rows.start..at + rows.end,
+                )
             },
         )
         .unwrap();
@@ -68,11 +68,7 @@ fn train(dp: &mut DataParallel<Sequential, Sgd>, steps: Range<usize>, batch: usi
 }
 
 fn params(dp: &DataParallel<Sequential, Sgd>) -> Vec<f32> {
-    dp.model()
-        .parameters()
-        .iter()
-        .flat_map(|p| p.to_vec().unwrap())
-        .collect()
+    support::flat_parameters(dp.model())
 }
 
 fn assert_close(a: &[f32], b: &[f32], what: &str) {
@@ -149,13 +145,7 @@ fn a_cpu_and_a_gpu_replica_train_together() {
     train(&mut one, 0..steps, batch, false);
     let mut mixed = group(vec![Device::cpu(), gpu], Balance::Weights(vec![2.0, 1.0]));
     train(&mut mixed, 0..steps, batch, false);
-    let gpu_params: Vec<f32> = mixed
-        .replica(1)
-        .unwrap()
-        .parameters()
-        .iter()
-        .flat_map(|p| p.to_vec().unwrap())
-        .collect();
+    let gpu_params = support::flat_parameters(mixed.replica(1).unwrap());
     assert_eq!(
         gpu_params.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
         params(&mixed)

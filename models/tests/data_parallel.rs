@@ -81,18 +81,12 @@ fn dp(devices: Vec<Device>, seed: u64) -> DataParallel<Sequential, Sgd> {
 /// One step over rows `at..at + batch` of the data set.
 fn step(
     dp: &mut DataParallel<Sequential, Sgd>,
-    (x, labels): &(Vec<f32>, Vec<u32>),
+    set: &(Vec<f32>, Vec<u32>),
     at: usize,
     batch: usize,
 ) -> Result<f32> {
     dp.step(batch, |model, device, rows| {
-        let (lo, hi) = (at + rows.start, at + rows.end);
-        let xs = Tensor::from_slice(
-            &x[lo * FEATURES..hi * FEATURES],
-            (hi - lo, FEATURES),
-            device,
-        )?;
-        model.forward(&xs)?.cross_entropy(&labels[lo..hi])
+        support::rows_loss(model, device, set, FEATURES, at + rows.start..at + rows.end)
     })
 }
 

@@ -5,7 +5,7 @@
 
 mod support;
 
-use ringtrain_models::nn::{Module, ModuleState, Sequential};
+use ringtrain_models::nn::{ModuleState, Sequential};
 use ringtrain_models::parallel::{DataParallel, DataParallelConfig, LocalSgd};
 use ringtrain_models::zoo::{mlp, Activation};
 use ringtrain_runtime::optim::{AdamW, AdamWConfig, Optimizer, Sgd, SgdConfig, StateTensor};
@@ -70,25 +70,15 @@ fn group(n: usize, zero: u8, build: Build) -> Group {
     DataParallel::new(devices, build, config(zero)).unwrap()
 }
 
-fn step(dp: &mut Group, (x, labels): &(Vec<f32>, Vec<u32>), at: usize, batch: usize) -> f32 {
+fn step(dp: &mut Group, set: &(Vec<f32>, Vec<u32>), at: usize, batch: usize) -> f32 {
     dp.step(batch, |model, device, rows| {
-        let (lo, hi) = (at + rows.start, at + rows.end);
-        let xs = Tensor::from_slice(
-            &x[lo * FEATURES..hi * FEATURES],
-            (hi - lo, FEATURES),
-            device,
-        )?;
-        model.forward(&xs)?.cross_entropy(&labels[lo..hi])
+        support::rows_loss(model, device, set, FEATURES, at + rows.start..at + rows.end)
     })
     .unwrap()
 }
 
 fn params(model: &Sequential) -> Vec<f32> {
-    model
-        .parameters()
-        .iter()
-        .flat_map(|p| p.to_vec().unwrap())
-        .collect()
+    support::flat_parameters(model)
 }
 
 fn assert_close(a: &[f32], b: &[f32], tol: f32, what: &str) {
@@ -211,14 +201,10 @@ fn a_non_finite_gradient_stops_every_sharded_replica_before_any_update() {
     x[5 * FEATURES] = f32::NAN; // one row of the last replica's shard
     let mut dp = group(3, 1, sgd);
     let before = params(dp.model());
+    let set = (x, labels);
     let err = dp
         .step(batch, |model, device, rows| {
-            let xs = Tensor::from_slice(
-                &x[rows.start * FEATURES..rows.end * FEATURES],
-                (rows.len(), FEATURES),
-                device,
-            )?;
-            model.forward(&xs)?.cross_entropy(&labels[rows])
+            support::rows_loss(model, device, &set, FEATURES, rows)
         })
         .unwrap_err();
     assert!(matches!(err, Error::NonFinite(_)), "{err}");

@@ -34,3 +34,30 @@ pub fn classification(
         .collect();
     (x, labels)
 }
+
+/// The mean cross-entropy of `model` on rows `rows` of a classification set of
+/// `features`-value rows, as [`classification`] makes them: a data-parallel test's shard
+/// loss.
+pub fn rows_loss(
+    model: &impl ringtrain_models::nn::Module,
+    device: &Device,
+    (x, labels): &(Vec<f32>, Vec<u32>),
+    features: usize,
+    rows: std::ops::Range<usize>,
+) -> ringtrain_runtime::Result<Tensor> {
+    let xs = Tensor::from_slice(
+        &x[rows.start * features..rows.end * features],
+        (rows.len(), features),
+        device,
+    )?;
+    model.forward(&xs)?.cross_entropy(&labels[rows])
+}
+
+/// Every parameter of `model`, in order, as one vector.
+pub fn flat_parameters(model: &impl ringtrain_models::nn::ModuleState) -> Vec<f32> {
+    model
+        .parameters()
+        .iter()
+        .flat_map(|p| p.to_vec().unwrap())
+        .collect()
+}

@@ -16,8 +16,8 @@
 
 use super::blame;
 use super::schedule::{
-    all_gather_steps, all_reduce_steps, check_parts, chunk, chunks_in, doubling, even_parts,
-    part_segment, reduce_scatter_steps, Algorithm, Combine, Step, Thresholds,
+    all_gather_steps, check_parts, chunk, chunks_in, doubling, even_parts, part_segment,
+    reduce_scatter_steps, Algorithm, Algorithms, Combine, Step, Thresholds,
 };
 use super::{check_root, wire, CommError, Communicator};
 use crate::Precision;
@@ -468,8 +468,87 @@ impl RingComm {
         Ok(())
     }
 
+    fn reduce_scatter_with(&mut self, data: &mut [f32], parts: &[usize]) -> Result<(), CommError> {
+        let (n, r) = (self.size, self.rank);
+        let steps = reduce_scatter_steps(n, r, |j| part_segment(parts, j));
+        self.ring_steps(data, &steps, Precision::F32)
+    }
+
+    fn all_gather_with(&mut self, data: &mut [f32], parts: &[usize]) -> Result<(), CommError> {
+        let (n, r) = (self.size, self.rank);
+        let steps = all_gather_steps(n, r, |j| part_segment(parts, j));
+        self.ring_steps(data, &steps, Precision::F32)
+    }
+
+    /// Small: straight to the root. Large: a ring reduce-scatter, then every peer sends
+    /// its finished part to the root.
+    fn reduce_with(&mut self, data: &mut [f32], root: usize) -> Result<(), CommError> {
+        let (n, total) = (self.size, data.len());
+        if Algorithm::pick(4 * total, n, self.config.thresholds) != Algorithm::Ring {
+            return self.direct(data, Precision::F32, Some(root));
+        }
+        let parts = even_parts(total, n);
+        self.reduce_scatter_with(data, &parts)?;
+        let ce = self.chunk_elems;
+        if self.rank == root {
+            for q in (0..n).filter(|&q| q != root) {
+                let part = parts[q]..parts[q + 1];
+                let mut c = 0;
+                while let Some(piece) = chunk(&part, ce, c) {
+                    self.recv(q, total, &mut data[piece], Combine::Copy, Precision::F32)?;
+                    c += 1;
+                }
+            }
+        } else {
+            let part = parts[self.rank]..parts[self.rank + 1];
+            let mut c = 0;
+            while let Some(piece) = chunk(&part, ce, c) {
+                self.send(root, total, &data[piece], Precision::F32)?;
+                c += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Small: the root sends to every peer. Large: chunks pass round the ring from the
+    /// root, pipelined.
+    fn broadcast_with(&mut self, data: &mut [f32], root: usize) -> Result<(), CommError> {
+        let total = data.len();
+        let f32 = Precision::F32;
+        if Algorithm::pick(4 * total, self.size, self.config.thresholds) != Algorithm::Ring {
+            return self.fan_out(data, root, f32);
+        }
+        let forwards = self.next_rank() != root;
+        for lo in (0..total).step_by(self.chunk_elems) {
+            let hi = (lo + self.chunk_elems).min(total);
+            if self.rank != root {
+                self.recv(
+                    self.prev_rank(),
+                    total,
+                    &mut data[lo..hi],
+                    Combine::Copy,
+                    f32,
+                )?;
+            }
+            if forwards {
+                self.send(self.next_rank(), total, &data[lo..hi], f32)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Algorithms for RingComm {
+    fn size_rank(&self) -> (usize, usize) {
+        (self.size, self.rank)
+    }
+
+    fn thresholds(&self) -> Thresholds {
+        self.config.thresholds
+    }
+
     fn ring_steps(
-        &self,
+        &mut self,
         data: &mut [f32],
         steps: &[Step],
         wire: Precision,
@@ -485,19 +564,6 @@ impl RingComm {
             self.ring_step(data, step, wire)?;
         }
         Ok(())
-    }
-
-    fn all_reduce_with(&mut self, data: &mut [f32], wire: Precision) -> Result<(), CommError> {
-        let (n, r) = (self.size, self.rank);
-        match Algorithm::pick(4 * data.len(), n, self.config.thresholds) {
-            Algorithm::Direct => self.direct(data, wire, None),
-            Algorithm::Tree => {
-                self.direct(data, wire, Some(0))?;
-                self.fan_out(data, 0, wire)
-            }
-            Algorithm::Doubling => self.doubling(data, wire),
-            Algorithm::Ring => self.ring_steps(data, &all_reduce_steps(data.len(), n, r), wire),
-        }
     }
 
     /// The direct algorithm: every peer's whole buffer to every other peer (or to `root`
@@ -581,51 +647,9 @@ impl RingComm {
         Ok(())
     }
 
-    fn reduce_scatter_with(&mut self, data: &mut [f32], parts: &[usize]) -> Result<(), CommError> {
-        let (n, r) = (self.size, self.rank);
-        let steps = reduce_scatter_steps(n, r, |j| part_segment(parts, j));
-        self.ring_steps(data, &steps, Precision::F32)
-    }
-
-    fn all_gather_with(&mut self, data: &mut [f32], parts: &[usize]) -> Result<(), CommError> {
-        let (n, r) = (self.size, self.rank);
-        let steps = all_gather_steps(n, r, |j| part_segment(parts, j));
-        self.ring_steps(data, &steps, Precision::F32)
-    }
-
-    /// Small: straight to the root. Large: a ring reduce-scatter, then every peer sends
-    /// its finished part to the root.
-    fn reduce_with(&mut self, data: &mut [f32], root: usize) -> Result<(), CommError> {
-        let (n, total) = (self.size, data.len());
-        if Algorithm::pick(4 * total, n, self.config.thresholds) != Algorithm::Ring {
-            return self.direct(data, Precision::F32, Some(root));
-        }
-        let parts = even_parts(total, n);
-        self.reduce_scatter_with(data, &parts)?;
-        let ce = self.chunk_elems;
-        if self.rank == root {
-            for q in (0..n).filter(|&q| q != root) {
-                let part = parts[q]..parts[q + 1];
-                let mut c = 0;
-                while let Some(piece) = chunk(&part, ce, c) {
-                    self.recv(q, total, &mut data[piece], Combine::Copy, Precision::F32)?;
-                    c += 1;
-                }
-            }
-        } else {
-            let part = parts[self.rank]..parts[self.rank + 1];
-            let mut c = 0;
-            while let Some(piece) = chunk(&part, ce, c) {
-                self.send(root, total, &data[piece], Precision::F32)?;
-                c += 1;
-            }
-        }
-        Ok(())
-    }
-
     /// The root sends its `data` (in `wire`'s format, which its values must be) to every
     /// other peer.
-    fn fan_out(&self, data: &mut [f32], root: usize, wire: Precision) -> Result<(), CommError> {
+    fn fan_out(&mut self, data: &mut [f32], root: usize, wire: Precision) -> Result<(), CommError> {
         let total = data.len();
         if self.rank == root {
             let mut words = Vec::new();
@@ -637,33 +661,6 @@ impl RingComm {
             return Ok(());
         }
         self.recv(root, total, data, Combine::Copy, wire)
-    }
-
-    /// Small: the root sends to every peer. Large: chunks pass round the ring from the
-    /// root, pipelined.
-    fn broadcast_with(&self, data: &mut [f32], root: usize) -> Result<(), CommError> {
-        let total = data.len();
-        let f32 = Precision::F32;
-        if Algorithm::pick(4 * total, self.size, self.config.thresholds) != Algorithm::Ring {
-            return self.fan_out(data, root, f32);
-        }
-        let forwards = self.next_rank() != root;
-        for lo in (0..total).step_by(self.chunk_elems) {
-            let hi = (lo + self.chunk_elems).min(total);
-            if self.rank != root {
-                self.recv(
-                    self.prev_rank(),
-                    total,
-                    &mut data[lo..hi],
-                    Combine::Copy,
-                    f32,
-                )?;
-            }
-            if forwards {
-                self.send(self.next_rank(), total, &data[lo..hi], f32)?;
-            }
-        }
-        Ok(())
     }
 }
 
@@ -677,11 +674,11 @@ impl Communicator for RingComm {
     }
 
     fn all_reduce(&mut self, data: &mut [f32]) -> Result<(), CommError> {
-        self.collective(|c| c.all_reduce_with(data, Precision::F32))
+        self.collective(|c| c.all_reduce_by_size(data, Precision::F32))
     }
 
     fn all_reduce_as(&mut self, data: &mut [f32], wire: Precision) -> Result<(), CommError> {
-        self.collective(|c| c.all_reduce_with(data, wire))
+        self.collective(|c| c.all_reduce_by_size(data, wire))
     }
 
     fn reduce(&mut self, data: &mut [f32], root: usize) -> Result<(), CommError> {

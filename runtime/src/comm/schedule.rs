@@ -25,6 +25,7 @@
 //! differently (well within f32's rounding of the sum, and never between peers).
 
 use super::CommError;
+use crate::Precision;
 use std::ops::Range;
 
 /// Which part of a `len`-element buffer is segment `i` of `n`.
@@ -143,6 +144,46 @@ impl Algorithm {
             Algorithm::Tree
         } else {
             Algorithm::Ring
+        }
+    }
+}
+
+/// One transport's part in each algorithm; [`Algorithms::all_reduce_by_size`] chooses
+/// among them as every transport does, so that groups over threads and over MPI sum
+/// alike.
+pub(super) trait Algorithms {
+    fn size_rank(&self) -> (usize, usize);
+    fn thresholds(&self) -> Thresholds;
+    /// Every peer's buffer to every other (or to `root` only), summed in rank order
+    /// where it arrives.
+    fn direct(
+        &mut self,
+        data: &mut [f32],
+        wire: Precision,
+        root: Option<usize>,
+    ) -> Result<(), CommError>;
+    /// `root`'s buffer (values already in `wire`'s format) to every other peer.
+    fn fan_out(&mut self, data: &mut [f32], root: usize, wire: Precision) -> Result<(), CommError>;
+    fn doubling(&mut self, data: &mut [f32], wire: Precision) -> Result<(), CommError>;
+    fn ring_steps(
+        &mut self,
+        data: &mut [f32],
+        steps: &[Step],
+        wire: Precision,
+    ) -> Result<(), CommError>;
+
+    /// An all-reduce by the algorithm [`Algorithm::pick`] names for its size.
+    fn all_reduce_by_size(&mut self, data: &mut [f32], wire: Precision) -> Result<(), CommError> {
+        let (n, r) = self.size_rank();
+        match Algorithm::pick(4 * data.len(), n, self.thresholds()) {
+            Algorithm::Direct => self.direct(data, wire, None),
+            // The flat tree: everything to peer 0, which sums in rank order, and back.
+            Algorithm::Tree => {
+                self.direct(data, wire, Some(0))?;
+                self.fan_out(data, 0, wire)
+            }
+            Algorithm::Doubling => self.doubling(data, wire),
+            Algorithm::Ring => self.ring_steps(data, &all_reduce_steps(data.len(), n, r), wire),
         }
     }
 }

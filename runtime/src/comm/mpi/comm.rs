@@ -5,8 +5,8 @@ use super::notice::{self, Notice};
 use super::{Environment, MpiAlgorithm, MpiConfig};
 use crate::comm::blame::{self, Waiting};
 use crate::comm::schedule::{
-    all_gather_steps, all_reduce_steps, check_parts, chunk, chunks_in, doubling, even_parts,
-    part_segment, reduce_scatter_steps, Algorithm, Combine, Step,
+    all_gather_steps, check_parts, chunk, chunks_in, doubling, even_parts, part_segment,
+    reduce_scatter_steps, Algorithm, Algorithms, Combine, Step, Thresholds,
 };
 use crate::comm::{check_root, wire, CommError, Communicator};
 use crate::Precision;
@@ -606,39 +606,6 @@ impl MpiComm {
         Ok(())
     }
 
-    fn ring_steps(
-        &mut self,
-        data: &mut [f32],
-        steps: &[Step],
-        wire: Precision,
-    ) -> Result<(), CommError> {
-        let mut gathering = false;
-        for step in steps {
-            if step.combine == Combine::Copy && !gathering {
-                // As the in-process ring: the owner keeps the rounded sums it sends.
-                let out = step.out.clone();
-                self.wait_readers(&out)?;
-                wire::round(wire, &mut data[out]);
-                gathering = true;
-            }
-            self.ring_step(data, step, wire)?;
-        }
-        self.drain_sends()
-    }
-
-    fn all_reduce_with(&mut self, data: &mut [f32], wire: Precision) -> Result<(), CommError> {
-        let (n, r) = (self.size, self.rank);
-        match Algorithm::pick(4 * data.len(), n, self.config.thresholds) {
-            Algorithm::Direct => self.direct(data, wire, None),
-            Algorithm::Tree => {
-                self.direct(data, wire, Some(0))?;
-                self.fan_out(data, 0, wire)
-            }
-            Algorithm::Doubling => self.doubling(data, wire),
-            Algorithm::Ring => self.ring_steps(data, &all_reduce_steps(data.len(), n, r), wire),
-        }
-    }
-
     /// The pieces a small algorithm's message of `len` values travels in: each below
     /// [`MpiConfig::eager_bytes`], so that MPI sends it eagerly (a larger message waits
     /// for the receiver's handshake and a copy across processes, several microseconds
@@ -712,6 +679,154 @@ impl MpiComm {
             self.finish_recv(base + i, peer, words, into, combine, wire)?;
         }
         Ok(())
+    }
+
+    /// Small: straight to the root. Large: a ring reduce-scatter, then every rank sends
+    /// its finished part to the root.
+    fn reduce_with(&mut self, data: &mut [f32], root: usize) -> Result<(), CommError> {
+        let (n, total) = (self.size, data.len());
+        if Algorithm::pick(4 * total, n, self.config.thresholds) != Algorithm::Ring {
+            return self.direct(data, Precision::F32, Some(root));
+        }
+        let parts = even_parts(total, n);
+        let seg = |j| part_segment(&parts, j);
+        self.ring_steps(
+            data,
+            &reduce_scatter_steps(n, self.rank, seg),
+            Precision::F32,
+        )?;
+        let (ce, f32) = (self.chunk_elems, Precision::F32);
+        if self.rank == root {
+            for q in (0..n).filter(|&q| q != root) {
+                let part = parts[q]..parts[q + 1];
+                let mut c = 0;
+                while let Some(piece) = chunk(&part, ce, c) {
+                    let len = piece.len();
+                    self.start_recv(0, q, len, Some((&mut *data, piece)))?;
+                    self.finish_recv(0, q, len, None, Combine::Copy, f32)?;
+                    c += 1;
+                }
+            }
+        } else {
+            let part = parts[self.rank]..parts[self.rank + 1];
+            let depth = self.config.pipeline_depth;
+            let mut c = 0;
+            while let Some(piece) = chunk(&part, ce, c) {
+                self.start_send(c % depth, data, piece, root, f32)?;
+                c += 1;
+            }
+        }
+        self.drain_sends()
+    }
+
+    /// Small: the root sends to every rank. Large: chunks pass from `root` round the
+    /// ring; each rank forwards a chunk as soon as it has it, so the chunks travel
+    /// pipelined.
+    fn broadcast_with(&mut self, data: &mut [f32], root: usize) -> Result<(), CommError> {
+        let (n, me, total, f32) = (self.size, self.rank, data.len(), Precision::F32);
+        if Algorithm::pick(4 * total, n, self.config.thresholds) != Algorithm::Ring {
+            return self.fan_out(data, root, f32);
+        }
+        let (next, prev, ce) = (self.next_rank(), self.prev_rank(), self.chunk_elems);
+        let depth = self.config.pipeline_depth;
+        let all = 0..total;
+        let forwards = next != root;
+        let mut c = 0;
+        while let Some(range) = chunk(&all, ce, c) {
+            if me != root {
+                let len = range.len();
+                self.start_recv(c % depth, prev, len, Some((&mut *data, range.clone())))?;
+                self.finish_recv(c % depth, prev, len, None, Combine::Copy, f32)?;
+            }
+            if forwards {
+                self.start_send(c % depth, data, range, next, f32)?;
+            }
+            c += 1;
+        }
+        self.drain_sends()
+    }
+
+    fn native_all_reduce(&mut self, data: &mut [f32]) -> Result<(), CommError> {
+        for piece in data.chunks_mut(NATIVE_PIECE_ELEMS) {
+            let comm = self.data.0.as_raw();
+            let (send, recv) = &mut self.stage;
+            send.clear();
+            send.extend_from_slice(piece);
+            recv.resize(piece.len(), 0.0);
+            self.native.post(Kind::Collective, |raw| unsafe {
+                ffi::MPI_Iallreduce(
+                    send.as_ptr().cast(),
+                    recv.as_mut_ptr().cast(),
+                    piece.len() as c_int,
+                    f32_type(),
+                    ffi::RSMPI_SUM,
+                    comm,
+                    raw,
+                )
+            })?;
+            self.wait_native()?;
+            piece.copy_from_slice(&self.stage.1[..piece.len()]);
+        }
+        Ok(())
+    }
+
+    fn native_broadcast(&mut self, data: &mut [f32], root: usize) -> Result<(), CommError> {
+        for piece in data.chunks_mut(NATIVE_PIECE_ELEMS) {
+            let comm = self.data.0.as_raw();
+            let buf = &mut self.stage.0;
+            buf.clear();
+            buf.extend_from_slice(piece);
+            self.native.post(Kind::Collective, |raw| unsafe {
+                ffi::MPI_Ibcast(
+                    buf.as_mut_ptr().cast(),
+                    piece.len() as c_int,
+                    f32_type(),
+                    root as c_int,
+                    comm,
+                    raw,
+                )
+            })?;
+            self.wait_native()?;
+            piece.copy_from_slice(&self.stage.0[..piece.len()]);
+        }
+        Ok(())
+    }
+
+    fn wait_native(&mut self) -> Result<(), CommError> {
+        let mut req = std::mem::take(&mut self.native);
+        let waited = self.wait(&mut req, None);
+        self.native = req;
+        waited.map(drop)
+    }
+}
+
+impl Algorithms for MpiComm {
+    fn size_rank(&self) -> (usize, usize) {
+        (self.size, self.rank)
+    }
+
+    fn thresholds(&self) -> Thresholds {
+        self.config.thresholds
+    }
+
+    fn ring_steps(
+        &mut self,
+        data: &mut [f32],
+        steps: &[Step],
+        wire: Precision,
+    ) -> Result<(), CommError> {
+        let mut gathering = false;
+        for step in steps {
+            if step.combine == Combine::Copy && !gathering {
+                // As the in-process ring: the owner keeps the rounded sums it sends.
+                let out = step.out.clone();
+                self.wait_readers(&out)?;
+                wire::round(wire, &mut data[out]);
+                gathering = true;
+            }
+            self.ring_step(data, step, wire)?;
+        }
+        self.drain_sends()
     }
 
     /// The direct algorithm, as in process: every rank's buffer to every other rank (or
@@ -802,44 +917,6 @@ impl MpiComm {
         self.drain_sends()
     }
 
-    /// Small: straight to the root. Large: a ring reduce-scatter, then every rank sends
-    /// its finished part to the root.
-    fn reduce_with(&mut self, data: &mut [f32], root: usize) -> Result<(), CommError> {
-        let (n, total) = (self.size, data.len());
-        if Algorithm::pick(4 * total, n, self.config.thresholds) != Algorithm::Ring {
-            return self.direct(data, Precision::F32, Some(root));
-        }
-        let parts = even_parts(total, n);
-        let seg = |j| part_segment(&parts, j);
-        self.ring_steps(
-            data,
-            &reduce_scatter_steps(n, self.rank, seg),
-            Precision::F32,
-        )?;
-        let (ce, f32) = (self.chunk_elems, Precision::F32);
-        if self.rank == root {
-            for q in (0..n).filter(|&q| q != root) {
-                let part = parts[q]..parts[q + 1];
-                let mut c = 0;
-                while let Some(piece) = chunk(&part, ce, c) {
-                    let len = piece.len();
-                    self.start_recv(0, q, len, Some((&mut *data, piece)))?;
-                    self.finish_recv(0, q, len, None, Combine::Copy, f32)?;
-                    c += 1;
-                }
-            }
-        } else {
-            let part = parts[self.rank]..parts[self.rank + 1];
-            let depth = self.config.pipeline_depth;
-            let mut c = 0;
-            while let Some(piece) = chunk(&part, ce, c) {
-                self.start_send(c % depth, data, piece, root, f32)?;
-                c += 1;
-            }
-        }
-        self.drain_sends()
-    }
-
     /// The root sends its `data` (in `wire`'s format, which its values must be) to every
     /// other rank.
     fn fan_out(&mut self, data: &mut [f32], root: usize, wire: Precision) -> Result<(), CommError> {
@@ -856,86 +933,6 @@ impl MpiComm {
             self.finish_recvs(0, root, &pieces, data, true, Combine::Copy, wire)?;
         }
         self.drain_sends()
-    }
-
-    /// Small: the root sends to every rank. Large: chunks pass from `root` round the
-    /// ring; each rank forwards a chunk as soon as it has it, so the chunks travel
-    /// pipelined.
-    fn broadcast_with(&mut self, data: &mut [f32], root: usize) -> Result<(), CommError> {
-        let (n, me, total, f32) = (self.size, self.rank, data.len(), Precision::F32);
-        if Algorithm::pick(4 * total, n, self.config.thresholds) != Algorithm::Ring {
-            return self.fan_out(data, root, f32);
-        }
-        let (next, prev, ce) = (self.next_rank(), self.prev_rank(), self.chunk_elems);
-        let depth = self.config.pipeline_depth;
-        let all = 0..total;
-        let forwards = next != root;
-        let mut c = 0;
-        while let Some(range) = chunk(&all, ce, c) {
-            if me != root {
-                let len = range.len();
-                self.start_recv(c % depth, prev, len, Some((&mut *data, range.clone())))?;
-                self.finish_recv(c % depth, prev, len, None, Combine::Copy, f32)?;
-            }
-            if forwards {
-                self.start_send(c % depth, data, range, next, f32)?;
-            }
-            c += 1;
-        }
-        self.drain_sends()
-    }
-
-    fn native_all_reduce(&mut self, data: &mut [f32]) -> Result<(), CommError> {
-        for piece in data.chunks_mut(NATIVE_PIECE_ELEMS) {
-            let comm = self.data.0.as_raw();
-            let (send, recv) = &mut self.stage;
-            send.clear();
-            send.extend_from_slice(piece);
-            recv.resize(piece.len(), 0.0);
-            self.native.post(Kind::Collective, |raw| unsafe {
-                ffi::MPI_Iallreduce(
-                    send.as_ptr().cast(),
-                    recv.as_mut_ptr().cast(),
-                    piece.len() as c_int,
-                    f32_type(),
-                    ffi::RSMPI_SUM,
-                    comm,
-                    raw,
-                )
-            })?;
-            self.wait_native()?;
-            piece.copy_from_slice(&self.stage.1[..piece.len()]);
-        }
-        Ok(())
-    }
-
-    fn native_broadcast(&mut self, data: &mut [f32], root: usize) -> Result<(), CommError> {
-        for piece in data.chunks_mut(NATIVE_PIECE_ELEMS) {
-            let comm = self.data.0.as_raw();
-            let buf = &mut self.stage.0;
-            buf.clear();
-            buf.extend_from_slice(piece);
-            self.native.post(Kind::Collective, |raw| unsafe {
-                ffi::MPI_Ibcast(
-                    buf.as_mut_ptr().cast(),
-                    piece.len() as c_int,
-                    f32_type(),
-                    root as c_int,
-                    comm,
-                    raw,
-                )
-            })?;
-            self.wait_native()?;
-            piece.copy_from_slice(&self.stage.0[..piece.len()]);
-        }
-        Ok(())
-    }
-
-    fn wait_native(&mut self) -> Result<(), CommError> {
-        let mut req = std::mem::take(&mut self.native);
-        let waited = self.wait(&mut req, None);
-        self.native = req;
-        waited.map(drop)
     }
 }
 
@@ -968,7 +965,7 @@ impl Communicator for MpiComm {
 
     fn all_reduce_as(&mut self, data: &mut [f32], wire: Precision) -> Result<(), CommError> {
         match self.config.algorithm {
-            MpiAlgorithm::Ring => self.group_collective(|c| c.all_reduce_with(data, wire)),
+            MpiAlgorithm::Ring => self.group_collective(|c| c.all_reduce_by_size(data, wire)),
             MpiAlgorithm::Native if wire.is_reduced() => Err(CommError::InvalidArgument(format!(
                 "{wire} gradients need --mpi-algorithm ring: MPI_Allreduce sums whole f32 values"
             ))),
