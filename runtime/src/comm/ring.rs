@@ -414,6 +414,13 @@ impl RingComm {
             if let Some(c) = early.take() {
                 break c;
             }
+            // What the peer sent before the group failed is still this collective's: a
+            // collective whose messages have all arrived completes, and the failure
+            // stops the next one (a peer can fail while this one waited for its turn
+            // on a core, past the yielding above).
+            if let Ok(c) = rx.try_recv() {
+                break c;
+            }
             if let Some(e) = self.group.failure() {
                 return Err(e);
             }
