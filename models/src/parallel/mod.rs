@@ -548,9 +548,9 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
     /// One synchronous step over a global batch of `batch_len` rows, and its mean loss.
     ///
     /// The replica of rank `i` gets the contiguous shard `rows` of the batch (sizes differ
-    /// by at most one; a replica may get none when the batch is smaller than the group),
-    /// and
-    /// `loss(model, device, rows)` returns the mean loss of those rows on that replica.
+    /// by at most one, or follow [`DataParallelConfig::balance`]'s weights; a replica may
+    /// get none when the batch is smaller than the group), and `loss(model, device,
+    /// rows)` returns the mean loss of those rows on that replica.
     /// Shard losses are weighted by their share of the batch, so the averaged gradient is
     /// the gradient of the whole batch's mean loss, as on one device. Parameters that no
     /// replica's loss reached get no gradient, so the optimizer leaves them alone, as on
