@@ -1,10 +1,14 @@
 //! Collective communication between the replicas of a data-parallel run: the
-//! [`Communicator`] trait, and [`ring`], its in-process implementation, whose peers are
-//! threads of one process exchanging chunks over channels ([`star`], gather to one peer
-//! and send back, is the naive baseline benchmarks compare it with).
+//! [`Communicator`] trait (all-reduce, reduce, reduce-scatter, all-gather, broadcast,
+//! barrier), and [`ring`], its in-process implementation, whose peers are threads of one
+//! process exchanging chunks over channels; `mpi` across processes (feature `mpi`);
+//! [`hierarchical`] and [`hierarchical_rails`] over two levels. Which all-reduce
+//! algorithm runs (ring, tree, recursive doubling) depends on the message size, alike in
+//! every transport ([`Algorithm::pick`]). [`star`], gather to one peer and send back, is
+//! the naive baseline benchmarks compare with.
 //!
 //! A communicator works on host memory (`[f32]`): wgpu cannot copy between devices, so a
-//! GPU's gradients come through the host on their way round the ring.
+//! GPU's gradients come through the host on their way between replicas.
 
 mod blame;
 mod hierarchical;
