@@ -4,7 +4,7 @@
 //! [`Var::quantize`] (or [`Var::set_int8`], from a checkpoint) swaps a parameter's
 //! storage for the compact form in place, so a model built by its usual code runs on the
 //! compact weights with no change to that code: a linear layer's product runs on int8
-//! weights directly ([`Backend::linear_q8`](ringtrain_kernels::Backend::linear_q8)) when
+//! weights directly ([`Backend::linear_q8`]) when
 //! no gradient is being recorded, and every other op that takes a weight (a convolution,
 //! a `matmul`, a linear layer while training) widens it to a transient f32 copy first.
 //! An op that would write it (an optimizer's step) gets an error saying it is quantized;
