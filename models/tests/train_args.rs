@@ -261,3 +261,25 @@ fn bagging_flags_make_a_bag_and_bad_ones_are_refused() {
     assert!(parse(&["--bag-member", "0", "--checkpoint-dir", "x"]).is_err());
     assert!(parse(&["--bag", "2"]).is_err());
 }
+
+#[test]
+fn zero_and_balance_flags_reach_the_config() {
+    use ringtrain_models::parallel::Balance;
+    let c = parse(&["--zero", "1", "--balance", "auto:5"])
+        .unwrap()
+        .train
+        .config()
+        .unwrap();
+    assert_eq!((c.zero, c.balance), (1, Balance::Auto { steps: 5 }));
+    let c = parse(&["--balance", "3,1"])
+        .unwrap()
+        .train
+        .config()
+        .unwrap();
+    assert_eq!((c.zero, c.balance), (0, Balance::Weights(vec![3.0, 1.0])));
+    assert!(
+        parse(&["--zero", "2"]).is_err(),
+        "stages 2 and 3 are not built"
+    );
+    assert!(parse(&["--balance", "fast"]).is_err());
+}

@@ -36,25 +36,30 @@ impl Balance {
 
     pub(super) fn validate(&self, group: usize) -> Result<()> {
         match self {
-            Balance::Weights(w) if w.len() != group => Err(Error::InvalidArgument(format!(
-                "balance weights: {} given for a group of {group} replicas (one each, in \
-                 rank order)",
-                w.len()
-            ))),
-            Balance::Weights(w)
-                if w.iter().any(|x| !(x.is_finite() && *x >= 0.0))
-                    || w.iter().sum::<f64>() <= 0.0 =>
-            {
-                Err(Error::InvalidArgument(format!(
-                    "balance weights must be finite, >= 0 and not all 0: {w:?}"
-                )))
-            }
+            Balance::Weights(w) => check_weights(w, group),
             Balance::Auto { steps: 0 } => Err(Error::InvalidArgument(
                 "auto-balancing needs at least one timed step".into(),
             )),
             _ => Ok(()),
         }
     }
+}
+
+/// One weight per replica of a group of `group`, finite, >= 0 and not all 0.
+pub(super) fn check_weights(w: &[f64], group: usize) -> Result<()> {
+    if w.len() != group {
+        return Err(Error::InvalidArgument(format!(
+            "balance weights: {} given for a group of {group} replicas (one each, in rank \
+             order)",
+            w.len()
+        )));
+    }
+    if w.iter().any(|x| !(x.is_finite() && *x >= 0.0)) || w.iter().sum::<f64>() <= 0.0 {
+        return Err(Error::InvalidArgument(format!(
+            "balance weights must be finite, >= 0 and not all 0: {w:?}"
+        )));
+    }
+    Ok(())
 }
 
 /// `equal`, `auto`, `auto:N` (N timed steps) or weights `W1,W2,...`.

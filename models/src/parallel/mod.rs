@@ -701,12 +701,8 @@ impl<M: Module + Send, O: Optimizer + Send> DataParallel<M, O> {
     /// [`DataParallel::balance_weights`] gave them: a resumed run takes up the
     /// calibrated balance of the run it continues, instead of timing again.
     pub fn set_balance_weights(&mut self, weights: Vec<f64>) -> Result<()> {
-        let balance = Balance::Weights(weights);
-        balance.validate(self.group_size())?;
-        let Balance::Weights(w) = balance else {
-            unreachable!("built above")
-        };
-        self.weights = Some(w);
+        balance::check_weights(&weights, self.group_size())?;
+        self.weights = Some(weights);
         if self.calibration.is_some() {
             self.calibration = Some(Calibration::Done);
         }

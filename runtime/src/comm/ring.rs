@@ -170,8 +170,9 @@ pub struct RingComm {
     /// Payload bytes sent, and where a compressed chunk is decoded.
     sent: Cell<u64>,
     scratch: RefCell<Vec<f32>>,
-    /// Where the small-message algorithms sum.
+    /// Where the small-message algorithms sum, and what their fan-outs send.
     acc: Vec<f32>,
+    shared: Arc<Vec<f32>>,
 }
 
 /// `size` connected peers with the default [`RingConfig`]; give one to each thread.
@@ -227,6 +228,7 @@ pub fn ring_with(size: usize, config: RingConfig) -> Result<Vec<RingComm>, CommE
             sent: Cell::new(0),
             scratch: RefCell::new(Vec::new()),
             acc: Vec::new(),
+            shared: Arc::new(Vec::new()),
         })
         .collect())
 }
@@ -329,6 +331,18 @@ impl RingComm {
         };
         wire::encode(wire, values, &mut data);
         self.push(to, total, wire, Payload::Owned(data))
+    }
+
+    /// `data` in `wire`'s format, in the buffer this peer's fan-outs share with their
+    /// receivers: reused once every receiver has read it (they drop their handles as
+    /// they do), a fresh one while one still holds it.
+    fn encode_shared(&mut self, data: &[f32], wire: Precision) -> Arc<Vec<f32>> {
+        if Arc::get_mut(&mut self.shared).is_none() {
+            self.shared = Arc::new(Vec::new());
+        }
+        let words = Arc::get_mut(&mut self.shared).expect("a buffer no receiver holds");
+        wire::encode(wire, data, words);
+        self.shared.clone()
     }
 
     /// Sends `words` (already in `wire`'s format) to peer `to`, shared with whoever
@@ -584,9 +598,7 @@ impl Algorithms for RingComm {
         let (n, me, total) = (self.size, self.rank, data.len());
         // Every peer sums the values the others receive: its own rounded to the wire.
         wire::round(wire, data);
-        let mut words = Vec::new();
-        wire::encode(wire, data, &mut words);
-        let words = Arc::new(words);
+        let words = self.encode_shared(data, wire);
         for q in (0..n).filter(|&q| q != me && root.is_none_or(|r| r == q)) {
             self.send_shared(q, total, &words, wire)?;
         }
@@ -645,7 +657,7 @@ impl Algorithms for RingComm {
             }
             None => {}
         }
-        for &peer in &plan.partners {
+        for peer in plan.partners() {
             exchange(self, peer, data)?;
         }
         if let Some((q, false)) = plan.fold {
@@ -659,9 +671,7 @@ impl Algorithms for RingComm {
     fn fan_out(&mut self, data: &mut [f32], root: usize, wire: Precision) -> Result<(), CommError> {
         let total = data.len();
         if self.rank == root {
-            let mut words = Vec::new();
-            wire::encode(wire, data, &mut words);
-            let words = Arc::new(words);
+            let words = self.encode_shared(data, wire);
             for q in (0..self.size).filter(|&q| q != root) {
                 self.send_shared(q, total, &words, wire)?;
             }

@@ -30,17 +30,19 @@ use std::ops::Range;
 
 /// Which part of a `len`-element buffer is segment `i` of `n`.
 pub(super) fn segment(len: usize, n: usize, i: usize) -> Range<usize> {
-    let at = |i: usize| ((i as u128 * len as u128) / n as u128) as usize;
-    at(i)..at(i + 1)
+    cut(len, n, i)..cut(len, n, i + 1)
+}
+
+/// Where segment `i` of `n` of a `len`-element buffer starts.
+fn cut(len: usize, n: usize, i: usize) -> usize {
+    ((i as u128 * len as u128) / n.max(1) as u128) as usize
 }
 
 /// The even cut of `len` elements into `n` parts (sizes differing by at most one), as
 /// the `n + 1` offsets [`Communicator::reduce_scatter`](super::Communicator::reduce_scatter)
 /// and `all_gather` take.
 pub fn even_parts(len: usize, n: usize) -> Vec<usize> {
-    (0..=n)
-        .map(|i| ((i as u128 * len as u128) / n.max(1) as u128) as usize)
-        .collect()
+    (0..=n).map(|i| cut(len, n, i)).collect()
 }
 
 /// Checks that `parts` cuts a buffer of `len` elements into one part per peer of `n`:
@@ -206,8 +208,27 @@ pub(super) struct Doubling {
     /// rounds, and whether this one sits out (hands its buffer over and waits for the
     /// result) or stays in.
     pub fold: Option<(usize, bool)>,
+    /// This peer's rank among the `2^rounds` that take part in the rounds (none for a
+    /// peer that sits out), and how many peers fold in before them.
+    virtual_rank: Option<usize>,
+    rounds: u32,
+    extra: usize,
+}
+
+impl Doubling {
     /// The partner of each round (none for a peer that sits out).
-    pub partners: Vec<usize>,
+    pub fn partners(&self) -> impl Iterator<Item = usize> + '_ {
+        let real = |v: usize| {
+            if v < self.extra {
+                2 * v + 1
+            } else {
+                v + self.extra
+            }
+        };
+        self.virtual_rank
+            .into_iter()
+            .flat_map(move |v| (0..self.rounds).map(move |bit| real(v ^ (1 << bit))))
+    }
 }
 
 pub(super) fn doubling(n: usize, r: usize) -> Doubling {
@@ -217,7 +238,6 @@ pub(super) fn doubling(n: usize, r: usize) -> Doubling {
         n.next_power_of_two() / 2
     };
     let extra = n - p;
-    let real = |v: usize| if v < extra { 2 * v + 1 } else { v + extra };
     let (fold, virtual_rank) = if r < 2 * extra {
         if r.is_multiple_of(2) {
             (Some((r + 1, true)), None)
@@ -227,13 +247,12 @@ pub(super) fn doubling(n: usize, r: usize) -> Doubling {
     } else {
         (None, Some(r - extra))
     };
-    let partners = match virtual_rank {
-        None => Vec::new(),
-        Some(v) => (0..p.trailing_zeros())
-            .map(|bit| real(v ^ (1 << bit)))
-            .collect(),
-    };
-    Doubling { fold, partners }
+    Doubling {
+        fold,
+        virtual_rank,
+        rounds: p.trailing_zeros(),
+        extra,
+    }
 }
 
 /// What a peer does with a received chunk.
@@ -403,7 +422,7 @@ mod tests {
                 if let Some((q, sits_out)) = p.fold {
                     assert_eq!(plans[q].fold, Some((r, !sits_out)), "n {n}");
                     if sits_out {
-                        assert!(p.partners.is_empty());
+                        assert!(p.partners().next().is_none());
                     }
                 }
             }
@@ -412,12 +431,12 @@ mod tests {
                     vals[r] |= vals[q];
                 }
             }
-            let rounds = plans.iter().map(|p| p.partners.len()).max().unwrap();
+            let rounds = plans.iter().map(|p| p.partners().count()).max().unwrap();
             for k in 0..rounds {
                 let before = vals.clone();
                 for r in 0..n {
-                    if let Some(&q) = plans[r].partners.get(k) {
-                        assert_eq!(plans[q].partners[k], r, "n {n} round {k}");
+                    if let Some(q) = plans[r].partners().nth(k) {
+                        assert_eq!(plans[q].partners().nth(k), Some(r), "n {n} round {k}");
                         vals[r] = before[r] | before[q];
                     }
                 }

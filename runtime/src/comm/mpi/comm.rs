@@ -916,7 +916,7 @@ impl Algorithms for MpiComm {
             }
             None => {}
         }
-        for &peer in &plan.partners {
+        for peer in plan.partners() {
             exchange(self, peer, data)?;
         }
         if let Some((q, false)) = plan.fold {
