@@ -42,7 +42,8 @@ struct Args {
     /// bytes), summed in f32, beside the f32 ring.
     #[arg(long)]
     compression: Option<Precision>,
-    /// Run this all-reduce algorithm at every size (direct, doubling or ring) instead
+    /// Run this all-reduce algorithm at every size (direct, tree, doubling, halving or
+    /// ring; halving only on a power-of-two group, the ring elsewhere) instead
     /// of switching at the default thresholds: how the thresholds are chosen.
     #[arg(long)]
     algorithm: Option<Algorithm>,

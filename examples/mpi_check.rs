@@ -300,6 +300,7 @@ fn check_collectives(args: &Args, cluster: &Cluster) -> ringtrain::Result<()> {
     let (p, r) = (cluster.processes, cluster.rank);
     let ours = [
         Algorithm::Ring,
+        Algorithm::Halving,
         Algorithm::Doubling,
         Algorithm::Tree,
         Algorithm::Direct,

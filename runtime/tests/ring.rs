@@ -25,8 +25,10 @@ fn with_algorithm(algorithm: Algorithm) -> RingConfig {
     }
 }
 
-const ALGORITHMS: [Algorithm; 4] = [
+/// Halving runs on the groups of 2 and 4 (the ring on the others).
+const ALGORITHMS: [Algorithm; 5] = [
     Algorithm::Ring,
+    Algorithm::Halving,
     Algorithm::Doubling,
     Algorithm::Tree,
     Algorithm::Direct,
@@ -153,10 +155,11 @@ fn repeated_collectives_on_one_ring() {
             direct_below: 4 * 13,
             tree_below: 4 * 17,
             doubling_below: 4 * 22,
+            halving_below: 4 * 26,
         },
         ..small_chunks()
     };
-    let peers = ring_with(3, config).unwrap();
+    let peers = ring_with(4, config).unwrap();
     let out = on_every_peer(peers, |mut p| {
         let mut results = Vec::new();
         for round in 0..20 {
@@ -168,7 +171,7 @@ fn repeated_collectives_on_one_ring() {
         results
     });
     for r in &out {
-        let want: Vec<f32> = (0..20).map(|round| (3 * round + 3) as f32).collect();
+        let want: Vec<f32> = (0..20).map(|round| (4 * round + 6) as f32).collect();
         assert_eq!(r, &want);
     }
 }

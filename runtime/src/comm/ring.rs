@@ -477,13 +477,12 @@ impl RingComm {
     /// receive chunk `c` of the incoming one (the link's queue lets sends run ahead).
     fn ring_step(&self, data: &mut [f32], step: &Step, wire: Precision) -> Result<(), CommError> {
         let (total, ce) = (data.len(), self.chunk_elems);
-        let (next, prev) = (self.next_rank(), self.prev_rank());
         for c in 0..chunks_in(step, ce) {
             if let Some(out) = chunk(&step.out, ce, c) {
-                self.send(next, total, &data[out], wire)?;
+                self.send(step.to, total, &data[out], wire)?;
             }
             if let Some(inc) = chunk(&step.inc, ce, c) {
-                self.recv(prev, total, &mut data[inc], step.combine, wire)?;
+                self.recv(step.from, total, &mut data[inc], step.combine, wire)?;
             }
         }
         Ok(())
@@ -492,20 +491,20 @@ impl RingComm {
     fn reduce_scatter_with(&mut self, data: &mut [f32], parts: &[usize]) -> Result<(), CommError> {
         let (n, r) = (self.size, self.rank);
         let steps = reduce_scatter_steps(n, r, |j| part_segment(parts, j));
-        self.ring_steps(data, &steps, Precision::F32)
+        self.run_steps(data, &steps, Precision::F32)
     }
 
     fn all_gather_with(&mut self, data: &mut [f32], parts: &[usize]) -> Result<(), CommError> {
         let (n, r) = (self.size, self.rank);
         let steps = all_gather_steps(n, r, |j| part_segment(parts, j));
-        self.ring_steps(data, &steps, Precision::F32)
+        self.run_steps(data, &steps, Precision::F32)
     }
 
     /// Small: straight to the root. Large: a ring reduce-scatter, then every peer sends
     /// its finished part to the root.
     fn reduce_with(&mut self, data: &mut [f32], root: usize) -> Result<(), CommError> {
         let (n, total) = (self.size, data.len());
-        if Algorithm::pick(4 * total, n, self.config.thresholds) != Algorithm::Ring {
+        if Algorithm::pick(4 * total, n, self.config.thresholds).is_latency_bound() {
             return self.direct(data, Precision::F32, Some(root));
         }
         let parts = even_parts(total, n);
@@ -536,7 +535,7 @@ impl RingComm {
     fn broadcast_with(&mut self, data: &mut [f32], root: usize) -> Result<(), CommError> {
         let total = data.len();
         let f32 = Precision::F32;
-        if Algorithm::pick(4 * total, self.size, self.config.thresholds) != Algorithm::Ring {
+        if Algorithm::pick(4 * total, self.size, self.config.thresholds).is_latency_bound() {
             return self.fan_out(data, root, f32);
         }
         let forwards = self.next_rank() != root;
@@ -568,7 +567,7 @@ impl Algorithms for RingComm {
         self.config.thresholds
     }
 
-    fn ring_steps(
+    fn run_steps(
         &mut self,
         data: &mut [f32],
         steps: &[Step],

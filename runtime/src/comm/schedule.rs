@@ -3,7 +3,7 @@
 //! order values are summed. The same schedule everywhere means the same summation
 //! order, so a group over MPI gives the bits a group of threads of the same size gives.
 //!
-//! Four all-reduce algorithms, picked by message size ([`Algorithm::pick`]):
+//! Five all-reduce algorithms, picked by message size ([`Algorithm::pick`]):
 //!
 //! - **Direct** (small messages): every peer sends its whole buffer to every other peer
 //!   and sums the `n` buffers itself, in rank order `x0 + x1 + ... + x(n-1)`. One hop of
@@ -17,10 +17,17 @@
 //!   `2 (n - p)` peers (`p` the largest power of two below `n`) pair up first: the even
 //!   one hands its buffer to the odd one, which sums `x(2i) + x(2i+1)`, takes part in
 //!   the rounds, and hands the result back. The sum is a fixed balanced tree.
+//! - **Halving** (Rabenseifner's, medium, groups of a power of two): a reduce-scatter by
+//!   recursive halving (in round `k` peers whose ranks differ in bit `log2 n - 1 - k`
+//!   swap halves of the block they still share, each keeping the half its bit names and
+//!   adding the partner's partial sum into it), then an all-gather by recursive doubling
+//!   back up. The ring's bytes (`2 (n - 1) / n` of the buffer per peer) in `2 log2 n`
+//!   steps instead of `2 (n - 1)`; each segment is summed by one peer, as a balanced
+//!   tree over the ranks.
 //! - **Ring** (large): reduce-scatter then all-gather, `2 (n - 1)` steps of `1 / n` of
 //!   the buffer each; segment `j` is summed in ring order `x[j] + x[j+1] + ...`.
 //!
-//! All three leave every peer with the same bits, but not the same bits as each other:
+//! All of them leave every peer with the same bits, but not the same bits as each other:
 //! each sums in its own order, so a buffer whose size crosses a threshold rounds
 //! differently (well within f32's rounding of the sum, and never between peers).
 
@@ -68,6 +75,7 @@ pub enum Algorithm {
     Direct,
     Tree,
     Doubling,
+    Halving,
     Ring,
 }
 
@@ -75,41 +83,49 @@ pub enum Algorithm {
 /// Below `direct_below`, the direct algorithm; below both the tree's and doubling's
 /// bounds, whichever of the two takes fewer hops in the group (doubling in a group of
 /// two, where it is one exchange; the tree's two hops otherwise); below one of them,
-/// that one; the ring above.
+/// that one; then, below `halving_below` and in a group whose size is a power of two,
+/// recursive halving; the ring above.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Thresholds {
     pub direct_below: usize,
     pub tree_below: usize,
     pub doubling_below: usize,
+    pub halving_below: usize,
 }
 
 /// Where groups switch algorithm, in process and over MPI alike (so that both give the
 /// same bits), from `allreduce --algorithm` on a 2-vCPU Zen 4 VM (docs/BENCHMARKS.md):
 /// the tree (doubling for two peers) is ahead of the ring up to 64 KiB on 2-8 threads
-/// and on 2-4 processes, the ring from 256 KiB; the direct exchange was never ahead.
+/// and on 2-4 processes; halving from 128 KiB to 512 KiB on 4 and 8 threads and on 4
+/// processes (on 2 it moves what the ring moves); the ring from 1 MiB, where halving
+/// fell behind it on 8 threads. The direct exchange was never ahead.
 impl Default for Thresholds {
     fn default() -> Self {
         Self {
             direct_below: 0,
             tree_below: 128 << 10,
             doubling_below: 128 << 10,
+            halving_below: 1 << 20,
         }
     }
 }
 
 impl Thresholds {
     /// Thresholds under which every all-reduce runs `algorithm`, for tests and
-    /// benchmarks that compare the algorithms.
+    /// benchmarks that compare the algorithms (halving only where the group's size is a
+    /// power of two; the ring elsewhere).
     pub fn only(algorithm: Algorithm) -> Thresholds {
         let mut t = Thresholds {
             direct_below: 0,
             tree_below: 0,
             doubling_below: 0,
+            halving_below: 0,
         };
         match algorithm {
             Algorithm::Direct => t.direct_below = usize::MAX,
             Algorithm::Tree => t.tree_below = usize::MAX,
             Algorithm::Doubling => t.doubling_below = usize::MAX,
+            Algorithm::Halving => t.halving_below = usize::MAX,
             Algorithm::Ring => {}
         }
         t
@@ -123,9 +139,10 @@ impl std::str::FromStr for Algorithm {
             "direct" => Ok(Self::Direct),
             "tree" => Ok(Self::Tree),
             "doubling" => Ok(Self::Doubling),
+            "halving" => Ok(Self::Halving),
             "ring" => Ok(Self::Ring),
             _ => Err(format!(
-                "unknown algorithm `{s}` (direct, tree, doubling or ring)"
+                "unknown algorithm `{s}` (direct, tree, doubling, halving or ring)"
             )),
         }
     }
@@ -134,6 +151,15 @@ impl std::str::FromStr for Algorithm {
 impl Algorithm {
     /// What a group of `n` runs on `bytes` of payload. Depends only on the size, the
     /// group and the thresholds, which every peer shares, so all peers pick alike.
+    /// Whether this is one of the small-message algorithms, which move whole buffers
+    /// in few hops; a reduce or broadcast of that size goes straight to or from its root.
+    pub fn is_latency_bound(self) -> bool {
+        matches!(
+            self,
+            Algorithm::Direct | Algorithm::Tree | Algorithm::Doubling
+        )
+    }
+
     pub fn pick(bytes: usize, n: usize, t: Thresholds) -> Algorithm {
         let (tree, doubles) = (bytes < t.tree_below, bytes < t.doubling_below);
         if n <= 1 {
@@ -144,6 +170,8 @@ impl Algorithm {
             Algorithm::Doubling
         } else if tree {
             Algorithm::Tree
+        } else if bytes < t.halving_below && n.is_power_of_two() {
+            Algorithm::Halving
         } else {
             Algorithm::Ring
         }
@@ -167,7 +195,9 @@ pub(super) trait Algorithms {
     /// `root`'s buffer (values already in `wire`'s format) to every other peer.
     fn fan_out(&mut self, data: &mut [f32], root: usize, wire: Precision) -> Result<(), CommError>;
     fn doubling(&mut self, data: &mut [f32], wire: Precision) -> Result<(), CommError>;
-    fn ring_steps(
+    /// Runs a collective's [`Step`]s in order; the first step that copies rather than
+    /// adds starts the gather, whose first outgoing range is this peer's finished sum.
+    fn run_steps(
         &mut self,
         data: &mut [f32],
         steps: &[Step],
@@ -185,7 +215,8 @@ pub(super) trait Algorithms {
                 self.fan_out(data, 0, wire)
             }
             Algorithm::Doubling => self.doubling(data, wire),
-            Algorithm::Ring => self.ring_steps(data, &all_reduce_steps(data.len(), n, r), wire),
+            Algorithm::Halving => self.run_steps(data, &halving_steps(data.len(), n, r), wire),
+            Algorithm::Ring => self.run_steps(data, &all_reduce_steps(data.len(), n, r), wire),
         }
     }
 }
@@ -218,16 +249,18 @@ pub(super) struct Doubling {
 impl Doubling {
     /// The partner of each round (none for a peer that sits out).
     pub fn partners(&self) -> impl Iterator<Item = usize> + '_ {
-        let real = |v: usize| {
-            if v < self.extra {
-                2 * v + 1
-            } else {
-                v + self.extra
-            }
-        };
         self.virtual_rank
             .into_iter()
-            .flat_map(move |v| (0..self.rounds).map(move |bit| real(v ^ (1 << bit))))
+            .flat_map(move |v| (0..self.rounds).map(move |bit| self.real(v ^ (1 << bit))))
+    }
+
+    /// The rank of the peer that takes part in the rounds as `v`.
+    fn real(&self, v: usize) -> usize {
+        if v < self.extra {
+            2 * v + 1
+        } else {
+            v + self.extra
+        }
     }
 }
 
@@ -262,10 +295,12 @@ pub(super) enum Combine {
     Copy,
 }
 
-/// One step of a ring collective: send `out` to the successor while receiving `inc` from
-/// the predecessor, combining it into place.
+/// One step of a collective: send `out` to peer `to` while receiving `inc` from peer
+/// `from`, combining it into place. `out` and `inc` never overlap; either may be empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Step {
+    pub to: usize,
+    pub from: usize,
     pub out: Range<usize>,
     pub inc: Range<usize>,
     pub combine: Combine,
@@ -281,6 +316,8 @@ pub(super) fn reduce_scatter_steps(
 ) -> Vec<Step> {
     (0..n.saturating_sub(1))
         .map(|s| Step {
+            to: (r + 1) % n,
+            from: (r + n - 1) % n,
             out: seg((r + n - s) % n),
             inc: seg((r + 2 * n - s - 1) % n),
             combine: Combine::Add,
@@ -297,6 +334,8 @@ pub(super) fn all_gather_steps(
 ) -> Vec<Step> {
     (0..n.saturating_sub(1))
         .map(|s| Step {
+            to: (r + 1) % n,
+            from: (r + n - 1) % n,
             out: seg((r + 1 + n - s) % n),
             inc: seg((r + n - s) % n),
             combine: Combine::Copy,
@@ -311,6 +350,46 @@ pub(super) fn all_reduce_steps(len: usize, n: usize, r: usize) -> Vec<Step> {
     let mut steps = reduce_scatter_steps(n, r, seg);
     steps.extend(all_gather_steps(n, r, seg));
     steps
+}
+
+/// The `2 log2 n` steps of peer `r`'s all-reduce of `len` elements by recursive halving
+/// then doubling (Rabenseifner's), for `n` a power of two. The buffer is cut into `n`
+/// even segments; peer `r` ends the halving holding the sum of segment `r`.
+pub(super) fn halving_steps(len: usize, n: usize, r: usize) -> Vec<Step> {
+    debug_assert!(
+        n.is_power_of_two() && r < n,
+        "halving needs a power-of-two group"
+    );
+    let seg = |(a, b): (usize, usize)| cut(len, n, a)..cut(len, n, b);
+    let (mut scatter, mut gather) = (Vec::new(), Vec::new());
+    // The segments `lo..hi` this peer still shares with its partners.
+    let (mut lo, mut hi) = (0, n);
+    for bit in (0..n.trailing_zeros()).rev() {
+        let partner = r ^ (1 << bit);
+        let mid = (lo + hi) / 2;
+        let (keep, give) = if r & (1 << bit) == 0 {
+            ((lo, mid), (mid, hi))
+        } else {
+            ((mid, hi), (lo, mid))
+        };
+        scatter.push(Step {
+            to: partner,
+            from: partner,
+            out: seg(give),
+            inc: seg(keep),
+            combine: Combine::Add,
+        });
+        gather.push(Step {
+            to: partner,
+            from: partner,
+            out: seg(keep),
+            inc: seg(give),
+            combine: Combine::Copy,
+        });
+        (lo, hi) = keep;
+    }
+    scatter.extend(gather.into_iter().rev());
+    scatter
 }
 
 /// Ring segment `j` when the buffer is cut into `parts` (one per peer): part
@@ -339,25 +418,46 @@ pub(super) fn chunks_in(step: &Step, chunk: usize) -> usize {
 mod tests {
     use super::*;
 
-    /// Runs a ring schedule on `n` peers with exact integer "floats".
+    /// Runs each peer's steps on exact integer "floats", as the transports do: a send
+    /// never waits, a receive waits for the message from its peer, messages between two
+    /// peers arrive in order. Fails on a mismatched length or a deadlock.
     fn simulate(bufs: &mut [Vec<f64>], steps: &[Vec<Step>]) {
+        use std::collections::{HashMap, VecDeque};
         let n = bufs.len();
-        for s in 0..steps[0].len() {
-            let sent: Vec<Vec<f64>> = (0..n)
-                .map(|r| bufs[r][steps[r][s].out.clone()].to_vec())
-                .collect();
+        let mut queues: HashMap<(usize, usize), VecDeque<Vec<f64>>> = HashMap::new();
+        let (mut at, mut sent) = (vec![0; n], vec![false; n]);
+        while (0..n).any(|r| at[r] < steps[r].len()) {
+            let mut progress = false;
             for r in 0..n {
-                let prev = (r + n - 1) % n;
-                let st = &steps[r][s];
-                assert_eq!(st.inc.len(), sent[prev].len());
-                for (d, x) in bufs[r][st.inc.clone()].iter_mut().zip(&sent[prev]) {
-                    match st.combine {
-                        Combine::Add => *d += x,
-                        Combine::Copy => *d = *x,
+                if at[r] == steps[r].len() {
+                    continue;
+                }
+                let st = &steps[r][at[r]];
+                if !sent[r] && !st.out.is_empty() {
+                    let msg = bufs[r][st.out.clone()].to_vec();
+                    queues.entry((r, st.to)).or_default().push_back(msg);
+                }
+                sent[r] = true;
+                if !st.inc.is_empty() {
+                    let Some(msg) = queues.entry((st.from, r)).or_default().pop_front() else {
+                        continue;
+                    };
+                    assert_eq!(st.inc.len(), msg.len(), "peer {r} step {}", at[r]);
+                    for (d, x) in bufs[r][st.inc.clone()].iter_mut().zip(&msg) {
+                        match st.combine {
+                            Combine::Add => *d += x,
+                            Combine::Copy => *d = *x,
+                        }
                     }
                 }
+                (at[r], sent[r], progress) = (at[r] + 1, false, true);
             }
+            assert!(progress, "deadlock at steps {at:?}");
         }
+        assert!(
+            queues.values().all(|q| q.is_empty()),
+            "messages never received"
+        );
     }
 
     fn inputs(n: usize, len: usize) -> Vec<Vec<f64>> {
@@ -384,6 +484,26 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn halving_sums_every_segment_in_2_log_n_steps() {
+        for n in [1, 2, 4, 8, 16] {
+            for len in [0, 1, 5, 17, 64] {
+                let mut bufs = inputs(n, len);
+                let steps: Vec<_> = (0..n).map(|r| halving_steps(len, n, r)).collect();
+                for s in &steps {
+                    assert_eq!(s.len(), 2 * n.trailing_zeros() as usize);
+                }
+                simulate(&mut bufs, &steps);
+                for b in &bufs {
+                    assert_eq!(b, &sums(n, len), "n {n} len {len}");
+                }
+            }
+        }
+        // The ring's bytes: each peer sends (n - 1) / n of the buffer twice.
+        let sent: usize = halving_steps(1024, 8, 3).iter().map(|s| s.out.len()).sum();
+        assert_eq!(sent, 2 * 1024 * 7 / 8);
     }
 
     #[test]
@@ -456,22 +576,32 @@ mod tests {
             direct_below: 100,
             tree_below: 500,
             doubling_below: 1000,
+            halving_below: 2000,
         };
         assert_eq!(Algorithm::pick(99, 4, t), Algorithm::Direct);
         // Both apply: doubling where it is one exchange, the tree's two hops elsewhere.
         assert_eq!(Algorithm::pick(100, 4, t), Algorithm::Tree);
         assert_eq!(Algorithm::pick(100, 2, t), Algorithm::Doubling);
         assert_eq!(Algorithm::pick(500, 4, t), Algorithm::Doubling);
-        assert_eq!(Algorithm::pick(1000, 4, t), Algorithm::Ring);
+        assert_eq!(Algorithm::pick(1000, 4, t), Algorithm::Halving);
+        // Halving only where the group's size is a power of two.
+        assert_eq!(Algorithm::pick(1000, 6, t), Algorithm::Ring);
+        assert_eq!(Algorithm::pick(2000, 4, t), Algorithm::Ring);
         assert_eq!(Algorithm::pick(4, 1, t), Algorithm::Ring);
         for a in [
             Algorithm::Direct,
             Algorithm::Tree,
             Algorithm::Doubling,
+            Algorithm::Halving,
             Algorithm::Ring,
         ] {
-            for n in 2..9 {
-                assert_eq!(Algorithm::pick(12345, n, Thresholds::only(a)), a);
+            for n in 2..9usize {
+                let want = if a == Algorithm::Halving && !n.is_power_of_two() {
+                    Algorithm::Ring
+                } else {
+                    a
+                };
+                assert_eq!(Algorithm::pick(12345, n, Thresholds::only(a)), want);
             }
         }
         assert_eq!(

@@ -581,7 +581,7 @@ impl MpiComm {
         step: &Step,
         wire: Precision,
     ) -> Result<(), CommError> {
-        let (next, prev, ce) = (self.next_rank(), self.prev_rank(), self.chunk_elems);
+        let (next, prev, ce) = (step.to, step.from, self.chunk_elems);
         let depth = self.config.pipeline_depth;
         let n = chunks_in(step, ce);
         let direct = step.combine == Combine::Copy && !wire.is_reduced();
@@ -693,12 +693,12 @@ impl MpiComm {
     /// its finished part to the root.
     fn reduce_with(&mut self, data: &mut [f32], root: usize) -> Result<(), CommError> {
         let (n, total) = (self.size, data.len());
-        if Algorithm::pick(4 * total, n, self.config.thresholds) != Algorithm::Ring {
+        if Algorithm::pick(4 * total, n, self.config.thresholds).is_latency_bound() {
             return self.direct(data, Precision::F32, Some(root));
         }
         let parts = even_parts(total, n);
         let seg = |j| part_segment(&parts, j);
-        self.ring_steps(
+        self.run_steps(
             data,
             &reduce_scatter_steps(n, self.rank, seg),
             Precision::F32,
@@ -732,7 +732,7 @@ impl MpiComm {
     /// pipelined.
     fn broadcast_with(&mut self, data: &mut [f32], root: usize) -> Result<(), CommError> {
         let (n, me, total, f32) = (self.size, self.rank, data.len(), Precision::F32);
-        if Algorithm::pick(4 * total, n, self.config.thresholds) != Algorithm::Ring {
+        if Algorithm::pick(4 * total, n, self.config.thresholds).is_latency_bound() {
             return self.fan_out(data, root, f32);
         }
         let (next, prev, ce) = (self.next_rank(), self.prev_rank(), self.chunk_elems);
@@ -817,7 +817,7 @@ impl Algorithms for MpiComm {
         self.config.thresholds
     }
 
-    fn ring_steps(
+    fn run_steps(
         &mut self,
         data: &mut [f32],
         steps: &[Step],
@@ -997,7 +997,7 @@ impl Communicator for MpiComm {
         match self.config.algorithm {
             MpiAlgorithm::Ring => self.group_collective(|c| {
                 let steps = reduce_scatter_steps(n, r, |j| part_segment(parts, j));
-                c.ring_steps(data, &steps, Precision::F32)
+                c.run_steps(data, &steps, Precision::F32)
             }),
             MpiAlgorithm::Native => self.group_collective(|c| c.native_all_reduce(data)),
         }
@@ -1010,7 +1010,7 @@ impl Communicator for MpiComm {
         match self.config.algorithm {
             MpiAlgorithm::Ring => self.group_collective(|c| {
                 let steps = all_gather_steps(n, r, |j| part_segment(parts, j));
-                c.ring_steps(data, &steps, Precision::F32)
+                c.run_steps(data, &steps, Precision::F32)
             }),
             MpiAlgorithm::Native => {
                 data[..parts[r]].fill(0.0);
