@@ -618,12 +618,11 @@ impl MpiComm {
     /// [`MpiConfig::eager_bytes`], so that MPI sends it eagerly (a larger message waits
     /// for the receiver's handshake and a copy across processes, several microseconds
     /// where the whole all-reduce takes two).
-    fn pieces(&self, len: usize) -> Vec<Range<usize>> {
-        let per = (self.config.eager_bytes / 4).max(1);
-        let all = 0..len;
-        (0..len.div_ceil(per).max(1))
-            .map(|c| chunk(&all, per, c).unwrap_or(0..0))
-            .collect()
+    fn pieces(&self, len: usize) -> Pieces {
+        Pieces {
+            len,
+            per: (self.config.eager_bytes / 4).max(1),
+        }
     }
 
     /// Makes sure there are at least `n` slots of operations.
@@ -643,7 +642,7 @@ impl MpiComm {
         &mut self,
         base: usize,
         peer: usize,
-        pieces: &[Range<usize>],
+        pieces: Pieces,
         wire: Precision,
     ) -> Result<(), CommError> {
         for (i, piece) in pieces.iter().enumerate() {
@@ -658,11 +657,11 @@ impl MpiComm {
         base: usize,
         data: &[f32],
         peer: usize,
-        pieces: &[Range<usize>],
+        pieces: Pieces,
         wire: Precision,
     ) -> Result<(), CommError> {
         for (i, piece) in pieces.iter().enumerate() {
-            self.start_send(base + i, data, piece.clone(), peer, wire)?;
+            self.start_send(base + i, data, piece, peer, wire)?;
         }
         Ok(())
     }
@@ -674,7 +673,7 @@ impl MpiComm {
         &mut self,
         base: usize,
         peer: usize,
-        pieces: &[Range<usize>],
+        pieces: Pieces,
         dst: &mut [f32],
         callers: bool,
         combine: Combine,
@@ -683,7 +682,7 @@ impl MpiComm {
         for (i, piece) in pieces.iter().enumerate() {
             let words = wire::words(wire, piece.len());
             let guard = callers.then(|| piece.clone());
-            let into = Some((&mut dst[piece.clone()], guard));
+            let into = Some((&mut dst[piece], guard));
             self.finish_recv(base + i, peer, words, into, combine, wire)?;
         }
         Ok(())
@@ -808,6 +807,25 @@ impl MpiComm {
     }
 }
 
+/// A message of `len` values cut into pieces of at most `per` values; an empty message
+/// is one empty piece, so that peers still exchange it.
+#[derive(Clone, Copy)]
+struct Pieces {
+    len: usize,
+    per: usize,
+}
+
+impl Pieces {
+    fn count(self) -> usize {
+        self.len.div_ceil(self.per).max(1)
+    }
+
+    fn iter(self) -> impl Iterator<Item = Range<usize>> {
+        let all = 0..self.len;
+        (0..self.count()).map(move |c| chunk(&all, self.per, c).unwrap_or(0..0))
+    }
+}
+
 impl Algorithms for MpiComm {
     fn size_rank(&self) -> (usize, usize) {
         (self.size, self.rank)
@@ -847,7 +865,7 @@ impl Algorithms for MpiComm {
     ) -> Result<(), CommError> {
         let (n, me, total) = (self.size, self.rank, data.len());
         let pieces = self.pieces(total);
-        let np = pieces.len();
+        let np = pieces.count();
         self.ensure_slots((n - 1) * np);
         wire::round(wire, data);
         let sums = root.is_none_or(|r| r == me);
@@ -855,11 +873,11 @@ impl Algorithms for MpiComm {
         let base = |q: usize| np * if q < me { q } else { q - 1 };
         if sums {
             for q in (0..n).filter(|&q| q != me) {
-                self.post_recvs(base(q), q, &pieces, wire)?;
+                self.post_recvs(base(q), q, pieces, wire)?;
             }
         }
         for q in (0..n).filter(|&q| q != me && root.is_none_or(|r| r == q)) {
-            self.post_sends(base(q), data, q, &pieces, wire)?;
+            self.post_sends(base(q), data, q, pieces, wire)?;
         }
         if !sums {
             return self.drain_sends();
@@ -871,7 +889,7 @@ impl Algorithms for MpiComm {
             for q in 0..n {
                 let combine = if q == 0 { Combine::Copy } else { Combine::Add };
                 if q != me {
-                    self.finish_recvs(base(q), q, &pieces, &mut acc, false, combine, wire)?;
+                    self.finish_recvs(base(q), q, pieces, &mut acc, false, combine, wire)?;
                 } else if combine == Combine::Copy {
                     acc.copy_from_slice(data);
                 } else {
@@ -892,26 +910,26 @@ impl Algorithms for MpiComm {
     fn doubling(&mut self, data: &mut [f32], wire: Precision) -> Result<(), CommError> {
         let plan = doubling(self.size, self.rank);
         let pieces = self.pieces(data.len());
-        self.ensure_slots(pieces.len());
+        self.ensure_slots(pieces.count());
         wire::round(wire, data);
         // Swaps buffers with `peer` and adds its values.
         let exchange = |c: &mut Self, peer: usize, data: &mut [f32]| -> Result<(), CommError> {
-            c.post_recvs(0, peer, &pieces, wire)?;
-            c.post_sends(0, data, peer, &pieces, wire)?;
-            c.finish_recvs(0, peer, &pieces, data, true, Combine::Add, wire)?;
+            c.post_recvs(0, peer, pieces, wire)?;
+            c.post_sends(0, data, peer, pieces, wire)?;
+            c.finish_recvs(0, peer, pieces, data, true, Combine::Add, wire)?;
             wire::round(wire, data);
             Ok(())
         };
         match plan.fold {
             Some((q, true)) => {
-                self.post_sends(0, data, q, &pieces, wire)?;
-                self.post_recvs(0, q, &pieces, wire)?;
-                self.finish_recvs(0, q, &pieces, data, true, Combine::Copy, wire)?;
+                self.post_sends(0, data, q, pieces, wire)?;
+                self.post_recvs(0, q, pieces, wire)?;
+                self.finish_recvs(0, q, pieces, data, true, Combine::Copy, wire)?;
                 return self.drain_sends();
             }
             Some((q, false)) => {
-                self.post_recvs(0, q, &pieces, wire)?;
-                self.finish_recvs(0, q, &pieces, data, true, Combine::Add, wire)?;
+                self.post_recvs(0, q, pieces, wire)?;
+                self.finish_recvs(0, q, pieces, data, true, Combine::Add, wire)?;
                 wire::round(wire, data);
             }
             None => {}
@@ -920,7 +938,7 @@ impl Algorithms for MpiComm {
             exchange(self, peer, data)?;
         }
         if let Some((q, false)) = plan.fold {
-            self.post_sends(0, data, q, &pieces, wire)?;
+            self.post_sends(0, data, q, pieces, wire)?;
         }
         self.drain_sends()
     }
@@ -930,15 +948,15 @@ impl Algorithms for MpiComm {
     fn fan_out(&mut self, data: &mut [f32], root: usize, wire: Precision) -> Result<(), CommError> {
         let n = self.size;
         let pieces = self.pieces(data.len());
-        let np = pieces.len();
+        let np = pieces.count();
         self.ensure_slots((n - 1) * np);
         if self.rank == root {
             for (i, q) in (0..n).filter(|&q| q != root).enumerate() {
-                self.post_sends(i * np, data, q, &pieces, wire)?;
+                self.post_sends(i * np, data, q, pieces, wire)?;
             }
         } else {
-            self.post_recvs(0, root, &pieces, wire)?;
-            self.finish_recvs(0, root, &pieces, data, true, Combine::Copy, wire)?;
+            self.post_recvs(0, root, pieces, wire)?;
+            self.finish_recvs(0, root, pieces, data, true, Combine::Copy, wire)?;
         }
         self.drain_sends()
     }
