@@ -156,6 +156,12 @@ pub trait Backend: Clone + Send + Sync + 'static {
     fn upload(&self, data: &[f32]) -> Result<Self::Buffer>;
     fn download(&self, buf: &Self::Buffer) -> Result<Vec<f32>>;
 
+    /// Several buffers' values, as [`Backend::download`] gives each. A GPU reads them
+    /// back with one synchronization where separate downloads wait once each.
+    fn download_many(&self, bufs: &[&Self::Buffer]) -> Result<Vec<Vec<f32>>> {
+        bufs.iter().map(|b| self.download(b)).collect()
+    }
+
     /// A buffer of u32 words (indices, labels, masks): the same memory, other bits.
     fn upload_u32(&self, data: &[u32]) -> Result<Self::Buffer> {
         self.upload(bytemuck::cast_slice(data))

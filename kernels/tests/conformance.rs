@@ -289,6 +289,26 @@ fn memory<B: Backend>(b: &B) {
         &down(b, &up(b, &special)),
         &special,
     );
+    // Several buffers read back at once, empty ones among them, each as it was written;
+    // and the same buffer twice.
+    let datas: Vec<Vec<f32>> = LENGTHS
+        .iter()
+        .chain(&[3, 0, 1])
+        .map(|&len| uniform(len, -3.0, 3.0, &mut rng(100 + len as u64)))
+        .collect();
+    let bufs: Vec<B::Buffer> = datas.iter().map(|d| up(b, d)).collect();
+    let mut refs: Vec<&B::Buffer> = bufs.iter().collect();
+    refs.push(&bufs[2]);
+    let got = b.download_many(&refs).expect("download_many");
+    assert_eq!(got.len(), refs.len(), "{name}: download_many's count");
+    for (i, g) in got.iter().enumerate() {
+        let want = &datas[if i < datas.len() { i } else { 2 }];
+        assert_exact(&format!("{name}: download_many buffer {i}"), g, want);
+    }
+    assert!(b
+        .download_many(&[])
+        .expect("download_many of none")
+        .is_empty());
 }
 
 fn unary<B: Backend>(b: &B) {

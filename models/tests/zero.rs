@@ -160,6 +160,36 @@ fn zero1_trains_like_plain_data_parallelism_with_a_share_of_the_state() {
     }
 }
 
+/// On GPU replicas (lavapipe in CI), where each replica reads its own parameters back
+/// from the device together: the replicas end alike, and close to CPU replicas.
+#[test]
+fn zero1_on_gpu_replicas_trains_like_cpu_replicas() {
+    let Some(first) = Device::test_gpu() else {
+        return;
+    };
+    let second = Device::gpu().expect("a second device on a working adapter");
+    let (steps, batch) = (4, 24);
+    let set = data(steps * batch);
+    let mut on_gpu = DataParallel::new(vec![first, second], adamw, config(1)).unwrap();
+    let mut on_cpu = group(2, 1, adamw);
+    for s in 0..steps {
+        let a = step(&mut on_gpu, &set, s * batch, batch);
+        let b = step(&mut on_cpu, &set, s * batch, batch);
+        assert!((a - b).abs() < 1e-4, "step {s}: loss {a} vs {b}");
+    }
+    let (a, b) = (params(on_gpu.model()), params(on_gpu.replica(1).unwrap()));
+    assert!(
+        a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+        "the GPU replicas differ"
+    );
+    assert_close(
+        &a,
+        &params(on_cpu.model()),
+        1e-4,
+        "GPU against CPU replicas",
+    );
+}
+
 #[test]
 fn a_gathered_state_resumes_on_a_group_of_another_size() {
     let (steps, batch) = (4, 24);

@@ -286,6 +286,41 @@ impl Tensor {
         on_device!(&self.0.device, b => Ok(b.download(buf(b, &storage)?)?))
     }
 
+    /// The values of several tensors in host memory, each as [`Tensor::to_vec`] gives
+    /// it. Tensors on one GPU are read back together, with one synchronization where
+    /// `to_vec` waits once per tensor.
+    pub fn to_vecs(tensors: &[&Tensor]) -> Result<Vec<Vec<f32>>> {
+        let Some(first) = tensors.first() else {
+            return Ok(Vec::new());
+        };
+        if !tensors.iter().all(|t| t.device().same_kind(first.device())) {
+            return tensors.iter().map(|t| t.to_vec()).collect();
+        }
+        // f32 views of 16-bit and quantized tensors (the ops on the device), so that one
+        // readback serves them all.
+        let wide: Vec<Tensor> = tensors
+            .iter()
+            .map(|t| {
+                if t.quantization().is_some() {
+                    t.dequantized()
+                } else if t.dtype().half().is_some() {
+                    t.to_dtype(DType::F32)
+                } else {
+                    t.expect_dtype(DType::F32, "to_vecs").map(|_| (*t).clone())
+                }
+            })
+            .collect::<Result<_>>()?;
+        let refs: Vec<&Tensor> = wide.iter().collect();
+        let (guards, lock_of) = Tensor::read_all(&refs);
+        on_device!(first.device(), b => {
+            let bufs = lock_of
+                .iter()
+                .map(|&i| buf(b, &guards[i]))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(b.download_many(&bufs)?)
+        })
+    }
+
     /// The same values on `device` (a detached copy through host memory, or `self` when
     /// it already lives there).
     pub fn to_device(&self, device: &Device) -> Result<Tensor> {

@@ -4,7 +4,8 @@
 //! there is one (lavapipe in CI), the GPU.
 
 use ringtrain_runtime::{
-    compute_precision, rng_from_seed, with_precision, DType, Device, Precision, Result, Tensor, Var,
+    compute_precision, rng_from_seed, with_precision, DType, Device, Precision, Quantization,
+    Result, Tensor, Var,
 };
 
 fn devices() -> Vec<Device> {
@@ -252,4 +253,38 @@ fn other_ops_refuse_half_tensors_clearly() {
             );
         }
     }
+}
+
+/// `Tensor::to_vecs` (one wait on a GPU for several readbacks) gives each tensor the bits
+/// `to_vec` gives it: f32, both 16-bit formats, int8 weights, a reshape sharing another
+/// tensor's memory, an empty tensor, and tensors of two devices in one call; an integer
+/// tensor is an error, as with `to_vec`.
+#[test]
+fn to_vecs_reads_back_what_to_vec_reads() {
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let mut everywhere = Vec::new();
+    for dev in devices() {
+        let a = randn(11, &[3, 5], &dev);
+        let shared = a.reshape((5, 3)).unwrap();
+        let bf16 = randn(12, &[7], &dev).to_dtype(DType::Bf16).unwrap();
+        let f16 = randn(13, &[4], &dev).to_dtype(DType::F16).unwrap();
+        let q = Var::from_tensor(&randn(14, &[4, 6], &dev)).unwrap();
+        q.quantize(Quantization::Int8).unwrap();
+        let empty = Tensor::zeros(0, &dev).unwrap();
+        let list = [&a, &shared, &bf16, &f16, q.as_tensor(), &empty];
+        let got = Tensor::to_vecs(&list).unwrap();
+        assert_eq!(got.len(), list.len());
+        for (i, (t, g)) in list.iter().zip(&got).enumerate() {
+            assert_eq!(bits(g), bits(&t.to_vec().unwrap()), "{dev:?}: tensor {i}");
+        }
+        everywhere.push(a);
+    }
+    let refs: Vec<&Tensor> = everywhere.iter().collect();
+    let got = Tensor::to_vecs(&refs).unwrap();
+    for (t, g) in refs.iter().zip(&got) {
+        assert_eq!(bits(g), bits(&t.to_vec().unwrap()), "{:?}", t.device());
+    }
+    assert!(Tensor::to_vecs(&[]).unwrap().is_empty());
+    let labels = Tensor::from_u32(vec![1, 2], 2, &Device::cpu()).unwrap();
+    assert!(Tensor::to_vecs(&[&everywhere[0], &labels]).is_err());
 }

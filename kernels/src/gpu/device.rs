@@ -70,6 +70,7 @@ enum Command {
     Copy {
         src: wgpu::Buffer,
         dst: wgpu::Buffer,
+        dst_offset: u64,
         bytes: u64,
     },
 }
@@ -268,8 +269,14 @@ impl Context {
         }
         let mut i = 0;
         while i < commands.len() {
-            if let Command::Copy { src, dst, bytes } = &commands[i] {
-                encoder.copy_buffer_to_buffer(src, 0, dst, 0, *bytes);
+            if let Command::Copy {
+                src,
+                dst,
+                dst_offset,
+                bytes,
+            } = &commands[i]
+            {
+                encoder.copy_buffer_to_buffer(src, 0, dst, *dst_offset, *bytes);
                 i += 1;
                 continue;
             }
@@ -328,8 +335,13 @@ impl Context {
         let mut timed: Vec<(Arc<str>, [u32; 3])> = Vec::new();
         for command in &commands {
             match command {
-                Command::Copy { src, dst, bytes } => {
-                    encoder.copy_buffer_to_buffer(src, 0, dst, 0, *bytes);
+                Command::Copy {
+                    src,
+                    dst,
+                    dst_offset,
+                    bytes,
+                } => {
+                    encoder.copy_buffer_to_buffer(src, 0, dst, *dst_offset, *bytes);
                 }
                 Command::Dispatch {
                     pipeline,
@@ -530,21 +542,33 @@ impl Context {
 
     /// Runs everything recorded, then copies the first `bytes` of `src` back to the host.
     pub fn read(&self, src: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
-        if bytes == 0 {
-            return self.flush().map(|_| Vec::new());
+        Ok(self.read_many(&[(src, bytes)])?.pop().unwrap_or_default())
+    }
+
+    /// The first `bytes` of each buffer (a multiple of 4), read back with one
+    /// submission and one wait: all of them copied into one staging buffer, end to end.
+    pub fn read_many(&self, srcs: &[(&wgpu::Buffer, u64)]) -> Result<Vec<Vec<u8>>> {
+        let total: u64 = srcs.iter().map(|&(_, bytes)| bytes).sum();
+        if total == 0 {
+            return self.flush().map(|_| vec![Vec::new(); srcs.len()]);
         }
-        let staging = self.staging.take(&self.shared, bytes)?;
+        let staging = self.staging.take(&self.shared, total)?;
         {
             let mut stream = lock(&self.stream);
-            stream.commands.push(Command::Copy {
-                src: src.clone(),
-                dst: staging.clone(),
-                bytes,
-            });
+            let mut at = 0;
+            for &(src, bytes) in srcs.iter().filter(|&&(_, bytes)| bytes > 0) {
+                stream.commands.push(Command::Copy {
+                    src: src.clone(),
+                    dst: staging.clone(),
+                    dst_offset: at,
+                    bytes,
+                });
+                at += bytes;
+            }
             self.submit(&mut stream)?;
         }
         let (tx, rx) = std::sync::mpsc::channel();
-        staging.map_async(wgpu::MapMode::Read, 0..bytes, move |r| {
+        staging.map_async(wgpu::MapMode::Read, 0..total, move |r| {
             let _ = tx.send(r);
         });
         // Whichever thread polls runs the callback: when another thread's poll collected
@@ -570,10 +594,19 @@ impl Context {
             }
         };
         mapped.map_err(|e| KernelError::Device(format!("reading GPU memory back: {e}")))?;
-        let data = staging
-            .get_mapped_range(0..bytes)
-            .map_err(|e| KernelError::Device(format!("reading GPU memory back: {e}")))?
-            .to_vec();
+        let data = {
+            let view = staging
+                .get_mapped_range(0..total)
+                .map_err(|e| KernelError::Device(format!("reading GPU memory back: {e}")))?;
+            let mut at = 0;
+            srcs.iter()
+                .map(|&(_, bytes)| {
+                    let part = view[at as usize..(at + bytes) as usize].to_vec();
+                    at += bytes;
+                    part
+                })
+                .collect()
+        };
         staging.unmap();
         self.staging.give_back(staging);
         Ok(data)

@@ -373,6 +373,15 @@ impl Backend for GpuBackend {
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
+    fn download_many(&self, bufs: &[&GpuBuffer]) -> Result<Vec<Vec<f32>>> {
+        let srcs: Vec<_> = bufs.iter().map(|b| (&b.raw, b.len as u64 * 4)).collect();
+        let parts = self.ctx.read_many(&srcs)?;
+        Ok(parts
+            .iter()
+            .map(|p| bytemuck::pod_collect_to_vec(p))
+            .collect())
+    }
+
     fn len(&self, buf: &GpuBuffer) -> usize {
         buf.len
     }

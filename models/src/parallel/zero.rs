@@ -136,11 +136,14 @@ pub(super) fn gather_parameters(
 ) -> Result<()> {
     let rank = comm.rank();
     for (b, buf) in buckets.iter_mut().enumerate() {
-        for (i, slot) in layout.slots.iter().enumerate() {
-            if slot.bucket == b && sharding.owner[i] == rank {
-                let dst = &mut buf[slot.offset..slot.offset + slot.len];
-                dst.copy_from_slice(&params[i].to_vec()?);
-            }
+        // This replica's parameters of the bucket, read back from a GPU in one wait.
+        let own: Vec<usize> = (0..layout.slots.len())
+            .filter(|&i| layout.slots[i].bucket == b && sharding.owner[i] == rank)
+            .collect();
+        let tensors: Vec<&Tensor> = own.iter().map(|&i| params[i].as_tensor()).collect();
+        for (&i, values) in own.iter().zip(Tensor::to_vecs(&tensors)?) {
+            let slot = &layout.slots[i];
+            buf[slot.offset..slot.offset + slot.len].copy_from_slice(&values);
         }
         comm.all_gather(buf, &sharding.parts[b])?;
         for (i, slot) in layout.slots.iter().enumerate() {
