@@ -473,21 +473,6 @@ impl RingComm {
         Ok(())
     }
 
-    /// One ring step, chunk by chunk: send chunk `c` of the outgoing segment, then
-    /// receive chunk `c` of the incoming one (the link's queue lets sends run ahead).
-    fn ring_step(&self, data: &mut [f32], step: &Step, wire: Precision) -> Result<(), CommError> {
-        let (total, ce) = (data.len(), self.chunk_elems);
-        for c in 0..chunks_in(step, ce) {
-            if let Some(out) = chunk(&step.out, ce, c) {
-                self.send(step.to, total, &data[out], wire)?;
-            }
-            if let Some(inc) = chunk(&step.inc, ce, c) {
-                self.recv(step.from, total, &mut data[inc], step.combine, wire)?;
-            }
-        }
-        Ok(())
-    }
-
     fn reduce_scatter_with(&mut self, data: &mut [f32], parts: &[usize]) -> Result<(), CommError> {
         let (n, r) = (self.size, self.rank);
         let steps = reduce_scatter_steps(n, r, |j| part_segment(parts, j));
@@ -567,21 +552,22 @@ impl Algorithms for RingComm {
         self.config.thresholds
     }
 
-    fn run_steps(
+    /// One step, chunk by chunk: send chunk `c` of the outgoing segment, then
+    /// receive chunk `c` of the incoming one (the link's queue lets sends run ahead).
+    fn run_step(
         &mut self,
         data: &mut [f32],
-        steps: &[Step],
+        step: &Step,
         wire: Precision,
     ) -> Result<(), CommError> {
-        let mut gathering = false;
-        for step in steps {
-            if step.combine == Combine::Copy && !gathering {
-                // This peer's finished segment, about to go round: it keeps what the
-                // others will receive.
-                wire::round(wire, &mut data[step.out.clone()]);
-                gathering = true;
+        let (total, ce) = (data.len(), self.chunk_elems);
+        for c in 0..chunks_in(step, ce) {
+            if let Some(out) = chunk(&step.out, ce, c) {
+                self.send(step.to, total, &data[out], wire)?;
             }
-            self.ring_step(data, step, wire)?;
+            if let Some(inc) = chunk(&step.inc, ce, c) {
+                self.recv(step.from, total, &mut data[inc], step.combine, wire)?;
+            }
         }
         Ok(())
     }

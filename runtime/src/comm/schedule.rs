@@ -31,7 +31,7 @@
 //! each sums in its own order, so a buffer whose size crosses a threshold rounds
 //! differently (well within f32's rounding of the sum, and never between peers).
 
-use super::CommError;
+use super::{wire, CommError};
 use crate::Precision;
 use std::ops::Range;
 
@@ -195,14 +195,43 @@ pub(super) trait Algorithms {
     /// `root`'s buffer (values already in `wire`'s format) to every other peer.
     fn fan_out(&mut self, data: &mut [f32], root: usize, wire: Precision) -> Result<(), CommError>;
     fn doubling(&mut self, data: &mut [f32], wire: Precision) -> Result<(), CommError>;
-    /// Runs a collective's [`Step`]s in order; the first step that copies rather than
-    /// adds starts the gather, whose first outgoing range is this peer's finished sum.
+    /// One [`Step`]: `step.out` to `step.to` while `step.inc` comes from `step.from`.
+    fn run_step(&mut self, data: &mut [f32], step: &Step, wire: Precision)
+        -> Result<(), CommError>;
+    /// Rounds this peer's finished sums in `range` to the wire, as the others will
+    /// receive them.
+    fn round_own(
+        &mut self,
+        data: &mut [f32],
+        range: Range<usize>,
+        wire: Precision,
+    ) -> Result<(), CommError> {
+        wire::round(wire, &mut data[range]);
+        Ok(())
+    }
+    /// Completes whatever the steps left in flight.
+    fn finish_steps(&mut self) -> Result<(), CommError> {
+        Ok(())
+    }
+
+    /// Runs a collective's [`Step`]s in order. The first step that copies rather than
+    /// adds starts the gather: its outgoing range is this peer's finished sum, which it
+    /// rounds to the wire first, so that it keeps what the others receive.
     fn run_steps(
         &mut self,
         data: &mut [f32],
         steps: &[Step],
         wire: Precision,
-    ) -> Result<(), CommError>;
+    ) -> Result<(), CommError> {
+        let gather = steps.iter().position(|s| s.combine == Combine::Copy);
+        for (i, step) in steps.iter().enumerate() {
+            if gather == Some(i) {
+                self.round_own(data, step.out.clone(), wire)?;
+            }
+            self.run_step(data, step, wire)?;
+        }
+        self.finish_steps()
+    }
 
     /// An all-reduce by the algorithm [`Algorithm::pick`] names for its size.
     fn all_reduce_by_size(&mut self, data: &mut [f32], wire: Precision) -> Result<(), CommError> {

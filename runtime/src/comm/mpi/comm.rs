@@ -573,47 +573,6 @@ impl MpiComm {
         Ok(())
     }
 
-    /// One ring step, pipelined `pipeline_depth` chunks deep: chunks are posted both ways
-    /// that far ahead of the one being combined.
-    fn ring_step(
-        &mut self,
-        data: &mut [f32],
-        step: &Step,
-        wire: Precision,
-    ) -> Result<(), CommError> {
-        let (next, prev, ce) = (step.to, step.from, self.chunk_elems);
-        let depth = self.config.pipeline_depth;
-        let n = chunks_in(step, ce);
-        let direct = step.combine == Combine::Copy && !wire.is_reduced();
-        let start = |comm: &mut Self, c: usize, data: &mut [f32]| -> Result<(), CommError> {
-            if let Some(inc) = chunk(&step.inc, ce, c) {
-                let words = wire::words(wire, inc.len());
-                let into = direct.then_some((&mut *data, inc));
-                comm.start_recv(c % depth, prev, words, into)?;
-            }
-            if let Some(out) = chunk(&step.out, ce, c) {
-                comm.start_send(c % depth, data, out, next, wire)?;
-            }
-            Ok(())
-        };
-        for c in 0..n.min(depth - 1) {
-            start(self, c, data)?;
-        }
-        for c in 0..n {
-            if c + depth - 1 < n {
-                start(self, c + depth - 1, data)?;
-            }
-            if let Some(inc) = chunk(&step.inc, ce, c) {
-                let words = wire::words(wire, inc.len());
-                let dst = (!direct).then(|| (&mut data[inc.clone()], Some(inc)));
-                // `dst` borrows `data` while `finish_recv` may wait on sends from it:
-                // sends only read, and MPI reads through its own pointer.
-                self.finish_recv(c % depth, prev, words, dst, step.combine, wire)?;
-            }
-        }
-        Ok(())
-    }
-
     /// The pieces a small algorithm's message of `len` values travels in: each below
     /// [`MpiConfig::eager_bytes`], so that MPI sends it eagerly (a larger message waits
     /// for the receiver's handshake and a copy across processes, several microseconds
@@ -835,23 +794,60 @@ impl Algorithms for MpiComm {
         self.config.thresholds
     }
 
-    fn run_steps(
+    /// One step, pipelined `pipeline_depth` chunks deep: chunks are posted both ways
+    /// that far ahead of the one being combined.
+    fn run_step(
         &mut self,
         data: &mut [f32],
-        steps: &[Step],
+        step: &Step,
         wire: Precision,
     ) -> Result<(), CommError> {
-        let mut gathering = false;
-        for step in steps {
-            if step.combine == Combine::Copy && !gathering {
-                // As the in-process ring: the owner keeps the rounded sums it sends.
-                let out = step.out.clone();
-                self.wait_readers(&out)?;
-                wire::round(wire, &mut data[out]);
-                gathering = true;
+        let (next, prev, ce) = (step.to, step.from, self.chunk_elems);
+        let depth = self.config.pipeline_depth;
+        let n = chunks_in(step, ce);
+        let direct = step.combine == Combine::Copy && !wire.is_reduced();
+        let start = |comm: &mut Self, c: usize, data: &mut [f32]| -> Result<(), CommError> {
+            if let Some(inc) = chunk(&step.inc, ce, c) {
+                let words = wire::words(wire, inc.len());
+                let into = direct.then_some((&mut *data, inc));
+                comm.start_recv(c % depth, prev, words, into)?;
             }
-            self.ring_step(data, step, wire)?;
+            if let Some(out) = chunk(&step.out, ce, c) {
+                comm.start_send(c % depth, data, out, next, wire)?;
+            }
+            Ok(())
+        };
+        for c in 0..n.min(depth - 1) {
+            start(self, c, data)?;
         }
+        for c in 0..n {
+            if c + depth - 1 < n {
+                start(self, c + depth - 1, data)?;
+            }
+            if let Some(inc) = chunk(&step.inc, ce, c) {
+                let words = wire::words(wire, inc.len());
+                let dst = (!direct).then(|| (&mut data[inc.clone()], Some(inc)));
+                // `dst` borrows `data` while `finish_recv` may wait on sends from it:
+                // sends only read, and MPI reads through its own pointer.
+                self.finish_recv(c % depth, prev, words, dst, step.combine, wire)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// As in process, after any send still reading the range has finished.
+    fn round_own(
+        &mut self,
+        data: &mut [f32],
+        range: Range<usize>,
+        wire: Precision,
+    ) -> Result<(), CommError> {
+        self.wait_readers(&range)?;
+        wire::round(wire, &mut data[range]);
+        Ok(())
+    }
+
+    fn finish_steps(&mut self) -> Result<(), CommError> {
         self.drain_sends()
     }
 
